@@ -1,0 +1,209 @@
+//! Every clap type of the builder, in one place.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cubeboot",
+    version,
+    about = "Build first-boot payloads that make cloud servers Cube Sandbox hosts over PVM",
+    help_expected = true,
+    term_width = 80
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the distro profiles
+    Profiles(ProfilesArgs),
+    /// Validate profiles and a lock file
+    Check(CheckArgs),
+    /// Pin release assets (kernel packages, bundle, helper) by SHA-256
+    Lock(LockArgs),
+    /// Build payloads for one or all profiles from a lock
+    Build(BuildArgs),
+    /// List an image overlay with the same reader the tests use
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileDirArgs {
+    /// Directory holding the distro profiles
+    #[arg(long, value_name = "DIR", default_value = "profiles")]
+    pub profiles_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfilesArgs {
+    #[command(flatten)]
+    pub dir: ProfileDirArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub dir: ProfileDirArgs,
+    /// Lock file to validate against the profiles
+    #[arg(long, value_name = "FILE")]
+    pub lock: Option<PathBuf>,
+    /// Treat warnings as errors
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Local asset to pin (hashed while read); repeatable
+    #[arg(long = "asset", value_name = "PATH")]
+    pub assets: Vec<PathBuf>,
+    /// Asset URL to download and pin in one streaming pass; repeatable
+    #[arg(long = "url", value_name = "URL")]
+    pub urls: Vec<String>,
+    /// GitHub-release-style JSON listing (`assets[].name`,
+    /// `browser_download_url`, optional `digest`)
+    #[arg(long, value_name = "FILE")]
+    pub release_json: Option<PathBuf>,
+    /// Release tag used to derive GitHub and CN mirror URLs for local assets
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+    /// Base URL where the assets will be served (overrides the GitHub pattern)
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+    /// Accept kernel packages whose release lacks `pvm.host` (test fixtures only)
+    #[arg(long)]
+    pub allow_non_pvm_kernel: bool,
+    /// Where to write the lock file
+    #[arg(short, long, value_name = "FILE", default_value = "cubeboot.lock")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub dir: ProfileDirArgs,
+    /// Lock file pinning the release assets
+    #[arg(long, value_name = "FILE", default_value = "cubeboot.lock")]
+    pub lock: PathBuf,
+    /// Profile name, or `all`
+    #[arg(long, value_name = "NAME", default_value = "all")]
+    pub profile: String,
+    /// Node role
+    #[arg(long, value_enum, default_value_t = RoleArg::Control)]
+    pub role: RoleArg,
+    /// Control plane IP (required for --role compute)
+    #[arg(long, value_name = "IP")]
+    pub control_plane_ip: Option<String>,
+    /// Node IP passed to the installer: `auto` or an IPv4 address
+    #[arg(long, value_name = "IP", default_value = "auto")]
+    pub node_ip: String,
+    /// Where the target downloads assets: github, cn, or a base URL
+    #[arg(long, value_name = "MIRROR", default_value = "github")]
+    pub mirror: String,
+    /// Boot parameters: minimal, tencent, or a quoted custom list
+    #[arg(long, value_name = "SET", default_value = "minimal")]
+    pub boot_params: String,
+    /// URL that receives a JSON POST on each step change
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+    /// Cloud whose user-data budget the payload must fit
+    #[arg(long, value_name = "NAME", default_value = "aws")]
+    pub cloud: String,
+    /// Inline the helper binary as gz+b64 instead of downloading it
+    #[arg(long)]
+    pub embed_helper: bool,
+    /// Payload format
+    #[arg(long, value_enum, default_value_t = FormatArg::UserData)]
+    pub format: FormatArg,
+    /// With --format overlay: put every pinned asset in the overlay's cache
+    #[arg(long)]
+    pub offline: bool,
+    /// `auto` uses native /dev/kvm when present; `pvm` always switches kernel
+    #[arg(long, value_enum, default_value_t = KvmArg::Auto)]
+    pub kvm: KvmArg,
+    /// Data disk for /data/cubelet: auto, loopback, or a device path
+    #[arg(long, value_name = "DISK", default_value = "auto")]
+    pub data_disk: String,
+    /// Networks admitted to Cube's internal ports when hardening (repeatable)
+    #[arg(long = "allow-from", value_name = "CIDR")]
+    pub allow_from: Vec<String>,
+    /// Hardening of binds, firewall and credentials
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub hardening: OnOff,
+    /// Output directory
+    #[arg(short, long, value_name = "DIR", default_value = "out")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Overlay archive (`overlay.tar.xz`) to list
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// All-in-one control node
+    Control,
+    /// Compute node joining a control plane
+    Compute,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// cloud-init user-data (plain and gz+b64)
+    UserData,
+    /// An image overlay (`overlay.tar.xz`)
+    Overlay,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvmArg {
+    /// Native /dev/kvm when usable, PVM otherwise
+    Auto,
+    /// Always install and boot the PVM host kernel
+    Pvm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// Enabled
+    On,
+    /// Disabled
+    Off,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed_and_documented() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_fits_in_80_columns() {
+        let mut cmd = Cli::command();
+        let mut names = vec![String::new()];
+        names.extend(cmd.get_subcommands().map(|s| s.get_name().to_string()));
+        for name in names {
+            let help = if name.is_empty() {
+                cmd.render_long_help().to_string()
+            } else {
+                cmd.find_subcommand_mut(&name)
+                    .map(|s| s.render_long_help().to_string())
+                    .unwrap_or_default()
+            };
+            for line in help.lines() {
+                assert!(line.chars().count() <= 80, "{name}: {line:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! (being written)
+
+use anyhow::{bail, Result};
+
+use super::{Ctx, Outcome};
+
+pub fn run(_ctx: &mut Ctx) -> Result<Outcome> {
+    bail!("fetch step is not written yet")
+}

@@ -1,0 +1,811 @@
+//! The host seam: every side effect the helper has on the target goes through
+//! a [`Host`]. Paths given to it are target paths (`/boot/grub/grub.cfg`);
+//! the host maps them under its root, so the whole helper runs against a
+//! temporary directory in tests and against an image with `--root /mnt/image`.
+//!
+//! Rule: no `std::process::Command`, `std::env` or absolute target path is used
+//! outside this module.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+
+/// A command to run on the target, with everything that affects it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandSpec {
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Target path to run in.
+    pub cwd: Option<String>,
+    pub timeout: Option<Duration>,
+    /// Whether a non-zero exit is an error (the default) or a result to inspect.
+    pub allow_failure: bool,
+}
+
+impl CommandSpec {
+    pub fn new(program: impl Into<String>) -> Self {
+        Self {
+            program: program.into(),
+            ..Self::default()
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.env.insert(k.into(), v.into());
+        self
+    }
+
+    pub fn cwd(mut self, dir: impl Into<String>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+
+    pub fn allow_failure(mut self) -> Self {
+        self.allow_failure = true;
+        self
+    }
+
+    /// The command line as a person would type it (for logs, dry runs and errors).
+    pub fn display(&self) -> String {
+        let mut parts: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", shell_quote(v)))
+            .collect();
+        parts.push(shell_quote(&self.program));
+        parts.extend(self.args.iter().map(|a| shell_quote(a)));
+        parts.join(" ")
+    }
+}
+
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CmdOutput {
+    /// Exit code; `None` when killed by a signal or the timeout.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+}
+
+impl CmdOutput {
+    pub fn ok(stdout: impl Into<String>) -> Self {
+        Self {
+            code: Some(0),
+            stdout: stdout.into(),
+            ..Self::default()
+        }
+    }
+
+    pub fn failed(code: i32, stderr: impl Into<String>) -> Self {
+        Self {
+            code: Some(code),
+            stderr: stderr.into(),
+            ..Self::default()
+        }
+    }
+
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// A change the helper made or would make, in order; `--dry-run` prints these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Run(String),
+    Write { path: String, bytes: usize },
+    Remove(String),
+    Symlink { path: String, target: String },
+    Mkdir(String),
+    Rename { from: String, to: String },
+    Reboot,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Run(cmd) => write!(f, "run     {cmd}"),
+            Self::Write { path, bytes } => write!(f, "write   {path} ({bytes} bytes)"),
+            Self::Remove(p) => write!(f, "remove  {p}"),
+            Self::Symlink { path, target } => write!(f, "symlink {path} -> {target}"),
+            Self::Mkdir(p) => write!(f, "mkdir   {p}"),
+            Self::Rename { from, to } => write!(f, "rename  {from} -> {to}"),
+            Self::Reboot => write!(f, "reboot"),
+        }
+    }
+}
+
+/// The target machine as the helper sees it.
+///
+/// File methods have default implementations on top of [`Host::path`]; the
+/// dry-run host overrides the mutating ones to record instead of act.
+pub trait Host: Send + Sync {
+    /// The directory that stands for `/` on the target.
+    fn root(&self) -> &Path;
+
+    /// Run a command on the target. A non-zero exit is an error unless
+    /// `allow_failure` is set; the error names the full command line.
+    fn run(&self, cmd: &CommandSpec) -> Result<CmdOutput>;
+
+    /// Ask for a reboot. The helper's main loop is the only caller.
+    fn request_reboot(&self) -> Result<()>;
+
+    fn env(&self, key: &str) -> Option<String>;
+
+    fn now(&self) -> SystemTime;
+
+    fn sleep(&self, d: Duration);
+
+    /// A human progress line (console and journal).
+    fn say(&self, line: &str) {
+        eprintln!("cube-firstboot: {line}");
+    }
+
+    /// Record an action (for dry runs and tests); a no-op on the real host.
+    fn record(&self, _action: Action) {}
+
+    /// Whether mutating calls only record (dry run).
+    fn is_dry_run(&self) -> bool {
+        false
+    }
+
+    /// Map a target path (absolute) to a path on this machine.
+    fn path(&self, target: &str) -> PathBuf {
+        under_root(self.root(), target)
+    }
+
+    fn exists(&self, target: &str) -> bool {
+        fs::symlink_metadata(self.path(target)).is_ok()
+    }
+
+    fn read(&self, target: &str) -> Result<Vec<u8>> {
+        fs::read(self.path(target)).with_context(|| format!("reading {target}"))
+    }
+
+    fn read_string(&self, target: &str) -> Result<String> {
+        fs::read_to_string(self.path(target)).with_context(|| format!("reading {target}"))
+    }
+
+    /// Read a file that may be absent.
+    fn read_optional(&self, target: &str) -> Result<Option<String>> {
+        match fs::read_to_string(self.path(target)) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {target}")),
+        }
+    }
+
+    fn list_dir(&self, target: &str) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        match fs::read_dir(self.path(target)) {
+            Ok(rd) => {
+                for entry in rd {
+                    let entry = entry.with_context(|| format!("listing {target}"))?;
+                    names.push(entry.file_name().to_string_lossy().into_owned());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("listing {target}")),
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn read_link(&self, target: &str) -> Result<Option<String>> {
+        match fs::read_link(self.path(target)) {
+            Ok(p) => Ok(Some(p.to_string_lossy().into_owned())),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::InvalidInput
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e).with_context(|| format!("reading link {target}")),
+        }
+    }
+
+    fn create_dir_all(&self, target: &str) -> Result<()> {
+        self.record(Action::Mkdir(target.into()));
+        if self.is_dry_run() {
+            return Ok(());
+        }
+        fs::create_dir_all(self.path(target)).with_context(|| format!("creating {target}"))
+    }
+
+    /// Write a file atomically: temp file, fsync, rename, fsync the directory.
+    /// A crash leaves either the old or the new content, never a mix.
+    fn write_atomic(&self, target: &str, bytes: &[u8], mode: u32) -> Result<()> {
+        self.record(Action::Write {
+            path: target.into(),
+            bytes: bytes.len(),
+        });
+        if self.is_dry_run() {
+            return Ok(());
+        }
+        write_atomic_at(&self.path(target), bytes, mode)
+            .with_context(|| format!("writing {target}"))
+    }
+
+    fn remove_file(&self, target: &str) -> Result<()> {
+        self.record(Action::Remove(target.into()));
+        if self.is_dry_run() {
+            return Ok(());
+        }
+        match fs::remove_file(self.path(target)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {target}")),
+        }
+    }
+
+    fn remove_dir_all(&self, target: &str) -> Result<()> {
+        self.record(Action::Remove(target.into()));
+        if self.is_dry_run() {
+            return Ok(());
+        }
+        match fs::remove_dir_all(self.path(target)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {target}")),
+        }
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.record(Action::Rename {
+            from: from.into(),
+            to: to.into(),
+        });
+        if self.is_dry_run() {
+            return Ok(());
+        }
+        fs::rename(self.path(from), self.path(to))
+            .with_context(|| format!("renaming {from} to {to}"))
+    }
+
+    fn symlink(&self, link_target: &str, target: &str) -> Result<()> {
+        self.record(Action::Symlink {
+            path: target.into(),
+            target: link_target.into(),
+        });
+        if self.is_dry_run() {
+            return Ok(());
+        }
+        let p = self.path(target);
+        let _ = fs::remove_file(&p);
+        std::os::unix::fs::symlink(link_target, &p)
+            .with_context(|| format!("linking {target} -> {link_target}"))
+    }
+
+    /// Bytes available to root on the filesystem holding `target`.
+    fn free_bytes(&self, target: &str) -> Result<u64> {
+        let st = rustix::fs::statvfs(&self.path(target))
+            .with_context(|| format!("reading free space of {target}"))?;
+        Ok(st.f_bavail * st.f_frsize)
+    }
+
+    /// Machine architecture (`uname -m`).
+    fn arch(&self) -> String {
+        std::env::consts::ARCH.to_string()
+    }
+
+    /// Effective user id (root is 0).
+    fn euid(&self) -> u32 {
+        rustix::process::geteuid().as_raw()
+    }
+}
+
+/// Join a target path under a root, refusing `..` so nothing escapes it.
+pub fn under_root(root: &Path, target: &str) -> PathBuf {
+    let mut out = root.to_path_buf();
+    for comp in Path::new(target).components() {
+        match comp {
+            Component::Normal(c) => out.push(c),
+            // Absolute prefixes and `.` carry no meaning under a root; `..` is dropped
+            // rather than followed, so a hostile path cannot climb out.
+            Component::RootDir
+            | Component::CurDir
+            | Component::Prefix(_)
+            | Component::ParentDir => {}
+        }
+    }
+    out
+}
+
+pub fn write_atomic_at(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    // `mode` on open is masked by the umask; set it exactly.
+    fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    fs::rename(&tmp, path)?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The real machine. `root` is `/` in production and an image mount with
+/// `--root`; commands run on this machine either way (the caller adds
+/// `--root`/`chroot` where a tool must act on the image).
+pub struct RealHost {
+    root: PathBuf,
+}
+
+impl RealHost {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+}
+
+impl Host for RealHost {
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn run(&self, cmd: &CommandSpec) -> Result<CmdOutput> {
+        self.say(&format!("$ {}", cmd.display()));
+        let mut c = Command::new(&cmd.program);
+        c.args(&cmd.args)
+            .envs(&cmd.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(cwd) = &cmd.cwd {
+            c.current_dir(self.path(cwd));
+        }
+        let out = run_with_timeout(c, cmd.timeout)
+            .with_context(|| format!("running {}", cmd.display()))?;
+        if !out.success() && !cmd.allow_failure {
+            bail!(
+                "command failed ({}): {}\n{}",
+                describe_exit(&out),
+                cmd.display(),
+                tail(&out.stderr, 20)
+            );
+        }
+        Ok(out)
+    }
+
+    fn request_reboot(&self) -> Result<()> {
+        self.say("rebooting now");
+        let out = self.run(&CommandSpec::new("systemctl").arg("reboot").allow_failure())?;
+        if !out.success() {
+            bail!("systemctl reboot failed: {}", out.stderr.trim());
+        }
+        Ok(())
+    }
+
+    fn env(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+}
+
+pub fn describe_exit(out: &CmdOutput) -> String {
+    match (out.timed_out, out.code) {
+        (true, _) => "timed out".into(),
+        (false, Some(c)) => format!("exit {c}"),
+        (false, None) => "killed by a signal".into(),
+    }
+}
+
+/// The last `n` lines of `s`, for error messages.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn run_with_timeout(mut c: Command, timeout: Option<Duration>) -> io::Result<CmdOutput> {
+    let mut child = c.spawn()?;
+    // Drain pipes on threads so a chatty child never blocks on a full pipe.
+    let mut so = child.stdout.take();
+    let mut se = child.stderr.take();
+    let t_out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        if let Some(p) = so.as_mut() {
+            let _ = io::Read::read_to_end(p, &mut s);
+        }
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        if let Some(p) = se.as_mut() {
+            let _ = io::Read::read_to_end(p, &mut s);
+        }
+        s
+    });
+    let started = std::time::Instant::now();
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if let Some(t) = timeout {
+            if started.elapsed() >= t {
+                timed_out = true;
+                let _ = child.kill();
+                break child.wait()?;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
+    Ok(CmdOutput {
+        code: if timed_out { None } else { status.code() },
+        stdout,
+        stderr,
+        timed_out,
+    })
+}
+
+/// Seconds since the epoch, for journal and status timestamps.
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+type Responder = Box<dyn Fn(&CommandSpec) -> Option<Result<CmdOutput>> + Send + Sync>;
+
+/// A host for tests: files live under a temporary root; commands are answered
+/// by scripted responders (first match wins) and recorded with their full
+/// command line; reboots are recorded, not performed; the clock is virtual.
+pub struct ScriptedHost {
+    root: PathBuf,
+    responders: Mutex<Vec<Responder>>,
+    log: Arc<Mutex<Vec<Action>>>,
+    env: Mutex<BTreeMap<String, String>>,
+    clock: Mutex<SystemTime>,
+    reboots: Mutex<u32>,
+    said: Mutex<Vec<String>>,
+    dry_run: bool,
+}
+
+impl ScriptedHost {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            responders: Mutex::new(Vec::new()),
+            log: Arc::new(Mutex::new(Vec::new())),
+            env: Mutex::new(BTreeMap::new()),
+            clock: Mutex::new(UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
+            reboots: Mutex::new(0),
+            said: Mutex::new(Vec::new()),
+            dry_run: false,
+        }
+    }
+
+    /// Record file changes and commands without performing them.
+    pub fn dry_run(mut self) -> Self {
+        self.dry_run = true;
+        self
+    }
+
+    /// Answer commands for which `f` returns `Some`. Later responders are
+    /// consulted first, so a test can override a default.
+    pub fn on<F>(&self, f: F)
+    where
+        F: Fn(&CommandSpec) -> Option<Result<CmdOutput>> + Send + Sync + 'static,
+    {
+        lock(&self.responders).insert(0, Box::new(f));
+    }
+
+    /// Answer every call of `program` with `out`.
+    pub fn on_program(&self, program: &str, out: CmdOutput) {
+        let p = program.to_string();
+        self.on(move |c| (c.program == p).then(|| Ok(out.clone())));
+    }
+
+    pub fn set_env(&self, k: &str, v: &str) {
+        lock(&self.env).insert(k.into(), v.into());
+    }
+
+    /// Every command run so far, as command lines.
+    pub fn commands(&self) -> Vec<String> {
+        lock(&self.log)
+            .iter()
+            .filter_map(|a| match a {
+                Action::Run(c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn actions(&self) -> Vec<Action> {
+        lock(&self.log).clone()
+    }
+
+    pub fn reboots(&self) -> u32 {
+        *lock(&self.reboots)
+    }
+
+    pub fn said(&self) -> Vec<String> {
+        lock(&self.said).clone()
+    }
+
+    /// Write a file under the root directly (test setup, not recorded).
+    pub fn put(&self, target: &str, content: impl AsRef<[u8]>) {
+        let p = self.path(target);
+        if let Some(parent) = p.parent() {
+            let _ = fs::create_dir_all(parent);
+        }
+        let _ = fs::write(p, content);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic in another test thread must not hide this test's result.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Host for ScriptedHost {
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn run(&self, cmd: &CommandSpec) -> Result<CmdOutput> {
+        self.record(Action::Run(cmd.display()));
+        if self.dry_run {
+            return Ok(CmdOutput::ok(""));
+        }
+        let answer = {
+            let responders = lock(&self.responders);
+            responders.iter().find_map(|r| r(cmd))
+        };
+        let out = match answer {
+            Some(r) => r?,
+            None => bail!("scripted host: no response for {}", cmd.display()),
+        };
+        if !out.success() && !cmd.allow_failure {
+            bail!(
+                "command failed ({}): {}\n{}",
+                describe_exit(&out),
+                cmd.display(),
+                tail(&out.stderr, 20)
+            );
+        }
+        Ok(out)
+    }
+
+    fn request_reboot(&self) -> Result<()> {
+        self.record(Action::Reboot);
+        *lock(&self.reboots) += 1;
+        Ok(())
+    }
+
+    fn env(&self, key: &str) -> Option<String> {
+        lock(&self.env).get(key).cloned()
+    }
+
+    fn now(&self) -> SystemTime {
+        *lock(&self.clock)
+    }
+
+    fn sleep(&self, d: Duration) {
+        *lock(&self.clock) += d;
+    }
+
+    fn say(&self, line: &str) {
+        lock(&self.said).push(line.to_string());
+    }
+
+    fn record(&self, action: Action) {
+        lock(&self.log).push(action);
+    }
+
+    fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    fn arch(&self) -> String {
+        "x86_64".into()
+    }
+
+    fn euid(&self) -> u32 {
+        0
+    }
+}
+
+/// Wraps another host: reads pass through, every change is recorded and
+/// printed instead of made. This is `cube-firstboot run --dry-run`.
+pub struct DryRunHost<H: Host> {
+    inner: H,
+    actions: Mutex<Vec<Action>>,
+}
+
+impl<H: Host> DryRunHost<H> {
+    pub fn new(inner: H) -> Self {
+        Self {
+            inner,
+            actions: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn actions(&self) -> Vec<Action> {
+        lock(&self.actions).clone()
+    }
+}
+
+impl<H: Host> Host for DryRunHost<H> {
+    fn root(&self) -> &Path {
+        self.inner.root()
+    }
+
+    fn run(&self, cmd: &CommandSpec) -> Result<CmdOutput> {
+        self.record(Action::Run(cmd.display()));
+        Ok(CmdOutput::ok(""))
+    }
+
+    fn request_reboot(&self) -> Result<()> {
+        self.record(Action::Reboot);
+        Ok(())
+    }
+
+    fn env(&self, key: &str) -> Option<String> {
+        self.inner.env(key)
+    }
+
+    fn now(&self) -> SystemTime {
+        self.inner.now()
+    }
+
+    fn sleep(&self, _d: Duration) {}
+
+    fn say(&self, line: &str) {
+        self.inner.say(line);
+    }
+
+    fn record(&self, action: Action) {
+        println!("{action}");
+        lock(&self.actions).push(action);
+    }
+
+    fn is_dry_run(&self) -> bool {
+        true
+    }
+
+    fn arch(&self) -> String {
+        self.inner.arch()
+    }
+
+    fn euid(&self) -> u32 {
+        self.inner.euid()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_paths_stay_under_root() {
+        let root = Path::new("/tmp/r");
+        assert_eq!(under_root(root, "/etc/x"), PathBuf::from("/tmp/r/etc/x"));
+        assert_eq!(
+            under_root(root, "/../../etc/x"),
+            PathBuf::from("/tmp/r/etc/x")
+        );
+        assert_eq!(under_root(root, "a/./b"), PathBuf::from("/tmp/r/a/b"));
+    }
+
+    #[test]
+    fn command_lines_are_shell_quoted() {
+        let c = CommandSpec::new("grubby")
+            .arg("--args=nopti pti=off")
+            .env("LANG", "C");
+        assert_eq!(c.display(), "LANG=C grubby '--args=nopti pti=off'");
+    }
+
+    #[test]
+    fn scripted_host_records_and_refuses_unscripted_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = ScriptedHost::new(dir.path());
+        host.on_program("true", CmdOutput::ok("yes"));
+        assert_eq!(host.run(&CommandSpec::new("true")).unwrap().stdout, "yes");
+        let err = host.run(&CommandSpec::new("reboot")).unwrap_err();
+        assert_eq!(err.to_string(), "scripted host: no response for reboot");
+        assert_eq!(host.commands(), vec!["true", "reboot"]);
+    }
+
+    #[test]
+    fn real_host_reports_failures_and_timeouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = RealHost::new(dir.path());
+        let err = host
+            .run(&CommandSpec::new("sh").args(["-c", "echo boom >&2; exit 3"]))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "command failed (exit 3): sh -c 'echo boom >&2; exit 3'\nboom"
+        );
+        let out = host
+            .run(
+                &CommandSpec::new("sleep")
+                    .arg("5")
+                    .timeout(Duration::from_millis(100))
+                    .allow_failure(),
+            )
+            .unwrap();
+        assert!(out.timed_out);
+    }
+
+    #[test]
+    fn atomic_write_replaces_content_and_sets_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let host = RealHost::new(dir.path());
+        host.write_atomic("/var/lib/x/state.json", b"one", 0o600)
+            .unwrap();
+        host.write_atomic("/var/lib/x/state.json", b"two", 0o600)
+            .unwrap();
+        assert_eq!(host.read_string("/var/lib/x/state.json").unwrap(), "two");
+        let mode = fs::metadata(host.path("/var/lib/x/state.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(host.list_dir("/var/lib/x").unwrap(), vec!["state.json"]);
+    }
+}

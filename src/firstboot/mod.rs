@@ -1,0 +1,176 @@
+//! The first-boot helper's engine: a journaled state machine of idempotent
+//! steps. Each step checks whether its effect is present, does the work, and
+//! the runner records completion in the journal before moving on. Reboots are
+//! requests the runner alone carries out, after the journal is on disk.
+
+pub mod host;
+pub mod journal;
+pub mod runner;
+pub mod status;
+
+pub mod cube;
+pub mod fetch;
+pub mod kernel;
+pub mod preflight;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{Asset, Plan};
+use host::Host;
+use journal::Journal;
+
+/// Where the helper keeps durable state on the target.
+pub const STATE_DIR: &str = "/var/lib/cubeboot";
+pub const JOURNAL_PATH: &str = "/var/lib/cubeboot/state.json";
+pub const CACHE_DIR: &str = "/var/lib/cubeboot/cache";
+pub const STATUS_PATH: &str = "/run/cubeboot/status.json";
+pub const LOG_DIR: &str = "/var/log/cubeboot";
+pub const UNIT_NAME: &str = "cube-firstboot.service";
+
+/// The steps, in the order the runner takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepId {
+    /// Root, x86_64, RAM, disk, distro matches the plan, cloud-init finished.
+    Preflight,
+    /// Every asset the plan needs, verified into the SHA-256-named cache.
+    Fetch,
+    /// Host packages the Cube installer needs (before the reboot).
+    CubePrereqs,
+    /// Install the PVM kernel package and hold it.
+    KernelInstall,
+    /// Boot parameters, entry chosen by identity, one-shot trial boot armed.
+    KernelBoot,
+    /// The one planned reboot.
+    Reboot,
+    /// After the reboot: running KVER with the parameters → commit, else roll back.
+    KernelVerify,
+    /// modprobe kvm_pvm, verified by lsmod and /dev/kvm; autoload persisted.
+    KvmLoad,
+    /// /data/cubelet on XFS.
+    DataDisk,
+    /// The one-click installer from the verified bundle.
+    CubeInstall,
+    /// Success by state, not log text.
+    CubeVerify,
+    /// Binds, firewall, credentials.
+    Harden,
+    /// Final message, webhook, unit disabled.
+    Report,
+}
+
+impl StepId {
+    pub const ALL: [Self; 13] = [
+        Self::Preflight,
+        Self::Fetch,
+        Self::CubePrereqs,
+        Self::KernelInstall,
+        Self::KernelBoot,
+        Self::Reboot,
+        Self::KernelVerify,
+        Self::KvmLoad,
+        Self::DataDisk,
+        Self::CubeInstall,
+        Self::CubeVerify,
+        Self::Harden,
+        Self::Report,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Preflight => "preflight",
+            Self::Fetch => "fetch",
+            Self::CubePrereqs => "cube-prereqs",
+            Self::KernelInstall => "kernel-install",
+            Self::KernelBoot => "kernel-boot",
+            Self::Reboot => "reboot",
+            Self::KernelVerify => "kernel-verify",
+            Self::KvmLoad => "kvm-load",
+            Self::DataDisk => "data-disk",
+            Self::CubeInstall => "cube-install",
+            Self::CubeVerify => "cube-verify",
+            Self::Harden => "harden",
+            Self::Report => "report",
+        }
+    }
+
+    /// Steps of the kernel stage (what `apply --stage kernel` runs on an image).
+    pub fn is_kernel_stage(self) -> bool {
+        matches!(
+            self,
+            Self::KernelInstall | Self::KernelBoot | Self::Reboot | Self::KernelVerify
+        )
+    }
+}
+
+impl fmt::Display for StepId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a step reports back to the runner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The effect is now present (detail for the status file).
+    Done(String),
+    /// Nothing to do: the effect was already there or does not apply.
+    Skipped(String),
+    /// The step armed a reboot; the runner records it and reboots.
+    RebootRequested(String),
+}
+
+/// A failure the status file explains with a hint for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StepFailure {
+    pub message: String,
+    pub hint: Option<String>,
+    /// Terminal status text, e.g. `failed: rolled back to 6.1.0-26-amd64`.
+    pub status_override: Option<String>,
+}
+
+impl StepFailure {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            hint: None,
+            status_override: None,
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn status(mut self, s: impl Into<String>) -> Self {
+        self.status_override = Some(s.into());
+        self
+    }
+}
+
+/// What every step gets: the host seam, the plan, and the journal (facts
+/// recorded by earlier steps, e.g. which kernel was the default before).
+pub struct Ctx<'a> {
+    pub host: &'a dyn Host,
+    pub plan: &'a Plan,
+    pub journal: &'a mut Journal,
+}
+
+impl Ctx<'_> {
+    /// Where a verified asset lives in the cache (named by its SHA-256).
+    pub fn asset_path(&self, asset: &Asset) -> String {
+        cache_path(asset)
+    }
+
+    pub fn say(&self, line: &str) {
+        self.host.say(line);
+    }
+}
+
+pub fn cache_path(asset: &Asset) -> String {
+    format!("{CACHE_DIR}/{}", asset.sha256)
+}
