@@ -289,10 +289,12 @@ fn respond(
             let _ = out.shutdown(std::net::Shutdown::Both);
         }
         Behavior::Slow { chunk, pause } => {
-            for c in payload.chunks(chunk.max(1)) {
+            for (i, c) in payload.chunks(chunk.max(1)).enumerate() {
+                if i > 0 {
+                    thread::sleep(pause);
+                }
                 out.write_all(c)?;
                 out.flush()?;
-                thread::sleep(pause);
             }
         }
         Behavior::WrongLength(n) => {
