@@ -450,3 +450,53 @@ fn stand_in_steps_cover_every_step_but_the_reboot() {
     }
     let _ = Outcome::Done(String::new());
 }
+
+#[test]
+fn webhook_gets_each_step_change_and_the_end_without_secrets() {
+    let hook = support::server::Server::start();
+    hook.route("/hook", b"", vec![]);
+    let url = format!("{}?token=abc", hook.url("/hook"));
+    let mut t = Target::with_plan_edit(|p| p["report"]["webhook"] = serde_json::json!(url));
+    assert_eq!(t.run_to_end(&opts(Scope::All), 3), RunEnd::Done);
+    let posts = hook.requests_to("/hook");
+    let states: Vec<(String, String)> = posts
+        .iter()
+        .map(|r| {
+            assert_eq!(r.method, "POST");
+            assert_eq!(r.headers["content-type"], "application/json");
+            let body = String::from_utf8(r.body.clone()).unwrap();
+            assert!(!body.contains("s3cret-db-pass"), "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            (
+                v["state"].as_str().unwrap().to_string(),
+                v["step"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut want: Vec<(String, String)> = StepId::ALL
+        .iter()
+        .map(|s| ("running".to_string(), s.name().to_string()))
+        .collect();
+    // The reboot comes after the reboot step starts; then the rest.
+    want.insert(6, ("rebooting".into(), "reboot".into()));
+    want.push(("done".into(), String::new()));
+    assert_eq!(states, want);
+}
+
+#[test]
+fn a_dead_webhook_never_fails_the_run() {
+    let hook = support::server::Server::start();
+    hook.route_with_default("/hook", b"", vec![], support::server::Behavior::Status(500));
+    let url = hook.url("/hook");
+    let mut t = Target::with_plan_edit(|p| p["report"]["webhook"] = serde_json::json!(url));
+    assert_eq!(t.run_to_end(&opts(Scope::All), 3), RunEnd::Done);
+    // Three attempts per report (retried), 15 reports.
+    assert_eq!(hook.requests_to("/hook").len(), 3 * 15);
+    let said = t.host.said().join("\n");
+    assert!(
+        said.contains(&format!(
+            "webhook {url}: {url}: HTTP 500; continuing without it"
+        )),
+        "{said}"
+    );
+}

@@ -177,6 +177,8 @@ fn handle(conn: TcpStream, state: &Arc<Mutex<State>>, tunneled: bool) -> std::io
             .map_or("/".to_string(), |i| rest[i..].to_string()),
         None => target.clone(),
     };
+    // Routes ignore the query string (webhook tokens live there).
+    let path = path.split('?').next().unwrap_or("").to_string();
     let idx = {
         let mut st = lock(state);
         st.log.push(Request {
