@@ -315,9 +315,36 @@ pub trait Host: Send + Sync {
             .with_context(|| format!("linking {target} -> {link_target}"))
     }
 
+    /// Write into an existing kernel file (sysfs, procfs) in place: these
+    /// cannot be replaced by rename, so `write_atomic` does not apply.
+    fn write_in_place(&self, target: &str, bytes: &[u8]) -> Result<()> {
+        self.record(Action::Write {
+            path: target.into(),
+            bytes: bytes.len(),
+        });
+        if self.is_dry_run() {
+            return Ok(());
+        }
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(self.path(target))
+            .with_context(|| format!("opening {target}"))?;
+        f.write_all(bytes)
+            .with_context(|| format!("writing {target}"))
+    }
+
+    /// Random bytes from the kernel (for generated credentials). Always the
+    /// machine's own /dev/urandom, never a file under the root.
+    fn random_bytes(&self, n: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; n];
+        let mut f = fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
+        io::Read::read_exact(&mut f, &mut buf).context("reading /dev/urandom")?;
+        Ok(buf)
+    }
+
     /// Bytes available to root on the filesystem holding `target`.
     fn free_bytes(&self, target: &str) -> Result<u64> {
-        let st = rustix::fs::statvfs(&self.path(target))
+        let st = rustix::fs::statvfs(self.path(target))
             .with_context(|| format!("reading free space of {target}"))?;
         Ok(st.f_bavail * st.f_frsize)
     }
