@@ -660,3 +660,340 @@ fn a_tampered_cache_file_is_not_extracted() {
     assert!(!host.exists(&format!("/var/lib/cubeboot/bundle-{sha}")));
     assert!(!host.commands().iter().any(|c| c.contains("install.sh")));
 }
+
+// ---- /data/cubelet ----
+
+const LSBLK_ROOT_AND_EMPTY: &str = r#"{"blockdevices":[
+  {"name":"vda","type":"disk","size":21474836480,"fstype":null,"mountpoint":null,"pttype":"gpt","children":[
+    {"name":"vda1","type":"part","size":21473787392,"fstype":"ext4","mountpoint":"/","pttype":"gpt"}]},
+  {"name":"vdb","type":"disk","size":107374182400,"fstype":null,"mountpoint":null,"pttype":null}]}"#;
+
+fn disk_host(dir: &Path, lsblk: &'static str) -> ScriptedHost {
+    let host = ScriptedHost::new(dir);
+    host.put("/proc/self/mounts", "/dev/vda1 / ext4 rw,relatime 0 0\n");
+    host.put("/etc/fstab", "UUID=aaaa / ext4 defaults 0 1\n");
+    host.on(move |c| (c.program == "lsblk").then(|| Ok(CmdOutput::ok(lsblk))));
+    host.on(|c| {
+        (c.program == "systemctl" && c.args == ["daemon-reload"]).then(|| Ok(CmdOutput::ok("")))
+    });
+    // mount(8) reads our fstab line; the fake mounts what it names.
+    let root = dir.to_path_buf();
+    host.on(move |c| {
+        (c.program == "mount").then(|| {
+            let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
+            let line = fstab
+                .lines()
+                .find(|l| l.contains(" /data/cubelet "))
+                .unwrap();
+            let source = line.split_whitespace().next().unwrap();
+            let mounts = root.join("proc/self/mounts");
+            let mut m = std::fs::read_to_string(&mounts).unwrap();
+            m.push_str(&format!("{source} /data/cubelet xfs rw 0 0\n"));
+            std::fs::write(&mounts, m).unwrap();
+            Ok(CmdOutput::ok(""))
+        })
+    });
+    host
+}
+
+fn data_disk(host: &ScriptedHost, disk: DataDisk) -> anyhow::Result<Outcome> {
+    let mut plan = plan_for(PLAIN);
+    plan.cube.data_disk = disk;
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    cube::data_disk(&mut ctx)
+}
+
+#[test]
+fn existing_xfs_at_the_nearest_mount_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = disk_host(dir.path(), LSBLK_ROOT_AND_EMPTY);
+    host.put(
+        "/proc/self/mounts",
+        "/dev/vda1 / ext4 rw 0 0\n/dev/vdc /data xfs rw 0 0\n",
+    );
+    assert_eq!(
+        data_disk(&host, DataDisk::Auto).unwrap(),
+        Outcome::Skipped("/data/cubelet is already on XFS (/dev/vdc at /data)".into())
+    );
+    assert!(host.commands().is_empty());
+}
+
+#[test]
+fn disks_with_data_are_never_formatted() {
+    let table: [(&'static str, &str, &str); 3] = [
+        (
+            r#"{"blockdevices":[{"name":"vdb","type":"disk","size":1,"fstype":null,"mountpoint":null,"pttype":"gpt"}]}"#,
+            "/dev/vdb",
+            "refusing to format /dev/vdb: it has a partition table (gpt)",
+        ),
+        (
+            r#"{"blockdevices":[{"name":"vdb","type":"disk","size":1,"fstype":"ext4","mountpoint":null,"pttype":null}]}"#,
+            "/dev/vdb",
+            "refusing to format /dev/vdb: it has a filesystem signature (ext4)",
+        ),
+        (
+            LSBLK_ROOT_AND_EMPTY,
+            "/dev/vda",
+            "refusing to format /dev/vda: it is mounted (vda1 at /)",
+        ),
+    ];
+    for (lsblk, dev, msg) in table {
+        let dir = tempfile::tempdir().unwrap();
+        let host = disk_host(dir.path(), lsblk);
+        let err = data_disk(&host, DataDisk::Device(dev.into())).unwrap_err();
+        assert_eq!(failure_text(&err), msg);
+        assert_eq!(
+            host.commands(),
+            vec!["lsblk -J -b -o NAME,TYPE,SIZE,FSTYPE,MOUNTPOINT,PTTYPE"]
+        );
+    }
+}
+
+#[test]
+fn a_signature_lsblk_missed_stops_the_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = disk_host(dir.path(), LSBLK_ROOT_AND_EMPTY);
+    host.on(|c| {
+        (c.program == "blkid").then(|| Ok(CmdOutput::ok("DEVNAME=/dev/vdb\nUUID=x\nTYPE=ext4\n")))
+    });
+    let err = data_disk(&host, DataDisk::Auto).unwrap_err();
+    assert_eq!(
+        failure_text(&err),
+        "refusing to format /dev/vdb: blkid found TYPE=ext4"
+    );
+    assert!(!host.commands().iter().any(|c| c.starts_with("mkfs")));
+}
+
+#[test]
+fn auto_formats_the_one_empty_disk_and_mounts_it_by_uuid() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = disk_host(dir.path(), LSBLK_ROOT_AND_EMPTY);
+    host.on(|c| (c.program == "blkid" && c.args[0] == "-p").then(|| Ok(CmdOutput::failed(2, ""))));
+    host.on(|c| {
+        (c.program == "blkid" && c.args[0] == "-s").then(|| Ok(CmdOutput::ok("0b5c-uuid\n")))
+    });
+    host.on_program("wipefs", CmdOutput::ok(""));
+    host.on_program("mkfs.xfs", CmdOutput::ok(""));
+    assert_eq!(
+        data_disk(&host, DataDisk::Auto).unwrap(),
+        Outcome::Done("formatted /dev/vdb as XFS (UUID 0b5c-uuid) at /data/cubelet".into())
+    );
+    assert_eq!(
+        host.commands(),
+        vec![
+            "lsblk -J -b -o NAME,TYPE,SIZE,FSTYPE,MOUNTPOINT,PTTYPE",
+            "blkid -p -o export /dev/vdb",
+            "wipefs -n /dev/vdb",
+            "mkfs.xfs -m reflink=1 -L cubelet /dev/vdb",
+            "blkid -s UUID -o value /dev/vdb",
+            "systemctl daemon-reload",
+            "mount /data/cubelet",
+        ]
+    );
+    assert_eq!(
+        host.read_string("/etc/fstab").unwrap(),
+        "UUID=aaaa / ext4 defaults 0 1\n# cubeboot: /data/cubelet on XFS for Cube Sandbox\nUUID=0b5c-uuid /data/cubelet xfs defaults,nofail 0 2\n"
+    );
+    // A second run finds XFS and leaves everything alone.
+    assert!(matches!(
+        data_disk(&host, DataDisk::Auto).unwrap(),
+        Outcome::Skipped(_)
+    ));
+}
+
+#[test]
+fn loopback_is_a_real_sparse_xfs_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = disk_host(dir.path(), LSBLK_ROOT_AND_EMPTY);
+    let root = dir.path().to_path_buf();
+    for tool in ["truncate", "blkid", "mkfs.xfs"] {
+        let root = root.clone();
+        host.on(move |c| (c.program == tool).then(|| run_real(c, &root, &[])));
+    }
+    let out = data_disk(&host, DataDisk::Loopback).unwrap();
+    assert_eq!(
+        out,
+        Outcome::Done(
+            "loopback XFS image /data/cubelet.img (1 GiB, sparse) mounted at /data/cubelet".into()
+        )
+    );
+    let img = host.path("/data/cubelet.img");
+    let meta = std::fs::metadata(&img).unwrap();
+    assert_eq!(meta.len(), 1 << 30);
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 256 << 20,
+        "not sparse"
+    );
+    let probe = std::process::Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "TYPE"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "xfs");
+    assert!(host
+        .read_string("/etc/fstab")
+        .unwrap()
+        .ends_with("/data/cubelet.img /data/cubelet xfs loop,defaults,nofail 0 0\n"));
+}
+
+// ---- host prerequisites ----
+
+fn prereq_host(dir: &Path) -> ScriptedHost {
+    let host = ScriptedHost::new(dir);
+    host.on(|c| {
+        (c.program == "dpkg-query").then(|| {
+            Ok(match c.args.last().map(String::as_str) {
+                Some("curl") => CmdOutput::ok("install ok installed"),
+                _ => CmdOutput::failed(1, "dpkg-query: no packages found"),
+            })
+        })
+    });
+    host.on_program("systemctl", CmdOutput::ok(""));
+    host.on(|c| {
+        (c.program == "apt-get" && c.args.last().map(String::as_str) == Some("update")).then(|| {
+            Ok(CmdOutput::ok(
+                "Hit:1 http://deb.debian.org/debian bookworm InRelease\nReading package lists...\n",
+            ))
+        })
+    });
+    host.on(|c| {
+        (c.program == "apt-get" && c.args.contains(&"install".to_string()))
+            .then(|| Ok(CmdOutput::ok("")))
+    });
+    host.put("/usr/bin/resolvectl", "");
+    host.put(
+        "/sys/fs/cgroup/cgroup.controllers",
+        "cpuset cpu io memory pids\n",
+    );
+    host.put("/sys/fs/cgroup/cgroup.subtree_control", "memory pids\n");
+    host
+}
+
+#[test]
+fn prereqs_wait_for_the_lock_and_install_only_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = prereq_host(dir.path());
+    let pgrep_calls = Arc::new(AtomicUsize::new(0));
+    let calls = pgrep_calls.clone();
+    host.on(move |c| {
+        (c.program == "pgrep").then(|| {
+            Ok(if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                CmdOutput::ok("4242 unattended-upgr\n")
+            } else {
+                CmdOutput::failed(1, "")
+            })
+        })
+    });
+    let mut plan = plan_for(PLAIN);
+    plan.target.quirks.multipathd_cgroup_fix = true;
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    assert_eq!(
+        cube::prereqs(&mut ctx).unwrap(),
+        Outcome::Done("installed xfsprogs; multipathd disabled; cpu delegated".into())
+    );
+    assert_eq!(pgrep_calls.load(Ordering::SeqCst), 3);
+    assert!(host
+        .said()
+        .contains(&"waiting for the package manager: 4242 unattended-upgr".to_string()));
+    let cmds = host.commands();
+    assert!(cmds.contains(&"DEBIAN_FRONTEND=noninteractive apt-get -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 install xfsprogs".to_string()), "{cmds:?}");
+    assert!(
+        cmds.contains(&"systemctl disable --now multipathd.service multipathd.socket".to_string())
+    );
+    assert_eq!(
+        host.read_string("/sys/fs/cgroup/cgroup.subtree_control")
+            .unwrap(),
+        "+cpu"
+    );
+}
+
+#[test]
+fn apt_update_fetch_failures_fail_the_step_even_with_exit_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = prereq_host(dir.path());
+    host.on_program("pgrep", CmdOutput::failed(1, ""));
+    let updates = Arc::new(AtomicUsize::new(0));
+    let n = updates.clone();
+    host.on(move |c| {
+        (c.program == "apt-get" && c.args.last().map(String::as_str) == Some("update")).then(|| {
+            n.fetch_add(1, Ordering::SeqCst);
+            Ok(CmdOutput::ok("Err:1 http://deb.example bookworm InRelease\n  Could not resolve 'deb.example'\nReading package lists...\nW: Failed to fetch http://deb.example/dists/bookworm/InRelease  Could not resolve 'deb.example'\nW: Some index files failed to download. They have been ignored, or old ones used instead.\n"))
+        })
+    });
+    let plan = plan_for(PLAIN);
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    let err = cube::prereqs(&mut ctx).unwrap_err();
+    assert_eq!(
+        failure_text(&err),
+        "apt-get update failed: W: Failed to fetch http://deb.example/dists/bookworm/InRelease  Could not resolve 'deb.example'; W: Some index files failed to download. They have been ignored, or old ones used instead."
+    );
+    assert_eq!(updates.load(Ordering::SeqCst), 3);
+    assert!(!host.commands().iter().any(|c| c.contains(" install ")));
+}
+
+#[test]
+fn rhel_family_gets_docker_ce_and_dnsmasq_when_no_resolver() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = ScriptedHost::new(dir.path());
+    host.on(|c| {
+        (c.program == "rpm").then(|| {
+            Ok(match c.args.last().map(String::as_str) {
+                Some("docker-ce" | "dnsmasq") => CmdOutput::failed(1, "no package provides"),
+                _ => CmdOutput::ok("installed"),
+            })
+        })
+    });
+    host.on_program("pgrep", CmdOutput::failed(1, ""));
+    host.on_program("dnf", CmdOutput::ok(""));
+    host.on(|c| {
+        (c.program == "systemctl" && c.args[0] == "show").then(|| Ok(CmdOutput::ok("not-found\n")))
+    });
+    host.on(|c| (c.program == "systemctl" && c.args[0] == "enable").then(|| Ok(CmdOutput::ok(""))));
+    let mut plan = plan_for(PLAIN);
+    plan.target.packages.manager = PackageManager::Dnf;
+    plan.target.packages.docker = DockerSource::DockerCeRepo;
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    assert_eq!(
+        cube::prereqs(&mut ctx).unwrap(),
+        Outcome::Done("dnsmasq (no resolvectl or NetworkManager); installed dnsmasq; Docker CE from download.docker.com".into())
+    );
+    assert_eq!(
+        ctx.journal.fact(cube::DNSMASQ_MODE_FACT),
+        Some("standalone")
+    );
+    let cmds = host.commands();
+    assert!(
+        cmds.contains(&"dnf -y install dnsmasq".to_string()),
+        "{cmds:?}"
+    );
+    assert!(cmds.contains(
+        &"dnf -y install docker-ce docker-ce-cli containerd.io docker-compose-plugin".to_string()
+    ));
+    assert!(cmds.contains(&"systemctl enable --now docker.service".to_string()));
+    assert!(host
+        .read_string("/etc/yum.repos.d/docker-ce.repo")
+        .unwrap()
+        .contains(
+            "baseurl=https://download.docker.com/linux/centos/$releasever/$basearch/stable\n"
+        ));
+}

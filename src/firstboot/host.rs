@@ -325,8 +325,10 @@ pub trait Host: Send + Sync {
         if self.is_dry_run() {
             return Ok(());
         }
+        // Like `echo +cpu > file`: O_TRUNC, no create (sysfs ignores the truncation).
         let mut f = fs::OpenOptions::new()
             .write(true)
+            .truncate(true)
             .open(self.path(target))
             .with_context(|| format!("opening {target}"))?;
         f.write_all(bytes)
