@@ -997,3 +997,59 @@ fn rhel_family_gets_docker_ce_and_dnsmasq_when_no_resolver() {
             "baseurl=https://download.docker.com/linux/centos/$releasever/$basearch/stable\n"
         ));
 }
+
+#[test]
+fn a_dry_run_of_the_whole_stage_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = plan_for(PITFALL);
+    plan.cube.allow_from = vec!["10.0.0.0/8".into()];
+    plan.target.quirks.multipathd_cgroup_fix = true;
+    let host = ScriptedHost::new(dir.path()).dry_run();
+    let cache = format!("/var/lib/cubeboot/cache/{}", plan.assets.bundle.sha256);
+    host.put(&cache, std::fs::read(repo(PITFALL)).unwrap());
+    host.put("/proc/self/mounts", "/dev/vda1 / ext4 rw 0 0\n");
+    let before = walk(dir.path());
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    type Step = fn(&mut Ctx) -> anyhow::Result<Outcome>;
+    let steps: [Step; 5] = [
+        cube::prereqs,
+        cube::data_disk,
+        cube::install,
+        cube::verify,
+        cube::harden,
+    ];
+    for step in steps {
+        step(&mut ctx).unwrap();
+    }
+    assert_eq!(walk(dir.path()), before);
+    let cmds = host.commands();
+    assert!(
+        cmds.iter()
+            .any(|c| c.starts_with("mkfs.xfs -m reflink=1 -L cubelet ")),
+        "{cmds:?}"
+    );
+    assert!(
+        cmds.iter()
+            .any(|c| c.ends_with("install.sh '--node-ip=<node-ip>' --mode=install")),
+        "{cmds:?}"
+    );
+    assert!(cmds.iter().any(|c| c.starts_with("nft -f ")), "{cmds:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out.sort();
+    out
+}

@@ -163,6 +163,9 @@ pub fn choose_cidr(net: &HostNetwork) -> Result<CidrChoice> {
 
 /// `ip -j addr`: (interface, network) for each IPv4 address outside loopback.
 pub fn parse_ip_addr(json: &str) -> Result<Vec<(String, Ipv4Net)>> {
+    if json.trim().is_empty() {
+        return Ok(Vec::new());
+    }
     let v: Value = serde_json::from_str(json).context("parsing `ip -j addr` output")?;
     let mut out = Vec::new();
     for link in v.as_array().map(Vec::as_slice).unwrap_or_default() {
@@ -190,6 +193,9 @@ pub fn parse_ip_addr(json: &str) -> Result<Vec<(String, Ipv4Net)>> {
 
 /// `ip -j route`: destination networks (not `default`), plus gateways.
 pub fn parse_ip_route(json: &str) -> Result<Vec<Ipv4Net>> {
+    if json.trim().is_empty() {
+        return Ok(Vec::new());
+    }
     let v: Value = serde_json::from_str(json).context("parsing `ip -j route` output")?;
     let mut out = Vec::new();
     for r in v.as_array().map(Vec::as_slice).unwrap_or_default() {
@@ -209,6 +215,9 @@ pub fn parse_ip_route(json: &str) -> Result<Vec<Ipv4Net>> {
 
 /// The default-route interface from `ip -j route` (for the node IP).
 pub fn default_route_dev(json: &str) -> Result<Option<String>> {
+    if json.trim().is_empty() {
+        return Ok(None);
+    }
     let v: Value = serde_json::from_str(json).context("parsing `ip -j route` output")?;
     Ok(v.as_array()
         .map(Vec::as_slice)

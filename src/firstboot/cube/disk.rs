@@ -170,6 +170,9 @@ impl BlockDevice {
 }
 
 pub fn parse_lsblk(json: &str) -> Result<Vec<BlockDevice>> {
+    if json.trim().is_empty() {
+        return Ok(Vec::new());
+    }
     let v: Value = serde_json::from_str(json).context("parsing lsblk output")?;
     let list = v["blockdevices"]
         .as_array()
@@ -258,6 +261,10 @@ fn prove_empty(host: &dyn Host, dev: &str) -> Result<()> {
             .args(["-p", "-o", "export", dev])
             .allow_failure(),
     )?;
+    if host.is_dry_run() {
+        host.run(&CommandSpec::new("wipefs").args(["-n", dev]))?;
+        return Ok(());
+    }
     match out.code {
         // blkid exits 2 when it finds nothing.
         Some(2) => {}
@@ -296,6 +303,11 @@ fn format_disk(host: &dyn Host, dev: &str) -> Result<Outcome> {
         .stdout
         .trim()
         .to_string();
+    let uuid = if host.is_dry_run() {
+        "<uuid>".to_string()
+    } else {
+        uuid
+    };
     if uuid.is_empty() {
         bail!("blkid shows no UUID for {dev} after mkfs.xfs");
     }
@@ -332,7 +344,13 @@ fn loopback(host: &dyn Host, size_gib: u64) -> Result<Outcome> {
                 .allow_failure(),
         )?
     };
-    match (probe.code, probe.stdout.trim()) {
+    // A dry run has no probe result: show the path of a fresh image.
+    let probe_result = if host.is_dry_run() {
+        (Some(2), "")
+    } else {
+        (probe.code, probe.stdout.trim())
+    };
+    match probe_result {
         (Some(0), "xfs") => host.say(&format!("{LOOPBACK_IMAGE} already holds XFS; reusing it")),
         (Some(2), _) => {
             host.run(&CommandSpec::new("mkfs.xfs").args([

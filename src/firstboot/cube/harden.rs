@@ -37,7 +37,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
 
     // Option A: binds. CubeMaster/CubeAPI came from .env at install time;
     // confirm the installer kept them.
-    if plan.cube.role == Role::Control {
+    if plan.cube.role == Role::Control && !host.is_dry_run() {
         let env_path = format!("{INSTALL_ROOT}/.one-click.env");
         let installed = envfile::parse(&host.read_optional(&env_path)?.unwrap_or_default());
         if installed.get("CUBEMASTER_HTTP_BIND").map(String::as_str) != Some(node_ip.as_str()) {
@@ -95,7 +95,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     }
 
     // Credentials: generated at install; here only their file's safety.
-    if plan.cube.role == Role::Control {
+    if plan.cube.role == Role::Control && !host.is_dry_run() {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(host.path(CREDENTIALS_PATH))
             .map(|m| m.permissions().mode() & 0o777)

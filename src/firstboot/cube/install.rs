@@ -42,7 +42,11 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
 
     // The host's network, read once: node IP and CIDR both come from it.
     let network = read_network(host)?;
-    let node_ip = resolve_node_ip(&plan.cube.node_ip, &network)?;
+    // A dry run does not run `ip`, so it may not know the address.
+    let node_ip = match resolve_node_ip(&plan.cube.node_ip, &network) {
+        Err(_) if host.is_dry_run() => "<node-ip>".to_string(),
+        other => other?,
+    };
     ctx.journal.set_fact(facts::NODE_IP, node_ip.clone());
 
     // A compute node installs only once its control plane answers.
@@ -51,7 +55,11 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         Role::Compute => Some(ControlPlane::parse(plan.cube.control_plane_ip.as_deref())?),
     };
     if let Some(cp) = &control_plane {
-        wait_for_control_plane(host, cp, CONTROL_PLANE_WAIT)?;
+        if host.is_dry_run() {
+            host.say(&format!("dry run: would wait for {}", cp.health_url()));
+        } else {
+            wait_for_control_plane(host, cp, CONTROL_PLANE_WAIT)?;
+        }
     }
 
     // A sandbox CIDR that overlaps nothing on the host (§4.2 step 9).
@@ -78,8 +86,12 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     bundle::verify(host, &cached, &asset.sha256)?;
     let dir = bundle::extract_dir(&asset.sha256);
     host.remove_dir_all(&dir)?;
-    let top = bundle::extract_verified(host, &cached, &asset.sha256, &dir)?;
     let stem = bundle::stem(&asset.name);
+    let top = if host.is_dry_run() {
+        stem.to_string()
+    } else {
+        bundle::extract_verified(host, &cached, &asset.sha256, &dir)?
+    };
     if top != stem {
         // online-install.sh refuses this too (§1).
         return Err(StepFailure::new(format!(
@@ -147,13 +159,11 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         plan.cube.role.as_str(),
         env.get("CUBE_PVM_ENABLE").map_or("?", String::as_str)
     ));
-    let out = host.run(&cmd)?;
+    // Streamed to the console as it runs; kept whole in the log.
+    let out = host.run_streaming(&cmd, &mut |line| host.say(&format!("install | {line}")))?;
     let output = format!("{}{}", out.stdout, out.stderr);
     let log = format!("# cubeboot: {}\n{output}", cmd.display());
     host.write_atomic(INSTALL_LOG, log.as_bytes(), 0o600)?;
-    for line in output.lines() {
-        host.say(&format!("install | {line}"));
-    }
 
     // coreutils timeout exits 124 on TERM, 137 when it had to KILL.
     if out.timed_out || matches!(out.code, Some(124 | 137)) {

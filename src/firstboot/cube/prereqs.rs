@@ -133,6 +133,10 @@ pub fn wait_for_package_manager(host: &dyn Host, pm: PackageManager) -> Result<(
         PackageManager::Dnf => "dnf|yum|rpm|dnf-automatic|packagekitd",
     };
     let mut waited = Duration::ZERO;
+    if host.is_dry_run() {
+        host.run(&CommandSpec::new("pgrep").args(["-l", "-x", pattern]))?;
+        return Ok(());
+    }
     loop {
         let out = host.run(
             &CommandSpec::new("pgrep")
@@ -281,6 +285,10 @@ fn cgroup_cpu_fix(host: &dyn Host) -> Result<String> {
             ])
             .allow_failure(),
     )?;
+    if host.is_dry_run() {
+        host.write_in_place(CGROUP_SUBTREE, b"+cpu")?;
+        return Ok("multipathd disabled; cpu delegated".into());
+    }
     let Some(controllers) = host.read_optional(CGROUP_CONTROLLERS)? else {
         return Err(StepFailure::new(format!(
             "{CGROUP_CONTROLLERS} is missing: cgroup v2 is not mounted"

@@ -67,6 +67,11 @@ impl Endpoints {
 }
 
 pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
+    if ctx.host.is_dry_run() {
+        return Ok(Outcome::Skipped(
+            "dry run: nothing installed to check".into(),
+        ));
+    }
     let node_ip = match ctx.journal.fact(facts::NODE_IP) {
         Some(ip) => ip.to_string(),
         None => ctx.plan.cube.node_ip.clone(),
