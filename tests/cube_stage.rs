@@ -322,6 +322,10 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
 
     // Harden: Cubelet binds, firewall, credentials file mode.
     host.on_program("systemctl", CmdOutput::ok(""));
+    host.on(|c| {
+        (c.program == "systemctl" && c.args[0] == "is-active")
+            .then(|| Ok(CmdOutput::ok("active\n")))
+    });
     host.on_program("nft", CmdOutput::ok(""));
     let out = cube::harden(&mut ctx).unwrap();
     assert_eq!(
@@ -338,7 +342,7 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
         .to_string();
     let cmds = host.commands();
     assert!(cmds.contains(&format!("nft -c -f {fw}")), "{cmds:?}");
-    assert!(cmds.contains(&"systemctl try-restart cube-sandbox-cubelet.service".to_string()));
+    assert!(cmds.contains(&"systemctl restart cube-sandbox-cubelet.service".to_string()));
     assert!(cmds.contains(&"systemctl enable cubeboot-firewall.service".to_string()));
 }
 
@@ -1052,4 +1056,38 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+#[test]
+fn the_firewall_ruleset_passes_nft_check() {
+    // Real nft in check mode (-c): parses and validates, changes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let rules = cube::harden::firewall_ruleset(&[
+        "10.0.2.0/24".into(),
+        "172.16.5.9".into(),
+        "fd00:1::/64".into(),
+    ])
+    .unwrap();
+    let file = dir.path().join("firewall.nft");
+    std::fs::write(&file, &rules).unwrap();
+    let out = std::process::Command::new("nft")
+        .arg("-c")
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .expect("nft (package nftables) is installed by .ci/run");
+    assert!(
+        out.status.success(),
+        "{}\n{rules}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And the check can fail: a broken set element is refused.
+    std::fs::write(&file, rules.replace("10.0.2.0/24", "10.0.2.0/99")).unwrap();
+    let out = std::process::Command::new("nft")
+        .arg("-c")
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
 }

@@ -21,6 +21,7 @@ pub const RESTRICTED_PORTS: [u16; 4] = [8089, 9999, 3000, 12088];
 pub const FIREWALL_PATH: &str = "/etc/cubeboot/firewall.nft";
 pub const FIREWALL_UNIT: &str = "cubeboot-firewall.service";
 pub const FIREWALL_UNIT_PATH: &str = "/etc/systemd/system/cubeboot-firewall.service";
+pub const CUBELET_UNIT: &str = "cube-sandbox-cubelet.service";
 pub const CUBELET_CONFIG: &str = "/usr/local/services/cubetoolbox/Cubelet/config/config.toml";
 
 pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
@@ -56,17 +57,29 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         let edited = bind_cubelet(&text, &node_ip);
         if edited != text {
             host.write_atomic(CUBELET_CONFIG, edited.as_bytes(), 0o644)?;
-            let out = host.run(
+            // Restart only a running Cubelet; a stopped one reads the file when it starts.
+            let active = host.run(
                 &CommandSpec::new("systemctl")
-                    .args(["try-restart", "cube-sandbox-cubelet.service"])
+                    .args(["is-active", CUBELET_UNIT])
                     .allow_failure(),
             )?;
-            if !out.success() {
-                return Err(StepFailure::new(format!(
-                    "restarting Cubelet after binding it to {node_ip} failed: {}",
-                    out.stderr.trim()
-                ))
-                .into());
+            if active.stdout.trim() == "active" {
+                let out = host.run(
+                    &CommandSpec::new("systemctl")
+                        .args(["restart", CUBELET_UNIT])
+                        .allow_failure(),
+                )?;
+                if !out.success() {
+                    return Err(StepFailure::new(format!(
+                        "restarting Cubelet after binding it to {node_ip} failed: {}",
+                        out.stderr.trim()
+                    ))
+                    .into());
+                }
+            } else {
+                host.say(&format!(
+                    "{CUBELET_UNIT} is not running; its new binds apply when it starts"
+                ));
             }
         }
         done.push(format!("Cubelet bound to {node_ip}"));
