@@ -1091,3 +1091,94 @@ fn the_firewall_ruleset_passes_nft_check() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// The production host in a temporary root: real `ip`, real `timeout`, real
+/// bash running the fixture installer, output streamed line by line.
+fn real_host_plan(bundle_rel: &str, root: &Path) -> (cubeboot::firstboot::host::RealHost, Plan) {
+    let mut plan = plan_for(bundle_rel);
+    // Independent of this machine's addresses and routes.
+    plan.cube.node_ip = "10.0.2.15".into();
+    let extra = [
+        (
+            "CUBE_SANDBOX_INSTALL_ROOT",
+            under_root(root, TOOLBOX).display().to_string(),
+        ),
+        ("ONE_CLICK_FIXTURE_ALLOW_NONROOT", "1".into()),
+        ("CUBE_SANDBOX_NETWORK_CIDR", "10.251.0.0/18".into()),
+    ];
+    for (k, v) in extra {
+        plan.cube.extra_env.insert(k.into(), v);
+    }
+    let cache = under_root(
+        root,
+        &format!("/var/lib/cubeboot/cache/{}", plan.assets.bundle.sha256),
+    );
+    std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
+    std::fs::copy(repo(bundle_rel), cache).unwrap();
+    (cubeboot::firstboot::host::RealHost::new(root), plan)
+}
+
+#[test]
+fn real_host_runs_the_fixture_installer_in_a_temp_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, plan) = real_host_plan(PITFALL, dir.path());
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    assert_eq!(
+        cube::install(&mut ctx).unwrap(),
+        Outcome::Done("installed the control role at 10.0.2.15 (CUBE_PVM_ENABLE=1)".into())
+    );
+    let env = host
+        .read_string(&format!("{TOOLBOX}/.one-click.env"))
+        .unwrap();
+    assert!(env.contains("\nCUBE_PVM_ENABLE=1\n"), "{env}");
+    assert!(
+        env.contains("CUBE_SANDBOX_NETWORK_CIDR=10.251.0.0/18\n"),
+        "{env}"
+    );
+    assert_eq!(
+        host.read_link(&format!("{TOOLBOX}/cube-kernel-scf/vmlinux"))
+            .unwrap()
+            .as_deref(),
+        Some("vmlinux-pvm")
+    );
+    let log = host.read_string(cube::INSTALL_LOG).unwrap();
+    assert!(
+        log.contains("[one-click] CUBE_PVM_ENABLE=1, selected PVM guest kernel"),
+        "{log}"
+    );
+}
+
+#[test]
+fn real_host_stops_a_hanging_installer_at_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, mut plan) = real_host_plan(HANG, dir.path());
+    plan.cube.install_timeout_secs = 1;
+    plan.cube.hardening = false;
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    let started = std::time::Instant::now();
+    let err = cube::install(&mut ctx).unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = failure_text(&err);
+    let diag = ctx.journal.fact(facts::DIAGNOSTICS).unwrap().to_string();
+    assert_eq!(
+        text,
+        format!("cube installer timed out after 1 s; log: /var/log/cubeboot/install.log (diagnostics: {diag})")
+    );
+    assert!(diag.starts_with("/var/log/cubeboot/diagnostics-") && diag.ends_with(".tar.gz"));
+    let files = tar_listing(&host.read(&diag).unwrap());
+    assert!(files["diagnostics/install.log"].contains("this fixture variant hangs here"));
+}
