@@ -51,6 +51,7 @@ pub struct Rendered {
 struct Context_ {
     generator: String,
     plan_json: String,
+    plan_gz_b64: String,
     unit: String,
     bootstrap: String,
     helper_sha256: String,
@@ -70,6 +71,9 @@ pub fn user_data(plan: &Plan, helper: &Helper) -> Result<Rendered> {
     let ctx = Context_ {
         generator: plan.generator.clone(),
         plan_json: plan_json.clone(),
+        // Encoded for size (the plain plan is out/<profile>/plan.json);
+        // cloud-init writes the decoded bytes, Plan::to_json exactly.
+        plan_gz_b64: gzip_base64(plan_json.as_bytes())?,
         unit: UNIT.to_string(),
         bootstrap: BOOTSTRAP.to_string(),
         helper_sha256: helper.sha256.to_hex(),
@@ -159,7 +163,11 @@ fn verify(user_data: &str, ctx: &Context_) -> Result<()> {
             .find(|f| f["path"] == path)
             .and_then(|f| f["content"].as_str())
     };
-    if content("/etc/cubeboot/plan.json") != Some(ctx.plan_json.as_str()) {
+    let plan = content("/etc/cubeboot/plan.json").context("no plan in write_files")?;
+    let plan = base64::engine::general_purpose::STANDARD.decode(plan)?;
+    let mut decoded = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&plan[..]), &mut decoded)?;
+    if decoded != ctx.plan_json {
         bail!("the plan does not read back byte-for-byte");
     }
     if content("/etc/systemd/system/cube-firstboot.service") != Some(ctx.unit.as_str()) {
