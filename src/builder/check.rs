@@ -27,7 +27,11 @@ pub fn run(args: CheckArgs) -> Result<()> {
     let (profiles, mut report) = profile::load_dir(&args.dir.profiles_dir)?;
     // Step 2: the lock, its pins against any local copies, and whether it
     // has the kernel each profile needs.
-    let mut checked = format!("{} profiles", profiles.len());
+    let mut checked = format!(
+        "{} valid profiles in {}",
+        profiles.len(),
+        args.dir.profiles_dir.display()
+    );
     if let Some(path) = &args.lock {
         checked.push_str(&format!(" and {}", path.display()));
         match Lock::load(path) {

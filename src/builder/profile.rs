@@ -425,7 +425,7 @@ packages:
         let text = GOOD.replace("os-ids: [debian]", "os-ids: [debian");
         let msg = parse_err(&text);
         assert!(
-            msg.starts_with("error[$]: did not find expected ',' or ']'"),
+            msg.starts_with("error[$]: did not find expected ',' or ']', while parsing"),
             "{msg}"
         );
         assert!(msg.contains("--> profiles/debian-12.yaml:"), "{msg}");

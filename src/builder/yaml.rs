@@ -80,10 +80,8 @@ fn to_diagnostic(err: &serde_yaml::Error, text: &str, file: &Path) -> Diagnostic
     let position = err.location().map(|l| (l.line(), l.column()));
     let mut message = err.to_string();
     if let Some((line, col)) = position {
-        let suffix = format!(" at line {line} column {col}");
-        if let Some(stripped) = message.strip_suffix(&suffix) {
-            message = stripped.to_string();
-        }
+        // The position is shown separately; drop its copy from the text.
+        message = message.replacen(&format!(" at line {line} column {col}"), "", 1);
     }
     let mut key = "$".to_string();
     if let Some((head, rest)) = message.split_once(": ") {
