@@ -317,7 +317,7 @@ pub trait Host: Send + Sync {
 
     /// Bytes available to root on the filesystem holding `target`.
     fn free_bytes(&self, target: &str) -> Result<u64> {
-        let st = rustix::fs::statvfs(&self.path(target))
+        let st = rustix::fs::statvfs(self.path(target))
             .with_context(|| format!("reading free space of {target}"))?;
         Ok(st.f_bavail * st.f_frsize)
     }

@@ -4,6 +4,7 @@
 //! requests the runner alone carries out, after the journal is on disk.
 
 pub mod host;
+pub mod image;
 pub mod journal;
 pub mod runner;
 pub mod status;
