@@ -14,19 +14,21 @@
 //! tools a working chroot (/dev, /proc, /sys bind-mounted); with Packer the
 //! helper runs inside the build VM with `--root /`, which needs nothing.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::host::Host;
-use super::journal::{facts, Journal};
+use super::host::{CommandSpec, Host};
+use super::journal::{facts, Journal, StepState};
 use super::runner::{self, RunEnd, Scope};
 use super::{
-    fetch, Ctx, StepId, CACHE_DIR, JOURNAL_PATH, LOG_DIR, STATE_DIR, STATUS_PATH, UNIT_NAME,
+    fetch, Ctx, Outcome, StepId, CACHE_DIR, JOURNAL_PATH, LOG_DIR, STATE_DIR, STATUS_PATH,
+    UNIT_NAME,
 };
 use crate::digest::{hash_reader, Sha256Digest};
-use crate::plan::Target;
+use crate::plan::{BootloaderKind, KvmMode, Plan, Target};
 
 /// Where the helper and its unit live on the target (INTERFACES.md).
 pub const HELPER_PATH: &str = "/usr/local/sbin/cube-firstboot";
@@ -54,20 +56,34 @@ pub struct ApplyReport {
 pub fn apply(host: &dyn Host, stage: Stage) -> Result<ApplyReport> {
     let Stage::Kernel = stage;
     // The plan the overlay (or user-data) put into the image.
-    let (plan, plan_digest) = runner::load_plan(host)?;
+    let (mut plan, plan_digest) = runner::load_plan(host)?;
+    let kver = plan.kernel.kver.clone();
 
     // A Debian plan must not install into a Rocky image: same rule as the
     // preflight step, read from the image's own os-release.
-    let os_release = host
-        .read_optional("/etc/os-release")?
-        .or(host.read_optional("/usr/lib/os-release")?)
-        .context("the image has no /etc/os-release or /usr/lib/os-release")?;
+    let os_release = match host.read_optional("/etc/os-release")? {
+        Some(text) => text,
+        None => host
+            .read_optional("/usr/lib/os-release")?
+            .context("the image has no /etc/os-release or /usr/lib/os-release")?,
+    };
     distro_matches(&os_release, &plan.target)?;
 
-    // Start from a clean journal: pre-installing means the PVM kernel, whatever
-    // the build machine's own /dev/kvm looks like.
+    // Idempotent: a second apply on the same image changes nothing.
+    if host.exists(&format!("/boot/vmlinuz-{kver}")) && default_is_pvm(host, &plan)? {
+        host.say(&format!(
+            "apply: {kver} already is the image's default kernel"
+        ));
+        return Ok(ApplyReport {
+            kver,
+            steps: vec![(StepId::KernelBoot, "already the default entry".into())],
+        });
+    }
+
+    // Pre-installing means the PVM kernel, whatever /dev/kvm the build
+    // machine has (`kvm: auto` would look at the build VM, not the instance).
+    plan.kernel.kvm = KvmMode::Pvm;
     let mut journal = Journal::new(&plan_digest.to_hex());
-    journal.set_fact(facts::KVM_MODE, "pvm");
 
     // The kernel package must be in the image's SHA-256-named cache, verified;
     // with an `--offline` overlay it already is and nothing is downloaded.
@@ -81,39 +97,42 @@ pub fn apply(host: &dyn Host, stage: Stage) -> Result<ApplyReport> {
         fetch::run(&mut ctx).context("fetching assets into the image")?
     };
     let detail = match fetched {
-        super::Outcome::Done(d) | super::Outcome::Skipped(d) => d,
-        super::Outcome::RebootRequested(d) => bail!("fetch asked for a reboot ({d})"),
+        Outcome::Done(d) | Outcome::Skipped(d) => d,
+        Outcome::RebootRequested(d) => bail!("fetch asked for a reboot ({d})"),
     };
-    journal.mark(
-        host,
-        StepId::Fetch,
-        super::journal::StepState::Done,
-        &detail,
-    );
+    journal.mark(host, StepId::Fetch, StepState::Done, &detail);
     journal.save(host)?;
 
-    // The kernel stage's own steps, with the runner's image scope: install,
-    // boot parameters and default entry; the reboot step is never taken.
+    // The kernel stage's own steps, with the runner's image scope: package
+    // installed into the root, boot parameters set there; the reboot step is
+    // never taken.
     let end = runner::run(host, &plan, &plan_digest, Scope::KernelOnly)?;
-    let journal = Journal::load(host, &plan_digest.to_hex())?;
+    let mut journal = Journal::load(host, &plan_digest.to_hex())?;
     if let RunEnd::Failed(status) = end {
         let last = journal
             .steps
             .iter()
             .rev()
-            .find(|(_, r)| r.state == super::journal::StepState::Failed)
+            .find(|(_, r)| r.state == StepState::Failed)
             .map(|(s, r)| format!("{s}: {}", r.detail))
             .unwrap_or_default();
         bail!("apply --stage kernel {status}: {last} (journal kept at {JOURNAL_PATH})");
     }
 
     // Verified by state, not by exit codes: the kernel is in the image's /boot.
-    let kver = plan.kernel.kver.clone();
     let vmlinuz = format!("/boot/vmlinuz-{kver}");
     ensure!(
         host.exists(&vmlinuz),
         "the kernel stage finished but {vmlinuz} is not in the image"
     );
+
+    // The kernel stage arms a one-shot trial boot and leaves the old kernel as
+    // the saved default, committing only after it sees the new kernel run. An
+    // image has no "after": its instances' first boot finds the kernel already
+    // running and has nothing to commit, so the PVM entry becomes the saved
+    // default here (the issue: "boot parameters and default entry set there").
+    let committed = set_image_default(host, &plan, &journal)?;
+    journal.mark(host, StepId::KernelVerify, StepState::Done, &committed);
 
     let steps = journal
         .steps
@@ -125,6 +144,109 @@ pub fn apply(host: &dyn Host, stage: Stage) -> Result<ApplyReport> {
     Ok(ApplyReport { kver, steps })
 }
 
+/// Make the PVM entry the image's saved default and check it took.
+fn set_image_default(host: &dyn Host, plan: &Plan, journal: &Journal) -> Result<String> {
+    let kver = &plan.kernel.kver;
+    let bl = &plan.target.bootloader;
+    match bl.kind {
+        BootloaderKind::GrubMkconfig => {
+            let entry = journal
+                .fact(facts::PVM_ENTRY)
+                .context("the kernel stage recorded no GRUB entry for the PVM kernel")?
+                .to_string();
+            // grubenv only: pointed at the image's /boot rather than chrooted,
+            // as the kernel stage does for grub-reboot.
+            let mut cmd = CommandSpec::new(&bl.set_default);
+            if !is_live_root(host) {
+                let boot_dir = grub_boot_dir(&bl.grubenv);
+                cmd = cmd.arg(format!(
+                    "--boot-directory={}",
+                    host.path(&boot_dir).to_string_lossy()
+                ));
+            }
+            host.run(&cmd.arg(&entry))?;
+            let env = parse_grubenv(&host.read_optional(&bl.grubenv)?.unwrap_or_default());
+            ensure!(
+                env.get("saved_entry") == Some(&entry) && !env.contains_key("next_entry"),
+                "{} did not take: {} has saved_entry={:?} next_entry={:?}",
+                bl.set_default,
+                bl.grubenv,
+                env.get("saved_entry"),
+                env.get("next_entry")
+            );
+            Ok(format!("{entry} is the image's saved default"))
+        }
+        BootloaderKind::BlsGrubby => {
+            let path = format!("/boot/vmlinuz-{kver}");
+            host.run(&on_target(host, "grubby").arg(format!("--set-default={path}")))?;
+            let now = host.run(&on_target(host, "grubby").arg("--default-kernel"))?;
+            ensure!(
+                now.stdout.trim() == path,
+                "grubby --set-default={path} did not take: grubby --default-kernel prints {:?}",
+                now.stdout.trim()
+            );
+            Ok(format!("{path} is the image's default kernel"))
+        }
+    }
+}
+
+/// Whether the image already boots the PVM kernel by default.
+fn default_is_pvm(host: &dyn Host, plan: &Plan) -> Result<bool> {
+    let kver = &plan.kernel.kver;
+    let bl = &plan.target.bootloader;
+    Ok(match bl.kind {
+        BootloaderKind::GrubMkconfig => {
+            let env = parse_grubenv(&host.read_optional(&bl.grubenv)?.unwrap_or_default());
+            // Entry ids end in `gnulinux-<kver>-advanced-<uuid>` (prior-art §6).
+            env.get("saved_entry")
+                .is_some_and(|e| e.contains(&format!("gnulinux-{kver}-")))
+                && !env.contains_key("next_entry")
+        }
+        BootloaderKind::BlsGrubby => {
+            let out = host.run(
+                &on_target(host, "grubby")
+                    .arg("--default-kernel")
+                    .allow_failure(),
+            )?;
+            out.success() && out.stdout.trim() == format!("/boot/vmlinuz-{kver}")
+        }
+    })
+}
+
+/// `/boot/grub/grubenv` → `/boot`.
+fn grub_boot_dir(grubenv: &str) -> String {
+    std::path::Path::new(grubenv)
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/boot".into())
+}
+
+/// `key=value` lines of a GRUB environment block (padding `#` lines ignored).
+fn parse_grubenv(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn is_live_root(host: &dyn Host) -> bool {
+    host.root() == std::path::Path::new("/")
+}
+
+/// A command acting on the image's own system: through `chroot ROOT` unless
+/// the root is `/` (the image's grubby, not the build machine's).
+fn on_target(host: &dyn Host, program: &str) -> CommandSpec {
+    if is_live_root(host) {
+        CommandSpec::new(program)
+    } else {
+        CommandSpec::new("chroot")
+            .arg(host.root().to_string_lossy())
+            .arg(program)
+    }
+}
+
 impl fmt::Display for ApplyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (step, detail) in &self.steps {
@@ -132,7 +254,7 @@ impl fmt::Display for ApplyReport {
         }
         write!(
             f,
-            "kernel {} is installed in the image and set as its default; nothing was rebooted",
+            "kernel {} is installed in the image and is its default entry; nothing was rebooted",
             self.kver
         )
     }
