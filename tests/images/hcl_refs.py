@@ -14,6 +14,13 @@ Usage:
   hcl_refs.py parse FILE...
   hcl_refs.py terraform ROOT_DIR [-var NAME=VALUE]...
   hcl_refs.py packer TEMPLATE_DIR CWD [-var NAME=VALUE]...
+  hcl_refs.py check-terraform TERRAFORM_ARGS...
+  hcl_refs.py check-packer PACKER_ARGS...
+
+The check-* modes stand in for the terraform and packer commands in the
+docs (no cloud is reachable in tests): they take the same arguments, and
+fail unless the example parses, every -var is declared, nothing in a file
+path is left unresolved, and every file it reads exists.
 
 Only what the examples use is evaluated: string templates over var.*,
 local.*, path.module/root/cwd. Anything else in a file path is reported as
@@ -233,9 +240,101 @@ def packer(template_dir, cwd, overrides, out):
                             out["inline"].append(scope.value(cmd))
 
 
+def declared(dirs, suffix):
+    names = set()
+    for d in dirs:
+        for f in os.listdir(d):
+            if f.endswith(suffix):
+                for name, _ in blocks(load(os.path.join(d, f)), "variable"):
+                    names.add(name)
+    return names
+
+
+def check(out, declared_vars, overrides, what):
+    problems = []
+    for k in overrides:
+        if k not in declared_vars:
+            problems.append("-var %s is not a variable of %s" % (k, what))
+    for u in out["unresolved"]:
+        problems.append("unresolved %s in %s: %s" % (u["expr"], u["in"], u["why"]))
+    for r in out["references"]:
+        if not os.path.isfile(r["path"]):
+            problems.append("%s reads %s, which does not exist" % (r["in"], r["path"]))
+    if not out["parsed"]:
+        problems.append("no HCL files in %s" % what)
+    if problems:
+        raise SystemExit("\n".join(problems))
+
+
+def split_vars(args):
+    overrides, rest = {}, []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "-var":
+            k, _, v = args[i + 1].partition("=")
+            overrides[k] = v
+            i += 2
+            continue
+        if a.startswith("-var="):
+            k, _, v = a[5:].partition("=")
+            overrides[k] = v
+        else:
+            rest.append(a)
+        i += 1
+    return overrides, rest
+
+
+def check_terraform(args):
+    chdir = "."
+    if args and args[0].startswith("-chdir="):
+        chdir, args = args[0][len("-chdir="):], args[1:]
+    if not args or args[0] not in ("init", "validate", "plan", "apply", "output", "destroy"):
+        raise SystemExit("unexpected terraform command: %r" % (args,))
+    overrides, rest = split_vars(args[1:])
+    root = os.path.abspath(chdir)
+    if not os.path.isdir(root):
+        raise SystemExit("-chdir=%s does not exist" % chdir)
+    out = {"parsed": [], "references": [], "unresolved": [], "inline": []}
+    terraform(root, root, overrides, out, set())
+    check(out, declared([root], ".tf"), overrides, chdir)
+    if args[0] == "output":
+        outputs = set()
+        for f in os.listdir(root):
+            if f.endswith(".tf"):
+                for name, _ in blocks(load(os.path.join(root, f)), "output"):
+                    outputs.add(name)
+        for name in rest:
+            if not name.startswith("-") and name not in outputs:
+                raise SystemExit("%s has no output %s" % (chdir, name))
+    print("checked terraform %s in %s: %d files read, all built"
+          % (args[0], chdir, len(out["references"])))
+
+
+def check_packer(args):
+    if not args or args[0] not in ("init", "validate", "build"):
+        raise SystemExit("unexpected packer command: %r" % (args,))
+    overrides, rest = split_vars(args[1:])
+    target = [a for a in rest if not a.startswith("-")]
+    if len(target) != 1 or not os.path.isdir(target[0]):
+        raise SystemExit("packer %s needs one template directory, got %r" % (args[0], target))
+    out = {"parsed": [], "references": [], "unresolved": [], "inline": []}
+    packer(os.path.abspath(target[0]), os.getcwd(), overrides, out)
+    if args[0] == "init":
+        overrides = {}
+        out["references"] = []
+    check(out, declared([target[0]], ".pkr.hcl"), overrides, target[0])
+    print("checked packer %s of %s: %d files read, all built"
+          % (args[0], target[0], len(out["references"])))
+
+
 def main(argv):
     out = {"parsed": [], "references": [], "unresolved": [], "inline": []}
     mode, rest = argv[1], argv[2:]
+    if mode == "check-terraform":
+        return check_terraform(rest)
+    if mode == "check-packer":
+        return check_packer(rest)
     overrides = {}
     args = []
     i = 0
