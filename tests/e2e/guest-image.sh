@@ -17,13 +17,16 @@ cache="${E2E_CACHE:-$here/cache}"
 # (cloud-init, GRUB, a kernel, DHCP); the second is what the debian-12
 # profile's Cube prereq step would otherwise download from Debian's mirror,
 # which the guest must never reach (the test network only leads to the
-# test's own server on 10.0.2.2).
+# test's own server on 10.0.2.2). profiles/debian-12.yaml lists curl, tar,
+# gawk, xfsprogs, iproute2, python3, docker.io, docker-compose; the Cube
+# prereq step also wants resolvectl (systemd-resolved) on a control node, or
+# it installs dnsmasq.
 packages=(
   systemd-sysv udev dbus linux-image-amd64 grub-pc cloud-init ifupdown
   isc-dhcp-client curl ca-certificates e2fsprogs kmod initramfs-tools zstd
   sudo locales
   python3 xfsprogs iproute2 tar gawk sed grep procps util-linux
-  docker.io docker-compose
+  docker.io docker-compose systemd-resolved
 )
 
 key_inputs() {

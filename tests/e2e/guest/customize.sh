@@ -68,3 +68,7 @@ ln -sf /dev/null "$root/etc/systemd/system/serial-getty@ttyS0.service"
 sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' "$root/etc/locale.gen"
 chroot "$root" locale-gen >/dev/null
 echo 'LANG=en_US.UTF-8' > "$root/etc/default/locale"
+
+# Fixture-bundle knobs for the helper's unit (test instrumentation).
+install -D -m 0644 "$here/e2e-fixture-env.conf" \
+  "$root/etc/systemd/system/cube-firstboot.service.d/e2e-fixture-env.conf"
