@@ -135,6 +135,43 @@ fn trial_boot_then_commit_on_debian_12() {
 }
 
 #[test]
+fn package_scripts_cannot_make_the_unverified_kernel_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "debian-12", &plan);
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    let digest = seed_journal(&host, &plan);
+    // Stop right after the install: the package's update-grub has run and the
+    // PVM kernel (6.6) is entry 0 of grub.cfg ...
+    runner::run(
+        &host,
+        &plan,
+        &digest,
+        Scope::StopAfter(StepId::KernelInstall),
+    )
+    .unwrap();
+    let cfg = read(root, "/boot/grub/grub.cfg");
+    assert_eq!(
+        grubcfg::entries(&cfg)[0].kernel.as_deref(),
+        Some(format!("/boot/vmlinuz-{KVER}").as_str())
+    );
+    // ... yet a reboot now (a crash, an operator) still boots the old kernel.
+    assert_eq!(grub_boot(root, false), OLD_DEB_KERNEL);
+    let actions: Vec<String> = host.actions().iter().map(|a| a.to_string()).collect();
+    let pin = actions
+        .iter()
+        .position(|a| a.starts_with("write   /etc/default/grub.d/99-cubeboot-pvm.cfg"))
+        .unwrap();
+    let dpkg = actions
+        .iter()
+        .position(|a| a.contains("dpkg --root=") && a.contains(" -i "))
+        .unwrap();
+    assert!(pin < dpkg, "{actions:#?}");
+}
+
+#[test]
 fn failed_trial_boot_rolls_back_with_exactly_one_reboot() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -590,6 +627,7 @@ fn dry_run_changes_nothing_and_shows_every_edit() {
     let root = dir.path();
     let plan = deb_plan();
     debian_root(root, "debian-12", &plan);
+    let cfg_before = read(root, "/boot/grub/grub.cfg");
     let host = ScriptedHost::new(root).dry_run();
     let mut j = cubeboot::firstboot::journal::Journal::new("x");
     let mut ctx = Ctx {
@@ -613,5 +651,6 @@ fn dry_run_changes_nothing_and_shows_every_edit() {
     assert!(shown.iter().any(|a| a.starts_with("run     grub-reboot")));
     assert!(!exists(root, "/etc/default/grub.d/99-cubeboot-pvm.cfg"));
     assert!(!exists(root, &format!("/boot/vmlinuz-{KVER}")));
-    assert!(!exists(root, "/boot/grub/grub.cfg"));
+    assert_eq!(read(root, "/boot/grub/grub.cfg"), cfg_before);
+    assert!(!exists(root, "/boot/grub/grubenv"));
 }

@@ -155,6 +155,34 @@ fn rpm_rollback_restores_the_old_default() {
 }
 
 #[test]
+fn scriptlet_that_makes_the_new_kernel_default_is_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = rpm_plan();
+    rocky_root(root, &plan);
+    // No /etc/sysconfig/kernel: the (emulated) scriptlet makes the new kernel
+    // the default, as kernel-install does by default.
+    std::fs::remove_file(root.join("etc/sysconfig/kernel")).unwrap();
+    let host = ScriptedHost::new(root);
+    rocky_responders(&host, root);
+    let digest = seed_journal(&host, &plan);
+    runner::run(
+        &host,
+        &plan,
+        &digest,
+        Scope::StopAfter(StepId::KernelInstall),
+    )
+    .unwrap();
+    assert_eq!(
+        read(root, GRUBBY_DEFAULT).trim(),
+        format!("/boot/vmlinuz-{OLD_RPM_KERNEL}")
+    );
+    assert!(host.said().iter().any(|l| l.contains(&format!(
+        "the package made /boot/vmlinuz-{KVER} the default"
+    ))));
+}
+
+#[test]
 fn dnf_exclude_hold_edits_dnf_conf_with_a_backup() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();

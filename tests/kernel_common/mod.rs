@@ -213,6 +213,8 @@ pub fn debian_root(root: &Path, scenario: &str, plan: &Plan) {
     );
     put(root, "/proc/modules", "ext4 1064960 1 - Live 0x0\n");
     cache_kernel(root, plan);
+    // An installed system has a grub.cfg already.
+    update_grub(root).unwrap();
 }
 
 /// A Rocky 9 style target: rpm database, BLS entries named by another
@@ -343,7 +345,20 @@ fn ok() -> Option<Result<CmdOutput>> {
 /// modprobe emulated (see [`emulate_modprobe`]).
 pub fn debian_responders(host: &ScriptedHost, root: &Path, abstraction: &'static str) {
     let r = root.to_path_buf();
+    let r2 = root.to_path_buf();
     host.on(move |c| match c.program.as_str() {
+        "dpkg" if c.args.iter().any(|a| a == "-i") => {
+            // A real linux-image package's postinst runs
+            // /etc/kernel/postinst.d/zz-update-grub; the fixture has no
+            // scripts, so the test runs update-grub after it the same way.
+            let out = real(c);
+            if matches!(&out, Ok(o) if o.success()) {
+                if let Err(e) = update_grub(&r2) {
+                    return Some(Err(e));
+                }
+            }
+            Some(out)
+        }
         "dpkg" | "dpkg-query" | "grub-editenv" | "grub-reboot" | "grub-set-default" => {
             Some(real(c))
         }
@@ -352,16 +367,7 @@ pub fn debian_responders(host: &ScriptedHost, root: &Path, abstraction: &'static
     host.on(move |c| {
         let inner = chrooted(&r, c)?;
         match inner.program.as_str() {
-            "update-grub" => Some(real(
-                &CommandSpec::new(
-                    repo()
-                        .join("tests/fixtures/kernel/grub/make-grub.sh")
-                        .to_string_lossy(),
-                )
-                .arg("--root")
-                .arg(r.to_string_lossy())
-                .arg(r.join("boot/grub/grub.cfg").to_string_lossy()),
-            )),
+            "update-grub" => Some(update_grub(&r)),
             "apt-mark" if inner.args.first().map(String::as_str) == Some("hold") => {
                 let sel: String = inner.args[1..]
                     .iter()
@@ -385,6 +391,24 @@ pub fn debian_responders(host: &ScriptedHost, root: &Path, abstraction: &'static
             _ => None,
         }
     });
+}
+
+/// Debian's real grub-mkconfig for the temporary root (make-grub.sh --root).
+pub fn update_grub(root: &Path) -> Result<CmdOutput> {
+    let out = real(
+        &CommandSpec::new(
+            repo()
+                .join("tests/fixtures/kernel/grub/make-grub.sh")
+                .to_string_lossy(),
+        )
+        .arg("--root")
+        .arg(root.to_string_lossy())
+        .arg(root.join("boot/grub/grub.cfg").to_string_lossy()),
+    )?;
+    if !out.success() {
+        return Err(anyhow!("make-grub.sh --root failed: {}", out.stderr));
+    }
+    Ok(out)
 }
 
 /// modprobe against the emulated /proc/modules: `kvm_pvm` loads (and /dev/kvm
@@ -444,6 +468,16 @@ pub fn rocky_responders(host: &ScriptedHost, root: &Path) {
                         "root=UUID=abc ro crashkernel=1G-4G:192M console=ttyS0,115200n8",
                     ),
                 );
+                // ... and makes the new kernel the default unless
+                // /etc/sysconfig/kernel says UPDATEDEFAULT=no.
+                let sysconfig =
+                    fs::read_to_string(r.join("etc/sysconfig/kernel")).unwrap_or_default();
+                if !sysconfig
+                    .lines()
+                    .any(|l| l == "UPDATEDEFAULT=no" || l == "UPDATEDEFAULT=\"no\"")
+                {
+                    put(&r, GRUBBY_DEFAULT, format!("/boot/vmlinuz-{KVER}\n"));
+                }
             }
             Some(out)
         }
