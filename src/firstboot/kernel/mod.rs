@@ -52,12 +52,12 @@ const CONSOLE_HINT: &str = "the PVM kernel did not come up with its parameters; 
 /// Install the verified PVM kernel package and hold it.
 pub fn install(ctx: &mut Ctx) -> Result<Outcome> {
     let kver = ctx.plan.kernel.kver.clone();
-    let params = required_params(ctx.plan);
     let running = running_kernel(ctx.host)?;
 
-    // Already there: the PVM kernel runs with every parameter (issue 4, 1).
+    // Already there: the PVM kernel runs with every configured parameter
+    // (`panic=` is only for the trial boot; the Helm chart's check is the same).
     if running.as_deref() == Some(kver.as_str()) {
-        let missing = cmdline::missing(&proc_cmdline(ctx.host)?, &params);
+        let missing = cmdline::missing(&proc_cmdline(ctx.host)?, &ctx.plan.kernel.boot_params);
         if missing.is_empty() {
             ctx.journal.set_fact(facts::KVM_MODE, "pvm");
             ctx.journal.set_fact(FACT_ALREADY, kver.as_str());
@@ -129,10 +129,17 @@ pub fn boot(ctx: &mut Ctx) -> Result<Outcome> {
         ctx.journal.set_fact(FACT_WARNINGS, warnings.join("; "));
     }
     record_old_kernel(ctx)?;
-    match ctx.plan.target.bootloader.kind {
-        BootloaderKind::GrubMkconfig => grub::arm(ctx, &params),
-        BootloaderKind::BlsGrubby => bls_boot::arm(ctx, &params),
-    }
+    let armed = match ctx.plan.target.bootloader.kind {
+        BootloaderKind::GrubMkconfig => grub::arm(ctx, &params)?,
+        BootloaderKind::BlsGrubby => bls_boot::arm(ctx, &params)?,
+    };
+    // The warnings also go into the step detail, which the status shows.
+    Ok(match armed {
+        Outcome::RebootRequested(d) if !warnings.is_empty() => {
+            Outcome::RebootRequested(format!("{d}; warning: {}", warnings.join("; ")))
+        }
+        other => other,
+    })
 }
 
 /// After the reboot: commit the PVM entry as the default, or roll back to the
