@@ -659,3 +659,31 @@ fn dry_run_changes_nothing_and_shows_every_edit() {
     assert_eq!(read(root, "/boot/grub/grub.cfg"), cfg_before);
     assert!(!exists(root, "/boot/grub/grubenv"));
 }
+
+#[test]
+fn a_later_dropin_overriding_ours_refuses_the_reboot_and_keeps_the_old_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "debian-12", &plan);
+    // Sorts after 99-cubeboot-pvm.cfg ('_' > '-') and resets the line.
+    put(
+        root,
+        "/etc/default/grub.d/99_zz-local.cfg",
+        "GRUB_CMDLINE_LINUX=\"\"\n",
+    );
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    let digest = seed_journal(&host, &plan);
+    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    assert_eq!(end, RunEnd::Failed("failed: kernel-boot".into()));
+    assert_eq!(host.reboots(), 0);
+    let status = read(root, "/run/cubeboot/status.json");
+    assert!(
+        status.contains("/etc/default/grub.d/99-cubeboot-pvm.cfg is overridden by a later file"),
+        "{status}"
+    );
+    assert!(!host.commands().iter().any(|c| c.starts_with("grub-reboot")));
+    // Whatever happens next, the machine boots its old kernel.
+    assert_eq!(grub_boot(root, false), OLD_DEB_KERNEL);
+}
