@@ -165,6 +165,18 @@ pub fn exists(root: &Path, target: &str) -> bool {
     root.join(target.trim_start_matches('/')).exists()
 }
 
+/// A new boot: /proc/sys/kernel/random/boot_id changes (the runner tells a
+/// reboot that happened from one still to come by it).
+pub fn new_boot_id(root: &Path) {
+    static BOOTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = BOOTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    put(
+        root,
+        "/proc/sys/kernel/random/boot_id",
+        format!("00000000-0000-4000-8000-{n:012x}\n"),
+    );
+}
+
 /// The running kernel as /proc shows it.
 pub fn set_running(root: &Path, kver: &str, cmdline: &str) {
     put(root, "/proc/sys/kernel/osrelease", format!("{kver}\n"));
@@ -212,6 +224,7 @@ pub fn debian_root(root: &Path, scenario: &str, plan: &Plan) {
         &format!("BOOT_IMAGE=/boot/vmlinuz-{OLD_DEB_KERNEL} root=UUID={ROOT_UUID} ro quiet"),
     );
     put(root, "/proc/modules", "ext4 1064960 1 - Live 0x0\n");
+    new_boot_id(root);
     cache_kernel(root, plan);
     // An installed system has a grub.cfg already.
     update_grub(root).unwrap();
@@ -258,6 +271,7 @@ pub fn rocky_root(root: &Path, plan: &Plan) {
         &format!("BOOT_IMAGE=(hd0,gpt2)/boot/vmlinuz-{k} root=UUID=abc ro crashkernel=1G-4G:192M console=ttyS0,115200n8"),
     );
     put(root, "/proc/modules", "xfs 2002944 1 - Live 0x0\n");
+    new_boot_id(root);
     cache_kernel(root, plan);
 }
 
@@ -620,6 +634,7 @@ pub fn grub_boot(root: &Path, panics: bool) -> String {
         .unwrap_or_else(|| panic!("GRUB: no entry {chosen}"));
     let kernel = e.kernel.clone().unwrap();
     let kver = kernel.rsplit("vmlinuz-").next().unwrap().to_string();
+    new_boot_id(root);
     set_running(
         root,
         &kver,
@@ -678,6 +693,7 @@ pub fn bls_boot(root: &Path, panics: bool) -> String {
     };
     let kernel = field("linux");
     let kver = kernel.rsplit("vmlinuz-").next().unwrap().to_string();
+    new_boot_id(root);
     set_running(
         root,
         &kver,

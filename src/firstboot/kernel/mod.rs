@@ -41,8 +41,6 @@ const BACKUP_SUFFIX: &str = ".cubeboot.bak";
 const FACT_ALREADY: &str = "kernel.already-running";
 /// The PVM BLS entry's `options` before grubby edited them (undo record).
 const FACT_BLS_OPTIONS: &str = "kernel.bls-options-before";
-/// Warnings about chosen boot parameters, `; `-separated, for the status file.
-pub const FACT_WARNINGS: &str = "kernel.warnings";
 
 /// Debug arguments for a kernel that dies early (cube-sandbox-facts.md §16, #1722).
 const CONSOLE_HINT: &str = "the PVM kernel did not come up with its parameters; boot it by hand \
@@ -122,11 +120,7 @@ pub fn boot(ctx: &mut Ctx) -> Result<Outcome> {
     let warnings = cmdline::warnings(&params);
     for w in &warnings {
         ctx.say(&format!("warning: {w}"));
-    }
-    if warnings.is_empty() {
-        ctx.journal.facts.remove(FACT_WARNINGS);
-    } else {
-        ctx.journal.set_fact(FACT_WARNINGS, warnings.join("; "));
+        ctx.journal.warn(w.as_str());
     }
     record_old_kernel(ctx)?;
     let armed = match ctx.plan.target.bootloader.kind {
@@ -643,9 +637,10 @@ mod grub {
             // say so; a panic then reboots into it again until someone steps in.
             apply(ctx, &linux, &default, Some(&pvm_path))?;
             ctx.journal.set_fact(facts::DIRECT_DEFAULT, why.as_str());
-            ctx.say(&format!(
-                "warning: {why}; no trial boot possible, {pvm_path} is now the default directly"
-            ));
+            let w =
+                format!("{why}; no trial boot possible, {pvm_path} is now the default directly");
+            ctx.say(&format!("warning: {w}"));
+            ctx.journal.warn(w);
             return Ok(Outcome::RebootRequested(format!(
                 "{pvm_path} set as the default directly ({why})"
             )));
@@ -837,9 +832,9 @@ mod bls_boot {
                 bail!("grubby --set-default={path} did not take: the default is {now}");
             }
             ctx.journal.set_fact(facts::DIRECT_DEFAULT, why.as_str());
-            ctx.say(&format!(
-                "warning: {why}; no trial boot possible, {path} is now the default directly"
-            ));
+            let w = format!("{why}; no trial boot possible, {path} is now the default directly");
+            ctx.say(&format!("warning: {w}"));
+            ctx.journal.warn(w);
             return Ok(Outcome::RebootRequested(format!(
                 "{path} set as the default directly ({why})"
             )));

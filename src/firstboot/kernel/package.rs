@@ -214,11 +214,13 @@ pub(super) fn hold(ctx: &mut Ctx) -> Result<String> {
             if out.success() {
                 return Ok(format!("held with dnf versionlock add {spec}"));
             }
-            ctx.say(&format!(
-                "warning: dnf versionlock failed ({}); excluding {} updates in {DNF_CONF} instead",
+            let w = format!(
+                "dnf versionlock failed ({}); excluding {} updates in {DNF_CONF} instead",
                 out.stderr.trim(),
                 k.package
-            ));
+            );
+            ctx.say(&format!("warning: {w}"));
+            ctx.journal.warn(w);
             dnf_exclude(host, &k.package)
         }
         KernelHold::DnfExclude => {
