@@ -97,7 +97,7 @@ fn make_bundle(path: &Path) {
         v.truncate(n);
         v
     };
-    let mut add = |tar: &mut tar::Builder<_>, name: &str, data: &[u8]| {
+    let add = |tar: &mut tar::Builder<_>, name: &str, data: &[u8]| {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
