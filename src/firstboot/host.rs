@@ -363,6 +363,16 @@ pub trait Host: Send + Sync {
         Ok(st.f_bavail * st.f_frsize)
     }
 
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`): tells the runner
+    /// whether a requested reboot really happened. `None` when unreadable.
+    fn boot_id(&self) -> Option<String> {
+        self.read_optional("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .flatten()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
+
     /// Machine architecture (`uname -m`).
     fn arch(&self) -> String {
         std::env::consts::ARCH.to_string()
@@ -686,6 +696,7 @@ pub struct ScriptedHost {
     reboots: Mutex<u32>,
     said: Mutex<Vec<String>>,
     dry_run: bool,
+    free_bytes: Mutex<Option<u64>>,
 }
 
 impl ScriptedHost {
@@ -699,6 +710,7 @@ impl ScriptedHost {
             reboots: Mutex::new(0),
             said: Mutex::new(Vec::new()),
             dry_run: false,
+            free_bytes: Mutex::new(None),
         }
     }
 
@@ -721,6 +733,12 @@ impl ScriptedHost {
     pub fn on_program(&self, program: &str, out: CmdOutput) {
         let p = program.to_string();
         self.on(move |c| (c.program == p).then(|| Ok(out.clone())));
+    }
+
+    /// Pretend every filesystem has exactly this much free space (`None`:
+    /// ask the real filesystem under the root).
+    pub fn set_free_bytes(&self, n: Option<u64>) {
+        *lock(&self.free_bytes) = n;
     }
 
     pub fn set_env(&self, k: &str, v: &str) {
@@ -822,6 +840,17 @@ impl Host for ScriptedHost {
 
     fn is_dry_run(&self) -> bool {
         self.dry_run
+    }
+
+    fn free_bytes(&self, target: &str) -> Result<u64> {
+        match *lock(&self.free_bytes) {
+            Some(n) => Ok(n),
+            None => {
+                let st = rustix::fs::statvfs(self.path(target))
+                    .with_context(|| format!("reading free space of {target}"))?;
+                Ok(st.f_bavail * st.f_frsize)
+            }
+        }
     }
 
     fn arch(&self) -> String {
