@@ -497,6 +497,10 @@ fn compute_waits_for_the_control_plane_then_installs_and_registers() {
 
     cube::install(&mut ctx).unwrap();
     assert_eq!(requests.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        ctx.journal.warnings,
+        vec!["compute role without CUBE_S3_ENDPOINT in the plan's extra_env: newer Cube installers require it"]
+    );
     let said = host.said();
     let waits: Vec<&String> = said
         .iter()
