@@ -1204,3 +1204,27 @@ fn real_host_stops_a_hanging_installer_at_the_timeout() {
     let files = tar_listing(&host.read(&diag).unwrap());
     assert!(files["diagnostics/install.log"].contains("this fixture variant hangs here"));
 }
+
+#[test]
+fn the_committed_fixture_bundles_are_what_the_recipe_builds() {
+    // Same inputs, same bytes: rebuild all three into a temp dir and compare.
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(repo("tests/fixtures/bundle/make.sh"))
+        .env("BUNDLE_OUT_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for committed in [PLAIN, PITFALL, HANG] {
+        let name = Path::new(committed).file_name().unwrap();
+        let rebuilt = std::fs::read(dir.path().join(name)).unwrap();
+        assert!(
+            rebuilt == std::fs::read(repo(committed)).unwrap(),
+            "{committed} differs from what tests/fixtures/bundle/make.sh builds; rerun it and commit"
+        );
+    }
+}
