@@ -131,5 +131,7 @@ mkdir -p "$out.tmp"
 mv "$work/disk.img" "$work/guest.env" "$out.tmp/"
 rm -rf "$out"
 mv "$out.tmp" "$out"
+# Older recipes' disks are dead weight (8 GiB sparse each).
+find "$cache" -maxdepth 1 -name 'guest-*' ! -name "guest-$key" -exec rm -rf {} +
 log "guest image ready: $out (default kernel $default_kver, rootfs ${rootfs_mib} MiB)"
 echo "$out"
