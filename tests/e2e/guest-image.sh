@@ -56,7 +56,9 @@ cleanup() {
   for m in dev/pts dev proc sys; do
     mountpoint -q "$mnt/$m" && umount -l "$mnt/$m"
   done
-  mountpoint -q "$mnt" && umount "$mnt"
+  # Lazy: a killed mmdebstrap may still hold files open; the mount must not
+  # outlive this script either way.
+  mountpoint -q "$mnt" && umount -l "$mnt"
   [[ -n "$loop" ]] && losetup -d "$loop"
   rm -rf "$work"
 }
