@@ -59,7 +59,11 @@ pub fn run(args: BuildArgs) -> Result<()> {
 }
 
 /// Build every selected profile's payload in memory.
-pub fn build_all(profiles: &[Profile], lock: &Lock, options: &BuildOptions) -> Result<Vec<Payload>> {
+pub fn build_all(
+    profiles: &[Profile],
+    lock: &Lock,
+    options: &BuildOptions,
+) -> Result<Vec<Payload>> {
     let pinned = lock.pinned(AssetKind::Helper, "the user-data bootstrap")?;
     let helper = Helper {
         sha256: pinned.sha256,
@@ -95,14 +99,20 @@ fn build_one(
         Movable {
             what: "the embedded helper".into(),
             bytes: rendered.embedded_helper_bytes,
-            how: "drop --embed-helper; the target downloads it by URL and checks the pinned SHA-256".into(),
+            how:
+                "drop --embed-helper; the target downloads it by URL and checks the pinned SHA-256"
+                    .into(),
         },
         Movable {
             what: "the boot parameter list".into(),
             bytes: if options.boot_params_label == "minimal" {
                 0
             } else {
-                plan.kernel.boot_params.iter().map(|p| p.len() as u64 + 8).sum()
+                plan.kernel
+                    .boot_params
+                    .iter()
+                    .map(|p| p.len() as u64 + 8)
+                    .sum()
             },
             how: "use --boot-params minimal (nopti pti=off)".into(),
         },
@@ -122,7 +132,12 @@ fn build_one(
         profile: profile.name.clone(),
         role: plan.cube.role.as_str().to_string(),
         boot_params: options.boot_params_label.clone(),
-        helper: if options.embed_helper { "embedded" } else { "url" }.to_string(),
+        helper: if options.embed_helper {
+            "embedded"
+        } else {
+            "url"
+        }
+        .to_string(),
         first_url: plan.assets.bundle.urls.first().cloned().unwrap_or_default(),
         lock_sha256: lock_sha.to_hex(),
         cloud: ManifestCloud {
