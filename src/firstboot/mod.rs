@@ -5,6 +5,7 @@
 
 pub mod download;
 pub mod host;
+pub mod image;
 pub mod journal;
 pub mod report;
 pub mod runner;

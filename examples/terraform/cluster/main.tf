@@ -1,0 +1,117 @@
+# One control node and N compute nodes on Tencent Cloud.
+#
+#   cubeboot build --lock LOCK --profile opencloudos-9 --cloud tencent --role control --output out/control
+#   cubeboot build --lock LOCK --profile opencloudos-9 --cloud tencent --role compute \
+#     --control-plane-ip 10.0.1.10 --output out/compute
+#   terraform -chdir=examples/terraform/cluster init
+#   terraform -chdir=examples/terraform/cluster apply -var compute_count=3 -var ...
+#
+# The control node's private IP is chosen here (control_private_ip), given to
+# the control instance, and baked into the compute payload at build time; the
+# module refuses compute payloads built for another IP.
+
+terraform {
+  required_version = ">= 1.2.0"
+  required_providers {
+    tencentcloud = {
+      source  = "tencentcloudstack/tencentcloud"
+      version = ">= 1.81.0"
+    }
+  }
+}
+
+provider "tencentcloud" {
+  # Credentials come from TENCENTCLOUD_SECRET_ID / TENCENTCLOUD_SECRET_KEY.
+  region = var.region
+}
+
+variable "region" {
+  description = "Region, e.g. ap-guangzhou"
+  type        = string
+  default     = "ap-guangzhou"
+}
+
+variable "out_dir" {
+  description = "Parent of the control and compute build outputs"
+  type        = string
+  default     = "../../../out"
+}
+
+variable "profile" {
+  description = "cubeboot profile the payloads were built for"
+  type        = string
+  default     = "opencloudos-9"
+}
+
+variable "compute_count" {
+  description = "Number of compute nodes"
+  type        = number
+  default     = 2
+}
+
+variable "control_private_ip" {
+  description = "Private IP of the control node; the same as --control-plane-ip of the compute build"
+  type        = string
+  default     = "10.0.1.10"
+}
+
+variable "availability_zone" {
+  description = "Zone of the nodes"
+  type        = string
+}
+
+variable "image_id" {
+  description = "Image matching the profile"
+  type        = string
+}
+
+variable "vpc_id" {
+  description = "VPC of the nodes"
+  type        = string
+}
+
+variable "subnet_id" {
+  description = "Subnet of the nodes"
+  type        = string
+}
+
+variable "security_group_ids" {
+  description = "Security groups of the nodes"
+  type        = list(string)
+}
+
+module "cube" {
+  source = "../modules/cube-nodes"
+
+  name_prefix         = "cube"
+  control_payload_dir = "${var.out_dir}/control/${var.profile}"
+  compute_payload_dir = "${var.out_dir}/compute/${var.profile}"
+  compute_count       = var.compute_count
+  control_private_ip  = var.control_private_ip
+  payload_encoding    = "gzip"
+  availability_zone   = var.availability_zone
+  image_id            = var.image_id
+  vpc_id              = var.vpc_id
+  subnet_id           = var.subnet_id
+  security_group_ids  = var.security_group_ids
+}
+
+output "control_private_ip" {
+  description = "Private IP of the control node"
+  value       = module.cube.control_private_ip
+}
+
+output "control_public_ip" {
+  description = "Public IP of the control node"
+  value       = module.cube.control_public_ip
+}
+
+output "compute_private_ips" {
+  description = "Private IPs of the compute nodes"
+  value       = module.cube.compute_private_ips
+}
+
+output "compute_public_ips" {
+  description = "Public IPs of the compute nodes"
+  value       = module.cube.compute_public_ips
+}

@@ -1,0 +1,89 @@
+locals {
+  # Tencent Cloud's `user_data` takes base64 text of at most 16 KB
+  # (prior-art §3): either the plain payload encoded here, or the builder's
+  # own gzip+base64 file as it is.
+  control_user_data = (var.payload_encoding == "gzip"
+    ? trimspace(file("${var.control_payload_dir}/user-data.gz.b64"))
+  : filebase64("${var.control_payload_dir}/user-data"))
+
+  compute_user_data = var.compute_count == 0 ? "" : (var.payload_encoding == "gzip"
+    ? trimspace(file("${var.compute_payload_dir}/user-data.gz.b64"))
+  : filebase64("${var.compute_payload_dir}/user-data"))
+
+  # The plan the compute payload carries, to check it names this control node.
+  compute_plan = var.compute_count == 0 ? null : jsondecode(file("${var.compute_payload_dir}/plan.json"))
+  control_plan = jsondecode(file("${var.control_payload_dir}/plan.json"))
+
+  user_data_limit = 16384
+}
+
+resource "tencentcloud_instance" "control" {
+  instance_name              = "${var.name_prefix}-control"
+  availability_zone          = var.availability_zone
+  image_id                   = var.image_id
+  instance_type              = var.instance_type
+  vpc_id                     = var.vpc_id
+  subnet_id                  = var.subnet_id
+  private_ip                 = var.control_private_ip
+  orderly_security_groups    = var.security_group_ids
+  key_ids                    = var.key_ids
+  allocate_public_ip         = var.public_ip
+  internet_max_bandwidth_out = var.public_ip ? 10 : 0
+  system_disk_type           = "CLOUD_PREMIUM"
+  system_disk_size           = 100
+  user_data                  = local.control_user_data
+
+  data_disks {
+    data_disk_type       = "CLOUD_PREMIUM"
+    data_disk_size       = var.data_disk_size
+    delete_with_instance = true
+  }
+
+  lifecycle {
+    precondition {
+      condition     = local.control_plan.cube.role == "control"
+      error_message = "control_payload_dir holds a ${local.control_plan.cube.role} payload; build it with --role control."
+    }
+    precondition {
+      condition     = length(local.control_user_data) <= local.user_data_limit
+      error_message = "The control payload is ${length(local.control_user_data)} base64 bytes; Tencent Cloud accepts ${local.user_data_limit}."
+    }
+  }
+}
+
+resource "tencentcloud_instance" "compute" {
+  count                      = var.compute_count
+  instance_name              = "${var.name_prefix}-compute-${count.index + 1}"
+  availability_zone          = var.availability_zone
+  image_id                   = var.image_id
+  instance_type              = var.instance_type
+  vpc_id                     = var.vpc_id
+  subnet_id                  = var.subnet_id
+  orderly_security_groups    = var.security_group_ids
+  key_ids                    = var.key_ids
+  allocate_public_ip         = var.public_ip
+  internet_max_bandwidth_out = var.public_ip ? 10 : 0
+  system_disk_type           = "CLOUD_PREMIUM"
+  system_disk_size           = 100
+  user_data                  = local.compute_user_data
+
+  data_disks {
+    data_disk_type       = "CLOUD_PREMIUM"
+    data_disk_size       = var.data_disk_size
+    delete_with_instance = true
+  }
+
+  lifecycle {
+    # The control node's private IP reaches the compute payload at build
+    # time (--control-plane-ip); refuse a payload built for another one.
+    precondition {
+      condition = (local.compute_plan.cube.role == "compute"
+      && local.compute_plan.cube.control_plane_ip == tencentcloud_instance.control.private_ip)
+      error_message = "The compute payload must be built with --role compute --control-plane-ip ${tencentcloud_instance.control.private_ip}."
+    }
+    precondition {
+      condition     = length(local.compute_user_data) <= local.user_data_limit
+      error_message = "The compute payload is ${length(local.compute_user_data)} base64 bytes; Tencent Cloud accepts ${local.user_data_limit}."
+    }
+  }
+}
