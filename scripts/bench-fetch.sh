@@ -22,7 +22,10 @@ rate_mib=${RATE_MIB:-100}
 
 helper=$(scripts/build-helper.sh)
 helper=$(realpath "$helper")
-work=$(mktemp -d /var/tmp/cubeboot-bench.XXXXXX)
+# tmpfs by default: both tools write the same bytes to the same place, and
+# the disk's writeback of gigabytes of dirty pages (other jobs' too) stays
+# out of the comparison. BENCH_DIR=/var/tmp measures on disk instead.
+work=$(mktemp -d "${BENCH_DIR:-/dev/shm}/cubeboot-bench.XXXXXX")
 server_pid=
 cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
@@ -149,7 +152,7 @@ one_fast=$(median < "$work/one-fast")
 curl_cpu=$(median < "$work/curl-cpu")
 helper_cpu=$(median < "$work/helper-cpu")
 {
-  echo "cube-firstboot fetch benchmark ($(date -u +%FT%TZ), $(nproc) cores, median of $rounds)"
+  echo "cube-firstboot fetch benchmark ($(date -u +%FT%TZ), $(nproc) cores, median of $rounds, files in $(dirname "$work"))"
   echo "helper: $helper ($(stat -c %s "$helper") bytes)"
   echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
   printf 'peak RSS of any helper run:               %6.1f MiB  (target <= 16)\n' "$(awk "BEGIN {print $rss_kib / 1024}")"
