@@ -87,18 +87,24 @@ pub fn apply(host: &dyn Host, stage: Stage) -> Result<ApplyReport> {
 
     // The kernel package must be in the image's SHA-256-named cache, verified;
     // with an `--offline` overlay it already is and nothing is downloaded.
-    host.say("apply: fetching and verifying pinned assets into the image cache");
-    let fetched = {
+    let cached = super::cache_path(&plan.assets.kernel);
+    let name = cached.rsplit('/').next().unwrap_or_default().to_string();
+    let detail = if cache_file_is_verified(host, &name, &cached)? {
+        format!(
+            "{} already in the image cache, verified",
+            plan.assets.kernel.name
+        )
+    } else {
+        host.say("apply: fetching the pinned assets into the image cache");
         let mut ctx = Ctx {
             host,
             plan: &plan,
             journal: &mut journal,
         };
-        fetch::run(&mut ctx).context("fetching assets into the image")?
-    };
-    let detail = match fetched {
-        Outcome::Done(d) | Outcome::Skipped(d) => d,
-        Outcome::RebootRequested(d) => bail!("fetch asked for a reboot ({d})"),
+        match fetch::run(&mut ctx).context("fetching assets into the image")? {
+            Outcome::Done(d) | Outcome::Skipped(d) => d,
+            Outcome::RebootRequested(d) => bail!("fetch asked for a reboot ({d})"),
+        }
     };
     journal.mark(host, StepId::Fetch, StepState::Done, &detail);
     journal.save(host)?;
@@ -179,7 +185,27 @@ fn set_image_default(host: &dyn Host, plan: &Plan, journal: &Journal) -> Result<
         BootloaderKind::BlsGrubby => {
             let path = format!("/boot/vmlinuz-{kver}");
             host.run(&on_target(host, "grubby").arg(format!("--set-default={path}")))?;
+            // grubby sets saved_entry only; the trial boot's next_entry would
+            // otherwise be spent on the first power-on and then be gone anyway,
+            // but an armed one-shot in a captured image is a surprise. The
+            // editenv tool edits the file directly (no chroot needed).
+            if host.exists(&bl.grubenv) {
+                let env_path = host.path(&bl.grubenv).to_string_lossy().into_owned();
+                host.run(&CommandSpec::new(&bl.editenv).args([
+                    env_path.as_str(),
+                    "unset",
+                    "next_entry",
+                ]))?;
+            }
             let now = host.run(&on_target(host, "grubby").arg("--default-kernel"))?;
+            let env = parse_grubenv(&host.read_optional(&bl.grubenv)?.unwrap_or_default());
+            ensure!(
+                !env.contains_key("next_entry"),
+                "{} still has next_entry={:?} after {} unset",
+                bl.grubenv,
+                env.get("next_entry"),
+                bl.editenv
+            );
             ensure!(
                 now.stdout.trim() == path,
                 "grubby --set-default={path} did not take: grubby --default-kernel prints {:?}",
