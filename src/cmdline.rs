@@ -1,2 +1,243 @@
-//! Kernel command-line merging (shared: the builder previews it, the helper
-//! applies it). Being written with the kernel stage.
+//! Kernel command-line merging. Pure: the builder previews it, the helper
+//! applies it to GRUB drop-ins and BLS entries.
+//!
+//! The merge rule is upstream's fixed one (cube-sandbox-facts.md §9): for each
+//! configured key, drop the existing parameters with that key once, then
+//! append every configured value in order. Multi-value keys survive
+//! (`console=ttyS0,115200 console=tty0` both stay), and merging twice gives the
+//! same line as merging once.
+
+/// The key of a parameter: the part before the first `=` (`console` for
+/// `console=tty0`), or the whole token for a flag (`nopti`).
+pub fn key(param: &str) -> &str {
+    match param.find('=') {
+        Some(i) => &param[..i],
+        None => param,
+    }
+}
+
+/// Split a command line into parameters the way the kernel does: on
+/// whitespace, except inside double quotes (`foo="a b"` is one parameter).
+pub fn split(line: &str) -> Vec<String> {
+    let mut params = Vec::new();
+    let mut current = String::new();
+    let mut in_quotes = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                in_quotes = !in_quotes;
+                current.push(c);
+            }
+            c if c.is_whitespace() && !in_quotes => {
+                if !current.is_empty() {
+                    params.push(std::mem::take(&mut current));
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        params.push(current);
+    }
+    params
+}
+
+/// Merge `configured` into `existing` by the rule above.
+pub fn merge<S: AsRef<str>>(existing: &[S], configured: &[S]) -> Vec<String> {
+    let keys: Vec<&str> = configured.iter().map(|p| key(p.as_ref())).collect();
+    let mut out: Vec<String> = existing
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|p| !keys.contains(&key(p)))
+        .map(str::to_string)
+        .collect();
+    out.extend(configured.iter().map(|p| p.as_ref().to_string()));
+    out
+}
+
+/// [`merge`] on command-line strings.
+pub fn merge_line<S: AsRef<str>>(existing: &str, configured: &[S]) -> String {
+    let configured: Vec<&str> = configured.iter().map(AsRef::as_ref).collect();
+    merge(
+        &split(existing)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        &configured,
+    )
+    .join(" ")
+}
+
+/// Existing parameters that [`merge`] would drop: same key as a configured
+/// one, but not itself configured (what `grubby --remove-args` needs).
+pub fn displaced<S: AsRef<str>>(existing: &[S], configured: &[S]) -> Vec<String> {
+    let keys: Vec<&str> = configured.iter().map(|p| key(p.as_ref())).collect();
+    existing
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|p| keys.contains(&key(p)) && !configured.iter().any(|c| c.as_ref() == *p))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Parameters of `required` missing from `line` (e.g. /proc/cmdline).
+/// Empty means every required parameter is present.
+pub fn missing<S: AsRef<str>>(line: &str, required: &[S]) -> Vec<String> {
+    let present = split(line);
+    required
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|r| !present.iter().any(|p| p == r))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether, for every configured key, the values in `line` are exactly the
+/// configured ones in order (what a correct merge leaves behind).
+pub fn has_merged<S: AsRef<str>>(line: &str, configured: &[S]) -> bool {
+    let present = split(line);
+    let mut keys: Vec<&str> = Vec::new();
+    for p in configured {
+        let k = key(p.as_ref());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys.iter().all(|k| {
+        let want: Vec<&str> = configured
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|p| key(p) == *k)
+            .collect();
+        let have: Vec<&str> = present
+            .iter()
+            .map(String::as_str)
+            .filter(|p| key(p) == *k)
+            .collect();
+        want == have
+    })
+}
+
+/// Human warnings for parameters with side effects a user should know about
+/// before the reboot (cube-sandbox-facts.md §9, table of side effects).
+pub fn warnings<S: AsRef<str>>(params: &[S]) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in params.iter().map(AsRef::as_ref) {
+        let why = match p {
+            "net.ifnames=0" | "biosdevname=0" => Some(
+                "renames network interfaces to eth0… on the next boot; netplan/NetworkManager \
+                 profiles matched by interface name may stop working",
+            ),
+            "ipv6.disable=1" => Some("disables IPv6 on the host"),
+            "module.sig_enforce=1" => Some("refuses unsigned (e.g. DKMS) kernel modules"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            out.push(format!("boot parameter {p} {why}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::boot_params;
+
+    fn v(s: &str) -> Vec<String> {
+        split(s)
+    }
+
+    #[test]
+    fn merge_table() {
+        // (existing, configured, expected)
+        let cases: &[(&str, &str, &str)] = &[
+            ("", "nopti pti=off", "nopti pti=off"),
+            ("ro quiet", "nopti pti=off", "ro quiet nopti pti=off"),
+            // Existing value of a configured key is replaced, not duplicated.
+            ("ro pti=on quiet", "nopti pti=off", "ro quiet nopti pti=off"),
+            // Multi-value keys: both configured consoles survive, old ones go.
+            (
+                "console=tty1 console=ttyS0 ro",
+                "console=ttyS0,115200 console=tty0",
+                "ro console=ttyS0,115200 console=tty0",
+            ),
+            // Alibaba ECS Ubuntu 24.04 style line (facts §9 fixture).
+            (
+                "net.ifnames=0 console=tty0 console=ttyS0,115200n8 noibrs nvme_core.io_timeout=4294967295",
+                "console=ttyS0,115200 console=tty0 pti=off",
+                "net.ifnames=0 noibrs nvme_core.io_timeout=4294967295 console=ttyS0,115200 console=tty0 pti=off",
+            ),
+            // A flag configured twice stays twice (configured order is the user's).
+            ("quiet", "quiet", "quiet"),
+            // Quoted values are one parameter.
+            (
+                r#"dyndbg="file x.c +p" ro"#,
+                "ro",
+                r#"dyndbg="file x.c +p" ro"#,
+            ),
+        ];
+        for (existing, configured, expected) in cases {
+            let got = merge_line(existing, &v(configured));
+            assert_eq!(&got, expected, "merging {configured:?} into {existing:?}");
+            // Idempotent.
+            assert_eq!(
+                merge_line(&got, &v(configured)),
+                got,
+                "second merge of {configured:?}"
+            );
+            assert!(has_merged(&got, &v(configured)));
+        }
+    }
+
+    #[test]
+    fn full_tencent_set_merges_idempotently_over_a_cloud_line() {
+        let tencent: Vec<String> = boot_params::TENCENT.iter().map(|s| s.to_string()).collect();
+        let once = merge_line(
+            "BOOT_IMAGE=/vmlinuz ro console=tty1 console=ttyS0 quiet",
+            &tencent,
+        );
+        assert_eq!(merge_line(&once, &tencent), once);
+        assert!(once.starts_with(
+            "BOOT_IMAGE=/vmlinuz ro quiet elevator=noop console=ttyS0,115200 console=tty0 "
+        ));
+        assert_eq!(once.matches("console=").count(), 2);
+        assert!(missing(&once, &tencent).is_empty());
+    }
+
+    #[test]
+    fn displaced_lists_only_replaced_values() {
+        assert_eq!(
+            displaced(
+                &v("ro console=tty1 pti=off quiet"),
+                &v("console=tty0 pti=off")
+            ),
+            vec!["console=tty1"]
+        );
+    }
+
+    #[test]
+    fn missing_and_has_merged_detect_incomplete_lines() {
+        let want = v("nopti pti=off panic=30");
+        assert_eq!(missing("ro nopti panic=30", &want), vec!["pti=off"]);
+        assert!(missing("BOOT_IMAGE=/x ro nopti pti=off panic=30\n", &want).is_empty());
+        // A stray second value of a configured key means the merge did not happen.
+        assert!(!has_merged("pti=on nopti pti=off", &v("nopti pti=off")));
+        assert!(!has_merged(
+            "console=tty0 console=ttyS0",
+            &v("console=ttyS0 console=tty0")
+        ));
+    }
+
+    #[test]
+    fn warnings_name_nic_renames_and_ipv6() {
+        let w = warnings(&v("nopti net.ifnames=0 ipv6.disable=1 biosdevname=0"));
+        assert_eq!(w.len(), 3);
+        assert!(w[0].starts_with("boot parameter net.ifnames=0 renames network interfaces"));
+        assert_eq!(
+            w[1],
+            "boot parameter ipv6.disable=1 disables IPv6 on the host"
+        );
+        assert!(warnings(&v("nopti pti=off")).is_empty());
+    }
+}

@@ -1,17 +1,28 @@
 //! `cubeboot`: the table of contents. Each verb maps to one stage function.
 
-use anyhow::Result;
+use std::process::ExitCode;
+
 use clap::Parser;
 
 use cubeboot::builder::cli::{Cli, Command};
+use cubeboot::builder::{check, inspect, lock, package};
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Profiles(_)
-        | Command::Check(_)
-        | Command::Lock(_)
-        | Command::Build(_)
-        | Command::Inspect(_) => anyhow::bail!("not written yet"),
+    let result = match cli.command {
+        Command::Profiles(args) => check::list_profiles(args),
+        Command::Check(args) => check::run(args),
+        Command::Lock(args) => lock::run(args),
+        Command::Build(args) => package::run(args),
+        Command::Inspect(args) => inspect::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Diagnostics print rustc-style on their own; other errors show
+            // their whole context chain.
+            eprintln!("{}", cubeboot::builder::diag::render_error(&err));
+            ExitCode::FAILURE
+        }
     }
 }

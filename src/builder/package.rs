@@ -1,1 +1,234 @@
-//! (being written)
+//! `cubeboot build`: profiles + lock → plan → user-data → out/<profile>/.
+//!
+//! Every payload is rendered, read back and budget-checked in memory first;
+//! only then are files written, into a temporary directory beside the output,
+//! and renamed into place when complete. A failure leaves out/ as it was.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use serde::Serialize;
+
+use super::budget::{self, Movable};
+use super::cli::{BuildArgs, FormatArg};
+use super::lock::{AssetKind, Lock};
+use super::options::BuildOptions;
+use super::profile::{self, Profile};
+use super::render::{self, Helper, HelperSource};
+use crate::digest::Sha256Digest;
+
+/// One profile's output files, by name.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    pub profile: String,
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// Size as the chosen cloud counts it.
+    pub budget_size: u64,
+}
+
+/// The `build` verb.
+pub fn run(args: BuildArgs) -> Result<()> {
+    if args.format == FormatArg::Overlay {
+        bail!("--format overlay is built by the overlay stage, which is not in this build yet");
+    }
+    // Step 1: inputs, validated (flags, lock, profiles).
+    let options = BuildOptions::from_args(&args)?;
+    let lock = Lock::load(&args.lock)?;
+    let profiles = profile::select(&args.dir.profiles_dir, &args.profile)?;
+    // Step 2: every payload in memory; any error stops before writing.
+    let payloads = build_all(&profiles, &lock, &options)?;
+    // Step 3: write to a temp dir, rename into place.
+    write_payloads(&args.output, &payloads)?;
+    for p in &payloads {
+        eprintln!(
+            "built {}/{}/user-data ({} bytes {}, {} budget {})",
+            args.output.display(),
+            p.profile,
+            p.budget_size,
+            options.cloud.measure,
+            options.cloud.name,
+            options
+                .cloud
+                .limit
+                .map_or("none".to_string(), |l| l.to_string())
+        );
+    }
+    Ok(())
+}
+
+/// Build every selected profile's payload in memory.
+pub fn build_all(profiles: &[Profile], lock: &Lock, options: &BuildOptions) -> Result<Vec<Payload>> {
+    let pinned = lock.pinned(AssetKind::Helper, "the user-data bootstrap")?;
+    let helper = Helper {
+        sha256: pinned.sha256,
+        source: if options.embed_helper {
+            HelperSource::Embedded(lock.read_local(&pinned)?)
+        } else {
+            HelperSource::Urls(options.mirror.order(pinned.asset)?)
+        },
+    };
+    let lock_sha = Sha256Digest::of(lock.text.as_bytes());
+    profiles
+        .iter()
+        .map(|p| {
+            build_one(p, lock, lock_sha, options, &helper)
+                .with_context(|| format!("building profile {}", p.name))
+        })
+        .collect()
+}
+
+fn build_one(
+    profile: &Profile,
+    lock: &Lock,
+    lock_sha: Sha256Digest,
+    options: &BuildOptions,
+    helper: &Helper,
+) -> Result<Payload> {
+    // Plan, then user-data.
+    let plan = options.plan(profile, lock)?;
+    let rendered = render::user_data(&plan, helper)?;
+    let user_data = rendered.user_data.into_bytes();
+    // Budget, measured after the cloud's own encoding.
+    let movable = [
+        Movable {
+            what: "the embedded helper".into(),
+            bytes: rendered.embedded_helper_bytes,
+            how: "drop --embed-helper; the target downloads it by URL and checks the pinned SHA-256".into(),
+        },
+        Movable {
+            what: "the boot parameter list".into(),
+            bytes: if options.boot_params_label == "minimal" {
+                0
+            } else {
+                plan.kernel.boot_params.iter().map(|p| p.len() as u64 + 8).sum()
+            },
+            how: "use --boot-params minimal (nopti pti=off)".into(),
+        },
+    ];
+    let budget_size = budget::check(&options.cloud, &profile.name, &user_data, &movable)
+        .map_err(anyhow::Error::msg)?;
+    // The other files.
+    let gz_b64 = base64::engine::general_purpose::STANDARD
+        .encode(render::gzip(&user_data)?)
+        .into_bytes();
+    let mut files = BTreeMap::new();
+    files.insert("plan.json".to_string(), rendered.plan_json.into_bytes());
+    files.insert("user-data.gz.b64".to_string(), gz_b64);
+    files.insert("user-data".to_string(), user_data);
+    let manifest = Manifest {
+        generator: crate::generator(),
+        profile: profile.name.clone(),
+        role: plan.cube.role.as_str().to_string(),
+        boot_params: options.boot_params_label.clone(),
+        helper: if options.embed_helper { "embedded" } else { "url" }.to_string(),
+        first_url: plan.assets.bundle.urls.first().cloned().unwrap_or_default(),
+        lock_sha256: lock_sha.to_hex(),
+        cloud: ManifestCloud {
+            name: options.cloud.name.to_string(),
+            measured_on: options.cloud.measure.to_string(),
+            limit: options.cloud.limit,
+            size: budget_size,
+        },
+        files: files
+            .iter()
+            .map(|(name, bytes)| {
+                (
+                    name.clone(),
+                    ManifestFile {
+                        sha256: Sha256Digest::of(bytes).to_hex(),
+                        size: bytes.len() as u64,
+                    },
+                )
+            })
+            .collect(),
+    };
+    let mut manifest_json = serde_json::to_string_pretty(&manifest)?;
+    manifest_json.push('\n');
+    files.insert("manifest.json".to_string(), manifest_json.into_bytes());
+    // SHA256SUMS last, sorted by name (BTreeMap order), in sha256sum format.
+    let sums: String = files
+        .iter()
+        .map(|(name, bytes)| format!("{}  {name}\n", Sha256Digest::of(bytes)))
+        .collect();
+    files.insert("SHA256SUMS".to_string(), sums.into_bytes());
+    Ok(Payload {
+        profile: profile.name.clone(),
+        files,
+        budget_size,
+    })
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Manifest {
+    generator: String,
+    profile: String,
+    role: String,
+    boot_params: String,
+    helper: String,
+    first_url: String,
+    lock_sha256: String,
+    cloud: ManifestCloud,
+    files: BTreeMap<String, ManifestFile>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct ManifestCloud {
+    name: String,
+    measured_on: String,
+    limit: Option<u64>,
+    size: u64,
+}
+
+#[derive(Serialize)]
+struct ManifestFile {
+    sha256: String,
+    size: u64,
+}
+
+/// Write payloads under `out`: all into `out/.cubeboot-tmp-<pid>/`, then one
+/// rename per profile directory (the old one moved aside first, removed last).
+pub fn write_payloads(out: &Path, payloads: &[Payload]) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let tmp = out.join(format!(".cubeboot-tmp-{}", std::process::id()));
+    let result = write_into(&tmp, payloads).and_then(|()| swap_in(out, &tmp, payloads));
+    // Whatever happened, no temp directory is left behind.
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+fn write_into(tmp: &Path, payloads: &[Payload]) -> Result<()> {
+    use std::io::Write as _;
+    let _ = std::fs::remove_dir_all(tmp);
+    for p in payloads {
+        let dir = tmp.join(&p.profile);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, bytes) in &p.files {
+            let path = dir.join(name);
+            let mut f = std::fs::File::create(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            f.write_all(bytes)
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn swap_in(out: &Path, tmp: &Path, payloads: &[Payload]) -> Result<()> {
+    let old = tmp.join(".old");
+    std::fs::create_dir_all(&old)?;
+    for p in payloads {
+        let dest: PathBuf = out.join(&p.profile);
+        if dest.exists() {
+            std::fs::rename(&dest, old.join(&p.profile))
+                .with_context(|| format!("moving aside {}", dest.display()))?;
+        }
+        std::fs::rename(tmp.join(&p.profile), &dest)
+            .with_context(|| format!("renaming into {}", dest.display()))?;
+    }
+    Ok(())
+}

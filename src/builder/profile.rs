@@ -1,1 +1,463 @@
-//! (being written)
+//! Distro profiles: versioned, strict YAML specs, one per target distro.
+//!
+//! Like a Butane config (STYLE.md §4), a profile is read in two passes: a
+//! minimal `{version}` first, then the schema of that version, so an unknown
+//! version is a clear error listing the supported ones rather than a pile of
+//! "unknown field" complaints. Released versions are frozen.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use super::diag::{Diagnostic, Report};
+use super::lock::AssetKind;
+use super::yaml;
+use crate::plan::{
+    Bootloader, BootloaderKind, DockerSource, HostPackages, KernelHold, PackageFamily,
+    PackageManager, Quirks, Target,
+};
+
+/// Profile schema versions this build reads.
+pub const SUPPORTED_PROFILE_VERSIONS: &[u32] = &[1];
+
+/// A validated profile, ready for the plan.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// File stem, e.g. `debian-12`.
+    pub name: String,
+    pub path: PathBuf,
+    pub description: String,
+    /// Which locked kernel package this distro installs.
+    pub kernel_asset: AssetKind,
+    pub target: Target,
+}
+
+/// Load and validate every `*.yaml` in `dir`, sorted by name. All problems
+/// of all files are collected before failing.
+pub fn load_dir(dir: &Path) -> Result<(Vec<Profile>, Report)> {
+    // Collect the file list first: the order of read_dir is not stable.
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading profile directory {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        anyhow::bail!("no profiles (*.yaml) in {}", dir.display());
+    }
+    let mut profiles = Vec::new();
+    let mut report = Report::default();
+    for path in paths {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading profile {}", path.display()))?;
+        match parse(&text, &path) {
+            Ok((p, warnings)) => {
+                report.0.extend(warnings);
+                profiles.push(p);
+            }
+            Err(diags) => report.0.extend(diags),
+        }
+    }
+    Ok((profiles, report))
+}
+
+/// Load profiles and fail on any error; returns the selected ones
+/// (`all` or one name).
+pub fn select(dir: &Path, which: &str) -> Result<Vec<Profile>> {
+    let (profiles, report) = load_dir(dir)?;
+    if report.errors() > 0 {
+        return Err(report.into());
+    }
+    if which == "all" {
+        return Ok(profiles);
+    }
+    match profiles.iter().find(|p| p.name == which) {
+        Some(p) => Ok(vec![p.clone()]),
+        None => {
+            let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
+            anyhow::bail!(
+                "no profile named {which:?} in {}; available: all, {}",
+                dir.display(),
+                names.join(", ")
+            )
+        }
+    }
+}
+
+/// Parse one profile: version first, then the schema; then cross-field checks.
+/// Returns the profile and its warnings, or every error found.
+pub fn parse(text: &str, path: &Path) -> Result<(Profile, Vec<Diagnostic>), Vec<Diagnostic>> {
+    // Step 1: the version decides the schema.
+    peek_version(text, path).map_err(|d| vec![d])?;
+    // Step 2: strict parse of that version's schema (only v1 exists so far;
+    // peek_version refused every other version).
+    let spec: v1::ProfileSpec = yaml::from_str(text, path).map_err(|d| vec![d])?;
+    // Step 3: cross-field checks, all collected.
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let diags = v1::validate(&spec, &name, text, path);
+    if diags.iter().any(Diagnostic::is_error) {
+        return Err(diags);
+    }
+    Ok((spec.into_profile(name, path), diags))
+}
+
+fn peek_version(text: &str, path: &Path) -> Result<u32, Diagnostic> {
+    let doc = yaml::to_json_value(text, path)?;
+    let supported = SUPPORTED_PROFILE_VERSIONS
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let Some(map) = doc.as_object() else {
+        return Err(Diagnostic::error(
+            path,
+            "$",
+            "a profile is a mapping starting with `version:`",
+        )
+        .at(text, Some((1, 1))));
+    };
+    let at = yaml::locate(text, "$.version");
+    match map.get("version") {
+        None => Err(Diagnostic::error(
+            path,
+            "$",
+            format!("missing `version:`; supported profile versions: {supported}"),
+        )
+        .at(text, Some((1, 1)))),
+        Some(v) => match v.as_u64() {
+            Some(n) if SUPPORTED_PROFILE_VERSIONS.iter().any(|s| u64::from(*s) == n) => {
+                Ok(n as u32)
+            }
+            _ => Err(Diagnostic::error(
+                path,
+                "$.version",
+                format!("unsupported profile version {v}; supported profile versions: {supported}"),
+            )
+            .at(text, at)),
+        },
+    }
+}
+
+/// Version 1 of the profile schema (frozen once released).
+pub mod v1 {
+    use super::*;
+
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+    pub struct ProfileSpec {
+        pub version: u32,
+        /// Human name, shown by `cubeboot profiles`.
+        pub description: String,
+        /// `ID` values from /etc/os-release this profile accepts.
+        pub os_ids: Vec<String>,
+        /// `VERSION_ID` prefix, e.g. `"12"`.
+        pub version_id: String,
+        pub family: PackageFamily,
+        /// `kernel-rpm` or `kernel-deb`: which locked kernel package fits.
+        pub kernel_asset: AssetKind,
+        pub bootloader: BootloaderSpec,
+        pub packages: PackagesSpec,
+        #[serde(default)]
+        pub quirks: QuirksSpec,
+    }
+
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+    pub struct BootloaderSpec {
+        pub kind: BootloaderKind,
+        pub mkconfig: Vec<String>,
+        pub reboot_once: String,
+        pub set_default: String,
+        pub editenv: String,
+        pub grub_cfg: String,
+        pub grubenv: String,
+        #[serde(default)]
+        pub dropin_dir: Option<String>,
+    }
+
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+    pub struct PackagesSpec {
+        pub manager: PackageManager,
+        pub install: Vec<String>,
+        #[serde(default)]
+        pub docker: DockerSource,
+        pub hold: KernelHold,
+    }
+
+    #[derive(Debug, Clone, Default, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+    pub struct QuirksSpec {
+        /// CubeSandbox #366: multipathd blocks cgroup v2 `cpu` delegation.
+        #[serde(default)]
+        pub multipathd_cgroup_fix: bool,
+        /// Control role needs resolvectl or NetworkManager (facts §4.1, 11b).
+        #[serde(default)]
+        pub needs_resolver: bool,
+    }
+
+    impl ProfileSpec {
+        pub fn into_profile(self, name: String, path: &Path) -> Profile {
+            let b = self.bootloader;
+            Profile {
+                target: Target {
+                    profile: name.clone(),
+                    os_ids: self.os_ids,
+                    version_id: self.version_id,
+                    family: self.family,
+                    bootloader: Bootloader {
+                        kind: b.kind,
+                        mkconfig: b.mkconfig,
+                        reboot_once: b.reboot_once,
+                        set_default: b.set_default,
+                        editenv: b.editenv,
+                        grub_cfg: b.grub_cfg,
+                        grubenv: b.grubenv,
+                        dropin_dir: b.dropin_dir,
+                    },
+                    packages: HostPackages {
+                        manager: self.packages.manager,
+                        install: self.packages.install,
+                        docker: self.packages.docker,
+                        hold: self.packages.hold,
+                    },
+                    quirks: Quirks {
+                        multipathd_cgroup_fix: self.quirks.multipathd_cgroup_fix,
+                        needs_resolver: self.quirks.needs_resolver,
+                    },
+                },
+                name,
+                path: path.to_path_buf(),
+                description: self.description,
+                kernel_asset: self.kernel_asset,
+            }
+        }
+    }
+
+    /// Cross-field rules a type cannot express.
+    pub fn validate(spec: &ProfileSpec, name: &str, text: &str, path: &Path) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        let mut err = |key: &str, msg: String| {
+            out.push(Diagnostic::error(path, key, msg).at(text, yaml::locate_or_parent(text, key)));
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        {
+            err(
+                "$",
+                format!("profile file name {name:?} must be lowercase letters, digits, '-' and '.'"),
+            );
+        }
+        let (want_asset, want_manager) = match spec.family {
+            PackageFamily::Rpm => (AssetKind::KernelRpm, PackageManager::Dnf),
+            PackageFamily::Deb => (AssetKind::KernelDeb, PackageManager::Apt),
+        };
+        if spec.kernel_asset != want_asset {
+            err(
+                "$.kernel-asset",
+                format!(
+                    "family {} installs {}, not {}",
+                    family_name(spec.family),
+                    want_asset.key(),
+                    spec.kernel_asset.key()
+                ),
+            );
+        }
+        if spec.packages.manager != want_manager {
+            err(
+                "$.packages.manager",
+                format!(
+                    "family {} is driven by {}",
+                    family_name(spec.family),
+                    manager_name(want_manager)
+                ),
+            );
+        }
+        let hold_ok = matches!(
+            (spec.packages.manager, spec.packages.hold),
+            (PackageManager::Apt, KernelHold::AptMarkHold)
+                | (PackageManager::Dnf, KernelHold::DnfVersionlock | KernelHold::DnfExclude)
+        );
+        if !hold_ok {
+            err(
+                "$.packages.hold",
+                format!("this hold does not work with {}", manager_name(spec.packages.manager)),
+            );
+        }
+        if spec.os_ids.is_empty() {
+            err("$.os-ids", "at least one os-release ID is needed".into());
+        }
+        if spec.version_id.is_empty() {
+            err("$.version-id", "must not be empty".into());
+        }
+        if spec.bootloader.mkconfig.is_empty() {
+            err("$.bootloader.mkconfig", "needs the grub.cfg regeneration command".into());
+        }
+        let b = &spec.bootloader;
+        let mut paths = vec![("grub-cfg", Some(&b.grub_cfg)), ("grubenv", Some(&b.grubenv))];
+        paths.push(("dropin-dir", b.dropin_dir.as_ref()));
+        for (key, value) in paths {
+            if let Some(v) = value {
+                if !v.starts_with('/') {
+                    err(
+                        &format!("$.bootloader.{key}"),
+                        format!("{v:?} must be an absolute path on the target"),
+                    );
+                }
+            }
+        }
+        for (i, p) in spec.packages.install.iter().enumerate() {
+            if p.is_empty() || p.starts_with('-') || p.contains(char::is_whitespace) {
+                err(
+                    &format!("$.packages.install[{i}]"),
+                    format!("{p:?} is not a package name"),
+                );
+            }
+        }
+        // Warnings: what the Cube installer needs but does not install itself
+        // (facts §5). Fatal under `check --strict`.
+        for needed in ["curl", "tar", "xfsprogs", "python3"] {
+            if !spec.packages.install.iter().any(|p| p == needed) {
+                out.push(
+                    Diagnostic::warning(
+                        path,
+                        "$.packages.install",
+                        format!("{needed} is not listed; the Cube installer expects it (facts §5)"),
+                    )
+                    .at(text, yaml::locate_or_parent(text, "$.packages.install")),
+                );
+            }
+        }
+        out
+    }
+
+    fn family_name(f: PackageFamily) -> &'static str {
+        match f {
+            PackageFamily::Rpm => "rpm",
+            PackageFamily::Deb => "deb",
+        }
+    }
+
+    fn manager_name(m: PackageManager) -> &'static str {
+        match m {
+            PackageManager::Apt => "apt",
+            PackageManager::Dnf => "dnf",
+        }
+    }
+}
+
+impl Profile {
+    /// One line for `cubeboot profiles`.
+    pub fn summary(&self) -> String {
+        let family = match self.target.family {
+            PackageFamily::Rpm => "rpm",
+            PackageFamily::Deb => "deb",
+        };
+        let boot = match self.target.bootloader.kind {
+            BootloaderKind::BlsGrubby => "bls-grubby",
+            BootloaderKind::GrubMkconfig => "grub-mkconfig",
+        };
+        format!(
+            "{:<16} {:<4} {:<14} {}",
+            self.name, family, boot, self.description
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "version: 1
+description: Debian 12
+os-ids: [debian]
+version-id: \"12\"
+family: deb
+kernel-asset: kernel-deb
+bootloader:
+  kind: grub-mkconfig
+  mkconfig: [update-grub]
+  reboot-once: grub-reboot
+  set-default: grub-set-default
+  editenv: grub-editenv
+  grub-cfg: /boot/grub/grub.cfg
+  grubenv: /boot/grub/grubenv
+  dropin-dir: /etc/default/grub.d
+packages:
+  manager: apt
+  install: [curl, tar, xfsprogs, python3]
+  hold: apt-mark-hold
+";
+
+    fn parse_err(text: &str) -> String {
+        let errs = parse(text, Path::new("profiles/debian-12.yaml")).unwrap_err();
+        errs.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
+
+    #[test]
+    fn good_profile_parses() {
+        let (p, warnings) = parse(GOOD, Path::new("profiles/debian-12.yaml")).unwrap();
+        assert_eq!(p.name, "debian-12");
+        assert_eq!(p.kernel_asset, AssetKind::KernelDeb);
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn unknown_key_names_path_and_position() {
+        let text = GOOD.replace("  grubenv:", "  grub-env:");
+        assert_eq!(
+            parse_err(&text),
+            "error[$.bootloader]: unknown field `grub-env`, expected one of `kind`, `mkconfig`, `reboot-once`, `set-default`, `editenv`, `grub-cfg`, `grubenv`, `dropin-dir`\n  --> profiles/debian-12.yaml:14:3\n   |\n14 |   grub-env: /boot/grub/grubenv\n   |   ^"
+        );
+    }
+
+    #[test]
+    fn malformed_yaml_names_position() {
+        let text = GOOD.replace("os-ids: [debian]", "os-ids: [debian");
+        let msg = parse_err(&text);
+        assert!(
+            msg.starts_with("error[$]: did not find expected ',' or ']', while parsing"),
+            "{msg}"
+        );
+        assert!(msg.contains("--> profiles/debian-12.yaml:"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_version_lists_supported() {
+        let text = GOOD.replace("version: 1", "version: 7");
+        assert_eq!(
+            parse_err(&text),
+            "error[$.version]: unsupported profile version 7; supported profile versions: 1\n  --> profiles/debian-12.yaml:1:1\n  |\n1 | version: 7\n  | ^"
+        );
+    }
+
+    #[test]
+    fn cross_field_errors_are_all_reported() {
+        let text = GOOD
+            .replace("kernel-asset: kernel-deb", "kernel-asset: kernel-rpm")
+            .replace("manager: apt", "manager: dnf");
+        let msg = parse_err(&text);
+        assert!(msg.contains("error[$.kernel-asset]: family deb installs kernel-deb, not kernel-rpm\n  --> profiles/debian-12.yaml:6:1"), "{msg}");
+        assert!(msg.contains("error[$.packages.manager]: family deb is driven by apt\n  --> profiles/debian-12.yaml:17:3"), "{msg}");
+        assert!(msg.contains("error[$.packages.hold]: this hold does not work with dnf"), "{msg}");
+    }
+
+    #[test]
+    fn missing_python_is_a_warning() {
+        let text = GOOD.replace(", python3]", "]");
+        let (_, warnings) = parse(&text, Path::new("profiles/debian-12.yaml")).unwrap();
+        assert_eq!(
+            warnings[0].to_string().lines().next().unwrap(),
+            "warning[$.packages.install]: python3 is not listed; the Cube installer expects it (facts §5)"
+        );
+    }
+}

@@ -164,6 +164,18 @@ pub trait Host: Send + Sync {
     /// `allow_failure` is set; the error names the full command line.
     fn run(&self, cmd: &CommandSpec) -> Result<CmdOutput>;
 
+    /// Like [`Host::run`], but hands each line of output (stdout, then
+    /// stderr) to `on_line` as it arrives, for long commands whose progress a
+    /// person watches (the Cube installer). The default replays the lines
+    /// after the command ends; the real host streams them.
+    fn run_streaming(&self, cmd: &CommandSpec, on_line: &mut dyn FnMut(&str)) -> Result<CmdOutput> {
+        let out = self.run(cmd)?;
+        for line in out.stdout.lines().chain(out.stderr.lines()) {
+            on_line(line);
+        }
+        Ok(out)
+    }
+
     /// Ask for a reboot. The helper's main loop is the only caller.
     fn request_reboot(&self) -> Result<()>;
 
@@ -315,11 +327,50 @@ pub trait Host: Send + Sync {
             .with_context(|| format!("linking {target} -> {link_target}"))
     }
 
+    /// Write into an existing kernel file (sysfs, procfs) in place: these
+    /// cannot be replaced by rename, so `write_atomic` does not apply.
+    fn write_in_place(&self, target: &str, bytes: &[u8]) -> Result<()> {
+        self.record(Action::Write {
+            path: target.into(),
+            bytes: bytes.len(),
+        });
+        if self.is_dry_run() {
+            return Ok(());
+        }
+        // Like `echo +cpu > file`: O_TRUNC, no create (sysfs ignores the truncation).
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(self.path(target))
+            .with_context(|| format!("opening {target}"))?;
+        f.write_all(bytes)
+            .with_context(|| format!("writing {target}"))
+    }
+
+    /// Random bytes from the kernel (for generated credentials). Always the
+    /// machine's own /dev/urandom, never a file under the root.
+    fn random_bytes(&self, n: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; n];
+        let mut f = fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
+        io::Read::read_exact(&mut f, &mut buf).context("reading /dev/urandom")?;
+        Ok(buf)
+    }
+
     /// Bytes available to root on the filesystem holding `target`.
     fn free_bytes(&self, target: &str) -> Result<u64> {
         let st = rustix::fs::statvfs(self.path(target))
             .with_context(|| format!("reading free space of {target}"))?;
         Ok(st.f_bavail * st.f_frsize)
+    }
+
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`): tells the runner
+    /// whether a requested reboot really happened. `None` when unreadable.
+    fn boot_id(&self) -> Option<String> {
+        self.read_optional("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .flatten()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
     }
 
     /// Machine architecture (`uname -m`).
@@ -420,6 +471,26 @@ impl Host for RealHost {
         Ok(out)
     }
 
+    fn run_streaming(&self, cmd: &CommandSpec, on_line: &mut dyn FnMut(&str)) -> Result<CmdOutput> {
+        self.say(&format!("$ {}", cmd.display()));
+        let mut c = Command::new(&cmd.program);
+        c.args(&cmd.args).envs(&cmd.env).stdin(Stdio::null());
+        if let Some(cwd) = &cmd.cwd {
+            c.current_dir(self.path(cwd));
+        }
+        let out = stream_with_timeout(c, cmd.timeout, on_line)
+            .with_context(|| format!("running {}", cmd.display()))?;
+        if !out.success() && !cmd.allow_failure {
+            bail!(
+                "command failed ({}): {}\n{}",
+                describe_exit(&out),
+                cmd.display(),
+                tail(&out.stderr, 20)
+            );
+        }
+        Ok(out)
+    }
+
     fn request_reboot(&self) -> Result<()> {
         self.say("rebooting now");
         let out = self.run(&CommandSpec::new("systemctl").arg("reboot").allow_failure())?;
@@ -454,6 +525,110 @@ pub fn describe_exit(out: &CmdOutput) -> String {
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Run `c`, passing output lines to `on_line` as they come. Lines travel over
+/// a channel from one reader thread per pipe, so neither pipe can fill up.
+fn stream_with_timeout(
+    mut c: Command,
+    timeout: Option<Duration>,
+    on_line: &mut dyn FnMut(&str),
+) -> io::Result<CmdOutput> {
+    use std::io::BufRead;
+    use std::sync::mpsc;
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn()?;
+    let (tx, rx) = mpsc::channel::<(bool, String)>();
+    let mut readers = Vec::new();
+    for (is_err, pipe) in [
+        (
+            false,
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn io::Read + Send>),
+        ),
+        (
+            true,
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn io::Read + Send>),
+        ),
+    ] {
+        let Some(pipe) = pipe else { continue };
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((is_err, line)).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let started = std::time::Instant::now();
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    let mut timed_out = false;
+    let mut status = None;
+    let mut exited_at: Option<std::time::Instant> = None;
+    let mut disconnected = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok((is_err, line)) => {
+                on_line(&line);
+                let buf = if is_err { &mut stderr } else { &mut stdout };
+                buf.push_str(&line);
+                buf.push('\n');
+                continue;
+            }
+            // Both pipes closed: only the exit status is left to collect.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                disconnected = true;
+                if status.is_none() {
+                    status = Some(child.wait()?);
+                }
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if status.is_none() {
+            status = child.try_wait()?;
+            if status.is_some() {
+                exited_at = Some(std::time::Instant::now());
+            }
+        }
+        // A detached grandchild may keep the pipes open after the command
+        // exited: collect what comes quickly, then stop listening.
+        if exited_at.is_some_and(|t| t.elapsed() >= Duration::from_secs(2)) {
+            break;
+        }
+        if let (None, Some(t)) = (status, timeout) {
+            if started.elapsed() >= t {
+                timed_out = true;
+                let _ = child.kill();
+                status = Some(child.wait()?);
+                // Grandchildren may still hold the pipes; do not wait for them.
+                break;
+            }
+        }
+    }
+    if disconnected {
+        for r in readers {
+            let _ = r.join();
+        }
+    }
+    Ok(CmdOutput {
+        code: if timed_out {
+            None
+        } else {
+            status.and_then(|s| s.code())
+        },
+        stdout,
+        stderr,
+        timed_out,
+    })
 }
 
 fn run_with_timeout(mut c: Command, timeout: Option<Duration>) -> io::Result<CmdOutput> {
@@ -521,6 +696,7 @@ pub struct ScriptedHost {
     reboots: Mutex<u32>,
     said: Mutex<Vec<String>>,
     dry_run: bool,
+    free_bytes: Mutex<Option<u64>>,
 }
 
 impl ScriptedHost {
@@ -534,6 +710,7 @@ impl ScriptedHost {
             reboots: Mutex::new(0),
             said: Mutex::new(Vec::new()),
             dry_run: false,
+            free_bytes: Mutex::new(None),
         }
     }
 
@@ -556,6 +733,12 @@ impl ScriptedHost {
     pub fn on_program(&self, program: &str, out: CmdOutput) {
         let p = program.to_string();
         self.on(move |c| (c.program == p).then(|| Ok(out.clone())));
+    }
+
+    /// Pretend every filesystem has exactly this much free space (`None`:
+    /// ask the real filesystem under the root).
+    pub fn set_free_bytes(&self, n: Option<u64>) {
+        *lock(&self.free_bytes) = n;
     }
 
     pub fn set_env(&self, k: &str, v: &str) {
@@ -657,6 +840,17 @@ impl Host for ScriptedHost {
 
     fn is_dry_run(&self) -> bool {
         self.dry_run
+    }
+
+    fn free_bytes(&self, target: &str) -> Result<u64> {
+        match *lock(&self.free_bytes) {
+            Some(n) => Ok(n),
+            None => {
+                let st = rustix::fs::statvfs(self.path(target))
+                    .with_context(|| format!("reading free space of {target}"))?;
+                Ok(st.f_bavail * st.f_frsize)
+            }
+        }
     }
 
     fn arch(&self) -> String {
@@ -789,6 +983,41 @@ mod tests {
             )
             .unwrap();
         assert!(out.timed_out);
+    }
+
+    #[test]
+    fn real_host_streams_lines_and_stops_at_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = RealHost::new(dir.path());
+        let mut seen = Vec::new();
+        let out = host
+            .run_streaming(
+                &CommandSpec::new("sh")
+                    .args(["-c", "echo one; echo two >&2; exit 4"])
+                    .allow_failure(),
+                &mut |l| seen.push(l.to_string()),
+            )
+            .unwrap();
+        seen.sort();
+        assert_eq!(seen, vec!["one", "two"]);
+        assert_eq!(
+            (out.code, out.stdout.as_str(), out.stderr.as_str()),
+            (Some(4), "one\n", "two\n")
+        );
+        // A detached grandchild holding the pipe does not hold us past the timeout.
+        let started = std::time::Instant::now();
+        let out = host
+            .run_streaming(
+                &CommandSpec::new("sh")
+                    .args(["-c", "echo started; sleep 5 & sleep 5"])
+                    .timeout(Duration::from_millis(300))
+                    .allow_failure(),
+                &mut |_| {},
+            )
+            .unwrap();
+        assert!(out.timed_out);
+        assert_eq!(out.stdout, "started\n");
+        assert!(started.elapsed() < Duration::from_secs(4));
     }
 
     #[test]

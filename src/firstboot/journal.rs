@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::host::{unix_secs, Host};
+use super::status::CheckResult;
 use super::{StepId, JOURNAL_PATH};
 
 pub const JOURNAL_VERSION: u32 = 1;
@@ -27,6 +28,18 @@ pub struct Journal {
     /// Terminal state once reached: `done` or `failed: …`.
     #[serde(default)]
     pub finished: Option<String>,
+    /// Warnings steps raised for a human (shown in the status file).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Named checks steps ran, with their results (shown in the status file).
+    #[serde(default)]
+    pub checks: BTreeMap<String, CheckResult>,
+    /// The error and hint of the failure that ended the run, kept so the
+    /// status can be rebuilt after a reboot (the status file is in /run).
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub hints: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +132,25 @@ impl Journal {
     pub fn set_fact(&mut self, key: &str, value: impl Into<String>) {
         self.facts.insert(key.into(), value.into());
     }
+
+    /// Add a warning for the status file (once; repeated runs do not pile up).
+    pub fn warn(&mut self, message: impl Into<String>) {
+        let message = message.into();
+        if !self.warnings.contains(&message) {
+            self.warnings.push(message);
+        }
+    }
+
+    /// Record a named check's result for the status file.
+    pub fn record_check(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
+        self.checks.insert(
+            name.into(),
+            CheckResult {
+                ok,
+                detail: detail.into(),
+            },
+        );
+    }
 }
 
 /// Well-known fact keys shared between steps.
@@ -139,4 +171,7 @@ pub mod facts {
     pub const NETWORK_CIDR: &str = "cube.network-cidr";
     /// Diagnostics tarball written on failure.
     pub const DIAGNOSTICS: &str = "diagnostics";
+    /// Boot id when the runner asked for the reboot: the same id on the next
+    /// start means the reboot never happened and is asked for again.
+    pub const REBOOT_BOOT_ID: &str = "reboot.boot-id";
 }

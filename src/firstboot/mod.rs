@@ -3,11 +3,14 @@
 //! the runner records completion in the journal before moving on. Reboots are
 //! requests the runner alone carries out, after the journal is on disk.
 
+pub mod download;
 pub mod host;
 pub mod image;
 pub mod journal;
+pub mod report;
 pub mod runner;
 pub mod status;
+pub mod webhook;
 
 pub mod cube;
 pub mod fetch;

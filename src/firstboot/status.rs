@@ -1,19 +1,34 @@
 //! The machine-readable status at /run/cubeboot/status.json: what the helper
 //! is doing, how far it got, the last error and a hint. `cube-firstboot
-//! status` prints it; the webhook posts it.
+//! status` prints it; the webhook posts it. It is rebuilt from the journal
+//! whenever the helper starts, because /run does not survive the reboot.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::host::{unix_secs, Host};
-use super::STATUS_PATH;
+use super::journal::{Journal, StepState};
+use super::{StepId, JOURNAL_PATH, STATUS_PATH};
+use crate::plan::Plan;
+
+pub const STATUS_VERSION: u32 = 1;
+
+/// Exit codes shared by `run` and `status` (INTERFACES.md).
+pub mod exit {
+    pub const DONE: i32 = 0;
+    pub const FAILED: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const RUNNING: i32 = 3;
+    pub const REBOOTING: i32 = 10;
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub version: u32,
-    /// `running`, `rebooting`, `done` or `failed: …`.
+    /// `pending`, `running`, `rebooting`, `done` or `failed: …`.
     pub state: String,
     pub step: String,
     /// Steps finished out of all steps.
@@ -27,6 +42,15 @@ pub struct Status {
     pub generator: String,
     pub profile: String,
     pub updated_at: u64,
+    /// One line for people: what happened, or what is happening.
+    #[serde(default)]
+    pub message: String,
+    /// Every step with its journal state, in order.
+    #[serde(default)]
+    pub steps: Vec<StepView>,
+    /// The machine's hostname, so a webhook receiver can tell nodes apart.
+    #[serde(default)]
+    pub hostname: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,17 +65,116 @@ pub struct CheckResult {
     pub detail: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepView {
+    pub name: String,
+    /// `pending`, `started`, `done`, `skipped`, `reboot-requested`, `failed`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
 impl Status {
+    /// The status a journal implies, with `state` and `step` given by the caller.
+    pub fn from_journal(
+        host: &dyn Host,
+        plan: Option<&Plan>,
+        journal: &Journal,
+        state: &str,
+        step: Option<StepId>,
+    ) -> Self {
+        let steps: Vec<StepView> = StepId::ALL
+            .iter()
+            .map(|s| {
+                let (state, detail) = match journal.steps.get(s) {
+                    Some(r) => (step_state_name(r.state).to_string(), r.detail.clone()),
+                    None => ("pending".to_string(), String::new()),
+                };
+                StepView {
+                    name: s.name().into(),
+                    state,
+                    detail,
+                }
+            })
+            .collect();
+        Self {
+            version: STATUS_VERSION,
+            state: state.into(),
+            step: step.map(|s| s.name().to_string()).unwrap_or_default(),
+            progress: Progress {
+                done: StepId::ALL
+                    .iter()
+                    .filter(|s| journal.is_complete(**s))
+                    .count(),
+                total: StepId::ALL.len(),
+            },
+            last_error: journal.last_error.clone(),
+            hints: journal.hints.clone(),
+            checks: journal.checks.clone(),
+            warnings: journal.warnings.clone(),
+            generator: plan.map(|p| p.generator.clone()).unwrap_or_default(),
+            profile: plan.map(|p| p.target.profile.clone()).unwrap_or_default(),
+            updated_at: unix_secs(host.now()),
+            message: String::new(),
+            steps,
+            hostname: host
+                .read_optional("/etc/hostname")
+                .ok()
+                .flatten()
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+        }
+    }
+
     pub fn is_terminal(&self) -> bool {
         self.state == "done" || self.state.starts_with("failed")
     }
 
-    pub fn write(&mut self, host: &dyn Host) -> Result<()> {
-        self.version = 1;
-        self.updated_at = unix_secs(host.now());
-        let mut text = serde_json::to_string_pretty(self).context("serializing status")?;
+    /// The exit code `status` and `run` use for this state.
+    pub fn exit_code(&self) -> i32 {
+        if self.state == "done" {
+            exit::DONE
+        } else if self.state.starts_with("failed") {
+            exit::FAILED
+        } else if self.state == "rebooting" {
+            exit::REBOOTING
+        } else {
+            exit::RUNNING
+        }
+    }
+
+    /// Replace every secret with `***` in the free-text fields. The status
+    /// file is world-readable and the webhook leaves the machine, while error
+    /// text can quote command lines that carried the installer's environment.
+    pub fn redact(&mut self, secrets: &[String]) {
+        let scrub = |s: &mut String| {
+            for secret in secrets {
+                if !secret.is_empty() && s.contains(secret.as_str()) {
+                    *s = s.replace(secret.as_str(), "***");
+                }
+            }
+        };
+        if let Some(e) = self.last_error.as_mut() {
+            scrub(e);
+        }
+        self.hints.iter_mut().for_each(scrub);
+        self.warnings.iter_mut().for_each(scrub);
+        self.checks.values_mut().for_each(|c| scrub(&mut c.detail));
+        self.steps.iter_mut().for_each(|s| scrub(&mut s.detail));
+        scrub(&mut self.message);
+    }
+
+    pub fn to_json(&self) -> String {
+        // Plain structs and BTreeMaps always serialize.
+        let mut text = serde_json::to_string_pretty(self).unwrap_or_default();
         text.push('\n');
-        host.write_atomic(STATUS_PATH, text.as_bytes(), 0o644)
+        text
+    }
+
+    pub fn write(&mut self, host: &dyn Host) -> Result<()> {
+        self.version = STATUS_VERSION;
+        self.updated_at = unix_secs(host.now());
+        host.write_atomic(STATUS_PATH, self.to_json().as_bytes(), 0o644)
     }
 
     pub fn read(host: &dyn Host) -> Result<Option<Self>> {
@@ -61,5 +184,185 @@ impl Status {
                 serde_json::from_str(&t).with_context(|| format!("parsing {STATUS_PATH}"))?,
             )),
         }
+    }
+
+    /// The status as `cube-firstboot status` sees it: the status file, or,
+    /// when /run was emptied by a reboot, what the journal says.
+    pub fn current(host: &dyn Host) -> Result<Option<Self>> {
+        if let Some(s) = Self::read(host)? {
+            return Ok(Some(s));
+        }
+        let Some(text) = host.read_optional(JOURNAL_PATH)? else {
+            return Ok(None);
+        };
+        let journal: Journal = serde_json::from_str(&text)
+            .with_context(|| format!("parsing journal {JOURNAL_PATH}"))?;
+        let (state, step) = match &journal.finished {
+            Some(f) => (f.clone(), None),
+            None => {
+                let next = StepId::ALL.into_iter().find(|s| !journal.is_complete(*s));
+                // No helper is writing the status file, so none is running.
+                ("stopped".to_string(), next)
+            }
+        };
+        let mut s = Self::from_journal(host, None, &journal, &state, step);
+        s.message = match &journal.finished {
+            Some(f) => format!("{f} (from the journal {JOURNAL_PATH})"),
+            None => format!("not running; the journal {JOURNAL_PATH} shows an unfinished run"),
+        };
+        Ok(Some(s))
+    }
+
+    /// Lines for people (`cube-firstboot status` without `--json`).
+    pub fn human(&self) -> String {
+        let mut out = Vec::new();
+        out.push(format!("state:    {}", self.state));
+        if !self.step.is_empty() {
+            out.push(format!("step:     {}", self.step));
+        }
+        out.push(format!(
+            "progress: {} of {} steps",
+            self.progress.done, self.progress.total
+        ));
+        if !self.message.is_empty() {
+            out.push(format!("message:  {}", self.message));
+        }
+        if let Some(e) = &self.last_error {
+            let mut lines = e.lines();
+            out.push(format!("error:    {}", lines.next().unwrap_or("")));
+            out.extend(lines.map(|l| format!("          {l}")));
+        }
+        out.extend(self.hints.iter().map(|h| format!("hint:     {h}")));
+        out.extend(self.warnings.iter().map(|w| format!("warning:  {w}")));
+        for (name, c) in &self.checks {
+            let mark = if c.ok { "ok  " } else { "FAIL" };
+            out.push(format!("check:    {mark} {name}: {}", c.detail));
+        }
+        for s in &self.steps {
+            let detail = if s.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", s.detail.lines().next().unwrap_or(""))
+            };
+            out.push(format!("  {:<16} {}{detail}", s.name, s.state));
+        }
+        let mut text = out.join("\n");
+        text.push('\n');
+        text
+    }
+}
+
+/// Block until the run is done or failed, or `timeout` passes. Returns the
+/// last status seen (`None`: nothing ever written).
+pub fn wait(host: &dyn Host, timeout: Duration, poll: Duration) -> Result<Option<Status>> {
+    let started = host.now();
+    let max_polls = timeout.as_millis() / poll.as_millis().max(1) + 1;
+    let mut last = None;
+    for _ in 0..=max_polls {
+        last = Status::read(host)?;
+        if last.as_ref().is_some_and(Status::is_terminal) {
+            return Ok(last);
+        }
+        if host.now().duration_since(started).unwrap_or_default() >= timeout {
+            break;
+        }
+        host.sleep(poll);
+    }
+    // Nothing terminal in /run: the journal may know (e.g. after a reboot
+    // into a run that already finished).
+    match Status::current(host)? {
+        Some(s) if s.is_terminal() => Ok(Some(s)),
+        _ => Ok(last),
+    }
+}
+
+pub fn step_state_name(s: StepState) -> &'static str {
+    match s {
+        StepState::Started => "started",
+        StepState::Done => "done",
+        StepState::Skipped => "skipped",
+        StepState::RebootRequested => "reboot-requested",
+        StepState::Failed => "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firstboot::host::ScriptedHost;
+
+    #[test]
+    fn exit_codes_follow_the_state() {
+        let code = |state: &str| {
+            Status {
+                state: state.into(),
+                ..Status::default()
+            }
+            .exit_code()
+        };
+        assert_eq!(code("done"), 0);
+        assert_eq!(code("failed: fetch"), 1);
+        assert_eq!(code("failed: rolled back to 6.1.0-26-amd64"), 1);
+        assert_eq!(code("rebooting"), 10);
+        assert_eq!(code("running"), 3);
+        assert_eq!(code("stopped"), 3);
+    }
+
+    #[test]
+    fn secrets_are_redacted_everywhere() {
+        let mut s = Status {
+            last_error: Some(
+                "command failed: CUBE_SANDBOX_MYSQL_PASSWORD=hunter22 bash install.sh".into(),
+            ),
+            hints: vec!["hunter22".into()],
+            message: "x hunter22 y".into(),
+            ..Status::default()
+        };
+        s.redact(&["hunter22".into()]);
+        let text = s.to_json();
+        assert!(!text.contains("hunter22"), "{text}");
+        assert_eq!(
+            s.last_error.as_deref(),
+            Some("command failed: CUBE_SANDBOX_MYSQL_PASSWORD=*** bash install.sh")
+        );
+    }
+
+    #[test]
+    fn status_falls_back_to_the_journal_after_a_reboot() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = ScriptedHost::new(dir.path());
+        assert_eq!(Status::current(&host).unwrap(), None);
+        let mut j = Journal::new("abc");
+        j.mark(&host, StepId::Preflight, StepState::Done, "ok");
+        j.save(&host).unwrap();
+        let s = Status::current(&host).unwrap().unwrap();
+        assert_eq!(s.state, "stopped");
+        assert_eq!(s.step, "fetch");
+        assert_eq!(s.progress.done, 1);
+        assert_eq!(s.exit_code(), exit::RUNNING);
+        j.finished = Some("done".into());
+        j.save(&host).unwrap();
+        assert_eq!(Status::current(&host).unwrap().unwrap().exit_code(), 0);
+    }
+
+    #[test]
+    fn wait_returns_on_a_terminal_state_or_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = ScriptedHost::new(dir.path());
+        let mut s = Status {
+            state: "running".into(),
+            ..Status::default()
+        };
+        s.write(&host).unwrap();
+        let t0 = host.now();
+        let got = wait(&host, Duration::from_secs(30), Duration::from_secs(1)).unwrap();
+        assert_eq!(got.unwrap().state, "running");
+        let waited = host.now().duration_since(t0).unwrap();
+        assert_eq!(waited, Duration::from_secs(30));
+
+        s.state = "failed: fetch".into();
+        s.write(&host).unwrap();
+        let got = wait(&host, Duration::from_secs(30), Duration::from_secs(1)).unwrap();
+        assert_eq!(got.unwrap().exit_code(), exit::FAILED);
     }
 }

@@ -1,6 +1,209 @@
-//! `cube-firstboot`: runs on the target at first boot (being written).
+//! `cube-firstboot`: the table of contents. Each verb maps to one function;
+//! the engine lives in the library (`cubeboot::firstboot`).
+
+mod cli;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+use cli::{Cli, Command, DevCommand, DevFetchArgs, FetchArgs, RunArgs, StatusArgs};
+use cubeboot::firstboot::download::FetchConfig;
+use cubeboot::firstboot::host::{DryRunHost, Host, RealHost};
+use cubeboot::firstboot::journal::JOURNAL_VERSION;
+use cubeboot::firstboot::preflight::PreflightConfig;
+use cubeboot::firstboot::runner::{self, RunEnd, RunOptions, Scope, Steps};
+use cubeboot::firstboot::status::{self, exit, Status};
+use cubeboot::firstboot::{fetch, JOURNAL_PATH, STATUS_PATH};
+use cubeboot::plan::{Asset, Plan, PlanError, PLAN_PATH};
 
 fn main() {
-    eprintln!("cube-firstboot: not written yet");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Status(args) => show_status(args),
+        Command::Dev(DevCommand::Fetch(args)) => dev_fetch(args),
+    };
+    std::process::exit(code);
+}
+
+/// `run`: the state machine, on the real root or as a dry run.
+fn run(args: RunArgs) -> i32 {
+    let real = RealHost::new(&args.root.root);
+    if args.dry_run {
+        let host = DryRunHost::new(real);
+        let code = run_on(&host, &args);
+        eprintln!(
+            "cube-firstboot: dry run: {} change(s) listed above, none made",
+            host.actions().len()
+        );
+        code
+    } else {
+        run_on(&real, &args)
+    }
+}
+
+fn run_on(host: &dyn Host, args: &RunArgs) -> i32 {
+    let loaded = match &args.plan {
+        Some(path) => load_plan_file(path),
+        None => runner::load_plan(host),
+    };
+    let (plan, digest) = match loaded {
+        Ok(p) => p,
+        Err(e) => return report_setup_failure(host, "failed: plan", &e, plan_hint(&e)),
+    };
+    let opts = RunOptions {
+        scope: args.stop_after.map_or(Scope::All, Scope::StopAfter),
+        fetch: fetch_config(&args.fetch),
+        preflight: PreflightConfig {
+            cloud_init_timeout: Duration::from_secs(args.cloud_init_timeout),
+            ..PreflightConfig::default()
+        },
+        retry_failed: args.retry,
+    };
+    match runner::run_with(host, &plan, &digest, &opts, &Steps::standard(&opts)) {
+        Ok(RunEnd::Done) | Ok(RunEnd::Stopped(_)) => exit::DONE,
+        Ok(RunEnd::Rebooting) => exit::REBOOTING,
+        Ok(RunEnd::Failed(_)) => exit::FAILED,
+        Err(e) => {
+            let hint = if format!("{e:#}").contains(JOURNAL_PATH) {
+                format!(
+                    "the journal cannot be used (this helper writes version {JOURNAL_VERSION}); move {JOURNAL_PATH} aside to start over"
+                )
+            } else {
+                "see `journalctl -u cube-firstboot`; fix the cause, then `cube-firstboot run --retry`"
+                    .to_string()
+            };
+            report_setup_failure(host, "failed: helper", &e, hint)
+        }
+    }
+}
+
+fn load_plan_file(path: &Path) -> anyhow::Result<(Plan, cubeboot::digest::Sha256Digest)> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("loading plan {}", path.display()))?;
+    let plan =
+        Plan::from_json(&text).with_context(|| format!("loading plan {}", path.display()))?;
+    Ok((plan, cubeboot::digest::Sha256Digest::of(text.as_bytes())))
+}
+
+fn plan_hint(e: &anyhow::Error) -> String {
+    let plan_error = e.chain().find_map(|c| c.downcast_ref::<PlanError>());
+    match plan_error {
+        Some(PlanError::UnknownVersion { .. }) => {
+            "the plan is newer than this helper: build payload and helper with the same cubeboot release".into()
+        }
+        Some(PlanError::Syntax(_)) => format!(
+            "{PLAN_PATH} is damaged or truncated: the user-data may exceed the cloud's size limit; rebuild the payload (the gzip variant is smaller)"
+        ),
+        Some(PlanError::MissingVersion) | Some(PlanError::Invalid(_)) => {
+            "the plan does not match this helper's format: build payload and helper with the same cubeboot release".into()
+        }
+        None => format!(
+            "the payload did not deliver {PLAN_PATH}: check the user-data and `cloud-init status --long`"
+        ),
+    }
+}
+
+/// A failure before or around the state machine (no plan, unusable
+/// journal): still say it on the console and in the status file.
+fn report_setup_failure(host: &dyn Host, state: &str, e: &anyhow::Error, hint: String) -> i32 {
+    let message = format!("{e:#}");
+    host.say(&format!("{state}: {message}"));
+    host.say(&format!("hint: {hint}"));
+    let mut st = Status {
+        state: state.into(),
+        last_error: Some(message.clone()),
+        hints: vec![hint],
+        message: format!("{state}: {}", message.lines().next().unwrap_or("")),
+        ..Status::default()
+    };
+    if let Err(w) = st.write(host) {
+        host.say(&format!("could not write {STATUS_PATH}: {w:#}"));
+    }
+    if state == "failed: plan" {
+        exit::USAGE
+    } else {
+        exit::FAILED
+    }
+}
+
+/// `status`: print the status; the exit code says done/failed/running.
+fn show_status(args: StatusArgs) -> i32 {
+    let host = RealHost::new(&args.root.root);
+    let found = if args.wait {
+        // No --timeout: wait as long as it takes (a century is "forever").
+        let timeout = Duration::from_secs(args.timeout.unwrap_or(100 * 365 * 86_400));
+        status::wait(&host, timeout, Duration::from_secs(1))
+    } else {
+        Status::current(&host)
+    };
+    match found {
+        Ok(Some(s)) => {
+            if args.json {
+                print!("{}", s.to_json());
+            } else {
+                print!("{}", s.human());
+            }
+            s.exit_code()
+        }
+        Ok(None) => {
+            eprintln!(
+                "cube-firstboot: no run on this machine yet ({STATUS_PATH} and {JOURNAL_PATH} are absent)"
+            );
+            exit::RUNNING
+        }
+        Err(e) => {
+            eprintln!("cube-firstboot: {e:#}");
+            exit::USAGE
+        }
+    }
+}
+
+/// `dev fetch`: one asset through the production downloader (benchmarks).
+fn dev_fetch(args: DevFetchArgs) -> i32 {
+    let host = RealHost::new(&args.dest);
+    let name = args
+        .url
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("asset")
+        .to_string();
+    let asset = Asset {
+        name,
+        urls: vec![args.url.clone()],
+        sha256: args.sha256,
+        size: args.size,
+    };
+    let started = Instant::now();
+    match fetch::fetch_asset(&host, "dev", &asset, &fetch_config(&args.fetch)) {
+        Ok(how) => {
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "{} {:?} {:.3}s {:.1} MiB/s",
+                host.path(&cubeboot::firstboot::cache_path(&asset))
+                    .display(),
+                how,
+                secs,
+                asset.size as f64 / 1024.0 / 1024.0 / secs.max(1e-9)
+            );
+            exit::DONE
+        }
+        Err(e) => {
+            eprintln!("cube-firstboot: {e}");
+            exit::FAILED
+        }
+    }
+}
+
+fn fetch_config(args: &FetchArgs) -> FetchConfig {
+    FetchConfig {
+        attempts_per_mirror: args.fetch_retries,
+        idle_timeout: Duration::from_secs(args.fetch_timeout),
+        connect_timeout: Duration::from_secs(args.fetch_timeout.min(30)),
+        ..FetchConfig::default()
+    }
 }

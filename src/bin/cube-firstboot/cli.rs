@@ -1,0 +1,160 @@
+//! Every clap type of the helper, in one place (STYLE §2). Verbs map to one
+//! function each in `main.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use cubeboot::digest::Sha256Digest;
+use cubeboot::firstboot::StepId;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cube-firstboot",
+    version,
+    about = "Turn this server into a Cube Sandbox node over PVM, following the \
+             plan cubeboot wrote (runs from cube-firstboot.service)",
+    help_expected = true,
+    term_width = 80
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the provisioning state machine (resumes where it stopped)
+    Run(RunArgs),
+    /// Show where the run stands; exit 0 done, 1 failed, 3 running
+    Status(StatusArgs),
+    // The images team adds `Apply(ApplyArgs)` and `Reset(ResetArgs)` here.
+    /// Developer tools (benchmarks, debugging)
+    #[command(subcommand, hide = true)]
+    Dev(DevCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RootArgs {
+    /// Directory that stands for / on the target
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Attempts per mirror for retriable download failures
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub fetch_retries: u32,
+    /// Seconds of network silence before a download attempt times out
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub fetch_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+    /// Plan file on this machine (default: /etc/cubeboot/plan.json under
+    /// the root)
+    #[arg(long, value_name = "PATH")]
+    pub plan: Option<PathBuf>,
+    /// Print every command and file change in order without making them
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stop after this step (resumable; for debugging and tests)
+    #[arg(long, value_name = "STEP", value_parser = parse_step)]
+    pub stop_after: Option<StepId>,
+    /// Run again a plan whose run ended `failed`, from the failed step
+    #[arg(long)]
+    pub retry: bool,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+    /// Seconds to wait for cloud-init to finish before failing preflight
+    #[arg(long, value_name = "SECS", default_value_t = 900)]
+    pub cloud_init_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+    /// Print the status file's JSON instead of lines for people
+    #[arg(long)]
+    pub json: bool,
+    /// Block until the run is done or failed
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds (exit 3)
+    #[arg(long, value_name = "SECS", requires = "wait")]
+    pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Fetch one URL into the cache with the helper's downloader
+    Fetch(DevFetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevFetchArgs {
+    /// URL to fetch (http, https or file)
+    pub url: String,
+    /// Expected SHA-256 of the file
+    pub sha256: Sha256Digest,
+    /// Expected size in bytes
+    #[arg(long, value_name = "BYTES")]
+    pub size: u64,
+    /// Directory that stands for / (the file lands in
+    /// DIR/var/lib/cubeboot/cache/SHA256)
+    #[arg(long, value_name = "DIR")]
+    pub dest: PathBuf,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+}
+
+fn parse_step(s: &str) -> Result<StepId, String> {
+    StepId::ALL
+        .into_iter()
+        .find(|step| step.name() == s)
+        .ok_or_else(|| {
+            let names: Vec<&str> = StepId::ALL.iter().map(|s| s.name()).collect();
+            format!("unknown step {s:?}; steps are: {}", names.join(", "))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent_and_documented() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_fits_in_80_columns() {
+        let mut cmd = Cli::command();
+        let mut pages = vec![cmd.render_long_help().to_string()];
+        for sub in ["run", "status", "dev"] {
+            let mut c = Cli::command();
+            let s = c.find_subcommand_mut(sub).unwrap();
+            pages.push(s.render_long_help().to_string());
+        }
+        for page in pages {
+            for line in page.lines() {
+                assert!(line.chars().count() <= 80, "too wide: {line:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn steps_parse_by_name() {
+        assert_eq!(parse_step("kernel-boot"), Ok(StepId::KernelBoot));
+        let err = parse_step("kernel").unwrap_err();
+        assert!(err.starts_with("unknown step \"kernel\"; steps are: preflight, fetch,"));
+    }
+}

@@ -1,0 +1,122 @@
+//! On failure, one tarball with what an operator needs (facts §7
+//! recommendation): the installer log, `journalctl -u 'cube-sandbox-*'`,
+//! /data/log/*, and the named checks. Its path goes into the error text and
+//! the journal fact `diagnostics`, from where status and webhook show it.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use flate2::write::GzEncoder;
+use flate2::Compression;
+
+use super::super::host::{unix_secs, CommandSpec, Host};
+use super::super::journal::facts;
+use super::super::{Ctx, LOG_DIR};
+use super::{CHECK_FACT_PREFIX, INSTALL_LOG};
+
+/// Cube's service logs (facts §6.1).
+pub const DATA_LOG_DIR: &str = "/data/log";
+/// Per-file cap: the tail is what matters, and the helper stays small.
+const MAX_FILE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Write the tarball, record it as a fact, and return its target path.
+pub fn collect(ctx: &mut Ctx, reason: &str) -> Result<String> {
+    let host = ctx.host;
+    let now = unix_secs(host.now());
+    let path = format!("{LOG_DIR}/diagnostics-{now}.tar.gz");
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+
+    files.push(("reason.txt".into(), format!("{reason}\n").into_bytes()));
+    let checks: String = ctx
+        .journal
+        .facts
+        .iter()
+        .filter(|(k, _)| k.starts_with(CHECK_FACT_PREFIX))
+        .map(|(k, v)| format!("{}: {v}\n", &k[CHECK_FACT_PREFIX.len()..]))
+        .collect();
+    files.push(("checks.txt".into(), checks.into_bytes()));
+    let all_facts: String = ctx
+        .journal
+        .facts
+        .iter()
+        .map(|(k, v)| format!("{k}={v}\n"))
+        .collect();
+    files.push(("facts.txt".into(), all_facts.into_bytes()));
+    if let Ok(log) = host.read(INSTALL_LOG) {
+        files.push(("install.log".into(), tail_bytes(log)));
+    }
+    // journalctl may be missing or find nothing; its error is worth keeping too.
+    let journal = host.run(
+        &CommandSpec::new("journalctl")
+            .args(["--no-pager", "-o", "short-iso", "-u", "cube-sandbox-*"])
+            .allow_failure(),
+    );
+    let journal_text = match journal {
+        Ok(out) => format!("{}{}", out.stdout, out.stderr),
+        Err(e) => format!("journalctl could not run: {e:#}\n"),
+    };
+    files.push((
+        "journalctl-cube-sandbox.txt".into(),
+        tail_bytes(journal_text.into_bytes()),
+    ));
+    collect_dir(host, DATA_LOG_DIR, "data-log", &mut files, 0)?;
+
+    let bytes = pack(&files, now).context("packing diagnostics")?;
+    host.write_atomic(&path, &bytes, 0o600)?;
+    ctx.journal.set_fact(facts::DIAGNOSTICS, path.clone());
+    host.say(&format!("diagnostics written to {path}"));
+    Ok(path)
+}
+
+fn collect_dir(
+    host: &dyn Host,
+    dir: &str,
+    prefix: &str,
+    files: &mut Vec<(String, Vec<u8>)>,
+    depth: usize,
+) -> Result<()> {
+    if depth > 4 {
+        return Ok(());
+    }
+    for name in host.list_dir(dir)? {
+        let target = format!("{dir}/{name}");
+        let inside = format!("{prefix}/{name}");
+        let p = host.path(&target);
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            collect_dir(host, &target, &inside, files, depth + 1)?;
+        } else if meta.is_file() {
+            if let Ok(b) = host.read(&target) {
+                files.push((inside, tail_bytes(b)));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tail_bytes(mut b: Vec<u8>) -> Vec<u8> {
+    if b.len() > MAX_FILE_BYTES {
+        b.drain(..b.len() - MAX_FILE_BYTES);
+    }
+    b
+}
+
+/// A gzip'd tar of `files` under `diagnostics/`, root-owned, mode 0600.
+fn pack(files: &[(String, Vec<u8>)], mtime: u64) -> Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o600);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(mtime);
+        tar.append_data(&mut h, format!("diagnostics/{name}"), &data[..])?;
+    }
+    let raw = tar.into_inner()?;
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    gz.write_all(&raw)?;
+    Ok(gz.finish()?)
+}

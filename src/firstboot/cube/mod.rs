@@ -1,0 +1,105 @@
+//! The Cube stage: from a PVM (or native KVM) host to a verified, hardened
+//! Cube Sandbox node, following docs/cube-sandbox-facts.md §17:
+//!
+//! 1. [`prereqs`]: host packages the installer needs but does not install,
+//!    Docker CE where the distro lacks it, the cgroup `cpu` fix (#366), a DNS
+//!    stack for the control role.
+//! 2. [`data_disk`]: /data/cubelet on XFS (kept, an empty disk, or a loopback
+//!    image); never a disk with data on it.
+//! 3. [`install`]: the one-click installer from a fresh extraction of the
+//!    verified bundle, with the `.env` pitfall defused, a free sandbox CIDR,
+//!    the node IP, and an overall timeout.
+//! 4. [`verify`]: success judged by state (facts §6.3), each check recorded
+//!    as a journal fact `check.<name>` = `ok: …` / `fail: …`.
+//! 5. [`harden`]: binds, firewall, credentials (facts §14).
+//!
+//! On failure, [`diagnostics`] gathers one tarball under /var/log/cubeboot/
+//! and names it in the error and in the journal fact `diagnostics`.
+
+pub mod bundle;
+pub mod cidr;
+pub mod diagnostics;
+pub mod disk;
+pub mod envfile;
+pub mod harden;
+pub mod http;
+pub mod install;
+pub mod prereqs;
+pub mod verify;
+
+use anyhow::Result;
+
+use super::{Ctx, Outcome, StepFailure};
+
+/// Where the installer puts Cube (readonly in newer `lib/common.sh`, §2.3).
+pub const INSTALL_ROOT: &str = "/usr/local/services/cubetoolbox";
+/// Cubelet's data directory; must be XFS (§4.2 check 4, #311).
+pub const CUBELET_DIR: &str = "/data/cubelet";
+/// The installer's output, kept for the operator and the diagnostics.
+pub const INSTALL_LOG: &str = "/var/log/cubeboot/install.log";
+/// Generated credentials, root-only; reported only as this path.
+pub const CREDENTIALS_PATH: &str = "/etc/cubeboot/credentials.env";
+/// Journal fact prefix for named verification checks (`check.cube-api`).
+pub const CHECK_FACT_PREFIX: &str = "check.";
+/// Journal fact: `standalone` when no resolvectl/NetworkManager was found and
+/// dnsmasq was installed instead (§4.2 step 10).
+pub const DNSMASQ_MODE_FACT: &str = "cube.dnsmasq-mode";
+
+pub fn prereqs(ctx: &mut Ctx) -> Result<Outcome> {
+    prereqs::run(ctx)
+}
+
+pub fn data_disk(ctx: &mut Ctx) -> Result<Outcome> {
+    disk::run(ctx)
+}
+
+pub fn install(ctx: &mut Ctx) -> Result<Outcome> {
+    with_diagnostics(ctx, install::run)
+}
+
+pub fn verify(ctx: &mut Ctx) -> Result<Outcome> {
+    with_diagnostics(ctx, verify::run)
+}
+
+pub fn harden(ctx: &mut Ctx) -> Result<Outcome> {
+    with_diagnostics(ctx, harden::run)
+}
+
+/// Run a step; on failure gather the diagnostics tarball and name it in the
+/// error (kept a [`StepFailure`] with its hint, so the status shows both).
+pub fn with_diagnostics(
+    ctx: &mut Ctx,
+    step: impl FnOnce(&mut Ctx) -> Result<Outcome>,
+) -> Result<Outcome> {
+    let err = match step(ctx) {
+        Ok(o) => return Ok(o),
+        Err(e) => e,
+    };
+    let message = format!("{err:#}");
+    let path = match diagnostics::collect(ctx, &message) {
+        Ok(p) => p,
+        Err(e) => {
+            ctx.host
+                .say(&format!("collecting diagnostics failed: {e:#}"));
+            return Err(err);
+        }
+    };
+    let hint = err
+        .downcast_ref::<StepFailure>()
+        .and_then(|f| f.hint.clone());
+    let mut failure = StepFailure::new(format!("{message} (diagnostics: {path})"));
+    failure.hint = hint;
+    Err(failure.into())
+}
+
+/// Whether the Cube stage installs for PVM: everything but a recorded
+/// `native` (the kernel stage records `kvm.mode`).
+pub fn pvm_enabled(ctx: &Ctx) -> bool {
+    ctx.journal.fact(super::journal::facts::KVM_MODE) != Some("native")
+}
+
+/// The target path of a command's argument, as a path on this machine (the
+/// same string on a real target whose root is `/`).
+pub(crate) fn real(ctx_host: &dyn super::host::Host, target: &str) -> String {
+    ctx_host.path(target).to_string_lossy().into_owned()
+}

@@ -1,0 +1,223 @@
+//! Success by state, not by log text (facts §6.2: log lines differ between
+//! installer versions; §6.3: the state to check). Every check is recorded
+//! as a journal fact `check.<name>` = `ok: …` or `fail: …`, which status and
+//! diagnostics show; the step succeeds only when all hold.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::super::host::{unix_secs, Host};
+use super::super::journal::facts;
+use super::super::{Ctx, Outcome, StepFailure};
+use super::install::{ControlPlane, CUBEMASTER_PORT, CUBE_API_PORT};
+use super::{envfile, http, pvm_enabled, CHECK_FACT_PREFIX, INSTALL_ROOT};
+use crate::plan::Role;
+
+/// One budget for all health probes, like quickcheck's (120 s) but longer:
+/// #924 saw cold starts exceed the installer's own budgets.
+pub const HEALTH_BUDGET: Duration = Duration::from_secs(300);
+const HEALTH_POLL: Duration = Duration::from_secs(5);
+
+/// The HTTP endpoints to probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// CubeAPI `/health` (control).
+    pub cube_api: Option<String>,
+    /// CubeMaster `/notify/health` (control).
+    pub cube_master: Option<String>,
+    /// The control plane's record of this node (compute).
+    pub registration: Option<String>,
+    pub node_ip: String,
+}
+
+impl Endpoints {
+    /// Where the services listen for this plan: with hardening they are bound
+    /// to the node IP (§14), else on all addresses, so 127.0.0.1 answers.
+    pub fn for_plan(ctx: &Ctx, node_ip: &str) -> Result<Self> {
+        let plan = ctx.plan;
+        Ok(match plan.cube.role {
+            Role::Control => {
+                let host = if plan.cube.hardening {
+                    node_ip
+                } else {
+                    "127.0.0.1"
+                };
+                Self {
+                    cube_api: Some(format!("http://{host}:{CUBE_API_PORT}/health")),
+                    cube_master: Some(format!("http://{host}:{CUBEMASTER_PORT}/notify/health")),
+                    registration: None,
+                    node_ip: node_ip.into(),
+                }
+            }
+            Role::Compute => {
+                let cp = ControlPlane::parse(plan.cube.control_plane_ip.as_deref())?;
+                Self {
+                    cube_api: None,
+                    cube_master: None,
+                    registration: Some(format!(
+                        "http://{}/internal/meta/nodes/{node_ip}",
+                        cp.addr()
+                    )),
+                    node_ip: node_ip.into(),
+                }
+            }
+        })
+    }
+}
+
+pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
+    if ctx.host.is_dry_run() {
+        return Ok(Outcome::Skipped(
+            "dry run: nothing installed to check".into(),
+        ));
+    }
+    let node_ip = match ctx.journal.fact(facts::NODE_IP) {
+        Some(ip) => ip.to_string(),
+        None => ctx.plan.cube.node_ip.clone(),
+    };
+    let endpoints = Endpoints::for_plan(ctx, &node_ip)?;
+    verify_with(ctx, &endpoints, HEALTH_BUDGET)
+}
+
+/// Run every check against `endpoints`, health probes retried within `budget`.
+pub fn verify_with(ctx: &mut Ctx, endpoints: &Endpoints, budget: Duration) -> Result<Outcome> {
+    let host = ctx.host;
+    let pvm = pvm_enabled(ctx);
+    let mut checks: Vec<(&str, Result<String, String>)> = vec![
+        ("one-click-env", check_env_file(host, pvm)),
+        ("guest-kernel", check_guest_kernel(host, pvm)),
+        ("kvm-module", check_kvm_module(host, pvm)),
+        (
+            "dev-kvm",
+            if host.exists("/dev/kvm") {
+                Ok("/dev/kvm present".into())
+            } else {
+                Err("/dev/kvm is missing".into())
+            },
+        ),
+    ];
+
+    let start = unix_secs(host.now());
+    let mut probe = |name: &'static str, url: &str, expect: Option<String>| {
+        let spent = unix_secs(host.now()).saturating_sub(start);
+        let left = Duration::from_secs(budget.as_secs().saturating_sub(spent));
+        let r = http::poll(
+            host,
+            left,
+            HEALTH_POLL,
+            |_, _| {},
+            || {
+                let body = http::get(url)?;
+                match &expect {
+                    Some(needle) if !body.replace(' ', "").contains(needle) => {
+                        anyhow::bail!("answer does not contain {needle}")
+                    }
+                    _ => Ok(()),
+                }
+            },
+        );
+        checks.push((
+            name,
+            match r {
+                Ok(()) => Ok(format!("{url} answers")),
+                Err(e) => Err(format!("{url}: {e:#}")),
+            },
+        ));
+    };
+    if let Some(url) = &endpoints.cube_api {
+        probe("cube-api", url, None);
+    }
+    if let Some(url) = &endpoints.cube_master {
+        probe("cube-master", url, None);
+    }
+    if let Some(url) = &endpoints.registration {
+        probe(
+            "registered",
+            url,
+            Some(format!("\"host_ip\":\"{}\"", endpoints.node_ip)),
+        );
+    }
+
+    let mut failed = Vec::new();
+    for (name, result) in &checks {
+        let value = match result {
+            Ok(d) => format!("ok: {d}"),
+            Err(d) => {
+                failed.push(*name);
+                format!("fail: {d}")
+            }
+        };
+        host.say(&format!("check {name}: {value}"));
+        ctx.journal
+            .set_fact(&format!("{CHECK_FACT_PREFIX}{name}"), value);
+    }
+    if failed.is_empty() {
+        Ok(Outcome::Done(format!("{} checks passed", checks.len())))
+    } else {
+        Err(
+            StepFailure::new(format!("cube verification failed: {}", failed.join(", ")))
+                .hint("each check.<name> in the journal says what was found")
+                .into(),
+        )
+    }
+}
+
+fn check_env_file(host: &dyn Host, pvm: bool) -> Result<String, String> {
+    let path = format!("{INSTALL_ROOT}/.one-click.env");
+    let text = host
+        .read_optional(&path)
+        .map_err(|e| format!("{e:#}"))?
+        .ok_or_else(|| format!("{path} is missing"))?;
+    let want = if pvm { "1" } else { "0" };
+    match envfile::parse(&text).get("CUBE_PVM_ENABLE") {
+        Some(v) if v == want => Ok(format!("CUBE_PVM_ENABLE={want}")),
+        Some(v) => Err(format!("CUBE_PVM_ENABLE={v}, expected {want}")),
+        None => Err(format!("no CUBE_PVM_ENABLE in {path}, expected {want}")),
+    }
+}
+
+/// Newer installers link `vmlinux` to `vmlinux-pvm`/`-bm`; older ones copy.
+fn check_guest_kernel(host: &dyn Host, pvm: bool) -> Result<String, String> {
+    let dir = format!("{INSTALL_ROOT}/cube-kernel-scf");
+    let vmlinux = format!("{dir}/vmlinux");
+    let want = if pvm { "vmlinux-pvm" } else { "vmlinux-bm" };
+    if let Some(link) = host.read_link(&vmlinux).map_err(|e| format!("{e:#}"))? {
+        let base = link.rsplit('/').next().unwrap_or(&link);
+        return if base == want {
+            Ok(format!("vmlinux -> {link}"))
+        } else {
+            Err(format!("vmlinux -> {link}, expected {want}"))
+        };
+    }
+    let Ok(actual) = host.read(&vmlinux) else {
+        return Err(format!("{vmlinux} is missing"));
+    };
+    match host.read(&format!("{dir}/{want}")) {
+        Ok(w) if w == actual => Ok(format!("vmlinux is a copy of {want}")),
+        Ok(_) => Err(format!("vmlinux differs from {want}")),
+        // An older native install ships only vmlinux: fine unless PVM is wanted.
+        Err(_) if !pvm => Ok("vmlinux present".into()),
+        Err(_) => Err(format!("{dir}/{want} is missing")),
+    }
+}
+
+fn check_kvm_module(host: &dyn Host, pvm: bool) -> Result<String, String> {
+    let modules = host
+        .read_optional("/proc/modules")
+        .map_err(|e| format!("{e:#}"))?
+        .unwrap_or_default();
+    let loaded: Vec<&str> = modules
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let wanted: &[&str] = if pvm {
+        &["kvm_pvm"]
+    } else {
+        &["kvm_intel", "kvm_amd"]
+    };
+    match wanted.iter().find(|m| loaded.contains(m)) {
+        Some(m) => Ok(format!("{m} loaded")),
+        None => Err(format!("{} not in /proc/modules", wanted.join(" or "))),
+    }
+}

@@ -1,0 +1,329 @@
+//! Installing and holding the PVM kernel package (rpm / dpkg).
+
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::{backup_once, is_live_root, on_target, Ctx};
+use crate::digest::HashingReader;
+use crate::firstboot::host::{describe_exit, tail, CommandSpec, Host};
+use crate::firstboot::StepFailure;
+use crate::plan::{KernelHold, PackageFamily};
+
+/// How long to wait for the dpkg lock (cloud-init and unattended-upgrades
+/// hold it at first boot; prior-art.md §8), and how often to look.
+const DPKG_LOCK_WAIT: Duration = Duration::from_secs(15 * 60);
+const DPKG_LOCK_POLL: Duration = Duration::from_secs(5);
+/// A kernel package install takes about 3 minutes (cube-sandbox-facts.md §7).
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+const DNF_CONF: &str = "/etc/dnf/dnf.conf";
+const SYSCONFIG_KERNEL: &str = "/etc/sysconfig/kernel";
+
+/// Install the package unless the same version is installed; returns a detail.
+pub(super) fn install(ctx: &mut Ctx) -> Result<String> {
+    let host = ctx.host;
+    let k = &ctx.plan.kernel;
+    let family = ctx.plan.target.family;
+    let vmlinuz = format!("/boot/vmlinuz-{}", k.kver);
+
+    if installed(host, family, &k.package, &k.package_version)? && host.exists(&vmlinuz) {
+        return Ok(format!(
+            "{} {} already installed",
+            k.package, k.package_version
+        ));
+    }
+
+    // Re-verify the cached bytes right before the package manager sees them.
+    let asset = &ctx.plan.assets.kernel;
+    let cached = ctx.asset_path(asset);
+    let local = host.path(&cached).to_string_lossy().into_owned();
+    if host.is_dry_run() && !host.exists(&cached) {
+        ctx.say(&format!(
+            "dry run: would verify {cached} against {}",
+            asset.sha256
+        ));
+    } else {
+        verify_cached(host, &cached, asset)?;
+    }
+
+    match family {
+        PackageFamily::Rpm => {
+            // -i, never -U: upgrading a package named `kernel` can remove the
+            // distro kernels; --oldpackage because the PVM kernel (6.6) is
+            // older than theirs (cube-sandbox-facts.md §8, §16 #161).
+            let mut cmd = CommandSpec::new("rpm");
+            if !is_live_root(host) {
+                cmd = cmd.arg("--root").arg(host.root().to_string_lossy());
+            }
+            host.run(
+                &cmd.args(["-ivh", "--oldpackage", local.as_str()])
+                    .timeout(INSTALL_TIMEOUT),
+            )?;
+        }
+        PackageFamily::Deb => dpkg_install(host, &local)?,
+    }
+    if !host.is_dry_run() && !host.exists(&vmlinuz) {
+        bail!(
+            "{} installed, but {vmlinuz} is missing: the package is not the kernel {} the plan names",
+            asset.name,
+            k.kver
+        );
+    }
+    Ok(format!("installed {} {}", k.package, k.package_version))
+}
+
+/// Stream the cached file through SHA-256 and compare with the plan.
+fn verify_cached(host: &dyn Host, cached: &str, asset: &crate::plan::Asset) -> Result<()> {
+    let file = File::open(host.path(cached))
+        .with_context(|| format!("opening cached kernel package {cached}"))?;
+    let mut reader = HashingReader::new(BufReader::new(file));
+    io::copy(&mut reader, &mut io::sink())
+        .with_context(|| format!("reading cached kernel package {cached}"))?;
+    let (digest, size) = reader.finish();
+    if digest != asset.sha256 || size != asset.size {
+        return Err(StepFailure::new(format!(
+            "kernel package {} in {cached} does not match the plan: expected sha256 {} ({} bytes), \
+             computed {digest} ({size} bytes); refusing to install it",
+            asset.name, asset.sha256, asset.size
+        ))
+        .hint("the cache was modified after it was fetched; delete the file and run again")
+        .into());
+    }
+    Ok(())
+}
+
+/// Whether `package` is installed at `version`.
+fn installed(host: &dyn Host, family: PackageFamily, package: &str, version: &str) -> Result<bool> {
+    let out = match family {
+        PackageFamily::Deb => {
+            let mut cmd = CommandSpec::new("dpkg-query");
+            if !is_live_root(host) {
+                cmd = cmd.arg(format!(
+                    "--admindir={}",
+                    host.path("/var/lib/dpkg").to_string_lossy()
+                ));
+            }
+            host.run(
+                &cmd.args(["-W", "-f", "${Status}\t${Version}\n", package])
+                    .allow_failure(),
+            )?
+        }
+        PackageFamily::Rpm => {
+            let mut cmd = CommandSpec::new("rpm");
+            if !is_live_root(host) {
+                cmd = cmd.arg("--root").arg(host.root().to_string_lossy());
+            }
+            host.run(
+                &cmd.args(["-q", "--qf", "%{VERSION}-%{RELEASE}\n", package])
+                    .allow_failure(),
+            )?
+        }
+    };
+    if !out.success() {
+        return Ok(false);
+    }
+    Ok(out.stdout.lines().any(|l| match family {
+        // `install ok installed\t<version>`; `hold ok installed` counts too.
+        PackageFamily::Deb => l
+            .split_once('\t')
+            .is_some_and(|(st, v)| st.ends_with(" installed") && v == version),
+        PackageFamily::Rpm => l.trim() == version,
+    }))
+}
+
+/// `dpkg -i`, waiting for the lock another frontend holds.
+fn dpkg_install(host: &dyn Host, deb: &str) -> Result<()> {
+    let mut cmd = CommandSpec::new("dpkg").env("DEBIAN_FRONTEND", "noninteractive");
+    if !is_live_root(host) {
+        cmd = cmd.arg(format!("--root={}", host.root().to_string_lossy()));
+    }
+    let cmd = cmd
+        .args(["-i", deb])
+        .timeout(INSTALL_TIMEOUT)
+        .allow_failure();
+    let started = host.now();
+    loop {
+        let out = host.run(&cmd)?;
+        if out.success() {
+            return Ok(());
+        }
+        let waited = host.now().duration_since(started).unwrap_or_default();
+        if is_dpkg_lock_error(&out.stderr) {
+            if waited < DPKG_LOCK_WAIT {
+                host.say(&format!(
+                    "dpkg is locked by another process (cloud-init or unattended-upgrades?); \
+                     waited {}s, retrying",
+                    waited.as_secs()
+                ));
+                host.sleep(DPKG_LOCK_POLL);
+                continue;
+            }
+            bail!(
+                "dpkg stayed locked for {} s: {}\n{}",
+                waited.as_secs(),
+                cmd.display(),
+                tail(&out.stderr, 5)
+            );
+        }
+        bail!(
+            "command failed ({}): {}\n{}",
+            describe_exit(&out),
+            cmd.display(),
+            tail(&out.stderr, 20)
+        );
+    }
+}
+
+/// dpkg's messages when the frontend or database lock is held
+/// (dpkg 1.21: "dpkg frontend lock was locked by another process with pid N";
+/// older: "dpkg status database is locked by another process").
+fn is_dpkg_lock_error(stderr: &str) -> bool {
+    stderr.contains("locked by another process") || stderr.contains("lock was locked")
+}
+
+/// Hold the package as the plan says. Later distro kernels do not take the
+/// default anyway (it is pinned by id/path), but nothing should replace or
+/// remove this one.
+pub(super) fn hold(ctx: &mut Ctx) -> Result<String> {
+    let host = ctx.host;
+    let k = &ctx.plan.kernel;
+    match ctx.plan.target.packages.hold {
+        KernelHold::AptMarkHold => {
+            host.run(&on_target(host, "apt-mark").args(["hold", k.package.as_str()]))?;
+            Ok(format!("held with apt-mark hold {}", k.package))
+        }
+        KernelHold::DnfVersionlock => {
+            let spec = format!("{}-{}", k.package, k.package_version);
+            let out = host.run(
+                &on_target(host, "dnf")
+                    .args(["versionlock", "add", spec.as_str()])
+                    .allow_failure(),
+            )?;
+            keep_default_on_updates(host)?;
+            if out.success() {
+                return Ok(format!("held with dnf versionlock add {spec}"));
+            }
+            ctx.say(&format!(
+                "warning: dnf versionlock failed ({}); excluding {} updates in {DNF_CONF} instead",
+                out.stderr.trim(),
+                k.package
+            ));
+            dnf_exclude(host, &k.package)
+        }
+        KernelHold::DnfExclude => {
+            keep_default_on_updates(host)?;
+            dnf_exclude(host, &k.package)
+        }
+    }
+}
+
+fn dnf_exclude(host: &dyn Host, package: &str) -> Result<String> {
+    let text = host
+        .read_optional(DNF_CONF)?
+        .unwrap_or_else(|| "[main]\n".into());
+    let edited = add_dnf_exclude(&text, &format!("{package}*"));
+    if edited != text {
+        backup_once(host, DNF_CONF)?;
+        host.write_atomic(DNF_CONF, edited.as_bytes(), 0o644)?;
+    }
+    Ok(format!("held with exclude={package}* in {DNF_CONF}"))
+}
+
+/// RHEL's kernel packages make each new kernel the default when
+/// /etc/sysconfig/kernel says UPDATEDEFAULT=yes.
+fn keep_default_on_updates(host: &dyn Host) -> Result<()> {
+    let Some(text) = host.read_optional(SYSCONFIG_KERNEL)? else {
+        return Ok(());
+    };
+    let edited = super::grub_default::set_assignment(&text, "UPDATEDEFAULT", "no");
+    if edited != text {
+        backup_once(host, SYSCONFIG_KERNEL)?;
+        host.write_atomic(SYSCONFIG_KERNEL, edited.as_bytes(), 0o644)?;
+    }
+    Ok(())
+}
+
+/// dnf.conf with `pattern` in the `[main]` section's `exclude=` (added or
+/// extended); unchanged when already there.
+pub fn add_dnf_exclude(conf: &str, pattern: &str) -> String {
+    let mut lines: Vec<String> = conf.lines().map(str::to_string).collect();
+    let mut section = String::new();
+    let mut main_at = None;
+    let mut exclude_at = None;
+    for (i, l) in lines.iter().enumerate() {
+        let t = l.trim();
+        if t.starts_with('[') && t.ends_with(']') {
+            section = t.to_string();
+            if section == "[main]" {
+                main_at = Some(i);
+            }
+            continue;
+        }
+        if section == "[main]" {
+            if let Some((k, _)) = t.split_once('=') {
+                if matches!(k.trim(), "exclude" | "excludepkgs") {
+                    exclude_at = Some(i);
+                }
+            }
+        }
+    }
+    match (exclude_at, main_at) {
+        (Some(i), _) => {
+            let (k, v) = lines[i].split_once('=').unwrap_or((lines[i].as_str(), ""));
+            let mut items: Vec<&str> = v
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if items.contains(&pattern) {
+                return conf.to_string();
+            }
+            items.push(pattern);
+            lines[i] = format!("{}={}", k.trim_end(), items.join(" "));
+        }
+        (None, Some(i)) => lines.insert(i + 1, format!("exclude={pattern}")),
+        (None, None) => {
+            lines.insert(0, "[main]".into());
+            lines.insert(1, format!("exclude={pattern}"));
+        }
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dnf_exclude_is_added_extended_and_idempotent() {
+        let rocky = "[main]\ngpgcheck=1\ninstallonly_limit=3\n";
+        let once = add_dnf_exclude(rocky, "kernel*");
+        assert_eq!(
+            once,
+            "[main]\nexclude=kernel*\ngpgcheck=1\ninstallonly_limit=3\n"
+        );
+        assert_eq!(add_dnf_exclude(&once, "kernel*"), once);
+        assert_eq!(
+            add_dnf_exclude("[main]\nexclude=foo, bar\n[x]\nexclude=y\n", "kernel*"),
+            "[main]\nexclude=foo bar kernel*\n[x]\nexclude=y\n"
+        );
+        assert_eq!(add_dnf_exclude("", "kernel*"), "[main]\nexclude=kernel*\n");
+    }
+
+    #[test]
+    fn dpkg_lock_messages_are_recognised() {
+        assert!(is_dpkg_lock_error(
+            "dpkg: error: dpkg frontend lock was locked by another process with pid 812\n"
+        ));
+        assert!(is_dpkg_lock_error(
+            "dpkg: error: dpkg status database is locked by another process\n"
+        ));
+        assert!(!is_dpkg_lock_error(
+            "dpkg: error: cannot access archive 'x': No such file"
+        ));
+    }
+}

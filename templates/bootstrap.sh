@@ -1,0 +1,25 @@
+set -eu
+want=$1; shift
+part=/var/lib/cubeboot/cube-firstboot.download
+mkdir -p /var/lib/cubeboot
+fetch() {
+  if command -v curl >/dev/null; then curl -fsSL --retry 5 --connect-timeout 20 -o "$part" "$1"
+  elif command -v wget >/dev/null; then wget -q -t 5 -T 20 -O "$part" "$1"
+  else python3 -c 'import sys,urllib.request as u;open(sys.argv[2],"wb").write(u.urlopen(sys.argv[1],timeout=60).read())' "$1" "$part"
+  fi
+}
+ok=
+if [ $# -eq 0 ]; then
+  echo "$want  $part" | sha256sum -c --status && ok=1
+fi
+for url in "$@"; do
+  rm -f "$part"
+  fetch "$url" && echo "$want  $part" | sha256sum -c --status && { ok=1; break; }
+  echo "cubeboot: $url: fetch failed or sha256 is not $want" >&2
+done
+if [ -z "$ok" ]; then rm -f "$part"; echo "cubeboot: no helper with sha256 $want" >&2; exit 1; fi
+install -m 0755 "$part" /usr/local/sbin/cube-firstboot
+rm -f "$part"
+systemctl daemon-reload
+systemctl enable cube-firstboot.service
+systemctl start --no-block cube-firstboot.service

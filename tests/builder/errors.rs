@@ -1,0 +1,213 @@
+//! Every bad-input class of issue 2, through the CLI, with the exact message:
+//! file, key path and line:column; and nothing written on failure.
+
+use std::path::{Path, PathBuf};
+
+use crate::support::*;
+
+/// A copy of the repo's profiles with debian-12.yaml edited by `edit`.
+fn profiles_with(dir: &Path, edit: impl Fn(&str) -> String) -> PathBuf {
+    let p = dir.join("profiles");
+    std::fs::create_dir_all(&p).unwrap();
+    let text = std::fs::read_to_string(repo().join("profiles/debian-12.yaml")).unwrap();
+    std::fs::write(p.join("debian-12.yaml"), edit(&text)).unwrap();
+    p
+}
+
+/// 1-based line of the first line containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+/// The release lock, edited, written next to copies of the release assets.
+fn lock_with(dir: &Path, edit: impl Fn(&str) -> String) -> (PathBuf, String) {
+    let rel = release();
+    for entry in std::fs::read_dir(&rel.dir).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let text = edit(&std::fs::read_to_string(&rel.lock).unwrap());
+    let path = dir.join("cubeboot.lock");
+    std::fs::write(&path, &text).unwrap();
+    (path, text)
+}
+
+fn build_fails(args: &[&str], out: &Path) -> String {
+    let mut all = vec!["build", "--output", out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let err = fails(&all);
+    assert!(!out.exists(), "a failed build wrote {}", out.display());
+    err
+}
+
+#[test]
+fn malformed_profile_yaml() {
+    let dir = tempdir();
+    let p = profiles_with(dir.path(), |t| t.replace("os-ids: [debian]", "os-ids: [debian"));
+    let file = p.join("debian-12.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let line = line_of(&text, "version-id:");
+    let err = build_fails(
+        &["--profiles-dir", p.to_str().unwrap(), "--lock", release().lock.to_str().unwrap()],
+        &dir.path().join("out"),
+    );
+    assert_eq!(
+        err.lines().take(2).collect::<Vec<_>>().join("\n"),
+        format!(
+            "error[$]: did not find expected ',' or ']', while parsing a flow sequence at line {} column 9\n  --> {}:{line}:11",
+            line - 1,
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn unknown_profile_key() {
+    let dir = tempdir();
+    let p = profiles_with(dir.path(), |t| t.replace("  editenv:", "  edit-env:"));
+    let file = p.join("debian-12.yaml");
+    let line = line_of(&std::fs::read_to_string(&file).unwrap(), "edit-env:");
+    let err = fails(&["check", "--profiles-dir", p.to_str().unwrap()]);
+    assert_eq!(
+        err.lines().take(5).collect::<Vec<_>>().join("\n"),
+        format!(
+            "error[$.bootloader]: unknown field `edit-env`, expected one of `kind`, `mkconfig`, `reboot-once`, `set-default`, `editenv`, `grub-cfg`, `grubenv`, `dropin-dir`\n  --> {}:{line}:3\n   |\n{line} |   edit-env: grub-editenv\n   |   ^",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn unknown_profile_version_lists_supported() {
+    let dir = tempdir();
+    let p = profiles_with(dir.path(), |t| t.replace("\nversion: 1\n", "\nversion: 2\n"));
+    let file = p.join("debian-12.yaml");
+    let line = line_of(&std::fs::read_to_string(&file).unwrap(), "version: 2");
+    let err = fails(&["profiles", "--profiles-dir", p.to_str().unwrap()]);
+    assert_eq!(
+        err.lines().take(2).collect::<Vec<_>>().join("\n"),
+        format!(
+            "error[$.version]: unsupported profile version 2; supported profile versions: 1\n  --> {}:{line}:1",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn wrong_length_digest_in_lock() {
+    let dir = tempdir();
+    let bundle_sha = sha256_hex(&release().bundle);
+    let (lock, text) = lock_with(dir.path(), |t| t.replace(&bundle_sha, "abc123"));
+    let line = line_of(&text, "sha256: abc123");
+    let err = build_fails(&["--lock", lock.to_str().unwrap()], &dir.path().join("out"));
+    assert_eq!(
+        err.lines().take(2).collect::<Vec<_>>().join("\n"),
+        format!(
+            "error[$.assets.bundle.sha256]: expected 64 hex digits, got 6 characters: \"abc123\"\n  --> {}:{line}:13",
+            lock.display()
+        )
+    );
+}
+
+#[test]
+fn malformed_lock_yaml() {
+    let dir = tempdir();
+    let (lock, text) = lock_with(dir.path(), |t| t.replacen("  bundle:\n", "  bundle:\n   bad\n", 1));
+    let err = fails(&["check", "--lock", lock.to_str().unwrap()]);
+    // libyaml sees `bad` as the start of a scalar and trips on the next
+    // line's `name:`; that is where it points.
+    let line = line_of(&text, "   bad") + 1;
+    assert_eq!(
+        err.lines().take(2).collect::<Vec<_>>().join("\n"),
+        format!(
+            "error[$]: mapping values are not allowed in this context\n  --> {}:{line}:9",
+            lock.display()
+        )
+    );
+}
+
+#[test]
+fn non_https_url_without_pinned_hash_in_lock() {
+    let dir = tempdir();
+    let helper_sha = sha256_hex(&release().helper);
+    let (lock, text) = lock_with(dir.path(), |t| {
+        t.replace(&format!("    sha256: {helper_sha}\n"), "")
+            .replace(
+                "    url: https://github.com/TencentCloud/CubeSandbox/releases/download/v0.0.0-test/cube-firstboot",
+                "    url: http://203.0.113.7/cube-firstboot",
+            )
+    });
+    let line = line_of(&text, "url: http://203.0.113.7/");
+    let err = build_fails(&["--lock", lock.to_str().unwrap()], &dir.path().join("out"));
+    assert_eq!(
+        err.lines().take(2).collect::<Vec<_>>().join("\n"),
+        format!(
+            "error[$.assets.helper.url]: non-https URL http://203.0.113.7/cube-firstboot without a pinned sha256: anyone on the path could swap the bytes; add `sha256:` (run `cubeboot lock`)\n  --> {}:{line}:5",
+            lock.display()
+        )
+    );
+}
+
+#[test]
+fn asset_whose_sha256_differs_from_the_lock() {
+    let dir = tempdir();
+    let (lock, text) = lock_with(dir.path(), |t| t.to_string());
+    let helper = dir.path().join("cube-firstboot");
+    let expected = sha256_hex(&helper);
+    std::fs::write(&helper, b"tampered").unwrap();
+    let computed = sha256_hex(&helper);
+    let line = line_of(&text, &format!("sha256: {expected}"));
+    let want = format!(
+        "error[$.assets.helper.sha256]: {} has sha256 {computed}, but the lock pins {expected}\n  --> {}:{line}:5",
+        helper.display(),
+        lock.display()
+    );
+    // Embedding refuses it…
+    let err = build_fails(
+        &["--lock", lock.to_str().unwrap(), "--embed-helper", "--cloud", "gcp"],
+        &dir.path().join("out"),
+    );
+    assert_eq!(err.lines().take(2).collect::<Vec<_>>().join("\n"), want);
+    // …and check finds it.
+    let err = fails(&["check", "--lock", lock.to_str().unwrap()]);
+    assert_eq!(err.lines().take(2).collect::<Vec<_>>().join("\n"), want);
+}
+
+#[test]
+fn compute_role_without_control_plane_ip() {
+    let dir = tempdir();
+    let err = build_fails(
+        &["--lock", release().lock.to_str().unwrap(), "--role", "compute"],
+        &dir.path().join("out"),
+    );
+    assert_eq!(
+        err.trim_end(),
+        "error: --role compute needs --control-plane-ip IP: a compute node joins an existing control plane (ONE_CLICK_CONTROL_PLANE_IP)"
+    );
+}
+
+#[test]
+fn unknown_profile_name_lists_the_available_ones() {
+    let dir = tempdir();
+    let err = build_fails(
+        &["--lock", release().lock.to_str().unwrap(), "--profile", "debian-11"],
+        &dir.path().join("out"),
+    );
+    assert_eq!(
+        err.trim_end(),
+        "error: no profile named \"debian-11\" in profiles; available: all, almalinux-9, centos-stream-9, debian-12, debian-13, opencloudos-9, rocky-9, tencentos-4, ubuntu-22.04, ubuntu-24.04"
+    );
+}
+
+#[test]
+fn repo_profiles_pass_strict_check() {
+    let out = cubeboot(&["check", "--strict"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "checked 9 valid profiles in profiles: 0 errors, 0 warnings\n"
+    );
+    let listing = ok(&["profiles"]);
+    assert_eq!(listing.lines().count(), 10);
+    assert!(listing.contains("\nopencloudos-9    rpm  bls-grubby     OpenCloudOS 9\n"), "{listing}");
+}

@@ -1,0 +1,1184 @@
+//! The Cube stage against a temporary root and a scripted host. The
+//! installer is the real fixture bundle (tests/fixtures/bundle), run for
+//! real through bash with CUBE_SANDBOX_INSTALL_ROOT inside the temp root;
+//! HTTP goes only to servers these tests start on 127.0.0.1.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cubeboot::digest::Sha256Digest;
+use cubeboot::firstboot::cube::{self, verify::Endpoints};
+use cubeboot::firstboot::host::{under_root, CmdOutput, CommandSpec, Host, ScriptedHost};
+use cubeboot::firstboot::journal::{facts, Journal};
+use cubeboot::firstboot::{Ctx, Outcome, StepFailure};
+use cubeboot::plan::*;
+
+const PLAIN: &str = "examples/release/cube-sandbox-one-click-v0.0.0-fixture-amd64.tar.gz";
+const PITFALL: &str =
+    "tests/fixtures/bundle/cube-sandbox-one-click-v0.0.0-fixture-pitfall-amd64.tar.gz";
+const HANG: &str = "tests/fixtures/bundle/cube-sandbox-one-click-v0.0.0-fixture-hang-amd64.tar.gz";
+const TOOLBOX: &str = "/usr/local/services/cubetoolbox";
+
+const IP_ADDR: &str = r#"[{"ifindex":1,"ifname":"lo","addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8,"scope":"host"}]},
+ {"ifindex":2,"ifname":"eth0","addr_info":[{"family":"inet","local":"10.0.2.15","prefixlen":24,"scope":"global"}]}]"#;
+const IP_ROUTE: &str = r#"[{"dst":"default","gateway":"10.0.2.2","dev":"eth0"},{"dst":"10.0.2.0/24","dev":"eth0","prefsrc":"10.0.2.15"}]"#;
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn plan_for(bundle_rel: &str) -> Plan {
+    let bytes = std::fs::read(repo(bundle_rel)).unwrap();
+    let name = Path::new(bundle_rel)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    Plan {
+        version: PLAN_VERSION,
+        generator: "cubeboot test".into(),
+        target: Target {
+            profile: "debian-12".into(),
+            os_ids: vec!["debian".into()],
+            version_id: "12".into(),
+            family: PackageFamily::Deb,
+            bootloader: Bootloader {
+                kind: BootloaderKind::GrubMkconfig,
+                mkconfig: vec!["update-grub".into()],
+                reboot_once: "grub-reboot".into(),
+                set_default: "grub-set-default".into(),
+                editenv: "grub-editenv".into(),
+                grub_cfg: "/boot/grub/grub.cfg".into(),
+                grubenv: "/boot/grub/grubenv".into(),
+                dropin_dir: None,
+            },
+            packages: HostPackages {
+                manager: PackageManager::Apt,
+                install: vec!["curl".into(), "xfsprogs".into()],
+                docker: DockerSource::Distro,
+                hold: KernelHold::AptMarkHold,
+            },
+            quirks: Quirks::default(),
+        },
+        assets: Assets {
+            kernel: Asset {
+                name: "k.deb".into(),
+                urls: vec!["file:///k.deb".into()],
+                sha256: Sha256Digest::of(b"k"),
+                size: 1,
+            },
+            bundle: Asset {
+                name,
+                urls: vec![format!("file:///{bundle_rel}")],
+                sha256: Sha256Digest::of(&bytes),
+                size: bytes.len() as u64,
+            },
+        },
+        kernel: KernelPlan {
+            kver: "6.6.69-opencloudos9.cubesandbox.pvm.host-gfixture1".into(),
+            package: "linux-image".into(),
+            package_version: "1".into(),
+            kvm: KvmMode::Pvm,
+            boot_params: vec!["nopti".into(), "pti=off".into()],
+            panic_seconds: 30,
+        },
+        cube: CubePlan {
+            role: Role::Control,
+            control_plane_ip: None,
+            node_ip: "auto".into(),
+            mirror: None,
+            install_timeout_secs: 120,
+            data_disk: DataDisk::Auto,
+            loopback_size_gib: 1,
+            hardening: true,
+            allow_from: vec![],
+            extra_env: BTreeMap::new(),
+        },
+        report: ReportPlan::default(),
+        max_reboots: 1,
+    }
+}
+
+/// Run a command on this machine for real (tests may; the helper may not).
+fn run_real(c: &CommandSpec, root: &Path, extra: &[(&str, String)]) -> anyhow::Result<CmdOutput> {
+    let mut cmd = std::process::Command::new(&c.program);
+    cmd.args(&c.args).envs(&c.env).stdin(Stdio::null());
+    if let Some(cwd) = &c.cwd {
+        cmd.current_dir(under_root(root, cwd));
+    }
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let out = cmd.output()?;
+    Ok(CmdOutput {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        timed_out: false,
+    })
+}
+
+/// A host whose root holds the cached bundle, a PVM kernel state, and whose
+/// `timeout … install.sh` runs the fixture installer for real.
+fn host_with_bundle(dir: &Path, plan: &Plan, bundle_rel: &str, ip_addr: &str) -> ScriptedHost {
+    let host = ScriptedHost::new(dir);
+    host.put(
+        &format!("/var/lib/cubeboot/cache/{}", plan.assets.bundle.sha256),
+        std::fs::read(repo(bundle_rel)).unwrap(),
+    );
+    host.put(
+        "/proc/modules",
+        "kvm_pvm 102400 0 - Live 0x0\nkvm 1138688 1 kvm_pvm, Live 0x0\n",
+    );
+    host.put("/dev/kvm", "");
+    host.put("/etc/resolv.conf", "nameserver 10.0.2.3\n");
+    host.put("/data/log/CubeAPI/cube-api.log", "cube-api: starting\n");
+    let addr = ip_addr.to_string();
+    host.on(move |c| {
+        (c.program == "ip" && c.args == ["-j", "addr"]).then(|| Ok(CmdOutput::ok(addr.clone())))
+    });
+    host.on(|c| {
+        (c.program == "ip" && c.args == ["-j", "route"]).then(|| Ok(CmdOutput::ok(IP_ROUTE)))
+    });
+    host.on_program("journalctl", CmdOutput::ok("-- No entries --\n"));
+    let root = dir.to_path_buf();
+    host.on(move |c| {
+        (c.program == "timeout").then(|| {
+            run_real(
+                c,
+                &root,
+                &[
+                    (
+                        "CUBE_SANDBOX_INSTALL_ROOT",
+                        under_root(&root, TOOLBOX).display().to_string(),
+                    ),
+                    ("ONE_CLICK_FIXTURE_ALLOW_NONROOT", "1".into()),
+                ],
+            )
+        })
+    });
+    host
+}
+
+/// A tiny HTTP server on 127.0.0.1: `answer(path, n)` gives status and body
+/// for the n-th request (from 0). Returns the port and a request counter.
+fn fake_server(
+    answer: impl Fn(&str, usize) -> (u16, String) + Send + 'static,
+) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            // Skip headers.
+            loop {
+                let mut l = String::new();
+                if reader.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+                    break;
+                }
+            }
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .to_string();
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            let (status, body) = answer(&path, n);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, count)
+}
+
+fn failure_text(err: &anyhow::Error) -> String {
+    err.downcast_ref::<StepFailure>()
+        .map(|f| f.message.clone())
+        .unwrap_or_else(|| format!("{err:#}"))
+}
+
+fn tar_listing(bytes: &[u8]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().display().to_string();
+        let mut s = String::new();
+        e.read_to_string(&mut s).unwrap();
+        out.insert(name, s);
+    }
+    out
+}
+
+#[test]
+fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = plan_for(PITFALL);
+    plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    let host = host_with_bundle(dir.path(), &plan, PITFALL, IP_ADDR);
+    let mut journal = Journal::new("test");
+    journal.set_fact(facts::KVM_MODE, "pvm");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+
+    let out = cube::install(&mut ctx).unwrap();
+    assert_eq!(
+        out,
+        Outcome::Done("installed the control role at 10.0.2.15 (CUBE_PVM_ENABLE=1)".into())
+    );
+    // State, not log text: the .env's CUBE_PVM_ENABLE=0 did not win.
+    let env = host
+        .read_string(&format!("{TOOLBOX}/.one-click.env"))
+        .unwrap();
+    assert!(env.contains("\nCUBE_PVM_ENABLE=1\n"), "{env}");
+    assert!(
+        !env.lines().any(|l| l.starts_with("CUBE_PVM_ENABLE=0")),
+        "{env}"
+    );
+    // The bundle's own .env was defused in place.
+    let bundle_env = host
+        .read_string(&format!(
+            "/var/lib/cubeboot/bundle-{}/cube-sandbox-one-click-v0.0.0-fixture-pitfall-amd64/.env",
+            plan.assets.bundle.sha256
+        ))
+        .unwrap();
+    assert!(
+        bundle_env.contains("\nCUBE_PVM_ENABLE=1\nONE_CLICK_DEPLOY_ROLE=control\n"),
+        "{bundle_env}"
+    );
+    assert!(env.contains("CUBEMASTER_HTTP_BIND=10.0.2.15\n"), "{env}");
+    assert_eq!(
+        host.read_link(&format!("{TOOLBOX}/cube-kernel-scf/vmlinux"))
+            .unwrap()
+            .as_deref(),
+        Some("vmlinux-pvm")
+    );
+    assert_eq!(ctx.journal.fact(facts::NODE_IP), Some("10.0.2.15"));
+    let log = host.read_string(cube::INSTALL_LOG).unwrap();
+    assert!(
+        log.contains("[one-click] install complete (role=control)"),
+        "{log}"
+    );
+    assert!(host
+        .said()
+        .iter()
+        .any(|l| l == "install | [one-click] install complete (role=control)"));
+
+    // Credentials: generated, root-only, never on a command line or in the outcome.
+    let creds = host.read_string(cube::CREDENTIALS_PATH).unwrap();
+    let redis = creds
+        .lines()
+        .find_map(|l| l.strip_prefix("CUBE_SANDBOX_REDIS_PASSWORD="))
+        .unwrap()
+        .to_string();
+    assert_eq!(redis.len(), 40);
+    assert!(env.contains(&format!("CUBE_SANDBOX_REDIS_PASSWORD={redis}")));
+    assert!(host.commands().iter().all(|c| !c.contains(&redis)));
+
+    // Verify, with the health endpoints on a fake CubeAPI/CubeMaster.
+    let (port, _) = fake_server(|path, _| match path {
+        "/health" | "/notify/health" => (200, "ok".into()),
+        _ => (404, String::new()),
+    });
+    let endpoints = Endpoints {
+        cube_api: Some(format!("http://127.0.0.1:{port}/health")),
+        cube_master: Some(format!("http://127.0.0.1:{port}/notify/health")),
+        registration: None,
+        node_ip: "10.0.2.15".into(),
+    };
+    let out = cube::verify::verify_with(&mut ctx, &endpoints, Duration::from_secs(30)).unwrap();
+    assert_eq!(out, Outcome::Done("6 checks passed".into()));
+    assert_eq!(
+        ctx.journal.fact("check.one-click-env"),
+        Some("ok: CUBE_PVM_ENABLE=1")
+    );
+    assert_eq!(
+        ctx.journal.fact("check.guest-kernel"),
+        Some("ok: vmlinux -> vmlinux-pvm")
+    );
+    assert_eq!(
+        ctx.journal.fact("check.kvm-module"),
+        Some("ok: kvm_pvm loaded")
+    );
+
+    // Harden: Cubelet binds, firewall, credentials file mode.
+    host.on_program("systemctl", CmdOutput::ok(""));
+    host.on(|c| {
+        (c.program == "systemctl" && c.args[0] == "is-active")
+            .then(|| Ok(CmdOutput::ok("active\n")))
+    });
+    host.on_program("nft", CmdOutput::ok(""));
+    let out = cube::harden(&mut ctx).unwrap();
+    assert_eq!(
+        out,
+        Outcome::Done("CubeMaster/CubeAPI bound to 10.0.2.15; Cubelet bound to 10.0.2.15; ports 8089,9999,3000,12088 only from 10.0.2.0/24; credentials in /etc/cubeboot/credentials.env".into())
+    );
+    let cfg = host
+        .read_string(&format!("{TOOLBOX}/Cubelet/config/config.toml"))
+        .unwrap();
+    assert!(cfg.contains("tcp_address = \"10.0.2.15:9999\""), "{cfg}");
+    let fw = host
+        .path("/etc/cubeboot/firewall.nft")
+        .display()
+        .to_string();
+    let cmds = host.commands();
+    assert!(cmds.contains(&format!("nft -c -f {fw}")), "{cmds:?}");
+    assert!(cmds.contains(&"systemctl restart cube-sandbox-cubelet.service".to_string()));
+    assert!(cmds.contains(&"systemctl enable cubeboot-firewall.service".to_string()));
+}
+
+#[test]
+fn without_the_defusal_the_pitfall_bundle_would_disable_pvm() {
+    // The control experiment for the test above: the same bundle, run with
+    // only CUBE_PVM_ENABLE=1 exported, selects the ordinary guest kernel.
+    let dir = tempfile::tempdir().unwrap();
+    let ar = std::fs::read(repo(PITFALL)).unwrap();
+    tar::Archive::new(flate2::read::GzDecoder::new(&ar[..]))
+        .unpack(dir.path())
+        .unwrap();
+    let root = dir.path().join("toolbox");
+    let out = std::process::Command::new("bash")
+        .arg(
+            dir.path()
+                .join("cube-sandbox-one-click-v0.0.0-fixture-pitfall-amd64/install.sh"),
+        )
+        .arg("--node-ip=10.0.2.15")
+        .env("CUBE_PVM_ENABLE", "1")
+        .env("CUBE_SANDBOX_INSTALL_ROOT", &root)
+        .env("ONE_CLICK_FIXTURE_ALLOW_NONROOT", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read_link(root.join("cube-kernel-scf/vmlinux")).unwrap(),
+        PathBuf::from("vmlinux-bm")
+    );
+}
+
+#[test]
+fn cidr_conflict_passes_another_range_to_the_installer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = plan_for(PLAIN);
+    plan.cube.hardening = false;
+    let lan = r#"[{"ifname":"eth0","addr_info":[{"family":"inet","local":"192.168.10.7","prefixlen":24,"scope":"global"}]}]"#;
+    let host = host_with_bundle(dir.path(), &plan, PLAIN, lan);
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    cube::install(&mut ctx).unwrap();
+    assert_eq!(
+        ctx.journal.fact(facts::NETWORK_CIDR),
+        Some("192.168.64.0/18")
+    );
+    assert_eq!(ctx.journal.fact(facts::NODE_IP), Some("192.168.10.7"));
+    let env = host
+        .read_string(&format!("{TOOLBOX}/.one-click.env"))
+        .unwrap();
+    assert!(
+        env.contains("CUBE_SANDBOX_NETWORK_CIDR=192.168.64.0/18\n"),
+        "{env}"
+    );
+    assert!(host.said().contains(
+        &"sandbox network: 192.168.0.0/18 overlaps address 192.168.10.7/24; using 192.168.64.0/18"
+            .to_string()
+    ));
+    // No hardening and no .env in the plain bundle: nothing written there.
+    let extracted = format!("/var/lib/cubeboot/bundle-{}", plan.assets.bundle.sha256);
+    assert!(!host.exists(&format!(
+        "{extracted}/cube-sandbox-one-click-v0.0.0-fixture-amd64/.env"
+    )));
+    assert!(host.exists(&format!(
+        "{extracted}/cube-sandbox-one-click-v0.0.0-fixture-amd64/install.sh"
+    )));
+}
+
+#[test]
+fn hanging_installer_hits_the_timeout_and_leaves_diagnostics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = plan_for(HANG);
+    plan.cube.install_timeout_secs = 1;
+    plan.cube.hardening = false;
+    let host = host_with_bundle(dir.path(), &plan, HANG, IP_ADDR);
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    let err = cube::install(&mut ctx).unwrap_err();
+    let diag = "/var/log/cubeboot/diagnostics-1800000000.tar.gz";
+    assert_eq!(
+        failure_text(&err),
+        format!("cube installer timed out after 1 s; log: /var/log/cubeboot/install.log (diagnostics: {diag})")
+    );
+    assert_eq!(
+        err.downcast_ref::<StepFailure>().unwrap().hint.as_deref(),
+        Some("the installer hung (CubeSandbox #1753: services that never start); see the diagnostics")
+    );
+    assert_eq!(ctx.journal.fact(facts::DIAGNOSTICS), Some(diag));
+    let files = tar_listing(&host.read(diag).unwrap());
+    assert_eq!(
+        files.keys().cloned().collect::<Vec<_>>(),
+        vec![
+            "diagnostics/checks.txt",
+            "diagnostics/data-log/CubeAPI/cube-api.log",
+            "diagnostics/facts.txt",
+            "diagnostics/install.log",
+            "diagnostics/journalctl-cube-sandbox.txt",
+            "diagnostics/reason.txt",
+        ]
+    );
+    assert!(files["diagnostics/install.log"].contains("this fixture variant hangs here"));
+    assert_eq!(
+        files["diagnostics/journalctl-cube-sandbox.txt"],
+        "-- No entries --\n"
+    );
+    assert_eq!(
+        files["diagnostics/data-log/CubeAPI/cube-api.log"],
+        "cube-api: starting\n"
+    );
+    assert!(host
+        .commands()
+        .contains(&"journalctl --no-pager -o short-iso -u 'cube-sandbox-*'".to_string()));
+}
+
+#[test]
+fn compute_waits_for_the_control_plane_then_installs_and_registers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, requests) = fake_server(|path, n| match path {
+        // Not ready for the first two probes.
+        "/notify/health" if n < 2 => (503, "starting".into()),
+        "/notify/health" => (200, "ok".into()),
+        "/internal/meta/nodes/10.0.2.15" => {
+            (200, r#"{"host_ip": "10.0.2.15", "healthy": true}"#.into())
+        }
+        _ => (404, String::new()),
+    });
+    let mut plan = plan_for(PLAIN);
+    plan.cube.role = Role::Compute;
+    plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
+    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+
+    cube::install(&mut ctx).unwrap();
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+    let said = host.said();
+    let waits: Vec<&String> = said
+        .iter()
+        .filter(|l| l.starts_with("control plane not answering yet"))
+        .collect();
+    assert_eq!(
+        waits,
+        vec![
+            "control plane not answering yet (HTTP 503); waited 0 s of 1200 s",
+            "control plane not answering yet (HTTP 503); waited 10 s of 1200 s",
+        ]
+    );
+    let env = host
+        .read_string(&format!("{TOOLBOX}/.one-click.env"))
+        .unwrap();
+    assert!(env.contains("ONE_CLICK_DEPLOY_ROLE=compute\n"), "{env}");
+    assert!(
+        env.contains(&format!(
+            "ONE_CLICK_CONTROL_PLANE_CUBEMASTER_ADDR=127.0.0.1:{port}\n"
+        )),
+        "{env}"
+    );
+    // A compute node gets no CubeMaster/CubeAPI binds and no credentials.
+    assert!(!env.contains("CUBEMASTER_HTTP_BIND"), "{env}");
+    assert!(!host.exists(cube::CREDENTIALS_PATH));
+
+    let out = cube::verify(&mut ctx).unwrap();
+    assert_eq!(out, Outcome::Done("5 checks passed".into()));
+    assert_eq!(
+        ctx.journal.fact("check.registered"),
+        Some(format!("ok: http://127.0.0.1:{port}/internal/meta/nodes/10.0.2.15 answers").as_str())
+    );
+}
+
+#[test]
+fn compute_gives_up_when_the_control_plane_never_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, requests) = fake_server(|_, _| (503, "down".into()));
+    let mut plan = plan_for(PLAIN);
+    plan.cube.role = Role::Compute;
+    plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
+    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    let err = cube::install(&mut ctx).unwrap_err();
+    assert_eq!(
+        failure_text(&err),
+        format!("control plane http://127.0.0.1:{port}/notify/health did not answer within 1200 s: HTTP 503 (diagnostics: /var/log/cubeboot/diagnostics-1800001200.tar.gz)")
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 121);
+    // The installer never ran.
+    assert!(!host.commands().iter().any(|c| c.starts_with("timeout ")));
+}
+
+#[test]
+fn verification_fails_by_state_and_names_each_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan_for(PLAIN);
+    let host = ScriptedHost::new(dir.path());
+    host.on_program("journalctl", CmdOutput::ok(""));
+    host.put(&format!("{TOOLBOX}/.one-click.env"), "CUBE_PVM_ENABLE=0\n");
+    host.put(&format!("{TOOLBOX}/cube-kernel-scf/vmlinux-bm"), "bm");
+    std::os::unix::fs::symlink(
+        "vmlinux-bm",
+        host.path(&format!("{TOOLBOX}/cube-kernel-scf/vmlinux")),
+    )
+    .unwrap();
+    host.put("/proc/modules", "kvm_intel 1 0 - Live 0x0\n");
+    let mut journal = Journal::new("test");
+    journal.set_fact(facts::KVM_MODE, "pvm");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    let endpoints = Endpoints {
+        cube_api: Some("http://127.0.0.1:9/health".into()),
+        cube_master: None,
+        registration: None,
+        node_ip: "10.0.2.15".into(),
+    };
+    let err = cube::with_diagnostics(&mut ctx, |ctx| {
+        cube::verify::verify_with(ctx, &endpoints, Duration::from_secs(20))
+    })
+    .unwrap_err();
+    assert_eq!(
+        failure_text(&err),
+        "cube verification failed: one-click-env, guest-kernel, kvm-module, dev-kvm, cube-api (diagnostics: /var/log/cubeboot/diagnostics-1800000020.tar.gz)"
+    );
+    let f = |k: &str| ctx.journal.fact(k).unwrap().to_string();
+    assert_eq!(
+        f("check.one-click-env"),
+        "fail: CUBE_PVM_ENABLE=0, expected 1"
+    );
+    assert_eq!(
+        f("check.guest-kernel"),
+        "fail: vmlinux -> vmlinux-bm, expected vmlinux-pvm"
+    );
+    assert_eq!(f("check.kvm-module"), "fail: kvm_pvm not in /proc/modules");
+    assert_eq!(f("check.dev-kvm"), "fail: /dev/kvm is missing");
+    assert!(f("check.cube-api").starts_with("fail: http://127.0.0.1:9/health: "));
+    let files = tar_listing(
+        &host
+            .read("/var/log/cubeboot/diagnostics-1800000020.tar.gz")
+            .unwrap(),
+    );
+    assert!(files["diagnostics/checks.txt"]
+        .contains("one-click-env: fail: CUBE_PVM_ENABLE=0, expected 1\n"));
+}
+
+#[test]
+fn native_kvm_installs_with_pvm_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = plan_for(PLAIN);
+    plan.cube.hardening = false;
+    plan.cube.mirror = Some("cn".into());
+    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
+    let mut journal = Journal::new("test");
+    journal.set_fact(facts::KVM_MODE, "native");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    cube::install(&mut ctx).unwrap();
+    let env = host
+        .read_string(&format!("{TOOLBOX}/.one-click.env"))
+        .unwrap();
+    assert!(
+        env.contains("CUBE_PVM_ENABLE=0\n") && env.contains("MIRROR=cn\n"),
+        "{env}"
+    );
+    let cmd = host
+        .commands()
+        .into_iter()
+        .find(|c| c.contains("timeout"))
+        .unwrap();
+    assert!(cmd.starts_with("CUBE_PVM_ENABLE=0 CUBE_SANDBOX_NODE_IP=10.0.2.15 MIRROR=cn ONE_CLICK_DEPLOY_ROLE=control timeout --kill-after=30 120 bash -c"), "{cmd}");
+    assert!(
+        cmd.ends_with("install.sh --node-ip=10.0.2.15 --mode=install"),
+        "{cmd}"
+    );
+}
+
+#[test]
+fn a_tampered_cache_file_is_not_extracted() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan_for(PLAIN);
+    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
+    host.put(
+        &format!("/var/lib/cubeboot/cache/{}", plan.assets.bundle.sha256),
+        b"evil",
+    );
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    let err = cube::install(&mut ctx).unwrap_err();
+    let sha = plan.assets.bundle.sha256;
+    assert_eq!(
+        failure_text(&err),
+        format!(
+            "bundle /var/lib/cubeboot/cache/{sha} does not match the plan: computed sha256 {} but expected {sha} (diagnostics: /var/log/cubeboot/diagnostics-1800000000.tar.gz)",
+            Sha256Digest::of(b"evil")
+        )
+    );
+    assert!(!host.exists(&format!("/var/lib/cubeboot/bundle-{sha}")));
+    assert!(!host.commands().iter().any(|c| c.contains("install.sh")));
+}
+
+// ---- /data/cubelet ----
+
+const LSBLK_ROOT_AND_EMPTY: &str = r#"{"blockdevices":[
+  {"name":"vda","type":"disk","size":21474836480,"fstype":null,"mountpoint":null,"pttype":"gpt","children":[
+    {"name":"vda1","type":"part","size":21473787392,"fstype":"ext4","mountpoint":"/","pttype":"gpt"}]},
+  {"name":"vdb","type":"disk","size":107374182400,"fstype":null,"mountpoint":null,"pttype":null}]}"#;
+
+fn disk_host(dir: &Path, lsblk: &'static str) -> ScriptedHost {
+    let host = ScriptedHost::new(dir);
+    host.put("/proc/self/mounts", "/dev/vda1 / ext4 rw,relatime 0 0\n");
+    host.put("/etc/fstab", "UUID=aaaa / ext4 defaults 0 1\n");
+    host.on(move |c| (c.program == "lsblk").then(|| Ok(CmdOutput::ok(lsblk))));
+    host.on(|c| {
+        (c.program == "systemctl" && c.args == ["daemon-reload"]).then(|| Ok(CmdOutput::ok("")))
+    });
+    // mount(8) reads our fstab line; the fake mounts what it names.
+    let root = dir.to_path_buf();
+    host.on(move |c| {
+        (c.program == "mount").then(|| {
+            let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
+            let line = fstab
+                .lines()
+                .find(|l| l.contains(" /data/cubelet "))
+                .unwrap();
+            let source = line.split_whitespace().next().unwrap();
+            let mounts = root.join("proc/self/mounts");
+            let mut m = std::fs::read_to_string(&mounts).unwrap();
+            m.push_str(&format!("{source} /data/cubelet xfs rw 0 0\n"));
+            std::fs::write(&mounts, m).unwrap();
+            Ok(CmdOutput::ok(""))
+        })
+    });
+    host
+}
+
+fn data_disk(host: &ScriptedHost, disk: DataDisk) -> anyhow::Result<Outcome> {
+    let mut plan = plan_for(PLAIN);
+    plan.cube.data_disk = disk;
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    cube::data_disk(&mut ctx)
+}
+
+#[test]
+fn existing_xfs_at_the_nearest_mount_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = disk_host(dir.path(), LSBLK_ROOT_AND_EMPTY);
+    host.put(
+        "/proc/self/mounts",
+        "/dev/vda1 / ext4 rw 0 0\n/dev/vdc /data xfs rw 0 0\n",
+    );
+    assert_eq!(
+        data_disk(&host, DataDisk::Auto).unwrap(),
+        Outcome::Skipped("/data/cubelet is already on XFS (/dev/vdc at /data)".into())
+    );
+    assert!(host.commands().is_empty());
+}
+
+#[test]
+fn disks_with_data_are_never_formatted() {
+    let table: [(&'static str, &str, &str); 3] = [
+        (
+            r#"{"blockdevices":[{"name":"vdb","type":"disk","size":1,"fstype":null,"mountpoint":null,"pttype":"gpt"}]}"#,
+            "/dev/vdb",
+            "refusing to format /dev/vdb: it has a partition table (gpt)",
+        ),
+        (
+            r#"{"blockdevices":[{"name":"vdb","type":"disk","size":1,"fstype":"ext4","mountpoint":null,"pttype":null}]}"#,
+            "/dev/vdb",
+            "refusing to format /dev/vdb: it has a filesystem signature (ext4)",
+        ),
+        (
+            LSBLK_ROOT_AND_EMPTY,
+            "/dev/vda",
+            "refusing to format /dev/vda: it is mounted (vda1 at /)",
+        ),
+    ];
+    for (lsblk, dev, msg) in table {
+        let dir = tempfile::tempdir().unwrap();
+        let host = disk_host(dir.path(), lsblk);
+        let err = data_disk(&host, DataDisk::Device(dev.into())).unwrap_err();
+        assert_eq!(failure_text(&err), msg);
+        assert_eq!(
+            host.commands(),
+            vec!["lsblk -J -b -o NAME,TYPE,SIZE,FSTYPE,MOUNTPOINT,PTTYPE"]
+        );
+    }
+}
+
+#[test]
+fn a_signature_lsblk_missed_stops_the_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = disk_host(dir.path(), LSBLK_ROOT_AND_EMPTY);
+    host.on(|c| {
+        (c.program == "blkid").then(|| Ok(CmdOutput::ok("DEVNAME=/dev/vdb\nUUID=x\nTYPE=ext4\n")))
+    });
+    let err = data_disk(&host, DataDisk::Auto).unwrap_err();
+    assert_eq!(
+        failure_text(&err),
+        "refusing to format /dev/vdb: blkid found TYPE=ext4"
+    );
+    assert!(!host.commands().iter().any(|c| c.starts_with("mkfs")));
+}
+
+#[test]
+fn auto_formats_the_one_empty_disk_and_mounts_it_by_uuid() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = disk_host(dir.path(), LSBLK_ROOT_AND_EMPTY);
+    host.on(|c| (c.program == "blkid" && c.args[0] == "-p").then(|| Ok(CmdOutput::failed(2, ""))));
+    host.on(|c| {
+        (c.program == "blkid" && c.args[0] == "-s").then(|| Ok(CmdOutput::ok("0b5c-uuid\n")))
+    });
+    host.on_program("wipefs", CmdOutput::ok(""));
+    host.on_program("mkfs.xfs", CmdOutput::ok(""));
+    assert_eq!(
+        data_disk(&host, DataDisk::Auto).unwrap(),
+        Outcome::Done("formatted /dev/vdb as XFS (UUID 0b5c-uuid) at /data/cubelet".into())
+    );
+    assert_eq!(
+        host.commands(),
+        vec![
+            "lsblk -J -b -o NAME,TYPE,SIZE,FSTYPE,MOUNTPOINT,PTTYPE",
+            "blkid -p -o export /dev/vdb",
+            "wipefs -n /dev/vdb",
+            "mkfs.xfs -m reflink=1 -L cubelet /dev/vdb",
+            "blkid -s UUID -o value /dev/vdb",
+            "systemctl daemon-reload",
+            "mount /data/cubelet",
+        ]
+    );
+    assert_eq!(
+        host.read_string("/etc/fstab").unwrap(),
+        "UUID=aaaa / ext4 defaults 0 1\n# cubeboot: /data/cubelet on XFS for Cube Sandbox\nUUID=0b5c-uuid /data/cubelet xfs defaults,nofail 0 2\n"
+    );
+    // A second run finds XFS and leaves everything alone.
+    assert!(matches!(
+        data_disk(&host, DataDisk::Auto).unwrap(),
+        Outcome::Skipped(_)
+    ));
+}
+
+#[test]
+fn loopback_is_a_real_sparse_xfs_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = disk_host(dir.path(), LSBLK_ROOT_AND_EMPTY);
+    let root = dir.path().to_path_buf();
+    for tool in ["truncate", "blkid", "mkfs.xfs"] {
+        let root = root.clone();
+        host.on(move |c| (c.program == tool).then(|| run_real(c, &root, &[])));
+    }
+    let out = data_disk(&host, DataDisk::Loopback).unwrap();
+    assert_eq!(
+        out,
+        Outcome::Done(
+            "loopback XFS image /data/cubelet.img (1 GiB, sparse) mounted at /data/cubelet".into()
+        )
+    );
+    let img = host.path("/data/cubelet.img");
+    let meta = std::fs::metadata(&img).unwrap();
+    assert_eq!(meta.len(), 1 << 30);
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 256 << 20,
+        "not sparse"
+    );
+    let probe = std::process::Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "TYPE"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "xfs");
+    assert!(host
+        .read_string("/etc/fstab")
+        .unwrap()
+        .ends_with("/data/cubelet.img /data/cubelet xfs loop,defaults,nofail 0 0\n"));
+}
+
+// ---- host prerequisites ----
+
+fn prereq_host(dir: &Path) -> ScriptedHost {
+    let host = ScriptedHost::new(dir);
+    host.on(|c| {
+        (c.program == "dpkg-query").then(|| {
+            Ok(match c.args.last().map(String::as_str) {
+                Some("curl") => CmdOutput::ok("install ok installed"),
+                _ => CmdOutput::failed(1, "dpkg-query: no packages found"),
+            })
+        })
+    });
+    host.on_program("systemctl", CmdOutput::ok(""));
+    host.on(|c| {
+        (c.program == "apt-get" && c.args.last().map(String::as_str) == Some("update")).then(|| {
+            Ok(CmdOutput::ok(
+                "Hit:1 http://deb.debian.org/debian bookworm InRelease\nReading package lists...\n",
+            ))
+        })
+    });
+    host.on(|c| {
+        (c.program == "apt-get" && c.args.contains(&"install".to_string()))
+            .then(|| Ok(CmdOutput::ok("")))
+    });
+    host.put("/usr/bin/resolvectl", "");
+    host.put(
+        "/sys/fs/cgroup/cgroup.controllers",
+        "cpuset cpu io memory pids\n",
+    );
+    host.put("/sys/fs/cgroup/cgroup.subtree_control", "memory pids\n");
+    host
+}
+
+#[test]
+fn prereqs_wait_for_the_lock_and_install_only_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = prereq_host(dir.path());
+    let pgrep_calls = Arc::new(AtomicUsize::new(0));
+    let calls = pgrep_calls.clone();
+    host.on(move |c| {
+        (c.program == "pgrep").then(|| {
+            Ok(if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                CmdOutput::ok("4242 unattended-upgr\n")
+            } else {
+                CmdOutput::failed(1, "")
+            })
+        })
+    });
+    let mut plan = plan_for(PLAIN);
+    plan.target.quirks.multipathd_cgroup_fix = true;
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    assert_eq!(
+        cube::prereqs(&mut ctx).unwrap(),
+        Outcome::Done("installed xfsprogs; multipathd disabled; cpu delegated".into())
+    );
+    assert_eq!(pgrep_calls.load(Ordering::SeqCst), 3);
+    assert!(host
+        .said()
+        .contains(&"waiting for the package manager: 4242 unattended-upgr".to_string()));
+    let cmds = host.commands();
+    assert!(cmds.contains(&"DEBIAN_FRONTEND=noninteractive apt-get -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 install xfsprogs".to_string()), "{cmds:?}");
+    assert!(
+        cmds.contains(&"systemctl disable --now multipathd.service multipathd.socket".to_string())
+    );
+    assert_eq!(
+        host.read_string("/sys/fs/cgroup/cgroup.subtree_control")
+            .unwrap(),
+        "+cpu"
+    );
+}
+
+#[test]
+fn apt_update_fetch_failures_fail_the_step_even_with_exit_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = prereq_host(dir.path());
+    host.on_program("pgrep", CmdOutput::failed(1, ""));
+    let updates = Arc::new(AtomicUsize::new(0));
+    let n = updates.clone();
+    host.on(move |c| {
+        (c.program == "apt-get" && c.args.last().map(String::as_str) == Some("update")).then(|| {
+            n.fetch_add(1, Ordering::SeqCst);
+            Ok(CmdOutput::ok("Err:1 http://deb.example bookworm InRelease\n  Could not resolve 'deb.example'\nReading package lists...\nW: Failed to fetch http://deb.example/dists/bookworm/InRelease  Could not resolve 'deb.example'\nW: Some index files failed to download. They have been ignored, or old ones used instead.\n"))
+        })
+    });
+    let plan = plan_for(PLAIN);
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    let err = cube::prereqs(&mut ctx).unwrap_err();
+    assert_eq!(
+        failure_text(&err),
+        "apt-get update failed: W: Failed to fetch http://deb.example/dists/bookworm/InRelease  Could not resolve 'deb.example'; W: Some index files failed to download. They have been ignored, or old ones used instead."
+    );
+    assert_eq!(updates.load(Ordering::SeqCst), 3);
+    assert!(!host.commands().iter().any(|c| c.contains(" install ")));
+}
+
+#[test]
+fn rhel_family_gets_docker_ce_and_dnsmasq_when_no_resolver() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = ScriptedHost::new(dir.path());
+    host.on(|c| {
+        (c.program == "rpm").then(|| {
+            Ok(match c.args.last().map(String::as_str) {
+                Some("docker-ce" | "dnsmasq") => CmdOutput::failed(1, "no package provides"),
+                _ => CmdOutput::ok("installed"),
+            })
+        })
+    });
+    host.on_program("pgrep", CmdOutput::failed(1, ""));
+    host.on_program("dnf", CmdOutput::ok(""));
+    host.on(|c| {
+        (c.program == "systemctl" && c.args[0] == "show").then(|| Ok(CmdOutput::ok("not-found\n")))
+    });
+    host.on(|c| (c.program == "systemctl" && c.args[0] == "enable").then(|| Ok(CmdOutput::ok(""))));
+    let mut plan = plan_for(PLAIN);
+    plan.target.packages.manager = PackageManager::Dnf;
+    plan.target.packages.docker = DockerSource::DockerCeRepo;
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    assert_eq!(
+        cube::prereqs(&mut ctx).unwrap(),
+        Outcome::Done("dnsmasq (no resolvectl or NetworkManager); installed dnsmasq; Docker CE from download.docker.com".into())
+    );
+    assert_eq!(
+        ctx.journal.fact(cube::DNSMASQ_MODE_FACT),
+        Some("standalone")
+    );
+    let cmds = host.commands();
+    assert!(
+        cmds.contains(&"dnf -y install dnsmasq".to_string()),
+        "{cmds:?}"
+    );
+    assert!(cmds.contains(
+        &"dnf -y install docker-ce docker-ce-cli containerd.io docker-compose-plugin".to_string()
+    ));
+    assert!(cmds.contains(&"systemctl enable --now docker.service".to_string()));
+    assert!(host
+        .read_string("/etc/yum.repos.d/docker-ce.repo")
+        .unwrap()
+        .contains(
+            "baseurl=https://download.docker.com/linux/centos/$releasever/$basearch/stable\n"
+        ));
+}
+
+#[test]
+fn a_dry_run_of_the_whole_stage_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = plan_for(PITFALL);
+    plan.cube.allow_from = vec!["10.0.0.0/8".into()];
+    plan.target.quirks.multipathd_cgroup_fix = true;
+    let host = ScriptedHost::new(dir.path()).dry_run();
+    let cache = format!("/var/lib/cubeboot/cache/{}", plan.assets.bundle.sha256);
+    host.put(&cache, std::fs::read(repo(PITFALL)).unwrap());
+    host.put("/proc/self/mounts", "/dev/vda1 / ext4 rw 0 0\n");
+    let before = walk(dir.path());
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    type Step = fn(&mut Ctx) -> anyhow::Result<Outcome>;
+    let steps: [Step; 5] = [
+        cube::prereqs,
+        cube::data_disk,
+        cube::install,
+        cube::verify,
+        cube::harden,
+    ];
+    for step in steps {
+        step(&mut ctx).unwrap();
+    }
+    assert_eq!(walk(dir.path()), before);
+    let cmds = host.commands();
+    assert!(
+        cmds.iter()
+            .any(|c| c.starts_with("mkfs.xfs -m reflink=1 -L cubelet ")),
+        "{cmds:?}"
+    );
+    assert!(
+        cmds.iter()
+            .any(|c| c.ends_with("install.sh '--node-ip=<node-ip>' --mode=install")),
+        "{cmds:?}"
+    );
+    assert!(cmds.iter().any(|c| c.starts_with("nft -f ")), "{cmds:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_firewall_ruleset_passes_nft_check() {
+    // Real nft in check mode (-c): parses and validates, changes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let rules = cube::harden::firewall_ruleset(&[
+        "10.0.2.0/24".into(),
+        "172.16.5.9".into(),
+        "fd00:1::/64".into(),
+    ])
+    .unwrap();
+    let file = dir.path().join("firewall.nft");
+    std::fs::write(&file, &rules).unwrap();
+    let out = std::process::Command::new("nft")
+        .arg("-c")
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .expect("nft (package nftables) is installed by .ci/run");
+    assert!(
+        out.status.success(),
+        "{}\n{rules}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And the check can fail: a broken set element is refused.
+    std::fs::write(&file, rules.replace("10.0.2.0/24", "10.0.2.0/99")).unwrap();
+    let out = std::process::Command::new("nft")
+        .arg("-c")
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+/// The production host in a temporary root: real `ip`, real `timeout`, real
+/// bash running the fixture installer, output streamed line by line.
+fn real_host_plan(bundle_rel: &str, root: &Path) -> (cubeboot::firstboot::host::RealHost, Plan) {
+    let mut plan = plan_for(bundle_rel);
+    // Independent of this machine's addresses and routes.
+    plan.cube.node_ip = "10.0.2.15".into();
+    let extra = [
+        (
+            "CUBE_SANDBOX_INSTALL_ROOT",
+            under_root(root, TOOLBOX).display().to_string(),
+        ),
+        ("ONE_CLICK_FIXTURE_ALLOW_NONROOT", "1".into()),
+        ("CUBE_SANDBOX_NETWORK_CIDR", "10.251.0.0/18".into()),
+    ];
+    for (k, v) in extra {
+        plan.cube.extra_env.insert(k.into(), v);
+    }
+    let cache = under_root(
+        root,
+        &format!("/var/lib/cubeboot/cache/{}", plan.assets.bundle.sha256),
+    );
+    std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
+    std::fs::copy(repo(bundle_rel), cache).unwrap();
+    (cubeboot::firstboot::host::RealHost::new(root), plan)
+}
+
+#[test]
+fn real_host_runs_the_fixture_installer_in_a_temp_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, plan) = real_host_plan(PITFALL, dir.path());
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    assert_eq!(
+        cube::install(&mut ctx).unwrap(),
+        Outcome::Done("installed the control role at 10.0.2.15 (CUBE_PVM_ENABLE=1)".into())
+    );
+    let env = host
+        .read_string(&format!("{TOOLBOX}/.one-click.env"))
+        .unwrap();
+    assert!(env.contains("\nCUBE_PVM_ENABLE=1\n"), "{env}");
+    assert!(
+        env.contains("CUBE_SANDBOX_NETWORK_CIDR=10.251.0.0/18\n"),
+        "{env}"
+    );
+    assert_eq!(
+        host.read_link(&format!("{TOOLBOX}/cube-kernel-scf/vmlinux"))
+            .unwrap()
+            .as_deref(),
+        Some("vmlinux-pvm")
+    );
+    let log = host.read_string(cube::INSTALL_LOG).unwrap();
+    assert!(
+        log.contains("[one-click] CUBE_PVM_ENABLE=1, selected PVM guest kernel"),
+        "{log}"
+    );
+}
+
+#[test]
+fn real_host_stops_a_hanging_installer_at_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, mut plan) = real_host_plan(HANG, dir.path());
+    plan.cube.install_timeout_secs = 1;
+    plan.cube.hardening = false;
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    let started = std::time::Instant::now();
+    let err = cube::install(&mut ctx).unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = failure_text(&err);
+    let diag = ctx.journal.fact(facts::DIAGNOSTICS).unwrap().to_string();
+    assert_eq!(
+        text,
+        format!("cube installer timed out after 1 s; log: /var/log/cubeboot/install.log (diagnostics: {diag})")
+    );
+    assert!(diag.starts_with("/var/log/cubeboot/diagnostics-") && diag.ends_with(".tar.gz"));
+    let files = tar_listing(&host.read(&diag).unwrap());
+    assert!(files["diagnostics/install.log"].contains("this fixture variant hangs here"));
+}

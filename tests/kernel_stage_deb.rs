@@ -1,0 +1,617 @@
+//! The kernel stage on a Debian/Ubuntu target in a temporary root, through
+//! the runner: real `dpkg --root` installs the fixture .deb, Debian's real
+//! grub-mkconfig regenerates grub.cfg from the real drop-in, real
+//! grub-set-default/grub-reboot edit the real grubenv; modprobe and the GRUB
+//! boot itself are emulated (kernel_common).
+
+mod kernel_common;
+
+use cubeboot::firstboot::host::{Action, CmdOutput, Host, ScriptedHost};
+use cubeboot::firstboot::journal::{facts, StepState};
+use cubeboot::firstboot::kernel::{self, grubcfg};
+use cubeboot::firstboot::runner::{self, RunEnd, Scope};
+use cubeboot::firstboot::{Ctx, Outcome, StepId};
+use cubeboot::plan::{boot_params, KvmMode};
+use kernel_common::*;
+
+const PVM_ID: &str = "gnulinux-advanced-3f1c2b9a-5d7e-4c1a-9e8b-2a4f6d8c0e11>\
+                      gnulinux-6.6.69-opencloudos9.cubesandbox.pvm.host-gfixture1-advanced-3f1c2b9a-5d7e-4c1a-9e8b-2a4f6d8c0e11";
+const OLD_ID: &str = "gnulinux-advanced-3f1c2b9a-5d7e-4c1a-9e8b-2a4f6d8c0e11>\
+                      gnulinux-6.1.0-28-amd64-advanced-3f1c2b9a-5d7e-4c1a-9e8b-2a4f6d8c0e11";
+
+fn dpkg_status(root: &std::path::Path) -> String {
+    let out = real(
+        &cubeboot::firstboot::host::CommandSpec::new("dpkg-query")
+            .arg(format!(
+                "--admindir={}",
+                root.join("var/lib/dpkg").display()
+            ))
+            .args(["-W", "-f", "${Status} ${Version}", DEB_PACKAGE]),
+    )
+    .unwrap();
+    out.stdout
+}
+
+#[test]
+fn trial_boot_then_commit_on_debian_12() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "debian-12", &plan);
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    let digest = seed_journal(&host, &plan);
+
+    // Boot 1: install, parameters, trial boot armed, one reboot.
+    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    assert_eq!(end, RunEnd::Rebooting);
+    assert_eq!(host.reboots(), 1);
+    let cmds = host.commands();
+    let deb =
+        root.join(cubeboot::firstboot::cache_path(&plan.assets.kernel).trim_start_matches('/'));
+    assert!(
+        cmds.contains(&format!(
+            "DEBIAN_FRONTEND=noninteractive dpkg --root={} -i {}",
+            root.display(),
+            deb.display()
+        )),
+        "{cmds:#?}"
+    );
+    // Real dpkg installed it and the real selection holds it.
+    assert_eq!(
+        dpkg_status(root),
+        format!("hold ok installed {DEB_VERSION}")
+    );
+    assert!(exists(root, &format!("/boot/vmlinuz-{KVER}")));
+    assert!(exists(
+        root,
+        &format!("/lib/modules/{KVER}/kernel/arch/x86/kvm/kvm-pvm.ko")
+    ));
+    // The drop-in carries the merged line; the cloud console drop-in survives.
+    let dropin = read(root, "/etc/default/grub.d/99-cubeboot-pvm.cfg");
+    assert!(
+        dropin.contains("GRUB_CMDLINE_LINUX=\"nopti pti=off panic=30\"\n"),
+        "{dropin}"
+    );
+    assert!(dropin.contains(
+        "GRUB_CMDLINE_LINUX_DEFAULT=\"console=tty0 console=ttyS0,115200 earlyprintk=ttyS0,115200 consoleblank=0\"\n"
+    ));
+    assert!(dropin.contains("GRUB_DEFAULT=\"saved\"\n"));
+    // Real grub-mkconfig put them on the PVM entry.
+    let cfg = read(root, "/boot/grub/grub.cfg");
+    let pvm = grubcfg::find_kernel_entry(&cfg, KVER).unwrap();
+    assert_eq!(pvm.id_path().unwrap(), PVM_ID);
+    assert!(
+        pvm.args
+            .join(" ")
+            .contains("ro nopti pti=off panic=30 console=tty0"),
+        "{:?}",
+        pvm.args
+    );
+    // Old kernel saved, PVM armed once, in that order.
+    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub/grubenv"));
+    assert_eq!(env["saved_entry"], OLD_ID);
+    assert_eq!(env["next_entry"], PVM_ID);
+    let set = cmds
+        .iter()
+        .position(|c| c.starts_with("grub-set-default"))
+        .unwrap();
+    let once = cmds
+        .iter()
+        .position(|c| c.starts_with("grub-reboot"))
+        .unwrap();
+    assert!(set < once);
+    assert_eq!(
+        cmds[once],
+        format!(
+            "grub-reboot --boot-directory={}/boot '{PVM_ID}'",
+            root.display()
+        )
+    );
+    let j = journal(&host, &digest);
+    assert_eq!(j.fact(facts::KVM_MODE), Some("pvm"));
+    assert_eq!(j.fact(facts::OLD_KERNEL), Some(OLD_DEB_KERNEL));
+    assert_eq!(j.fact(facts::PVM_ENTRY), Some(PVM_ID));
+    assert_eq!(j.fact(facts::OLD_DEFAULT_ENTRY), Some(OLD_ID));
+    assert_eq!(j.fact(facts::DIRECT_DEFAULT), None);
+
+    // The machine reboots: GRUB boots the PVM entry once.
+    assert_eq!(grub_boot(root, false), KVER);
+
+    // Boot 2: verified, committed, kvm_pvm loaded.
+    let end = runner::run(&host, &plan, &digest, Scope::StopAfter(StepId::KvmLoad)).unwrap();
+    assert_eq!(end, RunEnd::Rebooting); // StopAfter ends this way.
+    let j = journal(&host, &digest);
+    assert_eq!(j.state(StepId::KernelVerify), Some(StepState::Done));
+    assert_eq!(j.state(StepId::KvmLoad), Some(StepState::Done));
+    assert_eq!(host.reboots(), 1);
+    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub/grubenv"));
+    assert_eq!(env["saved_entry"], PVM_ID);
+    assert!(!env.contains_key("next_entry"));
+    assert_eq!(read(root, "/etc/modules-load.d/kvm-pvm.conf"), "kvm_pvm\n");
+    assert!(read(root, "/proc/modules").contains("kvm_pvm "));
+    // The next boot (e.g. a later maintenance reboot) stays on PVM.
+    assert_eq!(grub_boot(root, false), KVER);
+}
+
+#[test]
+fn failed_trial_boot_rolls_back_with_exactly_one_reboot() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "debian-12", &plan);
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    let digest = seed_journal(&host, &plan);
+
+    assert_eq!(
+        runner::run(&host, &plan, &digest, Scope::All).unwrap(),
+        RunEnd::Rebooting
+    );
+    // The PVM kernel panics; panic=30 reboots into the saved default.
+    assert_eq!(grub_boot(root, true), OLD_DEB_KERNEL);
+
+    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    let want = format!("failed: rolled back to {OLD_DEB_KERNEL}");
+    assert_eq!(end, RunEnd::Failed(want.clone()));
+    assert_eq!(host.reboots(), 1);
+    let status = read(root, "/run/cubeboot/status.json");
+    assert!(
+        status.contains(&format!("\"state\": \"{want}\"")),
+        "{status}"
+    );
+    assert!(
+        status.contains("earlyprintk=serial,ttyS0,115200"),
+        "{status}"
+    );
+    assert!(status.contains(&format!(
+        "the trial boot came back on {OLD_DEB_KERNEL}, not {KVER}"
+    )));
+    // The old kernel is pinned by id and boots without the PVM parameters.
+    let dropin = read(root, "/etc/default/grub.d/99-cubeboot-pvm.cfg");
+    assert!(
+        dropin.contains(&format!("GRUB_DEFAULT=\"{OLD_ID}\"")),
+        "{dropin}"
+    );
+    assert!(!dropin.contains("pti=off"));
+    let cfg = read(root, "/boot/grub/grub.cfg");
+    let old = grubcfg::find_kernel_entry(&cfg, OLD_DEB_KERNEL).unwrap();
+    assert!(!old.args.iter().any(|a| a == "pti=off"), "{:?}", old.args);
+    assert_eq!(grub_boot(root, false), OLD_DEB_KERNEL);
+
+    // Running again does nothing and never reboots.
+    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    assert_eq!(end, RunEnd::Failed(want));
+    assert_eq!(host.reboots(), 1);
+}
+
+#[test]
+fn ubuntu_cloud_image_consoles_survive_the_tencent_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut plan = deb_plan();
+    plan.kernel.boot_params = boot_params::TENCENT.iter().map(|s| s.to_string()).collect();
+    debian_root(root, "ubuntu-24.04-cloudimg", &plan);
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    let digest = seed_journal(&host, &plan);
+
+    assert_eq!(
+        runner::run(&host, &plan, &digest, Scope::All).unwrap(),
+        RunEnd::Rebooting
+    );
+    let cfg = read(root, "/boot/grub/grub.cfg");
+    let pvm = grubcfg::find_kernel_entry(&cfg, KVER).unwrap();
+    let line = pvm.args.join(" ");
+    // 50-cloudimg-settings.cfg's `console=tty1 console=ttyS0` gave way to the
+    // configured pair; the vendor drop-in's nvme timeout and earlyprintk stay.
+    let consoles: Vec<&str> = pvm
+        .args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| a.starts_with("console="))
+        .collect();
+    assert_eq!(consoles, vec!["console=ttyS0,115200", "console=tty0"]);
+    assert!(line.contains("nvme_core.io_timeout=4294967295"));
+    assert!(line.contains("earlyprintk=ttyS0"));
+    assert!(cubeboot::cmdline::has_merged(
+        &line,
+        &kernel::required_params(&plan)
+    ));
+    // NIC renaming and IPv6 were warned about.
+    let j = journal(&host, &digest);
+    let w = j.fact(kernel::FACT_WARNINGS).unwrap();
+    assert!(
+        w.contains("net.ifnames=0 renames network interfaces"),
+        "{w}"
+    );
+    assert!(w.contains("ipv6.disable=1 disables IPv6"), "{w}");
+    assert!(host
+        .said()
+        .iter()
+        .any(|l| l.starts_with("warning: boot parameter biosdevname=0")));
+    // Ubuntu: the PVM kernel (6.6) is not the newest; still pinned by id.
+    assert_eq!(grub_boot(root, false), KVER);
+
+    // Idempotent: arming again yields the same drop-in and grub.cfg.
+    let dropin = read(root, "/etc/default/grub.d/99-cubeboot-pvm.cfg");
+    let mut j = journal(&host, &digest);
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut j,
+    };
+    kernel::boot(&mut ctx).unwrap();
+    assert_eq!(
+        read(root, "/etc/default/grub.d/99-cubeboot-pvm.cfg"),
+        dropin
+    );
+    assert_eq!(read(root, "/boot/grub/grub.cfg"), cfg);
+}
+
+#[test]
+fn unwritable_grubenv_falls_back_to_a_direct_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "debian-12", &plan);
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "lvm");
+    let digest = seed_journal(&host, &plan);
+
+    assert_eq!(
+        runner::run(&host, &plan, &digest, Scope::All).unwrap(),
+        RunEnd::Rebooting
+    );
+    let j = journal(&host, &digest);
+    let why = j.fact(facts::DIRECT_DEFAULT).unwrap();
+    assert_eq!(
+        why,
+        "/boot/grub is on lvm, where GRUB cannot write /boot/grub/grubenv at boot"
+    );
+    assert!(!host.commands().iter().any(|c| c.starts_with("grub-reboot")));
+    let dropin = read(root, "/etc/default/grub.d/99-cubeboot-pvm.cfg");
+    assert!(
+        dropin.contains(&format!("GRUB_DEFAULT=\"{PVM_ID}\"")),
+        "{dropin}"
+    );
+    assert!(host
+        .said()
+        .iter()
+        .any(|l| l.contains("no trial boot possible")));
+    assert_eq!(grub_boot(root, false), KVER);
+    // After the verified boot there is nothing to commit: it already is the default.
+    runner::run(
+        &host,
+        &plan,
+        &digest,
+        Scope::StopAfter(StepId::KernelVerify),
+    )
+    .unwrap();
+    let j = journal(&host, &digest);
+    assert_eq!(j.state(StepId::KernelVerify), Some(StepState::Done));
+    assert!(j.steps[&StepId::KernelVerify]
+        .detail
+        .contains("direct default"));
+}
+
+#[test]
+fn submenu_disabled_entry_is_top_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "disable-submenu", &plan);
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    let digest = seed_journal(&host, &plan);
+    runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub/grubenv"));
+    assert_eq!(
+        env["next_entry"],
+        format!("gnulinux-{KVER}-advanced-{ROOT_UUID}")
+    );
+    assert_eq!(
+        env["saved_entry"],
+        format!("gnulinux-{OLD_DEB_KERNEL}-advanced-{ROOT_UUID}")
+    );
+    assert_eq!(grub_boot(root, false), KVER);
+}
+
+#[test]
+fn tampered_cache_is_never_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "debian-12", &plan);
+    let cached = cubeboot::firstboot::cache_path(&plan.assets.kernel);
+    let mut bytes = fixture_bytes(DEB_NAME);
+    let n = bytes.len();
+    bytes[n - 1] ^= 1;
+    put(root, &cached, bytes);
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    let digest = seed_journal(&host, &plan);
+
+    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    assert_eq!(end, RunEnd::Failed("failed: kernel-install".into()));
+    assert!(
+        !host.commands().iter().any(|c| c.contains(" -i ")),
+        "{:#?}",
+        host.commands()
+    );
+    assert!(!exists(root, &format!("/boot/vmlinuz-{KVER}")));
+    let status = read(root, "/run/cubeboot/status.json");
+    assert!(
+        status.contains(&format!("expected sha256 {}", plan.assets.kernel.sha256)),
+        "{status}"
+    );
+    assert_eq!(host.reboots(), 0);
+}
+
+#[test]
+fn dpkg_lock_is_waited_for_then_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "debian-12", &plan);
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    // unattended-upgrades holds the lock for the first three attempts.
+    let tries = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let t = tries.clone();
+    host.on(move |c| {
+        (c.program == "dpkg"
+            && c.args.iter().any(|a| a == "-i")
+            && t.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 3)
+            .then(|| {
+                Ok(CmdOutput::failed(
+                    2,
+                    "dpkg: error: dpkg frontend lock was locked by another process with pid 812\n\
+                     Note: removing the lock file is always wrong, can damage the locked area\n",
+                ))
+            })
+    });
+    let start = host.now();
+    let digest = seed_journal(&host, &plan);
+    let mut j = journal(&host, &digest);
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut j,
+    };
+    let out = kernel::install(&mut ctx).unwrap();
+    assert!(
+        matches!(out, Outcome::Done(ref d) if d.starts_with("installed ")),
+        "{out:?}"
+    );
+    assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 4);
+    assert_eq!(host.now().duration_since(start).unwrap().as_secs(), 15);
+    assert_eq!(
+        dpkg_status(root),
+        format!("hold ok installed {DEB_VERSION}")
+    );
+
+    // A lock that never goes away ends with a clear error, not a hang.
+    let dir2 = tempfile::tempdir().unwrap();
+    let root2 = dir2.path();
+    debian_root(root2, "debian-12", &plan);
+    let host2 = ScriptedHost::new(root2);
+    debian_responders(&host2, root2, "");
+    host2.on(|c| {
+        (c.program == "dpkg" && c.args.iter().any(|a| a == "-i")).then(|| {
+            Ok(CmdOutput::failed(
+                2,
+                "dpkg: error: dpkg frontend lock was locked by another process with pid 812\n",
+            ))
+        })
+    });
+    let mut j2 = cubeboot::firstboot::journal::Journal::new("x");
+    let mut ctx = Ctx {
+        host: &host2,
+        plan: &plan,
+        journal: &mut j2,
+    };
+    let err = kernel::install(&mut ctx).unwrap_err();
+    assert!(
+        err.to_string().starts_with("dpkg stayed locked for 900 s"),
+        "{err}"
+    );
+}
+
+#[test]
+fn second_install_is_a_no_op_and_already_running_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "debian-12", &plan);
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    let mut j = cubeboot::firstboot::journal::Journal::new("x");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut j,
+    };
+    kernel::install(&mut ctx).unwrap();
+    let before = host.commands().len();
+    let out = kernel::install(&mut ctx).unwrap();
+    assert!(
+        matches!(out, Outcome::Done(ref d) if d.contains("already installed")),
+        "{out:?}"
+    );
+    assert!(!host.commands()[before..].iter().any(|c| c.contains(" -i ")));
+
+    // Running the PVM kernel with every parameter: nothing to do.
+    set_running(
+        root,
+        KVER,
+        &format!("BOOT_IMAGE=/boot/vmlinuz-{KVER} ro nopti pti=off panic=30"),
+    );
+    let mut j = cubeboot::firstboot::journal::Journal::new("y");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut j,
+    };
+    let before = host.commands().len();
+    assert!(matches!(
+        kernel::install(&mut ctx).unwrap(),
+        Outcome::Skipped(_)
+    ));
+    assert!(matches!(
+        kernel::boot(&mut ctx).unwrap(),
+        Outcome::Skipped(_)
+    ));
+    assert!(matches!(
+        kernel::verify(&mut ctx).unwrap(),
+        Outcome::Skipped(_)
+    ));
+    assert_eq!(
+        host.commands().len(),
+        before,
+        "{:#?}",
+        &host.commands()[before..]
+    );
+    assert_eq!(j.fact(facts::KVM_MODE), Some("pvm"));
+}
+
+#[test]
+fn native_kvm_skips_pvm_when_auto_but_not_when_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut plan = deb_plan();
+    plan.kernel.kvm = KvmMode::Auto;
+    debian_root(root, "debian-12", &plan);
+    put(
+        root,
+        "/proc/modules",
+        "kvm_intel 397312 0 - Live 0x0\nkvm 1142784 1 kvm_intel, Live 0x0\n",
+    );
+    put(root, "/dev/kvm", "");
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    let mut j = cubeboot::firstboot::journal::Journal::new("x");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut j,
+    };
+    let out = kernel::install(&mut ctx).unwrap();
+    assert!(
+        matches!(out, Outcome::Skipped(ref d) if d.contains("CUBE_PVM_ENABLE=0")),
+        "{out:?}"
+    );
+    assert!(matches!(
+        kernel::boot(&mut ctx).unwrap(),
+        Outcome::Skipped(_)
+    ));
+    assert!(matches!(
+        kernel::load_kvm(&mut ctx).unwrap(),
+        Outcome::Skipped(_)
+    ));
+    assert_eq!(ctx.journal.fact(facts::KVM_MODE), Some("native"));
+    assert!(host.commands().is_empty(), "{:#?}", host.commands());
+
+    plan.kernel.kvm = KvmMode::Pvm;
+    let mut j = cubeboot::firstboot::journal::Journal::new("y");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut j,
+    };
+    assert!(matches!(
+        kernel::install(&mut ctx).unwrap(),
+        Outcome::Done(_)
+    ));
+    assert_eq!(j.fact(facts::KVM_MODE), Some("pvm"));
+}
+
+#[test]
+fn kvm_pvm_preempted_by_kvm_intel_is_blacklisted_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "debian-12", &plan);
+    put(
+        root,
+        "/proc/modules",
+        "kvm_intel 397312 0 - Live 0x0\nkvm 1142784 1 kvm_intel, Live 0x0\n",
+    );
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    let mut j = cubeboot::firstboot::journal::Journal::new("x");
+    j.set_fact(facts::KVM_MODE, "pvm");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut j,
+    };
+    let out = kernel::load_kvm(&mut ctx).unwrap();
+    assert!(
+        matches!(out, Outcome::Done(ref d) if d.contains("after blacklisting kvm_intel")),
+        "{out:?}"
+    );
+    let r = root.display();
+    assert_eq!(
+        host.commands(),
+        vec![
+            format!("chroot {r} modprobe kvm_pvm"),
+            format!("chroot {r} modprobe -r kvm_intel"),
+            format!("chroot {r} modprobe kvm_pvm"),
+        ]
+    );
+    let bl = read(root, "/etc/modprobe.d/cubeboot-kvm-pvm-blacklist.conf");
+    assert!(bl.contains("blacklist kvm_intel\ninstall kvm_intel /bin/false\n"));
+    assert!(bl.contains("blacklist kvm_amd\ninstall kvm_amd /bin/false\n"));
+    assert_eq!(read(root, "/etc/modules-load.d/kvm-pvm.conf"), "kvm_pvm\n");
+
+    // modprobe "succeeding" without loading anything is a failure, not a pass.
+    let dir2 = tempfile::tempdir().unwrap();
+    let host2 = ScriptedHost::new(dir2.path());
+    host2.on_program("chroot", CmdOutput::ok(""));
+    let mut j2 = cubeboot::firstboot::journal::Journal::new("y");
+    let mut ctx = Ctx {
+        host: &host2,
+        plan: &plan,
+        journal: &mut j2,
+    };
+    let err = kernel::load_kvm(&mut ctx).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("kvm_pvm is not loaded: /proc/modules has no kvm_pvm"),
+        "{err}"
+    );
+    assert!(!host2.exists("/etc/modules-load.d/kvm-pvm.conf"));
+}
+
+#[test]
+fn dry_run_changes_nothing_and_shows_every_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "debian-12", &plan);
+    let host = ScriptedHost::new(root).dry_run();
+    let mut j = cubeboot::firstboot::journal::Journal::new("x");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut j,
+    };
+    kernel::install(&mut ctx).unwrap();
+    let out = kernel::boot(&mut ctx).unwrap();
+    assert!(matches!(out, Outcome::RebootRequested(_)), "{out:?}");
+    let actions = host.actions();
+    let shown: Vec<String> = actions.iter().map(|a| a.to_string()).collect();
+    assert!(
+        shown
+            .iter()
+            .any(|a| a.starts_with("run     DEBIAN_FRONTEND=noninteractive dpkg --root=")),
+        "{shown:#?}"
+    );
+    assert!(actions.iter().any(|a| matches!(a, Action::Write { path, .. } if path == "/etc/default/grub.d/99-cubeboot-pvm.cfg")));
+    assert!(shown.iter().any(|a| a.contains("update-grub")));
+    assert!(shown.iter().any(|a| a.starts_with("run     grub-reboot")));
+    assert!(!exists(root, "/etc/default/grub.d/99-cubeboot-pvm.cfg"));
+    assert!(!exists(root, &format!("/boot/vmlinuz-{KVER}")));
+    assert!(!exists(root, "/boot/grub/grub.cfg"));
+}

@@ -1,0 +1,1182 @@
+//! The VM tier: the whole first boot, for real (issue 6, sections 2 and 3).
+//!
+//! A Debian 12 guest (tests/e2e/guest-image.sh) boots through GRUB under qemu
+//! TCG with a NoCloud seed holding the user-data that the REAL
+//! `cubeboot build` made from a lock that the REAL `cubeboot lock` wrote over
+//! a fixture release: a repackaged Debian kernel carrying a loadable kvm_pvm
+//! (tests/e2e/fixture-kernel.sh), the Cube team's fixture bundle and the
+//! static helper. The guest reaches the release only through the test's own
+//! HTTP server on 127.0.0.1, which it sees at 10.0.2.2; qemu's network is
+//! restricted so nothing else is reachable. The guest image carries a
+//! reporter (tests/e2e/guest/e2e-report) that prints the facts asserted on to
+//! the serial console and powers off once the helper's status is terminal.
+//!
+//! Slow (minutes) and needs root and qemu: it runs only with CUBEBOOT_E2E=1,
+//! which .ci/run sets. Serial logs stay in target/tmp/vm-e2e/<scenario>/.
+#![cfg(feature = "builder")]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cubeboot::firstboot::journal::{Journal, StepState};
+use cubeboot::firstboot::status::Status;
+use cubeboot::firstboot::StepId;
+use cubeboot::plan::Plan;
+
+/// Overall limit for one VM run (vm-e2e-notes: "30 min overall").
+const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The fixture bundle's name, as the Cube team's recipe makes it.
+const BUNDLE: &str = "cube-sandbox-one-click-v0.0.0-fixture-amd64.tar.gz";
+
+/// One VM at a time: two TCG guests on two cores only slow each other down.
+static VM_SLOT: Mutex<()> = Mutex::new(());
+
+fn e2e_enabled(test: &str) -> bool {
+    if std::env::var("CUBEBOOT_E2E").as_deref() == Ok("1") {
+        return true;
+    }
+    println!("{test}: skipped (set CUBEBOOT_E2E=1 to run the VM tier; .ci/run does)");
+    false
+}
+
+#[test]
+fn vm_first_boot_switches_kernel_and_installs_cube() {
+    if !e2e_enabled("vm_first_boot_switches_kernel_and_installs_cube") {
+        return;
+    }
+    let _slot = VM_SLOT.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixtures::prepare();
+    let run = ProductRun::boot(&fx, "first-boot", &fx.kernel.good_deb);
+    run.log.print_timeline(&[
+        ("GRUB, boot 1", "@@GRUB start", 1),
+        ("kernel A up (reporter)", "@@E2E boot ", 1),
+        ("cloud-init final stage", "running 'modules:final'", 1),
+        ("helper: fetch starts", "step fetch: starting", 1),
+        (
+            "helper: kernel-install starts",
+            "step kernel-install: starting",
+            1,
+        ),
+        (
+            "helper: kernel-boot starts",
+            "step kernel-boot: starting",
+            1,
+        ),
+        ("GRUB, boot 2", "@@GRUB start", 2),
+        ("kernel B up (reporter)", "@@E2E boot ", 2),
+        (
+            "helper: kernel-verify starts",
+            "step kernel-verify: starting",
+            1,
+        ),
+        (
+            "helper: cube-install starts",
+            "step cube-install: starting",
+            1,
+        ),
+        (
+            "helper: cube-verify starts",
+            "step cube-verify: starting",
+            1,
+        ),
+        ("status terminal", "@@E2E final-begin", 1),
+        ("reporter done", "@@E2E END", 1),
+    ]);
+    let r = run.report();
+    let kver = &fx.kernel.kver;
+    let mut failures = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        println!("[{}] {what}", if ok { "ok" } else { "FAIL" });
+        if !ok {
+            failures.push(what);
+        }
+    };
+
+    // The plan cloud-init wrote is the one `cubeboot build` rendered.
+    let plan = r.plan();
+    check(
+        plan.as_ref().is_some_and(|p| &p.kernel.kver == kver),
+        format!("plan on the guest names fixture KVER {kver}"),
+    );
+    check(
+        r.single("userdata-sha")
+            .is_some_and(|l| l.starts_with(&run.user_data_sha256)),
+        format!(
+            "cloud-init ran our payload (user-data sha256 {})",
+            run.user_data_sha256
+        ),
+    );
+    check(
+        r.log.boot1_cloud_init_status() == Some("done".into()),
+        format!(
+            "`cloud-init status` is done on boot 1 (got {:?})",
+            r.log.boot1_cloud_init_status()
+        ),
+    );
+    let generator = cubeboot::generator();
+    check(
+        r.log
+            .lines
+            .iter()
+            .any(|(_, l)| l.contains("cloud-init") && l.contains(&generator)),
+        format!("cloud-init's final message names {generator}"),
+    );
+
+    // Exactly one reboot, into the fixture kernel, chosen once by GRUB.
+    let kernels = r.log.grub_kernels();
+    check(
+        r.log.count("@@GRUB start") == 2,
+        format!(
+            "exactly one reboot: GRUB started {} times",
+            r.log.count("@@GRUB start")
+        ),
+    );
+    check(
+        kernels == vec![fx.guest.default_kver.clone(), kver.clone()],
+        format!("GRUB loaded [old, fixture] kernels, got {kernels:?}"),
+    );
+    check(
+        r.single("uname").as_deref() == Some(kver.as_str()),
+        format!("uname -r after the reboot is {kver}"),
+    );
+    let cmdline = r.single("cmdline").unwrap_or_default();
+    if let Some(p) = &plan {
+        for param in &p.kernel.boot_params {
+            check(
+                cmdline.split_whitespace().any(|w| w == param),
+                format!("/proc/cmdline holds boot parameter {param}"),
+            );
+        }
+    }
+    // Trial boot: boot 2 came up on the fixture kernel while the saved
+    // default still named the old one (a one-shot entry); the commit made
+    // the fixture's entry the saved default afterwards.
+    let entry_suffix = format!("gnulinux-{kver}-advanced-{}", fx.guest.root_uuid);
+    let boot2_saved = r.log.grubenv_at_boot(2, "saved_entry");
+    check(
+        !boot2_saved.as_deref().unwrap_or("").contains(kver.as_str()),
+        format!(
+            "trial boot: saved_entry at boot 2 start was not yet the fixture ({boot2_saved:?})"
+        ),
+    );
+    let saved = r.grubenv("saved_entry");
+    check(
+        saved.as_deref().is_some_and(|s| s.ends_with(&entry_suffix)),
+        format!(
+            "commit: grubenv saved_entry ends with the entry id {entry_suffix} (got {saved:?})"
+        ),
+    );
+
+    // The helper's own record: verified fetch, install, trial boot, commit, Cube.
+    let journal = r.journal();
+    let step_state = |s: StepId| {
+        journal
+            .as_ref()
+            .and_then(|j| j.steps.get(&s))
+            .map(|x| x.state)
+    };
+    for step in [
+        StepId::Preflight,
+        StepId::Fetch,
+        StepId::KernelInstall,
+        StepId::KernelBoot,
+        StepId::Reboot,
+        StepId::KernelVerify,
+        StepId::KvmLoad,
+        StepId::DataDisk,
+        StepId::CubeInstall,
+        StepId::CubeVerify,
+    ] {
+        check(
+            step_state(step) == Some(StepState::Done),
+            format!("journal: step {step} done (got {:?})", step_state(step)),
+        );
+    }
+    check(
+        journal.as_ref().is_some_and(|j| j.reboots == 1),
+        format!(
+            "journal counts exactly one reboot (got {:?})",
+            journal.as_ref().map(|j| j.reboots)
+        ),
+    );
+    check(
+        run.http.fetched(&fx.kernel_name(&fx.kernel.good_deb)) >= 1
+            && run.http.fetched(BUNDLE) >= 1,
+        format!(
+            "the guest fetched the kernel and the bundle from the test server: {:?}",
+            run.http.summary()
+        ),
+    );
+    check(
+        r.section("dpkg").iter().any(|l| {
+            l.starts_with(&format!(
+                "{} {} ii",
+                fx.kernel.package, fx.kernel.good_version
+            ))
+        }),
+        format!(
+            "dpkg has {} {} installed",
+            fx.kernel.package, fx.kernel.good_version
+        ),
+    );
+    check(
+        r.section("lsmod").iter().any(|l| l.starts_with("kvm_pvm ")),
+        "kvm_pvm is loaded (lsmod)".into(),
+    );
+    check(
+        r.single("devkvm")
+            .is_some_and(|l| l.starts_with('c') && l.contains("10, 232")),
+        format!("/dev/kvm is char 10,232 (got {:?})", r.single("devkvm")),
+    );
+    check(
+        r.section("one-click-env")
+            .iter()
+            .any(|l| l == "CUBE_PVM_ENABLE=1"),
+        "Cube ran with CUBE_PVM_ENABLE=1 (.one-click.env)".into(),
+    );
+    check(
+        r.single("guest-kernel").as_deref() == Some("vmlinux-pvm"),
+        format!(
+            "guest kernel link is vmlinux-pvm (got {:?})",
+            r.single("guest-kernel")
+        ),
+    );
+    check(
+        r.single("cubelet-fs").is_some_and(|l| l.starts_with("xfs")),
+        format!("/data/cubelet is XFS (got {:?})", r.single("cubelet-fs")),
+    );
+    let status = r.status();
+    check(
+        status.as_ref().is_some_and(|s| s.state == "done"),
+        format!(
+            "status is done (got {:?})",
+            status.as_ref().map(|s| &s.state)
+        ),
+    );
+    if let Some(s) = &status {
+        check(
+            !s.checks.is_empty(),
+            "status carries the Cube checks".into(),
+        );
+        for (name, c) in &s.checks {
+            check(c.ok, format!("Cube check {name}: {}", c.detail));
+        }
+        check(
+            s.generator == generator,
+            format!("status names {generator} (got {})", s.generator),
+        );
+    }
+    // Section 3: our unit started only after cloud-init's final stage.
+    let order = r.log.boot1_unit_order();
+    check(
+        order.is_some_and(|(final_done, helper_start)| helper_start >= final_done),
+        format!("boot 1: cube-firstboot started after cloud-final finished ({order:?})"),
+    );
+    run.print_measurements();
+    assert!(
+        failures.is_empty(),
+        "{} checks failed:\n  {}\nserial log: {}",
+        failures.len(),
+        failures.join("\n  "),
+        run.log_path.display()
+    );
+}
+
+#[test]
+fn vm_broken_kernel_rolls_back_without_a_loop() {
+    if !e2e_enabled("vm_broken_kernel_rolls_back_without_a_loop") {
+        return;
+    }
+    let _slot = VM_SLOT.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixtures::prepare();
+    let run = ProductRun::boot(&fx, "broken-kernel", &fx.kernel.broken_deb);
+    run.log.print_timeline(&[
+        ("GRUB, boot 1", "@@GRUB start", 1),
+        ("cloud-init final stage", "running 'modules:final'", 1),
+        (
+            "helper: kernel-install starts",
+            "step kernel-install: starting",
+            1,
+        ),
+        ("GRUB, boot 2 (trial)", "@@GRUB start", 2),
+        ("kernel panic", "Kernel panic", 1),
+        ("GRUB, boot 3 (fallback)", "@@GRUB start", 3),
+        ("kernel A up again (reporter)", "@@E2E boot ", 2),
+        ("status terminal", "@@E2E final-begin", 1),
+        ("reporter done", "@@E2E END", 1),
+    ]);
+    let r = run.report();
+    let old = &fx.guest.default_kver;
+    let kver = &fx.kernel.kver;
+    let mut failures = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        println!("[{}] {what}", if ok { "ok" } else { "FAIL" });
+        if !ok {
+            failures.push(what);
+        }
+    };
+    let kernels = r.log.grub_kernels();
+    check(
+        kernels == vec![old.clone(), kver.clone(), old.clone()],
+        format!("GRUB loaded [old, broken fixture, old], got {kernels:?}"),
+    );
+    check(
+        r.log.count("Kernel panic") >= 1,
+        "the broken kernel panicked".into(),
+    );
+    check(
+        r.log.count("@@GRUB start") == 3,
+        format!(
+            "no reboot loop: GRUB started {} times",
+            r.log.count("@@GRUB start")
+        ),
+    );
+    check(
+        r.single("uname").as_deref() == Some(old.as_str()),
+        format!("back on the original kernel {old}"),
+    );
+    let status = r.status();
+    let want = format!("failed: rolled back to {old}");
+    check(
+        status.as_ref().is_some_and(|s| s.state == want),
+        format!(
+            "status is `{want}` (got {:?})",
+            status.as_ref().map(|s| &s.state)
+        ),
+    );
+    let saved = r.grubenv("saved_entry");
+    check(
+        !saved.as_deref().unwrap_or("").contains(kver.as_str()),
+        format!("the broken kernel is not the saved default ({saved:?})"),
+    );
+    let journal = r.journal();
+    check(
+        journal.as_ref().is_some_and(|j| j.reboots == 1),
+        format!(
+            "journal counts one reboot (got {:?})",
+            journal.as_ref().map(|j| j.reboots)
+        ),
+    );
+    run.print_measurements();
+    assert!(
+        failures.is_empty(),
+        "{} checks failed:\n  {}\nserial log: {}",
+        failures.len(),
+        failures.join("\n  "),
+        run.log_path.display()
+    );
+}
+
+/// Harness self-test without the product: a hand-written user-data installs
+/// the fixture kernel, arms a GRUB one-shot, reboots, and loads kvm_pvm. It
+/// proves the image, seed, network path, GRUB switch and module on their
+/// own. Opt-in (CUBEBOOT_E2E_SMOKE=1): the product scenarios cover the same.
+#[test]
+fn vm_harness_smoke_fixture_kernel_boots_and_loads_kvm_pvm() {
+    if !e2e_enabled("vm_harness_smoke") {
+        return;
+    }
+    if std::env::var("CUBEBOOT_E2E_SMOKE").as_deref() != Ok("1") {
+        println!("vm_harness_smoke: skipped (set CUBEBOOT_E2E_SMOKE=1)");
+        return;
+    }
+    let _slot = VM_SLOT.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixtures::prepare();
+    let dir = scenario_dir("smoke");
+    let release = dir.join("release");
+    fs::create_dir_all(&release).unwrap();
+    let deb = release.join("kernel.deb");
+    fs::copy(fx.kernel.dir.join(&fx.kernel.good_deb), &deb).unwrap();
+    let sha = sha256_file(&deb);
+    let http = HttpServer::start(&release);
+    let kver = &fx.kernel.kver;
+    let script = format!(
+        r#"#!/bin/sh
+# Harness smoke: a shell stand-in for the helper's kernel stage.
+set -eu
+st() {{ mkdir -p /run/cubeboot; printf '{{"state": "%s"}}\n' "$1" > /run/cubeboot/status.json; }}
+if [ "$(uname -r)" = "{kver}" ]; then
+  modprobe kvm_pvm
+  lsmod | grep -q '^kvm_pvm ' || {{ st "failed: kvm_pvm not loaded"; exit 1; }}
+  test -c /dev/kvm || {{ st "failed: no /dev/kvm"; exit 1; }}
+  st done; exit 0
+fi
+[ ! -e /var/lib/smoke/rebooted ] || {{ st "failed: rebooted but not on {kver}"; exit 1; }}
+curl -fsS -o /var/tmp/k.deb http://10.0.2.2:{port}/kernel.deb
+echo "{sha}  /var/tmp/k.deb" | sha256sum -c
+sed -i 's/^GRUB_DEFAULT=.*/GRUB_DEFAULT=saved/' /etc/default/grub
+dpkg -i /var/tmp/k.deb
+sub=$(grep -o "gnulinux-advanced-[0-9a-f-]*" /boot/grub/grub.cfg | head -n 1)
+id=$(grep -o "gnulinux-{kver}-advanced-[0-9a-f-]*" /boot/grub/grub.cfg | head -n 1)
+grub-reboot "$sub>$id"
+mkdir -p /var/lib/smoke; touch /var/lib/smoke/rebooted
+st rebooting
+systemctl reboot
+"#,
+        port = http.port
+    );
+    let unit = "[Unit]\nDescription=harness smoke\nAfter=cloud-final.service\n[Service]\nType=oneshot\nExecStart=/usr/local/sbin/smoke\nStandardOutput=journal+console\n[Install]\nWantedBy=cloud-init.target\n";
+    let user_data = format!(
+        "#cloud-config\nwrite_files:\n  - path: /usr/local/sbin/smoke\n    permissions: '0755'\n    content: |\n{}  - path: /etc/systemd/system/smoke.service\n    content: |\n{}runcmd:\n  - [ systemctl, enable, smoke.service ]\n  - [ systemctl, start, --no-block, smoke.service ]\n",
+        indent(&script, 6),
+        indent(unit, 6)
+    );
+    let vm = Vm::boot(&fx, &dir, &user_data, &http);
+    vm.log.print_timeline(&[
+        ("GRUB, boot 1", "@@GRUB start", 1),
+        ("cloud-init final stage", "running 'modules:final'", 1),
+        ("GRUB, boot 2", "@@GRUB start", 2),
+        ("reporter done", "@@E2E END", 1),
+    ]);
+    let r = Report { log: &vm.log };
+    assert_eq!(
+        r.log.grub_kernels(),
+        vec![fx.guest.default_kver.clone(), kver.clone()]
+    );
+    assert_eq!(r.single("uname").as_deref(), Some(kver.as_str()));
+    assert!(
+        r.section("lsmod").iter().any(|l| l.starts_with("kvm_pvm ")),
+        "kvm_pvm not loaded"
+    );
+    assert!(r.single("devkvm").is_some_and(|l| l.contains("10, 232")));
+    assert!(http.fetched("kernel.deb") == 1, "{:?}", http.summary());
+}
+
+// ---------------------------------------------------------------------------
+// Fixtures: guest image, fixture kernels, helper, bundle.
+
+struct Guest {
+    disk: PathBuf,
+    default_kver: String,
+    root_uuid: String,
+}
+
+struct KernelFixture {
+    dir: PathBuf,
+    kver: String,
+    package: String,
+    good_version: String,
+    good_deb: String,
+    broken_deb: String,
+}
+
+struct Fixtures {
+    guest: Guest,
+    kernel: KernelFixture,
+}
+
+/// What only the product runs need: the static helper and the Cube bundle.
+struct ProductAssets {
+    helper: PathBuf,
+    bundle: PathBuf,
+}
+
+impl ProductAssets {
+    fn prepare() -> Self {
+        let t = Instant::now();
+        let helper = repo().join(script_output("scripts/build-helper.sh", &[]));
+        println!("helper: {} ({:.0?})", helper.display(), t.elapsed());
+        let bundle = repo().join("examples/release").join(BUNDLE);
+        if !bundle.exists() {
+            let recipe = repo().join("tests/fixtures/bundle/make.sh");
+            assert!(
+                recipe.exists(),
+                "fixture bundle {} is missing and so is its recipe {}",
+                bundle.display(),
+                recipe.display()
+            );
+            run_ok(Command::new("bash").arg(&recipe).current_dir(repo()));
+        }
+        assert!(
+            bundle.exists(),
+            "fixture bundle {} missing",
+            bundle.display()
+        );
+        Self { helper, bundle }
+    }
+}
+
+impl Fixtures {
+    fn prepare() -> Self {
+        let t = Instant::now();
+        let guest_dir = script_output("tests/e2e/guest-image.sh", &[]);
+        let env = read_env(&guest_dir.join("guest.env"));
+        let guest = Guest {
+            disk: guest_dir.join("disk.img"),
+            default_kver: env["GUEST_DEFAULT_KVER"].clone(),
+            root_uuid: env["GUEST_ROOT_UUID"].clone(),
+        };
+        println!("guest image: {} ({:.0?})", guest_dir.display(), t.elapsed());
+        let t = Instant::now();
+        let kdir = script_output("tests/e2e/fixture-kernel.sh", &[]);
+        let env = read_env(&kdir.join("kernel.env"));
+        let kernel = KernelFixture {
+            dir: kdir.clone(),
+            kver: env["FIXTURE_KVER"].clone(),
+            package: env["FIXTURE_PACKAGE"].clone(),
+            good_version: env["FIXTURE_GOOD_VERSION"].clone(),
+            good_deb: env["FIXTURE_GOOD_DEB"].clone(),
+            broken_deb: env["FIXTURE_BROKEN_DEB"].clone(),
+        };
+        println!("fixture kernels: {} ({:.0?})", kdir.display(), t.elapsed());
+        Self { guest, kernel }
+    }
+
+    fn kernel_name(&self, deb: &str) -> String {
+        Path::new(deb)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One product run: release → lock → build → seed → VM.
+
+struct ProductRun {
+    log: SerialLog,
+    log_path: PathBuf,
+    http: HttpServer,
+    user_data_sha256: String,
+    qemu_peak_rss_kib: Option<u64>,
+    prep: Duration,
+}
+
+impl ProductRun {
+    fn boot(fx: &Fixtures, scenario: &str, kernel_deb: &str) -> Self {
+        let assets = ProductAssets::prepare();
+        let t = Instant::now();
+        let dir = scenario_dir(scenario);
+        // The release directory the test server serves: what a real release
+        // page would hold.
+        let release = dir.join("release");
+        fs::create_dir_all(&release).unwrap();
+        let kernel = release.join(fx.kernel_name(kernel_deb));
+        fs::copy(fx.kernel.dir.join(kernel_deb), &kernel).unwrap();
+        let bundle = release.join(BUNDLE);
+        fs::copy(&assets.bundle, &bundle).unwrap();
+        let helper = release.join("cube-firstboot");
+        fs::copy(&assets.helper, &helper).unwrap();
+        let http = HttpServer::start(&release);
+        let base = format!("http://10.0.2.2:{}/", http.port);
+
+        // The real builder, as a user runs it.
+        let cubeboot = env!("CARGO_BIN_EXE_cubeboot");
+        let lock = dir.join("cubeboot.lock");
+        run_ok(
+            Command::new(cubeboot)
+                .current_dir(repo())
+                .args(["lock", "--allow-non-pvm-kernel", "--base-url", &base])
+                .arg("--asset")
+                .arg(&kernel)
+                .arg("--asset")
+                .arg(&bundle)
+                .arg("--asset")
+                .arg(&helper)
+                .arg("--output")
+                .arg(&lock),
+        );
+        let out = dir.join("out");
+        run_ok(
+            Command::new(cubeboot)
+                .current_dir(repo())
+                .args(["build", "--profile", "debian-12", "--mirror", &base])
+                .args(["--data-disk", "loopback", "--lock"])
+                .arg(&lock)
+                .arg("--output")
+                .arg(&out),
+        );
+        let user_data_path = find_file(&out, "user-data")
+            .unwrap_or_else(|| panic!("cubeboot build wrote no user-data under {}", out.display()));
+        let user_data = fs::read_to_string(&user_data_path).unwrap();
+        let user_data_sha256 = sha256_hex(user_data.as_bytes());
+        let prep = t.elapsed();
+        println!(
+            "release, lock and build: {prep:.1?} (user-data {})",
+            user_data_path.display()
+        );
+
+        let vm = Vm::boot(fx, &dir, &user_data, &http);
+        Self {
+            log: vm.log,
+            log_path: vm.log_path,
+            http,
+            user_data_sha256,
+            qemu_peak_rss_kib: vm.peak_rss_kib,
+            prep,
+        }
+    }
+
+    fn report(&self) -> Report<'_> {
+        Report { log: &self.log }
+    }
+
+    fn print_measurements(&self) {
+        println!(
+            "measured: release+lock+build {:.1?}; VM {:.1}s; qemu peak RSS {} MiB; HTTP {:?}",
+            self.prep,
+            self.log.lines.last().map(|l| l.0).unwrap_or(0.0),
+            self.qemu_peak_rss_kib.map(|k| k / 1024).unwrap_or(0),
+            self.http.summary()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The VM: qcow2 overlay on the cached base disk, NoCloud seed, qemu TCG,
+// serial console read with host-side timestamps.
+
+struct Vm {
+    log: SerialLog,
+    log_path: PathBuf,
+    peak_rss_kib: Option<u64>,
+}
+
+impl Vm {
+    fn boot(fx: &Fixtures, dir: &Path, user_data: &str, http: &HttpServer) -> Self {
+        let seed = dir.join("seed.img");
+        let ud = dir.join("user-data");
+        let md = dir.join("meta-data");
+        fs::write(&ud, user_data).unwrap();
+        fs::write(
+            &md,
+            format!(
+                "instance-id: cubeboot-e2e-{}\nlocal-hostname: cubeboot-e2e\n",
+                std::process::id()
+            ),
+        )
+        .unwrap();
+        let _ = fs::remove_file(&seed);
+        // vfat labelled CIDATA (vm-e2e-notes, "NoCloud seed").
+        run_ok(Command::new("truncate").args(["-s", "2M"]).arg(&seed));
+        run_ok(Command::new("mkfs.vfat").args(["-n", "CIDATA"]).arg(&seed));
+        run_ok(
+            Command::new("mcopy")
+                .arg("-i")
+                .arg(&seed)
+                .arg(&ud)
+                .arg(&md)
+                .arg("::"),
+        );
+        let overlay = dir.join("run.qcow2");
+        let _ = fs::remove_file(&overlay);
+        run_ok(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(&fx.guest.disk)
+                .arg(&overlay),
+        );
+        // User-mode network, restricted: the guest reaches nothing but the
+        // test's server, forwarded from 10.0.2.2:PORT to 127.0.0.1:PORT.
+        // 10.0.2.2 is qemu's default host alias, which a guestfwd may not
+        // use, so the host alias moves to 10.0.2.1 (the guest's gateway).
+        let port = http.port;
+        let nic = format!(
+            "user,model=virtio-net-pci,net=10.0.2.0/24,host=10.0.2.1,dns=10.0.2.3,restrict=on,\
+             guestfwd=tcp:10.0.2.2:{port}-cmd:bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; cat <&3 & exec cat >&3'"
+        );
+        let mut child = Command::new("qemu-system-x86_64")
+            // TCG: -enable-kvm aborts or hangs on these machines (notes,
+            // "Acceleration"). No svm/vmx: a cloud VM without nested
+            // virtualization, so only kvm_pvm can provide /dev/kvm.
+            .args(["-accel", "tcg,thread=multi", "-cpu", "qemu64,-svm,-vmx"])
+            .args([
+                "-smp", "2", "-m", "2048", "-display", "none", "-monitor", "none",
+            ])
+            .args(["-serial", "stdio", "-no-user-config", "-nodefaults"])
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=virtio,format=qcow2,cache=unsafe",
+                overlay.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=virtio,format=raw,readonly=on",
+                seed.display()
+            ))
+            .args(["-nic", &nic])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting qemu-system-x86_64");
+        let log_path = dir.join("serial.log");
+        let (log, peak) = read_serial(&mut child, &log_path);
+        Self {
+            log,
+            log_path,
+            peak_rss_kib: peak,
+        }
+    }
+}
+
+fn read_serial(child: &mut Child, log_path: &Path) -> (SerialLog, Option<u64>) {
+    let start = Instant::now();
+    let stdout = child.stdout.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<(f64, String)>::new()));
+    let done = Arc::new(Mutex::new(false));
+    let reader = {
+        let lines = Arc::clone(&lines);
+        let done = Arc::clone(&done);
+        let mut file = fs::File::create(log_path).unwrap();
+        thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            while r
+                .read_until(b'\n', &mut buf)
+                .map(|n| n > 0)
+                .unwrap_or(false)
+            {
+                let t = start.elapsed().as_secs_f64();
+                let text = clean_serial(&String::from_utf8_lossy(&buf));
+                buf.clear();
+                let _ = writeln!(file, "{t:8.2} {text}");
+                let end = text.contains("@@E2E END");
+                lines.lock().unwrap().push((t, text));
+                if end {
+                    *done.lock().unwrap() = true;
+                }
+            }
+        })
+    };
+    let pid = child.id();
+    let mut peak = None;
+    let mut ended_at = None;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        peak = vm_hwm_kib(pid).or(peak);
+        if *done.lock().unwrap() {
+            // The reporter powers the guest off; give it a moment, then stop.
+            let t = *ended_at.get_or_insert_with(Instant::now);
+            if t.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+            }
+        }
+        if start.elapsed() > VM_TIMEOUT {
+            println!("VM timeout after {VM_TIMEOUT:?}: killing qemu");
+            let _ = child.kill();
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    let _ = child.wait();
+    let _ = reader.join();
+    let lines = std::mem::take(&mut *lines.lock().unwrap());
+    println!("serial log: {} ({} lines)", log_path.display(), lines.len());
+    (SerialLog { lines }, peak)
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Drop terminal escape sequences (GRUB draws its menu with them) and CRs.
+fn clean_serial(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    while let Some(&n) = chars.peek() {
+                        chars.next();
+                        if n.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' | '\n' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Reading the serial log.
+
+struct SerialLog {
+    lines: Vec<(f64, String)>,
+}
+
+impl SerialLog {
+    fn count(&self, needle: &str) -> usize {
+        self.lines
+            .iter()
+            .filter(|(_, l)| l.contains(needle))
+            .count()
+    }
+
+    /// Time of the n-th (1-based) line containing `needle`.
+    fn nth_time(&self, needle: &str, n: usize) -> Option<f64> {
+        self.lines
+            .iter()
+            .filter(|(_, l)| l.contains(needle))
+            .nth(n.saturating_sub(1))
+            .map(|(t, _)| *t)
+    }
+
+    /// Text after "@@E2E <tag> " on every line that has it, in order.
+    fn tagged(&self, tag: &str) -> Vec<String> {
+        let marker = format!("@@E2E {tag} ");
+        self.lines
+            .iter()
+            .filter_map(|(_, l)| l.find(&marker).map(|i| l[i + marker.len()..].to_string()))
+            .collect()
+    }
+
+    /// Kernel releases GRUB loaded, in boot order ("Loading Linux X ...").
+    fn grub_kernels(&self) -> Vec<String> {
+        self.lines
+            .iter()
+            .filter_map(|(_, l)| {
+                let i = l.find("Loading Linux ")?;
+                l[i + "Loading Linux ".len()..]
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
+    /// A grubenv variable as the reporter saw it when boot `n` started.
+    fn grubenv_at_boot(&self, n: usize, var: &str) -> Option<String> {
+        let boot_t = self.nth_time("@@E2E boot ", n)?;
+        let next_t = self.nth_time("@@E2E boot ", n + 1).unwrap_or(f64::MAX);
+        let prefix = format!("@@E2E boot-grubenv {var}=");
+        self.lines
+            .iter()
+            .filter(|(t, _)| *t >= boot_t && *t < next_t)
+            .find_map(|(_, l)| l.find(&prefix).map(|i| l[i + prefix.len()..].to_string()))
+    }
+
+    /// `status:` from the first `cloud-init status --long` the reporter printed.
+    fn boot1_cloud_init_status(&self) -> Option<String> {
+        self.tagged("cloud-init-status")
+            .into_iter()
+            .find_map(|l| l.strip_prefix("status: ").map(str::to_string))
+    }
+
+    /// Boot 1 (the first boot in journalctl's list): when cloud-final.service
+    /// finished and when cube-firstboot.service started, in unix seconds.
+    fn boot1_unit_order(&self) -> Option<(f64, f64)> {
+        // Boot offsets are printed oldest first; the first units[...] section
+        // that mentions cloud-final is boot 1.
+        let mut sections: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+        for (_, l) in &self.lines {
+            let Some(i) = l.find("@@E2E units[") else {
+                continue;
+            };
+            let rest = &l[i + "@@E2E units[".len()..];
+            let Some((idx, text)) = rest.split_once("] ") else {
+                continue;
+            };
+            if let Ok(idx) = idx.parse::<i64>() {
+                sections.entry(idx).or_default().push(text.to_string());
+            }
+        }
+        let boot1 = sections.values().next()?;
+        let time_of = |pred: &dyn Fn(&str) -> bool| {
+            boot1.iter().find(|l| pred(l)).and_then(|l| {
+                l.split_whitespace()
+                    .next()
+                    .and_then(|t| t.parse::<f64>().ok())
+            })
+        };
+        let final_done =
+            time_of(&|l: &str| l.contains("cloud-final.service") && l.contains("Finished"))?;
+        let helper_start =
+            time_of(&|l: &str| l.contains("cube-firstboot.service") && l.contains("Starting"))?;
+        Some((final_done, helper_start))
+    }
+
+    fn print_timeline(&self, marks: &[(&str, &str, usize)]) {
+        println!("timeline (seconds since qemu start, host clock):");
+        let mut prev = 0.0;
+        for (label, needle, n) in marks {
+            match self.nth_time(needle, *n) {
+                Some(t) => {
+                    println!("  {t:7.1}  (+{:6.1})  {label}", t - prev);
+                    prev = t;
+                }
+                None => println!("        -             {label} (not seen)"),
+            }
+        }
+    }
+}
+
+/// The reporter's final dump (everything after "@@E2E final-begin").
+struct Report<'a> {
+    log: &'a SerialLog,
+}
+
+impl Report<'_> {
+    fn section(&self, tag: &str) -> Vec<String> {
+        let marker = format!("@@E2E {tag} ");
+        let start = self
+            .log
+            .lines
+            .iter()
+            .rposition(|(_, l)| l.contains("@@E2E final-begin"))
+            .unwrap_or(self.log.lines.len());
+        self.log.lines[start..]
+            .iter()
+            .filter_map(|(_, l)| l.find(&marker).map(|i| l[i + marker.len()..].to_string()))
+            .collect()
+    }
+
+    fn single(&self, tag: &str) -> Option<String> {
+        self.section(tag)
+            .into_iter()
+            .next()
+            .map(|s| s.trim().to_string())
+    }
+
+    fn grubenv(&self, var: &str) -> Option<String> {
+        let prefix = format!("{var}=");
+        self.section("grubenv")
+            .into_iter()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+    }
+
+    fn status(&self) -> Option<Status> {
+        let text = self.section("status").join("\n");
+        serde_json::from_str(&text)
+            .map_err(|e| println!("status.json did not parse ({e}): {text}"))
+            .ok()
+    }
+
+    fn journal(&self) -> Option<Journal> {
+        let text = self.section("state-journal").join("\n");
+        serde_json::from_str(&text)
+            .map_err(|e| println!("state.json did not parse ({e}): {text}"))
+            .ok()
+    }
+
+    fn plan(&self) -> Option<Plan> {
+        let text = self.section("plan").join("\n");
+        Plan::from_json(&text)
+            .map_err(|e| println!("plan.json did not parse ({e}): {text}"))
+            .ok()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The test's HTTP server: static files from one directory, bound to
+// 127.0.0.1 only, with a request log (GET/HEAD, Range for resumed downloads).
+
+struct HttpServer {
+    port: u16,
+    requests: Arc<Mutex<Vec<(String, u16)>>>,
+}
+
+impl HttpServer {
+    fn start(root: &Path) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let root = root.to_path_buf();
+        let log = Arc::clone(&requests);
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let root = root.clone();
+                let log = Arc::clone(&log);
+                thread::spawn(move || {
+                    if let Some(entry) = serve_one(stream, &root) {
+                        log.lock().unwrap().push(entry);
+                    }
+                });
+            }
+        });
+        Self { port, requests }
+    }
+
+    /// How many times `name` was served with 200 or 206.
+    fn fetched(&self, name: &str) -> usize {
+        let want = format!("GET /{name}");
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(r, code)| r == &want && (*code == 200 || *code == 206))
+            .count()
+    }
+
+    fn summary(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(r, c)| format!("{r} {c}"))
+            .collect()
+    }
+}
+
+fn serve_one(mut stream: TcpStream, root: &Path) -> Option<(String, u16)> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .ok()?;
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).ok()?;
+    let mut range_start = None;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).ok()? == 0 || h.trim().is_empty() {
+            break;
+        }
+        let lower = h.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("range: bytes=") {
+            range_start = v.trim().trim_end_matches('-').parse::<u64>().ok();
+        }
+    }
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let path = parts.next()?.split('?').next()?.to_string();
+    let name = path.trim_start_matches('/');
+    let file = root.join(name);
+    let ok_name = !name.is_empty() && !name.contains("..") && !name.contains('/');
+    let (code, body): (u16, Option<fs::File>) = match (ok_name, fs::File::open(&file)) {
+        (true, Ok(f)) if method == "GET" || method == "HEAD" => (200, Some(f)),
+        _ => (404, None),
+    };
+    let entry = (format!("{method} {path}"), code);
+    match body {
+        None => {
+            let _ = stream.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            Some(entry)
+        }
+        Some(mut f) => {
+            let len = f.metadata().ok()?.len();
+            let (code, from) = match range_start {
+                Some(s) if s < len => (206u16, s),
+                _ => (200, 0),
+            };
+            let mut head = format!(
+                "HTTP/1.1 {} {}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n",
+                code,
+                if code == 206 { "Partial Content" } else { "OK" },
+                len - from
+            );
+            if code == 206 {
+                head.push_str(&format!(
+                    "Content-Range: bytes {from}-{}/{len}\r\n",
+                    len - 1
+                ));
+            }
+            head.push_str("\r\n");
+            stream.write_all(head.as_bytes()).ok()?;
+            if method == "GET" {
+                use std::io::{Seek, SeekFrom};
+                f.seek(SeekFrom::Start(from)).ok()?;
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let n = f.read(&mut buf).ok()?;
+                    if n == 0 {
+                        break;
+                    }
+                    if stream.write_all(&buf[..n]).is_err() {
+                        return Some((entry.0, 499));
+                    }
+                }
+            }
+            Some((entry.0, code))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers.
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn scenario_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("vm-e2e")
+        .join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Run a recipe script from the repository; its last stdout line is a path.
+fn script_output(script: &str, args: &[&str]) -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo().join(script))
+        .args(args)
+        .current_dir(repo())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("running {script}: {e}"));
+    assert!(out.status.success(), "{script} failed: {}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(text.lines().last().unwrap_or_default().trim())
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn read_env(path: &Path) -> BTreeMap<String, String> {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            if let Some(found) = find_file(&p, name) {
+                return Some(found);
+            }
+        } else if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    cubeboot::digest::Sha256Digest::of(bytes).to_hex()
+}
+
+fn sha256_file(path: &Path) -> String {
+    sha256_hex(&fs::read(path).unwrap())
+}
+
+fn indent(text: &str, n: usize) -> String {
+    let pad = " ".repeat(n);
+    text.lines().map(|l| format!("{pad}{l}\n")).collect()
+}
