@@ -31,7 +31,10 @@ pub struct Payload {
 /// The `build` verb.
 pub fn run(args: BuildArgs) -> Result<()> {
     if args.format == FormatArg::Overlay {
-        bail!("--format overlay is built by the overlay stage, which is not in this build yet");
+        return super::overlay::build(&args);
+    }
+    if args.offline {
+        bail!("--offline puts assets into an image overlay: use it with --format overlay");
     }
     // Step 1: inputs, validated (flags, lock, profiles).
     let options = BuildOptions::from_args(&args)?;
