@@ -216,17 +216,22 @@ fn vm_first_boot_switches_kernel_and_installs_cube() {
             run.http.summary()
         ),
     );
+    // `hi`: installed and on hold (the profile's apt-mark hold).
     check(
         r.section("dpkg").iter().any(|l| {
             l.starts_with(&format!(
-                "{} {} ii",
+                "{} {} hi",
                 fx.kernel.package, fx.kernel.good_version
             ))
         }),
         format!(
-            "dpkg has {} {} installed",
+            "dpkg has {} {} installed and held",
             fx.kernel.package, fx.kernel.good_version
         ),
+    );
+    check(
+        r.section("holds").iter().any(|l| l == &fx.kernel.package),
+        format!("apt-mark showhold lists {}", fx.kernel.package),
     );
     check(
         r.section("lsmod").iter().any(|l| l.starts_with("kvm_pvm ")),
