@@ -20,13 +20,11 @@ use std::io;
 
 use anyhow::{bail, ensure, Context, Result};
 
+use super::download::FetchConfig;
 use super::host::{CommandSpec, Host};
 use super::journal::{facts, Journal, StepState};
 use super::runner::{self, RunEnd, Scope};
-use super::{
-    fetch, Ctx, Outcome, StepId, CACHE_DIR, JOURNAL_PATH, LOG_DIR, STATE_DIR, STATUS_PATH,
-    UNIT_NAME,
-};
+use super::{fetch, StepId, CACHE_DIR, JOURNAL_PATH, LOG_DIR, STATE_DIR, STATUS_PATH, UNIT_NAME};
 use crate::digest::{hash_reader, Sha256Digest};
 use crate::plan::{BootloaderKind, KvmMode, Plan, Target};
 
@@ -53,7 +51,7 @@ pub struct ApplyReport {
 /// the helper's journal and status are removed afterwards, so the first boot
 /// of an instance decides every step from the machine's state, not from a
 /// journal written on the build machine.
-pub fn apply(host: &dyn Host, stage: Stage) -> Result<ApplyReport> {
+pub fn apply(host: &dyn Host, stage: Stage, fetch_cfg: &FetchConfig) -> Result<ApplyReport> {
     let Stage::Kernel = stage;
     // The plan the overlay (or user-data) put into the image.
     let (mut plan, plan_digest) = runner::load_plan(host)?;
@@ -87,18 +85,23 @@ pub fn apply(host: &dyn Host, stage: Stage) -> Result<ApplyReport> {
 
     // The kernel package must be in the image's SHA-256-named cache, verified;
     // with an `--offline` overlay it already is and nothing is downloaded.
-    host.say("apply: fetching and verifying pinned assets into the image cache");
-    let fetched = {
-        let mut ctx = Ctx {
-            host,
-            plan: &plan,
-            journal: &mut journal,
-        };
-        fetch::run(&mut ctx).context("fetching assets into the image")?
-    };
+    // Only the kernel: the Cube bundle is first boot's business.
+    host.create_dir_all(CACHE_DIR)?;
+    let fetched = fetch::fetch_asset(host, "kernel", &plan.assets.kernel, fetch_cfg)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("fetching the kernel package into the image")?;
     let detail = match fetched {
-        Outcome::Done(d) | Outcome::Skipped(d) => d,
-        Outcome::RebootRequested(d) => bail!("fetch asked for a reboot ({d})"),
+        fetch::Fetched::Reused => format!(
+            "{} already in the image cache, verified",
+            plan.assets.kernel.name
+        ),
+        fetch::Fetched::Downloaded { url, .. } => {
+            format!(
+                "{} downloaded from {url}, verified",
+                plan.assets.kernel.name
+            )
+        }
+        other => format!("{}: {other:?}", plan.assets.kernel.name),
     };
     journal.mark(host, StepId::Fetch, StepState::Done, &detail);
     journal.save(host)?;
@@ -179,7 +182,27 @@ fn set_image_default(host: &dyn Host, plan: &Plan, journal: &Journal) -> Result<
         BootloaderKind::BlsGrubby => {
             let path = format!("/boot/vmlinuz-{kver}");
             host.run(&on_target(host, "grubby").arg(format!("--set-default={path}")))?;
+            // grubby sets saved_entry only; the trial boot's next_entry would
+            // otherwise be spent on the first power-on and then be gone anyway,
+            // but an armed one-shot in a captured image is a surprise. The
+            // editenv tool edits the file directly (no chroot needed).
+            if host.exists(&bl.grubenv) {
+                let env_path = host.path(&bl.grubenv).to_string_lossy().into_owned();
+                host.run(&CommandSpec::new(&bl.editenv).args([
+                    env_path.as_str(),
+                    "unset",
+                    "next_entry",
+                ]))?;
+            }
             let now = host.run(&on_target(host, "grubby").arg("--default-kernel"))?;
+            let env = parse_grubenv(&host.read_optional(&bl.grubenv)?.unwrap_or_default());
+            ensure!(
+                !env.contains_key("next_entry"),
+                "{} still has next_entry={:?} after {} unset",
+                bl.grubenv,
+                env.get("next_entry"),
+                bl.editenv
+            );
             ensure!(
                 now.stdout.trim() == path,
                 "grubby --set-default={path} did not take: grubby --default-kernel prints {:?}",
