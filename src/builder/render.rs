@@ -20,8 +20,8 @@ use crate::plan::Plan;
 const USER_DATA_TEMPLATE: &str = include_str!("../../templates/user-data.yaml.j2");
 /// The bootstrap runcmd runs; it takes `SHA256 [URL...]` as arguments.
 pub const BOOTSTRAP: &str = include_str!("../../templates/bootstrap.sh");
-/// The unit cube-firstboot runs under.
-pub const UNIT: &str = include_str!("../../templates/builder-default.service");
+/// The unit cube-firstboot runs under (written by the engine team).
+pub const UNIT: &str = include_str!("../../templates/cube-firstboot.service");
 
 /// How the target gets the helper binary.
 #[derive(Debug, Clone)]
