@@ -43,40 +43,6 @@ const LSBLK: &str = r#"{"blockdevices": [
   {"name":"vda","type":"disk","size":21474836480,"fstype":null,"mountpoint":null,"pttype":"gpt","children":[
     {"name":"vda1","type":"part","size":21473787392,"fstype":"ext4","mountpoint":"/","pttype":"gpt"}]}]}"#;
 
-/// A release directory with the fixture assets and the helper just built,
-/// pinned by the real `cubeboot lock` at a `file://` base that does not
-/// exist: the target can never fetch from it.
-fn offline_release(dir: &Path) -> PathBuf {
-    let rel = dir.join("release");
-    std::fs::create_dir_all(&rel).unwrap();
-    let mut lock = Command::new(common::cubeboot());
-    lock.args(["lock", "--base-url", "file:///nonexistent/release"]);
-    for name in [
-        kernel_common::DEB_NAME,
-        kernel_common::RPM_NAME,
-        "cube-sandbox-one-click-v0.0.0-fixture-amd64.tar.gz",
-    ] {
-        std::fs::copy(
-            common::repo().join("examples/release").join(name),
-            rel.join(name),
-        )
-        .unwrap();
-        lock.arg("--asset").arg(rel.join(name));
-    }
-    // The helper's bytes do not matter here (the engine runs in-process); a
-    // small stand-in keeps xz (unoptimized in test builds) from spending a
-    // minute on the 90 MB debug binary.
-    std::fs::write(
-        rel.join("cube-firstboot"),
-        b"#!/bin/sh\necho stand-in helper\n",
-    )
-    .unwrap();
-    lock.arg("--asset").arg(rel.join("cube-firstboot"));
-    lock.arg("--output").arg(rel.join("cubeboot.lock"));
-    common::run(&mut lock);
-    rel.join("cubeboot.lock")
-}
-
 /// `cubeboot build --format overlay --offline` for debian-12; returns the
 /// overlay and the plan it carries.
 fn build_overlay(dir: &Path, lock: &Path) -> (PathBuf, Plan) {
@@ -269,7 +235,7 @@ fn assert_offline_and_installed(host: &ScriptedHost, root: &Path, j: &Journal) {
 #[test]
 fn offline_overlay_first_boot_completes_without_network() {
     let dir = tempfile::tempdir().unwrap();
-    let lock = offline_release(dir.path());
+    let lock = common::fixture_lock(dir.path());
     let (overlay, plan) = build_overlay(dir.path(), &lock);
     assert!(plan
         .assets
@@ -300,7 +266,7 @@ fn offline_overlay_first_boot_completes_without_network() {
 #[test]
 fn image_with_kernel_applied_first_boot_skips_kernel_stage_without_network() {
     let dir = tempfile::tempdir().unwrap();
-    let lock = offline_release(dir.path());
+    let lock = common::fixture_lock(dir.path());
     let (overlay, plan) = build_overlay(dir.path(), &lock);
     let root = dir.path().join("root");
     image_root(&root, &overlay, &plan);
