@@ -207,6 +207,14 @@ fn fake_server(
     (port, count)
 }
 
+/// A named check as `ok: detail` / `fail: detail`.
+fn check(journal: &Journal, name: &str) -> Option<String> {
+    journal
+        .checks
+        .get(name)
+        .map(|c| format!("{}: {}", if c.ok { "ok" } else { "fail" }, c.detail))
+}
+
 fn failure_text(err: &anyhow::Error) -> String {
     err.downcast_ref::<StepFailure>()
         .map(|f| f.message.clone())
@@ -308,15 +316,15 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
     let out = cube::verify::verify_with(&mut ctx, &endpoints, Duration::from_secs(30)).unwrap();
     assert_eq!(out, Outcome::Done("6 checks passed".into()));
     assert_eq!(
-        ctx.journal.fact("check.one-click-env"),
+        check(ctx.journal, "one-click-env").as_deref(),
         Some("ok: CUBE_PVM_ENABLE=1")
     );
     assert_eq!(
-        ctx.journal.fact("check.guest-kernel"),
+        check(ctx.journal, "guest-kernel").as_deref(),
         Some("ok: vmlinux -> vmlinux-pvm")
     );
     assert_eq!(
-        ctx.journal.fact("check.kvm-module"),
+        check(ctx.journal, "kvm-module").as_deref(),
         Some("ok: kvm_pvm loaded")
     );
 
@@ -489,6 +497,10 @@ fn compute_waits_for_the_control_plane_then_installs_and_registers() {
 
     cube::install(&mut ctx).unwrap();
     assert_eq!(requests.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        ctx.journal.warnings,
+        vec!["compute role without CUBE_S3_ENDPOINT in the plan's extra_env: newer Cube installers require it"]
+    );
     let said = host.said();
     let waits: Vec<&String> = said
         .iter()
@@ -518,7 +530,7 @@ fn compute_waits_for_the_control_plane_then_installs_and_registers() {
     let out = cube::verify(&mut ctx).unwrap();
     assert_eq!(out, Outcome::Done("5 checks passed".into()));
     assert_eq!(
-        ctx.journal.fact("check.registered"),
+        check(ctx.journal, "registered").as_deref(),
         Some(format!("ok: http://127.0.0.1:{port}/internal/meta/nodes/10.0.2.15 answers").as_str())
     );
 }
@@ -582,25 +594,22 @@ fn verification_fails_by_state_and_names_each_check() {
         failure_text(&err),
         "cube verification failed: one-click-env, guest-kernel, kvm-module, dev-kvm, cube-api (diagnostics: /var/log/cubeboot/diagnostics-1800000020.tar.gz)"
     );
-    let f = |k: &str| ctx.journal.fact(k).unwrap().to_string();
+    let f = |k: &str| check(ctx.journal, k).unwrap();
+    assert_eq!(f("one-click-env"), "fail: CUBE_PVM_ENABLE=0, expected 1");
     assert_eq!(
-        f("check.one-click-env"),
-        "fail: CUBE_PVM_ENABLE=0, expected 1"
-    );
-    assert_eq!(
-        f("check.guest-kernel"),
+        f("guest-kernel"),
         "fail: vmlinux -> vmlinux-bm, expected vmlinux-pvm"
     );
-    assert_eq!(f("check.kvm-module"), "fail: kvm_pvm not in /proc/modules");
-    assert_eq!(f("check.dev-kvm"), "fail: /dev/kvm is missing");
-    assert!(f("check.cube-api").starts_with("fail: http://127.0.0.1:9/health: "));
+    assert_eq!(f("kvm-module"), "fail: kvm_pvm not in /proc/modules");
+    assert_eq!(f("dev-kvm"), "fail: /dev/kvm is missing");
+    assert!(f("cube-api").starts_with("fail: http://127.0.0.1:9/health: "));
     let files = tar_listing(
         &host
             .read("/var/log/cubeboot/diagnostics-1800000020.tar.gz")
             .unwrap(),
     );
     assert!(files["diagnostics/checks.txt"]
-        .contains("one-click-env: fail: CUBE_PVM_ENABLE=0, expected 1\n"));
+        .contains("one-click-env: FAIL: CUBE_PVM_ENABLE=0, expected 1\n"));
 }
 
 #[test]
@@ -819,7 +828,20 @@ fn loopback_is_a_real_sparse_xfs_image() {
         let root = root.clone();
         host.on(move |c| (c.program == tool).then(|| run_real(c, &root, &[])));
     }
-    let out = data_disk(&host, DataDisk::Loopback).unwrap();
+    host.set_free_bytes(Some(512 << 20));
+    let mut plan = plan_for(PLAIN);
+    plan.cube.data_disk = DataDisk::Loopback;
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    let out = cube::data_disk(&mut ctx).unwrap();
+    assert_eq!(
+        ctx.journal.warnings,
+        vec!["/data/cubelet.img may grow to 1 GiB but its filesystem has 0 GiB free"]
+    );
     assert_eq!(
         out,
         Outcome::Done(
@@ -1181,4 +1203,28 @@ fn real_host_stops_a_hanging_installer_at_the_timeout() {
     assert!(diag.starts_with("/var/log/cubeboot/diagnostics-") && diag.ends_with(".tar.gz"));
     let files = tar_listing(&host.read(&diag).unwrap());
     assert!(files["diagnostics/install.log"].contains("this fixture variant hangs here"));
+}
+
+#[test]
+fn the_committed_fixture_bundles_are_what_the_recipe_builds() {
+    // Same inputs, same bytes: rebuild all three into a temp dir and compare.
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(repo("tests/fixtures/bundle/make.sh"))
+        .env("BUNDLE_OUT_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for committed in [PLAIN, PITFALL, HANG] {
+        let name = Path::new(committed).file_name().unwrap();
+        let rebuilt = std::fs::read(dir.path().join(name)).unwrap();
+        assert!(
+            rebuilt == std::fs::read(repo(committed)).unwrap(),
+            "{committed} differs from what tests/fixtures/bundle/make.sh builds; rerun it and commit"
+        );
+    }
 }

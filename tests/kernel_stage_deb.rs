@@ -120,7 +120,7 @@ fn trial_boot_then_commit_on_debian_12() {
 
     // Boot 2: verified, committed, kvm_pvm loaded.
     let end = runner::run(&host, &plan, &digest, Scope::StopAfter(StepId::KvmLoad)).unwrap();
-    assert_eq!(end, RunEnd::Rebooting); // StopAfter ends this way.
+    assert_eq!(end, RunEnd::Stopped(StepId::KvmLoad));
     let j = journal(&host, &digest);
     assert_eq!(j.state(StepId::KernelVerify), Some(StepState::Done));
     assert_eq!(j.state(StepId::KvmLoad), Some(StepState::Done));
@@ -132,6 +132,43 @@ fn trial_boot_then_commit_on_debian_12() {
     assert!(read(root, "/proc/modules").contains("kvm_pvm "));
     // The next boot (e.g. a later maintenance reboot) stays on PVM.
     assert_eq!(grub_boot(root, false), KVER);
+}
+
+#[test]
+fn package_scripts_cannot_make_the_unverified_kernel_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "debian-12", &plan);
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    let digest = seed_journal(&host, &plan);
+    // Stop right after the install: the package's update-grub has run and the
+    // PVM kernel (6.6) is entry 0 of grub.cfg ...
+    runner::run(
+        &host,
+        &plan,
+        &digest,
+        Scope::StopAfter(StepId::KernelInstall),
+    )
+    .unwrap();
+    let cfg = read(root, "/boot/grub/grub.cfg");
+    assert_eq!(
+        grubcfg::entries(&cfg)[0].kernel.as_deref(),
+        Some(format!("/boot/vmlinuz-{KVER}").as_str())
+    );
+    // ... yet a reboot now (a crash, an operator) still boots the old kernel.
+    assert_eq!(grub_boot(root, false), OLD_DEB_KERNEL);
+    let actions: Vec<String> = host.actions().iter().map(|a| a.to_string()).collect();
+    let pin = actions
+        .iter()
+        .position(|a| a.starts_with("write   /etc/default/grub.d/99-cubeboot-pvm.cfg"))
+        .unwrap();
+    let dpkg = actions
+        .iter()
+        .position(|a| a.contains("dpkg --root=") && a.contains(" -i "))
+        .unwrap();
+    assert!(pin < dpkg, "{actions:#?}");
 }
 
 #[test]
@@ -220,7 +257,12 @@ fn ubuntu_cloud_image_consoles_survive_the_tencent_set() {
     ));
     // NIC renaming and IPv6 were warned about.
     let j = journal(&host, &digest);
-    let w = j.fact(kernel::FACT_WARNINGS).unwrap();
+    let w = j.warnings.join("\n");
+    let status = read(root, "/run/cubeboot/status.json");
+    assert!(
+        status.contains("boot parameter net.ifnames=0 renames network interfaces"),
+        "{status}"
+    );
     assert!(
         w.contains("net.ifnames=0 renames network interfaces"),
         "{w}"
@@ -230,6 +272,11 @@ fn ubuntu_cloud_image_consoles_survive_the_tencent_set() {
         .said()
         .iter()
         .any(|l| l.starts_with("warning: boot parameter biosdevname=0")));
+    let detail = &j.steps[&StepId::KernelBoot].detail;
+    assert!(
+        detail.contains("; warning: boot parameter net.ifnames=0"),
+        "{detail}"
+    );
     // Ubuntu: the PVM kernel (6.6) is not the newest; still pinned by id.
     assert_eq!(grub_boot(root, false), KVER);
 
@@ -445,7 +492,7 @@ fn second_install_is_a_no_op_and_already_running_is_skipped() {
     set_running(
         root,
         KVER,
-        &format!("BOOT_IMAGE=/boot/vmlinuz-{KVER} ro nopti pti=off panic=30"),
+        &format!("BOOT_IMAGE=/boot/vmlinuz-{KVER} ro nopti pti=off"),
     );
     let mut j = cubeboot::firstboot::journal::Journal::new("y");
     let mut ctx = Ctx {
@@ -590,6 +637,7 @@ fn dry_run_changes_nothing_and_shows_every_edit() {
     let root = dir.path();
     let plan = deb_plan();
     debian_root(root, "debian-12", &plan);
+    let cfg_before = read(root, "/boot/grub/grub.cfg");
     let host = ScriptedHost::new(root).dry_run();
     let mut j = cubeboot::firstboot::journal::Journal::new("x");
     let mut ctx = Ctx {
@@ -613,5 +661,34 @@ fn dry_run_changes_nothing_and_shows_every_edit() {
     assert!(shown.iter().any(|a| a.starts_with("run     grub-reboot")));
     assert!(!exists(root, "/etc/default/grub.d/99-cubeboot-pvm.cfg"));
     assert!(!exists(root, &format!("/boot/vmlinuz-{KVER}")));
-    assert!(!exists(root, "/boot/grub/grub.cfg"));
+    assert_eq!(read(root, "/boot/grub/grub.cfg"), cfg_before);
+    assert!(!exists(root, "/boot/grub/grubenv"));
+}
+
+#[test]
+fn a_later_dropin_overriding_ours_refuses_the_reboot_and_keeps_the_old_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "debian-12", &plan);
+    // Sorts after 99-cubeboot-pvm.cfg ('_' > '-') and resets the line.
+    put(
+        root,
+        "/etc/default/grub.d/99_zz-local.cfg",
+        "GRUB_CMDLINE_LINUX=\"\"\n",
+    );
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    let digest = seed_journal(&host, &plan);
+    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    assert_eq!(end, RunEnd::Failed("failed: kernel-boot".into()));
+    assert_eq!(host.reboots(), 0);
+    let status = read(root, "/run/cubeboot/status.json");
+    assert!(
+        status.contains("/etc/default/grub.d/99-cubeboot-pvm.cfg is overridden by a later file"),
+        "{status}"
+    );
+    assert!(!host.commands().iter().any(|c| c.starts_with("grub-reboot")));
+    // Whatever happens next, the machine boots its old kernel.
+    assert_eq!(grub_boot(root, false), OLD_DEB_KERNEL);
 }

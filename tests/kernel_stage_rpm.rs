@@ -155,6 +155,34 @@ fn rpm_rollback_restores_the_old_default() {
 }
 
 #[test]
+fn scriptlet_that_makes_the_new_kernel_default_is_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = rpm_plan();
+    rocky_root(root, &plan);
+    // No /etc/sysconfig/kernel: the (emulated) scriptlet makes the new kernel
+    // the default, as kernel-install does by default.
+    std::fs::remove_file(root.join("etc/sysconfig/kernel")).unwrap();
+    let host = ScriptedHost::new(root);
+    rocky_responders(&host, root);
+    let digest = seed_journal(&host, &plan);
+    runner::run(
+        &host,
+        &plan,
+        &digest,
+        Scope::StopAfter(StepId::KernelInstall),
+    )
+    .unwrap();
+    assert_eq!(
+        read(root, GRUBBY_DEFAULT).trim(),
+        format!("/boot/vmlinuz-{OLD_RPM_KERNEL}")
+    );
+    assert!(host.said().iter().any(|l| l.contains(&format!(
+        "the package made /boot/vmlinuz-{KVER} the default"
+    ))));
+}
+
+#[test]
 fn dnf_exclude_hold_edits_dnf_conf_with_a_backup() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -185,4 +213,47 @@ fn dnf_exclude_hold_edits_dnf_conf_with_a_backup() {
         "[main]\ngpgcheck=1\ninstallonly_limit=3\n"
     );
     assert!(!host.commands().iter().any(|c| c.contains("versionlock")));
+}
+
+#[test]
+fn tencent_set_replaces_the_entry_console_through_grubby() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut plan = rpm_plan();
+    plan.kernel.boot_params = cubeboot::plan::boot_params::TENCENT
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    rocky_root(root, &plan);
+    let host = ScriptedHost::new(root);
+    rocky_responders(&host, root);
+    let digest = seed_journal(&host, &plan);
+    runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    let update = host
+        .commands()
+        .into_iter()
+        .find(|c| c.contains("--update-kernel="))
+        .unwrap();
+    assert!(
+        update.contains("'--remove-args=crashkernel=1G-4G:192M console=ttyS0,115200n8'"),
+        "{update}"
+    );
+    let entry = read(root, &format!("/boot/loader/entries/{}.conf", pvm_bls_id()));
+    let options = entry
+        .lines()
+        .find_map(|l| l.strip_prefix("options "))
+        .unwrap();
+    assert!(
+        cubeboot::cmdline::has_merged(
+            options,
+            &cubeboot::firstboot::kernel::required_params(&plan)
+        ),
+        "{options}"
+    );
+    let j = journal(&host, &digest);
+    assert_eq!(
+        j.fact("kernel.bls-options-before"),
+        Some("root=UUID=abc ro crashkernel=1G-4G:192M console=ttyS0,115200n8")
+    );
+    assert_eq!(bls_boot(root, false), KVER);
 }

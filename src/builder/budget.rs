@@ -27,18 +27,78 @@ pub struct Cloud {
 
 /// The budget table. Where docs disagree the smaller figure wins.
 pub const CLOUDS: &[Cloud] = &[
-    Cloud { name: "aws", limit: Some(16_384), measure: Measure::Raw, source: "EC2: 16 KB raw, before base64" },
-    Cloud { name: "azure", limit: Some(65_535), measure: Measure::Raw, source: "Azure custom data: 64 KB, SDK max 65535 B decoded" },
-    Cloud { name: "gcp", limit: Some(262_144), measure: Measure::Raw, source: "GCE metadata value: 256 KiB" },
-    Cloud { name: "tencent", limit: Some(16_384), measure: Measure::Base64, source: "CVM RunInstances UserData: 16 KB, budgeted on the base64 text" },
-    Cloud { name: "alibaba", limit: Some(16_384), measure: Measure::Raw, source: "ECS: 16 KB before base64 (older docs; newer say 32 KB)" },
-    Cloud { name: "hetzner", limit: Some(32_768), measure: Measure::Raw, source: "Hetzner Cloud: 32 KiB" },
-    Cloud { name: "digitalocean", limit: Some(65_536), measure: Measure::Raw, source: "DigitalOcean: 64 KiB plain text" },
-    Cloud { name: "oracle", limit: Some(32_000), measure: Measure::Base64, source: "OCI metadata: 32,000 B of base64, SSH keys included" },
-    Cloud { name: "openstack", limit: Some(65_535), measure: Measure::Base64, source: "Nova: 65535 B base64" },
-    Cloud { name: "ibm", limit: Some(65_536), measure: Measure::Raw, source: "IBM Cloud VPC: 64 KB (unconfirmed)" },
-    Cloud { name: "volcengine", limit: Some(16_384), measure: Measure::Raw, source: "Volcengine: 16 KB before base64 (unconfirmed)" },
-    Cloud { name: "none", limit: None, measure: Measure::Raw, source: "no budget (NoCloud seeds, local tests)" },
+    Cloud {
+        name: "aws",
+        limit: Some(16_384),
+        measure: Measure::Raw,
+        source: "EC2: 16 KB raw, before base64",
+    },
+    Cloud {
+        name: "azure",
+        limit: Some(65_535),
+        measure: Measure::Raw,
+        source: "Azure custom data: 64 KB, SDK max 65535 B decoded",
+    },
+    Cloud {
+        name: "gcp",
+        limit: Some(262_144),
+        measure: Measure::Raw,
+        source: "GCE metadata value: 256 KiB",
+    },
+    Cloud {
+        name: "tencent",
+        limit: Some(16_384),
+        measure: Measure::Base64,
+        source: "CVM RunInstances UserData: 16 KB, budgeted on the base64 text",
+    },
+    Cloud {
+        name: "alibaba",
+        limit: Some(16_384),
+        measure: Measure::Raw,
+        source: "ECS: 16 KB before base64 (older docs; newer say 32 KB)",
+    },
+    Cloud {
+        name: "hetzner",
+        limit: Some(32_768),
+        measure: Measure::Raw,
+        source: "Hetzner Cloud: 32 KiB",
+    },
+    Cloud {
+        name: "digitalocean",
+        limit: Some(65_536),
+        measure: Measure::Raw,
+        source: "DigitalOcean: 64 KiB plain text",
+    },
+    Cloud {
+        name: "oracle",
+        limit: Some(32_000),
+        measure: Measure::Base64,
+        source: "OCI metadata: 32,000 B of base64, SSH keys included",
+    },
+    Cloud {
+        name: "openstack",
+        limit: Some(65_535),
+        measure: Measure::Base64,
+        source: "Nova: 65535 B base64",
+    },
+    Cloud {
+        name: "ibm",
+        limit: Some(65_536),
+        measure: Measure::Raw,
+        source: "IBM Cloud VPC: 64 KB (unconfirmed)",
+    },
+    Cloud {
+        name: "volcengine",
+        limit: Some(16_384),
+        measure: Measure::Raw,
+        source: "Volcengine: 16 KB before base64 (unconfirmed)",
+    },
+    Cloud {
+        name: "none",
+        limit: None,
+        measure: Measure::Raw,
+        source: "no budget (NoCloud seeds, local tests)",
+    },
 ];
 
 impl Cloud {
@@ -57,11 +117,9 @@ impl Cloud {
     pub fn measure(&self, user_data: &[u8]) -> u64 {
         match self.measure {
             Measure::Raw => user_data.len() as u64,
-            Measure::Base64 => {
-                base64::engine::general_purpose::STANDARD
-                    .encode(user_data)
-                    .len() as u64
-            }
+            Measure::Base64 => base64::engine::general_purpose::STANDARD
+                .encode(user_data)
+                .len() as u64,
         }
     }
 }

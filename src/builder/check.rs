@@ -10,7 +10,10 @@ use super::profile;
 /// `cubeboot profiles`: one line per valid profile; problems on stderr.
 pub fn list_profiles(args: ProfilesArgs) -> Result<()> {
     let (profiles, report) = profile::load_dir(&args.dir.profiles_dir)?;
-    println!("{:<16} {:<4} {:<14} DESCRIPTION", "PROFILE", "PKG", "BOOTLOADER");
+    println!(
+        "{:<16} {:<4} {:<14} DESCRIPTION",
+        "PROFILE", "PKG", "BOOTLOADER"
+    );
     for p in &profiles {
         println!("{}", p.summary());
     }

@@ -129,7 +129,9 @@ impl Contents {
             .map(|(p, _)| p.clone());
         Ok(KernelFacts {
             package: self.package.context("the package metadata has no name")?,
-            version: self.version.context("the package metadata has no version")?,
+            version: self
+                .version
+                .context("the package metadata has no version")?,
             kver,
             module,
         })
@@ -259,7 +261,9 @@ fn read_rpm_header<R: Read>(r: &mut R, what: &str) -> Result<(RpmHeader, usize)>
                     String::from_utf8_lossy(&data[offset..end]).into_owned(),
                 ));
             }
-            4 if n >= 1 && offset + 4 <= data.len() => header.ints.push((tag, read_u32(&data, offset))),
+            4 if n >= 1 && offset + 4 <= data.len() => {
+                header.ints.push((tag, read_u32(&data, offset)))
+            }
             _ => {}
         }
     }
@@ -313,8 +317,8 @@ fn read_rpm<R: Read>(reader: R) -> Result<Contents> {
     Ok(contents)
 }
 
-/// `cubeboot inspect FILE`: print what the lock would record for a kernel
-/// package. (Overlay archives are listed by the overlay stage.)
+/// `cubeboot inspect FILE`: for a kernel package, what the lock would record;
+/// anything else is listed as an image overlay by the overlay reader.
 pub fn run(args: super::cli::InspectArgs) -> Result<()> {
     let name = args.file.display().to_string();
     let format = if name.ends_with(".rpm") {

@@ -368,7 +368,10 @@ impl Lock {
         let asset = self.file.assets.get(kind).ok_or_else(|| {
             self.diag(
                 "$.assets",
-                format!("no `{}` asset pinned, but {needed_by} needs one", kind.key()),
+                format!(
+                    "no `{}` asset pinned, but {needed_by} needs one",
+                    kind.key()
+                ),
             )
         })?;
         let sha256 = asset.sha256.ok_or_else(|| {
@@ -396,11 +399,12 @@ impl Lock {
     /// match the pin: used to embed the helper.
     pub fn read_local(&self, pinned: &Pinned<'_>) -> Result<Vec<u8>> {
         let path = self.local_path(pinned.asset);
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let computed = Sha256Digest::of(&bytes);
         if computed != pinned.sha256 {
-            return Err(self.mismatch(pinned.kind, &path, computed, pinned.sha256).into());
+            return Err(self
+                .mismatch(pinned.kind, &path, computed, pinned.sha256)
+                .into());
         }
         Ok(bytes)
     }
@@ -525,7 +529,8 @@ pub fn run(args: LockArgs) -> Result<()> {
     // Step 5: read our own output back through the strict reader, then
     // write it atomically.
     let text = Lock::render(&file)?;
-    Lock::parse(&text, &args.output).map_err(|r| anyhow::anyhow!("generated lock is invalid:\n{r}"))?;
+    Lock::parse(&text, &args.output)
+        .map_err(|r| anyhow::anyhow!("generated lock is invalid:\n{r}"))?;
     write_atomically(&args.output, text.as_bytes())
         .with_context(|| format!("writing lock {}", args.output.display()))?;
     eprintln!("wrote {}", args.output.display());
@@ -675,7 +680,11 @@ fn release_sources(json: &Path, tag: Option<&str>) -> Result<Vec<Source>> {
         let pin = match a.digest.as_deref() {
             Some(d) => {
                 let hex = d.strip_prefix("sha256:").with_context(|| {
-                    format!("{}: {}: digest {d:?} is not sha256:<hex>", json.display(), a.name)
+                    format!(
+                        "{}: {}: digest {d:?} is not sha256:<hex>",
+                        json.display(),
+                        a.name
+                    )
                 })?;
                 let digest = hex
                     .parse::<Sha256Digest>()
@@ -732,7 +741,11 @@ fn pin_one(src: &Source, kind: AssetKind, allow_non_pvm: bool) -> Result<LockedA
     };
     // Whatever the inspection left unread still has to be hashed.
     let mut buf = vec![0u8; 1 << 20];
-    while hashing.read(&mut buf).with_context(|| format!("reading {}", src.name))? > 0 {}
+    while hashing
+        .read(&mut buf)
+        .with_context(|| format!("reading {}", src.name))?
+        > 0
+    {}
     let (sha256, size) = hashing.finish();
     if let Some((expected, source)) = &src.pin {
         if *expected != sha256 {
@@ -809,11 +822,16 @@ fn progress(reader: Box<dyn Read>, len: Option<u64>, name: &str) -> Box<dyn Read
 /// so a reader never sees half a file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let mut f = File::create(&tmp)?;
@@ -848,7 +866,9 @@ mod tests {
     }
 
     fn parse_err(text: &str) -> String {
-        Lock::parse(text, Path::new("x.lock")).unwrap_err().to_string()
+        Lock::parse(text, Path::new("x.lock"))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -887,9 +907,15 @@ mod tests {
     fn classify_names() {
         use AssetKind::*;
         let cases = [
-            ("kernel-6.6.69_opencloudos9.cubesandbox.pvm.host_gb85200d80fa2-1.x86_64.rpm", Some(KernelRpm)),
+            (
+                "kernel-6.6.69_opencloudos9.cubesandbox.pvm.host_gb85200d80fa2-1.x86_64.rpm",
+                Some(KernelRpm),
+            ),
             ("kernel-headers-6.6.69-1.x86_64.rpm", None),
-            ("linux-image-6.6.69-opencloudos9.cubesandbox.pvm.host-g1_6.6.69-g1-1_amd64.deb", Some(KernelDeb)),
+            (
+                "linux-image-6.6.69-opencloudos9.cubesandbox.pvm.host-g1_6.6.69-g1-1_amd64.deb",
+                Some(KernelDeb),
+            ),
             ("linux-headers-6.6.69_amd64.deb", None),
             ("cube-sandbox-one-click-v0.7.2-amd64.tar.gz", Some(Bundle)),
             ("cube-firstboot", Some(Helper)),
@@ -902,7 +928,9 @@ mod tests {
 
     #[test]
     fn url_pins_and_mirrors() {
-        let err = url_source("http://127.0.0.1:1/cube-firstboot", None).err().unwrap();
+        let err = url_source("http://127.0.0.1:1/cube-firstboot", None)
+            .err()
+            .unwrap();
         assert_eq!(
             err.to_string(),
             "refusing to lock http://127.0.0.1:1/cube-firstboot: not https and no pinned hash (append #sha256=<64 hex> to the URL)"

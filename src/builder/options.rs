@@ -250,7 +250,9 @@ pub fn parse_boot_params(s: &str) -> Result<(Vec<String>, String)> {
         bail!("--boot-params: empty list; use minimal, tencent or a quoted list");
     }
     for p in &params {
-        if p.chars().any(|c| c.is_control() || matches!(c, '"' | '\'' | '\\' | '`' | '$' | ';')) {
+        if p.chars()
+            .any(|c| c.is_control() || matches!(c, '"' | '\'' | '\\' | '`' | '$' | ';'))
+        {
             bail!("--boot-params: {p:?} has characters a kernel command line cannot carry safely");
         }
     }
@@ -267,10 +269,15 @@ mod tests {
 
     #[test]
     fn boot_param_presets_and_custom() {
-        assert_eq!(parse_boot_params("minimal").unwrap().0, ["nopti", "pti=off"]);
+        assert_eq!(
+            parse_boot_params("minimal").unwrap().0,
+            ["nopti", "pti=off"]
+        );
         assert_eq!(parse_boot_params("tencent").unwrap().0.len(), 26);
         assert_eq!(
-            parse_boot_params("pti=off  console=ttyS0,115200").unwrap().0,
+            parse_boot_params("pti=off  console=ttyS0,115200")
+                .unwrap()
+                .0,
             ["pti=off", "console=ttyS0,115200"]
         );
         assert_eq!(
@@ -285,21 +292,34 @@ mod tests {
         let asset = LockedAsset {
             name: "b.tar.gz".into(),
             url: "https://github.com/x/b.tar.gz".parse().unwrap(),
-            mirrors: [("cn".to_string(), "https://cnb.cool/x/b.tar.gz".parse().unwrap())].into(),
+            mirrors: [(
+                "cn".to_string(),
+                "https://cnb.cool/x/b.tar.gz".parse().unwrap(),
+            )]
+            .into(),
             size: 1,
             sha256: None,
             kernel: None,
         };
         assert_eq!(
             Mirror::parse("cn").unwrap().order(&asset).unwrap(),
-            ["https://cnb.cool/x/b.tar.gz", "https://github.com/x/b.tar.gz"]
+            [
+                "https://cnb.cool/x/b.tar.gz",
+                "https://github.com/x/b.tar.gz"
+            ]
         );
         assert_eq!(
             Mirror::parse("github").unwrap().order(&asset).unwrap(),
-            ["https://github.com/x/b.tar.gz", "https://cnb.cool/x/b.tar.gz"]
+            [
+                "https://github.com/x/b.tar.gz",
+                "https://cnb.cool/x/b.tar.gz"
+            ]
         );
         assert_eq!(
-            Mirror::parse("http://10.0.2.2:8080/rel/").unwrap().order(&asset).unwrap(),
+            Mirror::parse("http://10.0.2.2:8080/rel/")
+                .unwrap()
+                .order(&asset)
+                .unwrap(),
             [
                 "http://10.0.2.2:8080/rel/b.tar.gz",
                 "https://github.com/x/b.tar.gz",

@@ -19,11 +19,7 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use xz2::stream::{Check, Stream};
 
-use crate::builder::cli::{BuildArgs, InspectArgs};
-use crate::builder::lock::{AssetKind, Lock, Pinned};
-use crate::builder::options::BuildOptions;
-use crate::builder::package::{self, Payload};
-use crate::builder::{profile, render};
+use crate::builder::cli::InspectArgs;
 use crate::digest::{HashingReader, Sha256Digest};
 use crate::firstboot::image::wants_links;
 /// Where the overlay puts the helper and its unit (INTERFACES.md, target paths).
@@ -222,79 +218,6 @@ impl Overlay {
         }
         self.entries.insert(path, entry);
         Ok(())
-    }
-}
-
-/// `cubeboot build --format overlay [--offline]`: per profile,
-/// out/<profile>/overlay.tar.xz plus the plan it carries and SHA256SUMS,
-/// written the way user-data payloads are (temp dir, then rename).
-pub fn build(args: &BuildArgs) -> Result<()> {
-    // Inputs, validated as for user-data.
-    let options = BuildOptions::from_args(args)?;
-    let lock = Lock::load(&args.lock)?;
-    let profiles = profile::select(&args.dir.profiles_dir, &args.profile)?;
-    let mtime = mtime_from_env()?;
-
-    // Every overlay in memory first; any error stops before writing.
-    let helper = lock.pinned(AssetKind::Helper, "the image overlay")?;
-    let mut payloads = Vec::new();
-    for p in &profiles {
-        let plan = options
-            .plan(p, &lock)
-            .with_context(|| format!("building profile {}", p.name))?;
-        let plan_json = plan.to_json();
-        let mut cached_assets = Vec::new();
-        if args.offline {
-            let needed_by = format!("the offline overlay of profile {}", p.name);
-            for kind in [p.kernel_asset, AssetKind::Bundle] {
-                let pinned = lock.pinned(kind, &needed_by)?;
-                cached_assets.push((pinned.sha256, pinned_content(&lock, &pinned)));
-            }
-        }
-        let overlay = compose(OverlayInputs {
-            plan_json: plan_json.clone(),
-            helper: pinned_content(&lock, &helper),
-            unit: render::UNIT.to_string(),
-            cached_assets,
-            mtime,
-        })?;
-        let bytes = write_overlay(&overlay)
-            .with_context(|| format!("writing overlay for profile {}", p.name))?;
-        let mut files = BTreeMap::new();
-        files.insert("overlay.tar.xz".to_string(), bytes);
-        files.insert("plan.json".to_string(), plan_json.into_bytes());
-        let sums: String = files
-            .iter()
-            .map(|(name, b)| format!("{}  {name}\n", Sha256Digest::of(b)))
-            .collect();
-        files.insert("SHA256SUMS".to_string(), sums.into_bytes());
-        payloads.push(Payload {
-            profile: p.name.clone(),
-            files,
-            budget_size: 0,
-        });
-    }
-
-    package::write_payloads(&args.output, &payloads)?;
-    for p in &payloads {
-        let size = p.files.get("overlay.tar.xz").map_or(0, Vec::len);
-        eprintln!(
-            "built {}/{}/overlay.tar.xz ({size} bytes{})",
-            args.output.display(),
-            p.profile,
-            if args.offline { ", offline" } else { "" }
-        );
-    }
-    Ok(())
-}
-
-/// An asset's local copy next to the lock, streamed and verified against the
-/// pin while the overlay is written.
-fn pinned_content(lock: &Lock, pinned: &Pinned<'_>) -> Content {
-    Content::Pinned {
-        path: lock.local_path(pinned.asset),
-        size: pinned.asset.size,
-        sha256: pinned.sha256,
     }
 }
 

@@ -129,7 +129,11 @@ fn peek_version(text: &str, path: &Path) -> Result<u32, Diagnostic> {
         )
         .at(text, Some((1, 1)))),
         Some(v) => match v.as_u64() {
-            Some(n) if SUPPORTED_PROFILE_VERSIONS.iter().any(|s| u64::from(*s) == n) => {
+            Some(n)
+                if SUPPORTED_PROFILE_VERSIONS
+                    .iter()
+                    .any(|s| u64::from(*s) == n) =>
+            {
                 Ok(n as u32)
             }
             _ => Err(Diagnostic::error(
@@ -251,7 +255,9 @@ pub mod v1 {
         {
             err(
                 "$",
-                format!("profile file name {name:?} must be lowercase letters, digits, '-' and '.'"),
+                format!(
+                    "profile file name {name:?} must be lowercase letters, digits, '-' and '.'"
+                ),
             );
         }
         let (want_asset, want_manager) = match spec.family {
@@ -282,12 +288,18 @@ pub mod v1 {
         let hold_ok = matches!(
             (spec.packages.manager, spec.packages.hold),
             (PackageManager::Apt, KernelHold::AptMarkHold)
-                | (PackageManager::Dnf, KernelHold::DnfVersionlock | KernelHold::DnfExclude)
+                | (
+                    PackageManager::Dnf,
+                    KernelHold::DnfVersionlock | KernelHold::DnfExclude
+                )
         );
         if !hold_ok {
             err(
                 "$.packages.hold",
-                format!("this hold does not work with {}", manager_name(spec.packages.manager)),
+                format!(
+                    "this hold does not work with {}",
+                    manager_name(spec.packages.manager)
+                ),
             );
         }
         if spec.os_ids.is_empty() {
@@ -297,10 +309,16 @@ pub mod v1 {
             err("$.version-id", "must not be empty".into());
         }
         if spec.bootloader.mkconfig.is_empty() {
-            err("$.bootloader.mkconfig", "needs the grub.cfg regeneration command".into());
+            err(
+                "$.bootloader.mkconfig",
+                "needs the grub.cfg regeneration command".into(),
+            );
         }
         let b = &spec.bootloader;
-        let mut paths = vec![("grub-cfg", Some(&b.grub_cfg)), ("grubenv", Some(&b.grubenv))];
+        let mut paths = vec![
+            ("grub-cfg", Some(&b.grub_cfg)),
+            ("grubenv", Some(&b.grubenv)),
+        ];
         paths.push(("dropin-dir", b.dropin_dir.as_ref()));
         for (key, value) in paths {
             if let Some(v) = value {
@@ -448,7 +466,10 @@ packages:
         let msg = parse_err(&text);
         assert!(msg.contains("error[$.kernel-asset]: family deb installs kernel-deb, not kernel-rpm\n  --> profiles/debian-12.yaml:6:1"), "{msg}");
         assert!(msg.contains("error[$.packages.manager]: family deb is driven by apt\n  --> profiles/debian-12.yaml:17:3"), "{msg}");
-        assert!(msg.contains("error[$.packages.hold]: this hold does not work with dnf"), "{msg}");
+        assert!(
+            msg.contains("error[$.packages.hold]: this hold does not work with dnf"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -109,9 +109,8 @@ fn environment() -> Result<Environment<'static>> {
     env.add_filter(
         "yaml_block",
         |s: String, indent: usize| -> Result<String, minijinja::Error> {
-            yaml::literal_block(&s, indent).map_err(|e| {
-                minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e)
-            })
+            yaml::literal_block(&s, indent)
+                .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e))
         },
     );
     env.add_filter(
@@ -173,7 +172,9 @@ fn verify(user_data: &str, ctx: &Context_) -> Result<()> {
     if content("/etc/systemd/system/cube-firstboot.service") != Some(ctx.unit.as_str()) {
         bail!("the unit does not read back byte-for-byte");
     }
-    let run = doc["runcmd"][0].as_array().context("runcmd[0] is not a list")?;
+    let run = doc["runcmd"][0]
+        .as_array()
+        .context("runcmd[0] is not a list")?;
     let mut want = vec![
         "sh".to_string(),
         "-c".to_string(),
@@ -220,8 +221,12 @@ mod tests {
     fn renders_and_reads_back() {
         let r = user_data(&sample_plan(), &helper()).unwrap();
         assert!(r.user_data.starts_with("#cloud-config\n"));
-        assert!(r.user_data.contains("systemctl start --no-block cube-firstboot.service"));
-        assert!(r.user_data.contains("final_message: \"cubeboot 0.0.0-test payload"));
+        assert!(r
+            .user_data
+            .contains("systemctl start --no-block cube-firstboot.service"));
+        assert!(r
+            .user_data
+            .contains("final_message: \"cubeboot 0.0.0-test payload"));
         assert_eq!(r.embedded_helper_bytes, 0);
         // sha256sum runs before install in the bootstrap.
         let check = BOOTSTRAP.find("sha256sum -c").unwrap();
@@ -234,7 +239,9 @@ mod tests {
     fn hostile_values_stay_data() {
         let mut plan = sample_plan();
         plan.target.profile = "x\n  - path: /etc/shadow\n#".into();
-        plan.cube.extra_env.insert("K".into(), "v: [1, {\"a\": '2'}]\n- x".into());
+        plan.cube
+            .extra_env
+            .insert("K".into(), "v: [1, {\"a\": '2'}]\n- x".into());
         let r = user_data(&plan, &helper()).unwrap();
         // verify() inside user_data already compared every value; the
         // injected path must not have become a key.
@@ -252,11 +259,16 @@ mod tests {
         assert!(r.user_data.contains("encoding: gz+b64"));
         let doc: serde_json::Value = serde_yaml::from_str(&r.user_data).unwrap();
         let b64 = doc["write_files"][2]["content"].as_str().unwrap();
-        let gz = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let gz = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
         let mut out = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut out).unwrap();
         assert_eq!(out, bytes);
         // Fixed header: magic, deflate, no flags, mtime 0, xfl 2 (best), OS 3.
-        assert_eq!(&gzip(b"x").unwrap()[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3]);
+        assert_eq!(
+            &gzip(b"x").unwrap()[..10],
+            &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3]
+        );
     }
 }

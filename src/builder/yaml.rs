@@ -303,7 +303,9 @@ mod tests {
 
     #[test]
     fn quote_round_trips_awkward_strings() {
-        for s in ["0600", "yes", "a: b", "- x", "#c", "'\"\\", "ünï", "null", "@x"] {
+        for s in [
+            "0600", "yes", "a: b", "- x", "#c", "'\"\\", "ünï", "null", "@x",
+        ] {
             let doc = format!("k: {}\n", quote(s));
             let v: serde_json::Value = serde_yaml::from_str(&doc).unwrap();
             assert_eq!(v["k"], s);

@@ -174,4 +174,6 @@ pub mod facts {
     /// Boot id when the runner asked for the reboot: the same id on the next
     /// start means the reboot never happened and is asked for again.
     pub const REBOOT_BOOT_ID: &str = "reboot.boot-id";
+    /// The one-line final message of a finished run (shown again later).
+    pub const FINAL_MESSAGE: &str = "report.final-message";
 }

@@ -33,6 +33,10 @@ pub const STATUS_PATH: &str = "/run/cubeboot/status.json";
 pub const LOG_DIR: &str = "/var/log/cubeboot";
 pub const UNIT_NAME: &str = "cube-firstboot.service";
 
+/// The systemd unit the builder installs at
+/// /etc/systemd/system/cube-firstboot.service (why each line: see the file).
+pub const UNIT_FILE: &str = include_str!("../../templates/cube-firstboot.service");
+
 /// The steps, in the order the runner takes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

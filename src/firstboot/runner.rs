@@ -154,7 +154,7 @@ pub fn run_with(
                 "nothing to do: this plan already finished ({done})"
             ));
             let mut status = reporter.status(&journal, &done, None);
-            status.message = format!("{done} (finished earlier)");
+            status.message = finished_message(&journal, &done);
             reporter.write(&mut status)?;
             return Ok(if done == "done" {
                 RunEnd::Done
@@ -185,6 +185,9 @@ pub fn run_with(
             }
             journal.mark(host, step, StepState::Done, "rebooted");
             journal.save(host)?;
+            if opts.scope == Scope::StopAfter(step) {
+                return stop_after(&reporter, &journal, step);
+            }
             continue;
         }
         if journal.is_complete(step) {
@@ -243,10 +246,7 @@ pub fn run_with(
             return reboot_now(host, &reporter, &journal);
         }
         if opts.scope == Scope::StopAfter(step) {
-            let mut status = reporter.status(&journal, "stopped", None);
-            status.message = format!("stopped after step {step} as asked");
-            reporter.write(&mut status)?;
-            return Ok(RunEnd::Stopped(step));
+            return stop_after(&reporter, &journal, step);
         }
     }
 
@@ -254,9 +254,11 @@ pub fn run_with(
         return Ok(RunEnd::Done);
     }
     journal.finished = Some("done".into());
+    let message = final_message(host, plan, &journal);
+    journal.set_fact(facts::FINAL_MESSAGE, message.clone());
     journal.save(host)?;
     let mut status = reporter.status(&journal, "done", None);
-    status.message = final_message(host, plan, &journal);
+    status.message = message;
     reporter.write(&mut status)?;
     reporter.post(&status);
     // The one line a cloud console's "get console output" should show.
@@ -304,6 +306,30 @@ fn fail(
         super::STATUS_PATH
     ));
     Ok(RunEnd::Failed(terminal))
+}
+
+fn stop_after(reporter: &Reporter, journal: &Journal, step: StepId) -> Result<RunEnd> {
+    let mut status = reporter.status(journal, "stopped", None);
+    status.message = format!("stopped after step {step} as asked");
+    reporter.write(&mut status)?;
+    Ok(RunEnd::Stopped(step))
+}
+
+/// The one-line message of a run that ended, as it was first written.
+pub fn finished_message(journal: &Journal, terminal: &str) -> String {
+    if let Some(m) = journal.fact(facts::FINAL_MESSAGE) {
+        return m.to_string();
+    }
+    let first = journal
+        .last_error
+        .as_deref()
+        .and_then(|e| e.lines().next())
+        .unwrap_or("");
+    if first.is_empty() {
+        terminal.to_string()
+    } else {
+        format!("{terminal}: {first}")
+    }
 }
 
 fn reboot_now(host: &dyn Host, reporter: &Reporter, journal: &Journal) -> Result<RunEnd> {

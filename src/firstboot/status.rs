@@ -207,7 +207,7 @@ impl Status {
         };
         let mut s = Self::from_journal(host, None, &journal, &state, step);
         s.message = match &journal.finished {
-            Some(f) => format!("{f} (from the journal {JOURNAL_PATH})"),
+            Some(f) => super::runner::finished_message(&journal, f),
             None => format!("not running; the journal {JOURNAL_PATH} shows an unfinished run"),
         };
         Ok(Some(s))

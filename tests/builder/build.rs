@@ -26,7 +26,12 @@ fn read_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
         let entry = entry.unwrap();
         if entry.file_type().is_file() {
-            let rel = entry.path().strip_prefix(dir).unwrap().display().to_string();
+            let rel = entry
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .display()
+                .to_string();
             out.insert(rel, std::fs::read(entry.path()).unwrap());
         }
     }
@@ -34,9 +39,13 @@ fn read_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 pub fn gunzip_b64(text: &[u8]) -> Vec<u8> {
-    let gz = base64::engine::general_purpose::STANDARD.decode(text).unwrap();
+    let gz = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap();
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut out).unwrap();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut out)
+        .unwrap();
     out
 }
 
@@ -44,28 +53,56 @@ pub fn gunzip_b64(text: &[u8]) -> Vec<u8> {
 fn builds_every_profile_with_all_files() {
     let rel = release();
     let out = tempdir();
-    ok(&["build", "--lock", rel.lock.to_str().unwrap(), "--profile", "all", "--output", out.path().to_str().unwrap()]);
+    ok(&[
+        "build",
+        "--lock",
+        rel.lock.to_str().unwrap(),
+        "--profile",
+        "all",
+        "--output",
+        out.path().to_str().unwrap(),
+    ]);
     let tree = read_tree(out.path());
     for p in PROFILES {
         let names: Vec<&str> = tree
             .keys()
             .filter_map(|k| k.strip_prefix(&format!("{p}/")))
             .collect();
-        assert_eq!(names, ["SHA256SUMS", "manifest.json", "plan.json", "user-data", "user-data.gz.b64"], "{p}");
+        assert_eq!(
+            names,
+            [
+                "SHA256SUMS",
+                "manifest.json",
+                "plan.json",
+                "user-data",
+                "user-data.gz.b64"
+            ],
+            "{p}"
+        );
         let ud = &tree[&format!("{p}/user-data")];
         // Target: plain user-data within 4 KiB with default options.
         assert!(ud.len() <= 4096, "{p}: user-data is {} bytes", ud.len());
         assert!(ud.starts_with(b"#cloud-config\n"));
         // gz+b64 decodes to the identical document.
-        assert_eq!(&gunzip_b64(&tree[&format!("{p}/user-data.gz.b64")]), ud, "{p}");
+        assert_eq!(
+            &gunzip_b64(&tree[&format!("{p}/user-data.gz.b64")]),
+            ud,
+            "{p}"
+        );
         // SHA256SUMS is sorted and true (checked by the real sha256sum).
         let sums = String::from_utf8(tree[&format!("{p}/SHA256SUMS")].clone()).unwrap();
-        let names: Vec<&str> = sums.lines().map(|l| l.split("  ").nth(1).unwrap()).collect();
+        let names: Vec<&str> = sums
+            .lines()
+            .map(|l| l.split("  ").nth(1).unwrap())
+            .collect();
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);
         assert_eq!(names.len(), 4);
-        sh("sha256sum --strict -c SHA256SUMS >/dev/null", &out.path().join(p));
+        sh(
+            "sha256sum --strict -c SHA256SUMS >/dev/null",
+            &out.path().join(p),
+        );
         // The plan parses with the helper's own reader and is the one embedded.
         let plan_text = String::from_utf8(tree[&format!("{p}/plan.json")].clone()).unwrap();
         let plan = cubeboot::plan::Plan::from_json(&plan_text).unwrap();
@@ -74,13 +111,22 @@ fn builds_every_profile_with_all_files() {
         assert_eq!(plan.kernel.boot_params, ["nopti", "pti=off"]);
         let doc: serde_json::Value = serde_yaml::from_slice(ud).unwrap();
         assert_eq!(doc["write_files"][0]["encoding"], "gz+b64");
-        let written = gunzip_b64(doc["write_files"][0]["content"].as_str().unwrap().as_bytes());
+        let written = gunzip_b64(
+            doc["write_files"][0]["content"]
+                .as_str()
+                .unwrap()
+                .as_bytes(),
+        );
         assert_eq!(written, plan_text.as_bytes());
         assert_eq!(doc["write_files"][0]["permissions"], "0600");
-        let manifest: serde_json::Value = serde_json::from_slice(&tree[&format!("{p}/manifest.json")]).unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&tree[&format!("{p}/manifest.json")]).unwrap();
         assert_eq!(manifest["cloud"]["name"], "aws");
         assert_eq!(manifest["cloud"]["size"], ud.len());
-        assert!(manifest["generator"].as_str().unwrap().starts_with("cubeboot "));
+        assert!(manifest["generator"]
+            .as_str()
+            .unwrap()
+            .starts_with("cubeboot "));
     }
     let deb = String::from_utf8(tree["debian-12/plan.json"].clone()).unwrap();
     assert!(deb.contains(rel.deb.file_name().unwrap().to_str().unwrap()));
@@ -95,12 +141,35 @@ fn options_map_into_the_plan() {
     let rel = release();
     let out = tempdir();
     ok(&[
-        "build", "--lock", rel.lock.to_str().unwrap(), "--profile", "ubuntu-24.04",
-        "--output", out.path().to_str().unwrap(),
-        "--role", "compute", "--control-plane-ip", "10.0.0.5", "--node-ip", "10.0.0.9",
-        "--mirror", "cn", "--boot-params", "tencent", "--webhook", "https://hooks.example.invalid/cube",
-        "--kvm", "pvm", "--data-disk", "/dev/vdb", "--allow-from", "10.0.0.0/24",
-        "--hardening", "off", "--cloud", "azure",
+        "build",
+        "--lock",
+        rel.lock.to_str().unwrap(),
+        "--profile",
+        "ubuntu-24.04",
+        "--output",
+        out.path().to_str().unwrap(),
+        "--role",
+        "compute",
+        "--control-plane-ip",
+        "10.0.0.5",
+        "--node-ip",
+        "10.0.0.9",
+        "--mirror",
+        "cn",
+        "--boot-params",
+        "tencent",
+        "--webhook",
+        "https://hooks.example.invalid/cube",
+        "--kvm",
+        "pvm",
+        "--data-disk",
+        "/dev/vdb",
+        "--allow-from",
+        "10.0.0.0/24",
+        "--hardening",
+        "off",
+        "--cloud",
+        "azure",
     ]);
     let plan = std::fs::read_to_string(out.path().join("ubuntu-24.04/plan.json")).unwrap();
     let plan = cubeboot::plan::Plan::from_json(&plan).unwrap();
@@ -108,11 +177,18 @@ fn options_map_into_the_plan() {
     assert_eq!(plan.cube.control_plane_ip.as_deref(), Some("10.0.0.5"));
     assert_eq!(plan.cube.node_ip, "10.0.0.9");
     assert_eq!(plan.cube.mirror.as_deref(), Some("cn"));
-    assert!(plan.assets.bundle.urls[0].starts_with("https://cnb.cool/CubeSandbox/CubeSandbox/-/releases/download/"));
+    assert!(plan.assets.bundle.urls[0]
+        .starts_with("https://cnb.cool/CubeSandbox/CubeSandbox/-/releases/download/"));
     assert_eq!(plan.kernel.boot_params.len(), 26);
     assert_eq!(plan.kernel.kvm, cubeboot::plan::KvmMode::Pvm);
-    assert_eq!(plan.report.webhook.as_deref(), Some("https://hooks.example.invalid/cube"));
-    assert_eq!(plan.cube.data_disk, cubeboot::plan::DataDisk::Device("/dev/vdb".into()));
+    assert_eq!(
+        plan.report.webhook.as_deref(),
+        Some("https://hooks.example.invalid/cube")
+    );
+    assert_eq!(
+        plan.cube.data_disk,
+        cubeboot::plan::DataDisk::Device("/dev/vdb".into())
+    );
     assert_eq!(plan.cube.allow_from, ["10.0.0.0/24"]);
     assert!(!plan.cube.hardening);
     // The helper comes from the cn mirror first, too.
@@ -127,19 +203,44 @@ fn embedded_helper_fits_gcp_but_not_aws_with_exact_overage() {
     let rel = release();
     let out = tempdir();
     let lock = rel.lock.to_str().unwrap();
-    ok(&["build", "--lock", lock, "--profile", "debian-12", "--embed-helper", "--cloud", "gcp", "--output", out.path().to_str().unwrap()]);
+    ok(&[
+        "build",
+        "--lock",
+        lock,
+        "--profile",
+        "debian-12",
+        "--embed-helper",
+        "--cloud",
+        "gcp",
+        "--output",
+        out.path().to_str().unwrap(),
+    ]);
     let ud = std::fs::read(out.path().join("debian-12/user-data")).unwrap();
     let doc: serde_json::Value = serde_yaml::from_slice(&ud).unwrap();
     let inline = &doc["write_files"][2];
     assert_eq!(inline["encoding"], "gz+b64");
-    assert_eq!(gunzip_b64(inline["content"].as_str().unwrap().as_bytes()), std::fs::read(&rel.helper).unwrap());
+    assert_eq!(
+        gunzip_b64(inline["content"].as_str().unwrap().as_bytes()),
+        std::fs::read(&rel.helper).unwrap()
+    );
     // No URL after the digest: the bootstrap verifies the inline copy.
     assert_eq!(doc["runcmd"][0].as_array().unwrap().len(), 5);
 
     // Same build for aws: over by an exact figure, with advice.
     let size = ud.len();
     let b64_len = inline["content"].as_str().unwrap().len();
-    let err = fails(&["build", "--lock", lock, "--profile", "debian-12", "--embed-helper", "--cloud", "aws", "--output", out.path().to_str().unwrap()]);
+    let err = fails(&[
+        "build",
+        "--lock",
+        lock,
+        "--profile",
+        "debian-12",
+        "--embed-helper",
+        "--cloud",
+        "aws",
+        "--output",
+        out.path().to_str().unwrap(),
+    ]);
     assert_eq!(
         err.trim_end(),
         format!(
@@ -148,7 +249,10 @@ fn embedded_helper_fits_gcp_but_not_aws_with_exact_overage() {
         )
     );
     // Nothing half-written: the earlier output is untouched, no temp dirs.
-    assert_eq!(std::fs::read(out.path().join("debian-12/user-data")).unwrap(), ud);
+    assert_eq!(
+        std::fs::read(out.path().join("debian-12/user-data")).unwrap(),
+        ud
+    );
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 1);
 }
 
@@ -157,10 +261,21 @@ fn tencent_budget_counts_base64() {
     let rel = release();
     let out = tempdir();
     let err = fails(&[
-        "build", "--lock", rel.lock.to_str().unwrap(), "--profile", "rocky-9", "--embed-helper",
-        "--cloud", "tencent", "--output", out.path().to_str().unwrap(),
+        "build",
+        "--lock",
+        rel.lock.to_str().unwrap(),
+        "--profile",
+        "rocky-9",
+        "--embed-helper",
+        "--cloud",
+        "tencent",
+        "--output",
+        out.path().to_str().unwrap(),
     ]);
-    assert!(err.contains("bytes (base64), over the tencent budget of 16384 bytes by "), "{err}");
+    assert!(
+        err.contains("bytes (base64), over the tencent budget of 16384 bytes by "),
+        "{err}"
+    );
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
 }
 
@@ -191,4 +306,59 @@ fn two_builds_are_byte_identical() {
     for (name, bytes) in &ta {
         assert!(bytes == &tb[name], "{name} differs between builds");
     }
+}
+
+#[test]
+fn overlay_format_carries_helper_unit_plan_and_offline_cache() {
+    let rel = release();
+    let out = tempdir();
+    let o = out.path().to_str().unwrap();
+    let lock = rel.lock.to_str().unwrap();
+    ok(&[
+        "build",
+        "--lock",
+        lock,
+        "--profile",
+        "debian-12",
+        "--format",
+        "overlay",
+        "--offline",
+        "--output",
+        o,
+    ]);
+    let listing = ok(&[
+        "inspect",
+        out.path()
+            .join("debian-12/overlay.tar.xz")
+            .to_str()
+            .unwrap(),
+    ]);
+    let (deb, bundle) = (sha256_hex(&rel.deb), sha256_hex(&rel.bundle));
+    let expected = [
+        (
+            "/usr/local/sbin/cube-firstboot".to_string(),
+            sha256_hex(&rel.helper),
+        ),
+        (format!("/var/lib/cubeboot/cache/{deb}"), deb.clone()),
+        (format!("/var/lib/cubeboot/cache/{bundle}"), bundle.clone()),
+        (
+            "/etc/cubeboot/plan.json".to_string(),
+            sha256_hex(&out.path().join("debian-12/plan.json")),
+        ),
+    ];
+    for (path, sha) in expected {
+        assert!(
+            listing.contains(&format!("{sha} {path}\n")),
+            "{path} missing:\n{listing}"
+        );
+    }
+    sh(
+        "sha256sum --strict -c SHA256SUMS >/dev/null",
+        &out.path().join("debian-12"),
+    );
+    let err = fails(&["build", "--lock", lock, "--offline", "--output", o]);
+    assert_eq!(
+        err.trim_end(),
+        "error: --offline only applies to --format overlay (user-data cannot carry the assets)"
+    );
 }

@@ -43,12 +43,19 @@ fn build_fails(args: &[&str], out: &Path) -> String {
 #[test]
 fn malformed_profile_yaml() {
     let dir = tempdir();
-    let p = profiles_with(dir.path(), |t| t.replace("os-ids: [debian]", "os-ids: [debian"));
+    let p = profiles_with(dir.path(), |t| {
+        t.replace("os-ids: [debian]", "os-ids: [debian")
+    });
     let file = p.join("debian-12.yaml");
     let text = std::fs::read_to_string(&file).unwrap();
     let line = line_of(&text, "version-id:");
     let err = build_fails(
-        &["--profiles-dir", p.to_str().unwrap(), "--lock", release().lock.to_str().unwrap()],
+        &[
+            "--profiles-dir",
+            p.to_str().unwrap(),
+            "--lock",
+            release().lock.to_str().unwrap(),
+        ],
         &dir.path().join("out"),
     );
     assert_eq!(
@@ -80,7 +87,9 @@ fn unknown_profile_key() {
 #[test]
 fn unknown_profile_version_lists_supported() {
     let dir = tempdir();
-    let p = profiles_with(dir.path(), |t| t.replace("\nversion: 1\n", "\nversion: 2\n"));
+    let p = profiles_with(dir.path(), |t| {
+        t.replace("\nversion: 1\n", "\nversion: 2\n")
+    });
     let file = p.join("debian-12.yaml");
     let line = line_of(&std::fs::read_to_string(&file).unwrap(), "version: 2");
     let err = fails(&["profiles", "--profiles-dir", p.to_str().unwrap()]);
@@ -112,7 +121,9 @@ fn wrong_length_digest_in_lock() {
 #[test]
 fn malformed_lock_yaml() {
     let dir = tempdir();
-    let (lock, text) = lock_with(dir.path(), |t| t.replacen("  bundle:\n", "  bundle:\n   bad\n", 1));
+    let (lock, text) = lock_with(dir.path(), |t| {
+        t.replacen("  bundle:\n", "  bundle:\n   bad\n", 1)
+    });
     let err = fails(&["check", "--lock", lock.to_str().unwrap()]);
     // libyaml sees `bad` as the start of a scalar and trips on the next
     // line's `name:`; that is where it points.
@@ -164,7 +175,13 @@ fn asset_whose_sha256_differs_from_the_lock() {
     );
     // Embedding refuses it…
     let err = build_fails(
-        &["--lock", lock.to_str().unwrap(), "--embed-helper", "--cloud", "gcp"],
+        &[
+            "--lock",
+            lock.to_str().unwrap(),
+            "--embed-helper",
+            "--cloud",
+            "gcp",
+        ],
         &dir.path().join("out"),
     );
     assert_eq!(err.lines().take(2).collect::<Vec<_>>().join("\n"), want);
@@ -177,7 +194,12 @@ fn asset_whose_sha256_differs_from_the_lock() {
 fn compute_role_without_control_plane_ip() {
     let dir = tempdir();
     let err = build_fails(
-        &["--lock", release().lock.to_str().unwrap(), "--role", "compute"],
+        &[
+            "--lock",
+            release().lock.to_str().unwrap(),
+            "--role",
+            "compute",
+        ],
         &dir.path().join("out"),
     );
     assert_eq!(
@@ -190,7 +212,12 @@ fn compute_role_without_control_plane_ip() {
 fn unknown_profile_name_lists_the_available_ones() {
     let dir = tempdir();
     let err = build_fails(
-        &["--lock", release().lock.to_str().unwrap(), "--profile", "debian-11"],
+        &[
+            "--lock",
+            release().lock.to_str().unwrap(),
+            "--profile",
+            "debian-11",
+        ],
         &dir.path().join("out"),
     );
     assert_eq!(
@@ -202,12 +229,19 @@ fn unknown_profile_name_lists_the_available_ones() {
 #[test]
 fn repo_profiles_pass_strict_check() {
     let out = cubeboot(&["check", "--strict"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         "checked 9 valid profiles in profiles: 0 errors, 0 warnings\n"
     );
     let listing = ok(&["profiles"]);
     assert_eq!(listing.lines().count(), 10);
-    assert!(listing.contains("\nopencloudos-9    rpm  bls-grubby     OpenCloudOS 9\n"), "{listing}");
+    assert!(
+        listing.contains("\nopencloudos-9    rpm  bls-grubby     OpenCloudOS 9\n"),
+        "{listing}"
+    );
 }

@@ -14,7 +14,11 @@ fn readme_first_command_builds_every_profile() {
         .and_then(|b| b.split("```").next())
         .expect("README has a ```sh block");
     let lines: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 2, "the README opens with exactly two commands: {lines:?}");
+    assert_eq!(
+        lines.len(),
+        2,
+        "the README opens with exactly two commands: {lines:?}"
+    );
     assert_eq!(lines[1], "cargo test");
     let args = lines[0]
         .strip_prefix("cargo run --release -- ")
@@ -28,5 +32,10 @@ fn readme_first_command_builds_every_profile() {
         assert!(text.starts_with("#cloud-config\n"), "{}", ud.display());
     }
     // And the example lock itself passes the strict checker.
-    ok(&["check", "--strict", "--lock", "examples/release/cubeboot.lock"]);
+    ok(&[
+        "check",
+        "--strict",
+        "--lock",
+        "examples/release/cubeboot.lock",
+    ]);
 }

@@ -36,8 +36,15 @@ fn cloud_init_schema_accepts_every_payload() {
     let rel = release();
     let root = tempdir();
     let mut files: Vec<PathBuf> = Vec::new();
-    let roles: [&[&str]; 2] = [&["--role", "control"], &["--role", "compute", "--control-plane-ip", "10.0.0.5"]];
-    let boots = ["minimal", "tencent", "pti=off console=ttyS0,115200 console=tty0"];
+    let roles: [&[&str]; 2] = [
+        &["--role", "control"],
+        &["--role", "compute", "--control-plane-ip", "10.0.0.5"],
+    ];
+    let boots = [
+        "minimal",
+        "tencent",
+        "pti=off console=ttyS0,115200 console=tty0",
+    ];
     let embeds: [&[&str]; 2] = [&[], &["--embed-helper", "--cloud", "gcp"]];
     let mirrors = ["github", "cn", "http://10.0.2.2:8080/release"];
     let mut n = 0;
@@ -48,8 +55,17 @@ fn cloud_init_schema_accepts_every_payload() {
                     n += 1;
                     let out = root.path().join(format!("c{n}"));
                     let mut args = vec![
-                        "build", "--lock", rel.lock.to_str().unwrap(), "--profile", "all",
-                        "--output", out.to_str().unwrap(), "--boot-params", boot, "--mirror", mirror,
+                        "build",
+                        "--lock",
+                        rel.lock.to_str().unwrap(),
+                        "--profile",
+                        "all",
+                        "--output",
+                        out.to_str().unwrap(),
+                        "--boot-params",
+                        boot,
+                        "--mirror",
+                        mirror,
                     ];
                     args.extend_from_slice(role);
                     args.extend_from_slice(embed);
@@ -79,8 +95,15 @@ fn cloud_init_schema_accepts_every_payload() {
     // The harness can fail: an unquoted octal mode is rejected by cloud-init.
     let bad = root.path().join("bad-user-data");
     let text = std::fs::read_to_string(&files[0]).unwrap();
-    std::fs::write(&bad, text.replacen("permissions: \"0600\"", "permissions: 0600", 1)).unwrap();
-    assert!(cloud_init_schema(&bad).is_err(), "cloud-init accepted a bad mode");
+    std::fs::write(
+        &bad,
+        text.replacen("permissions: \"0600\"", "permissions: 0600", 1),
+    )
+    .unwrap();
+    assert!(
+        cloud_init_schema(&bad).is_err(),
+        "cloud-init accepted a bad mode"
+    );
 
     // Validate all, two at a time (the machine has two cores).
     let queue = Mutex::new(files);
@@ -88,7 +111,9 @@ fn cloud_init_schema_accepts_every_payload() {
     std::thread::scope(|s| {
         for _ in 0..2 {
             s.spawn(|| loop {
-                let Some(f) = queue.lock().unwrap().pop() else { break };
+                let Some(f) = queue.lock().unwrap().pop() else {
+                    break;
+                };
                 if let Err(e) = cloud_init_schema(&f) {
                     failures.lock().unwrap().push(e);
                 }
@@ -96,5 +121,10 @@ fn cloud_init_schema_accepts_every_payload() {
         }
     });
     let failures = failures.into_inner().unwrap();
-    assert!(failures.is_empty(), "{} invalid payloads:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} invalid payloads:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -116,7 +116,10 @@ pub fn make_rpm(dir: &Path, kver: &str, payload: &str) -> PathBuf {
         &top,
     );
     let built = top.join("RPMS/x86_64/kernel-6.6.69-1.x86_64.rpm");
-    let out = dir.join(format!("kernel-6.6.69_{}-1.x86_64.rpm", payload.replace('.', "_")));
+    let out = dir.join(format!(
+        "kernel-6.6.69_{}-1.x86_64.rpm",
+        payload.replace('.', "_")
+    ));
     std::fs::rename(built, &out).unwrap();
     std::fs::remove_dir_all(&top).unwrap();
     out

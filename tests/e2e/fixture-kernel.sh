@@ -116,5 +116,6 @@ FIXTURE_BROKEN_DEB=broken/${pkg}_${good_version}.broken_amd64.deb
 EOF
 rm -rf "$out"
 mv "$work/out" "$out"
+find "$cache" -maxdepth 1 -name 'kernel-*' ! -name "kernel-$key" -exec rm -rf {} +
 log "fixture kernels ready: $out"
 echo "$out"

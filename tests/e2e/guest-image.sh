@@ -56,7 +56,9 @@ cleanup() {
   for m in dev/pts dev proc sys; do
     mountpoint -q "$mnt/$m" && umount -l "$mnt/$m"
   done
-  mountpoint -q "$mnt" && umount "$mnt"
+  # Lazy: a killed mmdebstrap may still hold files open; the mount must not
+  # outlive this script either way.
+  mountpoint -q "$mnt" && umount -l "$mnt"
   [[ -n "$loop" ]] && losetup -d "$loop"
   rm -rf "$work"
 }
@@ -131,5 +133,7 @@ mkdir -p "$out.tmp"
 mv "$work/disk.img" "$work/guest.env" "$out.tmp/"
 rm -rf "$out"
 mv "$out.tmp" "$out"
+# Older recipes' disks are dead weight (8 GiB sparse each).
+find "$cache" -maxdepth 1 -name 'guest-*' ! -name "guest-$key" -exec rm -rf {} +
 log "guest image ready: $out (default kernel $default_kver, rootfs ${rootfs_mib} MiB)"
 echo "$out"

@@ -165,6 +165,18 @@ pub fn exists(root: &Path, target: &str) -> bool {
     root.join(target.trim_start_matches('/')).exists()
 }
 
+/// A new boot: /proc/sys/kernel/random/boot_id changes (the runner tells a
+/// reboot that happened from one still to come by it).
+pub fn new_boot_id(root: &Path) {
+    static BOOTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = BOOTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    put(
+        root,
+        "/proc/sys/kernel/random/boot_id",
+        format!("00000000-0000-4000-8000-{n:012x}\n"),
+    );
+}
+
 /// The running kernel as /proc shows it.
 pub fn set_running(root: &Path, kver: &str, cmdline: &str) {
     put(root, "/proc/sys/kernel/osrelease", format!("{kver}\n"));
@@ -212,7 +224,10 @@ pub fn debian_root(root: &Path, scenario: &str, plan: &Plan) {
         &format!("BOOT_IMAGE=/boot/vmlinuz-{OLD_DEB_KERNEL} root=UUID={ROOT_UUID} ro quiet"),
     );
     put(root, "/proc/modules", "ext4 1064960 1 - Live 0x0\n");
+    new_boot_id(root);
     cache_kernel(root, plan);
+    // An installed system has a grub.cfg already.
+    update_grub(root).unwrap();
 }
 
 /// A Rocky 9 style target: rpm database, BLS entries named by another
@@ -256,6 +271,7 @@ pub fn rocky_root(root: &Path, plan: &Plan) {
         &format!("BOOT_IMAGE=(hd0,gpt2)/boot/vmlinuz-{k} root=UUID=abc ro crashkernel=1G-4G:192M console=ttyS0,115200n8"),
     );
     put(root, "/proc/modules", "xfs 2002944 1 - Live 0x0\n");
+    new_boot_id(root);
     cache_kernel(root, plan);
 }
 
@@ -343,7 +359,20 @@ fn ok() -> Option<Result<CmdOutput>> {
 /// modprobe emulated (see [`emulate_modprobe`]).
 pub fn debian_responders(host: &ScriptedHost, root: &Path, abstraction: &'static str) {
     let r = root.to_path_buf();
+    let r2 = root.to_path_buf();
     host.on(move |c| match c.program.as_str() {
+        "dpkg" if c.args.iter().any(|a| a == "-i") => {
+            // A real linux-image package's postinst runs
+            // /etc/kernel/postinst.d/zz-update-grub; the fixture has no
+            // scripts, so the test runs update-grub after it the same way.
+            let out = real(c);
+            if matches!(&out, Ok(o) if o.success()) {
+                if let Err(e) = update_grub(&r2) {
+                    return Some(Err(e));
+                }
+            }
+            Some(out)
+        }
         "dpkg" | "dpkg-query" | "grub-editenv" | "grub-reboot" | "grub-set-default" => {
             Some(real(c))
         }
@@ -352,16 +381,7 @@ pub fn debian_responders(host: &ScriptedHost, root: &Path, abstraction: &'static
     host.on(move |c| {
         let inner = chrooted(&r, c)?;
         match inner.program.as_str() {
-            "update-grub" => Some(real(
-                &CommandSpec::new(
-                    repo()
-                        .join("tests/fixtures/kernel/grub/make-grub.sh")
-                        .to_string_lossy(),
-                )
-                .arg("--root")
-                .arg(r.to_string_lossy())
-                .arg(r.join("boot/grub/grub.cfg").to_string_lossy()),
-            )),
+            "update-grub" => Some(update_grub(&r)),
             "apt-mark" if inner.args.first().map(String::as_str) == Some("hold") => {
                 let sel: String = inner.args[1..]
                     .iter()
@@ -385,6 +405,24 @@ pub fn debian_responders(host: &ScriptedHost, root: &Path, abstraction: &'static
             _ => None,
         }
     });
+}
+
+/// Debian's real grub-mkconfig for the temporary root (make-grub.sh --root).
+pub fn update_grub(root: &Path) -> Result<CmdOutput> {
+    let out = real(
+        &CommandSpec::new(
+            repo()
+                .join("tests/fixtures/kernel/grub/make-grub.sh")
+                .to_string_lossy(),
+        )
+        .arg("--root")
+        .arg(root.to_string_lossy())
+        .arg(root.join("boot/grub/grub.cfg").to_string_lossy()),
+    )?;
+    if !out.success() {
+        return Err(anyhow!("make-grub.sh --root failed: {}", out.stderr));
+    }
+    Ok(out)
 }
 
 /// modprobe against the emulated /proc/modules: `kvm_pvm` loads (and /dev/kvm
@@ -444,6 +482,16 @@ pub fn rocky_responders(host: &ScriptedHost, root: &Path) {
                         "root=UUID=abc ro crashkernel=1G-4G:192M console=ttyS0,115200n8",
                     ),
                 );
+                // ... and makes the new kernel the default unless
+                // /etc/sysconfig/kernel says UPDATEDEFAULT=no.
+                let sysconfig =
+                    fs::read_to_string(r.join("etc/sysconfig/kernel")).unwrap_or_default();
+                if !sysconfig
+                    .lines()
+                    .any(|l| l == "UPDATEDEFAULT=no" || l == "UPDATEDEFAULT=\"no\"")
+                {
+                    put(&r, GRUBBY_DEFAULT, format!("/boot/vmlinuz-{KVER}\n"));
+                }
             }
             Some(out)
         }
@@ -586,6 +634,7 @@ pub fn grub_boot(root: &Path, panics: bool) -> String {
         .unwrap_or_else(|| panic!("GRUB: no entry {chosen}"));
     let kernel = e.kernel.clone().unwrap();
     let kver = kernel.rsplit("vmlinuz-").next().unwrap().to_string();
+    new_boot_id(root);
     set_running(
         root,
         &kver,
@@ -644,6 +693,7 @@ pub fn bls_boot(root: &Path, panics: bool) -> String {
     };
     let kernel = field("linux");
     let kver = kernel.rsplit("vmlinuz-").next().unwrap().to_string();
+    new_boot_id(root);
     set_running(
         root,
         &kver,

@@ -176,6 +176,8 @@ mod tests {
         let mut pages = vec![cmd.render_long_help().to_string()];
         for sub in ["run", "status", "apply", "reset", "dev"] {
             let mut c = Cli::command();
+            // Settings such as term_width reach subcommands only when built.
+            c.build();
             let s = c.find_subcommand_mut(sub).unwrap();
             pages.push(s.render_long_help().to_string());
         }

@@ -12,7 +12,7 @@ use flate2::Compression;
 use super::super::host::{unix_secs, CommandSpec, Host};
 use super::super::journal::facts;
 use super::super::{Ctx, LOG_DIR};
-use super::{CHECK_FACT_PREFIX, INSTALL_LOG};
+use super::INSTALL_LOG;
 
 /// Cube's service logs (facts §6.1).
 pub const DATA_LOG_DIR: &str = "/data/log";
@@ -29,10 +29,12 @@ pub fn collect(ctx: &mut Ctx, reason: &str) -> Result<String> {
     files.push(("reason.txt".into(), format!("{reason}\n").into_bytes()));
     let checks: String = ctx
         .journal
-        .facts
+        .checks
         .iter()
-        .filter(|(k, _)| k.starts_with(CHECK_FACT_PREFIX))
-        .map(|(k, v)| format!("{}: {v}\n", &k[CHECK_FACT_PREFIX.len()..]))
+        .map(|(name, c)| {
+            let mark = if c.ok { "ok" } else { "FAIL" };
+            format!("{name}: {mark}: {}\n", c.detail)
+        })
         .collect();
     files.push(("checks.txt".into(), checks.into_bytes()));
     let all_facts: String = ctx

@@ -59,10 +59,12 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
                 AutoChoice::Disk(d) => Some(d),
                 AutoChoice::None => None,
                 AutoChoice::Ambiguous(names) => {
-                    host.say(&format!(
-                        "several empty disks ({}); not guessing, using a loopback image",
+                    let w = format!(
+                        "several empty disks ({}); not guessing, /data/cubelet is a loopback image",
                         names.join(", ")
-                    ));
+                    );
+                    host.say(&w);
+                    ctx.journal.warn(w);
                     None
                 }
             }
@@ -74,7 +76,20 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
             prove_empty(host, &dev)?;
             format_disk(host, &dev)
         }
-        None => loopback(host, plan.cube.loopback_size_gib),
+        None => {
+            // Sparse: fine now, but Cube's writes fail later if /data fills.
+            let size = plan.cube.loopback_size_gib;
+            let free = host.free_bytes("/").unwrap_or(u64::MAX);
+            if !host.exists(LOOPBACK_IMAGE) && free < size << 30 {
+                let w = format!(
+                    "{LOOPBACK_IMAGE} may grow to {size} GiB but its filesystem has {} GiB free",
+                    free >> 30
+                );
+                host.say(&format!("warning: {w}"));
+                ctx.journal.warn(w);
+            }
+            loopback(host, size)
+        }
     }
 }
 
@@ -329,13 +344,6 @@ fn loopback(host: &dyn Host, size_gib: u64) -> Result<Outcome> {
                 .allow_failure(),
         )?
     } else {
-        let free = host.free_bytes("/data").unwrap_or(u64::MAX);
-        if free < size_gib << 30 {
-            host.say(&format!(
-                "warning: {LOOPBACK_IMAGE} may grow to {size_gib} GiB but /data has {} GiB free",
-                free >> 30
-            ));
-        }
         // Sparse: blocks are allocated as Cube writes, not now.
         host.run(&CommandSpec::new("truncate").args(["-s", &format!("{size_gib}G"), &img]))?;
         host.run(

@@ -91,7 +91,9 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
 
     // Option B: firewall, when the plan names the networks to admit.
     if plan.cube.allow_from.is_empty() {
-        host.say("no allow_from networks in the plan: host firewall unchanged");
+        let w = "hardening: no allow_from networks in the plan, so ports 8089, 9999, 3000, 12088 stay open to every network (CubeMaster and Cubelet have no auth)";
+        host.say(w);
+        ctx.journal.warn(w);
     } else {
         let ruleset = firewall_ruleset(&plan.cube.allow_from)?;
         host.write_atomic(FIREWALL_PATH, ruleset.as_bytes(), 0o600)?;

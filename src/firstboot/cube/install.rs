@@ -54,6 +54,12 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         Role::Control => None,
         Role::Compute => Some(ControlPlane::parse(plan.cube.control_plane_ip.as_deref())?),
     };
+    if control_plane.is_some() && !plan.cube.extra_env.contains_key("CUBE_S3_ENDPOINT") {
+        // Newer installers refuse a compute node without S3 (facts §2.3).
+        ctx.journal.warn(
+            "compute role without CUBE_S3_ENDPOINT in the plan's extra_env: newer Cube installers require it",
+        );
+    }
     if let Some(cp) = &control_plane {
         if host.is_dry_run() {
             host.say(&format!("dry run: would wait for {}", cp.health_url()));

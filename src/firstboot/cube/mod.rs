@@ -10,7 +10,7 @@
 //!    verified bundle, with the `.env` pitfall defused, a free sandbox CIDR,
 //!    the node IP, and an overall timeout.
 //! 4. [`verify`]: success judged by state (facts §6.3), each check recorded
-//!    as a journal fact `check.<name>` = `ok: …` / `fail: …`.
+//!    in the journal's named checks (shown by the status file).
 //! 5. [`harden`]: binds, firewall, credentials (facts §14).
 //!
 //! On failure, [`diagnostics`] gathers one tarball under /var/log/cubeboot/
@@ -39,8 +39,6 @@ pub const CUBELET_DIR: &str = "/data/cubelet";
 pub const INSTALL_LOG: &str = "/var/log/cubeboot/install.log";
 /// Generated credentials, root-only; reported only as this path.
 pub const CREDENTIALS_PATH: &str = "/etc/cubeboot/credentials.env";
-/// Journal fact prefix for named verification checks (`check.cube-api`).
-pub const CHECK_FACT_PREFIX: &str = "check.";
 /// Journal fact: `standalone` when no resolvectl/NetworkManager was found and
 /// dnsmasq was installed instead (§4.2 step 10).
 pub const DNSMASQ_MODE_FACT: &str = "cube.dnsmasq-mode";

@@ -1,7 +1,7 @@
 //! Success by state, not by log text (facts §6.2: log lines differ between
 //! installer versions; §6.3: the state to check). Every check is recorded
-//! as a journal fact `check.<name>` = `ok: …` or `fail: …`, which status and
-//! diagnostics show; the step succeeds only when all hold.
+//! in the journal's named checks, which the status file and the diagnostics
+//! show; the step succeeds only when all hold.
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use super::super::host::{unix_secs, Host};
 use super::super::journal::facts;
 use super::super::{Ctx, Outcome, StepFailure};
 use super::install::{ControlPlane, CUBEMASTER_PORT, CUBE_API_PORT};
-use super::{envfile, http, pvm_enabled, CHECK_FACT_PREFIX, INSTALL_ROOT};
+use super::{envfile, http, pvm_enabled, INSTALL_ROOT};
 use crate::plan::Role;
 
 /// One budget for all health probes, like quickcheck's (120 s) but longer:
@@ -141,23 +141,25 @@ pub fn verify_with(ctx: &mut Ctx, endpoints: &Endpoints, budget: Duration) -> Re
 
     let mut failed = Vec::new();
     for (name, result) in &checks {
-        let value = match result {
-            Ok(d) => format!("ok: {d}"),
+        let (ok, detail) = match result {
+            Ok(d) => (true, d.clone()),
             Err(d) => {
                 failed.push(*name);
-                format!("fail: {d}")
+                (false, d.clone())
             }
         };
-        host.say(&format!("check {name}: {value}"));
-        ctx.journal
-            .set_fact(&format!("{CHECK_FACT_PREFIX}{name}"), value);
+        host.say(&format!(
+            "check {name}: {} {detail}",
+            if ok { "ok:" } else { "FAIL:" }
+        ));
+        ctx.journal.record_check(name, ok, detail);
     }
     if failed.is_empty() {
         Ok(Outcome::Done(format!("{} checks passed", checks.len())))
     } else {
         Err(
             StepFailure::new(format!("cube verification failed: {}", failed.join(", ")))
-                .hint("each check.<name> in the journal says what was found")
+                .hint("the status file's checks say what was found")
                 .into(),
         )
     }

@@ -39,8 +39,8 @@ const BACKUP_SUFFIX: &str = ".cubeboot.bak";
 
 /// Stage-local journal facts.
 const FACT_ALREADY: &str = "kernel.already-running";
-/// Warnings about chosen boot parameters, `; `-separated, for the status file.
-pub const FACT_WARNINGS: &str = "kernel.warnings";
+/// The PVM BLS entry's `options` before grubby edited them (undo record).
+const FACT_BLS_OPTIONS: &str = "kernel.bls-options-before";
 
 /// Debug arguments for a kernel that dies early (cube-sandbox-facts.md §16, #1722).
 const CONSOLE_HINT: &str = "the PVM kernel did not come up with its parameters; boot it by hand \
@@ -50,12 +50,12 @@ const CONSOLE_HINT: &str = "the PVM kernel did not come up with its parameters; 
 /// Install the verified PVM kernel package and hold it.
 pub fn install(ctx: &mut Ctx) -> Result<Outcome> {
     let kver = ctx.plan.kernel.kver.clone();
-    let params = required_params(ctx.plan);
     let running = running_kernel(ctx.host)?;
 
-    // Already there: the PVM kernel runs with every parameter (issue 4, 1).
+    // Already there: the PVM kernel runs with every configured parameter
+    // (`panic=` is only for the trial boot; the Helm chart's check is the same).
     if running.as_deref() == Some(kver.as_str()) {
-        let missing = cmdline::missing(&proc_cmdline(ctx.host)?, &params);
+        let missing = cmdline::missing(&proc_cmdline(ctx.host)?, &ctx.plan.kernel.boot_params);
         if missing.is_empty() {
             ctx.journal.set_fact(facts::KVM_MODE, "pvm");
             ctx.journal.set_fact(FACT_ALREADY, kver.as_str());
@@ -78,10 +78,37 @@ pub fn install(ctx: &mut Ctx) -> Result<Outcome> {
     }
     ctx.journal.set_fact(facts::KVM_MODE, "pvm");
     ctx.journal.facts.remove(FACT_ALREADY);
+    record_old_kernel(ctx)?;
 
-    let installed = package::install(ctx)?;
+    let k = &ctx.plan.kernel;
+    let installed = if package::is_installed(ctx)? {
+        format!("{} {} already installed", k.package, k.package_version)
+    } else {
+        // Keep the old kernel the default while the package's own scripts
+        // run (update-grub, kernel-install): nothing is verified yet.
+        let guarded = match ctx.plan.target.bootloader.kind {
+            BootloaderKind::GrubMkconfig => grub::pin_old_default(ctx)?,
+            BootloaderKind::BlsGrubby => bls_boot::record_old_default(ctx)?,
+        };
+        package::install_package(ctx)?;
+        if ctx.plan.target.bootloader.kind == BootloaderKind::BlsGrubby {
+            bls_boot::restore_old_default(ctx)?;
+        }
+        let k = &ctx.plan.kernel;
+        format!("installed {} {} ({guarded})", k.package, k.package_version)
+    };
     let held = package::hold(ctx)?;
     Ok(Outcome::Done(format!("{installed}; {held}")))
+}
+
+/// Record the kernel to come back to, once: a re-run (after a crash) must not
+/// mistake anything else for it.
+fn record_old_kernel(ctx: &mut Ctx) -> Result<()> {
+    if ctx.journal.fact(facts::OLD_KERNEL).is_none() {
+        let old = old_kernel(ctx.host, &ctx.plan.kernel.kver)?;
+        ctx.journal.set_fact(facts::OLD_KERNEL, old);
+    }
+    Ok(())
 }
 
 /// Boot parameters, entry by identity, one-shot trial boot armed.
@@ -93,22 +120,20 @@ pub fn boot(ctx: &mut Ctx) -> Result<Outcome> {
     let warnings = cmdline::warnings(&params);
     for w in &warnings {
         ctx.say(&format!("warning: {w}"));
+        ctx.journal.warn(w.as_str());
     }
-    if warnings.is_empty() {
-        ctx.journal.facts.remove(FACT_WARNINGS);
-    } else {
-        ctx.journal.set_fact(FACT_WARNINGS, warnings.join("; "));
-    }
-    // The kernel to come back to. Recorded once: a re-run of this step (after
-    // a crash) must not mistake anything else for it.
-    if ctx.journal.fact(facts::OLD_KERNEL).is_none() {
-        let old = old_kernel(ctx.host, &ctx.plan.kernel.kver)?;
-        ctx.journal.set_fact(facts::OLD_KERNEL, old);
-    }
-    match ctx.plan.target.bootloader.kind {
-        BootloaderKind::GrubMkconfig => grub::arm(ctx, &params),
-        BootloaderKind::BlsGrubby => bls_boot::arm(ctx, &params),
-    }
+    record_old_kernel(ctx)?;
+    let armed = match ctx.plan.target.bootloader.kind {
+        BootloaderKind::GrubMkconfig => grub::arm(ctx, &params)?,
+        BootloaderKind::BlsGrubby => bls_boot::arm(ctx, &params)?,
+    };
+    // The warnings also go into the step detail, which the status shows.
+    Ok(match armed {
+        Outcome::RebootRequested(d) if !warnings.is_empty() => {
+            Outcome::RebootRequested(format!("{d}; warning: {}", warnings.join("; ")))
+        }
+        other => other,
+    })
 }
 
 /// After the reboot: commit the PVM entry as the default, or roll back to the
@@ -474,10 +499,54 @@ mod grub {
             .unwrap_or_default())
     }
 
+    /// The old kernel's entry id path, from grub.cfg as it is now.
+    fn old_entry_path(ctx: &Ctx, cfg: &str) -> Result<String> {
+        let old_kernel = ctx.journal.fact(facts::OLD_KERNEL).unwrap_or_default();
+        let old = grubcfg::find_kernel_entry(cfg, old_kernel).with_context(|| {
+            format!("refusing to reboot: cannot pin the fallback kernel {old_kernel}")
+        })?;
+        Ok(old.id_path().unwrap_or_default())
+    }
+
+    /// Before the package goes in: pin the running kernel as the default by
+    /// id, so the package's own update-grub cannot make the PVM kernel entry 0
+    /// (on Debian 12 it sorts above the distro's 6.1) before anything is
+    /// verified. Returns what it did, or why it could not.
+    pub(super) fn pin_old_default(ctx: &mut Ctx) -> Result<String> {
+        let bl = &ctx.plan.target.bootloader;
+        let Some(cfg) = ctx.host.read_optional(&bl.grub_cfg)? else {
+            return Ok(format!("no {} yet; nothing to pin", bl.grub_cfg));
+        };
+        let old_path = match old_entry_path(ctx, &cfg) {
+            Ok(p) => p,
+            Err(e) => return Ok(format!("old default not pinned ({e:#})")),
+        };
+        write_pin(ctx, &old_path)?;
+        ctx.journal
+            .set_fact(facts::OLD_DEFAULT_ENTRY, old_path.as_str());
+        Ok(format!("pinned {old_path} as the default"))
+    }
+
+    /// A drop-in that only sets GRUB_DEFAULT to `old_path` (the command line
+    /// stays what the other files set).
+    fn write_pin(ctx: &Ctx, old_path: &str) -> Result<()> {
+        let text = format!(
+            "# Generated by cubeboot (cube-firstboot); do not edit.\n\
+             # Keeps the kernel that booted before the PVM kernel as the default.\n\
+             # Undo: remove this file and run update-grub.\n\
+             GRUB_DEFAULT={}\n",
+            grub_default::shell_double_quote(old_path)
+        );
+        ctx.host
+            .write_atomic(&dropin_path(ctx.plan), text.as_bytes(), 0o644)
+    }
+
     pub(super) fn arm(ctx: &mut Ctx, params: &[String]) -> Result<Outcome> {
         let kver = ctx.plan.kernel.kver.clone();
         let bl = ctx.plan.target.bootloader.clone();
         let dry = ctx.host.is_dry_run();
+        let placeholder =
+            |k: &str| format!("gnulinux-advanced-<uuid>>gnulinux-{k}-advanced-<uuid>");
 
         // What update-grub would use without us, and the merged result: the
         // configured keys leave both variables; the parameters go into
@@ -491,12 +560,40 @@ mod grub {
             .collect::<Vec<_>>()
             .join(" ");
 
+        // The fallback, pinned by id before anything else changes, so every
+        // failure below leaves the old kernel as the default.
+        let mut cfg = ctx.host.read_optional(&bl.grub_cfg)?.unwrap_or_default();
+        let old_kernel = ctx
+            .journal
+            .fact(facts::OLD_KERNEL)
+            .unwrap_or_default()
+            .to_string();
+        if grubcfg::find_kernel_entry(&cfg, &old_kernel).is_err() {
+            mkconfig(ctx)?;
+            cfg = ctx.host.read_optional(&bl.grub_cfg)?.unwrap_or_default();
+        }
+        let old_path = match old_entry_path(ctx, &cfg) {
+            Err(_) if dry => placeholder(&old_kernel),
+            r => r?,
+        };
+        ctx.journal
+            .set_fact(facts::OLD_DEFAULT_ENTRY, old_path.as_str());
         let unwritable = grubenv_unwritable(ctx)?;
+        if unwritable.is_none() {
+            ctx.host
+                .run(&grubenv_tool(ctx.host, &bl.set_default, &bl.grubenv).arg(&old_path))?;
+        }
+        // With grubenv, `saved` now means the old kernel; without, the old
+        // kernel stays the direct default until the PVM entry is verified.
         let cfg = apply(
             ctx,
             &linux,
             &default,
-            unwritable.is_none().then_some("saved"),
+            Some(if unwritable.is_none() {
+                "saved"
+            } else {
+                &old_path
+            }),
         )?;
 
         // A drop-in sorting after ours could override the merge.
@@ -513,60 +610,45 @@ mod grub {
             }
         }
 
-        let old_kernel = ctx
-            .journal
-            .fact(facts::OLD_KERNEL)
-            .unwrap_or_default()
-            .to_string();
-        let (pvm_path, old_path) = if dry && grubcfg::find_kernel_entry(&cfg, &kver).is_err() {
-            (
-                format!("gnulinux-advanced-<uuid>>gnulinux-{kver}-advanced-<uuid>"),
-                format!("gnulinux-advanced-<uuid>>gnulinux-{old_kernel}-advanced-<uuid>"),
-            )
-        } else {
-            let pvm = grubcfg::find_kernel_entry(&cfg, &kver).with_context(|| {
-                format!("refusing to reboot: {} after update-grub", bl.grub_cfg)
-            })?;
-            let args = pvm.args.join(" ");
-            if !cmdline::has_merged(&args, params) {
-                bail!(
-                    "refusing to reboot: the {kver} entry in {} boots with `{args}`, not the \
-                     configured parameters",
+        let pvm_path = match grubcfg::find_kernel_entry(&cfg, &kver) {
+            Err(_) if dry => placeholder(&kver),
+            Err(e) => {
+                return Err(e.context(format!(
+                    "refusing to reboot: {} after update-grub",
                     bl.grub_cfg
-                );
+                )))
             }
-            // The fallback must be pinned by id too: on Debian 12 the PVM
-            // kernel (6.6) sorts above the distro's 6.1 and would be entry 0.
-            let old = grubcfg::find_kernel_entry(&cfg, &old_kernel).with_context(|| {
-                format!("refusing to reboot: cannot pin the fallback kernel {old_kernel}")
-            })?;
-            (
-                pvm.id_path().unwrap_or_default(),
-                old.id_path().unwrap_or_default(),
-            )
+            Ok(pvm) => {
+                let args = pvm.args.join(" ");
+                if !cmdline::has_merged(&args, params) {
+                    bail!(
+                        "refusing to reboot: the {kver} entry in {} boots with `{args}`, not the \
+                         configured parameters",
+                        bl.grub_cfg
+                    );
+                }
+                pvm.id_path().unwrap_or_default()
+            }
         };
         ctx.journal.set_fact(facts::PVM_ENTRY, pvm_path.as_str());
-        ctx.journal
-            .set_fact(facts::OLD_DEFAULT_ENTRY, old_path.as_str());
 
         if let Some(why) = unwritable {
             // No one-shot possible: make the PVM entry the default directly and
             // say so; a panic then reboots into it again until someone steps in.
             apply(ctx, &linux, &default, Some(&pvm_path))?;
             ctx.journal.set_fact(facts::DIRECT_DEFAULT, why.as_str());
-            ctx.say(&format!(
-                "warning: {why}; no trial boot possible, {pvm_path} is now the default directly"
-            ));
+            let w =
+                format!("{why}; no trial boot possible, {pvm_path} is now the default directly");
+            ctx.say(&format!("warning: {w}"));
+            ctx.journal.warn(w);
             return Ok(Outcome::RebootRequested(format!(
                 "{pvm_path} set as the default directly ({why})"
             )));
         }
         ctx.journal.facts.remove(facts::DIRECT_DEFAULT);
 
-        // Old kernel stays the saved default; PVM boots once. Order matters:
-        // grub-set-default clears next_entry.
-        ctx.host
-            .run(&grubenv_tool(ctx.host, &bl.set_default, &bl.grubenv).arg(&old_path))?;
+        // PVM boots once; the old kernel stays the saved default. (This order:
+        // grub-set-default clears next_entry.)
         ctx.host
             .run(&grubenv_tool(ctx.host, &bl.reboot_once, &bl.grubenv).arg(&pvm_path))?;
         if !dry {
@@ -628,15 +710,7 @@ mod grub {
                 facts::OLD_DEFAULT_ENTRY
             );
         };
-        let text = format!(
-            "# Generated by cubeboot (cube-firstboot); do not edit.\n\
-             # The PVM kernel trial boot failed: the old kernel is pinned as the default\n\
-             # and the boot parameters are back to what the other files set.\n\
-             GRUB_DEFAULT={}\n",
-            grub_default::shell_double_quote(&old_path)
-        );
-        ctx.host
-            .write_atomic(&dropin_path(ctx.plan), text.as_bytes(), 0o644)?;
+        write_pin(ctx, &old_path)?;
         mkconfig(ctx)?;
         // Also the saved entry, for tools that read grubenv; best effort when
         // grubenv is not writable.
@@ -701,16 +775,9 @@ mod bls_boot {
             }
         };
 
-        // The old default, by kernel path (BLS ids can name another machine).
-        if ctx.journal.fact(facts::OLD_DEFAULT_ENTRY).is_none() {
-            let old = default_kernel(host)?;
-            if old.is_empty() && !dry {
-                bail!("grubby --default-kernel printed nothing: no default entry to fall back to");
-            }
-            if old == path {
-                bail!("refusing to reboot: {path} already is the default before its trial boot");
-            }
-            ctx.journal.set_fact(facts::OLD_DEFAULT_ENTRY, old);
+        record_old_default(ctx)?;
+        if ctx.journal.fact(facts::OLD_DEFAULT_ENTRY) == Some(path.as_str()) {
+            bail!("refusing to reboot: {path} already is the default before its trial boot");
         }
         let old = ctx
             .journal
@@ -720,6 +787,10 @@ mod bls_boot {
 
         // Parameters: on BLS they live in the entry's options line;
         // GRUB_CMDLINE_LINUX does nothing there (cube-sandbox-facts.md §9).
+        if ctx.journal.fact(FACT_BLS_OPTIONS).is_none() && !dry {
+            // What grubby is about to change, so it can be put back by hand.
+            ctx.journal.set_fact(FACT_BLS_OPTIONS, entry.options());
+        }
         let existing = cmdline::split(entry.options());
         let displaced = cmdline::displaced(&existing, params);
         let mut update = on_target(host, "grubby").arg(format!("--update-kernel={path}"));
@@ -761,9 +832,9 @@ mod bls_boot {
                 bail!("grubby --set-default={path} did not take: the default is {now}");
             }
             ctx.journal.set_fact(facts::DIRECT_DEFAULT, why.as_str());
-            ctx.say(&format!(
-                "warning: {why}; no trial boot possible, {path} is now the default directly"
-            ));
+            let w = format!("{why}; no trial boot possible, {path} is now the default directly");
+            ctx.say(&format!("warning: {w}"));
+            ctx.journal.warn(w);
             return Ok(Outcome::RebootRequested(format!(
                 "{path} set as the default directly ({why})"
             )));
@@ -789,6 +860,45 @@ mod bls_boot {
             "trial boot of {} armed; {old} stays the default",
             entry.id
         )))
+    }
+
+    /// The default entry before anything changes, by kernel path (BLS ids
+    /// can name another machine); recorded once.
+    pub(super) fn record_old_default(ctx: &mut Ctx) -> Result<String> {
+        if let Some(old) = ctx.journal.fact(facts::OLD_DEFAULT_ENTRY) {
+            return Ok(format!("old default {old}"));
+        }
+        let old = default_kernel(ctx.host)?;
+        if old.is_empty() && !ctx.host.is_dry_run() {
+            bail!("grubby --default-kernel printed nothing: no default entry to fall back to");
+        }
+        ctx.journal.set_fact(facts::OLD_DEFAULT_ENTRY, old.as_str());
+        Ok(format!("old default {old}"))
+    }
+
+    /// Undo a package scriptlet that made the new kernel the default
+    /// (UPDATEDEFAULT=yes, or a distro without /etc/sysconfig/kernel).
+    pub(super) fn restore_old_default(ctx: &mut Ctx) -> Result<()> {
+        let host = ctx.host;
+        let Some(old) = ctx
+            .journal
+            .fact(facts::OLD_DEFAULT_ENTRY)
+            .map(str::to_string)
+        else {
+            return Ok(());
+        };
+        let now = default_kernel(host)?;
+        if now != old && !host.is_dry_run() {
+            ctx.say(&format!(
+                "the package made {now} the default; restoring {old} until the trial boot passes"
+            ));
+            host.run(&on_target(host, "grubby").arg(format!("--set-default={old}")))?;
+            let again = default_kernel(host)?;
+            if again != old {
+                bail!("grubby --set-default={old} did not take: the default is {again}");
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn commit(ctx: &mut Ctx) -> Result<String> {

@@ -22,18 +22,26 @@ const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const DNF_CONF: &str = "/etc/dnf/dnf.conf";
 const SYSCONFIG_KERNEL: &str = "/etc/sysconfig/kernel";
 
-/// Install the package unless the same version is installed; returns a detail.
-pub(super) fn install(ctx: &mut Ctx) -> Result<String> {
+/// Whether the plan's package is installed at its version, with its kernel.
+pub(super) fn is_installed(ctx: &Ctx) -> Result<bool> {
+    let k = &ctx.plan.kernel;
+    Ok(installed(
+        ctx.host,
+        ctx.plan.target.family,
+        &k.package,
+        &k.package_version,
+    )? && ctx.host.exists(&format!("/boot/vmlinuz-{}", k.kver)))
+}
+
+/// Verify the cached package and install it.
+pub(super) fn install_package(ctx: &mut Ctx) -> Result<()> {
     let host = ctx.host;
     let k = &ctx.plan.kernel;
     let family = ctx.plan.target.family;
     let vmlinuz = format!("/boot/vmlinuz-{}", k.kver);
-
-    if installed(host, family, &k.package, &k.package_version)? && host.exists(&vmlinuz) {
-        return Ok(format!(
-            "{} {} already installed",
-            k.package, k.package_version
-        ));
+    if family == PackageFamily::Rpm {
+        // Before the package's scriptlets run.
+        keep_default_on_updates(host)?;
     }
 
     // Re-verify the cached bytes right before the package manager sees them.
@@ -72,7 +80,7 @@ pub(super) fn install(ctx: &mut Ctx) -> Result<String> {
             k.kver
         );
     }
-    Ok(format!("installed {} {}", k.package, k.package_version))
+    Ok(())
 }
 
 /// Stream the cached file through SHA-256 and compare with the plan.
@@ -206,11 +214,13 @@ pub(super) fn hold(ctx: &mut Ctx) -> Result<String> {
             if out.success() {
                 return Ok(format!("held with dnf versionlock add {spec}"));
             }
-            ctx.say(&format!(
-                "warning: dnf versionlock failed ({}); excluding {} updates in {DNF_CONF} instead",
+            let w = format!(
+                "dnf versionlock failed ({}); excluding {} updates in {DNF_CONF} instead",
                 out.stderr.trim(),
                 k.package
-            ));
+            );
+            ctx.say(&format!("warning: {w}"));
+            ctx.journal.warn(w);
             dnf_exclude(host, &k.package)
         }
         KernelHold::DnfExclude => {

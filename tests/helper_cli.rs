@@ -1,0 +1,314 @@
+//! The built `cube-firstboot` binary: exit codes, bad plans, `status`,
+//! `run --dry-run`, and a real `kill -9` in the middle of a download.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use cubeboot::firstboot::host::{Host, ScriptedHost};
+use cubeboot::firstboot::status::exit;
+use cubeboot::firstboot::{cache_path, JOURNAL_PATH, STATUS_PATH};
+use cubeboot::plan::Plan;
+use support::server::{Behavior, Server};
+use support::target::{lay_out_machine, plan_json, tree, AssetFile};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cube-firstboot");
+
+fn helper(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("ALL_PROXY")
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A target root the real host can run preflight against, with a plan
+/// whose assets come from `urls`.
+fn target_root(
+    kernel: &AssetFile,
+    kurl: &str,
+    bundle: &AssetFile,
+    burl: &str,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let host = ScriptedHost::new(dir.path());
+    lay_out_machine(&host);
+    host.put(
+        "/etc/cubeboot/plan.json",
+        plan_json((kernel, &[kurl.to_string()]), (bundle, &[burl.to_string()])),
+    );
+    dir
+}
+
+fn status_json(root: &Path) -> serde_json::Value {
+    let p = root.join(STATUS_PATH.trim_start_matches('/'));
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn bad_plans_exit_2_with_reason_and_hint_in_status_and_console() {
+    let kernel = AssetFile::new("k.deb", 10, 1);
+    let bundle = AssetFile::new("b.tgz", 10, 2);
+    let good = plan_json(
+        (&kernel, &["file:///k".into()]),
+        (&bundle, &["file:///b".into()]),
+    );
+    let cases: Vec<(&str, Option<String>, &str, &str)> = vec![
+        (
+            "missing",
+            None,
+            "loading plan /etc/cubeboot/plan.json: reading /etc/cubeboot/plan.json: No such file or directory",
+            "the payload did not deliver /etc/cubeboot/plan.json",
+        ),
+        (
+            "truncated",
+            Some(good[..good.len() / 2].to_string()),
+            "loading plan /etc/cubeboot/plan.json: plan is not valid JSON: EOF while parsing",
+            "/etc/cubeboot/plan.json is damaged or truncated",
+        ),
+        (
+            "wrong version",
+            Some(good.replacen("\"version\": 1", "\"version\": 7", 1)),
+            "loading plan /etc/cubeboot/plan.json: plan version 7 is not supported by this helper (supported: [1])",
+            "the plan is newer than this helper",
+        ),
+    ];
+    for (name, content, error, hint) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let host = ScriptedHost::new(dir.path());
+        lay_out_machine(&host);
+        if let Some(c) = content {
+            host.put("/etc/cubeboot/plan.json", c);
+        }
+        let before = tree(dir.path());
+        let out = helper(&["run", "--root", dir.path().to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(exit::USAGE), "{name}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(error), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("hint: {hint}")),
+            "{name}: {stderr}"
+        );
+        let status = status_json(dir.path());
+        assert_eq!(status["state"], "failed: plan", "{name}");
+        assert!(
+            status["last_error"].as_str().unwrap().starts_with(error),
+            "{name}"
+        );
+        assert!(
+            status["hints"][0].as_str().unwrap().starts_with(hint),
+            "{name}"
+        );
+        // Only the status file was written; no journal, nothing installed.
+        let mut after = tree(dir.path());
+        after.retain(|k, _| !k.starts_with("run/cubeboot"));
+        assert_eq!(after, before, "{name}");
+
+        let st = helper(&["status", "--root", dir.path().to_str().unwrap()]);
+        assert_eq!(st.status.code(), Some(exit::FAILED), "{name}");
+        assert!(
+            text(&st.stdout).contains(&format!("hint:     {hint}")),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn status_exit_codes_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let out = helper(&["status", "--root", root]);
+    assert_eq!(out.status.code(), Some(exit::RUNNING));
+    assert!(text(&out.stderr).contains("no run on this machine yet"));
+
+    let host = ScriptedHost::new(dir.path());
+    let mut s = cubeboot::firstboot::status::Status {
+        state: "running".into(),
+        step: "fetch".into(),
+        ..Default::default()
+    };
+    s.write(&host).unwrap();
+    let out = helper(&["status", "--root", root, "--json"]);
+    assert_eq!(out.status.code(), Some(exit::RUNNING));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["step"], "fetch");
+    // --wait gives up after the timeout with "still running".
+    let out = helper(&["status", "--root", root, "--wait", "--timeout", "1"]);
+    assert_eq!(out.status.code(), Some(exit::RUNNING));
+    assert!(text(&out.stdout).starts_with("state:    running\nstep:     fetch\n"));
+
+    s.state = "done".into();
+    s.write(&host).unwrap();
+    let out = helper(&["status", "--root", root, "--wait"]);
+    assert_eq!(out.status.code(), Some(exit::DONE));
+    s.state = "rebooting".into();
+    s.write(&host).unwrap();
+    assert_eq!(
+        helper(&["status", "--root", root]).status.code(),
+        Some(exit::REBOOTING)
+    );
+
+    let out = helper(&["status", "--timeout", "3"]);
+    assert_eq!(out.status.code(), Some(2), "--timeout needs --wait");
+}
+
+#[test]
+fn dry_run_prints_changes_in_order_and_makes_none() {
+    let kernel = AssetFile::new("k.deb", 1000, 3);
+    let bundle = AssetFile::new("b.tgz", 1000, 4);
+    let dir = target_root(&kernel, "file:///srv/k.deb", &bundle, "file:///srv/b.tgz");
+    let root = dir.path().to_str().unwrap();
+    let before = tree(dir.path());
+    let out = helper(&["run", "--dry-run", "--root", root]);
+    assert_eq!(tree(dir.path()), before, "dry run changed files");
+    let stdout = text(&out.stdout);
+    let plan = Plan::from_json(
+        &std::fs::read_to_string(dir.path().join("etc/cubeboot/plan.json")).unwrap(),
+    )
+    .unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    let pos = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in\n{stdout}"))
+    };
+    assert!(
+        lines[0].starts_with("write   /run/cubeboot/status.json ("),
+        "{stdout}"
+    );
+    assert!(pos("write   /var/lib/cubeboot/state.json") > 0);
+    assert!(
+        pos("mkdir   /var/lib/cubeboot/cache")
+            < pos(&format!(
+                "write   {} (1000 bytes)",
+                cache_path(&plan.assets.kernel)
+            ))
+    );
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("dry run:"), "{stderr}");
+    assert!(
+        stderr.contains("fetch kernel: would download file:///srv/k.deb"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn kill_9_during_a_download_then_restart_resumes_it() {
+    let server = Server::start();
+    let kernel = AssetFile::new("k.deb", 3_000_000, 5);
+    let bundle = AssetFile::new("b.tgz", 20_000, 6);
+    server.route_with_default(
+        "/k.deb",
+        &kernel.bytes,
+        vec![],
+        Behavior::Slow {
+            chunk: 64 * 1024,
+            pause: Duration::from_millis(50),
+        },
+    );
+    server.route("/b.tgz", &bundle.bytes, vec![]);
+    let dir = target_root(
+        &kernel,
+        &server.url("/k.deb"),
+        &bundle,
+        &server.url("/b.tgz"),
+    );
+    let root = dir.path().to_str().unwrap();
+    let plan = Plan::from_json(
+        &std::fs::read_to_string(dir.path().join("etc/cubeboot/plan.json")).unwrap(),
+    )
+    .unwrap();
+    let partial = dir
+        .path()
+        .join(format!("{}.partial", cache_path(&plan.assets.kernel)).trim_start_matches('/'));
+
+    let mut child = Command::new(BIN)
+        .args(["run", "--root", root, "--stop-after", "fetch"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once part of the kernel package is on disk.
+    let mut seen = 0;
+    for _ in 0..500 {
+        seen = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if seen >= 500_000 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(seen >= 500_000, "download never got going");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let kept = std::fs::metadata(&partial).unwrap().len();
+    assert!(kept > 0 && kept < kernel.bytes.len() as u64);
+    assert!(!dir
+        .path()
+        .join(cache_path(&plan.assets.kernel).trim_start_matches('/'))
+        .exists());
+    let journal: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join(JOURNAL_PATH.trim_start_matches('/'))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(journal["steps"]["fetch"]["state"], "started");
+
+    // The unit restarts it: the download resumes where the kill left it.
+    server.route("/k.deb", &kernel.bytes, vec![]);
+    let out = helper(&["run", "--root", root, "--stop-after", "fetch"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let reqs = server.requests_to("/k.deb");
+    let resumed = reqs.last().unwrap().range.clone().unwrap();
+    let from: u64 = resumed
+        .trim_start_matches("bytes=")
+        .trim_end_matches('-')
+        .parse()
+        .unwrap();
+    // It resumed exactly at what the killed process left on disk.
+    assert_eq!(from, kept, "{resumed}");
+    let host = ScriptedHost::new(dir.path());
+    assert_eq!(
+        host.read(&cache_path(&plan.assets.kernel)).unwrap(),
+        kernel.bytes
+    );
+    assert_eq!(status_json(dir.path())["state"], "stopped");
+}
+
+#[test]
+fn an_asset_missing_everywhere_fails_the_run_with_exit_1() {
+    let server = Server::start();
+    let kernel = AssetFile::new("k.deb", 1000, 7);
+    let bundle = AssetFile::new("b.tgz", 1000, 8);
+    server.route("/b.tgz", &bundle.bytes, vec![]);
+    let dir = target_root(
+        &kernel,
+        &server.url("/nope.deb"),
+        &bundle,
+        &server.url("/b.tgz"),
+    );
+    let out = helper(&["run", "--root", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(exit::FAILED));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("step fetch: FAILED"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}: not found (HTTP 404)",
+            server.url("/nope.deb")
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: the asset is not at any of its URLs"),
+        "{stderr}"
+    );
+    assert_eq!(status_json(dir.path())["state"], "failed: fetch");
+}

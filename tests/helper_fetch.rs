@@ -1,0 +1,425 @@
+//! The downloader against a local HTTP server (127.0.0.1, started here):
+//! resume after a dropped connection, a server that ignores Range, 503 then
+//! success, a corrupted body refused, a stalled server timing out, mirror
+//! fallback, proxies, and the two assets downloading in parallel.
+
+mod support;
+
+use std::time::Duration;
+
+use cubeboot::digest::Sha256Digest;
+use cubeboot::firstboot::download::{DownloadError, FetchConfig};
+use cubeboot::firstboot::fetch::{fetch_asset, FetchError, Fetched, MirrorFailure};
+use cubeboot::firstboot::host::{Host, ScriptedHost};
+use cubeboot::firstboot::{cache_path, StepId};
+use cubeboot::plan::Asset;
+use support::server::{Behavior, Server};
+use support::target::{AssetFile, Target};
+
+fn cfg() -> FetchConfig {
+    FetchConfig {
+        attempts_per_mirror: 3,
+        connect_timeout: Duration::from_secs(5),
+        // Short, so the stalled-server test is quick; still far above what
+        // a local transfer needs between reads.
+        idle_timeout: Duration::from_millis(700),
+        ..FetchConfig::default()
+    }
+}
+
+fn asset_for(file: &AssetFile, urls: Vec<String>) -> Asset {
+    Asset {
+        name: file.name.clone(),
+        urls,
+        sha256: file.sha256(),
+        size: file.bytes.len() as u64,
+    }
+}
+
+fn host() -> (tempfile::TempDir, ScriptedHost) {
+    let dir = tempfile::tempdir().unwrap();
+    let host = ScriptedHost::new(dir.path());
+    (dir, host)
+}
+
+fn partial(asset: &Asset) -> String {
+    format!("{}.partial", cache_path(asset))
+}
+
+#[test]
+fn resumes_after_a_dropped_connection() {
+    let server = Server::start();
+    let file = AssetFile::new("k.deb", 1_000_000, 3);
+    server.route("/k.deb", &file.bytes, vec![Behavior::DropAfter(300_000)]);
+    let (_d, host) = host();
+    let asset = asset_for(&file, vec![server.url("/k.deb")]);
+
+    let got = fetch_asset(&host, "kernel", &asset, &cfg()).unwrap();
+    assert_eq!(
+        got,
+        Fetched::Downloaded {
+            url: server.url("/k.deb"),
+            resumed_from: 300_000
+        }
+    );
+    let reqs = server.requests_to("/k.deb");
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].range, None);
+    assert_eq!(reqs[1].range.as_deref(), Some("bytes=300000-"));
+    assert_eq!(host.read(&cache_path(&asset)).unwrap(), file.bytes);
+    assert!(!host.exists(&partial(&asset)));
+    // One backoff slept on the virtual clock, said on the console.
+    let said = host.said().join("\n");
+    assert!(said.contains("retrying in 1s (attempt 2 of 3)"), "{said}");
+    assert!(
+        said.contains("resuming k.deb at 293.0 KiB of 976.6 KiB"),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_partial_file_from_an_earlier_run_is_resumed() {
+    let server = Server::start();
+    let file = AssetFile::new("b.tgz", 800_000, 4);
+    server.route("/b.tgz", &file.bytes, vec![]);
+    let (_d, host) = host();
+    let asset = asset_for(&file, vec![server.url("/b.tgz")]);
+    host.put(&partial(&asset), &file.bytes[..500_000]);
+    let got = fetch_asset(&host, "bundle", &asset, &cfg()).unwrap();
+    assert!(
+        matches!(
+            got,
+            Fetched::Downloaded {
+                resumed_from: 500_000,
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+    assert_eq!(
+        server.requests_to("/b.tgz")[0].range.as_deref(),
+        Some("bytes=500000-")
+    );
+    assert_eq!(host.read(&cache_path(&asset)).unwrap(), file.bytes);
+}
+
+#[test]
+fn a_server_ignoring_range_restarts_from_zero() {
+    let server = Server::start();
+    let file = AssetFile::new("k.deb", 600_000, 5);
+    server.route_with_default("/k.deb", &file.bytes, vec![], Behavior::IgnoreRange);
+    let (_d, host) = host();
+    let asset = asset_for(&file, vec![server.url("/k.deb")]);
+    // Garbage where a prefix should be: appending to it would never verify.
+    host.put(&partial(&asset), vec![0u8; 200_000]);
+    let got = fetch_asset(&host, "kernel", &asset, &cfg()).unwrap();
+    assert!(
+        matches!(
+            got,
+            Fetched::Downloaded {
+                resumed_from: 0,
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+    let reqs = server.requests_to("/k.deb");
+    assert_eq!(
+        reqs.len(),
+        1,
+        "a 200 is taken as the whole file, not retried"
+    );
+    assert_eq!(reqs[0].range.as_deref(), Some("bytes=200000-"));
+    assert_eq!(host.read(&cache_path(&asset)).unwrap(), file.bytes);
+    assert!(host
+        .said()
+        .iter()
+        .any(|l| l.contains("server ignored the range request; restarting from byte 0")));
+}
+
+#[test]
+fn retries_503_with_backoff_then_succeeds() {
+    let server = Server::start();
+    let file = AssetFile::new("k.deb", 100_000, 6);
+    server.route(
+        "/k.deb",
+        &file.bytes,
+        vec![Behavior::Status(503), Behavior::Status(503)],
+    );
+    let (_d, host) = host();
+    let asset = asset_for(&file, vec![server.url("/k.deb")]);
+    let t0 = host.now();
+    fetch_asset(&host, "kernel", &asset, &cfg()).unwrap();
+    assert_eq!(server.requests_to("/k.deb").len(), 3);
+    // Backoff 1 s then 2 s, slept through the host (virtual clock).
+    assert_eq!(
+        host.now().duration_since(t0).unwrap(),
+        Duration::from_secs(3)
+    );
+    assert_eq!(host.read(&cache_path(&asset)).unwrap(), file.bytes);
+}
+
+#[test]
+fn retry_after_is_honoured_up_to_the_cap() {
+    let server = Server::start();
+    let file = AssetFile::new("k.deb", 10_000, 6);
+    server.route(
+        "/k.deb",
+        &file.bytes,
+        vec![Behavior::StatusRetryAfter(429, 7)],
+    );
+    let (_d, host) = host();
+    let asset = asset_for(&file, vec![server.url("/k.deb")]);
+    let t0 = host.now();
+    fetch_asset(&host, "kernel", &asset, &cfg()).unwrap();
+    assert_eq!(
+        host.now().duration_since(t0).unwrap(),
+        Duration::from_secs(7)
+    );
+}
+
+#[test]
+fn only_retriable_failures_are_retried() {
+    let server = Server::start();
+    let file = AssetFile::new("k.deb", 10_000, 7);
+    server.route_with_default("/forbidden", &file.bytes, vec![], Behavior::Status(403));
+    server.route_with_default("/busy", &file.bytes, vec![], Behavior::Status(408));
+    let (_d, host) = host();
+    let asset = asset_for(&file, vec![server.url("/forbidden"), server.url("/busy")]);
+    let err = fetch_asset(&host, "kernel", &asset, &cfg()).unwrap_err();
+    assert_eq!(
+        server.requests_to("/forbidden").len(),
+        1,
+        "403 is not retried"
+    );
+    assert_eq!(server.requests_to("/busy").len(), 3, "408 is retried");
+    let FetchError::AllMirrorsFailed { attempts, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        matches!(&attempts[0], MirrorFailure::Download(DownloadError::Fatal { reason, .. }) if reason == "HTTP 403")
+    );
+    assert!(
+        matches!(&attempts[1], MirrorFailure::Download(DownloadError::Retriable { reason, .. }) if reason == "HTTP 408")
+    );
+    assert!(
+        err.hint().starts_with("check network access"),
+        "{}",
+        err.hint()
+    );
+}
+
+#[test]
+fn a_corrupted_body_is_refused_with_both_digests() {
+    let server = Server::start();
+    let file = AssetFile::new("k.deb", 300_000, 8);
+    server.route_with_default("/k.deb", &file.bytes, vec![], Behavior::Corrupt);
+    let (_d, host) = host();
+    let asset = asset_for(&file, vec![server.url("/k.deb")]);
+    let err = fetch_asset(&host, "kernel", &asset, &cfg()).unwrap_err();
+    let mut corrupt = file.bytes.clone();
+    corrupt[150_000] ^= 0xff;
+    let msg = err.to_string();
+    assert_eq!(
+        msg,
+        format!(
+            "fetching kernel (k.deb): every mirror failed:\n  - {}: checksum mismatch: expected sha256 {}, computed {}; file refused",
+            server.url("/k.deb"),
+            file.sha256(),
+            Sha256Digest::of(&corrupt)
+        )
+    );
+    assert_eq!(
+        server.requests_to("/k.deb").len(),
+        1,
+        "a fresh mismatch is not retried on the same mirror"
+    );
+    assert!(
+        !host.exists(&cache_path(&asset)),
+        "refused bytes got a final name"
+    );
+    assert!(!host.exists(&partial(&asset)), "refused bytes were kept");
+    assert!(err.hint().contains("different bytes than the lock pinned"));
+}
+
+#[test]
+fn a_stalled_server_times_out_and_the_next_mirror_resumes() {
+    let server = Server::start();
+    let file = AssetFile::new("k.deb", 400_000, 9);
+    server.route_with_default(
+        "/stall",
+        &file.bytes,
+        vec![],
+        Behavior::StallAfter(50_000, Duration::from_secs(4)),
+    );
+    let mirror = Server::start();
+    mirror.route("/k.deb", &file.bytes, vec![]);
+    let (_d, host) = host();
+    let asset = asset_for(&file, vec![server.url("/stall"), mirror.url("/k.deb")]);
+    let got = fetch_asset(&host, "kernel", &asset, &cfg()).unwrap();
+    let stalled = server.requests_to("/stall");
+    assert_eq!(stalled.len(), 3, "each stall is a retriable timeout");
+    assert_eq!(stalled[1].range.as_deref(), Some("bytes=50000-"));
+    assert_eq!(stalled[2].range.as_deref(), Some("bytes=100000-"));
+    // The second mirror carries on from what the first delivered.
+    assert_eq!(
+        mirror.requests_to("/k.deb")[0].range.as_deref(),
+        Some("bytes=150000-")
+    );
+    assert!(
+        matches!(
+            got,
+            Fetched::Downloaded {
+                resumed_from: 150_000,
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+    assert_eq!(host.read(&cache_path(&asset)).unwrap(), file.bytes);
+    let said = host.said().join("\n");
+    assert!(
+        said.contains("timed out") || said.contains("timeout"),
+        "{said}"
+    );
+}
+
+#[test]
+fn mirror_fallback_after_404_without_retrying_it() {
+    let server = Server::start();
+    let file = AssetFile::new("k.deb", 50_000, 10);
+    server.route("/good", &file.bytes, vec![]);
+    let (_d, host) = host();
+    let asset = asset_for(&file, vec![server.url("/missing"), server.url("/good")]);
+    let got = fetch_asset(&host, "kernel", &asset, &cfg()).unwrap();
+    assert_eq!(server.requests_to("/missing").len(), 1);
+    assert_eq!(
+        got,
+        Fetched::Downloaded {
+            url: server.url("/good"),
+            resumed_from: 0
+        }
+    );
+}
+
+#[test]
+fn http_404_on_every_mirror_is_the_same_error_class_as_a_missing_file() {
+    let server = Server::start();
+    let (_d, host) = host();
+    let file = AssetFile::new("k.deb", 10, 11);
+    let asset = asset_for(&file, vec![server.url("/a"), "file:///srv/none".into()]);
+    let err = fetch_asset(&host, "kernel", &asset, &cfg()).unwrap_err();
+    let FetchError::AllMirrorsFailed { attempts, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert!(attempts
+        .iter()
+        .all(|a| matches!(a, MirrorFailure::Download(DownloadError::NotFound { .. }))));
+    assert!(err
+        .hint()
+        .starts_with("the asset is not at any of its URLs"));
+}
+
+#[test]
+fn a_server_announcing_the_wrong_size_is_refused_before_the_body() {
+    let server = Server::start();
+    let file = AssetFile::new("k.deb", 10_000, 12);
+    server.route_with_default("/k", &file.bytes, vec![], Behavior::WrongLength(20_000));
+    let (_d, host) = host();
+    let asset = asset_for(&file, vec![server.url("/k")]);
+    let err = fetch_asset(&host, "kernel", &asset, &cfg()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("size mismatch: expected 10000 bytes, server has 20000; file refused"),
+        "{err}"
+    );
+    assert!(!host.exists(&partial(&asset)));
+}
+
+#[test]
+fn proxies_come_from_the_host_environment_and_no_proxy_bypasses_them() {
+    let proxy = Server::start();
+    let file = AssetFile::new("k.deb", 30_000, 13);
+    proxy.route("/k.deb", &file.bytes, vec![]);
+    let (_d, host) = host();
+    host.set_env("HTTP_PROXY", &proxy.url(""));
+    // A name only the proxy knows: resolving it here would fail.
+    let asset = asset_for(&file, vec!["http://assets.example.invalid/k.deb".into()]);
+    fetch_asset(&host, "kernel", &asset, &cfg()).unwrap();
+    let reqs = proxy.requests();
+    assert_eq!(reqs[0].method, "CONNECT");
+    assert_eq!(reqs[0].path, "assets.example.invalid:80");
+    assert!(reqs[1].tunneled);
+    assert_eq!(reqs[1].path, "/k.deb");
+
+    // NO_PROXY: straight to the origin, the proxy sees nothing.
+    let origin = Server::start();
+    origin.route("/k.deb", &file.bytes, vec![]);
+    let (_d2, host2) = self::host();
+    host2.set_env("HTTP_PROXY", &proxy.url(""));
+    host2.set_env("NO_PROXY", "localhost,127.0.0.1");
+    let asset2 = asset_for(&file, vec![origin.url("/k.deb")]);
+    let before = proxy.requests().len();
+    fetch_asset(&host2, "kernel", &asset2, &cfg()).unwrap();
+    assert_eq!(proxy.requests().len(), before);
+    assert_eq!(origin.requests_to("/k.deb").len(), 1);
+}
+
+#[test]
+fn the_fetch_step_downloads_kernel_and_bundle_in_parallel() {
+    let server = Server::start();
+    let kernel = AssetFile::new("kernel.deb", 400_000, 14);
+    let bundle = AssetFile::new("bundle.tar.gz", 400_000, 15);
+    // Each takes a while to serve; run one after the other they could not
+    // overlap in time.
+    let slow = Behavior::Slow {
+        chunk: 50_000,
+        pause: Duration::from_millis(60),
+    };
+    server.route_with_default("/kernel.deb", &kernel.bytes, vec![], slow.clone());
+    server.route_with_default("/bundle.tar.gz", &bundle.bytes, vec![], slow);
+    let t = Target::with_plan_edit(|p| {
+        for (key, f, path) in [
+            ("kernel", &kernel, "/kernel.deb"),
+            ("bundle", &bundle, "/bundle.tar.gz"),
+        ] {
+            p["assets"][key] = serde_json::json!({
+                "name": f.name, "urls": [server.url(path)],
+                "sha256": f.sha256().to_hex(), "size": f.bytes.len()
+            });
+        }
+    });
+    let end = t.run_once(&support::target::opts(
+        cubeboot::firstboot::runner::Scope::StopAfter(StepId::Fetch),
+    ));
+    assert_eq!(
+        end,
+        cubeboot::firstboot::runner::RunEnd::Stopped(StepId::Fetch)
+    );
+    // The server notes a request's end just after the client saw its last
+    // byte; give it a moment.
+    for _ in 0..100 {
+        if server.requests().iter().all(|r| r.finished.is_some()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let k = &server.requests_to("/kernel.deb")[0];
+    let b = &server.requests_to("/bundle.tar.gz")[0];
+    let (k0, k1) = (k.started, k.finished.unwrap());
+    let (b0, b1) = (b.started, b.finished.unwrap());
+    assert!(k0 < b1 && b0 < k1, "downloads did not overlap");
+    let (plan, _) = t.plan();
+    assert_eq!(
+        t.host.read(&cache_path(&plan.assets.kernel)).unwrap(),
+        kernel.bytes
+    );
+    assert_eq!(
+        t.host.read(&cache_path(&plan.assets.bundle)).unwrap(),
+        bundle.bytes
+    );
+    // Console shows progress per asset.
+    let said = t.host.said().join("\n");
+    assert!(said.contains("fetch kernel: 50%"), "{said}");
+    assert!(said.contains("fetch bundle: 50%"), "{said}");
+}
