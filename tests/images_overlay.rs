@@ -217,8 +217,9 @@ fn offline_without_the_overlay_format_is_refused() {
         .unwrap();
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("--offline puts assets into an image overlay: use it with --format overlay"),
+        String::from_utf8_lossy(&out.stderr).contains(
+            "--offline only applies to --format overlay (user-data cannot carry the assets)"
+        ),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
