@@ -89,7 +89,7 @@ pub fn copy_tree(from: &Path, to: &Path) {
 /// near the real repo.
 pub fn scratch_repo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for sub in ["profiles", "examples", "templates", "docs"] {
+    for sub in ["profiles", "examples", "templates"] {
         let src = repo().join(sub);
         if src.exists() {
             copy_tree(&src, &dir.path().join(sub));
