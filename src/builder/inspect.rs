@@ -325,8 +325,10 @@ pub fn run(args: super::cli::InspectArgs) -> Result<()> {
         PackageFormat::Rpm
     } else if name.ends_with(".deb") {
         PackageFormat::Deb
-    } else {
+    } else if name.ends_with(".tar.xz") {
         return super::overlay::inspect(args);
+    } else {
+        bail!("{name}: inspect reads overlays (.tar.xz) and .rpm and .deb kernel packages");
     };
     let file = std::fs::File::open(&args.file).with_context(|| format!("opening {name}"))?;
     let facts = read_kernel_package(BufReader::new(file), format)
