@@ -423,3 +423,67 @@ fn the_fetch_step_downloads_kernel_and_bundle_in_parallel() {
     assert!(said.contains("fetch kernel: 50%"), "{said}");
     assert!(said.contains("fetch bundle: 50%"), "{said}");
 }
+
+#[test]
+fn tls_certificates_are_checked_and_a_bad_one_is_not_retried() {
+    // A real TLS server on 127.0.0.1 (openssl s_server) with a self-signed
+    // certificate the system store does not trust.
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (package openssl) is needed");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = std::process::Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_d, host) = host();
+    let file = AssetFile::new("k.deb", 10, 16);
+    let asset = asset_for(&file, vec![format!("https://127.0.0.1:{port}/k.deb")]);
+    let err = fetch_asset(&host, "kernel", &asset, &cfg()).unwrap_err();
+    let _ = server.kill();
+    let _ = server.wait();
+    let FetchError::AllMirrorsFailed { attempts, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(attempts.len(), 1);
+    assert!(
+        matches!(&attempts[0], MirrorFailure::Download(DownloadError::Fatal { reason, .. }) if reason.contains("invalid peer certificate")),
+        "{err}"
+    );
+    assert!(
+        !host.said().iter().any(|l| l.contains("retrying")),
+        "a bad certificate was retried"
+    );
+    assert!(!host.exists(&partial(&asset)));
+}
