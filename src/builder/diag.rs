@@ -39,8 +39,9 @@ pub struct Diagnostic {
     /// 1-based line and column, when known.
     pub position: Option<(usize, usize)>,
     pub message: String,
-    /// The offending source line, for the caret display.
-    pub source_line: Option<String>,
+    /// The offending source line, for the caret display (boxed to keep
+    /// `Result<_, Diagnostic>` small).
+    pub source_line: Option<Box<str>>,
 }
 
 impl Diagnostic {
@@ -67,7 +68,7 @@ impl Diagnostic {
         self.position = position;
         self.source_line = position
             .and_then(|(line, _)| text.lines().nth(line.saturating_sub(1)))
-            .map(str::to_string);
+            .map(Box::from);
         self
     }
 

@@ -317,16 +317,18 @@ fn read_rpm<R: Read>(reader: R) -> Result<Contents> {
     Ok(contents)
 }
 
-/// `cubeboot inspect FILE`: print what the lock would record for a kernel
-/// package. (Overlay archives are listed by the overlay stage.)
+/// `cubeboot inspect FILE`: for a kernel package, what the lock would record;
+/// anything else is listed as an image overlay by the overlay reader.
 pub fn run(args: super::cli::InspectArgs) -> Result<()> {
     let name = args.file.display().to_string();
     let format = if name.ends_with(".rpm") {
         PackageFormat::Rpm
     } else if name.ends_with(".deb") {
         PackageFormat::Deb
+    } else if name.ends_with(".tar.xz") {
+        return super::overlay::inspect(args);
     } else {
-        bail!("{name}: inspect reads .rpm and .deb kernel packages; overlay listing is not in this build yet");
+        bail!("{name}: inspect reads overlays (.tar.xz) and .rpm and .deb kernel packages");
     };
     let file = std::fs::File::open(&args.file).with_context(|| format!("opening {name}"))?;
     let facts = read_kernel_package(BufReader::new(file), format)

@@ -15,6 +15,7 @@ use super::budget::{self, Movable};
 use super::cli::{BuildArgs, FormatArg};
 use super::lock::{AssetKind, Lock};
 use super::options::BuildOptions;
+use super::overlay;
 use super::profile::{self, Profile};
 use super::render::{self, Helper, HelperSource};
 use crate::digest::Sha256Digest;
@@ -30,17 +31,34 @@ pub struct Payload {
 
 /// The `build` verb.
 pub fn run(args: BuildArgs) -> Result<()> {
-    if args.format == FormatArg::Overlay {
-        bail!("--format overlay is built by the overlay stage, which is not in this build yet");
-    }
     // Step 1: inputs, validated (flags, lock, profiles).
     let options = BuildOptions::from_args(&args)?;
+    if args.offline && args.format != FormatArg::Overlay {
+        bail!("--offline only applies to --format overlay (user-data cannot carry the assets)");
+    }
     let lock = Lock::load(&args.lock)?;
     let profiles = profile::select(&args.dir.profiles_dir, &args.profile)?;
     // Step 2: every payload in memory; any error stops before writing.
-    let payloads = build_all(&profiles, &lock, &options)?;
+    let payloads = match args.format {
+        FormatArg::UserData => build_all(&profiles, &lock, &options)?,
+        FormatArg::Overlay => {
+            // SOURCE_DATE_EPOCH is read here, at the CLI edge.
+            let mtime = overlay::mtime_from_env()?;
+            build_overlays(&profiles, &lock, &options, args.offline, mtime)?
+        }
+    };
     // Step 3: write to a temp dir, rename into place.
     write_payloads(&args.output, &payloads)?;
+    if args.format == FormatArg::Overlay {
+        for p in &payloads {
+            eprintln!(
+                "built {}/{}/overlay.tar.xz",
+                args.output.display(),
+                p.profile
+            );
+        }
+        return Ok(());
+    }
     for p in &payloads {
         eprintln!(
             "built {}/{}/user-data ({} bytes {}, {} budget {})",
@@ -81,6 +99,63 @@ pub fn build_all(
                 .with_context(|| format!("building profile {}", p.name))
         })
         .collect()
+}
+
+/// Image overlays (tar.xz) instead of user-data: helper, unit, plan and,
+/// with `offline`, the pinned kernel and bundle in the helper's cache.
+pub fn build_overlays(
+    profiles: &[Profile],
+    lock: &Lock,
+    options: &BuildOptions,
+    offline: bool,
+    mtime: u64,
+) -> Result<Vec<Payload>> {
+    let pinned = lock.pinned(AssetKind::Helper, "an image overlay")?;
+    // The helper goes into the image, so its local copy must match the pin.
+    let helper = lock.read_local(&pinned)?;
+    let lock_sha = Sha256Digest::of(lock.text.as_bytes());
+    profiles
+        .iter()
+        .map(|profile| {
+            let plan = options.plan(profile, lock)?;
+            let mut cached_assets = Vec::new();
+            if offline {
+                for kind in [profile.kernel_asset, AssetKind::Bundle] {
+                    let p = lock.pinned(kind, &format!("profile {}", profile.name))?;
+                    let path = lock.local_path(p.asset);
+                    if !path.is_file() {
+                        bail!(
+                            "--offline needs {} next to the lock ({}); it is not there",
+                            p.asset.name,
+                            path.display()
+                        );
+                    }
+                    cached_assets.push((
+                        p.sha256,
+                        overlay::Content::Pinned {
+                            path,
+                            size: p.asset.size,
+                            sha256: p.sha256,
+                        },
+                    ));
+                }
+            }
+            let plan_json = plan.to_json();
+            let composed = overlay::compose(overlay::OverlayInputs {
+                plan_json: plan_json.clone(),
+                helper: overlay::Content::Bytes(helper.clone()),
+                unit: render::UNIT.to_string(),
+                cached_assets,
+                mtime,
+            })?;
+            let archive = overlay::write_overlay(&composed)?;
+            let mut files = BTreeMap::new();
+            files.insert("plan.json".to_string(), plan_json.into_bytes());
+            files.insert("overlay.tar.xz".to_string(), archive);
+            finish_payload(profile, &plan, options, lock_sha, files, None)
+        })
+        .collect::<Result<Vec<_>>>()
+        .context("building image overlays")
 }
 
 fn build_one(
@@ -127,12 +202,26 @@ fn build_one(
     files.insert("plan.json".to_string(), rendered.plan_json.into_bytes());
     files.insert("user-data.gz.b64".to_string(), gz_b64);
     files.insert("user-data".to_string(), user_data);
+    finish_payload(profile, &plan, options, lock_sha, files, Some(budget_size))
+}
+
+/// Add manifest.json and SHA256SUMS to a profile's files.
+fn finish_payload(
+    profile: &Profile,
+    plan: &crate::plan::Plan,
+    options: &BuildOptions,
+    lock_sha: Sha256Digest,
+    mut files: BTreeMap<String, Vec<u8>>,
+    budget_size: Option<u64>,
+) -> Result<Payload> {
     let manifest = Manifest {
         generator: crate::generator(),
         profile: profile.name.clone(),
         role: plan.cube.role.as_str().to_string(),
         boot_params: options.boot_params_label.clone(),
-        helper: if options.embed_helper {
+        helper: if files.contains_key("overlay.tar.xz") {
+            "in-overlay"
+        } else if options.embed_helper {
             "embedded"
         } else {
             "url"
@@ -140,12 +229,12 @@ fn build_one(
         .to_string(),
         first_url: plan.assets.bundle.urls.first().cloned().unwrap_or_default(),
         lock_sha256: lock_sha.to_hex(),
-        cloud: ManifestCloud {
+        cloud: budget_size.map(|size| ManifestCloud {
             name: options.cloud.name.to_string(),
             measured_on: options.cloud.measure.to_string(),
             limit: options.cloud.limit,
-            size: budget_size,
-        },
+            size,
+        }),
         files: files
             .iter()
             .map(|(name, bytes)| {
@@ -171,7 +260,7 @@ fn build_one(
     Ok(Payload {
         profile: profile.name.clone(),
         files,
-        budget_size,
+        budget_size: budget_size.unwrap_or(0),
     })
 }
 
@@ -185,7 +274,8 @@ struct Manifest {
     helper: String,
     first_url: String,
     lock_sha256: String,
-    cloud: ManifestCloud,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cloud: Option<ManifestCloud>,
     files: BTreeMap<String, ManifestFile>,
 }
 
@@ -225,8 +315,10 @@ fn write_into(tmp: &Path, payloads: &[Payload]) -> Result<()> {
             let path = dir.join(name);
             let mut f = std::fs::File::create(&path)
                 .with_context(|| format!("writing {}", path.display()))?;
+            // No fsync per file: rename-into-place already keeps failed
+            // builds from leaving half-written payloads, and 45 fsyncs cost
+            // more than the whole build (a build is rerun, not recovered).
             f.write_all(bytes)
-                .and_then(|()| f.sync_all())
                 .with_context(|| format!("writing {}", path.display()))?;
         }
     }

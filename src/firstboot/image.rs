@@ -20,13 +20,12 @@ use std::io;
 
 use anyhow::{bail, ensure, Context, Result};
 
+use super::download::FetchConfig;
 use super::host::{CommandSpec, Host};
 use super::journal::{facts, Journal, StepState};
+use super::kernel::grubcfg;
 use super::runner::{self, RunEnd, Scope};
-use super::{
-    fetch, Ctx, Outcome, StepId, CACHE_DIR, JOURNAL_PATH, LOG_DIR, STATE_DIR, STATUS_PATH,
-    UNIT_NAME,
-};
+use super::{fetch, StepId, CACHE_DIR, JOURNAL_PATH, LOG_DIR, STATE_DIR, STATUS_PATH, UNIT_NAME};
 use crate::digest::{hash_reader, Sha256Digest};
 use crate::plan::{BootloaderKind, KvmMode, Plan, Target};
 
@@ -53,7 +52,7 @@ pub struct ApplyReport {
 /// the helper's journal and status are removed afterwards, so the first boot
 /// of an instance decides every step from the machine's state, not from a
 /// journal written on the build machine.
-pub fn apply(host: &dyn Host, stage: Stage) -> Result<ApplyReport> {
+pub fn apply(host: &dyn Host, stage: Stage, fetch_cfg: &FetchConfig) -> Result<ApplyReport> {
     let Stage::Kernel = stage;
     // The plan the overlay (or user-data) put into the image.
     let (mut plan, plan_digest) = runner::load_plan(host)?;
@@ -87,18 +86,23 @@ pub fn apply(host: &dyn Host, stage: Stage) -> Result<ApplyReport> {
 
     // The kernel package must be in the image's SHA-256-named cache, verified;
     // with an `--offline` overlay it already is and nothing is downloaded.
-    host.say("apply: fetching and verifying pinned assets into the image cache");
-    let fetched = {
-        let mut ctx = Ctx {
-            host,
-            plan: &plan,
-            journal: &mut journal,
-        };
-        fetch::run(&mut ctx).context("fetching assets into the image")?
-    };
+    // Only the kernel: the Cube bundle is first boot's business.
+    host.create_dir_all(CACHE_DIR)?;
+    let fetched = fetch::fetch_asset(host, "kernel", &plan.assets.kernel, fetch_cfg)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("fetching the kernel package into the image")?;
     let detail = match fetched {
-        Outcome::Done(d) | Outcome::Skipped(d) => d,
-        Outcome::RebootRequested(d) => bail!("fetch asked for a reboot ({d})"),
+        fetch::Fetched::Reused => format!(
+            "{} already in the image cache, verified",
+            plan.assets.kernel.name
+        ),
+        fetch::Fetched::Downloaded { url, .. } => {
+            format!(
+                "{} downloaded from {url}, verified",
+                plan.assets.kernel.name
+            )
+        }
+        other => format!("{}: {other:?}", plan.assets.kernel.name),
     };
     journal.mark(host, StepId::Fetch, StepState::Done, &detail);
     journal.save(host)?;
@@ -150,10 +154,19 @@ fn set_image_default(host: &dyn Host, plan: &Plan, journal: &Journal) -> Result<
     let bl = &plan.target.bootloader;
     match bl.kind {
         BootloaderKind::GrubMkconfig => {
-            let entry = journal
-                .fact(facts::PVM_ENTRY)
-                .context("the kernel stage recorded no GRUB entry for the PVM kernel")?
-                .to_string();
+            // Recorded by the kernel stage when it armed the trial boot; when
+            // it had nothing to arm (the PVM kernel already runs), found by id
+            // in the image's grub.cfg the same way.
+            let entry = match journal.fact(facts::PVM_ENTRY) {
+                Some(e) => e.to_string(),
+                None => {
+                    let cfg = host.read_string(&bl.grub_cfg)?;
+                    grubcfg::find_kernel_entry(&cfg, kver)
+                        .with_context(|| format!("finding the {kver} entry in {}", bl.grub_cfg))?
+                        .id_path()
+                        .with_context(|| format!("the {kver} entry in {} has no id", bl.grub_cfg))?
+                }
+            };
             // grubenv only: pointed at the image's /boot rather than chrooted,
             // as the kernel stage does for grub-reboot.
             let mut cmd = CommandSpec::new(&bl.set_default);
@@ -179,7 +192,27 @@ fn set_image_default(host: &dyn Host, plan: &Plan, journal: &Journal) -> Result<
         BootloaderKind::BlsGrubby => {
             let path = format!("/boot/vmlinuz-{kver}");
             host.run(&on_target(host, "grubby").arg(format!("--set-default={path}")))?;
+            // grubby sets saved_entry only; the trial boot's next_entry would
+            // otherwise be spent on the first power-on and then be gone anyway,
+            // but an armed one-shot in a captured image is a surprise. The
+            // editenv tool edits the file directly (no chroot needed).
+            if host.exists(&bl.grubenv) {
+                let env_path = host.path(&bl.grubenv).to_string_lossy().into_owned();
+                host.run(&CommandSpec::new(&bl.editenv).args([
+                    env_path.as_str(),
+                    "unset",
+                    "next_entry",
+                ]))?;
+            }
             let now = host.run(&on_target(host, "grubby").arg("--default-kernel"))?;
+            let env = parse_grubenv(&host.read_optional(&bl.grubenv)?.unwrap_or_default());
+            ensure!(
+                !env.contains_key("next_entry"),
+                "{} still has next_entry={:?} after {} unset",
+                bl.grubenv,
+                env.get("next_entry"),
+                bl.editenv
+            );
             ensure!(
                 now.stdout.trim() == path,
                 "grubby --set-default={path} did not take: grubby --default-kernel prints {:?}",
@@ -508,6 +541,17 @@ mod tests {
             ]
         );
         assert!(wants_links("[Service]\nExecStart=/x\n", "u.service").is_empty());
+    }
+
+    #[test]
+    fn shipped_unit_is_enabled_for_cloud_init_target() {
+        // The unit the builder embeds starts after cloud-init (prior-art
+        // §2.3, vm-e2e-notes "systemd and cloud-init gotchas").
+        let unit = include_str!("../../templates/cube-firstboot.service");
+        assert_eq!(
+            wants_links(unit, UNIT_NAME),
+            vec!["/etc/systemd/system/cloud-init.target.wants/cube-firstboot.service"]
+        );
     }
 
     #[test]

@@ -307,3 +307,58 @@ fn two_builds_are_byte_identical() {
         assert!(bytes == &tb[name], "{name} differs between builds");
     }
 }
+
+#[test]
+fn overlay_format_carries_helper_unit_plan_and_offline_cache() {
+    let rel = release();
+    let out = tempdir();
+    let o = out.path().to_str().unwrap();
+    let lock = rel.lock.to_str().unwrap();
+    ok(&[
+        "build",
+        "--lock",
+        lock,
+        "--profile",
+        "debian-12",
+        "--format",
+        "overlay",
+        "--offline",
+        "--output",
+        o,
+    ]);
+    let listing = ok(&[
+        "inspect",
+        out.path()
+            .join("debian-12/overlay.tar.xz")
+            .to_str()
+            .unwrap(),
+    ]);
+    let (deb, bundle) = (sha256_hex(&rel.deb), sha256_hex(&rel.bundle));
+    let expected = [
+        (
+            "/usr/local/sbin/cube-firstboot".to_string(),
+            sha256_hex(&rel.helper),
+        ),
+        (format!("/var/lib/cubeboot/cache/{deb}"), deb.clone()),
+        (format!("/var/lib/cubeboot/cache/{bundle}"), bundle.clone()),
+        (
+            "/etc/cubeboot/plan.json".to_string(),
+            sha256_hex(&out.path().join("debian-12/plan.json")),
+        ),
+    ];
+    for (path, sha) in expected {
+        assert!(
+            listing.contains(&format!("{sha} {path}\n")),
+            "{path} missing:\n{listing}"
+        );
+    }
+    sh(
+        "sha256sum --strict -c SHA256SUMS >/dev/null",
+        &out.path().join("debian-12"),
+    );
+    let err = fails(&["build", "--lock", lock, "--offline", "--output", o]);
+    assert_eq!(
+        err.trim_end(),
+        "error: --offline only applies to --format overlay (user-data cannot carry the assets)"
+    );
+}

@@ -28,7 +28,10 @@ pub enum Command {
     Run(RunArgs),
     /// Show where the run stands; exit 0 done, 1 failed, 3 running
     Status(StatusArgs),
-    // The images team adds `Apply(ApplyArgs)` and `Reset(ResetArgs)` here.
+    /// Apply a stage to an image root without rebooting (image builds)
+    Apply(ApplyArgs),
+    /// Leave the helper's state empty for image capture
+    Reset(ResetArgs),
     /// Developer tools (benchmarks, debugging)
     #[command(subcommand, hide = true)]
     Dev(DevCommand),
@@ -44,7 +47,7 @@ pub struct RootArgs {
 #[derive(Debug, Args)]
 pub struct FetchArgs {
     /// Attempts per mirror for retriable download failures
-    #[arg(long, value_name = "N", default_value_t = 5,
+    #[arg(long, value_name = "N", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub fetch_retries: u32,
     /// Seconds of network silence before a download attempt times out
@@ -90,6 +93,38 @@ pub struct StatusArgs {
     /// With --wait: give up after this many seconds (exit 3)
     #[arg(long, value_name = "SECS", requires = "wait")]
     pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Root of the image (`/` inside a build VM); given explicitly so the
+    /// running system is never changed by accident
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+    /// Stage to apply
+    #[arg(long, value_enum)]
+    pub stage: StageArg,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StageArg {
+    /// Install the PVM kernel, set its boot parameters, make it the default
+    Kernel,
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// Reset for image capture: journal, status, logs, cloud-init instance
+    /// data and machine-id (the only reset there is; required)
+    #[arg(long, required = true)]
+    pub for_image: bool,
+    #[command(flatten)]
+    pub root: RootArgs,
+    /// Keep the verified asset cache (images built from an --offline overlay)
+    #[arg(long)]
+    pub keep_cache: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,7 +174,7 @@ mod tests {
     fn help_fits_in_80_columns() {
         let mut cmd = Cli::command();
         let mut pages = vec![cmd.render_long_help().to_string()];
-        for sub in ["run", "status", "dev"] {
+        for sub in ["run", "status", "apply", "reset", "dev"] {
             let mut c = Cli::command();
             // Settings such as term_width reach subcommands only when built.
             c.build();

@@ -8,14 +8,17 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use cli::{Cli, Command, DevCommand, DevFetchArgs, FetchArgs, RunArgs, StatusArgs};
+use cli::{
+    ApplyArgs, Cli, Command, DevCommand, DevFetchArgs, FetchArgs, ResetArgs, RunArgs, StageArg,
+    StatusArgs,
+};
 use cubeboot::firstboot::download::FetchConfig;
 use cubeboot::firstboot::host::{DryRunHost, Host, RealHost};
 use cubeboot::firstboot::journal::JOURNAL_VERSION;
 use cubeboot::firstboot::preflight::PreflightConfig;
 use cubeboot::firstboot::runner::{self, RunEnd, RunOptions, Scope, Steps};
 use cubeboot::firstboot::status::{self, exit, Status};
-use cubeboot::firstboot::{fetch, JOURNAL_PATH, STATUS_PATH};
+use cubeboot::firstboot::{fetch, image, JOURNAL_PATH, STATUS_PATH};
 use cubeboot::plan::{Asset, Plan, PlanError, PLAN_PATH};
 
 fn main() {
@@ -23,6 +26,8 @@ fn main() {
     let code = match cli.command {
         Command::Run(args) => run(args),
         Command::Status(args) => show_status(args),
+        Command::Apply(args) => apply(args),
+        Command::Reset(args) => reset(args),
         Command::Dev(DevCommand::Fetch(args)) => dev_fetch(args),
     };
     std::process::exit(code);
@@ -158,6 +163,41 @@ fn show_status(args: StatusArgs) -> i32 {
         Err(e) => {
             eprintln!("cube-firstboot: {e:#}");
             exit::USAGE
+        }
+    }
+}
+
+/// `apply --root DIR --stage kernel`: the kernel stage on an image root,
+/// no reboot (logic in `cubeboot::firstboot::image`).
+fn apply(args: ApplyArgs) -> i32 {
+    let host = RealHost::new(&args.root);
+    let StageArg::Kernel = args.stage;
+    match image::apply(&host, image::Stage::Kernel, &fetch_config(&args.fetch)) {
+        Ok(report) => {
+            println!("{report}");
+            exit::DONE
+        }
+        Err(e) => {
+            eprintln!("cube-firstboot: apply --stage kernel failed: {e:#}");
+            exit::FAILED
+        }
+    }
+}
+
+/// `reset --for-image`: empty state and per-instance identity before capture.
+fn reset(args: ResetArgs) -> i32 {
+    let host = RealHost::new(&args.root.root);
+    let opts = image::ResetOptions {
+        keep_cache: args.keep_cache,
+    };
+    match image::reset_for_image(&host, opts) {
+        Ok(report) => {
+            println!("{report}");
+            exit::DONE
+        }
+        Err(e) => {
+            eprintln!("cube-firstboot: reset --for-image failed: {e:#}");
+            exit::FAILED
         }
     }
 }
