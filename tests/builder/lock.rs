@@ -128,6 +128,23 @@ fn lock_from_release_json_cross_checks_the_digest() {
     );
     assert!(!text.contains("kernel-headers"));
 
+    // Plain http without a digest to check against is refused.
+    let no_digest = format!(
+        r#"{{"assets": [{{"name": "{BUNDLE}", "browser_download_url": "{base}/{BUNDLE}"}}]}}"#
+    );
+    std::fs::write(&json, no_digest).unwrap();
+    let err = fails(&[
+        "lock",
+        "--release-json",
+        json.to_str().unwrap(),
+        "--output",
+        lock.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        err.trim_end(),
+        format!("error: refusing to lock {base}/{BUNDLE}: not https and {} lists no digest for {BUNDLE}", json.display())
+    );
+
     let wrong = "ab".repeat(32);
     std::fs::write(&json, listing(&wrong)).unwrap();
     let err = fails(&[
