@@ -1228,3 +1228,19 @@ fn the_committed_fixture_bundles_are_what_the_recipe_builds() {
         );
     }
 }
+
+#[test]
+fn another_filesystem_mounted_at_data_cubelet_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = disk_host(dir.path(), LSBLK_ROOT_AND_EMPTY);
+    host.put(
+        "/proc/self/mounts",
+        "/dev/vda1 / ext4 rw 0 0\n/dev/vdc /data/cubelet ext4 rw 0 0\n",
+    );
+    let err = data_disk(&host, DataDisk::Auto).unwrap_err();
+    assert_eq!(
+        failure_text(&err),
+        "/data/cubelet is a mounted ext4 filesystem (/dev/vdc); Cube needs XFS there"
+    );
+    assert!(host.commands().is_empty());
+}

@@ -240,3 +240,44 @@ fn apply_refuses_a_cached_kernel_that_does_not_match_its_pin() {
         host.commands()
     );
 }
+
+#[test]
+fn apply_on_a_root_already_running_pvm_still_makes_it_the_default() {
+    // E.g. an image made from a machine that finished its first boot's trial
+    // but was captured before the commit: the kernel stage has nothing to
+    // arm, and apply finds the entry in grub.cfg itself.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "debian-12", &plan);
+    overlay_state(root, &plan, "ID=debian\nVERSION_ID=12\n");
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    image::apply(&host, Stage::Kernel, &FetchConfig::default()).unwrap();
+    let pvm = grubenv(root, "/boot/grub/grubenv")["saved_entry"].clone();
+    // Back to the old default, PVM running with its parameters.
+    let out = std::process::Command::new("grub-editenv")
+        .arg(root.join("boot/grub/grubenv"))
+        .arg("set")
+        .arg(format!("saved_entry=gnulinux-advanced-{ROOT_UUID}>gnulinux-{OLD_DEB_KERNEL}-advanced-{ROOT_UUID}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    set_running(
+        root,
+        KVER,
+        &format!("BOOT_IMAGE=/boot/vmlinuz-{KVER} ro nopti pti=off panic=30"),
+    );
+
+    let report = image::apply(&host, Stage::Kernel, &FetchConfig::default()).unwrap();
+    assert_eq!(
+        report
+            .steps
+            .iter()
+            .find(|(s, _)| *s == StepId::KernelInstall)
+            .map(|(_, d)| d.as_str()),
+        Some(format!("already running {KVER} with its boot parameters").as_str())
+    );
+    assert_eq!(grubenv(root, "/boot/grub/grubenv")["saved_entry"], pvm);
+    assert_eq!(host.reboots(), 0);
+}

@@ -1,5 +1,5 @@
 //! Docs are tests: the usage sections (console paste, Terraform single node,
-//! Terraform cluster, Packer image) in README.md or docs/usage.md. Every
+//! Terraform cluster, Packer image) in README.md. Every
 //! ```sh block runs, in order, in a scratch copy of the repo with the built
 //! binaries on PATH. terraform and packer cannot reach a cloud here, so the
 //! test defines them as shell functions that check what the real tools would
@@ -56,17 +56,13 @@ fn sh_blocks(body: &str) -> Vec<String> {
     blocks
 }
 
-/// The usage sections, from README.md once they live there, else docs/usage.md.
+/// The usage sections of README.md.
 fn usage_sections() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo().join("README.md")).unwrap();
     let mut found = Vec::new();
-    for file in ["README.md", "docs/usage.md"] {
-        let Ok(text) = std::fs::read_to_string(repo().join(file)) else {
-            continue;
-        };
-        for (title, body) in sections(&text) {
-            if SECTIONS.contains(&title.as_str()) && !found.iter().any(|(t, _)| *t == title) {
-                found.push((title, body));
-            }
+    for (title, body) in sections(&text) {
+        if SECTIONS.contains(&title.as_str()) && !found.iter().any(|(t, _)| *t == title) {
+            found.push((title, body));
         }
     }
     let titles: Vec<&str> = found.iter().map(|(t, _)| t.as_str()).collect();

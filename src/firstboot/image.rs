@@ -23,6 +23,7 @@ use anyhow::{bail, ensure, Context, Result};
 use super::download::FetchConfig;
 use super::host::{CommandSpec, Host};
 use super::journal::{facts, Journal, StepState};
+use super::kernel::grubcfg;
 use super::runner::{self, RunEnd, Scope};
 use super::{fetch, StepId, CACHE_DIR, JOURNAL_PATH, LOG_DIR, STATE_DIR, STATUS_PATH, UNIT_NAME};
 use crate::digest::{hash_reader, Sha256Digest};
@@ -153,10 +154,19 @@ fn set_image_default(host: &dyn Host, plan: &Plan, journal: &Journal) -> Result<
     let bl = &plan.target.bootloader;
     match bl.kind {
         BootloaderKind::GrubMkconfig => {
-            let entry = journal
-                .fact(facts::PVM_ENTRY)
-                .context("the kernel stage recorded no GRUB entry for the PVM kernel")?
-                .to_string();
+            // Recorded by the kernel stage when it armed the trial boot; when
+            // it had nothing to arm (the PVM kernel already runs), found by id
+            // in the image's grub.cfg the same way.
+            let entry = match journal.fact(facts::PVM_ENTRY) {
+                Some(e) => e.to_string(),
+                None => {
+                    let cfg = host.read_string(&bl.grub_cfg)?;
+                    grubcfg::find_kernel_entry(&cfg, kver)
+                        .with_context(|| format!("finding the {kver} entry in {}", bl.grub_cfg))?
+                        .id_path()
+                        .with_context(|| format!("the {kver} entry in {} has no id", bl.grub_cfg))?
+                }
+            };
             // grubenv only: pointed at the image's /boot rather than chrooted,
             // as the kernel stage does for grub-reboot.
             let mut cmd = CommandSpec::new(&bl.set_default);
@@ -531,6 +541,21 @@ mod tests {
             ]
         );
         assert!(wants_links("[Service]\nExecStart=/x\n", "u.service").is_empty());
+    }
+
+    #[test]
+    fn shipped_units_are_enabled_for_cloud_init_target() {
+        // Both units the builder may embed start after cloud-init (prior-art
+        // §2.3, vm-e2e-notes "systemd and cloud-init gotchas").
+        for unit in [
+            include_str!("../../templates/cube-firstboot.service"),
+            include_str!("../../templates/builder-default.service"),
+        ] {
+            assert_eq!(
+                wants_links(unit, UNIT_NAME),
+                vec!["/etc/systemd/system/cloud-init.target.wants/cube-firstboot.service"]
+            );
+        }
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub fn copy_tree(from: &Path, to: &Path) {
 /// near the real repo.
 pub fn scratch_repo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for sub in ["profiles", "examples", "templates", "docs"] {
+    for sub in ["profiles", "examples", "templates"] {
         let src = repo().join(sub);
         if src.exists() {
             copy_tree(&src, &dir.path().join(sub));
@@ -119,4 +119,35 @@ pub fn run(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// The example release's fixture assets (kernel .rpm/.deb, bundle) plus a
+/// small stand-in helper, copied into `dir/release` and pinned by the real
+/// `cubeboot lock` at a `file://` base that does not exist, so nothing built
+/// from it can download anything. (The stand-in keeps xz, unoptimized in
+/// test builds, from spending a minute on the 90 MB debug helper.)
+pub fn fixture_lock(dir: &Path) -> PathBuf {
+    let rel = dir.join("release");
+    fs::create_dir_all(&rel).unwrap();
+    let mut lock = Command::new(cubeboot());
+    lock.args(["lock", "--base-url", "file:///nonexistent/release"]);
+    for entry in fs::read_dir(repo().join("examples/release")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let wanted = name.ends_with(".rpm")
+            || name.ends_with(".deb")
+            || (name.starts_with("cube-sandbox-one-click-") && name.ends_with(".tar.gz"));
+        if wanted {
+            fs::copy(repo().join("examples/release").join(&name), rel.join(&name)).unwrap();
+            lock.arg("--asset").arg(rel.join(&name));
+        }
+    }
+    fs::write(
+        rel.join("cube-firstboot"),
+        b"#!/bin/sh\necho stand-in helper\n",
+    )
+    .unwrap();
+    lock.arg("--asset").arg(rel.join("cube-firstboot"));
+    lock.arg("--output").arg(rel.join("cubeboot.lock"));
+    run(&mut lock);
+    rel.join("cubeboot.lock")
 }
