@@ -81,7 +81,7 @@ pub fn user_data(plan: &Plan, helper: &Helper) -> Result<Rendered> {
         helper_gz_b64: helper_gz_b64.clone(),
         // No `$` or braces: cloud-init templates final_message.
         final_message: format!(
-            "{} payload for {} handed over to cube-firstboot.service; watch it with: cube-firstboot status --wait",
+            "{}: {} handed over to cube-firstboot.service; follow: cube-firstboot status --wait",
             plan.generator,
             plan.role_label()
         ),
