@@ -245,7 +245,7 @@ mod tests {
             .contains("systemctl start --no-block cube-firstboot.service"));
         assert!(r
             .user_data
-            .contains("final_message: \"cubeboot 0.0.0-test payload"));
+            .contains("final_message: \"cubeboot 0.0.0-test: debian-12 (control) handed over"));
         assert_eq!(r.embedded_helper_bytes, 0);
         // sha256sum runs before install in the bootstrap.
         let check = BOOTSTRAP.find("sha256sum -c").unwrap();
