@@ -544,10 +544,9 @@ mod tests {
     }
 
     #[test]
-    fn shipped_units_are_enabled_for_cloud_init_target() {
+    fn shipped_unit_is_enabled_for_cloud_init_target() {
         // The unit the builder embeds starts after cloud-init (prior-art
-        // §2.3, vm-e2e-notes "systemd and cloud-init gotchas"). (The
-        // builder's stand-in unit is gone since this one landed.)
+        // §2.3, vm-e2e-notes "systemd and cloud-init gotchas").
         let unit = include_str!("../../templates/cube-firstboot.service");
         assert_eq!(
             wants_links(unit, UNIT_NAME),
