@@ -206,7 +206,7 @@ fn dry_run_prints_changes_in_order_and_makes_none() {
 #[test]
 fn kill_9_during_a_download_then_restart_resumes_it() {
     let server = Server::start();
-    let kernel = AssetFile::new("k.deb", 3_000_000, 5);
+    let kernel = AssetFile::new("k.deb", 4_000_000, 5);
     let bundle = AssetFile::new("b.tgz", 20_000, 6);
     server.route_with_default(
         "/k.deb",
@@ -214,7 +214,7 @@ fn kill_9_during_a_download_then_restart_resumes_it() {
         vec![],
         Behavior::Slow {
             chunk: 64 * 1024,
-            pause: Duration::from_millis(50),
+            pause: Duration::from_millis(100),
         },
     );
     server.route("/b.tgz", &bundle.bytes, vec![]);
@@ -240,7 +240,7 @@ fn kill_9_during_a_download_then_restart_resumes_it() {
         .unwrap();
     // Kill it once part of the kernel package is on disk.
     let mut seen = 0;
-    for _ in 0..500 {
+    for _ in 0..3000 {
         seen = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
         if seen >= 500_000 {
             break;

@@ -500,3 +500,31 @@ fn a_dead_webhook_never_fails_the_run() {
         "{said}"
     );
 }
+
+#[test]
+fn retry_fetches_again_a_cache_file_that_went_bad() {
+    let mut t = Target::new();
+    assert_eq!(
+        t.run_once(&opts(Scope::StopAfter(StepId::Fetch))),
+        RunEnd::Stopped(StepId::Fetch)
+    );
+    let (plan, _) = t.plan();
+    // Torn by a power cut after the fetch step was recorded.
+    t.host.put(&cache_path(&plan.assets.kernel), b"");
+    assert_eq!(
+        t.run_once(&opts(Scope::All)),
+        RunEnd::Failed("failed: kernel-install".into())
+    );
+    let retry = cubeboot::firstboot::runner::RunOptions {
+        retry_failed: true,
+        ..opts(Scope::All)
+    };
+    assert_eq!(t.run_to_end(&retry, 3), RunEnd::Done);
+    assert_eq!(
+        t.host.read(&cache_path(&plan.assets.kernel)).unwrap(),
+        t.kernel.bytes
+    );
+    let status = read_json(&t.host, STATUS_PATH);
+    assert_eq!(status["state"], "done");
+    assert_eq!(status["last_error"], serde_json::Value::Null);
+}

@@ -28,6 +28,7 @@ fn unit_promises_match_the_helper() {
     assert_eq!(directive(u, "StandardError"), ["journal+console"]);
     assert_eq!(directive(u, "WantedBy"), ["cloud-init.target"]);
     assert!(directive(u, "After")[0].contains("cloud-final.service"));
+    assert!(directive(u, "After")[0].contains("cloud-init.target"));
     assert!(directive(u, "After")[0].contains("network-online.target"));
     assert!(directive(u, "Wants")[0].contains("network-online.target"));
     assert!(!directive(u, "StartLimitBurst").is_empty());

@@ -255,3 +255,32 @@ fn fixture_packages_hold_what_interfaces_md_promises() {
     );
     assert!(guest_rpm.contains(&format!("/boot/vmlinuz-{guest}")));
 }
+
+#[test]
+fn fixture_packages_rebuild_byte_identical() {
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(repo().join("tests/fixtures/kernel/make.sh"))
+        .env("KERNEL_FIXTURE_OUT", out.path())
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "make.sh: {run:?}");
+    let mut compared = 0;
+    for (sub, committed) in [
+        ("release", repo().join("examples/release")),
+        ("bad", repo().join("tests/fixtures/kernel/bad")),
+    ] {
+        for e in fs::read_dir(out.path().join(sub)).unwrap() {
+            let e = e.unwrap();
+            let fresh = fs::read(e.path()).unwrap();
+            let kept = fs::read(committed.join(e.file_name())).unwrap();
+            assert!(
+                fresh == kept,
+                "{sub}/{:?} differs from the committed file",
+                e.file_name()
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 6);
+}

@@ -33,7 +33,9 @@ pub struct FetchConfig {
 impl Default for FetchConfig {
     fn default() -> Self {
         Self {
-            attempts_per_mirror: 5,
+            // With the backoff below, about 1.5 minutes of retrying per
+            // mirror: enough to ride out a flaky first-boot network.
+            attempts_per_mirror: 8,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),
@@ -292,6 +294,7 @@ fn agent_for(host: &dyn Host, url: &str, cfg: &FetchConfig) -> Result<ureq::Agen
         .proxy(proxy)
         .tls_config(tls)
         .user_agent(cfg.user_agent.as_str())
+        .timeout_resolve(Some(cfg.connect_timeout))
         .timeout_connect(Some(cfg.connect_timeout))
         .timeout_per_read(Some(cfg.idle_timeout))
         .timeout_per_write(Some(cfg.idle_timeout))

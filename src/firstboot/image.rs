@@ -544,18 +544,14 @@ mod tests {
     }
 
     #[test]
-    fn shipped_units_are_enabled_for_cloud_init_target() {
-        // Both units the builder may embed start after cloud-init (prior-art
+    fn shipped_unit_is_enabled_for_cloud_init_target() {
+        // The unit the builder embeds starts after cloud-init (prior-art
         // §2.3, vm-e2e-notes "systemd and cloud-init gotchas").
-        for unit in [
-            include_str!("../../templates/cube-firstboot.service"),
-            include_str!("../../templates/builder-default.service"),
-        ] {
-            assert_eq!(
-                wants_links(unit, UNIT_NAME),
-                vec!["/etc/systemd/system/cloud-init.target.wants/cube-firstboot.service"]
-            );
-        }
+        let unit = include_str!("../../templates/cube-firstboot.service");
+        assert_eq!(
+            wants_links(unit, UNIT_NAME),
+            vec!["/etc/systemd/system/cloud-init.target.wants/cube-firstboot.service"]
+        );
     }
 
     #[test]

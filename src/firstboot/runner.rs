@@ -167,6 +167,10 @@ pub fn run_with(
         journal.last_error = None;
         journal.hints.clear();
         journal.steps.retain(|_, r| r.state != StepState::Failed);
+        // Fetch again too: it keeps every cached file that still matches and
+        // replaces one a crash tore or a person deleted, which is often why
+        // a later step failed.
+        journal.steps.remove(&StepId::Fetch);
         journal.save(host)?;
     }
 

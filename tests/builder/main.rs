@@ -4,6 +4,7 @@
 
 mod support;
 
+mod bootstrap;
 mod build;
 mod errors;
 mod lock;

@@ -47,7 +47,7 @@ pub struct RootArgs {
 #[derive(Debug, Args)]
 pub struct FetchArgs {
     /// Attempts per mirror for retriable download failures
-    #[arg(long, value_name = "N", default_value_t = 5,
+    #[arg(long, value_name = "N", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub fetch_retries: u32,
     /// Seconds of network silence before a download attempt times out

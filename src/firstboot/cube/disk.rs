@@ -31,6 +31,18 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
                 m.source, m.mountpoint
             )));
         }
+        // Someone mounted another filesystem right there: mounting ours over
+        // it would hide their data, so stop.
+        if m.mountpoint == CUBELET_DIR {
+            return Err(StepFailure::new(format!(
+                "{CUBELET_DIR} is a mounted {} filesystem ({}); Cube needs XFS there",
+                m.fstype, m.source
+            ))
+            .hint(
+                "unmount it and remove its /etc/fstab line, or reformat that disk as XFS yourself",
+            )
+            .into());
+        }
     }
 
     // A previous attempt wrote our fstab line but did not get to mount it.

@@ -125,7 +125,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
             }
         }
     }
-    if had_dotenv || dotenv_values.len() > env.len() || plan.cube.hardening {
+    if had_dotenv || plan.cube.hardening {
         let old = host.read_optional(&dotenv)?.unwrap_or_default();
         host.write_atomic(
             &dotenv,
@@ -141,7 +141,8 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
 
     // Run it under an overall timeout; `timeout` signals the whole process
     // group, so the installer's children die with it.
-    let secs = plan.cube.install_timeout_secs;
+    // `timeout 0` would mean no timeout at all.
+    let secs = plan.cube.install_timeout_secs.max(1);
     let mut cmd = CommandSpec::new("timeout")
         .args([
             format!("--kill-after={KILL_AFTER_SECS}"),
