@@ -1244,3 +1244,68 @@ fn another_filesystem_mounted_at_data_cubelet_is_left_alone() {
     );
     assert!(host.commands().is_empty());
 }
+
+#[test]
+fn hardening_off_skips_and_without_allow_from_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = plan_for(PLAIN);
+    plan.cube.hardening = false;
+    let host = ScriptedHost::new(dir.path());
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    assert_eq!(
+        cube::harden(&mut ctx).unwrap(),
+        Outcome::Skipped("hardening is off in the plan".into())
+    );
+    assert!(host.commands().is_empty());
+
+    // Hardening on, no allow_from: binds and credentials, firewall untouched, a warning.
+    let plan = plan_for(PLAIN);
+    host.put(
+        &format!("{TOOLBOX}/.one-click.env"),
+        "CUBEMASTER_HTTP_BIND=10.0.2.15\n",
+    );
+    host.put(cube::CREDENTIALS_PATH, "E2B_API_KEY=e2b_x\n");
+    std::fs::set_permissions(
+        host.path(cube::CREDENTIALS_PATH),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let mut journal = Journal::new("test");
+    journal.set_fact(facts::NODE_IP, "10.0.2.15");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    assert_eq!(
+        cube::harden(&mut ctx).unwrap(),
+        Outcome::Done(
+            "CubeMaster/CubeAPI bound to 10.0.2.15; credentials in /etc/cubeboot/credentials.env"
+                .into()
+        )
+    );
+    assert_eq!(
+        ctx.journal.warnings,
+        vec!["hardening: no allow_from networks in the plan, so ports 8089, 9999, 3000, 12088 stay open to every network (CubeMaster and Cubelet have no auth)"]
+    );
+    assert!(!host.exists("/etc/cubeboot/firewall.nft"));
+
+    // A world-readable credentials file is a failure.
+    std::fs::set_permissions(
+        host.path(cube::CREDENTIALS_PATH),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    host.on_program("journalctl", CmdOutput::ok(""));
+    let err = cube::harden(&mut ctx).unwrap_err();
+    assert!(
+        failure_text(&err)
+            .starts_with("/etc/cubeboot/credentials.env has mode 644, expected 600 (diagnostics: "),
+        "{err:#}"
+    );
+}

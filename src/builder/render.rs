@@ -81,7 +81,7 @@ pub fn user_data(plan: &Plan, helper: &Helper) -> Result<Rendered> {
         helper_gz_b64: helper_gz_b64.clone(),
         // No `$` or braces: cloud-init templates final_message.
         final_message: format!(
-            "{} payload for {} handed over to cube-firstboot.service; watch it with: cube-firstboot status --wait",
+            "{}: {} handed over to cube-firstboot.service; follow: cube-firstboot status --wait",
             plan.generator,
             plan.role_label()
         ),
@@ -245,13 +245,31 @@ mod tests {
             .contains("systemctl start --no-block cube-firstboot.service"));
         assert!(r
             .user_data
-            .contains("final_message: \"cubeboot 0.0.0-test payload"));
+            .contains("final_message: \"cubeboot 0.0.0-test: debian-12 (control) handed over"));
         assert_eq!(r.embedded_helper_bytes, 0);
         // sha256sum runs before install in the bootstrap.
         let check = BOOTSTRAP.find("sha256sum -c").unwrap();
         let install = BOOTSTRAP.find("install -m 0755").unwrap();
         assert!(check < install);
         assert!(!BOOTSTRAP.contains("reboot"));
+    }
+
+    #[test]
+    fn every_template_value_goes_through_a_yaml_filter() {
+        let mut rest = USER_DATA_TEMPLATE;
+        let mut seen = 0;
+        while let Some(start) = rest.find("{{") {
+            let end = rest[start..].find("}}").unwrap() + start;
+            let expr = &rest[start + 2..end];
+            let last = expr.rsplit('|').next().unwrap().trim();
+            assert!(
+                expr.contains('|') && last.starts_with("yaml_"),
+                "{{{{{expr}}}}} reaches YAML without a yaml_* filter"
+            );
+            seen += 1;
+            rest = &rest[end..];
+        }
+        assert!(seen >= 8, "only {seen} expressions found");
     }
 
     #[test]

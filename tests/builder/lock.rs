@@ -128,6 +128,23 @@ fn lock_from_release_json_cross_checks_the_digest() {
     );
     assert!(!text.contains("kernel-headers"));
 
+    // Plain http without a digest to check against is refused.
+    let no_digest = format!(
+        r#"{{"assets": [{{"name": "{BUNDLE}", "browser_download_url": "{base}/{BUNDLE}"}}]}}"#
+    );
+    std::fs::write(&json, no_digest).unwrap();
+    let err = fails(&[
+        "lock",
+        "--release-json",
+        json.to_str().unwrap(),
+        "--output",
+        lock.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        err.trim_end(),
+        format!("error: refusing to lock {base}/{BUNDLE}: not https and {} lists no digest for {BUNDLE}", json.display())
+    );
+
     let wrong = "ab".repeat(32);
     std::fs::write(&json, listing(&wrong)).unwrap();
     let err = fails(&[
@@ -200,4 +217,40 @@ fn non_pvm_kernels_are_refused_unless_allowed_and_recorded() {
         err.trim_end(),
         format!("error: {}: kernel 6.6.69-x.pvm.host-nomod has no kvm-pvm module (looked for lib/modules/6.6.69-x.pvm.host-nomod/**/kvm-pvm.ko or kvm_pvm.ko, optionally .xz/.zst/.gz)", nomod.file_name().unwrap().to_str().unwrap())
     );
+}
+
+#[test]
+fn the_kernel_teams_bad_fixtures_are_refused() {
+    let bad = repo().join("tests/fixtures/kernel/bad");
+    let dir = tempdir();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&bad).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if !(name.ends_with(".rpm") || name.ends_with(".deb")) {
+            continue;
+        }
+        seen += 1;
+        let err = fails(&[
+            "lock",
+            "--asset",
+            path.to_str().unwrap(),
+            "--tag",
+            TAG,
+            "--output",
+            dir.path().join("x.lock").to_str().unwrap(),
+        ]);
+        let want = if name.contains("nokvmpvm") {
+            "has no kvm-pvm module"
+        } else {
+            "is a PVM guest kernel (`pvm.guest`); hosts need a `pvm.host` kernel"
+        };
+        assert!(
+            err.starts_with(&format!("error: {name}: kernel ")),
+            "{name}: {err}"
+        );
+        assert!(err.contains(want), "{name}: {err}");
+    }
+    assert_eq!(seen, 4);
+    assert!(!dir.path().join("x.lock").exists());
 }
