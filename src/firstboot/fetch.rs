@@ -598,10 +598,12 @@ impl<'a> Progress<'a> {
             return;
         }
         if have * 4 >= self.size * self.next_quarter {
+            // The real share, not the quarter crossed: one large read can
+            // jump several quarters (a small file arrives in one piece).
             host.say(&format!(
                 "fetch {}: {}% ({} of {})",
                 self.label,
-                self.next_quarter * 25,
+                have.min(self.size) * 100 / self.size,
                 human_bytes(have),
                 human_bytes(self.size)
             ));
@@ -779,14 +781,14 @@ mod tests {
             said,
             vec![
                 "fetch kernel: 25% (25 B of 100 B)",
-                "fetch kernel: 50% (60 B of 100 B)",
-                "fetch kernel: 75% (99 B of 100 B)",
+                "fetch kernel: 60% (60 B of 100 B)",
+                "fetch kernel: 99% (99 B of 100 B)",
             ]
         );
         // Resuming at 60% does not repeat earlier quarters.
         let host = ScriptedHost::new(dir.path());
         let mut p = Progress::new("kernel", 100, 60);
         p.update(&host, 80);
-        assert_eq!(host.said(), vec!["fetch kernel: 75% (80 B of 100 B)"]);
+        assert_eq!(host.said(), vec!["fetch kernel: 80% (80 B of 100 B)"]);
     }
 }
