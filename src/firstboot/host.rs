@@ -460,15 +460,7 @@ impl Host for RealHost {
         }
         let out = run_with_timeout(c, cmd.timeout)
             .with_context(|| format!("running {}", cmd.display()))?;
-        if !out.success() && !cmd.allow_failure {
-            bail!(
-                "command failed ({}): {}\n{}",
-                describe_exit(&out),
-                cmd.display(),
-                tail(&out.stderr, 20)
-            );
-        }
-        Ok(out)
+        checked(cmd, out)
     }
 
     fn run_streaming(&self, cmd: &CommandSpec, on_line: &mut dyn FnMut(&str)) -> Result<CmdOutput> {
@@ -480,15 +472,7 @@ impl Host for RealHost {
         }
         let out = stream_with_timeout(c, cmd.timeout, on_line)
             .with_context(|| format!("running {}", cmd.display()))?;
-        if !out.success() && !cmd.allow_failure {
-            bail!(
-                "command failed ({}): {}\n{}",
-                describe_exit(&out),
-                cmd.display(),
-                tail(&out.stderr, 20)
-            );
-        }
-        Ok(out)
+        checked(cmd, out)
     }
 
     fn request_reboot(&self) -> Result<()> {
@@ -511,6 +495,20 @@ impl Host for RealHost {
     fn sleep(&self, d: Duration) {
         std::thread::sleep(d);
     }
+}
+
+/// A non-zero exit is an error naming the full command line, unless the
+/// command allows failure.
+fn checked(cmd: &CommandSpec, out: CmdOutput) -> Result<CmdOutput> {
+    if !out.success() && !cmd.allow_failure {
+        bail!(
+            "command failed ({}): {}\n{}",
+            describe_exit(&out),
+            cmd.display(),
+            tail(&out.stderr, 20)
+        );
+    }
+    Ok(out)
 }
 
 pub fn describe_exit(out: &CmdOutput) -> String {
@@ -801,15 +799,7 @@ impl Host for ScriptedHost {
             Some(r) => r?,
             None => bail!("scripted host: no response for {}", cmd.display()),
         };
-        if !out.success() && !cmd.allow_failure {
-            bail!(
-                "command failed ({}): {}\n{}",
-                describe_exit(&out),
-                cmd.display(),
-                tail(&out.stderr, 20)
-            );
-        }
-        Ok(out)
+        checked(cmd, out)
     }
 
     fn request_reboot(&self) -> Result<()> {
