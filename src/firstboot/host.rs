@@ -497,6 +497,23 @@ impl Host for RealHost {
     }
 }
 
+/// A command that must act on the target system: run directly when the root
+/// is `/`, through `chroot ROOT` when the helper works on an image (so the
+/// image's own grubby or update-grub runs, not the build machine's).
+pub fn on_target(host: &dyn Host, program: &str) -> CommandSpec {
+    if is_live_root(host) {
+        CommandSpec::new(program)
+    } else {
+        CommandSpec::new("chroot")
+            .arg(host.root().to_string_lossy())
+            .arg(program)
+    }
+}
+
+pub fn is_live_root(host: &dyn Host) -> bool {
+    host.root() == Path::new("/")
+}
+
 /// A non-zero exit is an error naming the full command line, unless the
 /// command allows failure.
 fn checked(cmd: &CommandSpec, out: CmdOutput) -> Result<CmdOutput> {

@@ -21,7 +21,7 @@ use std::io;
 use anyhow::{bail, ensure, Context, Result};
 
 use super::download::FetchConfig;
-use super::host::{CommandSpec, Host};
+use super::host::{is_live_root, on_target, CommandSpec, Host};
 use super::journal::{facts, Journal, StepState};
 use super::kernel::grubcfg;
 use super::runner::{self, RunEnd, Scope};
@@ -262,22 +262,6 @@ fn parse_grubenv(text: &str) -> BTreeMap<String, String> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-fn is_live_root(host: &dyn Host) -> bool {
-    host.root() == std::path::Path::new("/")
-}
-
-/// A command acting on the image's own system: through `chroot ROOT` unless
-/// the root is `/` (the image's grubby, not the build machine's).
-fn on_target(host: &dyn Host, program: &str) -> CommandSpec {
-    if is_live_root(host) {
-        CommandSpec::new(program)
-    } else {
-        CommandSpec::new("chroot")
-            .arg(host.root().to_string_lossy())
-            .arg(program)
-    }
 }
 
 impl fmt::Display for ApplyReport {

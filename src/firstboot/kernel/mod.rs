@@ -19,6 +19,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+pub(crate) use super::host::{is_live_root, on_target};
 use super::host::{CommandSpec, Host};
 use super::journal::{facts, StepState};
 use super::{Ctx, Outcome, StepFailure, StepId};
@@ -293,22 +294,6 @@ fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
         out
     }
     parts(a).cmp(&parts(b))
-}
-
-/// A command that must act on the target system: run directly when the root
-/// is `/`, through `chroot ROOT` when the helper works on an image.
-fn on_target(host: &dyn Host, program: &str) -> CommandSpec {
-    if is_live_root(host) {
-        CommandSpec::new(program)
-    } else {
-        CommandSpec::new("chroot")
-            .arg(host.root().to_string_lossy())
-            .arg(program)
-    }
-}
-
-fn is_live_root(host: &dyn Host) -> bool {
-    host.root() == Path::new("/")
 }
 
 /// Keep one backup of a file before its first in-place edit.
