@@ -362,11 +362,13 @@ pub mod boot_params {
     ];
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// A complete, valid plan for tests: the crate's unit tests and the
+/// integration tests under tests/ start from it and change what they need.
+#[doc(hidden)]
+pub mod testing {
     use super::*;
 
-    /// A complete, valid plan for tests across the crate.
+    /// A debian-12 control-node plan with placeholder assets.
     pub fn sample_plan() -> Plan {
         Plan {
             version: PLAN_VERSION,
@@ -435,6 +437,12 @@ pub(crate) mod tests {
             max_reboots: 1,
         }
     }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    pub use super::testing::sample_plan;
+    use super::*;
 
     #[test]
     fn plan_round_trips_through_json() {

@@ -17,6 +17,7 @@ use cubeboot::firstboot::cube::{self, verify::Endpoints};
 use cubeboot::firstboot::host::{under_root, CmdOutput, CommandSpec, Host, ScriptedHost};
 use cubeboot::firstboot::journal::{facts, Journal};
 use cubeboot::firstboot::{Ctx, Outcome, StepFailure};
+use cubeboot::plan::testing::sample_plan;
 use cubeboot::plan::*;
 
 const PLAIN: &str = "examples/release/cube-sandbox-one-click-v0.0.0-fixture-amd64.tar.gz";
@@ -40,69 +41,30 @@ fn plan_for(bundle_rel: &str) -> Plan {
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    Plan {
-        version: PLAN_VERSION,
-        generator: "cubeboot test".into(),
-        target: Target {
-            profile: "debian-12".into(),
-            os_ids: vec!["debian".into()],
-            version_id: "12".into(),
-            family: PackageFamily::Deb,
-            bootloader: Bootloader {
-                kind: BootloaderKind::GrubMkconfig,
-                mkconfig: vec!["update-grub".into()],
-                reboot_once: "grub-reboot".into(),
-                set_default: "grub-set-default".into(),
-                editenv: "grub-editenv".into(),
-                grub_cfg: "/boot/grub/grub.cfg".into(),
-                grubenv: "/boot/grub/grubenv".into(),
-                dropin_dir: None,
-            },
-            packages: HostPackages {
-                manager: PackageManager::Apt,
-                install: vec!["curl".into(), "xfsprogs".into()],
-                docker: DockerSource::Distro,
-                hold: KernelHold::AptMarkHold,
-            },
-            quirks: Quirks::default(),
-        },
-        assets: Assets {
-            kernel: Asset {
-                name: "k.deb".into(),
-                urls: vec!["file:///k.deb".into()],
-                sha256: Sha256Digest::of(b"k"),
-                size: 1,
-            },
-            bundle: Asset {
-                name,
-                urls: vec![format!("file:///{bundle_rel}")],
-                sha256: Sha256Digest::of(&bytes),
-                size: bytes.len() as u64,
-            },
-        },
-        kernel: KernelPlan {
-            kver: "6.6.69-opencloudos9.cubesandbox.pvm.host-gfixture1".into(),
-            package: "linux-image".into(),
-            package_version: "1".into(),
-            kvm: KvmMode::Pvm,
-            boot_params: vec!["nopti".into(), "pti=off".into()],
-            panic_seconds: 30,
-        },
-        cube: CubePlan {
-            role: Role::Control,
-            control_plane_ip: None,
-            node_ip: "auto".into(),
-            mirror: None,
-            install_timeout_secs: 120,
-            data_disk: DataDisk::Auto,
-            loopback_size_gib: 1,
-            hardening: true,
-            allow_from: vec![],
-            extra_env: BTreeMap::new(),
-        },
-        report: ReportPlan::default(),
-        max_reboots: 1,
-    }
+    // The shared sample plan, with this stage's fixture bundle and budgets
+    // small enough for tests.
+    let mut plan = sample_plan();
+    plan.generator = "cubeboot test".into();
+    plan.target.bootloader.dropin_dir = None;
+    plan.target.quirks = Quirks::default();
+    plan.assets.kernel = Asset {
+        name: "k.deb".into(),
+        urls: vec!["file:///k.deb".into()],
+        sha256: Sha256Digest::of(b"k"),
+        size: 1,
+    };
+    plan.assets.bundle = Asset {
+        name,
+        urls: vec![format!("file:///{bundle_rel}")],
+        sha256: Sha256Digest::of(&bytes),
+        size: bytes.len() as u64,
+    };
+    plan.kernel.kver = "6.6.69-opencloudos9.cubesandbox.pvm.host-gfixture1".into();
+    plan.kernel.package = "linux-image".into();
+    plan.kernel.package_version = "1".into();
+    plan.cube.install_timeout_secs = 120;
+    plan.cube.loopback_size_gib = 1;
+    plan
 }
 
 /// Run a command on this machine for real (tests may; the helper may not).

@@ -19,6 +19,7 @@ use cubeboot::firstboot::host::{CmdOutput, CommandSpec, Host, ScriptedHost};
 use cubeboot::firstboot::journal::{Journal, StepState};
 use cubeboot::firstboot::kernel::grubcfg;
 use cubeboot::firstboot::{cache_path, StepId};
+use cubeboot::plan::testing::sample_plan;
 use cubeboot::plan::*;
 
 pub const KVER: &str = "6.6.69-opencloudos9.cubesandbox.pvm.host-gfixture1";
@@ -51,88 +52,44 @@ fn asset(name: &str, bytes: &[u8]) -> Asset {
 }
 
 fn base_plan(family: PackageFamily, kernel: Asset) -> Plan {
+    // The shared sample plan (debian-12), turned into a Rocky 9 / BLS plan
+    // for the RPM family, with the committed fixture kernel.
     let deb = family == PackageFamily::Deb;
-    Plan {
-        version: PLAN_VERSION,
-        generator: "cubeboot test".into(),
-        target: Target {
-            profile: if deb { "debian-12" } else { "rocky-9" }.into(),
-            os_ids: vec![if deb { "debian" } else { "rocky" }.into()],
-            version_id: if deb { "12" } else { "9" }.into(),
-            family,
-            bootloader: if deb {
-                Bootloader {
-                    kind: BootloaderKind::GrubMkconfig,
-                    mkconfig: vec!["update-grub".into()],
-                    reboot_once: "grub-reboot".into(),
-                    set_default: "grub-set-default".into(),
-                    editenv: "grub-editenv".into(),
-                    grub_cfg: "/boot/grub/grub.cfg".into(),
-                    grubenv: "/boot/grub/grubenv".into(),
-                    dropin_dir: Some("/etc/default/grub.d".into()),
-                }
-            } else {
-                Bootloader {
-                    kind: BootloaderKind::BlsGrubby,
-                    mkconfig: vec![
-                        "grub2-mkconfig".into(),
-                        "-o".into(),
-                        "/boot/grub2/grub.cfg".into(),
-                    ],
-                    reboot_once: "grub2-reboot".into(),
-                    set_default: "grub2-set-default".into(),
-                    editenv: "grub2-editenv".into(),
-                    grub_cfg: "/boot/grub2/grub.cfg".into(),
-                    grubenv: "/boot/grub2/grubenv".into(),
-                    dropin_dir: None,
-                }
-            },
-            packages: HostPackages {
-                manager: if deb {
-                    PackageManager::Apt
-                } else {
-                    PackageManager::Dnf
-                },
-                install: vec![],
-                docker: DockerSource::Distro,
-                hold: if deb {
-                    KernelHold::AptMarkHold
-                } else {
-                    KernelHold::DnfVersionlock
-                },
-            },
-            quirks: Quirks::default(),
-        },
-        assets: Assets {
-            bundle: asset(
-                "cube-sandbox-one-click-v0.0.0-fixture-amd64.tar.gz",
-                b"bundle",
-            ),
-            kernel,
-        },
-        kernel: KernelPlan {
-            kver: KVER.into(),
-            package: if deb { DEB_PACKAGE } else { "kernel" }.into(),
-            package_version: if deb { DEB_VERSION } else { RPM_VERSION }.into(),
-            kvm: KvmMode::Pvm,
-            boot_params: boot_params::MINIMAL.iter().map(|s| s.to_string()).collect(),
-            panic_seconds: 30,
-        },
-        cube: CubePlan {
-            role: Role::Control,
-            control_plane_ip: None,
-            node_ip: "auto".into(),
-            mirror: None,
-            install_timeout_secs: 2700,
-            data_disk: DataDisk::Auto,
-            loopback_size_gib: 50,
-            hardening: true,
-            allow_from: vec![],
-            extra_env: BTreeMap::new(),
-        },
-        report: ReportPlan::default(),
-        max_reboots: 1,
+    let mut plan = sample_plan();
+    plan.generator = "cubeboot test".into();
+    if !deb {
+        plan.target.profile = "rocky-9".into();
+        plan.target.os_ids = vec!["rocky".into()];
+        plan.target.version_id = "9".into();
+        plan.target.family = family;
+        plan.target.bootloader = Bootloader {
+            kind: BootloaderKind::BlsGrubby,
+            mkconfig: vec![
+                "grub2-mkconfig".into(),
+                "-o".into(),
+                "/boot/grub2/grub.cfg".into(),
+            ],
+            reboot_once: "grub2-reboot".into(),
+            set_default: "grub2-set-default".into(),
+            editenv: "grub2-editenv".into(),
+            grub_cfg: "/boot/grub2/grub.cfg".into(),
+            grubenv: "/boot/grub2/grubenv".into(),
+            dropin_dir: None,
+        };
+        plan.target.packages.manager = PackageManager::Dnf;
+        plan.target.packages.hold = KernelHold::DnfVersionlock;
     }
+    plan.target.packages.install = vec![];
+    plan.target.quirks = Quirks::default();
+    plan.assets.bundle = asset(
+        "cube-sandbox-one-click-v0.0.0-fixture-amd64.tar.gz",
+        b"bundle",
+    );
+    plan.assets.kernel = kernel;
+    plan.kernel.kver = KVER.into();
+    plan.kernel.package = if deb { DEB_PACKAGE } else { "kernel" }.into();
+    plan.kernel.package_version = if deb { DEB_VERSION } else { RPM_VERSION }.into();
+    plan
 }
 
 pub fn deb_plan() -> Plan {
