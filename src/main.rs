@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cubeboot::builder::cli::{Cli, Command};
-use cubeboot::builder::{check, inspect, lock, package};
+use cubeboot::builder::{build, check, kernel_package, lock};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -13,8 +13,8 @@ fn main() -> ExitCode {
         Command::Profiles(args) => check::list_profiles(args),
         Command::Check(args) => check::run(args),
         Command::Lock(args) => lock::run(args),
-        Command::Build(args) => package::run(args),
-        Command::Inspect(args) => inspect::run(args),
+        Command::Build(args) => build::run(args),
+        Command::Inspect(args) => kernel_package::inspect(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cli::LockArgs;
 use super::diag::{Diagnostic, Report};
-use super::inspect::{self, KernelFacts, PackageFormat};
+use super::kernel_package::{self, KernelFacts, PackageFormat};
 use super::yaml;
 use crate::digest::{HashingReader, Sha256Digest};
 
@@ -352,7 +352,7 @@ impl Lock {
                         module: Some(k.module.clone()),
                     };
                     if let Err(e) =
-                        inspect::check_pvm_host(&a.name, &facts, self.file.allow_non_pvm_kernel)
+                        kernel_package::check_pvm_host(&a.name, &facts, self.file.allow_non_pvm_kernel)
                     {
                         report.push(self.diag(&format!("{base}.kernel.kver"), e.to_string()));
                     }
@@ -732,9 +732,9 @@ fn pin_one(src: &Source, kind: AssetKind, allow_non_pvm: bool) -> Result<LockedA
     let mut hashing = HashingReader::new(reader);
     let facts = match kind.package_format() {
         Some(format) => {
-            let facts = inspect::read_kernel_package(&mut hashing, format)
+            let facts = kernel_package::read_kernel_package(&mut hashing, format)
                 .with_context(|| format!("inspecting kernel package {}", src.name))?;
-            inspect::check_pvm_host(&src.name, &facts, allow_non_pvm)?;
+            kernel_package::check_pvm_host(&src.name, &facts, allow_non_pvm)?;
             Some(facts)
         }
         None => None,

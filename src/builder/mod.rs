@@ -1,17 +1,17 @@
-//! The build-time half: profile → lock → render → package.
+//! The build-time half: profile → lock → render → build.
 //!
 //! Stages pass typed values; files are read and written only at the CLI edge
-//! (`main.rs` and `package`).
+//! (`main.rs` and `build`).
 
 pub mod budget;
+pub mod build;
 pub mod check;
 pub mod cli;
 pub mod diag;
-pub mod inspect;
+pub mod kernel_package;
 pub mod lock;
 pub mod options;
 pub mod overlay;
-pub mod package;
 pub mod profile;
 pub mod render;
 pub mod yaml;

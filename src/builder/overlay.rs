@@ -104,7 +104,7 @@ pub enum Kind {
     Symlink,
 }
 
-/// What the package stage hands over to make the standard overlay.
+/// What the build stage hands over to make the standard overlay.
 pub struct OverlayInputs {
     /// The plan, canonical JSON ([`crate::plan::Plan::to_json`]).
     pub plan_json: String,

@@ -319,7 +319,7 @@ fn read_rpm<R: Read>(reader: R) -> Result<Contents> {
 
 /// `cubeboot inspect FILE`: for a kernel package, what the lock would record;
 /// anything else is listed as an image overlay by the overlay reader.
-pub fn run(args: super::cli::InspectArgs) -> Result<()> {
+pub fn inspect(args: super::cli::InspectArgs) -> Result<()> {
     let name = args.file.display().to_string();
     let format = if name.ends_with(".rpm") {
         PackageFormat::Rpm
