@@ -9,6 +9,7 @@ pub mod cmdline;
 pub mod digest;
 pub mod firstboot;
 pub mod plan;
+pub mod transport;
 
 #[cfg(feature = "builder")]
 pub mod builder;

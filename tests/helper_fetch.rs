@@ -8,11 +8,11 @@ mod support;
 use std::time::Duration;
 
 use cubeboot::digest::Sha256Digest;
-use cubeboot::firstboot::download::{DownloadError, FetchConfig};
 use cubeboot::firstboot::fetch::{fetch_asset, FetchError, Fetched, MirrorFailure};
 use cubeboot::firstboot::host::{Host, ScriptedHost};
 use cubeboot::firstboot::{cache_path, StepId};
 use cubeboot::plan::Asset;
+use cubeboot::transport::{DownloadError, FetchConfig};
 use support::server::{Behavior, Server};
 use support::target::{AssetFile, Target};
 

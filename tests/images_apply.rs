@@ -13,13 +13,13 @@ mod kernel_common;
 use std::path::Path;
 
 use cubeboot::digest::Sha256Digest;
-use cubeboot::firstboot::download::FetchConfig;
 use cubeboot::firstboot::host::ScriptedHost;
 use cubeboot::firstboot::image::{self, ResetOptions, Stage};
 use cubeboot::firstboot::journal::{Journal, StepState};
 use cubeboot::firstboot::runner::{self, RunEnd, Scope};
 use cubeboot::firstboot::{cache_path, StepId, JOURNAL_PATH, STATUS_PATH};
 use cubeboot::plan::{Plan, PLAN_PATH};
+use cubeboot::transport::FetchConfig;
 use kernel_common::*;
 
 /// What an offline overlay leaves in an image: plan, both assets cached.

@@ -27,13 +27,13 @@ use std::time::Duration;
 
 use cubeboot::digest::Sha256Digest;
 use cubeboot::firstboot::cube::verify::{verify_with, Endpoints};
-use cubeboot::firstboot::download::FetchConfig;
 use cubeboot::firstboot::host::{under_root, CmdOutput, CommandSpec, Host, ScriptedHost};
 use cubeboot::firstboot::image::{self, ResetOptions, Stage};
 use cubeboot::firstboot::journal::{Journal, StepState};
 use cubeboot::firstboot::runner::{self, RunEnd, RunOptions, Scope, Steps};
 use cubeboot::firstboot::{StepId, CACHE_DIR};
 use cubeboot::plan::Plan;
+use cubeboot::transport::FetchConfig;
 
 const TOOLBOX: &str = "/usr/local/services/cubetoolbox";
 const IP_ADDR: &str = r#"[{"ifindex":1,"ifname":"lo","addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8,"scope":"host"}]},

@@ -14,7 +14,6 @@ use std::fs::File;
 use std::io::{self, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -24,6 +23,7 @@ use super::diag::{Diagnostic, Report};
 use super::kernel_package::{self, KernelFacts, PackageFormat};
 use super::yaml;
 use crate::digest::{HashingReader, Sha256Digest};
+use crate::transport::{self, FetchConfig};
 
 /// Lock schema versions this build reads.
 pub const SUPPORTED_LOCK_VERSIONS: &[u32] = &[1];
@@ -720,15 +720,17 @@ fn release_sources(json: &Path, tag: Option<&str>) -> Result<Vec<Source>> {
 
 /// Open, hash, inspect (kernels), cross-check: one pass over the bytes.
 fn pin_one(src: &Source, kind: AssetKind, allow_non_pvm: bool) -> Result<LockedAsset> {
-    let (reader, len): (Box<dyn Read>, Option<u64>) = match &src.open {
+    let reader: Box<dyn Read> = match &src.open {
         Opener::Path(p) => {
             let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
             let len = f.metadata().ok().map(|m| m.len());
-            (Box::new(f), len)
+            match progress_bar(len, &src.name) {
+                Some(bar) => Box::new(bar.wrap_read(f)),
+                None => Box::new(f),
+            }
         }
         Opener::Url(u) => open_url(u)?,
     };
-    let reader = progress(reader, len, &src.name);
     let mut hashing = HashingReader::new(reader);
     let facts = match kind.package_format() {
         Some(format) => {
@@ -776,34 +778,24 @@ fn pin_one(src: &Source, kind: AssetKind, allow_non_pvm: bool) -> Result<LockedA
     })
 }
 
-/// GET a URL (or open a file:// one) as a stream, with its length if known.
-fn open_url(url: &Url) -> Result<(Box<dyn Read>, Option<u64>)> {
-    if let Some(path) = url.as_str().strip_prefix("file://") {
-        let f = File::open(path).with_context(|| format!("opening {url}"))?;
-        let len = f.metadata().ok().map(|m| m.len());
-        return Ok((Box::new(f), len));
-    }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(Duration::from_secs(30)))
-        .timeout_recv_response(Some(Duration::from_secs(60)))
-        .build()
-        .into();
-    let response = agent
-        .get(url.as_str())
-        .call()
-        .with_context(|| format!("downloading {url}"))?;
-    let len = response
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    Ok((Box::new(response.into_body().into_reader()), len))
+/// Open a URL (http(s) or file://) through the shared transport: retried
+/// and resumed as in the helper, with a progress bar on a terminal.
+fn open_url(url: &Url) -> Result<Box<dyn Read>> {
+    let stream =
+        transport::Stream::open(&transport::Process, url.as_str(), &FetchConfig::default())
+            .with_context(|| format!("downloading {url}"))?;
+    let len = stream.total();
+    let stream = match progress_bar(len, url.as_str()) {
+        Some(bar) => stream.on_progress(Box::new(move |have, _| bar.set_position(have))),
+        None => stream,
+    };
+    Ok(Box::new(stream))
 }
 
 /// A progress bar on a terminal only; logs and CI get nothing extra.
-fn progress(reader: Box<dyn Read>, len: Option<u64>, name: &str) -> Box<dyn Read> {
+fn progress_bar(len: Option<u64>, name: &str) -> Option<indicatif::ProgressBar> {
     if !io::stderr().is_terminal() {
-        return reader;
+        return None;
     }
     let bar = match len {
         Some(n) => indicatif::ProgressBar::new(n),
@@ -814,8 +806,8 @@ fn progress(reader: Box<dyn Read>, len: Option<u64>, name: &str) -> Box<dyn Read
     ) {
         bar.set_style(style);
     }
-    bar.set_message(name.to_string());
-    Box::new(bar.wrap_read(reader))
+    bar.set_message(name.rsplit('/').next().unwrap_or(name).to_string());
+    Some(bar)
 }
 
 /// Write `bytes` to `path` via a temp file in the same directory + rename,

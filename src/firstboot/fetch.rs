@@ -10,17 +10,17 @@
 //! mismatch names both digests and deletes the partial file. Retriable
 //! failures are retried with capped exponential backoff, then the next mirror.
 
-use std::fs;
 use std::io::{self, Read, Write};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 
-use super::download::{self, DownloadError, FetchConfig};
 use super::host::{Action, Host};
 use super::{cache_path, Ctx, Outcome, StepFailure, CACHE_DIR};
 use crate::digest::Sha256Digest;
 use crate::plan::Asset;
+use crate::transport::{self, DownloadError, FetchConfig, Surroundings};
 
 /// Read/write buffer: large enough that syscalls stay rare, small enough that
 /// two parallel downloads keep the helper far below its 16 MiB budget.
@@ -87,17 +87,40 @@ pub fn run_with(ctx: &mut Ctx, cfg: &FetchConfig) -> Result<Outcome> {
     if failures.is_empty() {
         return Ok(Outcome::Done(summary.join(", ")));
     }
-    let hint = failures
-        .iter()
-        .map(FetchError::hint)
-        .next()
-        .unwrap_or_default();
-    let message = failures
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n");
-    Err(StepFailure::new(message).hint(hint).into())
+    let failures = FetchFailures(failures);
+    Err(StepFailure::new(failures.to_string())
+        .hint(failures.hint())
+        .caused_by(failures)
+        .into())
+}
+
+/// Every asset that could not be fetched in one run of the step: what the
+/// step's [`StepFailure`] carries as its typed cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct FetchFailures(pub Vec<FetchError>);
+
+impl FetchFailures {
+    /// The first failure's hint: it names what to fix first.
+    pub fn hint(&self) -> String {
+        self.0.first().map(FetchError::hint).unwrap_or_default()
+    }
+}
+
+/// The Host seam as the transport's surroundings: proxies from the host's
+/// environment, `file://` paths under `--root`, and the host's clock.
+pub struct HostNet<'a>(pub &'a dyn Host);
+
+impl Surroundings for HostNet<'_> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.0.env(key)
+    }
+    fn open_local(&self, path: &str) -> io::Result<transport::LocalFile> {
+        self.0.open_read(path)
+    }
+    fn sleep(&self, d: Duration) {
+        self.0.sleep(d)
+    }
 }
 
 /// How an asset came to be in the cache.
@@ -217,8 +240,10 @@ pub fn verified_asset(ctx: &Ctx, label: &str, asset: &Asset) -> Result<String> {
     if ctx.host.is_dry_run() {
         return Ok(path);
     }
-    fetch_asset(ctx.host, label, asset, &FetchConfig::default())
-        .map_err(|e| StepFailure::new(e.to_string()).hint(e.hint()))?;
+    fetch_asset(ctx.host, label, asset, &FetchConfig::default()).map_err(|e| {
+        let hint = e.hint();
+        StepFailure::new(e.to_string()).hint(hint).caused_by(e)
+    })?;
     Ok(path)
 }
 
@@ -267,7 +292,7 @@ pub fn fetch_asset(
         .map_err(|e| local(format!("{e:#}")))?;
     let mut attempts = Vec::new();
     for url in &asset.urls {
-        let shown = download::redact_url(url);
+        let shown = transport::redact_url(url);
         let mut failures = 0u32;
         loop {
             match transfer(host, label, asset, url, &partial_path, cfg) {
@@ -320,15 +345,7 @@ pub fn fetch_asset(
                 Err(Attempt::Download(e)) => {
                     let e = redact_error(e);
                     failures += 1;
-                    if e.is_retriable() && failures < cfg.attempts_per_mirror {
-                        let mut wait = cfg.backoff(failures);
-                        if let DownloadError::Retriable {
-                            retry_after: Some(ra),
-                            ..
-                        } = &e
-                        {
-                            wait = wait.max((*ra).min(cfg.backoff_max));
-                        }
+                    if let Some(wait) = cfg.retry_wait(&e, failures) {
                         host.say(&format!(
                             "fetch {label}: {e}; retrying in {}s (attempt {} of {})",
                             wait.as_secs_f32(),
@@ -373,9 +390,8 @@ fn transfer(
     partial_path: &str,
     cfg: &FetchConfig,
 ) -> Result<u64, Attempt> {
-    let partial = host.path(partial_path);
     // Hash what an earlier attempt left, so the digest covers the whole file.
-    let (mut hasher, mut have) = match fs::File::open(&partial) {
+    let (mut hasher, mut have) = match host.open_read(partial_path) {
         Ok(f) => {
             let (h, n) = hash_prefix(f, asset.size).map_err(Attempt::Local)?;
             (h, n)
@@ -386,14 +402,15 @@ fn transfer(
     if have > asset.size {
         // Longer than the asset: cannot be a prefix of it.
         (hasher, have) = (Sha256::new(), 0);
-        truncate(&partial).map_err(Attempt::Local)?;
+        host.open_write(partial_path, false)
+            .map_err(Attempt::Local)?;
     }
     if have == asset.size && have > 0 {
         // A previous run got every byte but stopped before the rename.
         return verify(hasher, asset, have);
     }
 
-    let opened = download::open(host, url, have, cfg).map_err(Attempt::Download)?;
+    let opened = transport::open(&HostNet(host), url, have, cfg).map_err(Attempt::Download)?;
     if let Some(total) = opened.total {
         if total != asset.size {
             return Err(Attempt::WrongSize(total));
@@ -423,16 +440,12 @@ fn transfer(
             "fetch {label}: downloading {} ({}) from {}",
             asset.name,
             human_bytes(asset.size),
-            download::redact_url(url)
+            transport::redact_url(url)
         ));
     }
 
-    let mut file = fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(resumed_from == 0)
-        .append(resumed_from > 0)
-        .open(&partial)
+    let mut file = host
+        .open_write(partial_path, resumed_from > 0)
         .map_err(Attempt::Local)?;
     let mut body = opened.body;
     let mut buf = vec![0u8; CHUNK];
@@ -445,7 +458,7 @@ fn transfer(
             Err(e) => {
                 // What arrived stays in the partial file; the next attempt
                 // resumes after it.
-                return Err(Attempt::Download(download::classify_body_error(url, e)));
+                return Err(Attempt::Download(transport::classify_body_error(url, e)));
             }
         };
         if have + n as u64 > asset.size {
@@ -487,7 +500,7 @@ fn verify(hasher: Sha256, asset: &Asset, resumed_from: u64) -> Result<u64, Attem
 }
 
 /// Hash up to `limit` bytes of a file (the whole file when shorter).
-fn hash_prefix(mut f: fs::File, limit: u64) -> io::Result<(Sha256, u64)> {
+fn hash_prefix(mut f: impl Read, limit: u64) -> io::Result<(Sha256, u64)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
@@ -506,17 +519,9 @@ fn hash_prefix(mut f: fs::File, limit: u64) -> io::Result<(Sha256, u64)> {
 }
 
 fn hash_file(host: &dyn Host, target: &str, limit: u64) -> io::Result<(Sha256Digest, u64)> {
-    let f = fs::File::open(host.path(target))?;
+    let f = host.open_read(target)?;
     let (h, n) = hash_prefix(f, limit)?;
     Ok((Sha256Digest::from_bytes(h.finalize().into()), n))
-}
-
-fn truncate(path: &std::path::Path) -> io::Result<()> {
-    fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(path)
-        .map(drop)
 }
 
 fn check_space(host: &dyn Host, wanted: &[(&str, &Asset)]) -> Result<()> {
@@ -526,7 +531,9 @@ fn check_space(host: &dyn Host, wanted: &[(&str, &Asset)]) -> Result<()> {
         if host.exists(&final_path) {
             continue;
         }
-        let have = fs::metadata(host.path(&format!("{final_path}.partial")))
+        let have = host
+            .open_read(&format!("{final_path}.partial"))
+            .and_then(|f| f.metadata())
             .map(|m| m.len())
             .unwrap_or(0);
         needed += asset.size.saturating_sub(have);
@@ -553,7 +560,7 @@ fn check_space(host: &dyn Host, wanted: &[(&str, &Asset)]) -> Result<()> {
 fn redact_error(e: DownloadError) -> DownloadError {
     match e {
         DownloadError::NotFound { url, detail } => DownloadError::NotFound {
-            url: download::redact_url(&url),
+            url: transport::redact_url(&url),
             detail,
         },
         DownloadError::Retriable {
@@ -561,12 +568,12 @@ fn redact_error(e: DownloadError) -> DownloadError {
             reason,
             retry_after,
         } => DownloadError::Retriable {
-            url: download::redact_url(&url),
+            url: transport::redact_url(&url),
             reason,
             retry_after,
         },
         DownloadError::Fatal { url, reason } => DownloadError::Fatal {
-            url: download::redact_url(&url),
+            url: transport::redact_url(&url),
             reason,
         },
     }
@@ -766,6 +773,34 @@ mod tests {
             "{msg}"
         );
         assert!(!host.exists(&path));
+    }
+
+    #[test]
+    fn a_failed_step_keeps_the_typed_fetch_error_and_its_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = ScriptedHost::new(dir.path());
+        host.set_free_bytes(Some(u64::MAX / 2));
+        let mut plan = crate::plan::tests::sample_plan();
+        plan.assets.kernel = asset(b"k", "file:///srv/missing-kernel");
+        plan.assets.bundle = asset(b"b", "file:///srv/missing-bundle");
+        let mut journal = crate::firstboot::journal::Journal::new("x");
+        let mut ctx = Ctx {
+            host: &host,
+            plan: &plan,
+            journal: &mut journal,
+        };
+        let err = run(&mut ctx).unwrap_err();
+        let failure = err.downcast_ref::<StepFailure>().unwrap();
+        let typed = failure.cause::<FetchFailures>().unwrap();
+        assert!(matches!(
+            typed.0[0],
+            FetchError::AllMirrorsFailed { ref attempts, .. }
+                if matches!(attempts[0], MirrorFailure::Download(DownloadError::NotFound { .. }))
+        ));
+        assert_eq!(failure.hint.as_deref(), Some(typed.hint().as_str()));
+        assert!(typed
+            .hint()
+            .starts_with("the asset is not at any of its URLs"));
     }
 
     #[test]

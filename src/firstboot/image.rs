@@ -20,7 +20,6 @@ use std::io;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::download::FetchConfig;
 use super::host::{is_live_root, on_target, CommandSpec, Host};
 use super::journal::{facts, Journal, StepState};
 use super::kernel::grubcfg;
@@ -28,6 +27,7 @@ use super::runner::{self, RunEnd, Scope};
 use super::{fetch, StepId, CACHE_DIR, JOURNAL_PATH, LOG_DIR, STATE_DIR, STATUS_PATH, UNIT_NAME};
 use crate::digest::{hash_reader, Sha256Digest};
 use crate::plan::{BootloaderKind, KvmMode, Plan, Target};
+use crate::transport::FetchConfig;
 
 /// Where the helper and its unit live on the target (INTERFACES.md).
 pub const HELPER_PATH: &str = "/usr/local/sbin/cube-firstboot";
@@ -89,7 +89,6 @@ pub fn apply(host: &dyn Host, stage: Stage, fetch_cfg: &FetchConfig) -> Result<A
     // Only the kernel: the Cube bundle is first boot's business.
     host.create_dir_all(CACHE_DIR)?;
     let fetched = fetch::fetch_asset(host, "kernel", &plan.assets.kernel, fetch_cfg)
-        .map_err(|e| anyhow::anyhow!("{e}"))
         .context("fetching the kernel package into the image")?;
     let detail = match fetched {
         fetch::Fetched::Reused => format!(

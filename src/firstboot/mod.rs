@@ -3,7 +3,6 @@
 //! the runner records completion in the journal before moving on. Reboots are
 //! requests the runner alone carries out, after the journal is on disk.
 
-pub mod download;
 pub mod host;
 pub mod image;
 pub mod journal;
@@ -138,6 +137,10 @@ pub struct StepFailure {
     pub hint: Option<String>,
     /// Terminal status text, e.g. `failed: rolled back to 6.1.0-26-amd64`.
     pub status_override: Option<String>,
+    /// The typed error behind the message, for callers that branch on it
+    /// (e.g. a `fetch::FetchError`). Not a `source()`: the message already
+    /// says what it says, and `{:#}` would print it twice.
+    pub cause: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl StepFailure {
@@ -146,7 +149,19 @@ impl StepFailure {
             message: message.into(),
             hint: None,
             status_override: None,
+            cause: None,
         }
+    }
+
+    /// Keep the typed error this failure explains.
+    pub fn caused_by(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.cause = Some(Box::new(e));
+        self
+    }
+
+    /// The typed error behind this failure, if it is a `T`.
+    pub fn cause<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        self.cause.as_deref()?.downcast_ref::<T>()
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use super::download::FetchConfig;
 use super::host::Host;
 use super::journal::{facts, Journal, StepState};
 use super::preflight::PreflightConfig;
@@ -20,6 +19,7 @@ use super::webhook::Webhook;
 use super::{cube, fetch, kernel, preflight, report, Ctx, Outcome, StepFailure, StepId};
 use crate::digest::Sha256Digest;
 use crate::plan::{Plan, PLAN_PATH};
+use crate::transport::FetchConfig;
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,15 +4,15 @@
 
 use std::time::Duration;
 
-use super::download::{self, FetchConfig};
+use super::fetch::HostNet;
 use super::host::Host;
 use super::status::Status;
 use crate::plan::Plan;
+use crate::transport::{self, FetchConfig};
 
 pub struct Webhook {
     url: String,
     cfg: FetchConfig,
-    attempts: u32,
 }
 
 impl Webhook {
@@ -30,9 +30,9 @@ impl Webhook {
                 idle_timeout: Duration::from_secs(10),
                 backoff_initial: Duration::from_secs(1),
                 backoff_max: Duration::from_secs(4),
+                attempts_per_mirror: 3,
                 ..FetchConfig::default()
             },
-            attempts: 3,
         })
     }
 
@@ -43,21 +43,24 @@ impl Webhook {
             host.say(&format!(
                 "dry run: would POST status ({}) to {}",
                 status.state,
-                download::redact_url(&self.url)
+                transport::redact_url(&self.url)
             ));
             return;
         }
         let body = status.to_json();
-        for attempt in 1..=self.attempts {
-            match download::post_json(host, &self.url, body.as_bytes(), &self.cfg) {
+        let mut failures = 0;
+        loop {
+            match transport::post_json(&HostNet(host), &self.url, body.as_bytes(), &self.cfg) {
                 Ok(()) => return,
-                Err(e) if e.is_retriable() && attempt < self.attempts => {
-                    host.sleep(self.cfg.backoff(attempt));
-                }
                 Err(e) => {
+                    failures += 1;
+                    if let Some(wait) = self.cfg.retry_wait(&e, failures) {
+                        host.sleep(wait);
+                        continue;
+                    }
                     host.say(&format!(
                         "webhook {}: {}; continuing without it",
-                        download::redact_url(&self.url),
+                        transport::redact_url(&self.url),
                         redacted(&e.to_string(), &self.url)
                     ));
                     return;
@@ -69,5 +72,5 @@ impl Webhook {
 
 /// Error text quotes the URL; keep its token out of the console.
 fn redacted(text: &str, url: &str) -> String {
-    text.replace(url, &download::redact_url(url))
+    text.replace(url, &transport::redact_url(url))
 }

@@ -254,3 +254,62 @@ fn the_kernel_teams_bad_fixtures_are_refused() {
     assert_eq!(seen, 4);
     assert!(!dir.path().join("x.lock").exists());
 }
+
+/// The builder downloads through the helper's transport: a 503 is retried
+/// after a backoff, a connection dropped mid-body resumes with a Range
+/// request (answered 206), and the lock pins the right bytes.
+#[test]
+fn lock_from_url_retries_503_and_resumes_a_dropped_body() {
+    use crate::server::{Behavior, Server};
+    let rel = release();
+    let deb_name = rel.deb.file_name().unwrap().to_str().unwrap();
+    let bytes = std::fs::read(&rel.deb).unwrap();
+    let sha = sha256_hex(&rel.deb);
+    let server = Server::start();
+    let path = format!("/{deb_name}");
+    server.route(
+        &path,
+        &bytes,
+        vec![Behavior::Status(503), Behavior::DropAfter(bytes.len() / 3)],
+    );
+    let dir = tempdir();
+    let lock = dir.path().join("retry.lock");
+    ok(&[
+        "lock",
+        "--url",
+        &format!("{}#sha256={sha}", server.url(&path)),
+        "--output",
+        lock.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&lock).unwrap();
+    assert!(text.contains(&format!("sha256: {sha}\n")), "{text}");
+    let reqs = server.requests_to(&path);
+    assert_eq!(reqs.len(), 3, "503, dropped, resumed: {reqs:?}");
+    assert_eq!(
+        reqs[2].range.as_deref(),
+        Some(format!("bytes={}-", bytes.len() / 3).as_str())
+    );
+}
+
+/// `file://` URLs are percent-decoded like the helper's: a space in a
+/// directory name arrives as `%20`.
+#[test]
+fn lock_from_a_percent_encoded_file_url() {
+    let rel = release();
+    let dir = tempdir();
+    let spaced = dir.path().join("with space");
+    std::fs::create_dir_all(&spaced).unwrap();
+    let deb_name = rel.deb.file_name().unwrap().to_str().unwrap();
+    std::fs::copy(&rel.deb, spaced.join(deb_name)).unwrap();
+    let url = format!(
+        "file://{}/{deb_name}",
+        spaced.to_str().unwrap().replace(' ', "%20")
+    );
+    let lock = dir.path().join("file.lock");
+    ok(&["lock", "--url", &url, "--output", lock.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&lock).unwrap();
+    assert!(
+        text.contains(&format!("sha256: {}\n", sha256_hex(&rel.deb))),
+        "{text}"
+    );
+}

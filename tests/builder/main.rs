@@ -3,6 +3,11 @@
 //! `cloud-init schema` on every payload, and the README's first command.
 
 mod support;
+// The helper tests' 127.0.0.1 server with failure knobs; the builder's
+// downloads share the helper's transport and face the same faults.
+#[path = "../support/server.rs"]
+#[allow(dead_code)]
+mod server;
 
 mod bootstrap;
 mod build;

@@ -12,7 +12,6 @@ use cli::{
     ApplyArgs, Cli, Command, DevCommand, DevFetchArgs, FetchArgs, ResetArgs, RunArgs, StageArg,
     StatusArgs,
 };
-use cubeboot::firstboot::download::FetchConfig;
 use cubeboot::firstboot::host::{DryRunHost, Host, RealHost};
 use cubeboot::firstboot::journal::JOURNAL_VERSION;
 use cubeboot::firstboot::preflight::PreflightConfig;
@@ -20,6 +19,7 @@ use cubeboot::firstboot::runner::{self, RunEnd, RunOptions, Scope, Steps};
 use cubeboot::firstboot::status::{self, exit, Status};
 use cubeboot::firstboot::{fetch, image, JOURNAL_PATH, STATUS_PATH};
 use cubeboot::plan::{Asset, Plan, PlanError, PLAN_PATH};
+use cubeboot::transport::FetchConfig;
 
 fn main() {
     let cli = Cli::parse();
@@ -244,6 +244,7 @@ fn fetch_config(args: &FetchArgs) -> FetchConfig {
         attempts_per_mirror: args.fetch_retries,
         idle_timeout: Duration::from_secs(args.fetch_timeout),
         connect_timeout: Duration::from_secs(args.fetch_timeout.min(30)),
+        user_agent: format!("cube-firstboot/{}", env!("CARGO_PKG_VERSION")),
         ..FetchConfig::default()
     }
 }

@@ -1,34 +1,29 @@
 //! Plain-HTTP probes of Cube's health endpoints (CubeAPI, CubeMaster, the
 //! control plane's node registry). Only `http://` on private addresses: these
-//! services do not terminate TLS (facts §14).
+//! services do not terminate TLS.
 
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 
 use super::super::host::{unix_secs, Host};
+use crate::transport::{self, FetchConfig};
 
-/// One GET with a short timeout; the body on 2xx, an error naming the URL
-/// and the status or transport failure otherwise.
+/// One GET with a short timeout, through the shared transport; the body on
+/// 2xx, an error naming the status or transport failure otherwise (callers
+/// name the URL).
 pub fn get(url: &str) -> Result<String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
+    let cfg = FetchConfig {
+        connect_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(5),
+        total_timeout: Some(Duration::from_secs(5)),
         // Cube's ports are on private addresses: never through an HTTP proxy
-        // from the environment (ureq reads http_proxy by default).
-        .proxy(None)
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent.get(url).call().map_err(|e| anyhow!("{e}"))?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| anyhow!("reading body: {e}"))?;
-    if !(200..300).contains(&status) {
-        return Err(anyhow!("HTTP {status}"));
-    }
-    Ok(body)
+        // from the environment.
+        use_proxy: false,
+        ..FetchConfig::default()
+    };
+    // Probes read no files and need no environment: the process will do.
+    transport::get_text(&transport::Process, url, &cfg).map_err(|e| anyhow!("{}", e.reason()))
 }
 
 /// Poll `probe` until it succeeds or `budget` (by the host's clock) is spent,

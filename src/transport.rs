@@ -1,20 +1,57 @@
-//! The one place the helper talks to the network. Everything else asks this
-//! module to open a URL at an offset or to POST a JSON body; the HTTP client
-//! (ureq 3 with rustls and the platform verifier) stays behind it, so
-//! swapping the client touches this file only (STYLE §11).
+//! The one place either binary talks to the network. The builder's `lock`,
+//! the helper's fetch step, its webhook and the Cube stage's health probes
+//! all ask this module to open a URL at an offset, to GET a small body or to
+//! POST a JSON body; the HTTP client (ureq 3 with rustls) stays behind it,
+//! so swapping the client touches this file only.
 //!
-//! `file://` URLs take the same path as http(s): they serve air-gapped
+//! What every caller gets: failures classified by what to do about them
+//! (retry only 408, 429, 5xx, timeouts and dropped connections), capped
+//! exponential backoff that honours `Retry-After`, Range resume that accepts
+//! only a 206 starting at the requested byte, proxies from
+//! `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, and `file://` URLs
+//! (percent-decoded) on the same path as http(s): they serve air-gapped
 //! installs and tests, and a missing file is the same error class as a 404
 //! (rustup `src/download/mod.rs`).
+//!
+//! Pure Rust, no builder-only crates: the static helper links it.
 
-use std::fs;
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::time::Duration;
 
-use super::host::Host;
+/// What a transfer needs from its surroundings. The helper passes its Host
+/// seam (environment and files under `--root`, its clock); the builder the
+/// process itself ([`Process`]).
+pub trait Surroundings: Sync {
+    /// An environment variable (proxies).
+    fn var(&self, key: &str) -> Option<String>;
+    /// Open the file a `file://` URL names (already percent-decoded).
+    fn open_local(&self, path: &str) -> io::Result<File>;
+    /// Wait between retries.
+    fn sleep(&self, d: Duration);
+}
 
-/// How downloads behave: retries, backoff and timeouts. Built by the CLI
-/// (`--fetch-retries`, `--fetch-timeout`); tests shorten the timeouts.
+/// What [`Surroundings::open_local`] returns.
+pub type LocalFile = File;
+
+/// The running process: its environment, its filesystem, its clock.
+pub struct Process;
+
+impl Surroundings for Process {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+    fn open_local(&self, path: &str) -> io::Result<File> {
+        File::open(path)
+    }
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+}
+
+/// How transfers behave: retries, backoff, timeouts and proxies. The helper's
+/// CLI builds it (`--fetch-retries`, `--fetch-timeout`); tests shorten the
+/// timeouts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchConfig {
     /// Attempts per mirror for retriable failures before the next mirror.
@@ -25,8 +62,13 @@ pub struct FetchConfig {
     /// TCP connect (and TLS handshake) budget.
     pub connect_timeout: Duration,
     /// Longest silence while waiting for headers or body bytes: a stalled
-    /// server is a timeout, not a hang (prior-art §7: installs that hang for hours).
+    /// server is a timeout, not a hang.
     pub idle_timeout: Duration,
+    /// Budget for a whole request, body included (health probes).
+    pub total_timeout: Option<Duration>,
+    /// Whether proxies from the environment apply. Off for Cube's own
+    /// endpoints, which are on private addresses.
+    pub use_proxy: bool,
     pub user_agent: String,
 }
 
@@ -40,7 +82,9 @@ impl Default for FetchConfig {
             backoff_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
-            user_agent: format!("cube-firstboot/{}", env!("CARGO_PKG_VERSION")),
+            total_timeout: None,
+            use_proxy: true,
+            user_agent: format!("cubeboot/{}", env!("CARGO_PKG_VERSION")),
         }
     }
 }
@@ -53,6 +97,24 @@ impl FetchConfig {
         self.backoff_initial
             .saturating_mul(factor)
             .min(self.backoff_max)
+    }
+
+    /// The wait before the next attempt after `failures` failures ended with
+    /// `err`, or `None` when this URL should be given up: not retriable, or
+    /// out of attempts. A server's `Retry-After` lengthens the wait, up to
+    /// the cap.
+    pub fn retry_wait(&self, err: &DownloadError, failures: u32) -> Option<Duration> {
+        let DownloadError::Retriable { retry_after, .. } = err else {
+            return None;
+        };
+        if failures >= self.attempts_per_mirror {
+            return None;
+        }
+        let wait = self.backoff(failures);
+        Some(match retry_after {
+            Some(ra) => wait.max((*ra).min(self.backoff_max)),
+            None => wait,
+        })
     }
 }
 
@@ -79,6 +141,14 @@ impl DownloadError {
     pub fn is_retriable(&self) -> bool {
         matches!(self, Self::Retriable { .. })
     }
+
+    /// What went wrong, without the URL (for callers that name it already).
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::NotFound { detail, .. } => detail,
+            Self::Retriable { reason, .. } | Self::Fatal { reason, .. } => reason,
+        }
+    }
 }
 
 /// An opened download.
@@ -93,15 +163,15 @@ pub struct Opened {
 
 /// Open `url` for reading from byte `offset` (0 = the whole file).
 pub fn open(
-    host: &dyn Host,
+    env: &dyn Surroundings,
     url: &str,
     offset: u64,
     cfg: &FetchConfig,
 ) -> Result<Opened, DownloadError> {
     if let Some(path) = url.strip_prefix("file://") {
-        open_file(host, url, &percent_decode(path), offset)
+        open_file(env, url, &percent_decode(path), offset)
     } else if url.starts_with("http://") || url.starts_with("https://") {
-        open_http(host, url, offset, cfg)
+        open_http(env, url, offset, cfg)
     } else {
         Err(DownloadError::Fatal {
             url: url.into(),
@@ -112,7 +182,7 @@ pub fn open(
 
 /// POST a JSON body; any 2xx is success.
 pub fn post_json(
-    host: &dyn Host,
+    env: &dyn Surroundings,
     url: &str,
     body: &[u8],
     cfg: &FetchConfig,
@@ -123,7 +193,7 @@ pub fn post_json(
             reason: "webhook URL must be http or https".into(),
         });
     }
-    let agent = agent_for(host, url, cfg)?;
+    let agent = agent_for(env, url, cfg)?;
     let resp = agent
         .post(url)
         .content_type("application/json")
@@ -141,6 +211,142 @@ pub fn post_json(
     }
 }
 
+/// GET a small body (a health probe's JSON): the text on 2xx, the classified
+/// failure otherwise. Bodies past 1 MiB are cut: no probe answer is that long.
+pub fn get_text(
+    env: &dyn Surroundings,
+    url: &str,
+    cfg: &FetchConfig,
+) -> Result<String, DownloadError> {
+    const LIMIT: u64 = 1 << 20;
+    let opened = open(env, url, 0, cfg)?;
+    let mut body = Vec::new();
+    opened
+        .body
+        .take(LIMIT)
+        .read_to_end(&mut body)
+        .map_err(|e| classify_body_error(url, e))?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Called with the bytes read so far and the total, when known.
+pub type ProgressHook<'a> = Box<dyn FnMut(u64, Option<u64>) + Send + 'a>;
+
+/// One URL as a single stream for callers that consume the bytes as they
+/// arrive (the builder hashes and inspects a package in one pass).
+/// Retriable failures, while opening or mid-body, are retried after the
+/// backoff and resume at the byte reached; only a 206 from exactly that byte
+/// is accepted, because the bytes already read are gone to the caller.
+pub struct Stream<'a> {
+    env: &'a dyn Surroundings,
+    url: String,
+    cfg: FetchConfig,
+    body: Option<Box<dyn Read + Send>>,
+    pos: u64,
+    total: Option<u64>,
+    failures: u32,
+    progress: Option<ProgressHook<'a>>,
+}
+
+impl<'a> Stream<'a> {
+    /// Open `url`, retrying retriable failures as configured.
+    pub fn open(
+        env: &'a dyn Surroundings,
+        url: &str,
+        cfg: &FetchConfig,
+    ) -> Result<Self, DownloadError> {
+        let mut s = Self {
+            env,
+            url: url.to_string(),
+            cfg: cfg.clone(),
+            body: None,
+            pos: 0,
+            total: None,
+            failures: 0,
+            progress: None,
+        };
+        s.connect()?;
+        Ok(s)
+    }
+
+    /// Length of the whole resource, when the server said.
+    pub fn total(&self) -> Option<u64> {
+        self.total
+    }
+
+    /// Report progress after every read.
+    pub fn on_progress(mut self, hook: ProgressHook<'a>) -> Self {
+        self.progress = Some(hook);
+        self
+    }
+
+    fn connect(&mut self) -> Result<(), DownloadError> {
+        loop {
+            match open(self.env, &self.url, self.pos, &self.cfg) {
+                Ok(o) if o.start == self.pos => {
+                    self.total = o.total.or(self.total);
+                    self.body = Some(o.body);
+                    return Ok(());
+                }
+                Ok(_) => {
+                    return Err(DownloadError::Fatal {
+                        url: redact_url(&self.url),
+                        reason: format!(
+                            "the server ignored the range request; cannot resume at byte {}",
+                            self.pos
+                        ),
+                    })
+                }
+                Err(e) => self.wait(e)?,
+            }
+        }
+    }
+
+    /// Sleep before the next attempt, or give up with `err`.
+    fn wait(&mut self, err: DownloadError) -> Result<(), DownloadError> {
+        self.failures += 1;
+        match self.cfg.retry_wait(&err, self.failures) {
+            Some(d) => {
+                self.env.sleep(d);
+                Ok(())
+            }
+            None => Err(err),
+        }
+    }
+}
+
+impl Read for Stream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let Some(body) = self.body.as_mut() else {
+                self.connect().map_err(io::Error::other)?;
+                continue;
+            };
+            let err = match body.read(buf) {
+                Ok(0) => match self.total {
+                    Some(total) if self.pos < total => DownloadError::Retriable {
+                        url: self.url.clone(),
+                        reason: format!("connection closed after {} of {total} bytes", self.pos),
+                        retry_after: None,
+                    },
+                    _ => return Ok(0),
+                },
+                Ok(n) => {
+                    self.pos += n as u64;
+                    if let Some(hook) = self.progress.as_mut() {
+                        hook(self.pos, self.total);
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => classify_body_error(&self.url, e),
+            };
+            self.body = None;
+            self.wait(err).map_err(io::Error::other)?;
+        }
+    }
+}
+
 /// Classify an error met while reading a body (after `open` succeeded).
 pub fn classify_body_error(url: &str, e: io::Error) -> DownloadError {
     match ureq::Error::from(e) {
@@ -150,7 +356,7 @@ pub fn classify_body_error(url: &str, e: io::Error) -> DownloadError {
 }
 
 /// Which proxy serves `url`, from the curl-style variables read through the
-/// host: `https_proxy`/`HTTPS_PROXY` for https, `http_proxy`/`HTTP_PROXY` for
+/// caller's surroundings: `https_proxy`/`HTTPS_PROXY` for https, `http_proxy`/`HTTP_PROXY` for
 /// http (the lower-case name wins, as in curl), `ALL_PROXY` as a fallback,
 /// and `NO_PROXY`/`no_proxy` exceptions (comma list of host suffixes, `*`).
 pub fn proxy_for(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
@@ -188,9 +394,13 @@ pub fn redact_url(url: &str) -> String {
     format!("{scheme}://{authority}{path}")
 }
 
-fn open_file(host: &dyn Host, url: &str, path: &str, offset: u64) -> Result<Opened, DownloadError> {
-    let local = host.path(path);
-    let mut f = match fs::File::open(&local) {
+fn open_file(
+    env: &dyn Surroundings,
+    url: &str,
+    path: &str,
+    offset: u64,
+) -> Result<Opened, DownloadError> {
+    let mut f = match env.open_local(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(DownloadError::NotFound {
@@ -221,12 +431,12 @@ fn open_file(host: &dyn Host, url: &str, path: &str, offset: u64) -> Result<Open
 }
 
 fn open_http(
-    host: &dyn Host,
+    env: &dyn Surroundings,
     url: &str,
     offset: u64,
     cfg: &FetchConfig,
 ) -> Result<Opened, DownloadError> {
-    let agent = agent_for(host, url, cfg)?;
+    let agent = agent_for(env, url, cfg)?;
     let mut req = agent.get(url);
     if offset > 0 {
         req = req.header("Range", format!("bytes={offset}-"));
@@ -260,7 +470,7 @@ fn open_http(
             }
         }
         // The partial file is at or past the end of the resource: start over.
-        416 if offset > 0 => return open_http(host, url, 0, cfg),
+        416 if offset > 0 => return open_http(env, url, 0, cfg),
         _ => {
             return Err(classify_status(
                 url,
@@ -276,8 +486,16 @@ fn open_http(
     })
 }
 
-fn agent_for(host: &dyn Host, url: &str, cfg: &FetchConfig) -> Result<ureq::Agent, DownloadError> {
-    let proxy = match proxy_for(url, &|k| host.env(k)) {
+fn agent_for(
+    env: &dyn Surroundings,
+    url: &str,
+    cfg: &FetchConfig,
+) -> Result<ureq::Agent, DownloadError> {
+    let proxy = match cfg
+        .use_proxy
+        .then(|| proxy_for(url, &|k| env.var(k)))
+        .flatten()
+    {
         None => None,
         Some(p) => Some(ureq::Proxy::new(&p).map_err(|_| DownloadError::Fatal {
             url: redact_url(url),
@@ -298,6 +516,7 @@ fn agent_for(host: &dyn Host, url: &str, cfg: &FetchConfig) -> Result<ureq::Agen
         .timeout_connect(Some(cfg.connect_timeout))
         .timeout_per_read(Some(cfg.idle_timeout))
         .timeout_per_write(Some(cfg.idle_timeout))
+        .timeout_global(cfg.total_timeout)
         // Pooled connections are no use for one request per agent.
         .max_idle_connections(0)
         .build();
@@ -332,8 +551,7 @@ fn classify_ureq(url: &str, e: ureq::Error) -> DownloadError {
     match e {
         ureq::Error::Io(io) => classify_io(url, &io),
         ureq::Error::Timeout(t) => retriable(format!("timed out ({t})")),
-        // At first boot DNS and routes may come up late (prior-art §7,
-        // k0smotron #1441): worth another try.
+        // At first boot DNS and routes may come up late: worth another try.
         ureq::Error::HostNotFound => retriable("host not found".into()),
         ureq::Error::ConnectionFailed => retriable("connection failed".into()),
         ureq::Error::Protocol(p) => retriable(format!("protocol error: {p}")),
