@@ -226,10 +226,69 @@ pub struct CubePlan {
     /// Extra environment for the installer (sorted, so plans are reproducible).
     #[serde(default)]
     pub extra_env: BTreeMap<String, String>,
+    /// Budget for cube-verify's probes (services may still be starting).
+    #[serde(default = "default_verify_budget")]
+    pub verify_budget_secs: u64,
+    /// How long a compute node waits for its control plane to answer.
+    #[serde(default = "default_control_plane_wait")]
+    pub control_plane_wait_secs: u64,
+    /// The control node's object storage (`CUBE_S3_*`), for compute nodes:
+    /// optional upstream, but without it a compute node has no S3 volume plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Settings>,
 }
 
+/// Object storage settings as upstream's installer reads them
+/// (`CUBE_S3_*`, CubeSandbox: docs/guide/multi-node-deploy.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    pub endpoint: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub bucket: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3fs_extra_opts: Option<String>,
+}
+
+impl S3Settings {
+    /// The installer's variable for each setting.
+    pub fn env(&self) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        let mut set = |k: &str, v: &str| {
+            env.insert(format!("CUBE_S3_{k}"), v.to_string());
+        };
+        set("ENDPOINT", &self.endpoint);
+        set("ACCESS_KEY_ID", &self.access_key_id);
+        set("SECRET_ACCESS_KEY", &self.secret_access_key);
+        set("BUCKET", &self.bucket);
+        if let Some(r) = &self.region {
+            set("REGION", r);
+        }
+        if let Some(o) = &self.s3fs_extra_opts {
+            set("S3FS_EXTRA_OPTS", o);
+        }
+        env
+    }
+}
+
+/// Cold starts have run past 45 minutes (CubeSandbox #924, #1753).
+pub const DEFAULT_INSTALL_TIMEOUT_SECS: u64 = 60 * 60;
+pub const DEFAULT_VERIFY_BUDGET_SECS: u64 = 300;
+pub const DEFAULT_CONTROL_PLANE_WAIT_SECS: u64 = 20 * 60;
+
 fn default_install_timeout() -> u64 {
-    45 * 60
+    DEFAULT_INSTALL_TIMEOUT_SECS
+}
+
+fn default_verify_budget() -> u64 {
+    DEFAULT_VERIFY_BUDGET_SECS
+}
+
+fn default_control_plane_wait() -> u64 {
+    DEFAULT_CONTROL_PLANE_WAIT_SECS
 }
 
 fn default_loopback_gib() -> u64 {
@@ -426,12 +485,15 @@ pub mod testing {
                 control_plane_ip: None,
                 node_ip: "auto".into(),
                 mirror: None,
-                install_timeout_secs: 2700,
+                install_timeout_secs: DEFAULT_INSTALL_TIMEOUT_SECS,
                 data_disk: DataDisk::Auto,
                 loopback_size_gib: 50,
                 hardening: true,
                 allow_from: vec![],
                 extra_env: BTreeMap::new(),
+                verify_budget_secs: DEFAULT_VERIFY_BUDGET_SECS,
+                control_plane_wait_secs: DEFAULT_CONTROL_PLANE_WAIT_SECS,
+                s3: None,
             },
             report: ReportPlan::default(),
             max_reboots: 1,

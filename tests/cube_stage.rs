@@ -110,22 +110,86 @@ fn host_with_bundle(dir: &Path, plan: &Plan, bundle_rel: &str, ip_addr: &str) ->
     });
     host.on_program("journalctl", CmdOutput::ok("-- No entries --\n"));
     let root = dir.to_path_buf();
+    host.on(move |c| (c.program == "timeout").then(|| run_real(c, &root, &fixture_env(&root))));
+    model_services(&host, dir);
+    host
+}
+
+/// The fixture's service stand-ins as systemd would run them: Cubelet is
+/// active, and `systemctl restart` re-runs the installed services script,
+/// which re-reads config.toml and rewrites the sockets in <root>/proc/net.
+/// `nft list` shows the ruleset last loaded with `nft -f`.
+fn model_services(host: &ScriptedHost, dir: &Path) {
+    host.on_program("systemctl", CmdOutput::ok(""));
+    host.on_program("nft", CmdOutput::ok(""));
+    let root = dir.to_path_buf();
     host.on(move |c| {
-        (c.program == "timeout").then(|| {
-            run_real(
-                c,
-                &root,
-                &[
-                    (
-                        "CUBE_SANDBOX_INSTALL_ROOT",
-                        under_root(&root, TOOLBOX).display().to_string(),
-                    ),
-                    ("ONE_CLICK_FIXTURE_ALLOW_NONROOT", "1".into()),
-                ],
-            )
+        (c.program == "systemctl" && c.args.first().map(String::as_str) == Some("restart")).then(
+            || {
+                run_real(
+                    &CommandSpec::new("bash").args([
+                        under_root(&root, &format!("{TOOLBOX}/fixture/services.sh"))
+                            .display()
+                            .to_string(),
+                        "restart".into(),
+                    ]),
+                    &root,
+                    &fixture_env(&root),
+                )
+            },
+        )
+    });
+    host.on(|c| {
+        (c.program == "systemctl" && c.args.first().map(String::as_str) == Some("is-active"))
+            .then(|| Ok(CmdOutput::ok("active\n")))
+    });
+    let loaded = Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = loaded.clone();
+    host.on(move |c| {
+        (c.program == "nft" && c.args.first().map(String::as_str) == Some("-f")).then(|| {
+            *seen.lock().unwrap() = std::fs::read_to_string(&c.args[1]).unwrap();
+            Ok(CmdOutput::ok(""))
         })
     });
-    host
+    host.on(move |c| {
+        (c.program == "nft" && c.args.first().map(String::as_str) == Some("list"))
+            .then(|| Ok(CmdOutput::ok(loaded.lock().unwrap().clone())))
+    });
+}
+
+/// What the fixture needs to run in a temp root with modelled sockets.
+fn fixture_env(root: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "CUBE_SANDBOX_INSTALL_ROOT",
+            under_root(root, TOOLBOX).display().to_string(),
+        ),
+        ("ONE_CLICK_FIXTURE_ALLOW_NONROOT", "1".into()),
+        (
+            "ONE_CLICK_FIXTURE_PROC_NET",
+            under_root(root, "/proc/net").display().to_string(),
+        ),
+    ]
+}
+
+/// A network made of the node's modelled sockets: a GET answers when a
+/// listener in <root>/proc/net accepts its address, as a real service would.
+fn model_get(host: &ScriptedHost) -> impl Fn(&str) -> anyhow::Result<String> + '_ {
+    move |url: &str| {
+        let hostport = url
+            .strip_prefix("http://")
+            .and_then(|r| r.split('/').next())
+            .unwrap();
+        let (addr, port) = hostport.rsplit_once(':').unwrap();
+        let addr: std::net::IpAddr = addr.trim_matches(|c| c == '[' || c == ']').parse()?;
+        let port: u16 = port.parse()?;
+        let ls = cube::listeners::read(host)?;
+        if ls.iter().any(|l| l.port == port && l.accepts(addr)) {
+            Ok("ok".into())
+        } else {
+            anyhow::bail!("connection refused")
+        }
+    }
 }
 
 /// A tiny HTTP server on 127.0.0.1: `answer(path, n)` gives status and body
@@ -236,6 +300,10 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
         "{bundle_env}"
     );
     assert!(env.contains("CUBEMASTER_HTTP_BIND=10.0.2.15\n"), "{env}");
+    // The installer's own quickcheck probes ${CUBEMASTER_ADDR:-127.0.0.1:8089};
+    // a CubeMaster bound to the node IP only answers there if it is set too.
+    assert!(env.contains("CUBEMASTER_ADDR=10.0.2.15:8089\n"), "{env}");
+    assert_eq!(ctx.journal.fact(cube::QUICKCHECK_FACT), Some("ok"));
     assert_eq!(
         host.read_link(&format!("{TOOLBOX}/cube-kernel-scf/vmlinux"))
             .unwrap()
@@ -290,22 +358,42 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
         Some("ok: kvm_pvm loaded")
     );
 
-    // Harden: Cubelet binds, firewall, credentials file mode.
-    host.on_program("systemctl", CmdOutput::ok(""));
-    host.on(|c| {
-        (c.program == "systemctl" && c.args[0] == "is-active")
-            .then(|| Ok(CmdOutput::ok("active\n")))
-    });
-    host.on_program("nft", CmdOutput::ok(""));
+    // Verify where the services really listen (the model network answers
+    // only where a socket accepts): CubeMaster and CubeAPI on the node IP.
+    let out = cube::verify::run_with_probe(&mut ctx, &model_get(&host)).unwrap();
+    assert_eq!(out, Outcome::Done("6 checks passed".into()));
+    assert_eq!(
+        check(ctx.journal, "cube-master").as_deref(),
+        Some("ok: http://10.0.2.15:8089/notify/health answers")
+    );
+
+    // Harden: Cubelet binds (upstream's port-only form), firewall, credentials.
+    let listening = |port: u16| -> Vec<String> {
+        cube::listeners::on_port(&cube::listeners::read(&host).unwrap(), port)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(listening(9998), ["[::]:9998"]);
     let out = cube::harden(&mut ctx).unwrap();
     assert_eq!(
         out,
-        Outcome::Done("CubeMaster/CubeAPI bound to 10.0.2.15; Cubelet bound to 10.0.2.15; ports 8089,9999,3000,12088 only from 10.0.2.0/24; credentials in /etc/cubeboot/credentials.env".into())
+        Outcome::Done("CubeMaster on 10.0.2.15:8089, CubeAPI on 10.0.2.15:3000; Cubelet listens on 10.0.2.15:9998,9999 and 127.0.0.1:9966; ports 8089,9999,9998,3000,12088,9000,9966 only from 10.0.2.0/24; credentials in /etc/cubeboot/credentials.env".into())
     );
     let cfg = host
         .read_string(&format!("{TOOLBOX}/Cubelet/config/config.toml"))
         .unwrap();
     assert!(cfg.contains("tcp_address = \"10.0.2.15:9999\""), "{cfg}");
+    assert!(cfg.contains("address = \"10.0.2.15:9998\""), "{cfg}");
+    assert!(cfg.contains("address = \"127.0.0.1:9966\""), "{cfg}");
+    assert!(
+        cfg.contains("address = \"/data/cubelet/cubelet.sock\""),
+        "{cfg}"
+    );
+    // What listens after the restart, not what the file says.
+    assert_eq!(listening(9998), ["10.0.2.15:9998"]);
+    assert_eq!(listening(9999), ["10.0.2.15:9999"]);
+    assert_eq!(listening(9966), ["127.0.0.1:9966"]);
     let fw = host
         .path("/etc/cubeboot/firewall.nft")
         .display()
@@ -458,10 +546,16 @@ fn compute_waits_for_the_control_plane_then_installs_and_registers() {
     };
 
     cube::install(&mut ctx).unwrap();
-    assert_eq!(requests.load(Ordering::SeqCst), 3);
+    // Three waits by us, then the installer's quickcheck: health, registration.
+    assert_eq!(requests.load(Ordering::SeqCst), 5);
     assert_eq!(
         ctx.journal.warnings,
-        vec!["compute role without CUBE_S3_ENDPOINT in the plan's extra_env: newer Cube installers require it"]
+        vec!["compute role without the control node's CUBE_S3_* (optional upstream): this node will have no S3 volume plugin (cubeboot build --s3-env)"]
+    );
+    let log = host.read_string(cube::INSTALL_LOG).unwrap();
+    assert!(
+        log.contains("[one-click] WARNING: CUBE_S3_* not set on this compute node (optional)"),
+        "{log}"
     );
     let said = host.said();
     let waits: Vec<&String> = said
@@ -485,6 +579,9 @@ fn compute_waits_for_the_control_plane_then_installs_and_registers() {
         )),
         "{env}"
     );
+    // One name for the control plane: with a custom port only the address
+    // (upstream's preflight dies when the IP form disagrees with it).
+    assert!(!env.contains("ONE_CLICK_CONTROL_PLANE_IP"), "{env}");
     // A compute node gets no CubeMaster/CubeAPI binds and no credentials.
     assert!(!env.contains("CUBEMASTER_HTTP_BIND"), "{env}");
     assert!(!host.exists(cube::CREDENTIALS_PATH));
@@ -517,6 +614,20 @@ fn compute_gives_up_when_the_control_plane_never_answers() {
         format!("control plane http://127.0.0.1:{port}/notify/health did not answer within 1200 s: HTTP 503 (diagnostics: /var/log/cubeboot/diagnostics-1800001200.tar.gz)")
     );
     assert_eq!(requests.load(Ordering::SeqCst), 121);
+    // The wait is the plan's (cubeboot build --control-plane-wait).
+    let mut plan = plan.clone();
+    plan.cube.control_plane_wait_secs = 60;
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    let err = cube::install(&mut ctx).unwrap_err();
+    assert!(
+        failure_text(&err).contains("did not answer within 60 s: HTTP 503"),
+        "{err:#}"
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 121 + 7);
     // The installer never ran.
     assert!(!host.commands().iter().any(|c| c.starts_with("timeout ")));
 }
@@ -854,6 +965,12 @@ fn prereq_host(dir: &Path) -> ScriptedHost {
             .then(|| Ok(CmdOutput::ok("")))
     });
     host.put("/usr/bin/resolvectl", "");
+    host.put("/usr/sbin/mkfs.ext4", "");
+    host.put("/usr/sbin/losetup", "");
+    host.put(
+        "/proc/self/mounts",
+        "/dev/vda1 / ext4 rw 0 0\nbpf /sys/fs/bpf bpf rw,nosuid,nodev,noexec,relatime,mode=700 0 0\n",
+    );
     host.put(
         "/sys/fs/cgroup/cgroup.controllers",
         "cpuset cpu io memory pids\n",
@@ -941,7 +1058,9 @@ fn rhel_family_gets_docker_ce_and_dnsmasq_when_no_resolver() {
     host.on(|c| {
         (c.program == "rpm").then(|| {
             Ok(match c.args.last().map(String::as_str) {
-                Some("docker-ce" | "dnsmasq") => CmdOutput::failed(1, "no package provides"),
+                Some("docker-ce" | "dnsmasq" | "e2fsprogs") => {
+                    CmdOutput::failed(1, "no package provides")
+                }
                 _ => CmdOutput::ok("installed"),
             })
         })
@@ -952,6 +1071,20 @@ fn rhel_family_gets_docker_ce_and_dnsmasq_when_no_resolver() {
         (c.program == "systemctl" && c.args[0] == "show").then(|| Ok(CmdOutput::ok("not-found\n")))
     });
     host.on(|c| (c.program == "systemctl" && c.args[0] == "enable").then(|| Ok(CmdOutput::ok(""))));
+    // bpffs not mounted yet: mounted once asked.
+    let root = dir.path().to_path_buf();
+    host.on(move |c| {
+        (c.program == "mount").then(|| {
+            std::fs::write(
+                root.join("proc/self/mounts"),
+                "/dev/vda1 / xfs rw 0 0\nbpf /sys/fs/bpf bpf rw 0 0\n",
+            )
+            .unwrap();
+            Ok(CmdOutput::ok(""))
+        })
+    });
+    host.put("/proc/self/mounts", "/dev/vda1 / xfs rw 0 0\n");
+    host.put("/usr/sbin/losetup", "");
     let mut plan = plan_for(PLAIN);
     plan.target.packages.manager = PackageManager::Dnf;
     plan.target.packages.docker = DockerSource::DockerCeRepo;
@@ -963,15 +1096,18 @@ fn rhel_family_gets_docker_ce_and_dnsmasq_when_no_resolver() {
     };
     assert_eq!(
         cube::prereqs(&mut ctx).unwrap(),
-        Outcome::Done("dnsmasq (no resolvectl or NetworkManager); installed dnsmasq; Docker CE from download.docker.com".into())
+        Outcome::Done("mounted bpffs at /sys/fs/bpf; dnsmasq (no resolvectl or NetworkManager); installed dnsmasq e2fsprogs; Docker CE from download.docker.com".into())
     );
+    assert!(host
+        .commands()
+        .contains(&"mount -t bpf bpf /sys/fs/bpf".to_string()));
     assert_eq!(
         ctx.journal.fact(cube::DNSMASQ_MODE_FACT),
         Some("standalone")
     );
     let cmds = host.commands();
     assert!(
-        cmds.contains(&"dnf -y install dnsmasq".to_string()),
+        cmds.contains(&"dnf -y install dnsmasq e2fsprogs".to_string()),
         "{cmds:?}"
     );
     assert!(cmds.contains(
@@ -1225,11 +1361,13 @@ fn hardening_off_skips_and_without_allow_from_warns() {
     );
     assert!(host.commands().is_empty());
 
-    // Hardening on, no allow_from: binds and credentials, firewall untouched, a warning.
+    // Hardening on, no allow_from: binds and credentials, firewall untouched,
+    // a warning naming what listens beyond loopback. No key in an env file:
+    // the sockets decide (CubeMaster on the node IP, WebUI everywhere).
     let plan = plan_for(PLAIN);
     host.put(
-        &format!("{TOOLBOX}/.one-click.env"),
-        "CUBEMASTER_HTTP_BIND=10.0.2.15\n",
+        "/proc/net/tcp",
+        "  sl  local_address rem_address   st\n   0: 0F02000A:1F99 00000000:0000 0A\n   1: 0100007F:0BB8 00000000:0000 0A\n   2: 00000000:2F38 00000000:0000 0A\n",
     );
     host.put(cube::CREDENTIALS_PATH, "E2B_API_KEY=e2b_x\n");
     std::fs::set_permissions(
@@ -1247,13 +1385,13 @@ fn hardening_off_skips_and_without_allow_from_warns() {
     assert_eq!(
         cube::harden(&mut ctx).unwrap(),
         Outcome::Done(
-            "CubeMaster/CubeAPI bound to 10.0.2.15; credentials in /etc/cubeboot/credentials.env"
+            "CubeMaster on 10.0.2.15:8089, CubeAPI on 127.0.0.1:3000; no Cubelet config; credentials in /etc/cubeboot/credentials.env"
                 .into()
         )
     );
     assert_eq!(
         ctx.journal.warnings,
-        vec!["hardening: no allow_from networks in the plan, so ports 8089, 9999, 3000, 12088 stay open to every network (CubeMaster and Cubelet have no auth)"]
+        vec!["hardening: no allow_from networks in the plan, so 10.0.2.15:8089, 0.0.0.0:12088 (all interfaces) stay open to every network (CubeMaster and Cubelet have no auth)"]
     );
     assert!(!host.exists("/etc/cubeboot/firewall.nft"));
 
@@ -1270,4 +1408,326 @@ fn hardening_off_skips_and_without_allow_from_warns() {
             .starts_with("/etc/cubeboot/credentials.env has mode 644, expected 600 (diagnostics: "),
         "{err:#}"
     );
+}
+
+// ---- issue 12: the fixture as upstream behaves; verdicts by what runs ----
+
+/// Install, verify and harden a control node whose installer is a held-out
+/// variant (a fixture knob in `extra_env`), with the model network.
+fn control_node_with(
+    knob: Option<&str>,
+    hardening: bool,
+) -> (tempfile::TempDir, anyhow::Result<()>, Vec<(String, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = plan_for(PLAIN);
+    plan.cube.hardening = hardening;
+    plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    if let Some(k) = knob {
+        plan.cube.extra_env.insert(k.into(), "1".into());
+    }
+    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
+    let mut journal = Journal::new("test");
+    journal.set_fact(facts::KVM_MODE, "pvm");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    let result = (|| {
+        cube::install(&mut ctx)?;
+        cube::with_diagnostics(&mut ctx, |ctx| {
+            cube::verify::run_with_probe(ctx, &model_get(&host))
+        })?;
+        cube::harden(&mut ctx)?;
+        Ok(())
+    })();
+    let checks = ctx
+        .journal
+        .checks
+        .iter()
+        .map(|(k, c)| {
+            (
+                k.clone(),
+                format!("{}: {}", if c.ok { "ok" } else { "fail" }, c.detail),
+            )
+        })
+        .collect();
+    (dir, result, checks)
+}
+
+#[test]
+fn held_out_installer_variants_end_verified_and_hardened() {
+    // Each knob is a small, upstream-legal difference (docs/cube-installer.md):
+    // CubeAPI that only listens on loopback; no bind keys in .one-click.env;
+    // .one-click.env copied from the bundle's .env instead of rebuilt.
+    for (knob, hardening) in [
+        (None, true),
+        (Some("ONE_CLICK_FIXTURE_API_LOOPBACK"), true),
+        (Some("ONE_CLICK_FIXTURE_NO_BIND_KEYS"), true),
+        (Some("ONE_CLICK_FIXTURE_COPY_ENV"), true),
+        (Some("ONE_CLICK_FIXTURE_COPY_ENV"), false),
+    ] {
+        let (_dir, result, checks) = control_node_with(knob, hardening);
+        assert!(
+            result.is_ok(),
+            "{knob:?} (hardening {hardening}): {:#}\n{checks:#?}",
+            result.unwrap_err()
+        );
+        let api = &checks.iter().find(|(k, _)| k == "cube-api").unwrap().1;
+        let want = if knob == Some("ONE_CLICK_FIXTURE_API_LOOPBACK") || !hardening {
+            "ok: http://127.0.0.1:3000/health answers"
+        } else {
+            "ok: http://10.0.2.15:3000/health answers"
+        };
+        assert_eq!(api, want, "{knob:?}");
+    }
+}
+
+#[test]
+fn when_our_verdict_and_the_installers_quickcheck_disagree_the_status_says_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = plan_for(PLAIN);
+    plan.cube.hardening = false;
+    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
+    host.put("/dev/kvm", "");
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    cube::install(&mut ctx).unwrap();
+    assert_eq!(ctx.journal.fact(cube::QUICKCHECK_FACT), Some("ok"));
+    // CubeAPI stops answering after the installer's quickcheck.
+    let get = |url: &str| -> anyhow::Result<String> {
+        if url.ends_with("/health") && !url.contains("notify") {
+            anyhow::bail!("HTTP 502")
+        }
+        model_get(&host)(url)
+    };
+    let mut plan = plan.clone();
+    plan.cube.verify_budget_secs = 10;
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    let err = cube::verify::run_with_probe(&mut ctx, &get).unwrap_err();
+    assert_eq!(
+        failure_text(&err),
+        "cube verification failed: cube-api; the installer's own quickcheck passed (see install.log)"
+    );
+}
+
+#[test]
+fn the_control_plane_is_named_one_way_as_upstream_expects() {
+    let net = cube::install::Network {
+        addrs: vec![(
+            "eth0".into(),
+            cube::cidr::Ipv4Net::parse("10.0.2.15/24").unwrap(),
+        )],
+        default_dev: Some("eth0".into()),
+        parsed: cube::cidr::HostNetwork::parse(IP_ADDR, IP_ROUTE, "").unwrap(),
+    };
+    let mut plan = plan_for(PLAIN);
+    plan.cube.role = Role::Compute;
+    let env_for = |cp: &str| {
+        let mut cube = plan.cube.clone();
+        cube.control_plane_ip = Some(cp.into());
+        let input = cube::install::Input {
+            cube: &cube,
+            pvm: true,
+            dnsmasq: None,
+            dry_run: false,
+        };
+        let env = cube::install::prepare(&input, &net).unwrap().env;
+        (
+            env.get("ONE_CLICK_CONTROL_PLANE_IP").cloned(),
+            env.get("ONE_CLICK_CONTROL_PLANE_CUBEMASTER_ADDR").cloned(),
+        )
+    };
+    assert_eq!(env_for("10.0.2.9"), (Some("10.0.2.9".into()), None));
+    assert_eq!(env_for("10.0.2.9:8089"), (Some("10.0.2.9".into()), None));
+    assert_eq!(
+        env_for("10.0.2.9:18089"),
+        (None, Some("10.0.2.9:18089".into()))
+    );
+}
+
+#[test]
+fn compute_nodes_get_the_control_nodes_object_storage_through_env_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, _) = fake_server(|path, _| match path {
+        "/notify/health" => (200, "ok".into()),
+        "/internal/meta/nodes/10.0.2.15" => (200, r#"{"host_ip":"10.0.2.15"}"#.into()),
+        _ => (404, String::new()),
+    });
+    let mut plan = plan_for(PLAIN);
+    plan.cube.role = Role::Compute;
+    plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
+    plan.cube.s3 = Some(S3Settings {
+        endpoint: "http://10.0.2.9:9000".into(),
+        access_key_id: "cubeminio".into(),
+        secret_access_key: "s3-secret-value".into(),
+        bucket: "cube-volumes".into(),
+        region: None,
+        s3fs_extra_opts: Some("-ouse_path_request_style".into()),
+    });
+    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    cube::install(&mut ctx).unwrap();
+    assert!(
+        ctx.journal.warnings.is_empty(),
+        "{:?}",
+        ctx.journal.warnings
+    );
+    let env = host
+        .read_string(&format!("{TOOLBOX}/.one-click.env"))
+        .unwrap();
+    assert!(
+        env.contains("CUBE_S3_ENDPOINT=http://10.0.2.9:9000\n"),
+        "{env}"
+    );
+    assert!(
+        env.contains("CUBE_S3_SECRET_ACCESS_KEY=s3-secret-value\n"),
+        "{env}"
+    );
+    let log = host.read_string(cube::INSTALL_LOG).unwrap();
+    assert!(!log.contains("CUBE_S3_* not set"), "{log}");
+    assert!(host
+        .commands()
+        .iter()
+        .all(|c| !c.contains("s3-secret-value")));
+}
+
+#[test]
+fn networkmanager_hosts_get_standalone_dnsmasq_where_the_bundle_knows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = prereq_host(dir.path());
+    host.on_program("pgrep", CmdOutput::failed(1, ""));
+    host.on(|c| {
+        (c.program == "systemctl" && c.args[0] == "show").then(|| Ok(CmdOutput::ok("loaded\n")))
+    });
+    let mut plan = plan_for(PLAIN);
+    plan.cube.hardening = false;
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    assert_eq!(
+        cube::prereqs(&mut ctx).unwrap(),
+        Outcome::Done(
+            "dnsmasq (NetworkManager host: standalone DNS mode); installed dnsmasq xfsprogs".into()
+        )
+    );
+    let fact = ctx
+        .journal
+        .fact(cube::DNSMASQ_MODE_FACT)
+        .unwrap()
+        .to_string();
+
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
+    let mut journal = Journal::new("test");
+    journal.set_fact(cube::DNSMASQ_MODE_FACT, fact);
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    cube::install(&mut ctx).unwrap();
+    let cmd = host
+        .commands()
+        .into_iter()
+        .find(|c| c.contains("timeout"))
+        .unwrap();
+    assert!(cmd.contains("CUBE_PROXY_DNSMASQ_MODE=standalone "), "{cmd}");
+
+    // A bundle older than the mode (no CUBE_PROXY_DNSMASQ_MODE anywhere) dies
+    // on it: not passed.
+    let old = tempfile::tempdir().unwrap();
+    let host = ScriptedHost::new(old.path());
+    host.put("/b/install.sh", "#!/bin/bash\necho old installer\n");
+    assert!(!cube::install::bundle_supports_standalone_dns(&host, "/b").unwrap());
+    host.put(
+        "/b/lib/common.sh",
+        "case \"${CUBE_PROXY_DNSMASQ_MODE:-networkmanager}\" in standalone) ;; esac\n",
+    );
+    assert!(cube::install::bundle_supports_standalone_dns(&host, "/b").unwrap());
+}
+
+#[test]
+fn snap_docker_and_a_missing_bpffs_stop_prereqs_with_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = prereq_host(dir.path());
+    host.put("/snap/bin/docker", "");
+    let plan = plan_for(PLAIN);
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    let err = cube::prereqs(&mut ctx).unwrap_err();
+    assert_eq!(
+        failure_text(&err),
+        "Docker is installed from snap (/snap/bin/docker); the Cube installer refuses snap Docker"
+    );
+    assert!(host.commands().is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let host = prereq_host(dir.path());
+    host.put("/proc/self/mounts", "/dev/vda1 / ext4 rw 0 0\n");
+    host.on(|c| {
+        (c.program == "mount").then(|| {
+            Ok(CmdOutput::failed(
+                32,
+                "mount: /sys/fs/bpf: unknown filesystem type 'bpf'.",
+            ))
+        })
+    });
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    let err = cube::prereqs(&mut ctx).unwrap_err();
+    assert_eq!(
+        failure_text(&err),
+        "/sys/fs/bpf is not a mounted bpf filesystem and mounting it failed: mount: /sys/fs/bpf: unknown filesystem type 'bpf'."
+    );
+}
+
+#[test]
+fn cubelet_that_keeps_listening_everywhere_fails_harden_with_diagnostics() {
+    // A Cubelet whose restart does not pick up the new binds (the services
+    // model is not re-run): the listeners decide, not the edited file.
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan_for(PLAIN);
+    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
+    let mut journal = Journal::new("test");
+    journal.set_fact(facts::KVM_MODE, "pvm");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    cube::install(&mut ctx).unwrap();
+    host.on(|c| {
+        (c.program == "systemctl" && c.args[0] == "restart").then(|| Ok(CmdOutput::ok("")))
+    });
+    let err = cube::harden(&mut ctx).unwrap_err();
+    let text = failure_text(&err);
+    assert!(
+        text.starts_with("Cubelet after rebinding: port 9998 listens on [::]:9998 (all interfaces), expected 10.0.2.15:9998; port 9999 listens on [::]:9999 (all interfaces), expected 10.0.2.15:9999; port 9966 listens on [::]:9966 (all interfaces), expected 127.0.0.1:9966 (diagnostics: /var/log/cubeboot/diagnostics-"),
+        "{text}"
+    );
+    assert!(ctx.journal.fact(facts::DIAGNOSTICS).is_some());
 }

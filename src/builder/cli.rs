@@ -134,6 +134,18 @@ pub struct BuildArgs {
     /// Hardening of binds, firewall and credentials
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     pub hardening: OnOff,
+    /// Compute: the control node's CUBE_S3_* lines (KEY=value file)
+    #[arg(long, value_name = "FILE")]
+    pub s3_env: Option<PathBuf>,
+    /// Seconds the Cube installer may run before it is stopped
+    #[arg(long, value_name = "SECS", default_value_t = crate::plan::DEFAULT_INSTALL_TIMEOUT_SECS)]
+    pub install_timeout: u64,
+    /// Seconds cube-verify waits for services to answer
+    #[arg(long, value_name = "SECS", default_value_t = crate::plan::DEFAULT_VERIFY_BUDGET_SECS)]
+    pub verify_budget: u64,
+    /// Compute: seconds to wait for the control plane to answer
+    #[arg(long, value_name = "SECS", default_value_t = crate::plan::DEFAULT_CONTROL_PLANE_WAIT_SECS)]
+    pub control_plane_wait: u64,
     /// Output directory
     #[arg(short, long, value_name = "DIR", default_value = "out")]
     pub output: PathBuf,

@@ -12,7 +12,7 @@ use super::lock::{AssetKind, Lock, LockedAsset, Url};
 use super::profile::Profile;
 use crate::plan::{
     boot_params, Asset, Assets, CubePlan, DataDisk, KernelPlan, KvmMode, Plan, ReportPlan, Role,
-    PLAN_VERSION,
+    S3Settings, PLAN_VERSION,
 };
 
 /// Which download channel goes first.
@@ -93,6 +93,16 @@ pub struct BuildOptions {
     pub data_disk: DataDisk,
     pub allow_from: Vec<String>,
     pub hardening: bool,
+    pub budgets: Budgets,
+    pub s3: Option<S3Settings>,
+}
+
+/// Time budgets the helper keeps (plan `cube.*_secs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budgets {
+    pub install_timeout_secs: u64,
+    pub verify_budget_secs: u64,
+    pub control_plane_wait_secs: u64,
 }
 
 impl BuildOptions {
@@ -159,6 +169,18 @@ impl BuildOptions {
             data_disk,
             allow_from,
             hardening: args.hardening == OnOff::On,
+            budgets: budgets(args)?,
+            s3: match &args.s3_env {
+                None => None,
+                Some(_) if role == Role::Control => bail!(
+                    "--s3-env only applies to --role compute (a control node fills CUBE_S3_* from its own MinIO)"
+                ),
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    Some(s3_settings(&text, &path.display().to_string())?)
+                }
+            },
         })
     }
 
@@ -203,12 +225,15 @@ impl BuildOptions {
                 control_plane_ip: self.control_plane_ip.clone(),
                 node_ip: self.node_ip.clone(),
                 mirror: (self.mirror == Mirror::Cn).then(|| "cn".to_string()),
-                install_timeout_secs: 45 * 60,
+                install_timeout_secs: self.budgets.install_timeout_secs,
                 data_disk: self.data_disk.clone(),
                 loopback_size_gib: 50,
                 hardening: self.hardening,
                 allow_from: self.allow_from.clone(),
                 extra_env: BTreeMap::new(),
+                verify_budget_secs: self.budgets.verify_budget_secs,
+                control_plane_wait_secs: self.budgets.control_plane_wait_secs,
+                s3: self.s3.clone(),
             },
             report: ReportPlan {
                 webhook: self.webhook.clone(),
@@ -216,6 +241,72 @@ impl BuildOptions {
             max_reboots: 1,
         })
     }
+}
+
+fn budgets(args: &BuildArgs) -> Result<Budgets> {
+    for (flag, v) in [
+        ("--install-timeout", args.install_timeout),
+        ("--verify-budget", args.verify_budget),
+        ("--control-plane-wait", args.control_plane_wait),
+    ] {
+        if v == 0 {
+            bail!("{flag}: must be at least 1 second");
+        }
+    }
+    Ok(Budgets {
+        install_timeout_secs: args.install_timeout,
+        verify_budget_secs: args.verify_budget,
+        control_plane_wait_secs: args.control_plane_wait,
+    })
+}
+
+/// `CUBE_S3_*=value` lines, as `grep '^CUBE_S3_' .one-click.env` prints them
+/// on the control node (upstream's advice for compute nodes,
+/// CubeSandbox: docs/guide/multi-node-deploy.md). Other lines are refused.
+pub fn s3_settings(text: &str, file: &str) -> Result<S3Settings> {
+    let mut found: BTreeMap<String, String> = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let t = t.strip_prefix("export ").unwrap_or(t);
+        let Some((k, v)) = t.split_once('=') else {
+            bail!("{file}:{}: expected KEY=value, got {t:?}", i + 1);
+        };
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|x| x.strip_suffix('"'))
+            .or_else(|| v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
+            .unwrap_or(v);
+        match k.strip_prefix("CUBE_S3_") {
+            Some(
+                "ENDPOINT" | "ACCESS_KEY_ID" | "SECRET_ACCESS_KEY" | "BUCKET" | "REGION"
+                | "S3FS_EXTRA_OPTS",
+            ) => {
+                found.insert(k.to_string(), v.to_string());
+            }
+            _ => bail!(
+                "{file}:{}: {k} is not a CUBE_S3_* setting the installer reads",
+                i + 1
+            ),
+        }
+    }
+    let mut take = |k: &str| -> Result<String> {
+        found
+            .remove(&format!("CUBE_S3_{k}"))
+            .filter(|v| !v.is_empty())
+            .with_context(|| format!("{file}: CUBE_S3_{k} is missing or empty"))
+    };
+    Ok(S3Settings {
+        endpoint: take("ENDPOINT")?,
+        access_key_id: take("ACCESS_KEY_ID")?,
+        secret_access_key: take("SECRET_ACCESS_KEY")?,
+        bucket: take("BUCKET")?,
+        region: take("REGION").ok(),
+        s3fs_extra_opts: take("S3FS_EXTRA_OPTS").ok(),
+    })
 }
 
 fn ipv4(s: &str, flag: &str) -> Result<String> {
@@ -266,6 +357,35 @@ pub fn parse_boot_params(s: &str) -> Result<(Vec<String>, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s3_settings_come_from_the_control_nodes_lines() {
+        // What `grep '^CUBE_S3_' .one-click.env` prints on the control node.
+        let text = "CUBE_S3_ENDPOINT=http://10.0.0.5:9000\nCUBE_S3_ACCESS_KEY_ID=cubeminio\nCUBE_S3_SECRET_ACCESS_KEY='p w'\nCUBE_S3_BUCKET=\"cube-volumes\"\nCUBE_S3_S3FS_EXTRA_OPTS=-ouse_path_request_style\n";
+        let s3 = s3_settings(text, "s3.env").unwrap();
+        assert_eq!(s3.secret_access_key, "p w");
+        assert_eq!(s3.bucket, "cube-volumes");
+        assert_eq!(s3.region, None);
+        assert_eq!(
+            s3.env()["CUBE_S3_S3FS_EXTRA_OPTS"],
+            "-ouse_path_request_style"
+        );
+        assert_eq!(
+            s3_settings(
+                "CUBE_S3_ENDPOINT=x\nCUBE_SANDBOX_MINIO_ENABLED=1\n",
+                "s3.env"
+            )
+            .unwrap_err()
+            .to_string(),
+            "s3.env:2: CUBE_SANDBOX_MINIO_ENABLED is not a CUBE_S3_* setting the installer reads"
+        );
+        assert_eq!(
+            s3_settings("CUBE_S3_ENDPOINT=x\n", "s3.env")
+                .unwrap_err()
+                .to_string(),
+            "s3.env: CUBE_S3_ACCESS_KEY_ID is missing or empty"
+        );
+    }
 
     #[test]
     fn boot_param_presets_and_custom() {

@@ -1,6 +1,6 @@
 //! The sandbox network CIDR. The installer dies when its CIDR (default
 //! `192.168.0.0/18`) overlaps an interface address, a route or a resolv.conf
-//! nameserver (facts §4.2 step 9; troubleshooting "sandbox CIDR overlaps
+//! nameserver (docs/cube-installer.md; troubleshooting "sandbox CIDR overlaps
 //! LAN"), which is common on VPCs using 192.168.0.0/16. We pick a free /18
 //! first and pass it as `CUBE_SANDBOX_NETWORK_CIDR`.
 

@@ -1,5 +1,5 @@
 //! Shell-style `KEY=value` files: the bundle `.env` (sourced by install.sh
-//! with `set -a`, so it overrides the environment: facts §3.1),
+//! with `set -a`, so it overrides the environment: docs/cube-installer.md),
 //! `.one-click.env`, and our credentials file.
 
 use std::collections::BTreeMap;

@@ -1,28 +1,41 @@
-//! Hardening (facts §14, upstream docs/guide/network-hardening.md, options
-//! A + B): CubeMaster/CubeAPI bound to the private IP (written into `.env`
-//! before the install, checked here), Cubelet's binds edited in config.toml
-//! and Cubelet restarted, host firewall rules admitting the control ports
-//! only from `allow_from`, and the generated credentials kept root-only.
+//! Hardening (upstream docs/guide/network-hardening.md, options A + B):
+//! CubeMaster/CubeAPI bound to the private IP (passed to the installer
+//! before the install), Cubelet's binds edited in config.toml and Cubelet
+//! restarted, host firewall rules admitting the internal ports only from
+//! `allow_from`, and the generated credentials kept root-only. Each is
+//! checked by its result: the sockets that listen (/proc/net/tcp{,6}) and
+//! the rules nft reports, not the keys an installer version writes.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::super::host::CommandSpec;
+use super::super::host::{unix_secs, CommandSpec, Host};
 use super::super::journal::facts;
 use super::super::{Ctx, Outcome, StepFailure};
 use super::cidr::Ipv4Net;
-use super::{envfile, real, CREDENTIALS_PATH, INSTALL_ROOT};
+use super::install::{CUBEMASTER_PORT, CUBE_API_PORT};
+use super::listeners::{self, Listener};
+use super::{real, CREDENTIALS_PATH};
 use crate::plan::Role;
 
-/// Ports admitted only from `allow_from` (§14: CubeMaster, Cubelet gRPC,
-/// CubeAPI, WebUI). 22, 80, 443 stay open: the policy is accept.
-pub const RESTRICTED_PORTS: [u16; 4] = [8089, 9999, 3000, 12088];
+/// Ports admitted only from `allow_from` (network-hardening.md: CubeMaster,
+/// Cubelet gRPC and HTTP, CubeAPI, WebUI, MinIO; Cubelet's debug listener).
+/// 22, 80, 443 and 9090 (cube-proxy) stay open: the policy is accept.
+pub const RESTRICTED_PORTS: [u16; 7] = [8089, 9999, 9998, 3000, 12088, 9000, 9966];
 pub const FIREWALL_PATH: &str = "/etc/cubeboot/firewall.nft";
 pub const FIREWALL_UNIT: &str = "cubeboot-firewall.service";
 pub const FIREWALL_UNIT_PATH: &str = "/etc/systemd/system/cubeboot-firewall.service";
 pub const CUBELET_UNIT: &str = "cube-sandbox-cubelet.service";
 pub const CUBELET_CONFIG: &str = "/usr/local/services/cubetoolbox/Cubelet/config/config.toml";
+/// Cubelet's TCP listeners (CubeSandbox: Cubelet/config/config.toml).
+pub const CUBELET_HTTP_PORT: u16 = 9998;
+pub const CUBELET_GRPC_PORT: u16 = 9999;
+pub const CUBELET_DEBUG_PORT: u16 = 9966;
+/// How long a restarted Cubelet may take to listen again.
+pub const CUBELET_RESTART_BUDGET: Duration = Duration::from_secs(60);
+const LISTEN_POLL: Duration = Duration::from_secs(2);
 
 pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     let host = ctx.host;
@@ -36,63 +49,46 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         .map_or_else(|| plan.cube.node_ip.clone(), str::to_string);
     let mut done = Vec::new();
 
-    // Option A: binds. CubeMaster/CubeAPI came from .env at install time;
-    // confirm the installer kept them.
+    // Option A: CubeMaster and CubeAPI got their binds at install time;
+    // judge by where they listen.
     if plan.cube.role == Role::Control && !host.is_dry_run() {
-        let env_path = format!("{INSTALL_ROOT}/.one-click.env");
-        let installed = envfile::parse(&host.read_optional(&env_path)?.unwrap_or_default());
-        if installed.get("CUBEMASTER_HTTP_BIND").map(String::as_str) != Some(node_ip.as_str()) {
-            return Err(StepFailure::new(format!(
-                "CUBEMASTER_HTTP_BIND in {env_path} is {:?}, expected {node_ip:?}",
-                installed
-                    .get("CUBEMASTER_HTTP_BIND")
-                    .map_or("", String::as_str)
-            ))
-            .into());
-        }
-        done.push(format!("CubeMaster/CubeAPI bound to {node_ip}"));
-    }
-    // Cubelet's binds live in config.toml and need a restart (§14).
-    if let Some(text) = host.read_optional(CUBELET_CONFIG)? {
-        let edited = bind_cubelet(&text, &node_ip);
-        if edited != text {
-            host.write_atomic(CUBELET_CONFIG, edited.as_bytes(), 0o644)?;
-            // Restart only a running Cubelet; a stopped one reads the file when it starts.
-            let active = host.run(
-                &CommandSpec::new("systemctl")
-                    .args(["is-active", CUBELET_UNIT])
-                    .allow_failure(),
-            )?;
-            if active.stdout.trim() == "active" {
-                let out = host.run(
-                    &CommandSpec::new("systemctl")
-                        .args(["restart", CUBELET_UNIT])
-                        .allow_failure(),
-                )?;
-                if !out.success() {
-                    return Err(StepFailure::new(format!(
-                        "restarting Cubelet after binding it to {node_ip} failed: {}",
-                        out.stderr.trim()
-                    ))
-                    .into());
-                }
+        let listening = listeners::read(host)?;
+        let mut open = Vec::new();
+        let mut where_ = Vec::new();
+        for (name, port) in [("CubeMaster", CUBEMASTER_PORT), ("CubeAPI", CUBE_API_PORT)] {
+            let here = listeners::on_port(&listening, port);
+            if here.iter().any(Listener::is_wildcard) {
+                open.push(format!("{name} listens on {}", listeners::describe(&here)));
             } else {
-                host.say(&format!(
-                    "{CUBELET_UNIT} is not running; its new binds apply when it starts"
-                ));
+                where_.push(format!("{name} on {}", listeners::describe(&here)));
             }
         }
-        done.push(format!("Cubelet bound to {node_ip}"));
-    } else {
-        host.say(&format!(
-            "warning: {CUBELET_CONFIG} not found; Cubelet binds unchanged"
-        ));
+        if !open.is_empty() {
+            return Err(StepFailure::new(format!(
+                "hardening: {}, expected {node_ip} or loopback",
+                open.join("; ")
+            ))
+            .hint("the installer did not apply CUBEMASTER_HTTP_BIND/CUBE_API_BIND; see the diagnostics")
+            .into());
+        }
+        done.push(where_.join(", "));
     }
+
+    // Cubelet's binds live in config.toml and need a restart.
+    done.push(harden_cubelet(host, &node_ip)?);
 
     // Option B: firewall, when the plan names the networks to admit.
     if plan.cube.allow_from.is_empty() {
-        let w = "hardening: no allow_from networks in the plan, so ports 8089, 9999, 3000, 12088 stay open to every network (CubeMaster and Cubelet have no auth)";
-        host.say(w);
+        let exposed = exposed_ports(host)?;
+        let w = if exposed.is_empty() {
+            "hardening: no allow_from networks in the plan, so no firewall rules; none of Cube's internal ports listens beyond loopback and the node IP".to_string()
+        } else {
+            format!(
+                "hardening: no allow_from networks in the plan, so {} stay open to every network (CubeMaster and Cubelet have no auth)",
+                exposed.join(", ")
+            )
+        };
+        host.say(&w);
         ctx.journal.warn(w);
     } else {
         let ruleset = firewall_ruleset(&plan.cube.allow_from)?;
@@ -102,6 +98,23 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         host.run(&CommandSpec::new("nft").args(["-f", &file]))?;
         host.write_atomic(FIREWALL_UNIT_PATH, firewall_unit().as_bytes(), 0o644)?;
         host.run(&CommandSpec::new("systemctl").args(["enable", FIREWALL_UNIT]))?;
+        // The rules the kernel holds now, not the file we wrote.
+        let loaded =
+            host.run(&CommandSpec::new("nft").args(["list", "table", "inet", "cubeboot"]))?;
+        if !host.is_dry_run() {
+            let missing = unguarded_ports(&loaded.stdout);
+            if !missing.is_empty() {
+                return Err(StepFailure::new(format!(
+                    "firewall: nft list table inet cubeboot shows no drop rule for port(s) {}",
+                    missing
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+                .into());
+            }
+        }
         done.push(format!(
             "ports {} only from {}",
             RESTRICTED_PORTS.map(|p| p.to_string()).join(","),
@@ -126,20 +139,170 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     Ok(Outcome::Done(done.join("; ")))
 }
 
-/// Rewrite `address`/`tcp_address` values bound to all addresses onto the
-/// node IP, keeping ports and everything else.
+/// Rebind Cubelet, restart it if it runs, and prove the result by its
+/// listeners: HTTP and gRPC on the node IP, debug on loopback.
+fn harden_cubelet(host: &dyn Host, node_ip: &str) -> Result<String> {
+    let Some(text) = host.read_optional(CUBELET_CONFIG)? else {
+        host.say(&format!(
+            "warning: {CUBELET_CONFIG} not found; Cubelet binds unchanged"
+        ));
+        return Ok("no Cubelet config".into());
+    };
+    let edited = bind_cubelet(&text, node_ip);
+    if edited != text {
+        host.write_atomic(CUBELET_CONFIG, edited.as_bytes(), 0o644)?;
+    }
+    // Restart only a running Cubelet; a stopped one reads the file when it starts.
+    let active = host.run(
+        &CommandSpec::new("systemctl")
+            .args(["is-active", CUBELET_UNIT])
+            .allow_failure(),
+    )?;
+    let running = active.stdout.trim() == "active";
+    if running && edited != text {
+        let out = host.run(
+            &CommandSpec::new("systemctl")
+                .args(["restart", CUBELET_UNIT])
+                .allow_failure(),
+        )?;
+        if !out.success() {
+            return Err(StepFailure::new(format!(
+                "restarting Cubelet after binding it to {node_ip} failed: {}",
+                out.stderr.trim()
+            ))
+            .into());
+        }
+    }
+    if host.is_dry_run() {
+        return Ok(format!("Cubelet bound to {node_ip}"));
+    }
+    if !running {
+        host.say(&format!(
+            "{CUBELET_UNIT} is not running; its new binds apply when it starts"
+        ));
+    }
+    let ip: IpAddr = node_ip
+        .parse()
+        .with_context(|| format!("node IP {node_ip:?}"))?;
+    let want = [
+        (CUBELET_HTTP_PORT, ip),
+        (CUBELET_GRPC_PORT, ip),
+        (CUBELET_DEBUG_PORT, IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    ];
+    // A restarted Cubelet takes a moment to listen again.
+    let start = unix_secs(host.now());
+    loop {
+        let listening = listeners::read(host)?;
+        let wrong = cubelet_misplaced(&listening, &want, running);
+        if wrong.is_empty() {
+            return Ok(if running {
+                format!("Cubelet listens on {node_ip}:{CUBELET_HTTP_PORT},{CUBELET_GRPC_PORT} and 127.0.0.1:{CUBELET_DEBUG_PORT}")
+            } else {
+                format!("Cubelet config bound to {node_ip} (not running)")
+            });
+        }
+        if unix_secs(host.now()).saturating_sub(start) + LISTEN_POLL.as_secs()
+            > CUBELET_RESTART_BUDGET.as_secs()
+        {
+            return Err(StepFailure::new(format!(
+                "Cubelet after rebinding: {}",
+                wrong.join("; ")
+            ))
+            .hint("Cubelet kept its old binds; check Cubelet/config/config.toml and the Cubelet log in the diagnostics")
+            .into());
+        }
+        host.sleep(LISTEN_POLL);
+    }
+}
+
+/// What is wrong with Cubelet's listeners against `want`: a port open on
+/// all interfaces, or (when Cubelet runs) not on the intended address.
+fn cubelet_misplaced(listening: &[Listener], want: &[(u16, IpAddr)], running: bool) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for (port, addr) in want {
+        let here = listeners::on_port(listening, *port);
+        let everywhere = here.iter().any(Listener::is_wildcard);
+        let elsewhere = running && !here.iter().any(|l| l.addr == *addr);
+        if everywhere || elsewhere {
+            wrong.push(format!(
+                "port {port} listens on {}, expected {}",
+                listeners::describe(&here),
+                listeners::host_port(*addr, *port)
+            ));
+        }
+    }
+    wrong
+}
+
+/// Restricted ports that listen beyond loopback.
+fn exposed_ports(host: &dyn Host) -> Result<Vec<String>> {
+    if host.is_dry_run() {
+        return Ok(RESTRICTED_PORTS.iter().map(u16::to_string).collect());
+    }
+    let listening = listeners::read(host)?;
+    Ok(RESTRICTED_PORTS
+        .iter()
+        .filter(|p| !listeners::exposed(&listening, **p).is_empty())
+        .map(|p| listeners::describe(&listeners::exposed(&listening, *p)))
+        .collect())
+}
+
+/// Restricted ports that `nft list` output does not drop.
+pub fn unguarded_ports(nft_list: &str) -> Vec<u16> {
+    let drops: Vec<&str> = nft_list
+        .lines()
+        .filter(|l| l.contains("tcp dport") && l.trim_end().ends_with("drop"))
+        .collect();
+    RESTRICTED_PORTS
+        .iter()
+        .copied()
+        .filter(|p| {
+            !drops.iter().any(|l| {
+                l.split(|c: char| !c.is_ascii_digit())
+                    .any(|w| w == p.to_string())
+            })
+        })
+        .collect()
+}
+
+/// Point Cubelet's TCP listeners that take every address (upstream writes
+/// port-only `":9998"`; `"0.0.0.0:9998"` and `"[::]:9998"` mean the same)
+/// at the node IP, and the `[debug]` listener at loopback. Unix socket
+/// paths and everything else stay as they are.
 pub fn bind_cubelet(config: &str, node_ip: &str) -> String {
     let mut out = String::new();
+    let mut section = String::new();
     for line in config.lines() {
         let t = line.trim_start();
-        let is_bind = ["tcp_address", "address"].iter().any(|k| {
+        if t.starts_with('[') {
+            section = t.trim_end().to_string();
+        }
+        let key = ["tcp_address", "address"].into_iter().find(|k| {
             t.strip_prefix(k)
                 .is_some_and(|rest| rest.trim_start().starts_with('='))
         });
-        if is_bind && line.contains("\"0.0.0.0:") {
-            out.push_str(&line.replacen("\"0.0.0.0:", &format!("\"{node_ip}:"), 1));
-        } else {
-            out.push_str(line);
+        let value = key.and_then(|_| {
+            let (_, v) = t.split_once('=')?;
+            let v = v.trim().strip_prefix('"')?.split('"').next()?;
+            Some(v.to_string())
+        });
+        let port = value.as_deref().and_then(|v| {
+            ["", "0.0.0.0", "[::]"]
+                .iter()
+                .find_map(|w| v.strip_prefix(&format!("{w}:")))
+                .filter(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+                .map(str::to_string)
+        });
+        match (key, value, port) {
+            (Some(_), Some(v), Some(port)) => {
+                let to = if section == "[debug]" {
+                    "127.0.0.1"
+                } else {
+                    node_ip
+                };
+                out.push_str(&line.replacen(&format!("\"{v}\""), &format!("\"{to}:{port}\""), 1));
+            }
+            _ => out.push_str(line),
         }
         out.push('\n');
     }
@@ -149,7 +312,7 @@ pub fn bind_cubelet(config: &str, node_ip: &str) -> String {
 /// An nftables ruleset in its own table (other rules stay untouched):
 /// accept by default, drop the restricted ports unless the source is in
 /// `allow_from`, loopback, or a Docker bridge (the WebUI container reaches
-/// CubeAPI through host.docker.internal, §14).
+/// CubeAPI through host.docker.internal, network-hardening.md).
 pub fn firewall_ruleset(allow_from: &[String]) -> Result<String> {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
@@ -243,12 +406,34 @@ mod tests {
     }
 
     #[test]
+    fn upstream_port_only_binds_move_too_and_sockets_stay() {
+        // As CubeSandbox: Cubelet/config/config.toml writes them.
+        let cfg = "[http]\n  address = \":9998\"\n[grpc]\n  address = \"/data/cubelet/cubelet.sock\"\n  tcp_address = \":9999\"\n[debug]\n  address = \":9966\"\n[x]\n  address = \"[::]:7\"\n";
+        assert_eq!(
+            bind_cubelet(cfg, "10.0.0.5"),
+            "[http]\n  address = \"10.0.0.5:9998\"\n[grpc]\n  address = \"/data/cubelet/cubelet.sock\"\n  tcp_address = \"10.0.0.5:9999\"\n[debug]\n  address = \"127.0.0.1:9966\"\n[x]\n  address = \"10.0.0.5:7\"\n"
+        );
+    }
+
+    #[test]
+    fn nft_listing_must_drop_every_internal_port() {
+        let rs = firewall_ruleset(&["10.0.0.0/24".into()]).unwrap();
+        assert!(unguarded_ports(&rs).is_empty(), "{rs}");
+        let old = "    tcp dport { 8089, 9999, 3000, 12088 } drop\n";
+        assert_eq!(unguarded_ports(old), [9998, 9000, 9966]);
+    }
+
+    #[test]
     fn ruleset_admits_only_the_planned_networks() {
         let rs = firewall_ruleset(&["10.0.0.7/24".into(), "fd00::/64".into()]).unwrap();
         assert!(rs.contains("elements = { 10.0.0.0/24 }"), "{rs}");
         assert!(rs.contains("elements = { fd00::/64 }"), "{rs}");
-        assert!(rs.contains("ip saddr @allow_v4 tcp dport { 8089, 9999, 3000, 12088 } accept"));
-        assert!(rs.ends_with("    tcp dport { 8089, 9999, 3000, 12088 } drop\n  }\n}\n"));
+        assert!(rs.contains(
+            "ip saddr @allow_v4 tcp dport { 8089, 9999, 9998, 3000, 12088, 9000, 9966 } accept"
+        ));
+        assert!(rs.ends_with(
+            "    tcp dport { 8089, 9999, 9998, 3000, 12088, 9000, 9966 } drop\n  }\n}\n"
+        ));
         assert!(!rs.contains(" 22") && !rs.contains("443"));
     }
 

@@ -1,8 +1,12 @@
-//! Run the one-click installer (facts §2, §3, §6, §17 step 4): from a fresh
-//! extraction of the re-verified bundle, with `--node-ip` and
-//! `--mode=install`, the planned environment, the `.env` pitfall defused
-//! (it is sourced OVER the environment, §3.1), a free sandbox CIDR, and an
-//! overall timeout (#1753: installs can hang for hours).
+//! Run the one-click installer (docs/cube-installer.md): from a fresh
+//! extraction of the re-verified bundle, with `--node-ip` and an explicit
+//! `--mode`, the planned environment, the `.env` pitfall defused (it is
+//! sourced OVER the environment), a free sandbox CIDR, and an overall
+//! timeout (CubeSandbox #1753: installs can hang for hours).
+//!
+//! [`run`] reads the host, then: [`prepare`] (pure: what to pass), [`stage`]
+//! (bundle and `.env` on disk), [`run_installer`] (the one long command), and
+//! [`verdict`] (pure: what its exit and output mean).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -16,76 +20,171 @@ use super::super::{cache_path, Ctx, Outcome, StepFailure};
 use super::cidr::{self, CidrChoice, HostNetwork};
 use super::{
     bundle, envfile, http, pvm_enabled, real, CREDENTIALS_PATH, DNSMASQ_MODE_FACT, INSTALL_LOG,
+    QUICKCHECK_FACT,
 };
-use crate::plan::Role;
+use crate::plan::{CubePlan, Role};
 
-/// CubeMaster's port; compute nodes talk to it (multi-node-deploy.md, §2.4).
+/// CubeMaster's port; compute nodes talk to it (upstream fixes it at 8089
+/// for `ONE_CLICK_CONTROL_PLANE_IP`, lib/common.sh).
 pub const CUBEMASTER_PORT: u16 = 8089;
-/// CubeAPI's port (§14).
+/// CubeAPI's port (docs/guide/network-hardening.md).
 pub const CUBE_API_PORT: u16 = 3000;
-/// How long a compute node waits for its control plane before giving up.
-pub const CONTROL_PLANE_WAIT: Duration = Duration::from_secs(20 * 60);
 const CONTROL_PLANE_POLL: Duration = Duration::from_secs(10);
 /// Grace after the timeout's TERM before KILL, and our own backstop beyond it.
 const KILL_AFTER_SECS: u64 = 30;
-/// Keys of the generated credentials (facts §14), control role only.
+/// Keys of the generated credentials (network-hardening.md), control role only.
 pub const CREDENTIAL_KEYS: [&str; 4] = [
     "CUBE_SANDBOX_MYSQL_ROOT_PASSWORD",
     "CUBE_SANDBOX_MYSQL_PASSWORD",
     "CUBE_SANDBOX_REDIS_PASSWORD",
     "E2B_API_KEY",
 ];
+/// What upstream's quickcheck prints last on success (scripts/one-click/quickcheck.sh).
+pub const QUICKCHECK_OK: &str = "[quickcheck] OK";
+
+/// `--mode` for the installer: always explicit, because without it an
+/// existing install silently turns the run into a config-merging upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Install,
+    Upgrade,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Install => "install",
+            Self::Upgrade => "upgrade",
+        }
+    }
+}
 
 pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
+    run_mode(ctx, Mode::Install)
+}
+
+/// The whole step, for a fresh install or an upgrade of this node.
+pub fn run_mode(ctx: &mut Ctx, mode: Mode) -> Result<Outcome> {
     let host = ctx.host;
     let plan = ctx.plan;
 
-    // The host's network, read once: node IP and CIDR both come from it.
+    // Read the host: its network (node IP, CIDR) and what earlier steps found.
     let network = read_network(host)?;
-    // A dry run does not run `ip`, so it may not know the address.
-    let node_ip = match resolve_node_ip(&plan.cube.node_ip, &network) {
-        Err(_) if host.is_dry_run() => "<node-ip>".to_string(),
-        other => other?,
+    let input = Input {
+        cube: &plan.cube,
+        pvm: pvm_enabled(ctx),
+        dnsmasq: ctx.journal.fact(DNSMASQ_MODE_FACT).map(str::to_string),
+        dry_run: host.is_dry_run(),
     };
-    ctx.journal.set_fact(facts::NODE_IP, node_ip.clone());
+    let prepared = prepare(&input, &network)?;
+    ctx.journal
+        .set_fact(facts::NODE_IP, prepared.node_ip.clone());
+    for w in &prepared.warnings {
+        ctx.journal.warn(w.clone());
+    }
+    if let Some(c) = &prepared.cidr_note {
+        host.say(c);
+        if let Some(cidr) = prepared.env.get("CUBE_SANDBOX_NETWORK_CIDR") {
+            ctx.journal.set_fact(facts::NETWORK_CIDR, cidr.clone());
+        }
+    }
 
     // A compute node installs only once its control plane answers.
-    let control_plane = match plan.cube.role {
-        Role::Control => None,
-        Role::Compute => Some(ControlPlane::parse(plan.cube.control_plane_ip.as_deref())?),
-    };
-    if control_plane.is_some() && !plan.cube.extra_env.contains_key("CUBE_S3_ENDPOINT") {
-        // Newer installers refuse a compute node without S3 (facts §2.3).
-        ctx.journal.warn(
-            "compute role without CUBE_S3_ENDPOINT in the plan's extra_env: newer Cube installers require it",
-        );
-    }
-    if let Some(cp) = &control_plane {
+    if let Some(cp) = &prepared.control_plane {
         if host.is_dry_run() {
             host.say(&format!("dry run: would wait for {}", cp.health_url()));
         } else {
-            wait_for_control_plane(host, cp, CONTROL_PLANE_WAIT)?;
+            let budget = Duration::from_secs(plan.cube.control_plane_wait_secs);
+            wait_for_control_plane(host, cp, budget)?;
         }
     }
 
-    // A sandbox CIDR that overlaps nothing on the host (§4.2 step 9).
-    let cidr = if plan
-        .cube
-        .extra_env
-        .contains_key("CUBE_SANDBOX_NETWORK_CIDR")
-    {
-        None
-    } else {
-        match cidr::choose_cidr(&network.parsed)? {
-            CidrChoice::Default => None,
-            CidrChoice::Alternative { cidr, reason } => {
-                host.say(&format!("sandbox network: {reason}; using {cidr}"));
-                ctx.journal.set_fact(facts::NETWORK_CIDR, cidr.to_string());
-                Some(cidr.to_string())
-            }
-        }
-    };
+    let staged = stage(ctx, prepared)?;
+    let run = run_installer(host, &staged, mode, plan.cube.install_timeout_secs)?;
+    ctx.journal.set_fact(QUICKCHECK_FACT, run.quickcheck());
+    verdict(&run, &staged, mode).map_err(Into::into)
+}
 
+/// What [`prepare`] needs besides the network.
+pub struct Input<'a> {
+    pub cube: &'a CubePlan,
+    pub pvm: bool,
+    /// The `cube-prereqs` finding about DNS (see [`super::DNSMASQ_MODE_FACT`]).
+    pub dnsmasq: Option<String>,
+    pub dry_run: bool,
+}
+
+/// Everything decided before touching the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub node_ip: String,
+    pub control_plane: Option<ControlPlane>,
+    /// For the environment and `.env`.
+    pub env: BTreeMap<String, String>,
+    /// For `.env` only (secrets stay off command lines and logs).
+    pub secrets: BTreeMap<String, String>,
+    pub cidr_note: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Decide node IP, control plane, CIDR and the installer's environment.
+pub fn prepare(input: &Input<'_>, network: &Network) -> Result<Prepared> {
+    let cube = input.cube;
+    // A dry run does not run `ip`, so it may not know the address.
+    let node_ip = match resolve_node_ip(&cube.node_ip, network) {
+        Err(_) if input.dry_run => "<node-ip>".to_string(),
+        other => other?,
+    };
+    let control_plane = match cube.role {
+        Role::Control => None,
+        Role::Compute => Some(ControlPlane::parse(cube.control_plane_ip.as_deref())?),
+    };
+    let mut warnings = Vec::new();
+    let mut secrets = BTreeMap::new();
+    if control_plane.is_some() {
+        match &cube.s3 {
+            Some(s3) => secrets.extend(s3.env()),
+            None if !cube.extra_env.contains_key("CUBE_S3_ENDPOINT") => warnings.push(
+                "compute role without the control node's CUBE_S3_* (optional upstream): this node will have no S3 volume plugin (cubeboot build --s3-env)".to_string(),
+            ),
+            None => {}
+        }
+    }
+
+    // A sandbox CIDR that overlaps nothing on the host.
+    let mut cidr = None;
+    let mut cidr_note = None;
+    if !cube.extra_env.contains_key("CUBE_SANDBOX_NETWORK_CIDR") {
+        if let CidrChoice::Alternative { cidr: c, reason } = cidr::choose_cidr(&network.parsed)? {
+            cidr_note = Some(format!("sandbox network: {reason}; using {c}"));
+            cidr = Some(c.to_string());
+        }
+    }
+    let env = planned_env(input, &node_ip, control_plane.as_ref(), cidr.as_deref());
+    Ok(Prepared {
+        node_ip,
+        control_plane,
+        env,
+        secrets,
+        cidr_note,
+        warnings,
+    })
+}
+
+/// The bundle extracted and its `.env` written: ready to run.
+#[derive(Debug)]
+pub struct Staged {
+    pub prepared: Prepared,
+    pub bundle_dir: String,
+    pub install_sh: String,
+    pub role: Role,
+}
+
+/// Re-verify and extract the bundle, settle the DNS mode against what the
+/// bundle supports, and write the planned values into its `.env`.
+pub fn stage(ctx: &mut Ctx, mut prepared: Prepared) -> Result<Staged> {
+    let host = ctx.host;
+    let plan = ctx.plan;
     // The bundle: re-verified, then extracted fresh (no leftovers, no old .env).
     let asset = &plan.assets.bundle;
     let cached = cache_path(asset);
@@ -99,7 +198,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         bundle::extract_verified(host, &cached, &asset.sha256, &dir)?
     };
     if top != stem {
-        // online-install.sh refuses this too (§1).
+        // online-install.sh refuses this too.
         return Err(StepFailure::new(format!(
             "bundle {} extracts to {top:?}, expected a directory named {stem:?}",
             asset.name
@@ -112,11 +211,25 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         return Err(StepFailure::new(format!("bundle {} has no install.sh", asset.name)).into());
     }
 
-    // The environment, and the same values in .env, which wins over it.
-    let env = planned_env(ctx, &node_ip, control_plane.as_ref(), cidr.as_deref());
+    // dnsmasq's standalone mode only where this bundle knows it: bundles
+    // older than the mode die on an unknown CUBE_PROXY_DNSMASQ_MODE.
+    if let Some(want) = ctx.journal.fact(DNSMASQ_MODE_FACT) {
+        if bundle_supports_standalone_dns(host, &bundle_dir)? {
+            prepared
+                .env
+                .insert("CUBE_PROXY_DNSMASQ_MODE".into(), "standalone".into());
+        } else if want == DNSMASQ_REQUIRED {
+            let w = "no resolvectl or NetworkManager, and this bundle has no standalone dnsmasq mode: the installer's DNS setup may fail";
+            host.say(w);
+            ctx.journal.warn(w);
+        }
+    }
+
+    // The same values in .env, which wins over the environment.
     let dotenv = format!("{bundle_dir}/.env");
     let had_dotenv = host.exists(&dotenv);
-    let mut dotenv_values = env.clone();
+    let mut dotenv_values = prepared.env.clone();
+    dotenv_values.extend(prepared.secrets.clone());
     if plan.cube.hardening && plan.cube.role == Role::Control {
         // Secrets go to .env only: the environment shows up in command logs.
         for (k, v) in ensure_credentials(ctx)? {
@@ -125,7 +238,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
             }
         }
     }
-    if had_dotenv || plan.cube.hardening {
+    if had_dotenv || dotenv_values.len() > prepared.env.len() {
         let old = host.read_optional(&dotenv)?.unwrap_or_default();
         host.write_atomic(
             &dotenv,
@@ -138,11 +251,47 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
             );
         }
     }
+    Ok(Staged {
+        prepared,
+        bundle_dir,
+        install_sh,
+        role: plan.cube.role,
+    })
+}
 
-    // Run it under an overall timeout; `timeout` signals the whole process
-    // group, so the installer's children die with it.
+/// What the installer did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallerRun {
+    pub code: Option<i32>,
+    pub timed_out: bool,
+    pub output: String,
+    pub timeout_secs: u64,
+}
+
+impl InstallerRun {
+    /// The installer's own verdict: `ok` when its quickcheck printed OK.
+    pub fn quickcheck(&self) -> &'static str {
+        if self.output.lines().any(|l| l.trim() == QUICKCHECK_OK) {
+            "ok"
+        } else if self.output.contains("[quickcheck]") {
+            "failed"
+        } else {
+            "not run"
+        }
+    }
+}
+
+/// Run install.sh under an overall timeout; `timeout` signals the whole
+/// process group, so the installer's children die with it.
+pub fn run_installer(
+    host: &dyn Host,
+    staged: &Staged,
+    mode: Mode,
+    timeout_secs: u64,
+) -> Result<InstallerRun> {
+    let node_ip = &staged.prepared.node_ip;
     // `timeout 0` would mean no timeout at all.
-    let secs = plan.cube.install_timeout_secs.max(1);
+    let secs = timeout_secs.max(1);
     let mut cmd = CommandSpec::new("timeout")
         .args([
             format!("--kill-after={KILL_AFTER_SECS}"),
@@ -151,56 +300,99 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
             "-c".into(),
             // One stream, in order, like the console shows it.
             "exec bash \"$0\" \"$@\" 2>&1".into(),
-            real(host, &install_sh),
+            real(host, &staged.install_sh),
             format!("--node-ip={node_ip}"),
-            "--mode=install".into(),
+            format!("--mode={}", mode.as_str()),
         ])
-        .cwd(bundle_dir.clone())
+        .cwd(staged.bundle_dir.clone())
         .timeout(Duration::from_secs(secs + KILL_AFTER_SECS + 30))
         .allow_failure();
-    for (k, v) in &env {
+    for (k, v) in &staged.prepared.env {
         cmd = cmd.env(k.clone(), v.clone());
     }
     host.say(&format!(
-        "running the Cube installer ({} role, node IP {node_ip}, CUBE_PVM_ENABLE={}, timeout {secs} s)",
-        plan.cube.role.as_str(),
-        env.get("CUBE_PVM_ENABLE").map_or("?", String::as_str)
+        "running the Cube installer (--mode={}, {} role, node IP {node_ip}, CUBE_PVM_ENABLE={}, timeout {secs} s)",
+        mode.as_str(),
+        staged.role.as_str(),
+        pvm_flag(&staged.prepared.env)
     ));
     // Streamed to the console as it runs; kept whole in the log.
     let out = host.run_streaming(&cmd, &mut |line| host.say(&format!("install | {line}")))?;
     let output = format!("{}{}", out.stdout, out.stderr);
     let log = format!("# cubeboot: {}\n{output}", cmd.display());
     host.write_atomic(INSTALL_LOG, log.as_bytes(), 0o600)?;
+    Ok(InstallerRun {
+        code: out.code,
+        timed_out: out.timed_out,
+        output,
+        timeout_secs: secs,
+    })
+}
 
+/// Success or the failure to report, from the installer's exit and output.
+pub fn verdict(run: &InstallerRun, staged: &Staged, mode: Mode) -> Result<Outcome, StepFailure> {
+    let secs = run.timeout_secs;
     // coreutils timeout exits 124 on TERM, 137 when it had to KILL.
-    if out.timed_out || matches!(out.code, Some(124 | 137)) {
+    if run.timed_out || matches!(run.code, Some(124 | 137)) {
         return Err(StepFailure::new(format!(
             "cube installer timed out after {secs} s; log: {INSTALL_LOG}"
         ))
-        .hint("the installer hung (CubeSandbox #1753: services that never start); see the diagnostics")
-        .into());
+        .hint("the installer hung (CubeSandbox #1753: services that never start); see the diagnostics"));
     }
-    if !out.success() {
-        let last = output
+    if run.code != Some(0) {
+        let last = run
+            .output
             .lines()
             .rev()
             .find(|l| l.contains("ERROR"))
-            .or_else(|| output.lines().rev().find(|l| !l.trim().is_empty()))
+            .or_else(|| run.output.lines().rev().find(|l| !l.trim().is_empty()))
             .unwrap_or("no output")
             .trim()
             .to_string();
         return Err(StepFailure::new(format!(
             "cube installer failed ({}): {last}; log: {INSTALL_LOG}",
-            out.code
+            run.code
                 .map_or("killed by a signal".into(), |c| format!("exit {c}"))
-        ))
-        .into());
+        )));
     }
+    let verb = match mode {
+        Mode::Install => "installed",
+        Mode::Upgrade => "upgraded",
+    };
     Ok(Outcome::Done(format!(
-        "installed the {} role at {node_ip} (CUBE_PVM_ENABLE={})",
-        plan.cube.role.as_str(),
-        env.get("CUBE_PVM_ENABLE").map_or("?", String::as_str)
+        "{verb} the {} role at {} (CUBE_PVM_ENABLE={})",
+        staged.role.as_str(),
+        staged.prepared.node_ip,
+        pvm_flag(&staged.prepared.env)
     )))
+}
+
+fn pvm_flag(env: &BTreeMap<String, String>) -> &str {
+    env.get("CUBE_PVM_ENABLE").map_or("?", String::as_str)
+}
+
+/// `DNSMASQ_MODE_FACT` value when the host has no other DNS stack.
+pub const DNSMASQ_REQUIRED: &str = "standalone";
+/// `DNSMASQ_MODE_FACT` value on NetworkManager hosts, where the default
+/// NetworkManager mode has failed in the field (CubeSandbox #519).
+pub const DNSMASQ_PREFERRED: &str = "prefer-standalone";
+
+/// Whether the extracted bundle's installer knows `CUBE_PROXY_DNSMASQ_MODE`
+/// (upstream added the standalone mode later, CubeSandbox PR #740).
+pub fn bundle_supports_standalone_dns(host: &dyn Host, bundle_dir: &str) -> Result<bool> {
+    for rel in [
+        "install.sh",
+        "lib/common.sh",
+        "scripts/one-click/common.sh",
+        "scripts/one-click/up-dns.sh",
+    ] {
+        if let Some(text) = host.read_optional(&format!("{bundle_dir}/{rel}"))? {
+            if text.contains("CUBE_PROXY_DNSMASQ_MODE") && text.contains("standalone") {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// `ip -j addr`, `ip -j route` and resolv.conf, parsed.
@@ -227,7 +419,7 @@ pub fn read_network(host: &dyn Host) -> Result<Network> {
 
 /// The planned IP, or for `auto` the first IPv4 of the default-route
 /// interface, else the first global IPv4 (the installer's `detect_node_ip`,
-/// §2.4, done here so the IP is known, recorded and passed explicitly).
+/// docs/cube-installer.md, done here so the IP is known, recorded and passed explicitly).
 pub fn resolve_node_ip(planned: &str, net: &Network) -> Result<String> {
     if planned != "auto" {
         planned.parse::<Ipv4Addr>().map_err(|_| {
@@ -320,45 +512,50 @@ pub fn wait_for_control_plane(host: &dyn Host, cp: &ControlPlane, budget: Durati
 
 /// What the installer must see, in the environment and in `.env`.
 pub fn planned_env(
-    ctx: &Ctx,
+    input: &Input<'_>,
     node_ip: &str,
     control_plane: Option<&ControlPlane>,
     cidr: Option<&str>,
 ) -> BTreeMap<String, String> {
-    let plan = ctx.plan;
+    let cube = input.cube;
     let mut env = BTreeMap::new();
     let mut set = |k: &str, v: &str| {
         env.insert(k.to_string(), v.to_string());
     };
-    set("CUBE_PVM_ENABLE", if pvm_enabled(ctx) { "1" } else { "0" });
-    set("ONE_CLICK_DEPLOY_ROLE", plan.cube.role.as_str());
+    set("CUBE_PVM_ENABLE", if input.pvm { "1" } else { "0" });
+    set("ONE_CLICK_DEPLOY_ROLE", cube.role.as_str());
     set("CUBE_SANDBOX_NODE_IP", node_ip);
+    // Exactly one name for the control plane: upstream's compute preflight
+    // (lib/common.sh, check_compute_control_plane_preflight) dies when both
+    // are set and the address is not IP:8089.
     if let Some(cp) = control_plane {
-        set("ONE_CLICK_CONTROL_PLANE_IP", &cp.ip);
-        if cp.port != CUBEMASTER_PORT {
+        if cp.port == CUBEMASTER_PORT {
+            set("ONE_CLICK_CONTROL_PLANE_IP", &cp.ip);
+        } else {
             set("ONE_CLICK_CONTROL_PLANE_CUBEMASTER_ADDR", &cp.addr());
         }
     }
-    if let Some(m) = &plan.cube.mirror {
+    if let Some(m) = &cube.mirror {
         set("MIRROR", m);
     }
     if let Some(c) = cidr {
         set("CUBE_SANDBOX_NETWORK_CIDR", c);
     }
-    if ctx.journal.fact(DNSMASQ_MODE_FACT) == Some("standalone") {
-        set("CUBE_PROXY_DNSMASQ_MODE", "standalone");
-    }
-    // Hardening option A (§14): CubeMaster and CubeAPI on the private IP,
-    // not 127.0.0.1 (the WebUI container reaches CubeAPI from outside).
-    if plan.cube.hardening && plan.cube.role == Role::Control {
+    // Hardening option A (network-hardening.md): CubeMaster and CubeAPI on
+    // the private IP, not 127.0.0.1 (the WebUI container reaches CubeAPI from
+    // outside). The installer's post-install check and quickcheck probe
+    // CubeMaster at ${CUBEMASTER_ADDR:-127.0.0.1:8089}, which a CubeMaster
+    // bound to the node IP does not answer: point them at the node IP too.
+    if cube.hardening && cube.role == Role::Control {
         set("CUBEMASTER_HTTP_BIND", node_ip);
+        set("CUBEMASTER_ADDR", &format!("{node_ip}:{CUBEMASTER_PORT}"));
         set("CUBE_API_BIND", &format!("{node_ip}:{CUBE_API_PORT}"));
         set(
             "CUBE_API_HEALTH_ADDR",
             &format!("{node_ip}:{CUBE_API_PORT}"),
         );
     }
-    for (k, v) in &plan.cube.extra_env {
+    for (k, v) in &cube.extra_env {
         set(k, v);
     }
     env

@@ -1,5 +1,5 @@
 //! The Cube stage: from a PVM (or native KVM) host to a verified, hardened
-//! Cube Sandbox node, following docs/cube-sandbox-facts.md §17:
+//! Cube Sandbox node (docs/cube-stage.md, docs/cube-installer.md):
 //!
 //! 1. [`prereqs`]: host packages the installer needs but does not install,
 //!    Docker CE where the distro lacks it, the cgroup `cpu` fix (#366), a DNS
@@ -9,9 +9,9 @@
 //! 3. [`install`]: the one-click installer from a fresh extraction of the
 //!    verified bundle, with the `.env` pitfall defused, a free sandbox CIDR,
 //!    the node IP, and an overall timeout.
-//! 4. [`verify`]: success judged by state (facts §6.3), each check recorded
+//! 4. [`verify`]: success judged by state, each check recorded
 //!    in the journal's named checks (shown by the status file).
-//! 5. [`harden`]: binds, firewall, credentials (facts §14).
+//! 5. [`harden`]: binds, firewall, credentials (network-hardening.md).
 //!
 //! On failure, [`diagnostics`] gathers one tarball under /var/log/cubeboot/
 //! and names it in the error and in the journal fact `diagnostics`.
@@ -24,6 +24,7 @@ pub mod envfile;
 pub mod harden;
 pub mod http;
 pub mod install;
+pub mod listeners;
 pub mod prereqs;
 pub mod verify;
 
@@ -31,17 +32,22 @@ use anyhow::Result;
 
 use super::{Ctx, Outcome, StepFailure};
 
-/// Where the installer puts Cube (readonly in newer `lib/common.sh`, §2.3).
+/// Where the installer puts Cube (readonly in newer `lib/common.sh`).
 pub const INSTALL_ROOT: &str = "/usr/local/services/cubetoolbox";
-/// Cubelet's data directory; must be XFS (§4.2 check 4, #311).
+/// Cubelet's data directory; must be XFS (check_cubelet_fs_preflight, #311).
 pub const CUBELET_DIR: &str = "/data/cubelet";
 /// The installer's output, kept for the operator and the diagnostics.
 pub const INSTALL_LOG: &str = "/var/log/cubeboot/install.log";
 /// Generated credentials, root-only; reported only as this path.
 pub const CREDENTIALS_PATH: &str = "/etc/cubeboot/credentials.env";
-/// Journal fact: `standalone` when no resolvectl/NetworkManager was found and
-/// dnsmasq was installed instead (§4.2 step 10).
+/// Journal fact from cube-prereqs: `standalone` when no resolvectl or
+/// NetworkManager was found and dnsmasq was installed instead,
+/// `prefer-standalone` on NetworkManager hosts; cube-install passes
+/// `CUBE_PROXY_DNSMASQ_MODE=standalone` when the bundle knows it.
 pub const DNSMASQ_MODE_FACT: &str = "cube.dnsmasq-mode";
+/// Journal fact: the installer's own quickcheck verdict (`ok`, `failed`,
+/// `not run`), shown beside ours when they disagree.
+pub const QUICKCHECK_FACT: &str = "cube.installer-quickcheck";
 
 pub fn prereqs(ctx: &mut Ctx) -> Result<Outcome> {
     prereqs::run(ctx)
