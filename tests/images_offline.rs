@@ -78,7 +78,12 @@ fn image_root(root: &Path, overlay: &Path, plan: &Plan) {
     kernel_common::put(root, "/etc/os-release", "ID=debian\nVERSION_ID=\"12\"\n");
     kernel_common::put(root, "/proc/meminfo", "MemTotal:       16384000 kB\n");
     kernel_common::put(root, "/etc/resolv.conf", "nameserver 10.0.2.3\n");
-    kernel_common::put(root, "/proc/self/mounts", "/dev/vda1 / ext4 rw 0 0\n");
+    // bpffs as systemd mounts it (cube-prereqs checks it).
+    kernel_common::put(
+        root,
+        "/proc/self/mounts",
+        "/dev/vda1 / ext4 rw 0 0\nbpf /sys/fs/bpf bpf rw 0 0\n",
+    );
     kernel_common::put(
         root,
         "/sys/fs/cgroup/cgroup.controllers",
