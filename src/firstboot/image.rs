@@ -14,19 +14,20 @@
 //! tools a working chroot (/dev, /proc, /sys bind-mounted); with Packer the
 //! helper runs inside the build VM with `--root /`, which needs nothing.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 
-use super::host::{is_live_root, on_target, CommandSpec, Host};
+use super::host::Host;
 use super::journal::{facts, Journal, StepState};
-use super::kernel::grubcfg;
 use super::runner::{self, RunEnd, Scope};
-use super::{fetch, StepId, CACHE_DIR, JOURNAL_PATH, LOG_DIR, STATE_DIR, STATUS_PATH, UNIT_NAME};
+use super::{
+    fetch, kernel, preflight, StepId, CACHE_DIR, JOURNAL_PATH, LOG_DIR, STATE_DIR, STATUS_PATH,
+    UNIT_NAME,
+};
 use crate::digest::{hash_reader, Sha256Digest};
-use crate::plan::{BootloaderKind, KvmMode, Plan, Target};
+use crate::plan::KvmMode;
 use crate::transport::FetchConfig;
 
 /// Where the helper and its unit live on the target (INTERFACES.md).
@@ -60,16 +61,14 @@ pub fn apply(host: &dyn Host, stage: Stage, fetch_cfg: &FetchConfig) -> Result<A
 
     // A Debian plan must not install into a Rocky image: same rule as the
     // preflight step, read from the image's own os-release.
-    let os_release = match host.read_optional("/etc/os-release")? {
-        Some(text) => text,
-        None => host
-            .read_optional("/usr/lib/os-release")?
-            .context("the image has no /etc/os-release or /usr/lib/os-release")?,
-    };
-    distro_matches(&os_release, &plan.target)?;
+    let os_release = preflight::read_os_release(host)
+        .context("the image has no /etc/os-release or /usr/lib/os-release")?;
+    preflight::distro_matches(&os_release, &plan.target, "the image")
+        .map_err(|p| anyhow!("{}", p.message))?;
 
     // Idempotent: a second apply on the same image changes nothing.
-    if host.exists(&format!("/boot/vmlinuz-{kver}")) && default_is_pvm(host, &plan)? {
+    let loader = kernel::bootloader(plan.target.bootloader.kind);
+    if host.exists(&format!("/boot/vmlinuz-{kver}")) && loader.is_image_default(host, &plan)? {
         host.say(&format!(
             "apply: {kver} already is the image's default kernel"
         ));
@@ -134,7 +133,7 @@ pub fn apply(host: &dyn Host, stage: Stage, fetch_cfg: &FetchConfig) -> Result<A
     // image has no "after": its instances' first boot finds the kernel already
     // running and has nothing to commit, so the PVM entry becomes the saved
     // default here (the issue: "boot parameters and default entry set there").
-    let committed = set_image_default(host, &plan, &journal)?;
+    let committed = loader.make_image_default(host, &plan, journal.fact(facts::PVM_ENTRY))?;
     journal.mark(host, StepId::KernelVerify, StepState::Done, &committed);
 
     let steps = journal
@@ -145,122 +144,6 @@ pub fn apply(host: &dyn Host, stage: Stage, fetch_cfg: &FetchConfig) -> Result<A
     host.remove_file(JOURNAL_PATH)?;
     host.remove_file(STATUS_PATH)?;
     Ok(ApplyReport { kver, steps })
-}
-
-/// Make the PVM entry the image's saved default and check it took.
-fn set_image_default(host: &dyn Host, plan: &Plan, journal: &Journal) -> Result<String> {
-    let kver = &plan.kernel.kver;
-    let bl = &plan.target.bootloader;
-    match bl.kind {
-        BootloaderKind::GrubMkconfig => {
-            // Recorded by the kernel stage when it armed the trial boot; when
-            // it had nothing to arm (the PVM kernel already runs), found by id
-            // in the image's grub.cfg the same way.
-            let entry = match journal.fact(facts::PVM_ENTRY) {
-                Some(e) => e.to_string(),
-                None => {
-                    let cfg = host.read_string(&bl.grub_cfg)?;
-                    grubcfg::find_kernel_entry(&cfg, kver)
-                        .with_context(|| format!("finding the {kver} entry in {}", bl.grub_cfg))?
-                        .id_path()
-                        .with_context(|| format!("the {kver} entry in {} has no id", bl.grub_cfg))?
-                }
-            };
-            // grubenv only: pointed at the image's /boot rather than chrooted,
-            // as the kernel stage does for grub-reboot.
-            let mut cmd = CommandSpec::new(&bl.set_default);
-            if !is_live_root(host) {
-                let boot_dir = grub_boot_dir(&bl.grubenv);
-                cmd = cmd.arg(format!(
-                    "--boot-directory={}",
-                    host.path(&boot_dir).to_string_lossy()
-                ));
-            }
-            host.run(&cmd.arg(&entry))?;
-            let env = parse_grubenv(&host.read_optional(&bl.grubenv)?.unwrap_or_default());
-            ensure!(
-                env.get("saved_entry") == Some(&entry) && !env.contains_key("next_entry"),
-                "{} did not take: {} has saved_entry={:?} next_entry={:?}",
-                bl.set_default,
-                bl.grubenv,
-                env.get("saved_entry"),
-                env.get("next_entry")
-            );
-            Ok(format!("{entry} is the image's saved default"))
-        }
-        BootloaderKind::BlsGrubby => {
-            let path = format!("/boot/vmlinuz-{kver}");
-            host.run(&on_target(host, "grubby").arg(format!("--set-default={path}")))?;
-            // grubby sets saved_entry only; the trial boot's next_entry would
-            // otherwise be spent on the first power-on and then be gone anyway,
-            // but an armed one-shot in a captured image is a surprise. The
-            // editenv tool edits the file directly (no chroot needed).
-            if host.exists(&bl.grubenv) {
-                let env_path = host.path(&bl.grubenv).to_string_lossy().into_owned();
-                host.run(&CommandSpec::new(&bl.editenv).args([
-                    env_path.as_str(),
-                    "unset",
-                    "next_entry",
-                ]))?;
-            }
-            let now = host.run(&on_target(host, "grubby").arg("--default-kernel"))?;
-            let env = parse_grubenv(&host.read_optional(&bl.grubenv)?.unwrap_or_default());
-            ensure!(
-                !env.contains_key("next_entry"),
-                "{} still has next_entry={:?} after {} unset",
-                bl.grubenv,
-                env.get("next_entry"),
-                bl.editenv
-            );
-            ensure!(
-                now.stdout.trim() == path,
-                "grubby --set-default={path} did not take: grubby --default-kernel prints {:?}",
-                now.stdout.trim()
-            );
-            Ok(format!("{path} is the image's default kernel"))
-        }
-    }
-}
-
-/// Whether the image already boots the PVM kernel by default.
-fn default_is_pvm(host: &dyn Host, plan: &Plan) -> Result<bool> {
-    let kver = &plan.kernel.kver;
-    let bl = &plan.target.bootloader;
-    Ok(match bl.kind {
-        BootloaderKind::GrubMkconfig => {
-            let env = parse_grubenv(&host.read_optional(&bl.grubenv)?.unwrap_or_default());
-            // Entry ids end in `gnulinux-<kver>-advanced-<uuid>` (prior-art §6).
-            env.get("saved_entry")
-                .is_some_and(|e| e.contains(&format!("gnulinux-{kver}-")))
-                && !env.contains_key("next_entry")
-        }
-        BootloaderKind::BlsGrubby => {
-            let out = host.run(
-                &on_target(host, "grubby")
-                    .arg("--default-kernel")
-                    .allow_failure(),
-            )?;
-            out.success() && out.stdout.trim() == format!("/boot/vmlinuz-{kver}")
-        }
-    })
-}
-
-/// `/boot/grub/grubenv` → `/boot`.
-fn grub_boot_dir(grubenv: &str) -> String {
-    std::path::Path::new(grubenv)
-        .parent()
-        .and_then(std::path::Path::parent)
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "/boot".into())
-}
-
-/// `key=value` lines of a GRUB environment block (padding `#` lines ignored).
-fn parse_grubenv(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 impl fmt::Display for ApplyReport {
@@ -448,32 +331,6 @@ pub fn wants_links(unit: &str, unit_name: &str) -> Vec<String> {
     links
 }
 
-/// Check the image's os-release against the plan's target (ID in the plan's
-/// list, VERSION_ID starting with the plan's version).
-pub fn distro_matches(os_release: &str, target: &Target) -> Result<()> {
-    let field = |key: &str| {
-        os_release.lines().find_map(|l| {
-            let (k, v) = l.split_once('=')?;
-            (k.trim() == key).then(|| v.trim().trim_matches('"').trim_matches('\'').to_string())
-        })
-    };
-    let id = field("ID").unwrap_or_default();
-    let version = field("VERSION_ID").unwrap_or_default();
-    ensure!(
-        target.os_ids.contains(&id),
-        "the image is {id:?} {version:?}, but the plan was built for profile {} (ID one of {:?})",
-        target.profile,
-        target.os_ids
-    );
-    ensure!(
-        version == target.version_id || version.starts_with(&format!("{}.", target.version_id)),
-        "the image is {id:?} {version:?}, but the plan was built for profile {} (VERSION_ID {})",
-        target.profile,
-        target.version_id
-    );
-    Ok(())
-}
-
 fn remove(host: &dyn Host, path: &str, report: &mut ResetReport) -> Result<()> {
     let is_dir = std::fs::symlink_metadata(host.path(path))
         .map(|m| m.is_dir())
@@ -510,7 +367,6 @@ fn cache_file_is_verified(host: &dyn Host, name: &str, path: &str) -> Result<boo
 mod tests {
     use super::*;
     use crate::firstboot::host::ScriptedHost;
-    use crate::plan::tests::sample_plan;
 
     #[test]
     fn wants_links_follow_the_install_section_only() {
@@ -534,23 +390,6 @@ mod tests {
         assert_eq!(
             wants_links(unit, UNIT_NAME),
             vec!["/etc/systemd/system/cloud-init.target.wants/cube-firstboot.service"]
-        );
-    }
-
-    #[test]
-    fn distro_check_names_both_sides() {
-        let target = sample_plan().target;
-        distro_matches("ID=debian\nVERSION_ID=\"12\"\n", &target).unwrap();
-        distro_matches("ID=\"debian\"\nVERSION_ID=12.5\n", &target).unwrap();
-        let err = distro_matches("ID=ubuntu\nVERSION_ID=\"22.04\"\n", &target).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "the image is \"ubuntu\" \"22.04\", but the plan was built for profile debian-12 (ID one of [\"debian\"])"
-        );
-        let err = distro_matches("ID=debian\nVERSION_ID=\"120\"\n", &target).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "the image is \"debian\" \"120\", but the plan was built for profile debian-12 (VERSION_ID 12)"
         );
     }
 

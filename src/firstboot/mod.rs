@@ -102,14 +102,6 @@ impl StepId {
             Self::Report => "report",
         }
     }
-
-    /// Steps of the kernel stage (what `apply --stage kernel` runs on an image).
-    pub fn is_kernel_stage(self) -> bool {
-        matches!(
-            self,
-            Self::KernelInstall | Self::KernelBoot | Self::Reboot | Self::KernelVerify
-        )
-    }
 }
 
 impl fmt::Display for StepId {

@@ -12,7 +12,7 @@ use anyhow::Result;
 
 use super::host::Host;
 use super::{Ctx, Outcome, StepFailure};
-use crate::plan::Plan;
+use crate::plan::Target;
 
 /// The one-click installer refuses less (`CUBE_MIN_MEMORY_KB` default,
 /// facts §4.1 #8 and §4.2 step 2). It would only find out after the kernel
@@ -96,9 +96,15 @@ pub fn run_with(ctx: &mut Ctx, cfg: &PreflightConfig) -> Result<Outcome> {
         Err(e) => problems.push(Problem::new(format!("{e:#}"), "is / mounted?")),
     }
 
-    match distro_matches(host, ctx.plan) {
-        Ok(os) => found.push(os),
-        Err(p) => problems.push(p),
+    match read_os_release(host) {
+        Some(text) => match distro_matches(&text, &ctx.plan.target, "this machine") {
+            Ok(os) => found.push(os),
+            Err(p) => problems.push(p),
+        },
+        None => problems.push(Problem::new(
+            "cannot read /etc/os-release",
+            "this helper needs a systemd-era distribution",
+        )),
     }
 
     if host.is_dry_run() {
@@ -179,23 +185,22 @@ pub fn parse_meminfo_total(text: &str) -> Option<u64> {
     })
 }
 
-/// The distro must be one the plan's profile was built for: `ID` exactly
-/// (ID_LIKE is not enough: a Debian plan must not run on Ubuntu) and
-/// `VERSION_ID` equal to the plan's or a point release of it.
-fn distro_matches(host: &dyn Host, plan: &Plan) -> Result<String, Problem> {
-    let text = OS_RELEASE
+/// The text of os-release(5): /etc/os-release, else /usr/lib/os-release.
+pub fn read_os_release(host: &dyn Host) -> Option<String> {
+    OS_RELEASE
         .iter()
         .find_map(|p| host.read_optional(p).ok().flatten())
-        .ok_or_else(|| {
-            Problem::new(
-                "cannot read /etc/os-release",
-                "this helper needs a systemd-era distribution",
-            )
-        })?;
-    let os = parse_os_release(&text);
+}
+
+/// The distro must be one the plan's profile was built for: `ID` exactly
+/// (ID_LIKE is not enough: a Debian plan must not run on Ubuntu) and
+/// `VERSION_ID` equal to the plan's or a point release of it. `subject` names
+/// what is checked ("this machine", "the image"); Ok is `ID VERSION_ID`.
+pub fn distro_matches(os_release: &str, target: &Target, subject: &str) -> Result<String, Problem> {
+    let os = parse_os_release(os_release);
     let id = os.get("ID").cloned().unwrap_or_default();
     let version = os.get("VERSION_ID").cloned().unwrap_or_default();
-    let want = &plan.target;
+    let want = target;
     let id_ok = want.os_ids.iter().any(|w| w == &id);
     let version_ok =
         version == want.version_id || version.starts_with(&format!("{}.", want.version_id));
@@ -204,7 +209,7 @@ fn distro_matches(host: &dyn Host, plan: &Plan) -> Result<String, Problem> {
     }
     Err(Problem::new(
         format!(
-            "this machine runs {id} {version}, the plan was built for profile {} ({} {})",
+            "{subject} runs {id} {version}, the plan was built for profile {} ({} {})",
             want.profile,
             want.os_ids.join("/"),
             want.version_id
@@ -326,6 +331,36 @@ mod tests {
         assert_eq!(os["VERSION_ID"], "12");
         assert_eq!(os["NAME"], "Debian GNU/Linux");
         assert_eq!(os["PRETTY_NAME"], "a \"b\"");
+    }
+
+    #[test]
+    fn distro_check_names_both_sides() {
+        let target = crate::plan::testing::sample_plan().target;
+        for ok in [
+            "ID=debian\nVERSION_ID=\"12\"\n",
+            "ID=\"debian\"\nVERSION_ID=12.5\n",
+        ] {
+            assert_eq!(
+                distro_matches(ok, &target, "the image")
+                    .unwrap()
+                    .split(' ')
+                    .next(),
+                Some("debian")
+            );
+        }
+        let err =
+            distro_matches("ID=ubuntu\nVERSION_ID=\"22.04\"\n", &target, "the image").unwrap_err();
+        assert_eq!(
+            err.message,
+            "the image runs ubuntu 22.04, the plan was built for profile debian-12 (debian 12)"
+        );
+        // 120 is not a point release of 12.
+        let err =
+            distro_matches("ID=debian\nVERSION_ID=\"120\"\n", &target, "this machine").unwrap_err();
+        assert_eq!(
+            err.message,
+            "this machine runs debian 120, the plan was built for profile debian-12 (debian 12)"
+        );
     }
 
     #[test]

@@ -1,12 +1,205 @@
-//! Boot Loader Specification entries (`/boot/loader/entries/*.conf`, RHEL 8+
-//! family with grubby). Pure parsing and search; the step lists and reads the
-//! files through the host.
+//! The RPM-family back end: Boot Loader Specification entries
+//! (`/boot/loader/entries/*.conf`) edited with grubby, the default by kernel
+//! path (`grubby --set-default`), the trial boot by BLS id (`grub2-reboot`).
+//! Entry parsing and search are pure; the rest goes through the host.
 //!
 //! The entry for a kernel is found by its `linux` line, never by file name:
 //! images built elsewhere keep entries named by another machine-id
 //! (prior-art.md §7, stackhpc-kayobe-config PR #878).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
+
+use super::{backup_once, grub_default, grubenv, Bootloader, Ctx, DEFAULT_GRUB};
+use crate::cmdline;
+use crate::firstboot::host::{on_target, Host};
+use crate::firstboot::journal::facts;
+use crate::firstboot::Outcome;
+use crate::plan::Plan;
+
+const BLS_DIR: &str = "/boot/loader/entries";
+/// The PVM BLS entry's `options` before grubby edited them (undo record).
+const FACT_BLS_OPTIONS: &str = "kernel.bls-options-before";
+
+/// BLS snippets, grubby and grubenv.
+pub(super) struct Bls;
+
+impl Bootloader for Bls {
+    fn pin_old_default(&self, ctx: &mut Ctx) -> Result<String> {
+        record_old_default(ctx)
+    }
+
+    /// Undo a package scriptlet that made the new kernel the default
+    /// (UPDATEDEFAULT=yes, or a distro without /etc/sysconfig/kernel).
+    fn after_package(&self, ctx: &mut Ctx) -> Result<()> {
+        let host = ctx.host;
+        let Some(old) = ctx.journal.fact(facts::OLD_DEFAULT_ENTRY) else {
+            return Ok(());
+        };
+        let old = old.to_string();
+        let now = default_kernel(host)?;
+        if now != old && !host.is_dry_run() {
+            ctx.say(&format!(
+                "the package made {now} the default; restoring {old} until the trial boot passes"
+            ));
+            set_default(host, &old)?;
+        }
+        Ok(())
+    }
+
+    fn arm_trial_boot(&self, ctx: &mut Ctx, params: &[String]) -> Result<Outcome> {
+        let host = ctx.host;
+        let kver = ctx.plan.kernel.kver.clone();
+        let bl = ctx.plan.target.bootloader.clone();
+        let dry = host.is_dry_run();
+        let path = vmlinuz(&kver);
+
+        let all = entries(host)?;
+        let entry = match find_by_kernel(&all, &kver) {
+            Ok(e) => e.clone(),
+            Err(_) if dry => BlsEntry::parse(&format!("<machine-id>-{kver}"), ""),
+            Err(e) => {
+                return Err(e.context(format!(
+                    "refusing to reboot: the kernel package did not create a BLS entry for {path}"
+                )))
+            }
+        };
+
+        record_old_default(ctx)?;
+        if ctx.journal.fact(facts::OLD_DEFAULT_ENTRY) == Some(path.as_str()) {
+            bail!("refusing to reboot: {path} already is the default before its trial boot");
+        }
+        let old = ctx
+            .journal
+            .fact(facts::OLD_DEFAULT_ENTRY)
+            .unwrap_or_default()
+            .to_string();
+
+        // Parameters: on BLS they live in the entry's options line;
+        // GRUB_CMDLINE_LINUX does nothing there (cube-sandbox-facts.md §9).
+        if ctx.journal.fact(FACT_BLS_OPTIONS).is_none() && !dry {
+            // What grubby is about to change, so it can be put back by hand.
+            ctx.journal.set_fact(FACT_BLS_OPTIONS, entry.options());
+        }
+        let existing = cmdline::split(entry.options());
+        let displaced = cmdline::displaced(&existing, params);
+        let mut update = on_target(host, "grubby").arg(format!("--update-kernel={path}"));
+        if !displaced.is_empty() {
+            update = update.arg(format!("--remove-args={}", displaced.join(" ")));
+        }
+        host.run(&update.arg(format!("--args={}", params.join(" "))))?;
+        if !dry {
+            let after = entries(host)?;
+            let e = find_by_kernel(&after, &kver)?;
+            if !cmdline::has_merged(e.options(), params) {
+                bail!(
+                    "refusing to reboot: after grubby the {} entry's options are `{}`, not the \
+                     configured parameters",
+                    e.id,
+                    e.options()
+                );
+            }
+        }
+
+        // GRUB_DEFAULT=saved is what makes grubenv's saved_entry count.
+        if let Some(text) = host.read_optional(DEFAULT_GRUB)? {
+            let d = grub_default::evaluate(&[(DEFAULT_GRUB.to_string(), text.clone())])?;
+            if d.grub_default() != "saved" {
+                backup_once(host, DEFAULT_GRUB)?;
+                let edited = grub_default::set_assignment(&text, "GRUB_DEFAULT", "saved");
+                host.write_atomic(DEFAULT_GRUB, edited.as_bytes(), 0o644)?;
+                if let Some((program, args)) = bl.mkconfig.split_first() {
+                    host.run(&on_target(host, program).args(args.iter().cloned()))?;
+                }
+            }
+        }
+
+        ctx.journal.set_fact(facts::PVM_ENTRY, entry.id.as_str());
+        if let Some(why) = grubenv::unwritable(ctx.host, &ctx.plan.target.bootloader)? {
+            set_default(host, &path)?;
+            ctx.journal.set_fact(facts::DIRECT_DEFAULT, why.as_str());
+            let w = format!("{why}; no trial boot possible, {path} is now the default directly");
+            ctx.say(&format!("warning: {w}"));
+            ctx.journal.warn(w);
+            return Ok(Outcome::RebootRequested(format!(
+                "{path} set as the default directly ({why})"
+            )));
+        }
+        ctx.journal.facts.remove(facts::DIRECT_DEFAULT);
+
+        // Pin the old default explicitly (an image's saved_entry may name an
+        // entry of another machine-id), then the one-shot by BLS id.
+        host.run(&on_target(host, "grubby").arg(format!("--set-default={old}")))?;
+        host.run(&grubenv::tool(host, &bl.reboot_once, &bl.grubenv).arg(&entry.id))?;
+        if !dry {
+            let env = grubenv::read(host, &bl.grubenv)?;
+            if env.get("next_entry") != Some(&entry.id) {
+                bail!(
+                    "refusing to reboot: {} has next_entry={:?} after {}",
+                    bl.grubenv,
+                    env.get("next_entry"),
+                    bl.reboot_once
+                );
+            }
+        }
+        Ok(Outcome::RebootRequested(format!(
+            "trial boot of {} armed; {old} stays the default",
+            entry.id
+        )))
+    }
+
+    fn commit(&self, ctx: &mut Ctx) -> Result<String> {
+        let path = vmlinuz(&ctx.plan.kernel.kver);
+        set_default(ctx.host, &path)?;
+        Ok(format!(
+            "committed {path} as the default (grubby --default-kernel)"
+        ))
+    }
+
+    fn roll_back(&self, ctx: &mut Ctx) -> Result<()> {
+        let Some(old) = ctx.journal.fact(facts::OLD_DEFAULT_ENTRY) else {
+            bail!(
+                "the journal has no old default entry (fact {})",
+                facts::OLD_DEFAULT_ENTRY
+            );
+        };
+        set_default(ctx.host, old)
+    }
+
+    fn is_image_default(&self, host: &dyn Host, plan: &Plan) -> Result<bool> {
+        let out = host.run(
+            &on_target(host, "grubby")
+                .arg("--default-kernel")
+                .allow_failure(),
+        )?;
+        Ok(out.success() && out.stdout.trim() == vmlinuz(&plan.kernel.kver))
+    }
+
+    fn make_image_default(
+        &self,
+        host: &dyn Host,
+        plan: &Plan,
+        _pvm_entry: Option<&str>,
+    ) -> Result<String> {
+        let bl = &plan.target.bootloader;
+        let path = vmlinuz(&plan.kernel.kver);
+        set_default(host, &path)?;
+        // grubby sets saved_entry only; the trial boot's next_entry would be
+        // spent on the first power-on, but an armed one-shot in a captured
+        // image is a surprise.
+        if host.exists(&bl.grubenv) {
+            grubenv::unset(host, bl, "next_entry")?;
+        }
+        let env = grubenv::read(host, &bl.grubenv)?;
+        ensure!(
+            !env.contains_key("next_entry"),
+            "{} still has next_entry={:?} after {} unset",
+            bl.grubenv,
+            env.get("next_entry"),
+            bl.editenv
+        );
+        Ok(format!("{path} is the image's default kernel"))
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlsEntry {
@@ -79,6 +272,54 @@ pub fn find_by_kernel<'a>(entries: &'a [BlsEntry], kver: &str) -> Result<&'a Bls
             }
         ),
     }
+}
+
+fn vmlinuz(kver: &str) -> String {
+    format!("/boot/vmlinuz-{kver}")
+}
+
+fn entries(host: &dyn Host) -> Result<Vec<BlsEntry>> {
+    let mut out = Vec::new();
+    for name in host.list_dir(BLS_DIR)? {
+        if let Some(stem) = name.strip_suffix(".conf") {
+            let text = host.read_string(&format!("{BLS_DIR}/{name}"))?;
+            out.push(BlsEntry::parse(stem, &text));
+        }
+    }
+    Ok(out)
+}
+
+fn default_kernel(host: &dyn Host) -> Result<String> {
+    Ok(host
+        .run(&on_target(host, "grubby").arg("--default-kernel"))?
+        .stdout
+        .trim()
+        .to_string())
+}
+
+/// The default entry before anything changes, by kernel path (BLS ids
+/// can name another machine); recorded once.
+fn record_old_default(ctx: &mut Ctx) -> Result<String> {
+    if let Some(old) = ctx.journal.fact(facts::OLD_DEFAULT_ENTRY) {
+        return Ok(format!("old default {old}"));
+    }
+    let old = default_kernel(ctx.host)?;
+    if old.is_empty() && !ctx.host.is_dry_run() {
+        bail!("grubby --default-kernel printed nothing: no default entry to fall back to");
+    }
+    ctx.journal.set_fact(facts::OLD_DEFAULT_ENTRY, old.as_str());
+    Ok(format!("old default {old}"))
+}
+
+/// `grubby --set-default PATH`, checked with `grubby --default-kernel`: the
+/// one way this back end changes the default (commit, image, roll back).
+fn set_default(host: &dyn Host, path: &str) -> Result<()> {
+    host.run(&on_target(host, "grubby").arg(format!("--set-default={path}")))?;
+    let now = default_kernel(host)?;
+    if !host.is_dry_run() && now != path {
+        bail!("grubby --set-default={path} did not take: grubby --default-kernel says {now}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
