@@ -1731,3 +1731,173 @@ fn cubelet_that_keeps_listening_everywhere_fails_harden_with_diagnostics() {
     );
     assert!(ctx.journal.fact(facts::DIAGNOSTICS).is_some());
 }
+
+#[test]
+fn the_fixture_installer_keeps_upstreams_mode_semantics() {
+    // deploy/one-click/install.sh: auto upgrades an existing install,
+    // upgrade needs one, and a role change needs --allow-role-change.
+    let dir = tempfile::tempdir().unwrap();
+    let ar = std::fs::read(repo(PLAIN)).unwrap();
+    tar::Archive::new(flate2::read::GzDecoder::new(&ar[..]))
+        .unpack(dir.path())
+        .unwrap();
+    let root = dir.path().join("toolbox");
+    let install = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new("bash")
+            .arg(
+                dir.path()
+                    .join("cube-sandbox-one-click-v0.0.0-fixture-amd64/install.sh"),
+            )
+            .arg("--node-ip=10.0.2.15")
+            .args(args)
+            .envs(env.iter().copied())
+            .env("CUBE_SANDBOX_INSTALL_ROOT", &root)
+            .env("ONE_CLICK_FIXTURE_ALLOW_NONROOT", "1")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = install(&["--mode=upgrade"], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("ERROR: --mode=upgrade: no existing installation"),
+        "{err}"
+    );
+    let (code, err) = install(&[], &[("CUBE_PVM_ENABLE", "1")]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("mode auto resolved to install"), "{err}");
+    // No --mode on an installed node: an upgrade that keeps old values
+    // (CUBE_PVM_ENABLE=1 survives an environment that says 0).
+    let (code, err) = install(&[], &[("CUBE_PVM_ENABLE", "0")]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("mode auto resolved to upgrade"), "{err}");
+    assert_eq!(
+        std::fs::read_link(root.join("cube-kernel-scf/vmlinux")).unwrap(),
+        PathBuf::from("vmlinux-pvm")
+    );
+    assert!(root.join(".one-click.env.bak").exists());
+    // The old runtime role beats the environment; a .env that says otherwise
+    // (differing from env.example) is a role change, refused.
+    let env_file = dir.path().join("compute.env");
+    std::fs::write(
+        &env_file,
+        "ONE_CLICK_DEPLOY_ROLE=compute\nONE_CLICK_CONTROL_PLANE_IP=10.0.2.9\n",
+    )
+    .unwrap();
+    let (code, err) = install(
+        &["--mode=upgrade"],
+        &[("ONE_CLICK_ENV_FILE", env_file.to_str().unwrap())],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("refusing to upgrade it as compute without --allow-role-change"),
+        "{err}"
+    );
+}
+
+#[test]
+fn upgrade_runs_the_installer_in_upgrade_mode_and_rolls_the_status_forward() {
+    use cubeboot::firstboot::cube::upgrade::{self, PinnedBundle};
+    use cubeboot::firstboot::journal::StepState;
+    use cubeboot::firstboot::StepId;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = plan_for(PLAIN);
+    plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
+    // The newer bundle, served from a file:// URL on the node.
+    let new_bytes = std::fs::read(repo(PITFALL)).unwrap();
+    let new_name = "cube-sandbox-one-click-v0.0.0-fixture-pitfall-amd64.tar.gz";
+    host.put(&format!("/srv/{new_name}"), new_bytes.clone());
+    let pin: PinnedBundle = format!("file:///srv/{new_name}#{}", Sha256Digest::of(&new_bytes))
+        .parse()
+        .unwrap();
+    let cfg = cubeboot::transport::FetchConfig {
+        attempts_per_mirror: 1,
+        ..Default::default()
+    };
+    let get = model_get(&host);
+
+    // Not before the first run is done.
+    let err = upgrade::run_with_probe(&host, &plan, "plan-1", &pin, &cfg, &get).unwrap_err();
+    assert_eq!(
+        failure_text(&err),
+        "upgrade needs a node whose first run is done (harden not complete)"
+    );
+
+    // The first run: install, verify, harden, all done.
+    let mut journal = Journal::new("plan-1");
+    journal.set_fact(facts::KVM_MODE, "pvm");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    cube::install(&mut ctx).unwrap();
+    cube::verify::run_with_probe(&mut ctx, &get).unwrap();
+    cube::harden(&mut ctx).unwrap();
+    journal.mark(&host, StepId::Harden, StepState::Done, "hardened");
+    journal.save(&host).unwrap();
+
+    let out = upgrade::run_with_probe(&host, &plan, "plan-1", &pin, &cfg, &get).unwrap();
+    assert_eq!(
+        out,
+        Outcome::Done(format!(
+            "upgraded to {new_name}: upgraded the control role at 10.0.2.15 (CUBE_PVM_ENABLE=1)"
+        ))
+    );
+    let cmds = host.commands();
+    let runs: Vec<&String> = cmds.iter().filter(|c| c.contains("install.sh")).collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs[0].ends_with("--mode=install"), "{}", runs[0]);
+    assert!(runs[1].ends_with("--mode=upgrade"), "{}", runs[1]);
+    assert!(
+        runs[1].contains(new_name.trim_end_matches(".tar.gz")),
+        "{}",
+        runs[1]
+    );
+    // The installer took its upgrade path (backup, merge) and the node still
+    // runs the PVM guest kernel: the pitfall .env's CUBE_PVM_ENABLE=0 lost.
+    let log = host.read_string(cube::INSTALL_LOG).unwrap();
+    assert!(
+        log.contains("upgrade: previous runtime config kept"),
+        "{log}"
+    );
+    assert!(host.exists(&format!("{TOOLBOX}/.one-click.env.bak")));
+    assert_eq!(
+        host.read_link(&format!("{TOOLBOX}/cube-kernel-scf/vmlinux"))
+            .unwrap()
+            .as_deref(),
+        Some("vmlinux-pvm")
+    );
+    // Status and journal roll forward to the new bundle.
+    let status: serde_json::Value =
+        serde_json::from_str(&host.read_string(cubeboot::firstboot::STATUS_PATH).unwrap()).unwrap();
+    assert_eq!(status["state"], "done");
+    assert_eq!(
+        status["message"],
+        format!(
+            "upgraded to {new_name}: upgraded the control role at 10.0.2.15 (CUBE_PVM_ENABLE=1)"
+        )
+    );
+    let j = Journal::load(&host, "plan-1").unwrap();
+    assert_eq!(
+        j.fact(upgrade::BUNDLE_SHA256_FACT),
+        Some(pin.sha256.to_string().as_str())
+    );
+    assert!(j.is_complete(StepId::CubeVerify) && j.is_complete(StepId::Harden));
+
+    // A pin that does not match the bytes installs nothing.
+    let bad: PinnedBundle = format!("file:///srv/{new_name}#{}", Sha256Digest::of(b"other"))
+        .parse()
+        .unwrap();
+    let before = host.commands().len();
+    let err = upgrade::run_with_probe(&host, &plan, "plan-1", &bad, &cfg, &get).unwrap_err();
+    assert!(failure_text(&err).contains("checksum mismatch"), "{err:#}");
+    assert!(!host.commands()[before..]
+        .iter()
+        .any(|c| c.contains("install.sh")));
+}

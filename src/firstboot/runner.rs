@@ -473,5 +473,7 @@ pub fn plan_secrets(plan: &Plan) -> Vec<String> {
             v.len() >= 3 && MARKERS.iter().any(|m| k.contains(m))
         })
         .map(|(_, v)| v.clone())
+        // The compute node's copy of the control node's object storage key.
+        .chain(plan.cube.s3.iter().map(|s| s.secret_access_key.clone()))
         .collect()
 }

@@ -140,6 +140,13 @@ fn builds_every_profile_with_all_files() {
 fn options_map_into_the_plan() {
     let rel = release();
     let out = tempdir();
+    // The control node's object storage, as `grep '^CUBE_S3_' .one-click.env` prints it.
+    let s3 = out.path().join("s3.env");
+    std::fs::write(
+        &s3,
+        "CUBE_S3_ENDPOINT=http://10.0.0.5:9000\nCUBE_S3_ACCESS_KEY_ID=cubeminio\nCUBE_S3_SECRET_ACCESS_KEY=k3y-value\nCUBE_S3_BUCKET=cube-volumes\n",
+    )
+    .unwrap();
     ok(&[
         "build",
         "--lock",
@@ -148,6 +155,14 @@ fn options_map_into_the_plan() {
         "ubuntu-24.04",
         "--output",
         out.path().to_str().unwrap(),
+        "--s3-env",
+        s3.to_str().unwrap(),
+        "--install-timeout",
+        "5400",
+        "--verify-budget",
+        "600",
+        "--control-plane-wait",
+        "3600",
         "--role",
         "compute",
         "--control-plane-ip",
@@ -191,6 +206,17 @@ fn options_map_into_the_plan() {
     );
     assert_eq!(plan.cube.allow_from, ["10.0.0.0/24"]);
     assert!(!plan.cube.hardening);
+    assert_eq!(
+        (
+            plan.cube.install_timeout_secs,
+            plan.cube.verify_budget_secs,
+            plan.cube.control_plane_wait_secs
+        ),
+        (5400, 600, 3600)
+    );
+    let s3 = plan.cube.s3.as_ref().unwrap();
+    assert_eq!(s3.endpoint, "http://10.0.0.5:9000");
+    assert_eq!(s3.secret_access_key, "k3y-value");
     // The helper comes from the cn mirror first, too.
     let ud = std::fs::read_to_string(out.path().join("ubuntu-24.04/user-data")).unwrap();
     let cn = ud.find("\"https://cnb.cool/").unwrap();

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use cubeboot::digest::Sha256Digest;
+use cubeboot::firstboot::cube::upgrade::PinnedBundle;
 use cubeboot::firstboot::StepId;
 
 #[derive(Debug, Parser)]
@@ -28,6 +29,8 @@ pub enum Command {
     Run(RunArgs),
     /// Show where the run stands; exit 0 done, 1 failed, 3 running
     Status(StatusArgs),
+    /// Upgrade Cube on a finished node to a pinned bundle (--mode=upgrade)
+    Upgrade(UpgradeArgs),
     /// Apply a stage to an image root without rebooting (image builds)
     Apply(ApplyArgs),
     /// Leave the helper's state empty for image capture
@@ -93,6 +96,25 @@ pub struct StatusArgs {
     /// With --wait: give up after this many seconds (exit 3)
     #[arg(long, value_name = "SECS", requires = "wait")]
     pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+    /// The new one-click bundle, pinned by digest: URL#SHA256
+    #[arg(long, value_name = "URL#SHA256", value_parser = parse_bundle)]
+    pub bundle: PinnedBundle,
+    /// Plan file on this machine (default: /etc/cubeboot/plan.json under
+    /// the root)
+    #[arg(long, value_name = "PATH")]
+    pub plan: Option<PathBuf>,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+}
+
+fn parse_bundle(s: &str) -> Result<PinnedBundle, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
 }
 
 #[derive(Debug, Args)]

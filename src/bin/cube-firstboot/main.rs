@@ -10,7 +10,7 @@ use clap::Parser;
 
 use cli::{
     ApplyArgs, Cli, Command, DevCommand, DevFetchArgs, FetchArgs, ResetArgs, RunArgs, StageArg,
-    StatusArgs,
+    StatusArgs, UpgradeArgs,
 };
 use cubeboot::firstboot::host::{DryRunHost, Host, RealHost};
 use cubeboot::firstboot::journal::JOURNAL_VERSION;
@@ -26,6 +26,7 @@ fn main() {
     let code = match cli.command {
         Command::Run(args) => run(args),
         Command::Status(args) => show_status(args),
+        Command::Upgrade(args) => upgrade(args),
         Command::Apply(args) => apply(args),
         Command::Reset(args) => reset(args),
         Command::Dev(DevCommand::Fetch(args)) => dev_fetch(args),
@@ -163,6 +164,35 @@ fn show_status(args: StatusArgs) -> i32 {
         Err(e) => {
             eprintln!("cube-firstboot: {e:#}");
             exit::USAGE
+        }
+    }
+}
+
+/// `upgrade --bundle URL#SHA256`: the Cube installer in upgrade mode on a
+/// finished node, then verify and harden again (logic in
+/// `cubeboot::firstboot::cube::upgrade`).
+fn upgrade(args: UpgradeArgs) -> i32 {
+    let host = RealHost::new(&args.root.root);
+    let loaded = match &args.plan {
+        Some(path) => load_plan_file(path),
+        None => runner::load_plan(&host),
+    };
+    let (plan, digest) = match loaded {
+        Ok(p) => p,
+        Err(e) => return report_setup_failure(&host, "failed: plan", &e, plan_hint(&e)),
+    };
+    let cfg = fetch_config(&args.fetch);
+    match cubeboot::firstboot::cube::upgrade::run(
+        &host,
+        &plan,
+        &digest.to_hex(),
+        &args.bundle,
+        &cfg,
+    ) {
+        Ok(_) => exit::DONE,
+        Err(e) => {
+            eprintln!("cube-firstboot: upgrade failed: {e:#}");
+            exit::FAILED
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod http;
 pub mod install;
 pub mod listeners;
 pub mod prereqs;
+pub mod upgrade;
 pub mod verify;
 
 use anyhow::Result;
