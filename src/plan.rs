@@ -186,6 +186,41 @@ pub struct KernelPlan {
     /// `panic=` seconds for the trial boot, so a panicking kernel reboots into the old one.
     #[serde(default = "default_panic_seconds")]
     pub panic_seconds: u32,
+    /// Set when dnf installs the kernel from a distro repository instead of
+    /// the release asset (`assets.kernel` is then the package that pulls in
+    /// the rest, fetched early as a reachability check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<KernelRepo>,
+}
+
+/// A split kernel in a dnf repository, every package pinned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelRepo {
+    /// dnf baseurl (`https://`, `http://` or `file://`).
+    pub baseurl: String,
+    pub packages: Vec<RepoPackage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoPackage {
+    /// `name-[epoch:]version-release.arch`.
+    pub nevra: String,
+    /// Path of the .rpm under the baseurl; its last part is the file name
+    /// dnf downloads it as.
+    pub location: String,
+    pub sha256: Sha256Digest,
+    pub size: u64,
+    /// What `rpm -q --qf '%{SHA256HEADER}'` prints once it is installed.
+    pub header_sha256: Sha256Digest,
+}
+
+impl RepoPackage {
+    /// The file name dnf saves the package under.
+    pub fn file_name(&self) -> &str {
+        self.location.rsplit('/').next().unwrap_or(&self.location)
+    }
 }
 
 fn default_panic_seconds() -> u32 {
@@ -479,6 +514,7 @@ pub mod testing {
                 kvm: KvmMode::Pvm,
                 boot_params: boot_params::MINIMAL.iter().map(|s| s.to_string()).collect(),
                 panic_seconds: 30,
+                repo: None,
             },
             cube: CubePlan {
                 role: Role::Control,

@@ -120,6 +120,12 @@ pub fn build_overlays(
             let plan = options.plan(profile, lock)?;
             let mut cached_assets = Vec::new();
             if offline {
+                if plan.kernel.repo.is_some() {
+                    bail!(
+                        "--offline: profile {} takes its kernel from the lock's kernel-repo, which dnf installs online; lock the release kernel without --kernel-repo for offline images",
+                        profile.name
+                    );
+                }
                 for kind in [profile.kernel_asset, AssetKind::Bundle] {
                     let p = lock.pinned(kind, &format!("profile {}", profile.name))?;
                     let path = lock.local_path(p.asset);

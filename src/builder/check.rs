@@ -5,7 +5,7 @@ use anyhow::Result;
 use super::cli::{CheckArgs, ProfilesArgs};
 use super::diag::{Diagnostic, Report};
 use super::lock::Lock;
-use super::profile;
+use super::profile::{self, KernelSource};
 
 /// `cubeboot profiles`: one line per valid profile; problems on stderr.
 pub fn list_profiles(args: ProfilesArgs) -> Result<()> {
@@ -46,13 +46,27 @@ pub fn run(args: CheckArgs) -> Result<()> {
                 report.0.extend(lock.warnings.iter().cloned());
                 report.0.extend(lock.verify_local_copies()?);
                 for p in &profiles {
-                    if lock.file.assets.get(p.kernel_asset).is_none() {
+                    let pinned = |s: &KernelSource| match s {
+                        KernelSource::Release => lock.file.assets.get(p.kernel_asset).is_some(),
+                        KernelSource::Repo => lock.file.kernel_repo.is_some(),
+                    };
+                    if !p.kernel_sources.iter().any(pinned) {
+                        let wanted = p
+                            .kernel_sources
+                            .iter()
+                            .map(|s| match s {
+                                KernelSource::Release => {
+                                    format!("`{}` asset", p.kernel_asset.key())
+                                }
+                                KernelSource::Repo => "`kernel-repo`".to_string(),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" or ");
                         report.push(Diagnostic::warning(
                             path,
                             "$.assets",
                             format!(
-                                "no `{}` asset: profile {} cannot be built from this lock",
-                                p.kernel_asset.key(),
+                                "no {wanted}: profile {} cannot be built from this lock",
                                 p.name
                             ),
                         ));

@@ -74,9 +74,18 @@ pub struct LockArgs {
     /// Base URL where the assets will be served (overrides the GitHub pattern)
     #[arg(long, value_name = "URL")]
     pub base_url: Option<String>,
-    /// Accept kernel packages whose release lacks `pvm.host` (test fixtures only)
-    #[arg(long)]
+    /// No longer needed (kernels are judged by their kvm-pvm module); accepted
+    /// and ignored so older scripts keep working
+    #[arg(long, hide = true)]
     pub allow_non_pvm_kernel: bool,
+    /// Repository (dnf baseurl) serving a split PVM kernel to pin package by
+    /// package, e.g. OpenCloudOS 9's
+    #[arg(long, value_name = "URL")]
+    pub kernel_repo: Option<String>,
+    /// A package of that kernel: its URL under --kernel-repo, or a local copy
+    /// of a file at the repository's top; repeatable
+    #[arg(long = "repo-rpm", value_name = "URL|PATH")]
+    pub repo_rpms: Vec<String>,
     /// Where to write the lock file
     #[arg(short, long, value_name = "FILE", default_value = "cubeboot.lock")]
     pub output: PathBuf,

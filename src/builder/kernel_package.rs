@@ -15,6 +15,8 @@ use std::io::{self, BufReader, Read};
 
 use anyhow::{bail, Context, Result};
 
+use crate::digest::Sha256Digest;
+
 /// Kernel facts recorded in the lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelFacts {
@@ -37,45 +39,77 @@ pub enum PackageFormat {
 /// Read a kernel package and collect its facts. Does not judge them; see
 /// [`check_pvm_host`].
 pub fn read_kernel_package<R: Read>(reader: R, format: PackageFormat) -> Result<KernelFacts> {
-    let contents = match format {
-        PackageFormat::Deb => read_deb(reader)?,
-        PackageFormat::Rpm => read_rpm(reader)?,
-    };
-    contents.into_facts()
+    read_package(reader, format)?.into_facts()
 }
 
-/// Refuse what is not a PVM host kernel with its module (facts §8: detect with
-/// the substring `pvm.host`, exclude `pvm.guest`). `allow_non_pvm` relaxes
-/// only the name rule, for test fixtures built from stock kernels; the module
-/// is always required because the helper loads it after the reboot.
-pub fn check_pvm_host(name: &str, facts: &KernelFacts, allow_non_pvm: bool) -> Result<()> {
+/// Read any package of a kernel set (a split RPM kernel's `kernel`,
+/// `kernel-core`, `kernel-modules`): its identity and the kernel files it
+/// carries, without requiring a vmlinuz in each.
+pub fn read_package<R: Read>(reader: R, format: PackageFormat) -> Result<Contents> {
+    match format {
+        PackageFormat::Deb => read_deb(reader),
+        PackageFormat::Rpm => read_rpm(reader),
+    }
+}
+
+/// The facts of a kernel split over several packages (RHEL style: the
+/// vmlinuz in `kernel-core`, kvm-pvm.ko in `kernel-modules` or
+/// `kernel-core`): one KVER across the set, the module looked for in every
+/// package. `package`/`version` name the package that pulls in the rest
+/// (`kernel` when the set has it), which is what holds and "already
+/// installed" checks use.
+pub fn set_facts(set: &[Contents]) -> Result<KernelFacts> {
+    let mut all = Contents::default();
+    for c in set {
+        all.kernels.extend(c.kernels.iter().cloned());
+        all.modules.extend(c.modules.iter().cloned());
+    }
+    let top = set
+        .iter()
+        .find(|c| c.package.as_deref() == Some("kernel"))
+        .or_else(|| set.iter().find(|c| !c.kernels.is_empty()))
+        .context("an empty package set")?;
+    all.package = top.package.clone();
+    all.version = top.version.clone();
+    all.into_facts()
+}
+
+/// Refuse what is not a PVM host kernel. The package contents decide:
+/// a host kernel carries the kvm-pvm module for its own KVER (the helper
+/// loads it after the reboot). The name is no proof either way: upstream's
+/// release strings changed (`cube.pvm.host`, `cubesandbox.pvm.host`) and the
+/// OpenCloudOS 9 repository's kernel (`kernel-6.6.69-1.1.cubesandbox.oc9`)
+/// need not say `pvm.host` at all (docs/pvm-kernel.md). A `pvm.guest`
+/// release is still refused: it is the guest half of the pair.
+pub fn check_pvm_host(name: &str, facts: &KernelFacts) -> Result<()> {
     let kver = &facts.kver;
+    if kver.contains("pvm.guest") {
+        bail!("{name}: kernel release {kver} is a PVM guest kernel (`pvm.guest`); hosts need the host kernel, which carries kvm-pvm.ko");
+    }
     if facts.module.is_none() {
         bail!(
-            "{name}: kernel {kver} has no kvm-pvm module (looked for lib/modules/{kver}/**/kvm-pvm.ko or kvm_pvm.ko, optionally .xz/.zst/.gz)"
+            "{name}: kernel {kver} has no kvm-pvm module, so it is not a PVM host kernel (looked for lib/modules/{kver}/**/kvm-pvm.ko or kvm_pvm.ko, optionally .xz/.zst/.gz)"
         );
-    }
-    if allow_non_pvm {
-        return Ok(());
-    }
-    if kver.contains("pvm.guest") {
-        bail!("{name}: kernel release {kver} is a PVM guest kernel (`pvm.guest`); hosts need a `pvm.host` kernel");
-    }
-    if !kver.contains("pvm.host") {
-        bail!("{name}: kernel release {kver} does not contain `pvm.host`, so it is not a PVM host kernel (pass --allow-non-pvm-kernel for test fixtures only)");
     }
     Ok(())
 }
 
 /// What a package scan found.
-#[derive(Debug, Default)]
-struct Contents {
-    package: Option<String>,
-    version: Option<String>,
+#[derive(Debug, Default, Clone)]
+pub struct Contents {
+    pub package: Option<String>,
+    /// deb `Version`, or rpm `[EPOCH:]VERSION-RELEASE`.
+    pub version: Option<String>,
+    /// rpm `ARCH` (`x86_64`, `noarch`).
+    pub arch: Option<String>,
+    /// SHA-256 of the rpm's main header, what `rpm -q --qf '%{SHA256HEADER}'`
+    /// prints for the installed package: it covers the file digests, so it
+    /// identifies the installed payload.
+    pub header_sha256: Option<Sha256Digest>,
     /// (path, KVER) for each vmlinuz found.
-    kernels: Vec<(String, String)>,
+    pub kernels: Vec<(String, String)>,
     /// (path, KVER directory) for each kvm-pvm module found.
-    modules: Vec<(String, String)>,
+    pub modules: Vec<(String, String)>,
 }
 
 impl Contents {
@@ -199,6 +233,7 @@ const TAG_NAME: u32 = 1000;
 const TAG_VERSION: u32 = 1001;
 const TAG_RELEASE: u32 = 1002;
 const TAG_EPOCH: u32 = 1003;
+const TAG_ARCH: u32 = 1022;
 const TAG_PAYLOADFORMAT: u32 = 1124;
 const TAG_PAYLOADCOMPRESSOR: u32 = 1125;
 
@@ -223,8 +258,9 @@ fn read_u32(buf: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
 }
 
-/// Read one header structure (signature or main). Returns it and its size.
-fn read_rpm_header<R: Read>(r: &mut R, what: &str) -> Result<(RpmHeader, usize)> {
+/// Read one header structure (signature or main). Returns it, its size and
+/// the SHA-256 of its bytes (magic included, as rpm computes SHA256HEADER).
+fn read_rpm_header<R: Read>(r: &mut R, what: &str) -> Result<(RpmHeader, usize, Sha256Digest)> {
     let mut intro = [0u8; 16];
     r.read_exact(&mut intro)
         .with_context(|| format!("reading the rpm {what} header"))?;
@@ -241,6 +277,14 @@ fn read_rpm_header<R: Read>(r: &mut R, what: &str) -> Result<(RpmHeader, usize)>
     r.read_exact(&mut index)?;
     let mut data = vec![0u8; data_len];
     r.read_exact(&mut data)?;
+    let digest = {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(intro);
+        h.update(&index);
+        h.update(&data);
+        Sha256Digest::from_bytes(h.finalize().into())
+    };
     let mut header = RpmHeader::default();
     for entry in index.chunks_exact(16) {
         let (tag, kind, offset, n) = (
@@ -267,7 +311,7 @@ fn read_rpm_header<R: Read>(r: &mut R, what: &str) -> Result<(RpmHeader, usize)>
             _ => {}
         }
     }
-    Ok((header, 16 + count * 16 + data_len))
+    Ok((header, 16 + count * 16 + data_len, digest))
 }
 
 fn read_rpm<R: Read>(reader: R) -> Result<Contents> {
@@ -278,14 +322,16 @@ fn read_rpm<R: Read>(reader: R) -> Result<Contents> {
         bail!("not an rpm: bad lead magic");
     }
     // The signature header is padded to a multiple of 8 bytes.
-    let (_, sig_len) = read_rpm_header(&mut r, "signature")?;
+    let (_, sig_len, _) = read_rpm_header(&mut r, "signature")?;
     let pad = (8 - sig_len % 8) % 8;
     let mut skip = vec![0u8; pad];
     r.read_exact(&mut skip)?;
-    let (header, _) = read_rpm_header(&mut r, "main")?;
+    let (header, _, header_sha256) = read_rpm_header(&mut r, "main")?;
 
     let mut contents = Contents {
         package: header.string(TAG_NAME).map(str::to_string),
+        arch: header.string(TAG_ARCH).map(str::to_string),
+        header_sha256: Some(header_sha256),
         ..Contents::default()
     };
     if let (Some(v), Some(rel)) = (header.string(TAG_VERSION), header.string(TAG_RELEASE)) {
@@ -337,7 +383,7 @@ pub fn inspect(args: super::cli::InspectArgs) -> Result<()> {
     println!("version: {}", facts.version);
     println!("kver:    {}", facts.kver);
     println!("module:  {}", facts.module.as_deref().unwrap_or("(none)"));
-    match check_pvm_host(&name, &facts, false) {
+    match check_pvm_host(&name, &facts) {
         Ok(()) => println!("pvm-host: yes"),
         Err(e) => println!("pvm-host: no ({e})"),
     }
@@ -369,7 +415,7 @@ mod tests {
             f.module.as_deref(),
             Some("lib/modules/6.6.69-x.pvm.host-g1/kernel/arch/x86/kvm/kvm-pvm.ko.xz")
         );
-        check_pvm_host("k.rpm", &f, false).unwrap();
+        check_pvm_host("k.rpm", &f).unwrap();
     }
 
     #[test]
@@ -387,31 +433,78 @@ mod tests {
     }
 
     #[test]
-    fn refusals_have_exact_messages() {
+    fn the_module_decides_not_the_name() {
+        // The OpenCloudOS 9 repository's release string has no `pvm.host`.
         let f = KernelFacts {
-            kver: "6.1.0-26-amd64".into(),
-            package: "linux-image-6.1.0-26-amd64".into(),
-            version: "6.1.112-1".into(),
-            module: Some("lib/modules/6.1.0-26-amd64/extra/kvm-pvm.ko".into()),
+            kver: "6.6.69-1.1.cubesandbox.oc9.x86_64".into(),
+            package: "kernel".into(),
+            version: "6.6.69-1.1.cubesandbox.oc9".into(),
+            module: Some(
+                "lib/modules/6.6.69-1.1.cubesandbox.oc9.x86_64/kernel/arch/x86/kvm/kvm-pvm.ko"
+                    .into(),
+            ),
         };
-        assert_eq!(
-            check_pvm_host("a.deb", &f, false).unwrap_err().to_string(),
-            "a.deb: kernel release 6.1.0-26-amd64 does not contain `pvm.host`, so it is not a PVM host kernel (pass --allow-non-pvm-kernel for test fixtures only)"
-        );
-        check_pvm_host("a.deb", &f, true).unwrap();
-        let guest = KernelFacts {
-            kver: "6.6.69-cube.pvm.guest.005".into(),
+        check_pvm_host("kernel-6.6.69-1.1.cubesandbox.oc9", &f).unwrap();
+        let nomod = KernelFacts {
+            module: None,
             ..f.clone()
         };
         assert_eq!(
-            check_pvm_host("g.deb", &guest, false).unwrap_err().to_string(),
-            "g.deb: kernel release 6.6.69-cube.pvm.guest.005 is a PVM guest kernel (`pvm.guest`); hosts need a `pvm.host` kernel"
+            check_pvm_host("n.rpm", &nomod).unwrap_err().to_string(),
+            "n.rpm: kernel 6.6.69-1.1.cubesandbox.oc9.x86_64 has no kvm-pvm module, so it is not a PVM host kernel (looked for lib/modules/6.6.69-1.1.cubesandbox.oc9.x86_64/**/kvm-pvm.ko or kvm_pvm.ko, optionally .xz/.zst/.gz)"
         );
-        let nomod = KernelFacts { module: None, ..f };
+        // A guest kernel is refused even when something put the module in.
+        let guest = KernelFacts {
+            kver: "6.6.69-cube.pvm.guest.005".into(),
+            ..f
+        };
         assert_eq!(
-            check_pvm_host("n.deb", &nomod, true).unwrap_err().to_string(),
-            "n.deb: kernel 6.1.0-26-amd64 has no kvm-pvm module (looked for lib/modules/6.1.0-26-amd64/**/kvm-pvm.ko or kvm_pvm.ko, optionally .xz/.zst/.gz)"
+            check_pvm_host("g.deb", &guest).unwrap_err().to_string(),
+            "g.deb: kernel release 6.6.69-cube.pvm.guest.005 is a PVM guest kernel (`pvm.guest`); hosts need the host kernel, which carries kvm-pvm.ko"
         );
+    }
+
+    #[test]
+    fn a_split_kernel_is_judged_across_its_packages() {
+        let kver = "6.6.69-1.1.cubesandbox.oc9.x86_64";
+        let pkg = |name: &str, paths: &[String]| {
+            let mut c = Contents {
+                package: Some(name.into()),
+                version: Some("6.6.69-1.1.cubesandbox.oc9".into()),
+                ..Contents::default()
+            };
+            for p in paths {
+                c.note_path(p);
+            }
+            c
+        };
+        let core = pkg(
+            "kernel-core",
+            &[
+                format!("/lib/modules/{kver}/vmlinuz"),
+                format!("/lib/modules/{kver}/kernel/arch/x86/kvm/kvm.ko"),
+            ],
+        );
+        let modules = pkg(
+            "kernel-modules",
+            &[format!(
+                "/lib/modules/{kver}/kernel/arch/x86/kvm/kvm-pvm.ko"
+            )],
+        );
+        let meta = pkg("kernel", &[]);
+        // kernel-core alone has no module: not a host kernel by itself.
+        let alone = set_facts(std::slice::from_ref(&core)).unwrap();
+        assert!(check_pvm_host("kernel-core", &alone).is_err());
+        let f = set_facts(&[meta.clone(), core.clone(), modules]).unwrap();
+        assert_eq!(f.kver, kver);
+        assert_eq!(f.package, "kernel");
+        assert_eq!(
+            f.module.as_deref(),
+            Some(format!("lib/modules/{kver}/kernel/arch/x86/kvm/kvm-pvm.ko").as_str())
+        );
+        check_pvm_host("kernel", &f).unwrap();
+        // Without kernel-core there is no vmlinuz in the set.
+        assert!(set_facts(&[meta]).is_err());
     }
 
     #[test]

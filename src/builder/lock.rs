@@ -151,10 +151,43 @@ impl fmt::Display for Url {
 pub struct LockFile {
     pub version: u32,
     pub generator: String,
-    /// Set when a kernel without `pvm.host` was accepted: test fixtures only.
+    /// Written by older versions when a kernel without `pvm.host` in its
+    /// name was accepted; still read, no longer written: the kvm-pvm module
+    /// decides now (kernel_package::check_pvm_host).
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_non_pvm_kernel: bool,
     pub assets: LockAssets,
+    /// A kernel that dnf installs from a distro repository (OpenCloudOS 9
+    /// ships the PVM kernel in its own repository), pinned package by package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_repo: Option<LockedKernelRepo>,
+}
+
+/// The repository kernel: where dnf finds it and the exact bytes of each
+/// package of the split kernel (`kernel`, `kernel-core`, `kernel-modules`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LockedKernelRepo {
+    /// The repository's baseurl, as a dnf `.repo` file takes it.
+    pub baseurl: Url,
+    pub packages: Vec<LockedRepoPackage>,
+    /// Facts read across the packages at lock time.
+    pub kernel: LockedKernel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LockedRepoPackage {
+    /// `name-[epoch:]version-release.arch`, what dnf installs.
+    pub nevra: String,
+    /// Path of the .rpm under the baseurl (the repodata `location`).
+    pub location: String,
+    pub size: u64,
+    /// SHA-256 of the .rpm file the repository serves.
+    pub sha256: Sha256Digest,
+    /// SHA-256 of its header: `rpm -q --qf '%{SHA256HEADER}'` of the
+    /// installed package must print it.
+    pub header_sha256: Sha256Digest,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -302,9 +335,12 @@ impl Lock {
                 severity: super::diag::Severity::Warning,
                 ..self.diag(
                     "$.allow-non-pvm-kernel",
-                    "made with --allow-non-pvm-kernel: for test fixtures only, never for real hosts",
+                    "made with --allow-non-pvm-kernel, which no longer relaxes anything (the kvm-pvm module decides); re-run `cubeboot lock`",
                 )
             });
+        }
+        if let Some(repo) = &self.file.kernel_repo {
+            self.validate_kernel_repo(repo, &mut report);
         }
         for kind in AssetKind::ALL {
             let Some(a) = self.file.assets.get(kind) else {
@@ -351,9 +387,7 @@ impl Lock {
                         version: k.version.clone(),
                         module: Some(k.module.clone()),
                     };
-                    if let Err(e) =
-                        kernel_package::check_pvm_host(&a.name, &facts, self.file.allow_non_pvm_kernel)
-                    {
+                    if let Err(e) = kernel_package::check_pvm_host(&a.name, &facts) {
                         report.push(self.diag(&format!("{base}.kernel.kver"), e.to_string()));
                     }
                 }
@@ -361,6 +395,44 @@ impl Lock {
             }
         }
         report
+    }
+
+    fn validate_kernel_repo(&self, repo: &LockedKernelRepo, report: &mut Report) {
+        if repo.packages.is_empty() {
+            report.push(self.diag("$.kernel-repo.packages", "no packages pinned"));
+        }
+        for (i, p) in repo.packages.iter().enumerate() {
+            let bad = p.location.is_empty()
+                || p.location.starts_with('/')
+                || p.location.split('/').any(|c| c == ".." || c.is_empty())
+                || !p.location.ends_with(".rpm");
+            if bad {
+                report.push(self.diag(
+                    &format!("$.kernel-repo.packages[{i}].location"),
+                    format!("{:?} is not a relative path to an .rpm", p.location),
+                ));
+            }
+        }
+        let k = &repo.kernel;
+        let facts = KernelFacts {
+            kver: k.kver.clone(),
+            package: k.package.clone(),
+            version: k.version.clone(),
+            module: Some(k.module.clone()),
+        };
+        if let Err(e) = kernel_package::check_pvm_host("kernel-repo", &facts) {
+            report.push(self.diag("$.kernel-repo.kernel.kver", e.to_string()));
+        }
+    }
+
+    /// The pinned repository kernel, or an error naming what needs it.
+    pub fn kernel_repo(&self, needed_by: &str) -> Result<&LockedKernelRepo, Diagnostic> {
+        self.file.kernel_repo.as_ref().ok_or_else(|| {
+            self.diag(
+                "$",
+                format!("no `kernel-repo` pinned, but {needed_by} needs one (cubeboot lock --kernel-repo URL --repo-rpm ...)"),
+            )
+        })
     }
 
     /// The asset of `kind`, or an error naming what needs it.
@@ -468,15 +540,31 @@ impl Lock {
 
 /// `cubeboot lock`: pin every given asset and write the lock atomically.
 pub fn run(args: LockArgs) -> Result<()> {
-    if args.assets.is_empty() && args.urls.is_empty() && args.release_json.is_none() {
-        bail!("nothing to lock: give --asset PATH, --url URL or --release-json FILE");
+    if args.assets.is_empty()
+        && args.urls.is_empty()
+        && args.release_json.is_none()
+        && args.kernel_repo.is_none()
+    {
+        bail!("nothing to lock: give --asset PATH, --url URL, --release-json FILE or --kernel-repo URL");
+    }
+    if args.allow_non_pvm_kernel {
+        eprintln!(
+            "warning: --allow-non-pvm-kernel is no longer needed and changes nothing: a kernel is accepted when it carries kvm-pvm.ko"
+        );
     }
     let mut file = LockFile {
         version: 1,
         generator: crate::generator(),
-        allow_non_pvm_kernel: args.allow_non_pvm_kernel,
+        allow_non_pvm_kernel: false,
         assets: LockAssets::default(),
+        kernel_repo: None,
     };
+    // The repository kernel, if asked for, before the release assets.
+    if let Some(baseurl) = &args.kernel_repo {
+        file.kernel_repo = Some(pin_kernel_repo(baseurl, &args.repo_rpms)?);
+    } else if !args.repo_rpms.is_empty() {
+        bail!("--repo-rpm needs --kernel-repo URL (the repository that serves them)");
+    }
     let mut sources = Vec::new();
     // Step 1: local files; URLs come from --base-url and/or --tag.
     for path in &args.assets {
@@ -507,7 +595,7 @@ pub fn run(args: LockArgs) -> Result<()> {
                 src.name
             )
         })?;
-        let locked = pin_one(&src, kind, args.allow_non_pvm_kernel)?;
+        let locked = pin_one(&src, kind)?;
         let slot = file.assets.slot(kind);
         if let Some(prev) = slot {
             bail!(
@@ -719,7 +807,7 @@ fn release_sources(json: &Path, tag: Option<&str>) -> Result<Vec<Source>> {
 }
 
 /// Open, hash, inspect (kernels), cross-check: one pass over the bytes.
-fn pin_one(src: &Source, kind: AssetKind, allow_non_pvm: bool) -> Result<LockedAsset> {
+fn pin_one(src: &Source, kind: AssetKind) -> Result<LockedAsset> {
     let reader: Box<dyn Read> = match &src.open {
         Opener::Path(p) => {
             let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
@@ -736,7 +824,7 @@ fn pin_one(src: &Source, kind: AssetKind, allow_non_pvm: bool) -> Result<LockedA
         Some(format) => {
             let facts = kernel_package::read_kernel_package(&mut hashing, format)
                 .with_context(|| format!("inspecting kernel package {}", src.name))?;
-            kernel_package::check_pvm_host(&src.name, &facts, allow_non_pvm)?;
+            kernel_package::check_pvm_host(&src.name, &facts)?;
             Some(facts)
         }
         None => None,
@@ -775,6 +863,75 @@ fn pin_one(src: &Source, kind: AssetKind, allow_non_pvm: bool) -> Result<LockedA
             // check_pvm_host refused packages without a module.
             module: f.module.unwrap_or_default(),
         }),
+    })
+}
+
+/// Pin every package of a repository kernel: hash each .rpm the repository
+/// serves (a URL under `baseurl`, or a local copy of a file at the top of a
+/// flat repository), read its header, and judge the kernel across the set.
+fn pin_kernel_repo(baseurl: &str, rpms: &[String]) -> Result<LockedKernelRepo> {
+    let base: Url = baseurl
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--kernel-repo: {e}"))?;
+    if rpms.is_empty() {
+        bail!("--kernel-repo {base} needs the packages to pin: --repo-rpm URL-or-PATH for each of kernel, kernel-core, kernel-modules");
+    }
+    let prefix = format!("{}/", base.as_str().trim_end_matches('/'));
+    let mut packages = Vec::new();
+    let mut contents = Vec::new();
+    for raw in rpms {
+        let (reader, location): (Box<dyn Read>, String) = if raw.parse::<Url>().is_ok() {
+            let location = raw
+                .strip_prefix(&prefix)
+                .with_context(|| format!("--repo-rpm {raw} is not under --kernel-repo {base}"))?
+                .to_string();
+            let url: Url = raw.parse().map_err(anyhow::Error::msg)?;
+            (open_url(&url)?, location)
+        } else {
+            let path = PathBuf::from(raw);
+            let f = File::open(&path).with_context(|| format!("opening {raw}"))?;
+            (Box::new(f), file_name(&path)?)
+        };
+        let mut hashing = HashingReader::new(reader);
+        let c = kernel_package::read_package(&mut hashing, PackageFormat::Rpm)
+            .with_context(|| format!("inspecting repository package {location}"))?;
+        let mut buf = vec![0u8; 1 << 20];
+        while hashing
+            .read(&mut buf)
+            .with_context(|| format!("reading {location}"))?
+            > 0
+        {}
+        let (sha256, size) = hashing.finish();
+        let (Some(name), Some(version), Some(arch), Some(header_sha256)) =
+            (&c.package, &c.version, &c.arch, c.header_sha256)
+        else {
+            bail!("{location}: the rpm header lacks its name, version, arch or digest");
+        };
+        let nevra = format!("{name}-{version}.{arch}");
+        eprintln!("locked {nevra} ({size} bytes, sha256 {sha256})");
+        packages.push(LockedRepoPackage {
+            nevra,
+            location,
+            size,
+            sha256,
+            header_sha256,
+        });
+        contents.push(c);
+    }
+    let facts = kernel_package::set_facts(&contents)
+        .with_context(|| format!("reading the kernel in {}", rpms.join(", ")))?;
+    kernel_package::check_pvm_host(&format!("{base}: {}", facts.package), &facts)?;
+    packages.sort_by(|a, b| a.nevra.cmp(&b.nevra));
+    Ok(LockedKernelRepo {
+        baseurl: base,
+        packages,
+        kernel: LockedKernel {
+            kver: facts.kver,
+            package: facts.package,
+            version: facts.version,
+            // check_pvm_host refused a set without a module.
+            module: facts.module.unwrap_or_default(),
+        },
     })
 }
 
@@ -843,6 +1000,7 @@ mod tests {
             version: 1,
             generator: "cubeboot 0.0.0".into(),
             allow_non_pvm_kernel: false,
+            kernel_repo: None,
             assets: LockAssets {
                 bundle: Some(LockedAsset {
                     name: "cube-sandbox-one-click-v1-amd64.tar.gz".into(),

@@ -8,11 +8,11 @@ use anyhow::{bail, Context, Result};
 
 use super::budget::Cloud;
 use super::cli::{BuildArgs, KvmArg, OnOff, RoleArg};
-use super::lock::{AssetKind, Lock, LockedAsset, Url};
-use super::profile::Profile;
+use super::lock::{AssetKind, Lock, LockedAsset, LockedKernel, LockedKernelRepo, Url};
+use super::profile::{KernelSource, Profile};
 use crate::plan::{
-    boot_params, Asset, Assets, CubePlan, DataDisk, KernelPlan, KvmMode, Plan, ReportPlan, Role,
-    S3Settings, PLAN_VERSION,
+    boot_params, Asset, Assets, CubePlan, DataDisk, KernelPlan, KernelRepo, KvmMode, Plan,
+    RepoPackage, ReportPlan, Role, S3Settings, PLAN_VERSION,
 };
 
 /// Which download channel goes first.
@@ -188,14 +188,7 @@ impl BuildOptions {
     /// facts, and these options.
     pub fn plan(&self, profile: &Profile, lock: &Lock) -> Result<Plan> {
         let needed_by = format!("profile {}", profile.name);
-        let kernel = lock.pinned(profile.kernel_asset, &needed_by)?;
         let bundle = lock.pinned(AssetKind::Bundle, &needed_by)?;
-        // Lock::parse refused kernel packages without facts.
-        let facts = kernel
-            .asset
-            .kernel
-            .as_ref()
-            .context("kernel asset without facts")?;
         let asset = |p: &super::lock::Pinned<'_>| -> Result<Asset> {
             Ok(Asset {
                 name: p.asset.name.clone(),
@@ -204,12 +197,38 @@ impl BuildOptions {
                 size: p.asset.size,
             })
         };
+        // The first kernel source of the profile that the lock pins.
+        let source = profile
+            .kernel_sources
+            .iter()
+            .copied()
+            .find(|s| match s {
+                KernelSource::Release => lock.file.assets.get(profile.kernel_asset).is_some(),
+                KernelSource::Repo => lock.file.kernel_repo.is_some(),
+            })
+            .unwrap_or(profile.kernel_sources[0]);
+        let (kernel_asset, facts, repo) = match source {
+            KernelSource::Release => {
+                let kernel = lock.pinned(profile.kernel_asset, &needed_by)?;
+                // Lock::parse refused kernel packages without facts.
+                let facts = kernel
+                    .asset
+                    .kernel
+                    .clone()
+                    .context("kernel asset without facts")?;
+                (asset(&kernel)?, facts, None)
+            }
+            KernelSource::Repo => {
+                let r = lock.kernel_repo(&needed_by)?;
+                repo_kernel(r)?
+            }
+        };
         Ok(Plan {
             version: PLAN_VERSION,
             generator: crate::generator(),
             target: profile.target.clone(),
             assets: Assets {
-                kernel: asset(&kernel)?,
+                kernel: kernel_asset,
                 bundle: asset(&bundle)?,
             },
             kernel: KernelPlan {
@@ -219,6 +238,7 @@ impl BuildOptions {
                 kvm: self.kvm,
                 boot_params: self.boot_params.clone(),
                 panic_seconds: 30,
+                repo,
             },
             cube: CubePlan {
                 role: self.role,
@@ -307,6 +327,46 @@ pub fn s3_settings(text: &str, file: &str) -> Result<S3Settings> {
         region: take("REGION").ok(),
         s3fs_extra_opts: take("S3FS_EXTRA_OPTS").ok(),
     })
+}
+
+/// The plan's view of a repository kernel: every package pinned, and as
+/// `assets.kernel` the package that pulls in the rest (fetched and verified
+/// early, so an unreachable repository fails before anything changes).
+fn repo_kernel(r: &LockedKernelRepo) -> Result<(Asset, LockedKernel, Option<KernelRepo>)> {
+    let base = r.baseurl.as_str().trim_end_matches('/');
+    let top_prefix = format!("{}-{}.", r.kernel.package, r.kernel.version);
+    let top = r
+        .packages
+        .iter()
+        .find(|p| p.nevra.starts_with(&top_prefix))
+        .or_else(|| r.packages.first())
+        .context("kernel-repo pins no packages")?;
+    let asset = Asset {
+        name: top
+            .location
+            .rsplit('/')
+            .next()
+            .unwrap_or(&top.location)
+            .to_string(),
+        urls: vec![format!("{base}/{}", top.location)],
+        sha256: top.sha256,
+        size: top.size,
+    };
+    let repo = KernelRepo {
+        baseurl: r.baseurl.as_str().to_string(),
+        packages: r
+            .packages
+            .iter()
+            .map(|p| RepoPackage {
+                nevra: p.nevra.clone(),
+                location: p.location.clone(),
+                sha256: p.sha256,
+                size: p.size,
+                header_sha256: p.header_sha256,
+            })
+            .collect(),
+    };
+    Ok((asset, r.kernel.clone(), Some(repo)))
 }
 
 fn ipv4(s: &str, flag: &str) -> Result<String> {

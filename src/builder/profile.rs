@@ -18,8 +18,22 @@ use crate::plan::{
     PackageManager, Quirks, Target,
 };
 
-/// Profile schema versions this build reads.
-pub const SUPPORTED_PROFILE_VERSIONS: &[u32] = &[1];
+/// Profile schema versions this build reads. Version 2 is version 1 plus
+/// `kernel-sources` (where the PVM kernel comes from); version 1 files stay
+/// valid and mean what they meant.
+pub const SUPPORTED_PROFILE_VERSIONS: &[u32] = &[1, 2];
+
+/// Where a distro's PVM kernel can come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KernelSource {
+    /// The upstream release asset named by `kernel-asset` (`kernel-rpm`,
+    /// `kernel-deb`), installed from its verified file.
+    Release,
+    /// A split kernel dnf installs from a distro repository, pinned package
+    /// by package in the lock's `kernel-repo` (OpenCloudOS 9).
+    Repo,
+}
 
 /// A validated profile, ready for the plan.
 #[derive(Debug, Clone)]
@@ -30,6 +44,9 @@ pub struct Profile {
     pub description: String,
     /// Which locked kernel package this distro installs.
     pub kernel_asset: AssetKind,
+    /// Kernel sources in order of preference; the build takes the first
+    /// the lock pins.
+    pub kernel_sources: Vec<KernelSource>,
     pub target: Target,
 }
 
@@ -89,16 +106,17 @@ pub fn select(dir: &Path, which: &str) -> Result<Vec<Profile>> {
 /// Returns the profile and its warnings, or every error found.
 pub fn parse(text: &str, path: &Path) -> Result<(Profile, Vec<Diagnostic>), Vec<Diagnostic>> {
     // Step 1: the version decides the schema.
-    peek_version(text, path).map_err(|d| vec![d])?;
-    // Step 2: strict parse of that version's schema (only v1 exists so far;
-    // peek_version refused every other version).
+    let version = peek_version(text, path).map_err(|d| vec![d])?;
+    // Step 2: strict parse of that version's schema (v2 only adds a key,
+    // which validate refuses in a v1 file; peek_version refused the rest).
     let spec: v1::ProfileSpec = yaml::from_str(text, path).map_err(|d| vec![d])?;
     // Step 3: cross-field checks, all collected.
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let diags = v1::validate(&spec, &name, text, path);
+    let mut diags = v1::validate(&spec, &name, text, path);
+    diags.extend(v2::validate(&spec, version, text, path));
     if diags.iter().any(Diagnostic::is_error) {
         return Err(diags);
     }
@@ -167,6 +185,9 @@ pub mod v1 {
         pub packages: PackagesSpec,
         #[serde(default)]
         pub quirks: QuirksSpec,
+        /// Version 2: where the kernel comes from, in order of preference.
+        #[serde(default)]
+        pub kernel_sources: Option<Vec<KernelSource>>,
     }
 
     #[derive(Debug, Clone, Deserialize)]
@@ -238,6 +259,9 @@ pub mod v1 {
                 path: path.to_path_buf(),
                 description: self.description,
                 kernel_asset: self.kernel_asset,
+                kernel_sources: self
+                    .kernel_sources
+                    .unwrap_or_else(|| vec![KernelSource::Release]),
             }
         }
     }
@@ -370,6 +394,47 @@ pub mod v1 {
     }
 }
 
+/// Version 2 of the profile schema: version 1 plus `kernel-sources`.
+pub mod v2 {
+    use super::*;
+
+    /// Rules for `kernel-sources`; a v1 file must not use it.
+    pub fn validate(
+        spec: &v1::ProfileSpec,
+        version: u32,
+        text: &str,
+        path: &Path,
+    ) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        let key = "$.kernel-sources";
+        let mut err = |msg: String| {
+            out.push(Diagnostic::error(path, key, msg).at(text, yaml::locate_or_parent(text, key)));
+        };
+        let Some(sources) = &spec.kernel_sources else {
+            return out;
+        };
+        if version < 2 {
+            err("`kernel-sources` needs `version: 2`".into());
+            return out;
+        }
+        if sources.is_empty() {
+            err("name at least one of `release`, `repo`".into());
+        }
+        for (i, s) in sources.iter().enumerate() {
+            if sources[..i].contains(s) {
+                err(format!("{s:?} is listed twice").to_lowercase());
+            }
+        }
+        if sources.contains(&KernelSource::Repo) && spec.packages.manager != PackageManager::Dnf {
+            err(
+                "`repo` kernels are installed with dnf; this profile's packages.manager is not dnf"
+                    .into(),
+            );
+        }
+        out
+    }
+}
+
 impl Profile {
     /// One line for `cubeboot profiles`.
     pub fn summary(&self) -> String {
@@ -454,7 +519,7 @@ packages:
         let text = GOOD.replace("version: 1", "version: 7");
         assert_eq!(
             parse_err(&text),
-            "error[$.version]: unsupported profile version 7; supported profile versions: 1\n  --> profiles/debian-12.yaml:1:1\n  |\n1 | version: 7\n  | ^"
+            "error[$.version]: unsupported profile version 7; supported profile versions: 1, 2\n  --> profiles/debian-12.yaml:1:1\n  |\n1 | version: 7\n  | ^"
         );
     }
 
@@ -469,6 +534,32 @@ packages:
         assert!(
             msg.contains("error[$.packages.hold]: this hold does not work with dnf"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn kernel_sources_need_version_2() {
+        let text = format!("{GOOD}kernel-sources: [release]\n");
+        assert_eq!(
+            parse_err(&text).lines().next().unwrap(),
+            "error[$.kernel-sources]: `kernel-sources` needs `version: 2`"
+        );
+        let v2 = text.replace("version: 1", "version: 2");
+        let (p, _) = parse(&v2, Path::new("profiles/debian-12.yaml")).unwrap();
+        assert_eq!(p.kernel_sources, vec![KernelSource::Release]);
+        let (p, _) = parse(GOOD, Path::new("profiles/debian-12.yaml")).unwrap();
+        assert_eq!(p.kernel_sources, vec![KernelSource::Release]);
+        // apt cannot install a repository kernel the way the helper does.
+        let repo = v2.replace("[release]", "[repo, release]");
+        assert_eq!(
+            parse_err(&repo).lines().next().unwrap(),
+            "error[$.kernel-sources]: `repo` kernels are installed with dnf; this profile's packages.manager is not dnf"
+        );
+        let unknown = v2.replace("[release]", "[mirror]");
+        assert!(
+            parse_err(&unknown).starts_with("error[$.kernel-sources[0]]: unknown variant `mirror`, expected `release` or `repo`"),
+            "{}",
+            parse_err(&unknown)
         );
     }
 

@@ -88,15 +88,15 @@ fn unknown_profile_key() {
 fn unknown_profile_version_lists_supported() {
     let dir = tempdir();
     let p = profiles_with(dir.path(), |t| {
-        t.replace("\nversion: 1\n", "\nversion: 2\n")
+        t.replace("\nversion: 1\n", "\nversion: 3\n")
     });
     let file = p.join("debian-12.yaml");
-    let line = line_of(&std::fs::read_to_string(&file).unwrap(), "version: 2");
+    let line = line_of(&std::fs::read_to_string(&file).unwrap(), "version: 3");
     let err = fails(&["profiles", "--profiles-dir", p.to_str().unwrap()]);
     assert_eq!(
         err.lines().take(2).collect::<Vec<_>>().join("\n"),
         format!(
-            "error[$.version]: unsupported profile version 2; supported profile versions: 1\n  --> {}:{line}:1",
+            "error[$.version]: unsupported profile version 3; supported profile versions: 1, 2\n  --> {}:{line}:1",
             file.display()
         )
     );

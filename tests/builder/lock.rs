@@ -165,43 +165,48 @@ fn lock_from_release_json_cross_checks_the_digest() {
 }
 
 #[test]
-fn non_pvm_kernels_are_refused_unless_allowed_and_recorded() {
+fn kernels_are_judged_by_their_module_not_their_name() {
     let dir = tempdir();
-    let stock = make_deb(dir.path(), "6.1.0-26-amd64", true);
+    // A release string without `pvm.host`, but the package carries
+    // kvm-pvm.ko for its KVER: accepted, and nothing is recorded.
+    let plain = make_deb(dir.path(), "6.6.69-1.1.cubesandbox.oc9", true);
     let lock = dir.path().join("k.lock");
-    let name = stock.file_name().unwrap().to_str().unwrap();
-    let args = |allow: bool| {
-        let mut a = vec![
-            "lock".to_string(),
-            "--asset".into(),
-            stock.to_str().unwrap().into(),
-            "--base-url".into(),
-            "http://10.0.2.2:8080".into(),
-            "--output".into(),
-            lock.to_str().unwrap().into(),
-        ];
-        if allow {
-            a.push("--allow-non-pvm-kernel".into());
-        }
-        a
-    };
-    fn refs(v: &[String]) -> Vec<&str> {
-        v.iter().map(String::as_str).collect()
-    }
-    let err = fails(&refs(&args(false)));
-    assert_eq!(
-        err.trim_end(),
-        format!("error: {name}: kernel release 6.1.0-26-amd64 does not contain `pvm.host`, so it is not a PVM host kernel (pass --allow-non-pvm-kernel for test fixtures only)")
-    );
-    ok(&refs(&args(true)));
+    ok(&[
+        "lock",
+        "--asset",
+        plain.to_str().unwrap(),
+        "--base-url",
+        "http://10.0.2.2:8080",
+        "--output",
+        lock.to_str().unwrap(),
+    ]);
     let text = std::fs::read_to_string(&lock).unwrap();
-    assert!(text.contains("\nallow-non-pvm-kernel: true\n"), "{text}");
-    // check warns about it; --strict makes that fatal.
-    ok(&["check", "--lock", lock.to_str().unwrap()]);
-    let err = fails(&["check", "--strict", "--lock", lock.to_str().unwrap()]);
-    assert!(err.contains("warning[$.allow-non-pvm-kernel]: made with --allow-non-pvm-kernel: for test fixtures only, never for real hosts\n"), "{err}");
+    assert!(!text.contains("allow-non-pvm-kernel"), "{text}");
+    let out = cubeboot(&["check", "--lock", lock.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let out = ok(&["inspect", plain.to_str().unwrap()]);
+    assert!(out.contains("pvm-host: yes"), "{out}");
 
-    // No kvm-pvm module: refused even with the override.
+    // The old override is accepted and ignored, with a warning.
+    let err = cubeboot(&[
+        "lock",
+        "--asset",
+        plain.to_str().unwrap(),
+        "--base-url",
+        "http://10.0.2.2:8080",
+        "--allow-non-pvm-kernel",
+        "--output",
+        lock.to_str().unwrap(),
+    ]);
+    assert!(err.status.success(), "{err:?}");
+    assert!(String::from_utf8_lossy(&err.stderr).contains(
+        "warning: --allow-non-pvm-kernel is no longer needed and changes nothing: a kernel is accepted when it carries kvm-pvm.ko"
+    ));
+    assert!(!std::fs::read_to_string(&lock)
+        .unwrap()
+        .contains("allow-non-pvm-kernel"));
+
+    // No kvm-pvm module: refused, whatever the name says.
     let nomod = make_deb(dir.path(), "6.6.69-x.pvm.host-nomod", false);
     let err = fails(&[
         "lock",
@@ -209,14 +214,144 @@ fn non_pvm_kernels_are_refused_unless_allowed_and_recorded() {
         nomod.to_str().unwrap(),
         "--tag",
         TAG,
-        "--allow-non-pvm-kernel",
         "--output",
         dir.path().join("n.lock").to_str().unwrap(),
     ]);
     assert_eq!(
         err.trim_end(),
-        format!("error: {}: kernel 6.6.69-x.pvm.host-nomod has no kvm-pvm module (looked for lib/modules/6.6.69-x.pvm.host-nomod/**/kvm-pvm.ko or kvm_pvm.ko, optionally .xz/.zst/.gz)", nomod.file_name().unwrap().to_str().unwrap())
+        format!("error: {}: kernel 6.6.69-x.pvm.host-nomod has no kvm-pvm module, so it is not a PVM host kernel (looked for lib/modules/6.6.69-x.pvm.host-nomod/**/kvm-pvm.ko or kvm_pvm.ko, optionally .xz/.zst/.gz)", nomod.file_name().unwrap().to_str().unwrap())
     );
+}
+
+/// A dnf repository made by the real createrepo_c from the split fixture
+/// kernel (tests/fixtures/kernel/repo), optionally with one package swapped.
+fn fixture_repo(dir: &std::path::Path, swap: Option<&str>) -> std::path::PathBuf {
+    let r = dir.join("repo");
+    std::fs::create_dir_all(&r).unwrap();
+    for e in std::fs::read_dir(repo().join("tests/fixtures/kernel/repo")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), r.join(e.file_name())).unwrap();
+    }
+    if let Some(sub) = swap {
+        std::fs::copy(
+            repo().join(sub),
+            r.join(std::path::Path::new(sub).file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    sh(&format!("createrepo_c --quiet {}", r.display()), dir);
+    r
+}
+
+const SPLIT: [&str; 3] = [
+    "kernel-6.6.69-1.1.cubesandbox.oc9.x86_64.rpm",
+    "kernel-core-6.6.69-1.1.cubesandbox.oc9.x86_64.rpm",
+    "kernel-modules-6.6.69-1.1.cubesandbox.oc9.x86_64.rpm",
+];
+
+#[test]
+fn repo_kernel_is_pinned_package_by_package() {
+    let dir = tempdir();
+    let r = fixture_repo(dir.path(), None);
+    let base = format!("file://{}", r.display());
+    let lock = dir.path().join("repo.lock");
+    let mut args = vec![
+        "lock".to_string(),
+        "--kernel-repo".into(),
+        base.clone(),
+        "--asset".into(),
+        release().bundle.to_str().unwrap().into(),
+        "--asset".into(),
+        release().helper.to_str().unwrap().into(),
+        "--tag".into(),
+        TAG.into(),
+        "--output".into(),
+        lock.to_str().unwrap().into(),
+    ];
+    for f in SPLIT {
+        args.push("--repo-rpm".into());
+        args.push(format!("{base}/{f}"));
+    }
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let text = std::fs::read_to_string(&lock).unwrap();
+    let kver = "6.6.69-1.1.cubesandbox.oc9.x86_64";
+    // What rpm itself says each header digest is.
+    for f in SPLIT {
+        let db = tempdir();
+        let out = std::process::Command::new("rpm")
+            .arg("--dbpath")
+            .arg(db.path())
+            .args(["-qp", "--qf", "%{NEVRA} %{SHA256HEADER}"])
+            .arg(r.join(f))
+            .output()
+            .unwrap();
+        let line = String::from_utf8(out.stdout).unwrap();
+        let (nevra, header) = line.split_once(' ').unwrap();
+        let want = format!(
+            "  - nevra: {nevra}\n    location: {f}\n    size: {}\n    sha256: {}\n    header-sha256: {header}\n",
+            std::fs::metadata(r.join(f)).unwrap().len(),
+            sha256_hex(&r.join(f))
+        );
+        assert!(text.contains(&want), "{want}\n{text}");
+    }
+    assert!(
+        text.contains(&format!("kernel-repo:\n  baseurl: {base}\n  packages:\n")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("  kernel:\n    kver: {kver}\n    package: kernel\n    version: 6.6.69-1.1.cubesandbox.oc9\n    module: lib/modules/{kver}/kernel/arch/x86/kvm/kvm-pvm.ko\n")), "{text}");
+    // The lock reads back; opencloudos-9 (kernel-sources: [repo, release])
+    // can be built from it, the release-only RPM profiles cannot.
+    let out = cubeboot(&["check", "--lock", lock.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("profile opencloudos-9 cannot"), "{err}");
+    assert!(
+        err.contains("no `kernel-rpm` asset: profile rocky-9 cannot be built from this lock"),
+        "{err}"
+    );
+    let plan_dir = dir.path().join("out");
+    ok(&[
+        "build",
+        "--lock",
+        lock.to_str().unwrap(),
+        "--profile",
+        "opencloudos-9",
+        "--output",
+        plan_dir.to_str().unwrap(),
+    ]);
+    let plan = std::fs::read_to_string(plan_dir.join("opencloudos-9/plan.json")).unwrap();
+    assert!(plan.contains(&format!("\"baseurl\": \"{base}\"")), "{plan}");
+    assert!(plan.contains(&format!("\"kver\": \"{kver}\"")), "{plan}");
+    assert!(plan.contains("\"package\": \"kernel\""), "{plan}");
+    assert!(
+        plan.contains(&format!("\"urls\": [\n        \"{base}/{}\"", SPLIT[0])),
+        "{plan}"
+    );
+
+    // kernel-modules without kvm-pvm.ko: the set is no PVM host kernel.
+    let bad = tempdir();
+    let r = fixture_repo(
+        bad.path(),
+        Some("tests/fixtures/kernel/repo-nokvmpvm/kernel-modules-6.6.69-1.1.cubesandbox.oc9.x86_64.rpm"),
+    );
+    let base = format!("file://{}", r.display());
+    let mut args = vec![
+        "lock".to_string(),
+        "--kernel-repo".into(),
+        base.clone(),
+        "--output".into(),
+        bad.path().join("bad.lock").to_str().unwrap().into(),
+    ];
+    for f in SPLIT {
+        args.push("--repo-rpm".into());
+        args.push(format!("{base}/{f}"));
+    }
+    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        err.trim_end().lines().last().unwrap(),
+        format!("error: {base}: kernel: kernel {kver} has no kvm-pvm module, so it is not a PVM host kernel (looked for lib/modules/{kver}/**/kvm-pvm.ko or kvm_pvm.ko, optionally .xz/.zst/.gz)")
+    );
+    assert!(!bad.path().join("bad.lock").exists());
 }
 
 #[test]
@@ -243,7 +378,7 @@ fn the_kernel_teams_bad_fixtures_are_refused() {
         let want = if name.contains("nokvmpvm") {
             "has no kvm-pvm module"
         } else {
-            "is a PVM guest kernel (`pvm.guest`); hosts need a `pvm.host` kernel"
+            "is a PVM guest kernel (`pvm.guest`); hosts need the host kernel, which carries kvm-pvm.ko"
         };
         assert!(
             err.starts_with(&format!("error: {name}: kernel ")),
