@@ -172,10 +172,7 @@ fn rpm_image_boots_pvm_at_once_and_first_boot_skips_the_kernel_stage() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), RPM_VERSION);
-    assert_eq!(
-        read(root, GRUBBY_DEFAULT).trim(),
-        format!("/boot/vmlinuz-{KVER}")
-    );
+    assert_eq!(grubby_default(root), format!("/boot/vmlinuz-{KVER}"));
     let env = grubenv(root, "/boot/grub2/grubenv");
     assert!(!env.contains_key("next_entry"), "{env:?}");
 

@@ -269,6 +269,11 @@ fn fixture_packages_rebuild_byte_identical() {
     for (sub, committed) in [
         ("release", repo().join("examples/release")),
         ("bad", repo().join("tests/fixtures/kernel/bad")),
+        ("repo", repo().join("tests/fixtures/kernel/repo")),
+        (
+            "repo-nokvmpvm",
+            repo().join("tests/fixtures/kernel/repo-nokvmpvm"),
+        ),
     ] {
         for e in fs::read_dir(out.path().join(sub)).unwrap() {
             let e = e.unwrap();
@@ -282,5 +287,5 @@ fn fixture_packages_rebuild_byte_identical() {
             compared += 1;
         }
     }
-    assert_eq!(compared, 6);
+    assert_eq!(compared, 10);
 }

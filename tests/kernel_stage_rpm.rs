@@ -1,11 +1,14 @@
 //! The kernel stage on an RPM/BLS target (Rocky 9 layout) in a temporary
 //! root, through the runner: real `rpm --root` installs the fixture .rpm
-//! (`-ivh --oldpackage`), real grub-editenv keeps grubenv; grubby,
+//! (`-ivh --oldpackage`) and real `dnf --installroot` the split repository
+//! kernel from a createrepo_c repository; the packages' scriptlets run the
+//! real systemd kernel-install, which writes the BLS entry; real
+//! grub-editenv keeps grubenv; grubby (modelled on upstream's grubby-bls),
 //! grub2-reboot, modprobe and the boot are emulated (kernel_common).
 
 mod kernel_common;
 
-use cubeboot::firstboot::host::{CommandSpec, ScriptedHost};
+use cubeboot::firstboot::host::{CmdOutput, CommandSpec, ScriptedHost};
 use cubeboot::firstboot::journal::{facts, StepState};
 use cubeboot::firstboot::kernel::grubcfg;
 use cubeboot::firstboot::runner::{self, RunEnd, Scope};
@@ -13,8 +16,9 @@ use cubeboot::firstboot::StepId;
 use cubeboot::plan::KernelHold;
 use kernel_common::*;
 
+/// kernel-install names the new entry by this machine's id.
 fn pvm_bls_id() -> String {
-    format!("{OTHER_MACHINE_ID}-{KVER}")
+    format!("{THIS_MACHINE_ID}-{KVER}")
 }
 
 fn rpm_installed(root: &std::path::Path) -> String {
@@ -112,10 +116,7 @@ fn trial_boot_then_commit_on_rocky_9() {
         j.steps
     );
     assert_eq!(j.state(StepId::KvmLoad), Some(StepState::Done));
-    assert_eq!(
-        read(root, GRUBBY_DEFAULT).trim(),
-        format!("/boot/vmlinuz-{KVER}")
-    );
+    assert_eq!(grubby_default(root), format!("/boot/vmlinuz-{KVER}"));
     assert!(host.commands().contains(&format!(
         "chroot {r} grubby --set-default=/boot/vmlinuz-{KVER}"
     )));
@@ -144,7 +145,7 @@ fn rpm_rollback_restores_the_old_default() {
     );
     assert_eq!(host.reboots(), 1);
     assert_eq!(
-        read(root, GRUBBY_DEFAULT).trim(),
+        grubby_default(root),
         format!("/boot/vmlinuz-{OLD_RPM_KERNEL}")
     );
     let status = read(root, "/run/cubeboot/status.json");
@@ -160,9 +161,15 @@ fn scriptlet_that_makes_the_new_kernel_default_is_undone() {
     let root = dir.path();
     let plan = rpm_plan();
     rocky_root(root, &plan);
-    // No /etc/sysconfig/kernel: the (emulated) scriptlet makes the new kernel
-    // the default, as kernel-install does by default.
-    std::fs::remove_file(root.join("etc/sysconfig/kernel")).unwrap();
+    // A fresh image: grubenv has no saved_entry, so grubby's default is the
+    // first entry in `sort -Vr` order. The new entry kernel-install writes
+    // (this machine's id) sorts first: the package moved the default.
+    let out = std::process::Command::new("grub-editenv")
+        .arg(root.join("boot/grub2/grubenv"))
+        .args(["unset", "saved_entry"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
     let host = ScriptedHost::new(root);
     rocky_responders(&host, root);
     let digest = seed_journal(&host, &plan);
@@ -174,7 +181,7 @@ fn scriptlet_that_makes_the_new_kernel_default_is_undone() {
     )
     .unwrap();
     assert_eq!(
-        read(root, GRUBBY_DEFAULT).trim(),
+        grubby_default(root),
         format!("/boot/vmlinuz-{OLD_RPM_KERNEL}")
     );
     assert!(host.said().iter().any(|l| l.contains(&format!(
@@ -256,4 +263,125 @@ fn tencent_set_replaces_the_entry_console_through_grubby() {
         Some("root=UUID=abc ro crashkernel=1G-4G:192M console=ttyS0,115200n8")
     );
     assert_eq!(bls_boot(root, false), KVER);
+}
+
+#[test]
+fn an_rpm_that_made_no_boot_entry_gets_one_from_kernel_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = rpm_plan();
+    rocky_root(root, &plan);
+    let host = ScriptedHost::new(root);
+    // The package's scriptlets ran nothing (no installkernel on the host,
+    // or `rpm --noscripts` by someone): /boot/vmlinuz-KVER, no entry.
+    rocky_responders_with(&host, root, Scriptlets::None);
+    let digest = seed_journal(&host, &plan);
+
+    assert_eq!(
+        runner::run(&host, &plan, &digest, Scope::All).unwrap(),
+        RunEnd::Rebooting
+    );
+    let r = root.display();
+    let cmds = host.commands();
+    assert!(
+        cmds.contains(&format!(
+            "chroot {r} kernel-install add {KVER} /boot/vmlinuz-{KVER}"
+        )),
+        "{cmds:#?}"
+    );
+    // The real kernel-install wrote the entry; our parameters reached its
+    // options line, and the initramfs is there.
+    let entry = read(root, &format!("/boot/loader/entries/{}.conf", pvm_bls_id()));
+    assert!(
+        entry.contains(
+            "options root=UUID=abc ro crashkernel=1G-4G:192M console=ttyS0,115200n8 nopti pti=off panic=30\n"
+        ),
+        "{entry}"
+    );
+    assert!(exists(root, &format!("/boot/initramfs-{KVER}.img")));
+    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub2/grubenv"));
+    assert_eq!(env["next_entry"], pvm_bls_id());
+    assert_eq!(bls_boot(root, false), KVER);
+}
+
+#[test]
+fn without_kernel_install_the_entry_comes_from_grubby_add_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = rpm_plan();
+    rocky_root(root, &plan);
+    let host = ScriptedHost::new(root);
+    rocky_responders_with(&host, root, Scriptlets::None);
+    let r = root.to_path_buf();
+    host.on(move |c| {
+        let inner = chrooted(&r, c)?;
+        (inner.program == "kernel-install").then(|| {
+            Ok(CmdOutput::failed(
+                127,
+                "chroot: failed to run command 'kernel-install': No such file or directory\n",
+            ))
+        })
+    });
+    let digest = seed_journal(&host, &plan);
+
+    assert_eq!(
+        runner::run(&host, &plan, &digest, Scope::All).unwrap(),
+        RunEnd::Rebooting
+    );
+    let r = root.display();
+    assert!(host.commands().contains(&format!(
+        "chroot {r} grubby --add-kernel=/boot/vmlinuz-{KVER} '--title=PVM host kernel ({KVER})' --copy-default"
+    )));
+    // grubby names the entry by this machine's id, copies the default
+    // entry's options, and --update-kernel then adds ours.
+    let entry = read(root, &format!("/boot/loader/entries/{}.conf", pvm_bls_id()));
+    assert!(
+        entry.contains(&format!("linux /boot/vmlinuz-{KVER}\n")),
+        "{entry}"
+    );
+    assert!(
+        entry.contains(
+            "options root=UUID=abc ro crashkernel=1G-4G:192M console=ttyS0,115200n8 nopti pti=off panic=30\n"
+        ),
+        "{entry}"
+    );
+    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub2/grubenv"));
+    assert_eq!(env["next_entry"], pvm_bls_id());
+    assert_eq!(
+        grubby_default(root),
+        format!("/boot/vmlinuz-{OLD_RPM_KERNEL}")
+    );
+}
+
+#[test]
+fn grubby_stand_in_edits_options_as_grubby_bls_does() {
+    // update_args: a key given in --args replaces every value of that key,
+    // all --args are appended in order; --remove-args KEY=VALUE drops one
+    // exact token, a bare KEY every token of that key.
+    let cases = [
+        (
+            "ro quiet console=ttyS0,115200n8",
+            "",
+            "console=tty0 console=ttyS0,115200",
+            "ro quiet console=tty0 console=ttyS0,115200",
+        ),
+        ("ro pti=on nopti", "", "nopti pti=off", "ro nopti pti=off"),
+        (
+            "ro crashkernel=auto rhgb quiet",
+            "crashkernel=auto",
+            "",
+            "ro rhgb quiet",
+        ),
+        ("ro rhgb quiet", "rhgb", "panic=30", "ro quiet panic=30"),
+        // sed's non-overlapping matches: a bare match eats the space the
+        // next same-key token needs, so that one survives.
+        ("ro quiet quiet x", "", "quiet", "ro quiet x quiet"),
+    ];
+    for (args, remove, add, want) in cases {
+        assert_eq!(
+            grubby_update_args(args, remove, add),
+            want,
+            "{args} -{remove} +{add}"
+        );
+    }
 }

@@ -1,8 +1,9 @@
 //! Shared support for the kernel-stage tests: plans for the committed fixture
 //! packages, temporary target roots, and responders for the [`ScriptedHost`]
 //! that run the real tool where it can act on a temporary root (dpkg, rpm,
-//! grub-editenv, grub-reboot, grub-set-default, Debian's grub-mkconfig) and
-//! emulate only what cannot run here (modprobe, grubby, a GRUB boot).
+//! dnf --installroot, systemd's kernel-install, grub-editenv, grub-reboot,
+//! grub-set-default, Debian's grub-mkconfig) and emulate only what cannot
+//! run here (modprobe, grubby, a GRUB boot).
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
@@ -38,8 +39,13 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A committed fixture package: a release asset, or one of the split
+/// repository kernel's packages.
 pub fn fixture_bytes(name: &str) -> Vec<u8> {
-    fs::read(repo().join("examples/release").join(name)).expect("fixture package")
+    ["examples/release", "tests/fixtures/kernel/repo"]
+        .iter()
+        .find_map(|d| fs::read(repo().join(d).join(name)).ok())
+        .expect("fixture package")
 }
 
 fn asset(name: &str, bytes: &[u8]) -> Asset {
@@ -188,7 +194,10 @@ pub fn debian_root(root: &Path, scenario: &str, plan: &Plan) {
 }
 
 /// A Rocky 9 style target: rpm database, BLS entries named by another
-/// machine-id, GRUB_DEFAULT=saved, UPDATEDEFAULT=yes.
+/// machine-id (the image's) while /etc/machine-id is this machine's, the
+/// kernel command line in /etc/kernel/cmdline (what kernel-install puts in
+/// new entries), GRUB_DEFAULT=saved, UPDATEDEFAULT=yes, and grubenv's
+/// saved_entry on the old kernel's entry.
 pub fn rocky_root(root: &Path, plan: &Plan) {
     let out = Command::new("rpm")
         .arg("--root")
@@ -220,8 +229,33 @@ pub fn rocky_root(root: &Path, plan: &Plan) {
         "/etc/sysconfig/kernel",
         "UPDATEDEFAULT=yes\nDEFAULTKERNEL=kernel-core\n",
     );
+    put(root, "/etc/machine-id", format!("{THIS_MACHINE_ID}\n"));
+    put(
+        root,
+        "/etc/kernel/cmdline",
+        "root=UUID=abc ro crashkernel=1G-4G:192M console=ttyS0,115200n8\n",
+    );
+    put(
+        root,
+        "/etc/os-release",
+        "NAME=\"Rocky Linux\"\nVERSION=\"9.4 (Blue Onyx)\"\nID=\"rocky\"\nVERSION_ID=\"9.4\"\n",
+    );
+    // dnf --installroot reads repositories from the root first; an empty
+    // directory keeps the test machine's own out of it.
+    fs::create_dir_all(root.join("etc/yum.repos.d")).unwrap();
     fs::create_dir_all(root.join("boot/grub2")).unwrap();
-    put(root, GRUBBY_DEFAULT, format!("/boot/vmlinuz-{k}\n"));
+    let env = root.join("boot/grub2/grubenv");
+    for args in [
+        vec!["create".to_string()],
+        vec!["set".into(), format!("saved_entry={OTHER_MACHINE_ID}-{k}")],
+    ] {
+        let out = Command::new("grub-editenv")
+            .arg(&env)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "grub-editenv: {out:?}");
+    }
     set_running(
         root,
         k,
@@ -234,9 +268,16 @@ pub fn rocky_root(root: &Path, plan: &Plan) {
 
 /// The machine-id the image was built with (not this machine's).
 pub const OTHER_MACHINE_ID: &str = "0f0e0d0c0b0a09080706050403020100";
-/// Where the grubby emulation keeps its default (grubby reads grubenv's
-/// saved_entry; the emulation keeps the kernel path it maps to).
-pub const GRUBBY_DEFAULT: &str = "/var/lib/test-grubby-default";
+/// This machine's /etc/machine-id: entries kernel-install adds carry it.
+/// It sorts above OTHER_MACHINE_ID, so grubby lists the new entry first.
+pub const THIS_MACHINE_ID: &str = "5c4b3a2918f7e6d5c4b3a2918f7e6d5c";
+
+/// What `grubby --default-kernel` prints on this root.
+pub fn grubby_default(root: &Path) -> String {
+    let out = emulate_grubby(root, &CommandSpec::new("grubby").arg("--default-kernel")).unwrap();
+    assert!(out.success(), "grubby --default-kernel: {}", out.stderr);
+    out.stdout.trim().to_string()
+}
 
 pub fn bls_entry(kver: &str, options: &str) -> String {
     format!(
@@ -419,35 +460,38 @@ pub fn emulate_modprobe(root: &Path, cmd: &CommandSpec) -> Result<CmdOutput> {
     Ok(CmdOutput::ok(""))
 }
 
-/// Responders for a Rocky target: real rpm; grub2-editenv as the real
-/// grub-editenv; grubby and grub2-reboot emulated on the BLS files and the
-/// real grubenv (what they do: edit `options`, set saved/next entry).
+/// What a kernel package's scriptlets do in these tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scriptlets {
+    /// `kernel-install add` for each kernel the transaction put in place, as
+    /// RHEL's kernel-core %posttrans and binrpm-pkg's %post (installkernel)
+    /// do: the real systemd kernel-install with the 20-grub/50-dracut
+    /// stand-ins ([`kernel_install`]).
+    KernelInstall,
+    /// Nothing: a package whose scriptlets made no boot entry.
+    None,
+}
+
+/// Responders for a Rocky target (see [`rocky_responders_with`]), with
+/// scriptlets that run kernel-install.
 pub fn rocky_responders(host: &ScriptedHost, root: &Path) {
+    rocky_responders_with(host, root, Scriptlets::KernelInstall);
+}
+
+/// Responders for a Rocky target: real rpm and real dnf (--installroot)
+/// into the root, then the package scriptlets as `scriptlets` says; real
+/// kernel-install when the helper runs it; grub2-editenv as the real
+/// grub-editenv; grubby (modelled on upstream's grubby-bls, see
+/// [`emulate_grubby`]) and grub2-reboot on the real entry files and grubenv.
+pub fn rocky_responders_with(host: &ScriptedHost, root: &Path, scriptlets: Scriptlets) {
     let r = root.to_path_buf();
     host.on(move |c| match c.program.as_str() {
         "rpm" => {
+            let before = boot_kernels(&r);
             let out = real(c);
-            // The real package's scriptlet runs installkernel/kernel-install,
-            // which writes the BLS entry (named by machine-id). The fixture has
-            // no scriptlets, so the test does what they do.
             if c.args.iter().any(|a| a == "-ivh") && matches!(&out, Ok(o) if o.success()) {
-                put(
-                    &r,
-                    &format!("/boot/loader/entries/{OTHER_MACHINE_ID}-{KVER}.conf"),
-                    bls_entry(
-                        KVER,
-                        "root=UUID=abc ro crashkernel=1G-4G:192M console=ttyS0,115200n8",
-                    ),
-                );
-                // ... and makes the new kernel the default unless
-                // /etc/sysconfig/kernel says UPDATEDEFAULT=no.
-                let sysconfig =
-                    fs::read_to_string(r.join("etc/sysconfig/kernel")).unwrap_or_default();
-                if !sysconfig
-                    .lines()
-                    .any(|l| l == "UPDATEDEFAULT=no" || l == "UPDATEDEFAULT=\"no\"")
-                {
-                    put(&r, GRUBBY_DEFAULT, format!("/boot/vmlinuz-{KVER}\n"));
+                if let Err(e) = run_scriptlets(&r, scriptlets, &before) {
+                    return Some(Err(e));
                 }
             }
             Some(out)
@@ -477,89 +521,459 @@ pub fn rocky_responders(host: &ScriptedHost, root: &Path) {
                 },
             ))),
             "grub2-mkconfig" => ok(),
-            "dnf" => ok(),
+            "dnf" if inner.args.iter().any(|a| a == "versionlock") => ok(),
+            "dnf" => {
+                let before = boot_kernels(&r);
+                let out = real_dnf(&r, &inner);
+                let installs = !inner.args.iter().any(|a| a == "--downloadonly");
+                if installs && matches!(&out, Ok(o) if o.success()) {
+                    if let Err(e) = run_scriptlets(&r, scriptlets, &before) {
+                        return Some(Err(e));
+                    }
+                }
+                Some(out)
+            }
+            "kernel-install" => Some(kernel_install(&r, &inner.args)),
             "modprobe" => Some(emulate_modprobe(&r, &inner)),
             _ => None,
         }
     });
 }
 
-/// grubby on BLS entries: `--default-kernel`, `--set-default=PATH`,
-/// `--update-kernel=PATH [--remove-args=…] --args=…` (remove listed
-/// params, then per arg replace same-key values like grubby-bls does).
+/// Kernels (KVER) with a /lib/modules/KVER/vmlinuz or /boot/vmlinuz-KVER.
+fn boot_kernels(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(root.join("lib/modules")) {
+        for e in rd.flatten() {
+            if e.path().join("vmlinuz").exists() {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    if let Ok(rd) = fs::read_dir(root.join("boot")) {
+        for e in rd.flatten() {
+            if let Some(k) = e.file_name().to_string_lossy().strip_prefix("vmlinuz-") {
+                out.push(k.to_string());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The scriptlets of the packages a transaction just installed: for each
+/// new kernel, `kernel-install add KVER IMAGE` (the RHEL kernel-core's
+/// %posttrans passes /lib/modules/KVER/vmlinuz; binrpm-pkg's %post runs
+/// installkernel with the /boot image).
+fn run_scriptlets(root: &Path, scriptlets: Scriptlets, before: &[String]) -> Result<()> {
+    if scriptlets == Scriptlets::None {
+        return Ok(());
+    }
+    for kver in boot_kernels(root) {
+        if before.contains(&kver) {
+            continue;
+        }
+        let modules = format!("/lib/modules/{kver}/vmlinuz");
+        let image = if root.join(modules.trim_start_matches('/')).exists() {
+            modules
+        } else {
+            format!("/boot/vmlinuz-{kver}")
+        };
+        let out = kernel_install(root, &["add".into(), kver.clone(), image])?;
+        if !out.success() {
+            return Err(anyhow!("kernel-install add {kver}: {}", out.stderr));
+        }
+    }
+    Ok(())
+}
+
+/// systemd's real kernel-install (`/usr/bin/kernel-install`, systemd 252)
+/// acting on `root` instead of `/`, as kernel-install(8) allows:
+/// `KERNEL_INSTALL_CONF_ROOT` for /etc/kernel (install.conf, cmdline),
+/// `BOOT_ROOT` for $BOOT, `MACHINE_ID` from the root's /etc/machine-id, and
+/// `KERNEL_INSTALL_PLUGINS` naming the stand-ins of the plugins a RHEL 9
+/// system runs (tests/fixtures/kernel/install.d: grub2's 20-grub.install and
+/// dracut's 50-dracut.install), which write under `CUBEBOOT_TEST_ROOT`.
+/// Absolute paths in `args` (the kernel image) are taken inside the root.
+pub fn kernel_install(root: &Path, args: &[String]) -> Result<CmdOutput> {
+    let machine_id = fs::read_to_string(root.join("etc/machine-id")).unwrap_or_default();
+    let plugins = repo().join("tests/fixtures/kernel/install.d");
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| match a.strip_prefix('/') {
+            Some(rel) => root.join(rel).to_string_lossy().into_owned(),
+            None => a.clone(),
+        })
+        .collect();
+    real(
+        &CommandSpec::new("kernel-install")
+            .args(args)
+            .env(
+                "KERNEL_INSTALL_CONF_ROOT",
+                root.join("etc/kernel").to_string_lossy(),
+            )
+            .env("BOOT_ROOT", root.join("boot").to_string_lossy())
+            .env("MACHINE_ID", machine_id.trim())
+            .env(
+                "KERNEL_INSTALL_PLUGINS",
+                format!(
+                    "{} {}",
+                    plugins.join("20-grub.install").display(),
+                    plugins.join("50-dracut.install").display()
+                ),
+            )
+            .env("CUBEBOOT_TEST_ROOT", root.to_string_lossy()),
+    )
+}
+
+/// The real dnf for `chroot ROOT dnf ARGS`: `--installroot=ROOT`, its cache
+/// and logs inside the root, the root's (empty) repository directory, and
+/// the helper's target paths (download directory, local packages) mapped
+/// into the root. This machine's rpm and dnf state is not touched.
+pub fn real_dnf(root: &Path, inner: &CommandSpec) -> Result<CmdOutput> {
+    let in_root = |a: &str| -> String {
+        if let Some(dir) = a.strip_prefix("--downloaddir=") {
+            return format!(
+                "--downloaddir={}",
+                root.join(dir.trim_start_matches('/')).display()
+            );
+        }
+        if a.starts_with("/var/cache/cubeboot/") {
+            return root
+                .join(a.trim_start_matches('/'))
+                .to_string_lossy()
+                .into_owned();
+        }
+        a.to_string()
+    };
+    // dnf takes reposdir and logdir inside the installroot, but a cachedir
+    // given on the command line as it is: name the root's own.
+    real(
+        &CommandSpec::new("dnf")
+            .arg(format!("--installroot={}", root.display()))
+            .arg(format!(
+                "--setopt=cachedir={}",
+                root.join("var/cache/dnf").display()
+            ))
+            .args([
+                "--releasever=9",
+                "--setopt=reposdir=/etc/yum.repos.d",
+                "--setopt=logdir=/var/log",
+                "--setopt=install_weak_deps=False",
+            ])
+            .args(inner.args.iter().map(|a| in_root(a))),
+    )
+}
+
+/// The BLS entries as grubby sees them: file stems in `sort -Vr` order
+/// (grubby-bls `get_bls_values`), with their `key value` fields.
+fn grubby_entries(root: &Path) -> Vec<(String, Vec<(String, String)>)> {
+    let dir = root.join("boot/loader/entries");
+    let mut stems: Vec<String> = fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_suffix(".conf")
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    stems.sort_by(|a, b| version_sort(b, a));
+    stems
+        .into_iter()
+        .map(|stem| {
+            let text = fs::read_to_string(dir.join(format!("{stem}.conf"))).unwrap_or_default();
+            let fields = text
+                .lines()
+                .filter_map(|l| {
+                    let (k, v) = l.split_once([' ', '\t'])?;
+                    Some((k.to_string(), v.trim_start().to_string()))
+                })
+                .collect();
+            (stem, fields)
+        })
+        .collect()
+}
+
+/// `sort -V` order: digit runs compare as numbers, the rest as text.
+fn version_sort(a: &str, b: &str) -> std::cmp::Ordering {
+    fn runs(s: &str) -> Vec<(bool, String)> {
+        let mut out: Vec<(bool, String)> = Vec::new();
+        for c in s.chars() {
+            let d = c.is_ascii_digit();
+            match out.last_mut() {
+                Some((kind, run)) if *kind == d => run.push(c),
+                _ => out.push((d, c.to_string())),
+            }
+        }
+        out
+    }
+    let (ra, rb) = (runs(a), runs(b));
+    for (x, y) in ra.iter().zip(rb.iter()) {
+        let ord = match (x.0, y.0) {
+            (true, true) => {
+                x.1.parse::<u128>()
+                    .unwrap_or(0)
+                    .cmp(&y.1.parse::<u128>().unwrap_or(0))
+            }
+            _ => x.1.cmp(&y.1),
+        };
+        if ord != std::cmp::Ordering::Equal {
+            return ord;
+        }
+    }
+    ra.len().cmp(&rb.len())
+}
+
+fn field<'a>(fields: &'a [(String, String)], key: &str) -> &'a str {
+    fields
+        .iter()
+        .find(|(k, _)| k == key)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+/// grubby-bls `update_args`: each `--remove-args` item with `=` removes its
+/// first exact occurrence, a bare one every occurrence of that key (bare or
+/// `key=…`); each `--args` item first removes every occurrence of its key,
+/// then all are appended in order. The sed expressions match
+/// `(^|space)KEY(space|$)` without overlap, so a bare match swallows the
+/// space the next token would need: that next token survives.
+pub fn grubby_update_args(args: &str, remove: &str, add: &str) -> String {
+    fn drop_key(tokens: Vec<String>, key: &str, only_first_exact: Option<&str>) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut swallowed = false;
+        let mut done = false;
+        for t in tokens {
+            let hit = match only_first_exact {
+                Some(exact) => !done && t == exact,
+                None => {
+                    !swallowed
+                        && (t == key || t.strip_prefix(key).is_some_and(|r| r.starts_with('=')))
+                }
+            };
+            if hit {
+                done = true;
+                // A bare `key` match consumes the following space too.
+                swallowed = only_first_exact.is_none() && t == key;
+                continue;
+            }
+            swallowed = false;
+            out.push(t);
+        }
+        out
+    }
+    let mut tokens: Vec<String> = args.split_whitespace().map(str::to_string).collect();
+    for r in remove.split_whitespace() {
+        tokens = if r.contains('=') {
+            drop_key(tokens, r, Some(r))
+        } else {
+            drop_key(tokens, r, None)
+        };
+    }
+    for a in add.split_whitespace() {
+        let key = a.split('=').next().unwrap_or(a);
+        tokens = drop_key(tokens, key, None);
+    }
+    tokens.extend(add.split_whitespace().map(str::to_string));
+    tokens.join(" ")
+}
+
+/// A stand-in for grubby on BLS systems, modelled on upstream's `grubby-bls`
+/// (Fedora's grubby package, 8.40; RHEL 9 ships the same script; read from
+/// the fedora-riscv/grubby mirror of that package, file `grubby-bls`), acting
+/// on the real entry files and the real grubenv under `root`:
+/// - entries are the `*.conf` stems in `sort -Vr` order; an index is a
+///   position in that list;
+/// - the default is grubenv's `saved_entry` matched against an entry's id
+///   (file stem) or title, or a number; no saved_entry means index 0;
+/// - a kernel path names every entry whose `linux` is that path or
+///   `/` + its base name (`param_to_indexes`); nothing matching is
+///   "The param PATH is incorrect", exit 1 (`--update-kernel`,
+///   `--set-default`, `--info`);
+/// - `--default-kernel` prints the default entry's `linux`;
+/// - `--set-default=PATH` writes `saved_entry=<id>` of the first match;
+/// - `--update-kernel=PATH [--remove-args=…] [--args=…]` rewrites the
+///   `options` of every match by [`grubby_update_args`], with `$kernelopts`
+///   expanded from grubenv first;
+/// - `--add-kernel=PATH --title=T [--initrd=I] [--copy-default] [--args=A]`
+///   needs /boot/vmlinuz-KVER and a title, writes
+///   `<machine-id>-<KVER>.conf` (machine-id from /etc/machine-id) with
+///   `options` = the default entry's options (`--copy-default`; without it
+///   only their first word) followed by A;
+/// - `--info=PATH` prints index, kernel, args, root, initrd, title, id.
+///   /boot is on the root filesystem here, so no `/boot` prefix is
+///   stripped or added.
 pub fn emulate_grubby(root: &Path, cmd: &CommandSpec) -> Result<CmdOutput> {
     let arg = |p: &str| {
         cmd.args
             .iter()
             .find_map(|a| a.strip_prefix(p).map(str::to_string))
     };
-    if cmd.args.iter().any(|a| a == "--default-kernel") {
-        return Ok(CmdOutput::ok(read(root, GRUBBY_DEFAULT)));
+    let flag = |f: &str| cmd.args.iter().any(|a| a == f);
+    let env_path = root.join("boot/grub2/grubenv");
+    let env = grubcfg::parse_grubenv(&fs::read_to_string(&env_path).unwrap_or_default());
+    let entries = grubby_entries(root);
+    let saved = env.get("saved_entry").cloned().unwrap_or_default();
+    let default_index = if saved.is_empty() {
+        Some(0)
+    } else if let Ok(n) = saved.parse::<usize>() {
+        Some(n)
+    } else {
+        entries
+            .iter()
+            .position(|(id, f)| *id == saved || field(f, "title") == saved)
+    };
+    let indexes = |param: &str| -> Vec<usize> {
+        let base = format!("/{}", param.rsplit('/').next().unwrap_or(param));
+        entries
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, f))| {
+                let linux = field(f, "linux");
+                linux == param || linux == base
+            })
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let incorrect = |param: &str| {
+        Ok(CmdOutput::failed(
+            1,
+            format!("The param {param} is incorrect\n"),
+        ))
+    };
+    let kernelopts = env.get("kernelopts").cloned().unwrap_or_default();
+    let expanded = |f: &[(String, String)]| field(f, "options").replace("$kernelopts", &kernelopts);
+
+    if flag("--default-kernel") {
+        let linux = default_index
+            .and_then(|i| entries.get(i))
+            .map_or("", |(_, f)| field(f, "linux"));
+        return Ok(CmdOutput::ok(format!("{linux}\n")));
     }
-    if let Some(path) = arg("--set-default=") {
-        let entry =
-            find_bls_by_path(root, &path).ok_or_else(|| anyhow!("grubby: no entry for {path}"))?;
-        put(root, GRUBBY_DEFAULT, format!("{path}\n"));
-        let env = root.join("boot/grub2/grubenv");
-        return real(
-            &CommandSpec::new("grub-editenv")
-                .arg(env.to_string_lossy())
-                .arg("set")
-                .arg(format!("saved_entry={entry}")),
+    if let Some(path) = arg("--info=") {
+        let found = indexes(&path);
+        if found.is_empty() {
+            return incorrect(&path);
+        }
+        let mut out = String::new();
+        for i in found {
+            let f = &entries[i].1;
+            let args = expanded(f);
+            let root_arg = args
+                .split_whitespace()
+                .find_map(|a| a.strip_prefix("root="))
+                .map(str::to_string);
+            let rest: Vec<&str> = args
+                .split_whitespace()
+                .filter(|a| !a.starts_with("root="))
+                .collect();
+            out.push_str(&format!(
+                "index={i}\nkernel=\"{}\"\nargs=\"{}\"\n",
+                field(f, "linux"),
+                rest.join(" ")
+            ));
+            if let Some(r) = root_arg {
+                out.push_str(&format!("root=\"{r}\"\n"));
+            }
+            out.push_str(&format!(
+                "initrd=\"{}\"\ntitle=\"{}\"\nid=\"{}\"\n",
+                field(f, "initrd"),
+                field(f, "title"),
+                entries[i].0
+            ));
+        }
+        return Ok(CmdOutput::ok(out));
+    }
+    if let Some(kernel) = arg("--add-kernel=") {
+        let kver = kernel
+            .rsplit("vmlinuz-")
+            .next()
+            .unwrap_or(&kernel)
+            .to_string();
+        if !root.join(format!("boot/vmlinuz-{kver}")).exists() {
+            return Ok(CmdOutput::failed(
+                1,
+                format!("The {kver} kernel isn't installed in the machine\n"),
+            ));
+        }
+        let Some(title) = arg("--title=") else {
+            return Ok(CmdOutput::failed(1, "The kernel title must be specified\n"));
+        };
+        let default_opts = default_index
+            .and_then(|i| entries.get(i))
+            .map(|(_, f)| field(f, "options").to_string())
+            .unwrap_or_default();
+        let mut opts = if flag("--copy-default") {
+            default_opts
+        } else {
+            default_opts.split(' ').next().unwrap_or("").to_string()
+        };
+        if let Some(a) = arg("--args=") {
+            opts = format!("{opts} {a}");
+        }
+        let machine_id = fs::read_to_string(root.join("etc/machine-id")).unwrap_or_default();
+        let target = format!("/boot/loader/entries/{}-{kver}.conf", machine_id.trim());
+        if exists(root, &target) {
+            return Ok(CmdOutput::failed(
+                1,
+                format!("grubby stand-in: {target} exists (custom entry names are not modelled)\n"),
+            ));
+        }
+        let initrd = arg("--initrd=").unwrap_or_else(|| format!("/boot/initramfs-{kver}.img"));
+        put(
+            root,
+            &target,
+            format!(
+                "title {title}\nversion {kver}\nlinux {kernel}\ninitrd {initrd}\noptions {}\nid linux-0-{kver}\ngrub_users $grub_users\ngrub_arg --unrestricted\ngrub_class kernel\n",
+                opts.split_whitespace().collect::<Vec<_>>().join(" ")
+            ),
         );
+        return Ok(CmdOutput::ok(""));
     }
     if let Some(path) = arg("--update-kernel=") {
-        let id =
-            find_bls_by_path(root, &path).ok_or_else(|| anyhow!("grubby: no entry for {path}"))?;
-        let file = format!("/boot/loader/entries/{id}.conf");
-        let text = read(root, &file);
-        let remove: Vec<String> = arg("--remove-args=")
-            .map(|s| s.split_whitespace().map(str::to_string).collect())
-            .unwrap_or_default();
-        let add: Vec<String> = arg("--args=")
-            .map(|s| s.split_whitespace().map(str::to_string).collect())
-            .unwrap_or_default();
-        let new: String = text
-            .lines()
-            .map(|l| match l.strip_prefix("options ") {
-                Some(opts) => {
-                    let mut o: Vec<String> = opts
-                        .split_whitespace()
-                        .filter(|p| !remove.iter().any(|r| r == p))
-                        .map(str::to_string)
-                        .collect();
-                    for a in &add {
-                        if !o.contains(a) {
-                            o.push(a.clone());
-                        }
+        let found = indexes(&path);
+        if found.is_empty() {
+            return incorrect(&path);
+        }
+        let remove = arg("--remove-args=").unwrap_or_default();
+        let add = arg("--args=").unwrap_or_default();
+        for i in found {
+            let (id, f) = &entries[i];
+            let new = grubby_update_args(&expanded(f), &remove, &add);
+            let file = format!("/boot/loader/entries/{id}.conf");
+            let text: String = read(root, &file)
+                .lines()
+                .map(|l| {
+                    if l.starts_with("options ") || l.starts_with("options\t") {
+                        format!("options {new}\n")
+                    } else {
+                        format!("{l}\n")
                     }
-                    format!("options {}\n", o.join(" "))
-                }
-                None => format!("{l}\n"),
-            })
-            .collect();
-        put(root, &file, new);
+                })
+                .collect();
+            put(root, &file, text);
+        }
         return Ok(CmdOutput::ok(""));
+    }
+    if let Some(path) = arg("--set-default=") {
+        let Some(&i) = indexes(&path).first() else {
+            return incorrect(&path);
+        };
+        return real(
+            &CommandSpec::new("grub-editenv")
+                .arg(env_path.to_string_lossy())
+                .arg("set")
+                .arg(format!("saved_entry={}", entries[i].0)),
+        );
     }
     Ok(CmdOutput::failed(
         1,
-        format!("grubby emulation: unexpected {:?}", cmd.args),
+        format!("grubby stand-in: not modelled: {:?}", cmd.args),
     ))
-}
-
-fn find_bls_by_path(root: &Path, path: &str) -> Option<String> {
-    for e in fs::read_dir(root.join("boot/loader/entries")).ok()? {
-        let e = e.ok()?;
-        let text = fs::read_to_string(e.path()).ok()?;
-        if text.lines().any(|l| l == format!("linux {path}")) {
-            return e
-                .file_name()
-                .to_string_lossy()
-                .strip_suffix(".conf")
-                .map(str::to_string);
-        }
-    }
-    None
 }
 
 /// Simulate the firmware + GRUB booting a Debian target: next_entry wins once

@@ -10,7 +10,7 @@ use super::{backup_once, is_live_root, on_target, Ctx};
 use crate::digest::HashingReader;
 use crate::firstboot::host::{describe_exit, tail, CommandSpec, Host};
 use crate::firstboot::StepFailure;
-use crate::plan::{KernelHold, PackageFamily};
+use crate::plan::{BootloaderKind, KernelHold, KernelRepo, PackageFamily};
 
 /// How long to wait for the dpkg lock (cloud-init and unattended-upgrades
 /// hold it at first boot; prior-art.md §8), and how often to look.
@@ -20,6 +20,10 @@ const DPKG_LOCK_POLL: Duration = Duration::from_secs(5);
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 const DNF_CONF: &str = "/etc/dnf/dnf.conf";
+/// The repository id the helper gives the plan's kernel repository.
+const REPO_ID: &str = "cubeboot-kernel";
+/// Where dnf downloads the repository kernel's packages for verification.
+const REPO_DOWNLOADS: &str = "/var/cache/cubeboot/kernel-repo";
 const SYSCONFIG_KERNEL: &str = "/etc/sysconfig/kernel";
 
 /// Whether the plan's package is installed at its version, with its kernel.
@@ -42,6 +46,11 @@ pub(super) fn install_package(ctx: &mut Ctx) -> Result<()> {
     if family == PackageFamily::Rpm {
         // Before the package's scriptlets run.
         keep_default_on_updates(host)?;
+    }
+
+    if let Some(repo) = &k.repo {
+        install_from_repo(ctx, repo)?;
+        return ensure_boot_entry(ctx);
     }
 
     // Re-verify the cached bytes right before the package manager sees them.
@@ -73,6 +82,9 @@ pub(super) fn install_package(ctx: &mut Ctx) -> Result<()> {
         }
         PackageFamily::Deb => dpkg_install(host, &local)?,
     }
+    if ctx.plan.target.bootloader.kind == BootloaderKind::BlsGrubby {
+        return ensure_boot_entry(ctx);
+    }
     if !host.is_dry_run() && !host.exists(&vmlinuz) {
         bail!(
             "{} installed, but {vmlinuz} is missing: the package is not the kernel {} the plan names",
@@ -81,6 +93,195 @@ pub(super) fn install_package(ctx: &mut Ctx) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `dnf` with the plan's kernel repository added (the distro's own
+/// repositories stay enabled for dependencies). gpgcheck is off for this
+/// repository id only: every file is checked against the lock's SHA-256
+/// before it is installed, which pins the exact bytes (a signature would
+/// admit any package the key ever signed).
+fn dnf_with_repo(host: &dyn Host, repo: &KernelRepo) -> CommandSpec {
+    on_target(host, "dnf").args([
+        "-y".to_string(),
+        format!("--repofrompath={REPO_ID},{}", repo.baseurl),
+        format!("--setopt={REPO_ID}.gpgcheck=0"),
+    ])
+}
+
+/// The OpenCloudOS 9 way (upstream's recommendation there): dnf installs the
+/// split kernel from the repository. Nothing reaches rpm unverified: dnf
+/// downloads the pinned NEVRAs, each file must match the lock's SHA-256,
+/// dnf installs exactly those files, and the installed headers must match
+/// the lock too, all before any reboot is armed.
+fn install_from_repo(ctx: &mut Ctx, repo: &KernelRepo) -> Result<()> {
+    let host = ctx.host;
+    let nevras: Vec<&str> = repo.packages.iter().map(|p| p.nevra.as_str()).collect();
+    // Step 1: download only; a stale copy of another build must not count.
+    host.remove_dir_all(REPO_DOWNLOADS)?;
+    host.create_dir_all(REPO_DOWNLOADS)?;
+    host.run(
+        &dnf_with_repo(host, repo)
+            .args(["install", "--downloadonly"])
+            .arg(format!("--downloaddir={REPO_DOWNLOADS}"))
+            .args(nevras.iter().copied())
+            .timeout(INSTALL_TIMEOUT),
+    )?;
+    // Step 2: each file against the lock.
+    let mut files = Vec::new();
+    for p in &repo.packages {
+        let path = format!("{REPO_DOWNLOADS}/{}", p.file_name());
+        files.push(path.clone());
+        if host.is_dry_run() && !host.exists(&path) {
+            ctx.say(&format!(
+                "dry run: would verify {path} against {}",
+                p.sha256
+            ));
+            continue;
+        }
+        let asset = crate::plan::Asset {
+            name: p.nevra.clone(),
+            urls: vec![format!(
+                "{}/{}",
+                repo.baseurl.trim_end_matches('/'),
+                p.location
+            )],
+            sha256: p.sha256,
+            size: p.size,
+        };
+        verify_cached(host, &path, &asset).map_err(|e| {
+            e.context(format!(
+                "{} from {} is not the package the lock pins",
+                p.nevra, repo.baseurl
+            ))
+        })?;
+    }
+    // Step 3: install exactly the verified files.
+    host.run(
+        &dnf_with_repo(host, repo)
+            .arg("install")
+            .args(files.iter().cloned())
+            .timeout(INSTALL_TIMEOUT),
+    )?;
+    // Step 4: what rpm now has installed is what the lock pinned.
+    let mut cmd = CommandSpec::new("rpm");
+    if !is_live_root(host) {
+        cmd = cmd.arg("--root").arg(host.root().to_string_lossy());
+    }
+    let out = host.run(
+        &cmd.args(["-q", "--qf", "%{NEVRA} %{SHA256HEADER}\n"])
+            .args(nevras.iter().copied()),
+    )?;
+    if !host.is_dry_run() {
+        check_installed_headers(&out.stdout, repo)?;
+    }
+    Ok(())
+}
+
+/// Compare `rpm -q --qf '%{NEVRA} %{SHA256HEADER}\n'` output with the lock.
+fn check_installed_headers(rpm_out: &str, repo: &KernelRepo) -> Result<()> {
+    for p in &repo.packages {
+        let seen = rpm_out
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{} ", p.nevra)))
+            .map(str::trim);
+        match seen {
+            Some(h) if h == p.header_sha256.to_hex() => {}
+            Some(h) => {
+                return Err(StepFailure::new(format!(
+                    "installed {} has header sha256 {h}, but the lock pins {}; not rebooting into it",
+                    p.nevra, p.header_sha256
+                ))
+                .hint("remove the package (dnf remove) and run the helper again, or re-lock the repository")
+                .into())
+            }
+            None => bail!("rpm does not list {} as installed after dnf install", p.nevra),
+        }
+    }
+    Ok(())
+}
+
+/// RPM kernels put themselves in /boot and make their BLS entry in their
+/// scriptlets (`kernel-install add` from %posttrans; binrpm-pkg kernels via
+/// /sbin/installkernel, which is kernel-install on RHEL 9). When that did
+/// not happen (no scriptlet ran, no plugin wrote an entry), do what the
+/// scriptlet would: `kernel-install add`, which also builds the initramfs;
+/// and if that leaves no entry either, `grubby --add-kernel` with the
+/// default entry's arguments (grubby(8), `--copy-default`).
+fn ensure_boot_entry(ctx: &mut Ctx) -> Result<()> {
+    let host = ctx.host;
+    if host.is_dry_run() {
+        return Ok(());
+    }
+    let kver = ctx.plan.kernel.kver.clone();
+    let vmlinuz = format!("/boot/vmlinuz-{kver}");
+    if host.exists(&vmlinuz) && has_entry(host, &kver)? {
+        return Ok(());
+    }
+    // The image kernel-core ships (RHEL style), else the one in /boot.
+    let image = [format!("/lib/modules/{kver}/vmlinuz"), vmlinuz.clone()]
+        .into_iter()
+        .find(|p| host.exists(p));
+    let Some(image) = image else {
+        bail!(
+            "the kernel package is installed, but neither /lib/modules/{kver}/vmlinuz nor {vmlinuz} exists: it is not the kernel {kver} the plan names"
+        );
+    };
+    ctx.say(&format!(
+        "the package's scriptlets made no boot entry for {kver}; running kernel-install add as they would"
+    ));
+    let out = host.run(
+        &on_target(host, "kernel-install")
+            .args(["add", kver.as_str(), image.as_str()])
+            .timeout(INSTALL_TIMEOUT)
+            .allow_failure(),
+    )?;
+    if !out.success() {
+        ctx.say(&format!(
+            "kernel-install add failed ({}): {}",
+            describe_exit(&out),
+            tail(&out.stderr, 3)
+        ));
+    }
+    if host.exists(&vmlinuz) && has_entry(host, &kver)? {
+        return Ok(());
+    }
+    if !host.exists(&vmlinuz) {
+        bail!(
+            "kernel-install add {kver} did not put {vmlinuz} in place; no boot entry can name it"
+        );
+    }
+    ctx.say(&format!(
+        "still no BLS entry for {vmlinuz}; adding one with grubby --add-kernel"
+    ));
+    let mut add = on_target(host, "grubby")
+        .arg(format!("--add-kernel={vmlinuz}"))
+        .arg(format!("--title=PVM host kernel ({kver})"))
+        .arg("--copy-default");
+    let initrd = format!("/boot/initramfs-{kver}.img");
+    if host.exists(&initrd) {
+        add = add.arg(format!("--initrd={initrd}"));
+    }
+    host.run(&add)?;
+    if !has_entry(host, &kver)? {
+        bail!("grubby --add-kernel={vmlinuz} left no BLS entry naming it");
+    }
+    Ok(())
+}
+
+/// Whether a BLS entry boots /boot/vmlinuz-KVER.
+fn has_entry(host: &dyn Host, kver: &str) -> Result<bool> {
+    const ENTRIES: &str = "/boot/loader/entries";
+    if !host.exists(ENTRIES) {
+        return Ok(false);
+    }
+    let mut entries = Vec::new();
+    for name in host.list_dir(ENTRIES)? {
+        if let Some(stem) = name.strip_suffix(".conf") {
+            let text = host.read_string(&format!("{ENTRIES}/{name}"))?;
+            entries.push(super::bls::BlsEntry::parse(stem, &text));
+        }
+    }
+    Ok(super::bls::find_by_kernel(&entries, kver).is_ok())
 }
 
 /// Stream the cached file through SHA-256 and compare with the plan.
