@@ -11,12 +11,14 @@ use anyhow::{bail, ensure, Result};
 
 use super::{backup_once, grub_default, grubenv, Bootloader, Ctx, DEFAULT_GRUB};
 use crate::cmdline;
-use crate::firstboot::host::{on_target, Host};
+use crate::firstboot::host::{describe_exit, on_target, tail, Host};
 use crate::firstboot::journal::facts;
 use crate::firstboot::Outcome;
 use crate::plan::Plan;
 
 const BLS_DIR: &str = "/boot/loader/entries";
+/// kernel-install builds the initramfs too; as long as a package install.
+const KERNEL_INSTALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 /// The PVM BLS entry's `options` before grubby edited them (undo record).
 const FACT_BLS_OPTIONS: &str = "kernel.bls-options-before";
 
@@ -28,9 +30,11 @@ impl Bootloader for Bls {
         record_old_default(ctx)
     }
 
-    /// Undo a package scriptlet that made the new kernel the default
-    /// (UPDATEDEFAULT=yes, or a distro without /etc/sysconfig/kernel).
+    /// Make sure the new kernel has its entry (see [`ensure_entry`]), then
+    /// undo a package scriptlet that made the new kernel the default
+    /// (UPDATEDEFAULT=yes, or a fresh image whose new entry sorts first).
     fn after_package(&self, ctx: &mut Ctx) -> Result<()> {
+        ensure_entry(ctx)?;
         let host = ctx.host;
         let Some(old) = ctx.journal.fact(facts::OLD_DEFAULT_ENTRY) else {
             return Ok(());
@@ -272,6 +276,82 @@ pub fn find_by_kernel<'a>(entries: &'a [BlsEntry], kver: &str) -> Result<&'a Bls
             }
         ),
     }
+}
+
+/// RPM kernels put themselves in /boot and make their BLS entry in their
+/// scriptlets (`kernel-install add` from %posttrans; binrpm-pkg kernels via
+/// /sbin/installkernel, which is kernel-install on RHEL 9). When that did
+/// not happen (no scriptlet ran, no plugin wrote an entry), do what the
+/// scriptlet would: `kernel-install add`, which also builds the initramfs;
+/// and if that leaves no entry either, `grubby --add-kernel` with the
+/// default entry's arguments (grubby(8), `--copy-default`).
+fn ensure_entry(ctx: &mut Ctx) -> Result<()> {
+    let host = ctx.host;
+    if host.is_dry_run() {
+        return Ok(());
+    }
+    let kver = ctx.plan.kernel.kver.clone();
+    let vmlinuz = format!("/boot/vmlinuz-{kver}");
+    if host.exists(&vmlinuz) && has_entry(host, &kver)? {
+        return Ok(());
+    }
+    // The image kernel-core ships (RHEL style), else the one in /boot.
+    let image = [format!("/lib/modules/{kver}/vmlinuz"), vmlinuz.clone()]
+        .into_iter()
+        .find(|p| host.exists(p));
+    let Some(image) = image else {
+        bail!(
+            "the kernel package is installed, but neither /lib/modules/{kver}/vmlinuz nor {vmlinuz} exists: it is not the kernel {kver} the plan names"
+        );
+    };
+    ctx.say(&format!(
+        "the package's scriptlets made no boot entry for {kver}; running kernel-install add as they would"
+    ));
+    let out = host.run(
+        &on_target(host, "kernel-install")
+            .args(["add", kver.as_str(), image.as_str()])
+            .timeout(KERNEL_INSTALL_TIMEOUT)
+            .allow_failure(),
+    )?;
+    if !out.success() {
+        ctx.say(&format!(
+            "kernel-install add failed ({}): {}",
+            describe_exit(&out),
+            tail(&out.stderr, 3)
+        ));
+    }
+    if host.exists(&vmlinuz) && has_entry(host, &kver)? {
+        return Ok(());
+    }
+    if !host.exists(&vmlinuz) {
+        bail!(
+            "kernel-install add {kver} did not put {vmlinuz} in place; no boot entry can name it"
+        );
+    }
+    ctx.say(&format!(
+        "still no BLS entry for {vmlinuz}; adding one with grubby --add-kernel"
+    ));
+    let mut add = on_target(host, "grubby")
+        .arg(format!("--add-kernel={vmlinuz}"))
+        .arg(format!("--title=PVM host kernel ({kver})"))
+        .arg("--copy-default");
+    let initrd = format!("/boot/initramfs-{kver}.img");
+    if host.exists(&initrd) {
+        add = add.arg(format!("--initrd={initrd}"));
+    }
+    host.run(&add)?;
+    if !has_entry(host, &kver)? {
+        bail!("grubby --add-kernel={vmlinuz} left no BLS entry naming it");
+    }
+    Ok(())
+}
+
+/// Whether a BLS entry boots /boot/vmlinuz-KVER.
+fn has_entry(host: &dyn Host, kver: &str) -> Result<bool> {
+    if !host.exists(BLS_DIR) {
+        return Ok(false);
+    }
+    Ok(find_by_kernel(&entries(host)?, kver).is_ok())
 }
 
 fn vmlinuz(kver: &str) -> String {

@@ -10,7 +10,7 @@ use super::{backup_once, is_live_root, on_target, Ctx};
 use crate::digest::HashingReader;
 use crate::firstboot::host::{describe_exit, tail, CommandSpec, Host};
 use crate::firstboot::StepFailure;
-use crate::plan::{BootloaderKind, KernelHold, KernelRepo, PackageFamily};
+use crate::plan::{KernelHold, KernelRepo, PackageFamily};
 
 /// How long to wait for the dpkg lock (cloud-init and unattended-upgrades
 /// hold it at first boot; prior-art.md §8), and how often to look.
@@ -42,7 +42,6 @@ pub(super) fn install_package(ctx: &mut Ctx) -> Result<()> {
     let host = ctx.host;
     let k = &ctx.plan.kernel;
     let family = ctx.plan.target.family;
-    let vmlinuz = format!("/boot/vmlinuz-{}", k.kver);
     if family == PackageFamily::Rpm {
         // Before the package's scriptlets run.
         keep_default_on_updates(host)?;
@@ -50,7 +49,7 @@ pub(super) fn install_package(ctx: &mut Ctx) -> Result<()> {
 
     if let Some(repo) = &k.repo {
         install_from_repo(ctx, repo)?;
-        return ensure_boot_entry(ctx);
+        return check_kernel_image(ctx);
     }
 
     // Re-verify the cached bytes right before the package manager sees them.
@@ -82,14 +81,22 @@ pub(super) fn install_package(ctx: &mut Ctx) -> Result<()> {
         }
         PackageFamily::Deb => dpkg_install(host, &local)?,
     }
-    if ctx.plan.target.bootloader.kind == BootloaderKind::BlsGrubby {
-        return ensure_boot_entry(ctx);
-    }
-    if !host.is_dry_run() && !host.exists(&vmlinuz) {
+    check_kernel_image(ctx)
+}
+
+/// The installed packages hold the plan's kernel: /boot/vmlinuz-KVER, or
+/// (RHEL-style kernel-core, whose scriptlet copies it to /boot) the image
+/// under /lib/modules/KVER. A missing boot entry is the bootloader back
+/// end's to handle (`after_package`).
+fn check_kernel_image(ctx: &Ctx) -> Result<()> {
+    let host = ctx.host;
+    let kver = &ctx.plan.kernel.kver;
+    let vmlinuz = format!("/boot/vmlinuz-{kver}");
+    let modules = format!("/lib/modules/{kver}/vmlinuz");
+    if !host.is_dry_run() && !host.exists(&vmlinuz) && !host.exists(&modules) {
         bail!(
-            "{} installed, but {vmlinuz} is missing: the package is not the kernel {} the plan names",
-            asset.name,
-            k.kver
+            "{} installed, but neither {vmlinuz} nor {modules} exists: the package is not the kernel {kver} the plan names",
+            ctx.plan.kernel.package
         );
     }
     Ok(())
@@ -198,90 +205,6 @@ fn check_installed_headers(rpm_out: &str, repo: &KernelRepo) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// RPM kernels put themselves in /boot and make their BLS entry in their
-/// scriptlets (`kernel-install add` from %posttrans; binrpm-pkg kernels via
-/// /sbin/installkernel, which is kernel-install on RHEL 9). When that did
-/// not happen (no scriptlet ran, no plugin wrote an entry), do what the
-/// scriptlet would: `kernel-install add`, which also builds the initramfs;
-/// and if that leaves no entry either, `grubby --add-kernel` with the
-/// default entry's arguments (grubby(8), `--copy-default`).
-fn ensure_boot_entry(ctx: &mut Ctx) -> Result<()> {
-    let host = ctx.host;
-    if host.is_dry_run() {
-        return Ok(());
-    }
-    let kver = ctx.plan.kernel.kver.clone();
-    let vmlinuz = format!("/boot/vmlinuz-{kver}");
-    if host.exists(&vmlinuz) && has_entry(host, &kver)? {
-        return Ok(());
-    }
-    // The image kernel-core ships (RHEL style), else the one in /boot.
-    let image = [format!("/lib/modules/{kver}/vmlinuz"), vmlinuz.clone()]
-        .into_iter()
-        .find(|p| host.exists(p));
-    let Some(image) = image else {
-        bail!(
-            "the kernel package is installed, but neither /lib/modules/{kver}/vmlinuz nor {vmlinuz} exists: it is not the kernel {kver} the plan names"
-        );
-    };
-    ctx.say(&format!(
-        "the package's scriptlets made no boot entry for {kver}; running kernel-install add as they would"
-    ));
-    let out = host.run(
-        &on_target(host, "kernel-install")
-            .args(["add", kver.as_str(), image.as_str()])
-            .timeout(INSTALL_TIMEOUT)
-            .allow_failure(),
-    )?;
-    if !out.success() {
-        ctx.say(&format!(
-            "kernel-install add failed ({}): {}",
-            describe_exit(&out),
-            tail(&out.stderr, 3)
-        ));
-    }
-    if host.exists(&vmlinuz) && has_entry(host, &kver)? {
-        return Ok(());
-    }
-    if !host.exists(&vmlinuz) {
-        bail!(
-            "kernel-install add {kver} did not put {vmlinuz} in place; no boot entry can name it"
-        );
-    }
-    ctx.say(&format!(
-        "still no BLS entry for {vmlinuz}; adding one with grubby --add-kernel"
-    ));
-    let mut add = on_target(host, "grubby")
-        .arg(format!("--add-kernel={vmlinuz}"))
-        .arg(format!("--title=PVM host kernel ({kver})"))
-        .arg("--copy-default");
-    let initrd = format!("/boot/initramfs-{kver}.img");
-    if host.exists(&initrd) {
-        add = add.arg(format!("--initrd={initrd}"));
-    }
-    host.run(&add)?;
-    if !has_entry(host, &kver)? {
-        bail!("grubby --add-kernel={vmlinuz} left no BLS entry naming it");
-    }
-    Ok(())
-}
-
-/// Whether a BLS entry boots /boot/vmlinuz-KVER.
-fn has_entry(host: &dyn Host, kver: &str) -> Result<bool> {
-    const ENTRIES: &str = "/boot/loader/entries";
-    if !host.exists(ENTRIES) {
-        return Ok(false);
-    }
-    let mut entries = Vec::new();
-    for name in host.list_dir(ENTRIES)? {
-        if let Some(stem) = name.strip_suffix(".conf") {
-            let text = host.read_string(&format!("{ENTRIES}/{name}"))?;
-            entries.push(super::bls::BlsEntry::parse(stem, &text));
-        }
-    }
-    Ok(super::bls::find_by_kernel(&entries, kver).is_ok())
 }
 
 /// Stream the cached file through SHA-256 and compare with the plan.
