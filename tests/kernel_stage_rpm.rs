@@ -385,3 +385,38 @@ fn grubby_stand_in_edits_options_as_grubby_bls_does() {
         );
     }
 }
+
+#[test]
+fn a_resumed_run_with_the_package_in_but_no_entry_gets_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = rpm_plan();
+    rocky_root(root, &plan);
+    // The package went in (its scriptlets made no entry) and the helper
+    // stopped before making one: the install step now finds the package
+    // installed and skips.
+    let cached =
+        root.join(cubeboot::firstboot::cache_path(&plan.assets.kernel).trim_start_matches('/'));
+    let out = real(
+        &CommandSpec::new("rpm")
+            .arg("--root")
+            .arg(root.to_string_lossy())
+            .args(["-ivh", "--oldpackage"])
+            .arg(cached.to_string_lossy()),
+    )
+    .unwrap();
+    assert!(out.success(), "{}", out.stderr);
+    let host = ScriptedHost::new(root);
+    rocky_responders_with(&host, root, Scriptlets::None);
+    let digest = seed_journal(&host, &plan);
+    assert_eq!(
+        runner::run(&host, &plan, &digest, Scope::All).unwrap(),
+        RunEnd::Rebooting
+    );
+    let r = root.display();
+    assert!(host.commands().contains(&format!(
+        "chroot {r} kernel-install add {KVER} /boot/vmlinuz-{KVER}"
+    )));
+    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub2/grubenv"));
+    assert_eq!(env["next_entry"], pvm_bls_id());
+}

@@ -57,6 +57,12 @@ impl Bootloader for Bls {
         let dry = host.is_dry_run();
         let path = vmlinuz(&kver);
 
+        // A run resumed after the package went in but before its entry was
+        // made (the install step then skips) gets the same fallback.
+        if !dry && !has_entry(host, &kver)? {
+            ensure_entry(ctx)?;
+        }
+        let host = ctx.host;
         let all = entries(host)?;
         let entry = match find_by_kernel(&all, &kver) {
             Ok(e) => e.clone(),
