@@ -15,7 +15,7 @@ use std::time::Duration;
 use cubeboot::digest::Sha256Digest;
 use cubeboot::firstboot::cube::{self, verify::Endpoints};
 use cubeboot::firstboot::host::{under_root, CmdOutput, CommandSpec, Host, ScriptedHost};
-use cubeboot::firstboot::journal::{facts, Journal};
+use cubeboot::firstboot::journal::{Journal, KvmInUse};
 use cubeboot::firstboot::{Ctx, Outcome, StepFailure};
 use cubeboot::plan::testing::sample_plan;
 use cubeboot::plan::*;
@@ -267,7 +267,7 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
     plan.cube.allow_from = vec!["10.0.2.0/24".into()];
     let host = host_with_bundle(dir.path(), &plan, PITFALL, IP_ADDR);
     let mut journal = Journal::new("test");
-    journal.set_fact(facts::KVM_MODE, "pvm");
+    journal.facts.kvm_mode = Some(KvmInUse::Pvm);
     let mut ctx = Ctx {
         host: &host,
         plan: &plan,
@@ -303,14 +303,17 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
     // The installer's own quickcheck probes ${CUBEMASTER_ADDR:-127.0.0.1:8089};
     // a CubeMaster bound to the node IP only answers there if it is set too.
     assert!(env.contains("CUBEMASTER_ADDR=10.0.2.15:8089\n"), "{env}");
-    assert_eq!(ctx.journal.fact(cube::QUICKCHECK_FACT), Some("ok"));
+    assert_eq!(
+        ctx.journal.facts.installer_quickcheck.as_deref(),
+        Some("ok")
+    );
     assert_eq!(
         host.read_link(&format!("{TOOLBOX}/cube-kernel-scf/vmlinux"))
             .unwrap()
             .as_deref(),
         Some("vmlinux-pvm")
     );
-    assert_eq!(ctx.journal.fact(facts::NODE_IP), Some("10.0.2.15"));
+    assert_eq!(ctx.journal.facts.node_ip.as_deref(), Some("10.0.2.15"));
     let log = host.read_string(cube::INSTALL_LOG).unwrap();
     assert!(
         log.contains("[one-click] install complete (role=control)"),
@@ -447,10 +450,10 @@ fn cidr_conflict_passes_another_range_to_the_installer() {
     };
     cube::install(&mut ctx).unwrap();
     assert_eq!(
-        ctx.journal.fact(facts::NETWORK_CIDR),
+        ctx.journal.facts.network_cidr.as_deref(),
         Some("192.168.64.0/18")
     );
-    assert_eq!(ctx.journal.fact(facts::NODE_IP), Some("192.168.10.7"));
+    assert_eq!(ctx.journal.facts.node_ip.as_deref(), Some("192.168.10.7"));
     let env = host
         .read_string(&format!("{TOOLBOX}/.one-click.env"))
         .unwrap();
@@ -495,7 +498,7 @@ fn hanging_installer_hits_the_timeout_and_leaves_diagnostics() {
         err.downcast_ref::<StepFailure>().unwrap().hint.as_deref(),
         Some("the installer hung (CubeSandbox #1753: services that never start); see the diagnostics")
     );
-    assert_eq!(ctx.journal.fact(facts::DIAGNOSTICS), Some(diag));
+    assert_eq!(ctx.journal.facts.diagnostics.as_deref(), Some(diag));
     let files = tar_listing(&host.read(diag).unwrap());
     assert_eq!(
         files.keys().cloned().collect::<Vec<_>>(),
@@ -647,7 +650,7 @@ fn verification_fails_by_state_and_names_each_check() {
     .unwrap();
     host.put("/proc/modules", "kvm_intel 1 0 - Live 0x0\n");
     let mut journal = Journal::new("test");
-    journal.set_fact(facts::KVM_MODE, "pvm");
+    journal.facts.kvm_mode = Some(KvmInUse::Pvm);
     let mut ctx = Ctx {
         host: &host,
         plan: &plan,
@@ -693,7 +696,7 @@ fn native_kvm_installs_with_pvm_off() {
     plan.cube.mirror = Some("cn".into());
     let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
     let mut journal = Journal::new("test");
-    journal.set_fact(facts::KVM_MODE, "native");
+    journal.facts.kvm_mode = Some(KvmInUse::Native);
     let mut ctx = Ctx {
         host: &host,
         plan: &plan,
@@ -1102,7 +1105,7 @@ fn rhel_family_gets_docker_ce_and_dnsmasq_when_no_resolver() {
         .commands()
         .contains(&"mount -t bpf bpf /sys/fs/bpf".to_string()));
     assert_eq!(
-        ctx.journal.fact(cube::DNSMASQ_MODE_FACT),
+        ctx.journal.facts.dnsmasq_mode.as_deref(),
         Some("standalone")
     );
     let cmds = host.commands();
@@ -1293,7 +1296,13 @@ fn real_host_stops_a_hanging_installer_at_the_timeout() {
         started.elapsed()
     );
     let text = failure_text(&err);
-    let diag = ctx.journal.fact(facts::DIAGNOSTICS).unwrap().to_string();
+    let diag = ctx
+        .journal
+        .facts
+        .diagnostics
+        .as_deref()
+        .unwrap()
+        .to_string();
     assert_eq!(
         text,
         format!("cube installer timed out after 1 s; log: /var/log/cubeboot/install.log (diagnostics: {diag})")
@@ -1376,7 +1385,7 @@ fn hardening_off_skips_and_without_allow_from_warns() {
     )
     .unwrap();
     let mut journal = Journal::new("test");
-    journal.set_fact(facts::NODE_IP, "10.0.2.15");
+    journal.facts.node_ip = Some("10.0.2.15".into());
     let mut ctx = Ctx {
         host: &host,
         plan: &plan,
@@ -1427,7 +1436,7 @@ fn control_node_with(
     }
     let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
     let mut journal = Journal::new("test");
-    journal.set_fact(facts::KVM_MODE, "pvm");
+    journal.facts.kvm_mode = Some(KvmInUse::Pvm);
     let mut ctx = Ctx {
         host: &host,
         plan: &plan,
@@ -1497,7 +1506,10 @@ fn when_our_verdict_and_the_installers_quickcheck_disagree_the_status_says_both(
         journal: &mut journal,
     };
     cube::install(&mut ctx).unwrap();
-    assert_eq!(ctx.journal.fact(cube::QUICKCHECK_FACT), Some("ok"));
+    assert_eq!(
+        ctx.journal.facts.installer_quickcheck.as_deref(),
+        Some("ok")
+    );
     // CubeAPI stops answering after the installer's quickcheck.
     let get = |url: &str| -> anyhow::Result<String> {
         if url.ends_with("/health") && !url.contains("notify") {
@@ -1629,14 +1641,16 @@ fn networkmanager_hosts_get_standalone_dnsmasq_where_the_bundle_knows_it() {
     );
     let fact = ctx
         .journal
-        .fact(cube::DNSMASQ_MODE_FACT)
+        .facts
+        .dnsmasq_mode
+        .as_deref()
         .unwrap()
         .to_string();
 
     let dir = tempfile::tempdir().unwrap();
     let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
     let mut journal = Journal::new("test");
-    journal.set_fact(cube::DNSMASQ_MODE_FACT, fact);
+    journal.facts.dnsmasq_mode = Some(fact);
     let mut ctx = Ctx {
         host: &host,
         plan: &plan,
@@ -1713,7 +1727,7 @@ fn cubelet_that_keeps_listening_everywhere_fails_harden_with_diagnostics() {
     let plan = plan_for(PLAIN);
     let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
     let mut journal = Journal::new("test");
-    journal.set_fact(facts::KVM_MODE, "pvm");
+    journal.facts.kvm_mode = Some(KvmInUse::Pvm);
     let mut ctx = Ctx {
         host: &host,
         plan: &plan,
@@ -1729,7 +1743,7 @@ fn cubelet_that_keeps_listening_everywhere_fails_harden_with_diagnostics() {
         text.starts_with("Cubelet after rebinding: port 9998 listens on [::]:9998 (all interfaces), expected 10.0.2.15:9998; port 9999 listens on [::]:9999 (all interfaces), expected 10.0.2.15:9999; port 9966 listens on [::]:9966 (all interfaces), expected 127.0.0.1:9966 (diagnostics: /var/log/cubeboot/diagnostics-"),
         "{text}"
     );
-    assert!(ctx.journal.fact(facts::DIAGNOSTICS).is_some());
+    assert!(ctx.journal.facts.diagnostics.is_some());
 }
 
 #[test]
@@ -1830,7 +1844,7 @@ fn upgrade_runs_the_installer_in_upgrade_mode_and_rolls_the_status_forward() {
 
     // The first run: install, verify, harden, all done.
     let mut journal = Journal::new("plan-1");
-    journal.set_fact(facts::KVM_MODE, "pvm");
+    journal.facts.kvm_mode = Some(KvmInUse::Pvm);
     let mut ctx = Ctx {
         host: &host,
         plan: &plan,
@@ -1885,7 +1899,7 @@ fn upgrade_runs_the_installer_in_upgrade_mode_and_rolls_the_status_forward() {
     );
     let j = Journal::load(&host, "plan-1").unwrap();
     assert_eq!(
-        j.fact(upgrade::BUNDLE_SHA256_FACT),
+        j.facts.bundle_sha256.as_deref(),
         Some(pin.sha256.to_string().as_str())
     );
     assert!(j.is_complete(StepId::CubeVerify) && j.is_complete(StepId::Harden));

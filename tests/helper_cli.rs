@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use cubeboot::firstboot::host::{Host, ScriptedHost};
+use cubeboot::firstboot::run_state::RunState;
 use cubeboot::firstboot::status::exit;
 use cubeboot::firstboot::{cache_path, JOURNAL_PATH, STATUS_PATH};
 use cubeboot::plan::Plan;
@@ -133,7 +134,7 @@ fn status_exit_codes_and_json() {
 
     let host = ScriptedHost::new(dir.path());
     let mut s = cubeboot::firstboot::status::Status {
-        state: "running".into(),
+        state: RunState::Running,
         step: "fetch".into(),
         ..Default::default()
     };
@@ -147,11 +148,11 @@ fn status_exit_codes_and_json() {
     assert_eq!(out.status.code(), Some(exit::RUNNING));
     assert!(text(&out.stdout).starts_with("state:    running\nstep:     fetch\n"));
 
-    s.state = "done".into();
+    s.state = RunState::Done;
     s.write(&host).unwrap();
     let out = helper(&["status", "--root", root, "--wait"]);
     assert_eq!(out.status.code(), Some(exit::DONE));
-    s.state = "rebooting".into();
+    s.state = RunState::Rebooting;
     s.write(&host).unwrap();
     assert_eq!(
         helper(&["status", "--root", root]).status.code(),

@@ -6,6 +6,7 @@ mod support;
 
 use cubeboot::firstboot::host::{Action, Host};
 use cubeboot::firstboot::journal::Journal;
+use cubeboot::firstboot::run_state::Failure;
 use cubeboot::firstboot::runner::{RunEnd, Scope};
 use cubeboot::firstboot::status::Status;
 use cubeboot::firstboot::{cache_path, Outcome, StepId, JOURNAL_PATH, STATUS_PATH};
@@ -227,7 +228,7 @@ fn distro_mismatch_fails_in_preflight_with_a_hint_and_changes_nothing() {
         "ID=ubuntu\nID_LIKE=debian\nVERSION_ID=\"24.04\"\n",
     );
     let end = t.run_once(&opts(Scope::All));
-    assert_eq!(end, RunEnd::Failed("failed: preflight".into()));
+    assert_eq!(end, RunEnd::Failed(Failure::Step(StepId::Preflight)));
     let status = read_json(&t.host, STATUS_PATH);
     assert_eq!(status["state"], "failed: preflight");
     assert_eq!(
@@ -255,7 +256,7 @@ fn distro_mismatch_fails_in_preflight_with_a_hint_and_changes_nothing() {
     let _ = std::fs::remove_dir_all(t.host.path("/run/cubeboot"));
     assert_eq!(
         t.run_once(&opts(Scope::All)),
-        RunEnd::Failed("failed: preflight".into())
+        RunEnd::Failed(Failure::Step(StepId::Preflight))
     );
     assert_eq!(
         read_json(&t.host, STATUS_PATH)["state"],
@@ -325,7 +326,7 @@ fn full_disk_fails_fetch_before_downloading() {
     t.host.set_free_bytes(Some(100_000));
     assert_eq!(
         t.run_once(&opts(Scope::All)),
-        RunEnd::Failed("failed: fetch".into())
+        RunEnd::Failed(Failure::Step(StepId::Fetch))
     );
     let status = read_json(&t.host, STATUS_PATH);
     let err = status["last_error"].as_str().unwrap();
@@ -364,7 +365,7 @@ fn asset_missing_on_every_mirror_fails_with_a_hint_and_installs_nothing() {
     });
     assert_eq!(
         t.run_once(&opts(Scope::All)),
-        RunEnd::Failed("failed: fetch".into())
+        RunEnd::Failed(Failure::Step(StepId::Fetch))
     );
     let status = read_json(&t.host, STATUS_PATH);
     let err = status["last_error"].as_str().unwrap();
@@ -513,7 +514,7 @@ fn retry_fetches_again_a_cache_file_that_went_bad() {
     t.host.put(&cache_path(&plan.assets.kernel), b"");
     assert_eq!(
         t.run_once(&opts(Scope::All)),
-        RunEnd::Failed("failed: kernel-install".into())
+        RunEnd::Failed(Failure::Step(StepId::KernelInstall))
     );
     let retry = cubeboot::firstboot::runner::RunOptions {
         retry_failed: true,
@@ -527,4 +528,25 @@ fn retry_fetches_again_a_cache_file_that_went_bad() {
     let status = read_json(&t.host, STATUS_PATH);
     assert_eq!(status["state"], "done");
     assert_eq!(status["last_error"], serde_json::Value::Null);
+}
+
+#[test]
+fn stop_after_a_step_that_is_already_done_stops_there_again() {
+    let t = Target::new();
+    let o = opts(Scope::StopAfter(StepId::Fetch));
+    assert_eq!(t.run_once(&o), RunEnd::Stopped(StepId::Fetch));
+    let before = tree(t.root());
+    // The second `run --stop-after fetch` used to skip the completed steps
+    // before looking at the stop, and went on into cube-prereqs.
+    assert_eq!(t.run_once(&o), RunEnd::Stopped(StepId::Fetch));
+    assert!(!t.host.exists("/var/lib/test/prereqs"));
+    assert!(t.host.commands().is_empty(), "{:?}", t.host.commands());
+    let j = read_json(&t.host, JOURNAL_PATH);
+    assert_eq!(j["steps"]["cube-prereqs"], serde_json::Value::Null);
+    let mut after = tree(t.root());
+    // Only the status file's timestamp may differ.
+    after.remove("run/cubeboot/status.json");
+    let mut before = before;
+    before.remove("run/cubeboot/status.json");
+    assert_eq!(after, before);
 }

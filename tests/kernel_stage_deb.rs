@@ -7,8 +7,9 @@
 mod kernel_common;
 
 use cubeboot::firstboot::host::{Action, CmdOutput, Host, ScriptedHost};
-use cubeboot::firstboot::journal::{facts, StepState};
+use cubeboot::firstboot::journal::{KvmInUse, StepState};
 use cubeboot::firstboot::kernel::{self, grubcfg};
+use cubeboot::firstboot::run_state::{Failure, RunState};
 use cubeboot::firstboot::runner::{self, RunEnd, Scope};
 use cubeboot::firstboot::{Ctx, Outcome, StepId};
 use cubeboot::plan::{boot_params, KvmMode};
@@ -109,11 +110,11 @@ fn trial_boot_then_commit_on_debian_12() {
         )
     );
     let j = journal(&host, &digest);
-    assert_eq!(j.fact(facts::KVM_MODE), Some("pvm"));
-    assert_eq!(j.fact(facts::OLD_KERNEL), Some(OLD_DEB_KERNEL));
-    assert_eq!(j.fact(facts::PVM_ENTRY), Some(PVM_ID));
-    assert_eq!(j.fact(facts::OLD_DEFAULT_ENTRY), Some(OLD_ID));
-    assert_eq!(j.fact(facts::DIRECT_DEFAULT), None);
+    assert_eq!(j.facts.kvm_mode, Some(KvmInUse::Pvm));
+    assert_eq!(j.facts.old_kernel.as_deref(), Some(OLD_DEB_KERNEL));
+    assert_eq!(j.facts.pvm_entry.as_deref(), Some(PVM_ID));
+    assert_eq!(j.facts.old_default_entry.as_deref(), Some(OLD_ID));
+    assert_eq!(j.facts.direct_default.as_deref(), None);
 
     // The machine reboots: GRUB boots the PVM entry once.
     assert_eq!(grub_boot(root, false), KVER);
@@ -189,12 +190,17 @@ fn failed_trial_boot_rolls_back_with_exactly_one_reboot() {
     assert_eq!(grub_boot(root, true), OLD_DEB_KERNEL);
 
     let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
-    let want = format!("failed: rolled back to {OLD_DEB_KERNEL}");
+    let want = Failure::RolledBack {
+        to: OLD_DEB_KERNEL.to_string(),
+    };
     assert_eq!(end, RunEnd::Failed(want.clone()));
     assert_eq!(host.reboots(), 1);
     let status = read(root, "/run/cubeboot/status.json");
     assert!(
-        status.contains(&format!("\"state\": \"{want}\"")),
+        status.contains(&format!(
+            "\"state\": \"{}\"",
+            RunState::Failed(want.clone())
+        )),
         "{status}"
     );
     assert!(
@@ -311,7 +317,7 @@ fn unwritable_grubenv_falls_back_to_a_direct_default() {
         RunEnd::Rebooting
     );
     let j = journal(&host, &digest);
-    let why = j.fact(facts::DIRECT_DEFAULT).unwrap();
+    let why = j.facts.direct_default.as_deref().unwrap();
     assert_eq!(
         why,
         "/boot/grub is on lvm, where GRUB cannot write /boot/grub/grubenv at boot"
@@ -380,7 +386,7 @@ fn tampered_cache_is_never_installed() {
     let digest = seed_journal(&host, &plan);
 
     let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
-    assert_eq!(end, RunEnd::Failed("failed: kernel-install".into()));
+    assert_eq!(end, RunEnd::Failed(Failure::Step(StepId::KernelInstall)));
     assert!(
         !host.commands().iter().any(|c| c.contains(" -i ")),
         "{:#?}",
@@ -519,7 +525,7 @@ fn second_install_is_a_no_op_and_already_running_is_skipped() {
         "{:#?}",
         &host.commands()[before..]
     );
-    assert_eq!(j.fact(facts::KVM_MODE), Some("pvm"));
+    assert_eq!(j.facts.kvm_mode, Some(KvmInUse::Pvm));
 }
 
 #[test]
@@ -556,7 +562,7 @@ fn native_kvm_skips_pvm_when_auto_but_not_when_forced() {
         kernel::load_kvm(&mut ctx).unwrap(),
         Outcome::Skipped(_)
     ));
-    assert_eq!(ctx.journal.fact(facts::KVM_MODE), Some("native"));
+    assert_eq!(ctx.journal.facts.kvm_mode, Some(KvmInUse::Native));
     assert!(host.commands().is_empty(), "{:#?}", host.commands());
 
     plan.kernel.kvm = KvmMode::Pvm;
@@ -570,7 +576,7 @@ fn native_kvm_skips_pvm_when_auto_but_not_when_forced() {
         kernel::install(&mut ctx).unwrap(),
         Outcome::Done(_)
     ));
-    assert_eq!(j.fact(facts::KVM_MODE), Some("pvm"));
+    assert_eq!(j.facts.kvm_mode, Some(KvmInUse::Pvm));
 }
 
 #[test]
@@ -587,7 +593,7 @@ fn kvm_pvm_preempted_by_kvm_intel_is_blacklisted_and_retried() {
     let host = ScriptedHost::new(root);
     debian_responders(&host, root, "");
     let mut j = cubeboot::firstboot::journal::Journal::new("x");
-    j.set_fact(facts::KVM_MODE, "pvm");
+    j.facts.kvm_mode = Some(KvmInUse::Pvm);
     let mut ctx = Ctx {
         host: &host,
         plan: &plan,
@@ -681,7 +687,7 @@ fn a_later_dropin_overriding_ours_refuses_the_reboot_and_keeps_the_old_default()
     debian_responders(&host, root, "");
     let digest = seed_journal(&host, &plan);
     let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
-    assert_eq!(end, RunEnd::Failed("failed: kernel-boot".into()));
+    assert_eq!(end, RunEnd::Failed(Failure::Step(StepId::KernelBoot)));
     assert_eq!(host.reboots(), 0);
     let status = read(root, "/run/cubeboot/status.json");
     assert!(

@@ -16,6 +16,7 @@ use cubeboot::digest::Sha256Digest;
 use cubeboot::firstboot::host::ScriptedHost;
 use cubeboot::firstboot::journal::StepState;
 use cubeboot::firstboot::kernel::grubcfg;
+use cubeboot::firstboot::run_state::Failure;
 use cubeboot::firstboot::runner::{self, RunEnd, Scope};
 use cubeboot::firstboot::StepId;
 use cubeboot::plan::{KernelHold, KernelRepo, Plan, RepoPackage};
@@ -224,7 +225,7 @@ fn a_repo_package_with_other_bytes_is_refused_before_install() {
     let digest = seed_journal(&host, &plan);
 
     let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
-    assert_eq!(end, RunEnd::Failed("failed: kernel-install".into()));
+    assert_eq!(end, RunEnd::Failed(Failure::Step(StepId::KernelInstall)));
     assert_eq!(host.reboots(), 0);
     let pinned = plan.kernel.repo.as_ref().unwrap().packages[2].sha256;
     let served = Sha256Digest::of(&std::fs::read(&other).unwrap());

@@ -9,8 +9,9 @@
 mod kernel_common;
 
 use cubeboot::firstboot::host::{CmdOutput, CommandSpec, ScriptedHost};
-use cubeboot::firstboot::journal::{facts, StepState};
+use cubeboot::firstboot::journal::StepState;
 use cubeboot::firstboot::kernel::grubcfg;
+use cubeboot::firstboot::run_state::Failure;
 use cubeboot::firstboot::runner::{self, RunEnd, Scope};
 use cubeboot::firstboot::StepId;
 use cubeboot::plan::KernelHold;
@@ -101,10 +102,10 @@ fn trial_boot_then_commit_on_rocky_9() {
     );
     let j = journal(&host, &digest);
     assert_eq!(
-        j.fact(facts::OLD_DEFAULT_ENTRY),
+        j.facts.old_default_entry.as_deref(),
         Some(format!("/boot/vmlinuz-{OLD_RPM_KERNEL}").as_str())
     );
-    assert_eq!(j.fact(facts::PVM_ENTRY), Some(pvm_bls_id().as_str()));
+    assert_eq!(j.facts.pvm_entry.as_deref(), Some(pvm_bls_id().as_str()));
 
     assert_eq!(bls_boot(root, false), KVER);
     runner::run(&host, &plan, &digest, Scope::StopAfter(StepId::KvmLoad)).unwrap();
@@ -141,7 +142,9 @@ fn rpm_rollback_restores_the_old_default() {
     let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
     assert_eq!(
         end,
-        RunEnd::Failed(format!("failed: rolled back to {OLD_RPM_KERNEL}"))
+        RunEnd::Failed(Failure::RolledBack {
+            to: OLD_RPM_KERNEL.to_string()
+        })
     );
     assert_eq!(host.reboots(), 1);
     assert_eq!(
@@ -259,7 +262,7 @@ fn tencent_set_replaces_the_entry_console_through_grubby() {
     );
     let j = journal(&host, &digest);
     assert_eq!(
-        j.fact("kernel.bls-options-before"),
+        j.facts.bls_options_before.as_deref(),
         Some("root=UUID=abc ro crashkernel=1G-4G:192M console=ttyS0,115200n8")
     );
     assert_eq!(bls_boot(root, false), KVER);

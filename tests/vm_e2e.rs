@@ -26,6 +26,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cubeboot::firstboot::journal::{Journal, StepState};
+use cubeboot::firstboot::run_state::{Failure, RunState};
 use cubeboot::firstboot::status::Status;
 use cubeboot::firstboot::StepId;
 use cubeboot::plan::Plan;
@@ -269,7 +270,7 @@ fn vm_first_boot_switches_kernel_and_installs_cube() {
     );
     let status = r.status();
     check(
-        status.as_ref().is_some_and(|s| s.state == "done"),
+        status.as_ref().is_some_and(|s| s.state == RunState::Done),
         format!(
             "status is done (got {:?})",
             status.as_ref().map(|s| &s.state)
@@ -358,7 +359,7 @@ fn vm_broken_kernel_rolls_back_without_a_loop() {
         format!("back on the original kernel {old}"),
     );
     let status = r.status();
-    let want = format!("failed: rolled back to {old}");
+    let want = RunState::Failed(Failure::RolledBack { to: old.clone() });
     check(
         status.as_ref().is_some_and(|s| s.state == want),
         format!(

@@ -20,7 +20,8 @@ use std::io;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use super::host::Host;
-use super::journal::{facts, Journal, StepState};
+use super::journal::{Journal, StepState};
+use super::run_state::RunState;
 use super::runner::{self, RunEnd, Scope};
 use super::{
     fetch, kernel, preflight, StepId, CACHE_DIR, JOURNAL_PATH, LOG_DIR, STATE_DIR, STATUS_PATH,
@@ -110,7 +111,8 @@ pub fn apply(host: &dyn Host, stage: Stage, fetch_cfg: &FetchConfig) -> Result<A
     // never taken.
     let end = runner::run(host, &plan, &plan_digest, Scope::KernelOnly)?;
     let mut journal = Journal::load(host, &plan_digest.to_hex())?;
-    if let RunEnd::Failed(status) = end {
+    if let RunEnd::Failed(why) = end {
+        let status = RunState::Failed(why);
         let last = journal
             .steps
             .iter()
@@ -133,7 +135,7 @@ pub fn apply(host: &dyn Host, stage: Stage, fetch_cfg: &FetchConfig) -> Result<A
     // image has no "after": its instances' first boot finds the kernel already
     // running and has nothing to commit, so the PVM entry becomes the saved
     // default here (the issue: "boot parameters and default entry set there").
-    let committed = loader.make_image_default(host, &plan, journal.fact(facts::PVM_ENTRY))?;
+    let committed = loader.make_image_default(host, &plan, journal.facts.pvm_entry.as_deref())?;
     journal.mark(host, StepId::KernelVerify, StepState::Done, &committed);
 
     let steps = journal

@@ -2,17 +2,21 @@
 //! facts later steps need (the kernel that was default before, whether PVM or
 //! native KVM is used), and how many reboots were spent. Versioned, written
 //! atomically before any side effect that can reboot or kill the process.
+//!
+//! A leaf of the engine: it knows the step names and the host seam, nothing
+//! else. The status is built from it and the runner writes it.
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::host::{unix_secs, Host};
-use super::status::CheckResult;
+use super::run_state::RunState;
 use super::{StepId, JOURNAL_PATH};
 
-pub const JOURNAL_VERSION: u32 = 1;
+/// Version 2 records the boots a step was started in (the crash-loop guard)
+/// and keeps the facts as named fields; version 1 journals are migrated.
+pub const JOURNAL_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,11 +27,11 @@ pub struct Journal {
     pub steps: BTreeMap<StepId, StepRecord>,
     /// Reboots the helper has requested so far.
     pub reboots: u32,
-    /// Facts recorded by steps for later steps (sorted for stable output).
-    pub facts: BTreeMap<String, String>,
+    /// Facts recorded by steps for later steps.
+    pub facts: Facts,
     /// Terminal state once reached: `done` or `failed: …`.
     #[serde(default)]
-    pub finished: Option<String>,
+    pub finished: Option<RunState>,
     /// Warnings steps raised for a human (shown in the status file).
     #[serde(default)]
     pub warnings: Vec<String>,
@@ -48,6 +52,12 @@ pub struct StepRecord {
     pub state: StepState,
     pub detail: String,
     pub at: u64,
+    /// While `started`: the boot ids the step was started in without
+    /// finishing (the crash-loop guard counts them). For the reboot step's
+    /// `reboot-requested`: the boot it asked in, compared with the current
+    /// boot to tell whether the reboot happened.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boots: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +72,187 @@ pub enum StepState {
     Failed,
 }
 
+impl StepState {
+    /// The name the journal and the status file use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Done => "done",
+            Self::Skipped => "skipped",
+            Self::RebootRequested => "reboot-requested",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// A named check's result (e.g. from the Cube verification).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Facts recorded by steps for later steps, under the keys version 1 used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Facts {
+    /// Which /dev/kvm the Cube stage installs for.
+    #[serde(rename = "kvm.mode", default, skip_serializing_if = "Option::is_none")]
+    pub kvm_mode: Option<KvmInUse>,
+    /// The kernel release that was running/default before the switch.
+    #[serde(
+        rename = "kernel.old",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub old_kernel: Option<String>,
+    /// The GRUB entry id (DEB) or kernel path (BLS) of the old default.
+    #[serde(
+        rename = "kernel.old-default-entry",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub old_default_entry: Option<String>,
+    /// The entry id or path chosen for the PVM kernel.
+    #[serde(
+        rename = "kernel.pvm-entry",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pvm_entry: Option<String>,
+    /// Why grubenv could not be written and a direct default was used.
+    #[serde(
+        rename = "kernel.direct-default",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub direct_default: Option<String>,
+    /// The PVM kernel release found already running with its parameters.
+    #[serde(
+        rename = "kernel.already-running",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub already_running: Option<String>,
+    /// The BLS entry's options before the helper changed them.
+    #[serde(
+        rename = "kernel.bls-options-before",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bls_options_before: Option<String>,
+    /// Node IP the Cube stage installed with.
+    #[serde(
+        rename = "cube.node-ip",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub node_ip: Option<String>,
+    /// CUBE_SANDBOX_NETWORK_CIDR chosen when the default conflicted.
+    #[serde(
+        rename = "cube.network-cidr",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network_cidr: Option<String>,
+    /// From cube-prereqs: `standalone` when dnsmasq was installed because
+    /// the host has no other DNS stack, `prefer-standalone` on
+    /// NetworkManager hosts (values: `cube::install::DNSMASQ_*`).
+    #[serde(
+        rename = "cube.dnsmasq-mode",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dnsmasq_mode: Option<String>,
+    /// The installer's own quickcheck verdict (`ok`, `failed`, `not run`).
+    #[serde(
+        rename = "cube.installer-quickcheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub installer_quickcheck: Option<String>,
+    /// The bundle `cube-firstboot upgrade` installed last, and its digest.
+    #[serde(
+        rename = "cube.bundle-url",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bundle_url: Option<String>,
+    #[serde(
+        rename = "cube.bundle-sha256",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bundle_sha256: Option<String>,
+    /// Diagnostics tarball written on failure.
+    #[serde(
+        rename = "diagnostics",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub diagnostics: Option<String>,
+    /// The one-line final message of a finished run (shown again later).
+    #[serde(
+        rename = "report.final-message",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub final_message: Option<String>,
+}
+
+impl Facts {
+    /// `key=value` lines, in key order (for the diagnostics tarball).
+    pub fn lines(&self) -> String {
+        let value = serde_json::to_value(self).unwrap_or_default();
+        let mut out = String::new();
+        if let Some(map) = value.as_object() {
+            for (k, v) in map {
+                let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                out.push_str(&format!("{k}={v}\n"));
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KvmInUse {
+    /// The PVM kernel provides /dev/kvm (nested in a cloud VM).
+    Pvm,
+    /// The machine's own KVM works; no PVM kernel.
+    Native,
+}
+
+impl KvmInUse {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pvm => "pvm",
+            Self::Native => "native",
+        }
+    }
+}
+
+/// Why the journal could not be used; `main` gives each its own hint.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("reading journal {JOURNAL_PATH}")]
+    Read(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("parsing journal {JOURNAL_PATH}")]
+    Parse(#[source] serde_json::Error),
+    #[error("journal {JOURNAL_PATH} has version {found}, this helper reads versions 1 to {JOURNAL_VERSION}")]
+    Version { found: u32 },
+    #[error("writing journal {JOURNAL_PATH}")]
+    Write(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl JournalError {
+    /// The journal on disk is unusable (not a passing I/O problem).
+    pub fn is_unusable(&self) -> bool {
+        matches!(self, Self::Parse(_) | Self::Version { .. })
+    }
+}
+
 impl Journal {
     pub fn new(plan_sha256: &str) -> Self {
         Self {
@@ -73,18 +264,10 @@ impl Journal {
 
     /// Load the journal for this plan, or a fresh one. A journal for another
     /// plan is kept aside, not trusted.
-    pub fn load(host: &dyn Host, plan_sha256: &str) -> Result<Self> {
-        let Some(text) = host.read_optional(JOURNAL_PATH)? else {
+    pub fn load(host: &dyn Host, plan_sha256: &str) -> Result<Self, JournalError> {
+        let Some(j) = Self::read(host)? else {
             return Ok(Self::new(plan_sha256));
         };
-        let j: Self = serde_json::from_str(&text)
-            .with_context(|| format!("parsing journal {JOURNAL_PATH}"))?;
-        if j.version != JOURNAL_VERSION {
-            bail!(
-                "journal {JOURNAL_PATH} has version {}, this helper writes version {JOURNAL_VERSION}",
-                j.version
-            );
-        }
         if j.plan_sha256 != plan_sha256 {
             host.say(&format!(
                 "journal belongs to another plan ({}); starting over",
@@ -95,10 +278,40 @@ impl Journal {
         Ok(j)
     }
 
-    pub fn save(&self, host: &dyn Host) -> Result<()> {
-        let mut text = serde_json::to_string_pretty(self).context("serializing journal")?;
+    /// The journal on disk as it is, whatever plan it belongs to.
+    pub fn read(host: &dyn Host) -> Result<Option<Self>, JournalError> {
+        let text = host
+            .read_optional(JOURNAL_PATH)
+            .map_err(|e| JournalError::Read(e.into()))?;
+        text.map(|t| Self::parse(&t)).transpose()
+    }
+
+    /// Parse journal text of any version this helper knows.
+    pub fn parse(text: &str) -> Result<Self, JournalError> {
+        let mut value: serde_json::Value =
+            serde_json::from_str(text).map_err(JournalError::Parse)?;
+        let found = value
+            .get("version")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        match found {
+            1 => migrate_v1(&mut value),
+            v if v == u64::from(JOURNAL_VERSION) => {}
+            _ => {
+                return Err(JournalError::Version {
+                    found: u32::try_from(found).unwrap_or(u32::MAX),
+                })
+            }
+        }
+        serde_json::from_value(value).map_err(JournalError::Parse)
+    }
+
+    pub fn save(&self, host: &dyn Host) -> Result<(), JournalError> {
+        // Plain structs, maps and strings always serialize.
+        let mut text = serde_json::to_string_pretty(self).unwrap_or_default();
         text.push('\n');
         host.write_atomic(JOURNAL_PATH, text.as_bytes(), 0o600)
+            .map_err(|e| JournalError::Write(e.into()))
     }
 
     pub fn state(&self, step: StepId) -> Option<StepState> {
@@ -114,23 +327,72 @@ impl Journal {
         )
     }
 
+    /// Record that `step` starts now, in this boot.
+    pub fn start(&mut self, host: &dyn Host, step: StepId) {
+        let mut boots = match self.steps.get(&step) {
+            Some(r) if r.state == StepState::Started => r.boots.clone(),
+            _ => Vec::new(),
+        };
+        if let Some(id) = host.boot_id() {
+            if !boots.contains(&id) {
+                boots.push(id);
+            }
+        }
+        self.put(host, step, StepState::Started, "", boots);
+    }
+
+    /// Record a step's outcome.
     pub fn mark(&mut self, host: &dyn Host, step: StepId, state: StepState, detail: &str) {
+        self.put(host, step, state, detail, Vec::new());
+    }
+
+    /// Record that `step` asks for a reboot now, in this boot: the next
+    /// start tells by the boot id whether it happened.
+    pub fn mark_rebooting(&mut self, host: &dyn Host, step: StepId, detail: &str) {
+        let boot = host.boot_id().unwrap_or_default();
+        self.put(host, step, StepState::RebootRequested, detail, vec![boot]);
+    }
+
+    fn put(
+        &mut self,
+        host: &dyn Host,
+        step: StepId,
+        state: StepState,
+        detail: &str,
+        boots: Vec<String>,
+    ) {
         self.steps.insert(
             step,
             StepRecord {
                 state,
                 detail: detail.into(),
                 at: unix_secs(host.now()),
+                boots,
             },
         );
     }
 
-    pub fn fact(&self, key: &str) -> Option<&str> {
-        self.facts.get(key).map(String::as_str)
+    /// Boots other than `current` in which `step` was started and never
+    /// finished (empty unless the step is recorded as started).
+    pub fn interrupted_boots(&self, step: StepId, current: &str) -> Vec<&str> {
+        match self.steps.get(&step) {
+            Some(r) if r.state == StepState::Started => r
+                .boots
+                .iter()
+                .map(String::as_str)
+                .filter(|b| *b != current)
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
-    pub fn set_fact(&mut self, key: &str, value: impl Into<String>) {
-        self.facts.insert(key.into(), value.into());
+    /// The boot in which `step` asked for a reboot now, if it did (empty
+    /// when the boot id could not be read).
+    pub fn reboot_requested_in(&self, step: StepId) -> Option<&str> {
+        match self.steps.get(&step) {
+            Some(r) if r.state == StepState::RebootRequested => r.boots.last().map(String::as_str),
+            _ => None,
+        }
     }
 
     /// Add a warning for the status file (once; repeated runs do not pile up).
@@ -153,27 +415,129 @@ impl Journal {
     }
 }
 
-/// Well-known fact keys shared between steps.
-pub mod facts {
-    /// `pvm` or `native`: which /dev/kvm the Cube stage installs for.
-    pub const KVM_MODE: &str = "kvm.mode";
-    /// The kernel release that was running/default before the switch.
-    pub const OLD_KERNEL: &str = "kernel.old";
-    /// The GRUB entry id (DEB) or kernel path (BLS) of the old default.
-    pub const OLD_DEFAULT_ENTRY: &str = "kernel.old-default-entry";
-    /// The entry id or path chosen for the PVM kernel.
-    pub const PVM_ENTRY: &str = "kernel.pvm-entry";
-    /// Set when grubenv could not be written and a direct default was used.
-    pub const DIRECT_DEFAULT: &str = "kernel.direct-default";
-    /// Node IP the Cube stage installed with.
-    pub const NODE_IP: &str = "cube.node-ip";
-    /// CUBE_SANDBOX_NETWORK_CIDR chosen when the default conflicted.
-    pub const NETWORK_CIDR: &str = "cube.network-cidr";
-    /// Diagnostics tarball written on failure.
-    pub const DIAGNOSTICS: &str = "diagnostics";
-    /// Boot id when the runner asked for the reboot: the same id on the next
-    /// start means the reboot never happened and is asked for again.
-    pub const REBOOT_BOOT_ID: &str = "reboot.boot-id";
-    /// The one-line final message of a finished run (shown again later).
-    pub const FINAL_MESSAGE: &str = "report.final-message";
+/// Version 1 kept the boot id of the reboot request as the fact
+/// `reboot.boot-id`; version 2 keeps it on the reboot step's record.
+fn migrate_v1(value: &mut serde_json::Value) {
+    let boot = value
+        .get_mut("facts")
+        .and_then(serde_json::Value::as_object_mut)
+        .and_then(|f| f.remove("reboot.boot-id"));
+    if let Some(boot) = boot {
+        if let Some(reboot) = value
+            .get_mut("steps")
+            .and_then(|s| s.get_mut(StepId::Reboot.name()))
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            reboot.insert("boots".into(), serde_json::json!([boot]));
+        }
+    }
+    value["version"] = serde_json::json!(JOURNAL_VERSION);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firstboot::host::ScriptedHost;
+    use crate::firstboot::run_state::Failure;
+
+    /// A version 1 journal as the previous helper wrote it, mid-run: the
+    /// reboot asked for in boot-1, every fact key it used.
+    const V1: &str = r#"{
+  "version": 1,
+  "plan_sha256": "abc",
+  "steps": {
+    "preflight": {"state": "done", "detail": "ok", "at": 10},
+    "kernel-boot": {"state": "reboot-requested", "detail": "trial boot armed", "at": 11},
+    "reboot": {"state": "reboot-requested", "detail": "trial boot of the PVM kernel", "at": 12}
+  },
+  "reboots": 1,
+  "facts": {
+    "cube.dnsmasq-mode": "standalone",
+    "cube.network-cidr": "10.99.0.0/16",
+    "cube.node-ip": "10.0.2.15",
+    "diagnostics": "/var/log/cubeboot/diagnostics-1.tar.gz",
+    "kernel.already-running": "6.6.69-pvm",
+    "kernel.bls-options-before": "root=UUID=x ro",
+    "kernel.direct-default": "grubenv is read-only",
+    "kernel.old": "6.1.0-26-amd64",
+    "kernel.old-default-entry": "gnulinux-6.1.0-26-amd64-advanced-x",
+    "kernel.pvm-entry": "gnulinux-6.6.69-pvm-advanced-x",
+    "kvm.mode": "pvm",
+    "reboot.boot-id": "boot-1",
+    "report.final-message": "finished"
+  },
+  "finished": "failed: rolled back to 6.1.0-26-amd64",
+  "warnings": ["w"],
+  "checks": {"cube-api-health": {"ok": true, "detail": "GET /health: 200"}},
+  "last_error": "e",
+  "hints": ["h"]
+}"#;
+
+    #[test]
+    fn a_version_1_journal_is_migrated_with_every_fact() {
+        let j = Journal::parse(V1).unwrap();
+        assert_eq!(j.version, 2);
+        assert_eq!(j.reboot_requested_in(StepId::Reboot), Some("boot-1"));
+        assert_eq!(j.reboot_requested_in(StepId::KernelBoot), None);
+        let f = &j.facts;
+        assert_eq!(f.kvm_mode, Some(KvmInUse::Pvm));
+        assert_eq!(f.old_kernel.as_deref(), Some("6.1.0-26-amd64"));
+        assert_eq!(
+            f.pvm_entry.as_deref(),
+            Some("gnulinux-6.6.69-pvm-advanced-x")
+        );
+        assert_eq!(f.dnsmasq_mode.as_deref(), Some("standalone"));
+        assert_eq!(f.final_message.as_deref(), Some("finished"));
+        assert_eq!(
+            j.finished,
+            Some(RunState::Failed(Failure::RolledBack {
+                to: "6.1.0-26-amd64".into()
+            }))
+        );
+        // Written back as version 2 with the same fact keys (less the boot
+        // id, which moved), and read back unchanged.
+        let text = serde_json::to_string_pretty(&j).unwrap();
+        assert!(text.contains("\"kernel.old-default-entry\""), "{text}");
+        assert!(!text.contains("reboot.boot-id"), "{text}");
+        assert_eq!(Journal::parse(&text).unwrap(), j);
+    }
+
+    #[test]
+    fn unknown_versions_and_damaged_text_are_typed_errors() {
+        let newer = V1.replace("\"version\": 1", "\"version\": 3");
+        assert!(matches!(
+            Journal::parse(&newer),
+            Err(JournalError::Version { found: 3 })
+        ));
+        assert!(matches!(
+            Journal::parse("{\"version\": 2,"),
+            Err(JournalError::Parse(_))
+        ));
+        let unknown_fact = V1.replace("\"kvm.mode\"", "\"kvm.mood\"");
+        assert!(matches!(
+            Journal::parse(&unknown_fact),
+            Err(JournalError::Parse(_))
+        ));
+        assert!(JournalError::Version { found: 3 }.is_unusable());
+    }
+
+    #[test]
+    fn a_step_remembers_the_boots_it_was_started_in_until_it_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = ScriptedHost::new(dir.path());
+        let mut j = Journal::new("abc");
+        host.put("/proc/sys/kernel/random/boot_id", "b1\n");
+        j.start(&host, StepId::KernelVerify);
+        j.start(&host, StepId::KernelVerify);
+        assert!(j.interrupted_boots(StepId::KernelVerify, "b1").is_empty());
+        host.put("/proc/sys/kernel/random/boot_id", "b2\n");
+        j.start(&host, StepId::KernelVerify);
+        assert_eq!(
+            j.interrupted_boots(StepId::KernelVerify, "b3"),
+            ["b1", "b2"]
+        );
+        j.mark(&host, StepId::KernelVerify, StepState::Done, "ok");
+        assert!(j.interrupted_boots(StepId::KernelVerify, "b3").is_empty());
+        assert!(j.steps[&StepId::KernelVerify].boots.is_empty());
+    }
 }

@@ -7,6 +7,7 @@ pub mod host;
 pub mod image;
 pub mod journal;
 pub mod report;
+pub mod run_state;
 pub mod runner;
 pub mod status;
 pub mod webhook;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::plan::{Asset, Plan};
 use host::Host;
 use journal::Journal;
+use run_state::Failure;
 
 /// Where the helper keeps durable state on the target.
 pub const STATE_DIR: &str = "/var/lib/cubeboot";
@@ -117,8 +119,11 @@ pub enum Outcome {
     Done(String),
     /// Nothing to do: the effect was already there or does not apply.
     Skipped(String),
-    /// The step armed a reboot; the runner records it and reboots.
+    /// The step armed a reboot; the reboot step that follows carries it out.
     RebootRequested(String),
+    /// Reboot now (the reboot step): the runner records the request and
+    /// reboots; the next start confirms it happened.
+    Reboot(String),
 }
 
 /// A failure the status file explains with a hint for the operator.
@@ -127,8 +132,9 @@ pub enum Outcome {
 pub struct StepFailure {
     pub message: String,
     pub hint: Option<String>,
-    /// Terminal status text, e.g. `failed: rolled back to 6.1.0-26-amd64`.
-    pub status_override: Option<String>,
+    /// How the run ends when it is not plainly `failed: <step>`, e.g.
+    /// [`Failure::RolledBack`].
+    pub ends_as: Option<Failure>,
     /// The typed error behind the message, for callers that branch on it
     /// (e.g. a `fetch::FetchError`). Not a `source()`: the message already
     /// says what it says, and `{:#}` would print it twice.
@@ -140,7 +146,7 @@ impl StepFailure {
         Self {
             message: message.into(),
             hint: None,
-            status_override: None,
+            ends_as: None,
             cause: None,
         }
     }
@@ -161,8 +167,8 @@ impl StepFailure {
         self
     }
 
-    pub fn status(mut self, s: impl Into<String>) -> Self {
-        self.status_override = Some(s.into());
+    pub fn ends_as(mut self, failure: Failure) -> Self {
+        self.ends_as = Some(failure);
         self
     }
 }

@@ -11,12 +11,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
+use super::fetch::FetchError;
 use super::host::Host;
-use super::journal::{facts, Journal, StepState};
+use super::journal::{Journal, StepState};
 use super::preflight::PreflightConfig;
-use super::status::Status;
-use super::webhook::Webhook;
-use super::{cube, fetch, kernel, preflight, report, Ctx, Outcome, StepFailure, StepId};
+use super::report::{self, Reporter};
+use super::run_state::{Failure, RunState};
+use super::status::finished_message;
+use super::{cube, fetch, kernel, preflight, Ctx, Outcome, StepFailure, StepId, STATUS_PATH};
 use crate::digest::Sha256Digest;
 use crate::plan::{Plan, PLAN_PATH};
 use crate::transport::FetchConfig;
@@ -28,8 +30,8 @@ pub enum RunEnd {
     Done,
     /// A reboot was requested; the unit runs the helper again after it.
     Rebooting,
-    /// Stopped with this terminal status (`failed: …`).
-    Failed(String),
+    /// Ended failed (the status says `failed: …`).
+    Failed(Failure),
     /// `Scope::StopAfter` reached its step; the run is resumable.
     Stopped(StepId),
 }
@@ -40,8 +42,20 @@ pub enum Scope {
     All,
     /// Only the kernel stage, without rebooting (for image builds).
     KernelOnly,
-    /// Stop after this step (tests: kill at every step boundary).
+    /// Stop after this step, whether it runs now or was done before (tests:
+    /// kill at every step boundary; `run --stop-after`).
     StopAfter(StepId),
+}
+
+impl Scope {
+    /// Whether a run in this scope takes `step`. A scope that includes the
+    /// last step finishes the run (records `done`); the others only stop.
+    pub fn includes(self, step: StepId) -> bool {
+        match self {
+            Self::All | Self::StopAfter(_) => true,
+            Self::KernelOnly => matches!(step, StepId::KernelInstall | StepId::KernelBoot),
+        }
+    }
 }
 
 /// Settings of one run (the CLI fills them; tests shorten timeouts).
@@ -91,17 +105,18 @@ impl Steps {
         table.insert(StepId::CubePrereqs, Arc::new(cube::prereqs));
         table.insert(StepId::KernelInstall, Arc::new(kernel::install));
         table.insert(StepId::KernelBoot, Arc::new(kernel::boot));
+        table.insert(StepId::Reboot, Arc::new(reboot));
         table.insert(StepId::KernelVerify, Arc::new(kernel::verify));
         table.insert(StepId::KvmLoad, Arc::new(kernel::load_kvm));
         table.insert(StepId::DataDisk, Arc::new(cube::data_disk));
         table.insert(StepId::CubeInstall, Arc::new(cube::install));
         table.insert(StepId::CubeVerify, Arc::new(cube::verify));
         table.insert(StepId::Harden, Arc::new(cube::harden));
-        table.insert(StepId::Report, Arc::new(report::run));
+        table.insert(StepId::Report, Arc::new(report::disable_unit));
         Self { table }
     }
 
-    /// Replace one step's function (the reboot step belongs to the runner).
+    /// Replace one step's function.
     pub fn with<F>(mut self, step: StepId, f: F) -> Self
     where
         F: Fn(&mut Ctx) -> Result<Outcome> + Send + Sync + 'static,
@@ -148,19 +163,17 @@ pub fn run_with(
     // A finished run: rebuild the status (it lives in /run, which a reboot
     // empties) and stop, unless asked to retry a failure.
     if let Some(done) = journal.finished.clone() {
-        let retry = opts.retry_failed && done != "done";
-        if !retry {
+        if !(opts.retry_failed && done.failure().is_some()) {
             host.say(&format!(
                 "nothing to do: this plan already finished ({done})"
             ));
-            let mut status = reporter.status(&journal, &done, None);
-            status.message = finished_message(&journal, &done);
-            reporter.write(&mut status)?;
-            return Ok(if done == "done" {
-                RunEnd::Done
-            } else {
-                RunEnd::Failed(done)
-            });
+            let message = finished_message(&journal, &done);
+            let ended = match &done {
+                RunState::Failed(f) => RunEnd::Failed(f.clone()),
+                _ => RunEnd::Done,
+            };
+            reporter.write(&mut reporter.status(&journal, done, None, message))?;
+            return Ok(ended);
         }
         host.say(&format!("retrying a run that ended {done}"));
         journal.finished = None;
@@ -175,13 +188,12 @@ pub fn run_with(
     }
 
     for step in StepId::ALL {
-        if opts.scope == Scope::KernelOnly
-            && !matches!(step, StepId::KernelInstall | StepId::KernelBoot)
-        {
+        if !opts.scope.includes(step) {
             continue;
         }
-        if step == StepId::Reboot && journal.state(step) == Some(StepState::RebootRequested) {
-            if reboot_pending(host, &journal) {
+        // A step that asked for a reboot: the boot id tells whether it came.
+        if let Some(then) = journal.reboot_requested_in(step) {
+            if host.boot_id().as_deref() == Some(then) {
                 // Killed between saving the request and rebooting, or the
                 // reboot was refused: the same boot is still running.
                 host.say("the requested reboot has not happened yet; asking again");
@@ -189,85 +201,88 @@ pub fn run_with(
             }
             journal.mark(host, step, StepState::Done, "rebooted");
             journal.save(host)?;
-            if opts.scope == Scope::StopAfter(step) {
-                return stop_after(&reporter, &journal, step);
-            }
-            continue;
         }
-        if journal.is_complete(step) {
-            continue;
-        }
-
-        let mut status = reporter.status(&journal, "running", Some(step));
-        status.message = format!("running step {step}");
-        reporter.write(&mut status)?;
-        reporter.post(&status);
-        host.say(&format!("step {step}: starting"));
-        journal.mark(host, step, StepState::Started, "");
-        journal.save(host)?;
-
-        let outcome = if step == StepId::Reboot {
-            reboot_step(plan, &journal, opts.scope)
-        } else {
-            match steps.table.get(&step) {
-                Some(f) => {
-                    let mut ctx = Ctx {
-                        host,
-                        plan,
-                        journal: &mut journal,
-                    };
-                    f(&mut ctx)
-                }
-                None => Err(anyhow::anyhow!("no function for step {step}")),
+        if !journal.is_complete(step) {
+            if let Some(end) = take(host, plan, &reporter, steps, &mut journal, step)? {
+                return Ok(end);
             }
-        };
-
-        match outcome {
-            Ok(Outcome::Done(detail)) => {
-                host.say(&format!("step {step}: done{}", suffix(&detail)));
-                journal.mark(host, step, StepState::Done, &detail);
-            }
-            Ok(Outcome::Skipped(why)) => {
-                host.say(&format!("step {step}: skipped ({why})"));
-                journal.mark(host, step, StepState::Skipped, &why);
-            }
-            Ok(Outcome::RebootRequested(detail)) => {
-                host.say(&format!("step {step}: {detail}"));
-                if step == StepId::Reboot {
-                    journal.reboots += 1;
-                    if let Some(id) = host.boot_id() {
-                        journal.set_fact(facts::REBOOT_BOOT_ID, id);
-                    }
-                }
-                journal.mark(host, step, StepState::RebootRequested, &detail);
-            }
-            Err(err) => return fail(host, &reporter, &mut journal, step, &err),
-        }
-        // Durable before anything else happens (a reboot, the next step).
-        journal.save(host)?;
-
-        if step == StepId::Reboot && journal.state(step) == Some(StepState::RebootRequested) {
-            return reboot_now(host, &reporter, &journal);
         }
         if opts.scope == Scope::StopAfter(step) {
-            return stop_after(&reporter, &journal, step);
+            let message = format!("stopped after step {step} as asked");
+            reporter.write(&mut reporter.status(&journal, RunState::Stopped, None, message))?;
+            return Ok(RunEnd::Stopped(step));
         }
     }
 
-    if opts.scope == Scope::KernelOnly {
+    if !opts.scope.includes(StepId::Report) {
         return Ok(RunEnd::Done);
     }
-    journal.finished = Some("done".into());
+    journal.finished = Some(RunState::Done);
     let message = final_message(host, plan, &journal);
-    journal.set_fact(facts::FINAL_MESSAGE, message.clone());
+    journal.facts.final_message = Some(message.clone());
     journal.save(host)?;
-    let mut status = reporter.status(&journal, "done", None);
-    status.message = message;
-    reporter.write(&mut status)?;
-    reporter.post(&status);
+    let mut status = reporter.status(&journal, RunState::Done, None, message);
+    reporter.publish(&mut status)?;
     // The one line a cloud console's "get console output" should show.
     host.say(&status.message);
     Ok(RunEnd::Done)
+}
+
+/// Take one step: status, journal `started`, the work, journal outcome.
+/// Returns how the run ends when it ends here (a reboot or a failure).
+fn take(
+    host: &dyn Host,
+    plan: &Plan,
+    reporter: &Reporter,
+    steps: &Steps,
+    journal: &mut Journal,
+    step: StepId,
+) -> Result<Option<RunEnd>> {
+    let running = format!("running step {step}");
+    reporter.publish(&mut reporter.status(journal, RunState::Running, Some(step), running))?;
+    host.say(&format!("step {step}: starting"));
+    journal.start(host, step);
+    journal.save(host)?;
+
+    let outcome = match steps.table.get(&step) {
+        Some(f) => f(&mut Ctx {
+            host,
+            plan,
+            journal: &mut *journal,
+        }),
+        None => Err(anyhow::anyhow!("no function for step {step}")),
+    };
+
+    let reboot = match outcome {
+        Ok(Outcome::Done(detail)) => {
+            host.say(&format!("step {step}: done{}", suffix(&detail)));
+            journal.mark(host, step, StepState::Done, &detail);
+            false
+        }
+        Ok(Outcome::Skipped(why)) => {
+            host.say(&format!("step {step}: skipped ({why})"));
+            journal.mark(host, step, StepState::Skipped, &why);
+            false
+        }
+        Ok(Outcome::RebootRequested(detail)) => {
+            host.say(&format!("step {step}: {detail}"));
+            journal.mark(host, step, StepState::RebootRequested, &detail);
+            false
+        }
+        Ok(Outcome::Reboot(detail)) => {
+            host.say(&format!("step {step}: {detail}"));
+            journal.reboots += 1;
+            journal.mark_rebooting(host, step, &detail);
+            true
+        }
+        Err(err) => return fail(host, reporter, journal, step, &err).map(Some),
+    };
+    // Durable before anything else happens (a reboot, the next step).
+    journal.save(host)?;
+    if reboot {
+        return reboot_now(host, reporter, journal).map(Some);
+    }
+    Ok(None)
 }
 
 /// Record a failure everywhere a person might look, and stop.
@@ -279,23 +294,28 @@ fn fail(
     err: &anyhow::Error,
 ) -> Result<RunEnd> {
     let failure = err.chain().find_map(|e| e.downcast_ref::<StepFailure>());
-    let terminal = failure
-        .and_then(|f| f.status_override.clone())
-        .unwrap_or_else(|| format!("failed: {step}"));
+    let ending = failure
+        .and_then(|f| f.ends_as.clone())
+        .unwrap_or(Failure::Step(step));
+    let terminal = RunState::Failed(ending.clone());
     let message = format!("{err:#}");
     let hint = failure
-        .and_then(|f| f.hint.clone())
-        .unwrap_or_else(|| generic_hint(err));
+        .and_then(|f| {
+            f.hint
+                .clone()
+                .or_else(|| f.cause::<FetchError>().map(FetchError::hint))
+        })
+        .unwrap_or_else(|| hint_for(err));
     journal.mark(host, step, StepState::Failed, &message);
     journal.finished = Some(terminal.clone());
     journal.last_error = Some(message.clone());
-    journal.hints = vec![hint.clone()];
+    journal.hints = vec![hint];
     journal.save(host)?;
 
-    let mut status = reporter.status(journal, &terminal, Some(step));
-    status.message = format!("{terminal}: {}", message.lines().next().unwrap_or_default());
-    reporter.write(&mut status)?;
-    reporter.post(&status);
+    let first = message.lines().next().unwrap_or_default();
+    let line = format!("{terminal}: {first}");
+    let mut status = reporter.status(journal, terminal.clone(), Some(step), line);
+    reporter.publish(&mut status)?;
     // Console: the step, every line of the reason, the hint.
     let shown = status.last_error.clone().unwrap_or_default();
     host.say(&format!("step {step}: FAILED"));
@@ -306,80 +326,42 @@ fn fail(
         host.say(&format!("hint: {h}"));
     }
     host.say(&format!(
-        "{terminal}; details in {} and `cube-firstboot status`",
-        super::STATUS_PATH
+        "{terminal}; details in {STATUS_PATH} and `cube-firstboot status`"
     ));
-    Ok(RunEnd::Failed(terminal))
-}
-
-fn stop_after(reporter: &Reporter, journal: &Journal, step: StepId) -> Result<RunEnd> {
-    let mut status = reporter.status(journal, "stopped", None);
-    status.message = format!("stopped after step {step} as asked");
-    reporter.write(&mut status)?;
-    Ok(RunEnd::Stopped(step))
-}
-
-/// The one-line message of a run that ended, as it was first written.
-pub fn finished_message(journal: &Journal, terminal: &str) -> String {
-    if let Some(m) = journal.fact(facts::FINAL_MESSAGE) {
-        return m.to_string();
-    }
-    let first = journal
-        .last_error
-        .as_deref()
-        .and_then(|e| e.lines().next())
-        .unwrap_or("");
-    if first.is_empty() {
-        terminal.to_string()
-    } else {
-        format!("{terminal}: {first}")
-    }
+    Ok(RunEnd::Failed(ending))
 }
 
 fn reboot_now(host: &dyn Host, reporter: &Reporter, journal: &Journal) -> Result<RunEnd> {
-    let mut status = reporter.status(journal, "rebooting", Some(StepId::Reboot));
-    status.message = "rebooting into the PVM kernel; the helper continues after the reboot".into();
-    reporter.write(&mut status)?;
-    reporter.post(&status);
+    let message = "rebooting into the PVM kernel; the helper continues after the reboot";
+    let mut status = reporter.status(journal, RunState::Rebooting, Some(StepId::Reboot), message);
+    reporter.publish(&mut status)?;
     host.request_reboot()?;
     Ok(RunEnd::Rebooting)
 }
 
-/// Whether the reboot recorded in the journal is still to come: the boot id
-/// when it was requested equals this boot's. Without a readable boot id the
-/// reboot is taken as done (the kernel stage verifies the running kernel).
-fn reboot_pending(host: &dyn Host, journal: &Journal) -> bool {
-    match (journal.fact(facts::REBOOT_BOOT_ID), host.boot_id()) {
-        (Some(then), Some(now)) => then == now,
-        _ => false,
-    }
-}
-
-/// The reboot happens only when the kernel stage armed a trial boot, and never
-/// more often than the plan allows.
-fn reboot_step(plan: &Plan, journal: &Journal, scope: Scope) -> Result<Outcome> {
-    if journal.state(StepId::KernelBoot) != Some(StepState::RebootRequested) {
+/// The reboot step: it reboots only when the kernel stage armed a trial
+/// boot, and never more often than the plan allows.
+fn reboot(ctx: &mut Ctx) -> Result<Outcome> {
+    if ctx.journal.state(StepId::KernelBoot) != Some(StepState::RebootRequested) {
         return Ok(Outcome::Skipped("no reboot needed".into()));
     }
-    if scope == Scope::KernelOnly {
-        return Ok(Outcome::Skipped(
-            "image build: the new instance boots it".into(),
-        ));
-    }
-    if journal.reboots >= plan.max_reboots {
+    if ctx.journal.reboots >= ctx.plan.max_reboots {
         return Err(StepFailure::new(format!(
             "reboot cap reached ({} of {} planned reboots used)",
-            journal.reboots, plan.max_reboots
+            ctx.journal.reboots, ctx.plan.max_reboots
         ))
         .hint("the machine did not come back on the PVM kernel; see the serial console")
         .into());
     }
-    Ok(Outcome::RebootRequested(
-        "trial boot of the PVM kernel".into(),
-    ))
+    Ok(Outcome::Reboot("trial boot of the PVM kernel".into()))
 }
 
-fn generic_hint(err: &anyhow::Error) -> String {
+/// The hint for an error no step explained: a typed download failure
+/// carries its own; otherwise the kind of I/O error, if any, decides.
+fn hint_for(err: &anyhow::Error) -> String {
+    if let Some(fetch) = err.chain().find_map(|e| e.downcast_ref::<FetchError>()) {
+        return fetch.hint();
+    }
     let io_kind = err
         .chain()
         .find_map(|e| e.downcast_ref::<std::io::Error>())
@@ -415,65 +397,4 @@ fn suffix(detail: &str) -> String {
     } else {
         format!(": {detail}")
     }
-}
-
-/// Status building, redaction and the webhook, in one place.
-struct Reporter<'a> {
-    host: &'a dyn Host,
-    plan: &'a Plan,
-    webhook: Option<Webhook>,
-    secrets: Vec<String>,
-}
-
-impl<'a> Reporter<'a> {
-    fn new(host: &'a dyn Host, plan: &'a Plan) -> Self {
-        Self {
-            host,
-            plan,
-            webhook: Webhook::from_plan(plan),
-            secrets: plan_secrets(plan),
-        }
-    }
-
-    fn status(&self, journal: &Journal, state: &str, step: Option<StepId>) -> Status {
-        Status::from_journal(self.host, Some(self.plan), journal, state, step)
-    }
-
-    fn write(&self, status: &mut Status) -> Result<()> {
-        status.redact(&self.secrets);
-        status.write(self.host)
-    }
-
-    /// The status must already be redacted (`write` does it).
-    fn post(&self, status: &Status) {
-        if let Some(w) = &self.webhook {
-            w.post(self.host, status);
-        }
-    }
-}
-
-/// Values from the plan that must never appear in the status file or the
-/// webhook: installer environment whose name says it is a credential.
-pub fn plan_secrets(plan: &Plan) -> Vec<String> {
-    const MARKERS: &[&str] = &[
-        "PASSWORD",
-        "PASSWD",
-        "SECRET",
-        "TOKEN",
-        "KEY",
-        "CREDENTIAL",
-        "AUTH",
-        "DATABASE_URL",
-    ];
-    plan.cube
-        .extra_env
-        .iter()
-        .filter(|(k, v)| {
-            let k = k.to_ascii_uppercase();
-            v.len() >= 3 && MARKERS.iter().any(|m| k.contains(m))
-        })
-        .map(|(_, v)| v.clone())
-        // The compute node's copy of the control node's object storage key.
-        .chain(plan.cube.s3.iter().map(|s| s.secret_access_key.clone()))
-        .collect()
 }

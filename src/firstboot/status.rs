@@ -10,13 +10,15 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::host::{unix_secs, Host};
-use super::journal::{Journal, StepState};
+pub use super::journal::CheckResult;
+use super::journal::Journal;
+use super::run_state::RunState;
 use super::{StepId, JOURNAL_PATH, STATUS_PATH};
 use crate::plan::Plan;
 
 pub const STATUS_VERSION: u32 = 1;
 
-/// Exit codes shared by `run` and `status` (INTERFACES.md).
+/// Exit codes shared by `run` and `status` (docs/helper.md).
 pub mod exit {
     pub const DONE: i32 = 0;
     pub const FAILED: i32 = 1;
@@ -28,8 +30,8 @@ pub mod exit {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub version: u32,
-    /// `pending`, `running`, `rebooting`, `done` or `failed: …`.
-    pub state: String,
+    /// `pending`, `running`, `rebooting`, `stopped`, `done` or `failed: …`.
+    pub state: RunState,
     pub step: String,
     /// Steps finished out of all steps.
     pub progress: Progress,
@@ -60,12 +62,6 @@ pub struct Progress {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckResult {
-    pub ok: bool,
-    pub detail: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepView {
     pub name: String,
     /// `pending`, `started`, `done`, `skipped`, `reboot-requested`, `failed`.
@@ -80,14 +76,14 @@ impl Status {
         host: &dyn Host,
         plan: Option<&Plan>,
         journal: &Journal,
-        state: &str,
+        state: RunState,
         step: Option<StepId>,
     ) -> Self {
         let steps: Vec<StepView> = StepId::ALL
             .iter()
             .map(|s| {
                 let (state, detail) = match journal.steps.get(s) {
-                    Some(r) => (step_state_name(r.state).to_string(), r.detail.clone()),
+                    Some(r) => (r.state.name().to_string(), r.detail.clone()),
                     None => ("pending".to_string(), String::new()),
                 };
                 StepView {
@@ -99,7 +95,7 @@ impl Status {
             .collect();
         Self {
             version: STATUS_VERSION,
-            state: state.into(),
+            state,
             step: step.map(|s| s.name().to_string()).unwrap_or_default(),
             progress: Progress {
                 done: StepId::ALL
@@ -127,19 +123,16 @@ impl Status {
     }
 
     pub fn is_terminal(&self) -> bool {
-        self.state == "done" || self.state.starts_with("failed")
+        self.state.is_terminal()
     }
 
     /// The exit code `status` and `run` use for this state.
     pub fn exit_code(&self) -> i32 {
-        if self.state == "done" {
-            exit::DONE
-        } else if self.state.starts_with("failed") {
-            exit::FAILED
-        } else if self.state == "rebooting" {
-            exit::REBOOTING
-        } else {
-            exit::RUNNING
+        match self.state {
+            RunState::Done => exit::DONE,
+            RunState::Failed(_) => exit::FAILED,
+            RunState::Rebooting => exit::REBOOTING,
+            RunState::Pending | RunState::Running | RunState::Stopped => exit::RUNNING,
         }
     }
 
@@ -192,22 +185,20 @@ impl Status {
         if let Some(s) = Self::read(host)? {
             return Ok(Some(s));
         }
-        let Some(text) = host.read_optional(JOURNAL_PATH)? else {
+        let Some(journal) = Journal::read(host)? else {
             return Ok(None);
         };
-        let journal: Journal = serde_json::from_str(&text)
-            .with_context(|| format!("parsing journal {JOURNAL_PATH}"))?;
         let (state, step) = match &journal.finished {
             Some(f) => (f.clone(), None),
             None => {
                 let next = StepId::ALL.into_iter().find(|s| !journal.is_complete(*s));
                 // No helper is writing the status file, so none is running.
-                ("stopped".to_string(), next)
+                (RunState::Stopped, next)
             }
         };
-        let mut s = Self::from_journal(host, None, &journal, &state, step);
+        let mut s = Self::from_journal(host, None, &journal, state, step);
         s.message = match &journal.finished {
-            Some(f) => super::runner::finished_message(&journal, f),
+            Some(f) => finished_message(&journal, f),
             None => format!("not running; the journal {JOURNAL_PATH} shows an unfinished run"),
         };
         Ok(Some(s))
@@ -276,13 +267,20 @@ pub fn wait(host: &dyn Host, timeout: Duration, poll: Duration) -> Result<Option
     }
 }
 
-pub fn step_state_name(s: StepState) -> &'static str {
-    match s {
-        StepState::Started => "started",
-        StepState::Done => "done",
-        StepState::Skipped => "skipped",
-        StepState::RebootRequested => "reboot-requested",
-        StepState::Failed => "failed",
+/// The one-line message of a run that ended, as it was first written.
+pub fn finished_message(journal: &Journal, terminal: &RunState) -> String {
+    if let Some(m) = &journal.facts.final_message {
+        return m.clone();
+    }
+    let first = journal
+        .last_error
+        .as_deref()
+        .and_then(|e| e.lines().next())
+        .unwrap_or("");
+    if first.is_empty() {
+        terminal.to_string()
+    } else {
+        format!("{terminal}: {first}")
     }
 }
 
@@ -290,12 +288,14 @@ pub fn step_state_name(s: StepState) -> &'static str {
 mod tests {
     use super::*;
     use crate::firstboot::host::ScriptedHost;
+    use crate::firstboot::journal::StepState;
+    use crate::firstboot::run_state::Failure;
 
     #[test]
     fn exit_codes_follow_the_state() {
         let code = |state: &str| {
             Status {
-                state: state.into(),
+                state: state.parse().unwrap(),
                 ..Status::default()
             }
             .exit_code()
@@ -336,11 +336,11 @@ mod tests {
         j.mark(&host, StepId::Preflight, StepState::Done, "ok");
         j.save(&host).unwrap();
         let s = Status::current(&host).unwrap().unwrap();
-        assert_eq!(s.state, "stopped");
+        assert_eq!(s.state, RunState::Stopped);
         assert_eq!(s.step, "fetch");
         assert_eq!(s.progress.done, 1);
         assert_eq!(s.exit_code(), exit::RUNNING);
-        j.finished = Some("done".into());
+        j.finished = Some(RunState::Done);
         j.save(&host).unwrap();
         assert_eq!(Status::current(&host).unwrap().unwrap().exit_code(), 0);
     }
@@ -350,17 +350,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let host = ScriptedHost::new(dir.path());
         let mut s = Status {
-            state: "running".into(),
+            state: RunState::Running,
             ..Status::default()
         };
         s.write(&host).unwrap();
         let t0 = host.now();
         let got = wait(&host, Duration::from_secs(30), Duration::from_secs(1)).unwrap();
-        assert_eq!(got.unwrap().state, "running");
+        assert_eq!(got.unwrap().state, RunState::Running);
         let waited = host.now().duration_since(t0).unwrap();
         assert_eq!(waited, Duration::from_secs(30));
 
-        s.state = "failed: fetch".into();
+        s.state = RunState::Failed(Failure::Step(StepId::Fetch));
         s.write(&host).unwrap();
         let got = wait(&host, Duration::from_secs(30), Duration::from_secs(1)).unwrap();
         assert_eq!(got.unwrap().exit_code(), exit::FAILED);

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use cubeboot::digest::Sha256Digest;
 use cubeboot::firstboot::host::{CmdOutput, CommandSpec, Host, ScriptedHost};
-use cubeboot::firstboot::journal::facts;
 use cubeboot::firstboot::runner::{self, RunEnd, RunOptions, Scope, Steps};
 use cubeboot::firstboot::{cache_path, Ctx, Outcome, StepId};
 use cubeboot::plan::Plan;
@@ -250,19 +249,25 @@ pub fn stand_in_steps(opts: &RunOptions) -> Steps {
             }
             let kver = ctx.plan.kernel.kver.clone();
             marker(ctx, &format!("/boot/vmlinuz-{kver}"), "kernel image\n")?;
-            ctx.journal.set_fact(facts::OLD_KERNEL, "6.1.0-26-amd64");
+            ctx.journal.facts.old_kernel = Some("6.1.0-26-amd64".into());
             Ok(Outcome::Done(format!("installed {kver}")))
         })
         .with(StepId::KernelBoot, |ctx| {
-            marker(ctx, "/boot/grub/grubenv.next", "pvm\n")?;
+            let boot = ctx.host.boot_id().unwrap_or_default();
+            marker(
+                ctx,
+                "/boot/grub/grubenv.next",
+                &format!("pvm armed in {boot}\n"),
+            )?;
             Ok(Outcome::RebootRequested("trial boot armed".into()))
         })
         .with(StepId::KernelVerify, |ctx| {
-            let then = ctx.journal.fact(facts::REBOOT_BOOT_ID).map(str::to_string);
-            if then.is_some() && then == ctx.host.boot_id() {
+            let armed = ctx.host.read_string("/boot/grub/grubenv.next")?;
+            let boot = ctx.host.boot_id().unwrap_or_default();
+            if armed == format!("pvm armed in {boot}\n") {
                 bail!("kernel verify ran in the boot that asked for the reboot");
             }
-            if ctx.journal.fact(facts::OLD_KERNEL) != Some("6.1.0-26-amd64") {
+            if ctx.journal.facts.old_kernel.as_deref() != Some("6.1.0-26-amd64") {
                 bail!("the fact recorded before the reboot is gone");
             }
             marker(ctx, "/boot/grub/grubenv", "saved_entry=pvm\n")?;

@@ -13,8 +13,9 @@ use cli::{
     StatusArgs, UpgradeArgs,
 };
 use cubeboot::firstboot::host::{DryRunHost, Host, RealHost};
-use cubeboot::firstboot::journal::JOURNAL_VERSION;
+use cubeboot::firstboot::journal::{JournalError, JOURNAL_VERSION};
 use cubeboot::firstboot::preflight::PreflightConfig;
+use cubeboot::firstboot::run_state::{Failure, RunState};
 use cubeboot::firstboot::runner::{self, RunEnd, RunOptions, Scope, Steps};
 use cubeboot::firstboot::status::{self, exit, Status};
 use cubeboot::firstboot::{fetch, image, JOURNAL_PATH, STATUS_PATH};
@@ -57,7 +58,7 @@ fn run_on(host: &dyn Host, args: &RunArgs) -> i32 {
     };
     let (plan, digest) = match loaded {
         Ok(p) => p,
-        Err(e) => return report_setup_failure(host, "failed: plan", &e, plan_hint(&e)),
+        Err(e) => return report_setup_failure(host, Failure::Plan, &e, plan_hint(&e)),
     };
     let opts = RunOptions {
         scope: args.stop_after.map_or(Scope::All, Scope::StopAfter),
@@ -73,15 +74,18 @@ fn run_on(host: &dyn Host, args: &RunArgs) -> i32 {
         Ok(RunEnd::Rebooting) => exit::REBOOTING,
         Ok(RunEnd::Failed(_)) => exit::FAILED,
         Err(e) => {
-            let hint = if format!("{e:#}").contains(JOURNAL_PATH) {
-                format!(
+            let journal = e.chain().find_map(|c| c.downcast_ref::<JournalError>());
+            let hint = match journal {
+                Some(j) if j.is_unusable() => format!(
                     "the journal cannot be used (this helper writes version {JOURNAL_VERSION}); move {JOURNAL_PATH} aside to start over"
-                )
-            } else {
-                "see `journalctl -u cube-firstboot`; fix the cause, then `cube-firstboot run --retry`"
-                    .to_string()
+                ),
+                Some(_) => format!(
+                    "check that the filesystem holding {JOURNAL_PATH} is writable and not full, then `cube-firstboot run --retry`"
+                ),
+                None => "see `journalctl -u cube-firstboot`; fix the cause, then `cube-firstboot run --retry`"
+                    .to_string(),
             };
-            report_setup_failure(host, "failed: helper", &e, hint)
+            report_setup_failure(host, Failure::Helper, &e, hint)
         }
     }
 }
@@ -115,25 +119,27 @@ fn plan_hint(e: &anyhow::Error) -> String {
 
 /// A failure before or around the state machine (no plan, unusable
 /// journal): still say it on the console and in the status file.
-fn report_setup_failure(host: &dyn Host, state: &str, e: &anyhow::Error, hint: String) -> i32 {
+fn report_setup_failure(host: &dyn Host, why: Failure, e: &anyhow::Error, hint: String) -> i32 {
+    let code = match why {
+        Failure::Plan => exit::USAGE,
+        _ => exit::FAILED,
+    };
+    let state = RunState::Failed(why);
     let message = format!("{e:#}");
     host.say(&format!("{state}: {message}"));
     host.say(&format!("hint: {hint}"));
+    let line = format!("{state}: {}", message.lines().next().unwrap_or(""));
     let mut st = Status {
-        state: state.into(),
+        state,
         last_error: Some(message.clone()),
         hints: vec![hint],
-        message: format!("{state}: {}", message.lines().next().unwrap_or("")),
+        message: line,
         ..Status::default()
     };
     if let Err(w) = st.write(host) {
         host.say(&format!("could not write {STATUS_PATH}: {w:#}"));
     }
-    if state == "failed: plan" {
-        exit::USAGE
-    } else {
-        exit::FAILED
-    }
+    code
 }
 
 /// `status`: print the status; the exit code says done/failed/running.
@@ -179,7 +185,7 @@ fn upgrade(args: UpgradeArgs) -> i32 {
     };
     let (plan, digest) = match loaded {
         Ok(p) => p,
-        Err(e) => return report_setup_failure(&host, "failed: plan", &e, plan_hint(&e)),
+        Err(e) => return report_setup_failure(&host, Failure::Plan, &e, plan_hint(&e)),
     };
     let cfg = fetch_config(&args.fetch);
     match cubeboot::firstboot::cube::upgrade::run(

@@ -10,7 +10,6 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 
 use super::super::host::{unix_secs, CommandSpec, Host};
-use super::super::journal::facts;
 use super::super::{Ctx, LOG_DIR};
 use super::INSTALL_LOG;
 
@@ -37,12 +36,7 @@ pub fn collect(ctx: &mut Ctx, reason: &str) -> Result<String> {
         })
         .collect();
     files.push(("checks.txt".into(), checks.into_bytes()));
-    let all_facts: String = ctx
-        .journal
-        .facts
-        .iter()
-        .map(|(k, v)| format!("{k}={v}\n"))
-        .collect();
+    let all_facts = ctx.journal.facts.lines();
     files.push(("facts.txt".into(), all_facts.into_bytes()));
     if let Ok(log) = host.read(INSTALL_LOG) {
         files.push(("install.log".into(), tail_bytes(log)));
@@ -65,7 +59,7 @@ pub fn collect(ctx: &mut Ctx, reason: &str) -> Result<String> {
 
     let bytes = pack(&files, now).context("packing diagnostics")?;
     host.write_atomic(&path, &bytes, 0o600)?;
-    ctx.journal.set_fact(facts::DIAGNOSTICS, path.clone());
+    ctx.journal.facts.diagnostics = Some(path.clone());
     host.say(&format!("diagnostics written to {path}"));
     Ok(path)
 }

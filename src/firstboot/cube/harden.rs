@@ -12,7 +12,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::super::host::{unix_secs, CommandSpec, Host};
-use super::super::journal::facts;
 use super::super::{Ctx, Outcome, StepFailure};
 use super::cidr::Ipv4Net;
 use super::install::{CUBEMASTER_PORT, CUBE_API_PORT};
@@ -45,7 +44,9 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     }
     let node_ip = ctx
         .journal
-        .fact(facts::NODE_IP)
+        .facts
+        .node_ip
+        .as_deref()
         .map_or_else(|| plan.cube.node_ip.clone(), str::to_string);
     let mut done = Vec::new();
 

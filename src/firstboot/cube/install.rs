@@ -15,13 +15,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::super::host::{CommandSpec, Host};
-use super::super::journal::facts;
 use super::super::{cache_path, Ctx, Outcome, StepFailure};
 use super::cidr::{self, CidrChoice, HostNetwork};
-use super::{
-    bundle, envfile, http, pvm_enabled, real, CREDENTIALS_PATH, DNSMASQ_MODE_FACT, INSTALL_LOG,
-    QUICKCHECK_FACT,
-};
+use super::{bundle, envfile, http, pvm_enabled, real, CREDENTIALS_PATH, INSTALL_LOG};
 use crate::plan::{CubePlan, Role};
 
 /// CubeMaster's port; compute nodes talk to it (upstream fixes it at 8089
@@ -73,19 +69,18 @@ pub fn run_mode(ctx: &mut Ctx, mode: Mode) -> Result<Outcome> {
     let input = Input {
         cube: &plan.cube,
         pvm: pvm_enabled(ctx),
-        dnsmasq: ctx.journal.fact(DNSMASQ_MODE_FACT).map(str::to_string),
+        dnsmasq: ctx.journal.facts.dnsmasq_mode.clone(),
         dry_run: host.is_dry_run(),
     };
     let prepared = prepare(&input, &network)?;
-    ctx.journal
-        .set_fact(facts::NODE_IP, prepared.node_ip.clone());
+    ctx.journal.facts.node_ip = Some(prepared.node_ip.clone());
     for w in &prepared.warnings {
         ctx.journal.warn(w.clone());
     }
     if let Some(c) = &prepared.cidr_note {
         host.say(c);
         if let Some(cidr) = prepared.env.get("CUBE_SANDBOX_NETWORK_CIDR") {
-            ctx.journal.set_fact(facts::NETWORK_CIDR, cidr.clone());
+            ctx.journal.facts.network_cidr = Some(cidr.clone());
         }
     }
 
@@ -101,7 +96,7 @@ pub fn run_mode(ctx: &mut Ctx, mode: Mode) -> Result<Outcome> {
 
     let staged = stage(ctx, prepared)?;
     let run = run_installer(host, &staged, mode, plan.cube.install_timeout_secs)?;
-    ctx.journal.set_fact(QUICKCHECK_FACT, run.quickcheck());
+    ctx.journal.facts.installer_quickcheck = Some(run.quickcheck().to_string());
     verdict(&run, &staged, mode).map_err(Into::into)
 }
 
@@ -109,7 +104,7 @@ pub fn run_mode(ctx: &mut Ctx, mode: Mode) -> Result<Outcome> {
 pub struct Input<'a> {
     pub cube: &'a CubePlan,
     pub pvm: bool,
-    /// The `cube-prereqs` finding about DNS (see [`super::DNSMASQ_MODE_FACT`]).
+    /// The `cube-prereqs` finding about DNS (journal fact `cube.dnsmasq-mode`).
     pub dnsmasq: Option<String>,
     pub dry_run: bool,
 }
@@ -213,7 +208,7 @@ pub fn stage(ctx: &mut Ctx, mut prepared: Prepared) -> Result<Staged> {
 
     // dnsmasq's standalone mode only where this bundle knows it: bundles
     // older than the mode die on an unknown CUBE_PROXY_DNSMASQ_MODE.
-    if let Some(want) = ctx.journal.fact(DNSMASQ_MODE_FACT) {
+    if let Some(want) = ctx.journal.facts.dnsmasq_mode.as_deref() {
         if bundle_supports_standalone_dns(host, &bundle_dir)? {
             prepared
                 .env
@@ -371,9 +366,9 @@ fn pvm_flag(env: &BTreeMap<String, String>) -> &str {
     env.get("CUBE_PVM_ENABLE").map_or("?", String::as_str)
 }
 
-/// `DNSMASQ_MODE_FACT` value when the host has no other DNS stack.
+/// `cube.dnsmasq-mode` fact value when the host has no other DNS stack.
 pub const DNSMASQ_REQUIRED: &str = "standalone";
-/// `DNSMASQ_MODE_FACT` value on NetworkManager hosts, where the default
+/// `cube.dnsmasq-mode` fact value on NetworkManager hosts, where the default
 /// NetworkManager mode has failed in the field (CubeSandbox #519).
 pub const DNSMASQ_PREFERRED: &str = "prefer-standalone";
 

@@ -31,6 +31,7 @@ pub mod verify;
 
 use anyhow::Result;
 
+use super::journal::KvmInUse;
 use super::{Ctx, Outcome, StepFailure};
 
 /// Where the installer puts Cube (readonly in newer `lib/common.sh`).
@@ -41,14 +42,6 @@ pub const CUBELET_DIR: &str = "/data/cubelet";
 pub const INSTALL_LOG: &str = "/var/log/cubeboot/install.log";
 /// Generated credentials, root-only; reported only as this path.
 pub const CREDENTIALS_PATH: &str = "/etc/cubeboot/credentials.env";
-/// Journal fact from cube-prereqs: `standalone` when no resolvectl or
-/// NetworkManager was found and dnsmasq was installed instead,
-/// `prefer-standalone` on NetworkManager hosts; cube-install passes
-/// `CUBE_PROXY_DNSMASQ_MODE=standalone` when the bundle knows it.
-pub const DNSMASQ_MODE_FACT: &str = "cube.dnsmasq-mode";
-/// Journal fact: the installer's own quickcheck verdict (`ok`, `failed`,
-/// `not run`), shown beside ours when they disagree.
-pub const QUICKCHECK_FACT: &str = "cube.installer-quickcheck";
 
 pub fn prereqs(ctx: &mut Ctx) -> Result<Outcome> {
     prereqs::run(ctx)
@@ -100,7 +93,7 @@ pub fn with_diagnostics(
 /// Whether the Cube stage installs for PVM: everything but a recorded
 /// `native` (the kernel stage records `kvm.mode`).
 pub fn pvm_enabled(ctx: &Ctx) -> bool {
-    ctx.journal.fact(super::journal::facts::KVM_MODE) != Some("native")
+    ctx.journal.facts.kvm_mode != Some(KvmInUse::Native)
 }
 
 /// The target path of a command's argument, as a path on this machine (the

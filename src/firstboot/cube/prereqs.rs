@@ -11,7 +11,6 @@ use anyhow::Result;
 use super::super::host::{CommandSpec, Host};
 use super::super::{Ctx, Outcome, StepFailure};
 use super::install::{DNSMASQ_PREFERRED, DNSMASQ_REQUIRED};
-use super::DNSMASQ_MODE_FACT;
 use crate::plan::{DockerSource, PackageManager, Role};
 
 /// How long another package manager (cloud-init's, unattended-upgrades) may
@@ -97,13 +96,13 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         match resolver(host)? {
             Resolver::NetworkManager => {
                 wanted.push("dnsmasq".into());
-                ctx.journal.set_fact(DNSMASQ_MODE_FACT, DNSMASQ_PREFERRED);
+                ctx.journal.facts.dnsmasq_mode = Some(DNSMASQ_PREFERRED.into());
                 done.push("dnsmasq (NetworkManager host: standalone DNS mode)".to_string());
             }
             Resolver::Resolvectl => {}
             Resolver::None => {
                 wanted.push("dnsmasq".into());
-                ctx.journal.set_fact(DNSMASQ_MODE_FACT, DNSMASQ_REQUIRED);
+                ctx.journal.facts.dnsmasq_mode = Some(DNSMASQ_REQUIRED.into());
                 done.push("dnsmasq (no resolvectl or NetworkManager)".to_string());
             }
         }

@@ -13,16 +13,13 @@ use anyhow::{bail, Context, Result};
 use super::super::fetch::{self, HostNet};
 use super::super::host::Host;
 use super::super::journal::{Journal, StepState};
+use super::super::run_state::{Failure, RunState};
 use super::super::status::Status;
 use super::super::{Ctx, Outcome, StepFailure, StepId};
 use super::install::Mode;
 use crate::digest::Sha256Digest;
 use crate::plan::{Asset, Plan};
 use crate::transport::{self, FetchConfig};
-
-/// Journal facts naming the bundle an upgrade installed.
-pub const BUNDLE_URL_FACT: &str = "cube.bundle-url";
-pub const BUNDLE_SHA256_FACT: &str = "cube.bundle-sha256";
 
 /// A bundle pinned by digest: `https://…/cube-sandbox-one-click-….tar.gz#<sha256>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,26 +120,26 @@ pub fn run_with_probe(
     };
     let (state, message) = match &result {
         Ok(detail) => {
-            journal.set_fact(BUNDLE_URL_FACT, bundle.url.clone());
-            journal.set_fact(BUNDLE_SHA256_FACT, bundle.sha256.to_string());
+            journal.facts.bundle_url = Some(bundle.url.clone());
+            journal.facts.bundle_sha256 = Some(bundle.sha256.to_string());
             journal.last_error = None;
             (
-                "done".to_string(),
+                RunState::Done,
                 format!("upgraded to {}: {detail}", bundle.name),
             )
         }
         Err(e) => {
             journal.last_error = Some(format!("{e:#}"));
             (
-                "failed: upgrade".to_string(),
+                RunState::Failed(Failure::Upgrade),
                 format!("upgrade to {} failed: {e:#}", bundle.name),
             )
         }
     };
     journal.save(host)?;
-    let mut status = Status::from_journal(host, Some(&upgraded), &journal, &state, None);
+    let mut status = Status::from_journal(host, Some(&upgraded), &journal, state, None);
     status.message = message.clone();
-    status.redact(&super::super::runner::plan_secrets(&upgraded));
+    status.redact(&super::super::report::plan_secrets(&upgraded));
     status.write(host)?;
     host.say(&message);
     result.map(|_| Outcome::Done(message))

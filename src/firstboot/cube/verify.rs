@@ -9,11 +9,10 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::super::host::{unix_secs, Host};
-use super::super::journal::facts;
 use super::super::{Ctx, Outcome, StepFailure};
 use super::install::{ControlPlane, CUBEMASTER_PORT, CUBE_API_PORT};
 use super::listeners::{self, Listener};
-use super::{envfile, http, pvm_enabled, INSTALL_ROOT, QUICKCHECK_FACT};
+use super::{envfile, http, pvm_enabled, INSTALL_ROOT};
 use crate::plan::Role;
 
 const HEALTH_POLL: Duration = Duration::from_secs(5);
@@ -82,7 +81,7 @@ pub fn run_with_probe(ctx: &mut Ctx, get: &dyn Fn(&str) -> Result<String>) -> Re
             "dry run: nothing installed to check".into(),
         ));
     }
-    let node_ip = match ctx.journal.fact(facts::NODE_IP) {
+    let node_ip = match ctx.journal.facts.node_ip.as_deref() {
         Some(ip) => ip.to_string(),
         None => ctx.plan.cube.node_ip.clone(),
     };
@@ -217,7 +216,7 @@ pub fn verify_with_probe(
         return Ok(Outcome::Done(format!("{} checks passed", checks.len())));
     }
     // Two verdicts that disagree are both worth reading.
-    let theirs = match ctx.journal.fact(QUICKCHECK_FACT) {
+    let theirs = match ctx.journal.facts.installer_quickcheck.as_deref() {
         Some("ok") => "; the installer's own quickcheck passed (see install.log)",
         _ => "",
     };

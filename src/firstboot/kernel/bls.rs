@@ -12,15 +12,12 @@ use anyhow::{bail, ensure, Result};
 use super::{backup_once, grub_default, grubenv, Bootloader, Ctx, DEFAULT_GRUB};
 use crate::cmdline;
 use crate::firstboot::host::{describe_exit, on_target, tail, Host};
-use crate::firstboot::journal::facts;
 use crate::firstboot::Outcome;
 use crate::plan::Plan;
 
 const BLS_DIR: &str = "/boot/loader/entries";
 /// kernel-install builds the initramfs too; as long as a package install.
 const KERNEL_INSTALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
-/// The PVM BLS entry's `options` before grubby edited them (undo record).
-const FACT_BLS_OPTIONS: &str = "kernel.bls-options-before";
 
 /// BLS snippets, grubby and grubenv.
 pub(super) struct Bls;
@@ -36,7 +33,7 @@ impl Bootloader for Bls {
     fn after_package(&self, ctx: &mut Ctx) -> Result<()> {
         ensure_entry(ctx)?;
         let host = ctx.host;
-        let Some(old) = ctx.journal.fact(facts::OLD_DEFAULT_ENTRY) else {
+        let Some(old) = ctx.journal.facts.old_default_entry.as_deref() else {
             return Ok(());
         };
         let old = old.to_string();
@@ -75,20 +72,22 @@ impl Bootloader for Bls {
         };
 
         record_old_default(ctx)?;
-        if ctx.journal.fact(facts::OLD_DEFAULT_ENTRY) == Some(path.as_str()) {
+        if ctx.journal.facts.old_default_entry.as_deref() == Some(path.as_str()) {
             bail!("refusing to reboot: {path} already is the default before its trial boot");
         }
         let old = ctx
             .journal
-            .fact(facts::OLD_DEFAULT_ENTRY)
+            .facts
+            .old_default_entry
+            .as_deref()
             .unwrap_or_default()
             .to_string();
 
         // Parameters: on BLS they live in the entry's options line;
         // GRUB_CMDLINE_LINUX does nothing there (cube-sandbox-facts.md §9).
-        if ctx.journal.fact(FACT_BLS_OPTIONS).is_none() && !dry {
+        if ctx.journal.facts.bls_options_before.is_none() && !dry {
             // What grubby is about to change, so it can be put back by hand.
-            ctx.journal.set_fact(FACT_BLS_OPTIONS, entry.options());
+            ctx.journal.facts.bls_options_before = Some(entry.options().to_string());
         }
         let existing = cmdline::split(entry.options());
         let displaced = cmdline::displaced(&existing, params);
@@ -123,10 +122,10 @@ impl Bootloader for Bls {
             }
         }
 
-        ctx.journal.set_fact(facts::PVM_ENTRY, entry.id.as_str());
+        ctx.journal.facts.pvm_entry = Some(entry.id.clone());
         if let Some(why) = grubenv::unwritable(ctx.host, &ctx.plan.target.bootloader)? {
             set_default(host, &path)?;
-            ctx.journal.set_fact(facts::DIRECT_DEFAULT, why.as_str());
+            ctx.journal.facts.direct_default = Some(why.clone());
             let w = format!("{why}; no trial boot possible, {path} is now the default directly");
             ctx.say(&format!("warning: {w}"));
             ctx.journal.warn(w);
@@ -134,7 +133,7 @@ impl Bootloader for Bls {
                 "{path} set as the default directly ({why})"
             )));
         }
-        ctx.journal.facts.remove(facts::DIRECT_DEFAULT);
+        ctx.journal.facts.direct_default = None;
 
         // Pin the old default explicitly (an image's saved_entry may name an
         // entry of another machine-id), then the one-shot by BLS id.
@@ -166,11 +165,8 @@ impl Bootloader for Bls {
     }
 
     fn roll_back(&self, ctx: &mut Ctx) -> Result<()> {
-        let Some(old) = ctx.journal.fact(facts::OLD_DEFAULT_ENTRY) else {
-            bail!(
-                "the journal has no old default entry (fact {})",
-                facts::OLD_DEFAULT_ENTRY
-            );
+        let Some(old) = ctx.journal.facts.old_default_entry.as_deref() else {
+            bail!("the journal has no old default entry (fact kernel.old-default-entry)");
         };
         set_default(ctx.host, old)
     }
@@ -386,14 +382,14 @@ fn default_kernel(host: &dyn Host) -> Result<String> {
 /// The default entry before anything changes, by kernel path (BLS ids
 /// can name another machine); recorded once.
 fn record_old_default(ctx: &mut Ctx) -> Result<String> {
-    if let Some(old) = ctx.journal.fact(facts::OLD_DEFAULT_ENTRY) {
+    if let Some(old) = ctx.journal.facts.old_default_entry.as_deref() {
         return Ok(format!("old default {old}"));
     }
     let old = default_kernel(ctx.host)?;
     if old.is_empty() && !ctx.host.is_dry_run() {
         bail!("grubby --default-kernel printed nothing: no default entry to fall back to");
     }
-    ctx.journal.set_fact(facts::OLD_DEFAULT_ENTRY, old.as_str());
+    ctx.journal.facts.old_default_entry = Some(old.clone());
     Ok(format!("old default {old}"))
 }
 

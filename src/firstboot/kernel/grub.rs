@@ -8,7 +8,6 @@ use super::grub_default::{self, evaluate, render_dropin, DROPIN_NAME};
 use super::{grubcfg, grubenv, Bootloader, Ctx, DEFAULT_GRUB};
 use crate::cmdline;
 use crate::firstboot::host::{on_target, Host};
-use crate::firstboot::journal::facts;
 use crate::firstboot::Outcome;
 use crate::plan::Plan;
 
@@ -30,8 +29,7 @@ impl Bootloader for Grub {
             Err(e) => return Ok(format!("old default not pinned ({e:#})")),
         };
         write_pin(ctx, &old_path)?;
-        ctx.journal
-            .set_fact(facts::OLD_DEFAULT_ENTRY, old_path.as_str());
+        ctx.journal.facts.old_default_entry = Some(old_path.clone());
         Ok(format!("pinned {old_path} as the default"))
     }
 
@@ -59,7 +57,9 @@ impl Bootloader for Grub {
         let mut cfg = ctx.host.read_optional(&bl.grub_cfg)?.unwrap_or_default();
         let old_kernel = ctx
             .journal
-            .fact(facts::OLD_KERNEL)
+            .facts
+            .old_kernel
+            .as_deref()
             .unwrap_or_default()
             .to_string();
         if grubcfg::find_kernel_entry(&cfg, &old_kernel).is_err() {
@@ -70,8 +70,7 @@ impl Bootloader for Grub {
             Err(_) if dry => placeholder(&old_kernel),
             r => r?,
         };
-        ctx.journal
-            .set_fact(facts::OLD_DEFAULT_ENTRY, old_path.as_str());
+        ctx.journal.facts.old_default_entry = Some(old_path.clone());
         let unwritable = grubenv::unwritable(ctx.host, &ctx.plan.target.bootloader)?;
         if unwritable.is_none() {
             ctx.host
@@ -124,13 +123,13 @@ impl Bootloader for Grub {
                 pvm.id_path().unwrap_or_default()
             }
         };
-        ctx.journal.set_fact(facts::PVM_ENTRY, pvm_path.as_str());
+        ctx.journal.facts.pvm_entry = Some(pvm_path.clone());
 
         if let Some(why) = unwritable {
             // No one-shot possible: make the PVM entry the default directly and
             // say so; a panic then reboots into it again until someone steps in.
             apply(ctx, &linux, &default, Some(&pvm_path))?;
-            ctx.journal.set_fact(facts::DIRECT_DEFAULT, why.as_str());
+            ctx.journal.facts.direct_default = Some(why.clone());
             let w =
                 format!("{why}; no trial boot possible, {pvm_path} is now the default directly");
             ctx.say(&format!("warning: {w}"));
@@ -139,7 +138,7 @@ impl Bootloader for Grub {
                 "{pvm_path} set as the default directly ({why})"
             )));
         }
-        ctx.journal.facts.remove(facts::DIRECT_DEFAULT);
+        ctx.journal.facts.direct_default = None;
 
         // PVM boots once; the old kernel stays the saved default. (This order:
         // grub-set-default clears next_entry.)
@@ -166,10 +165,10 @@ impl Bootloader for Grub {
 
     fn commit(&self, ctx: &mut Ctx) -> Result<String> {
         let bl = &ctx.plan.target.bootloader;
-        let Some(pvm_path) = ctx.journal.fact(facts::PVM_ENTRY).map(str::to_string) else {
-            bail!("the journal has no PVM entry (fact {})", facts::PVM_ENTRY);
+        let Some(pvm_path) = ctx.journal.facts.pvm_entry.clone() else {
+            bail!("the journal has no PVM entry (fact kernel.pvm-entry)");
         };
-        if ctx.journal.fact(facts::DIRECT_DEFAULT).is_some() {
+        if ctx.journal.facts.direct_default.is_some() {
             return Ok(format!(
                 "{pvm_path} already is the default (direct default)"
             ));
@@ -182,15 +181,8 @@ impl Bootloader for Grub {
     /// by id (GRUB_DEFAULT=0 could be the PVM entry now).
     fn roll_back(&self, ctx: &mut Ctx) -> Result<()> {
         let bl = ctx.plan.target.bootloader.clone();
-        let Some(old_path) = ctx
-            .journal
-            .fact(facts::OLD_DEFAULT_ENTRY)
-            .map(str::to_string)
-        else {
-            bail!(
-                "the journal has no old default entry (fact {})",
-                facts::OLD_DEFAULT_ENTRY
-            );
+        let Some(old_path) = ctx.journal.facts.old_default_entry.clone() else {
+            bail!("the journal has no old default entry (fact kernel.old-default-entry)");
         };
         write_pin(ctx, &old_path)?;
         mkconfig(ctx)?;
@@ -203,7 +195,7 @@ impl Bootloader for Grub {
         )?;
         if !ctx.host.is_dry_run() {
             let cfg = ctx.host.read_string(&bl.grub_cfg)?;
-            let old_kernel = ctx.journal.fact(facts::OLD_KERNEL).unwrap_or_default();
+            let old_kernel = ctx.journal.facts.old_kernel.as_deref().unwrap_or_default();
             grubcfg::find_kernel_entry(&cfg, old_kernel)
                 .with_context(|| format!("{} after rollback", bl.grub_cfg))?;
         }
@@ -307,7 +299,7 @@ fn apply(ctx: &Ctx, linux: &str, default: &str, grub_default: Option<&str>) -> R
 
 /// The old kernel's entry id path, from grub.cfg as it is now.
 fn old_entry_path(ctx: &Ctx, cfg: &str) -> Result<String> {
-    let old_kernel = ctx.journal.fact(facts::OLD_KERNEL).unwrap_or_default();
+    let old_kernel = ctx.journal.facts.old_kernel.as_deref().unwrap_or_default();
     let old = grubcfg::find_kernel_entry(cfg, old_kernel).with_context(|| {
         format!("refusing to reboot: cannot pin the fallback kernel {old_kernel}")
     })?;

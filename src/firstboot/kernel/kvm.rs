@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use super::{loaded_modules, on_target, Ctx, DEV_KVM};
 use crate::firstboot::host::Host;
-use crate::firstboot::journal::facts;
+use crate::firstboot::journal::KvmInUse;
 use crate::firstboot::{Outcome, StepFailure};
 
 const MODULE: &str = "kvm_pvm";
@@ -23,7 +23,7 @@ const DEV_POLL: Duration = Duration::from_millis(500);
 
 /// modprobe kvm_pvm, verified; blacklist pre-empting vendor modules; persist.
 pub fn load_kvm(ctx: &mut Ctx) -> Result<Outcome> {
-    if ctx.journal.fact(facts::KVM_MODE) == Some("native") {
+    if ctx.journal.facts.kvm_mode == Some(KvmInUse::Native) {
         return Ok(Outcome::Skipped(
             "native KVM in use; kvm_pvm is not needed".into(),
         ));

@@ -27,7 +27,8 @@ use anyhow::{bail, Context, Result};
 
 use super::host::Host;
 pub(crate) use super::host::{is_live_root, on_target};
-use super::journal::{facts, StepState};
+use super::journal::{KvmInUse, StepState};
+use super::run_state::Failure;
 use super::{Ctx, Outcome, StepFailure, StepId};
 use crate::cmdline;
 use crate::plan::{BootloaderKind, KvmMode, Plan};
@@ -42,9 +43,6 @@ const DEV_KVM: &str = "/dev/kvm";
 const DEFAULT_GRUB: &str = "/etc/default/grub";
 /// Suffix of the one backup kept of a file this stage edits in place.
 const BACKUP_SUFFIX: &str = ".cubeboot.bak";
-
-/// Stage-local journal facts.
-const FACT_ALREADY: &str = "kernel.already-running";
 
 /// Debug arguments for a kernel that dies early (cube-sandbox-facts.md §16, #1722).
 const CONSOLE_HINT: &str = "the PVM kernel did not come up with its parameters; boot it by hand \
@@ -107,8 +105,8 @@ pub fn install(ctx: &mut Ctx) -> Result<Outcome> {
     if running.as_deref() == Some(kver.as_str()) {
         let missing = cmdline::missing(&proc_cmdline(ctx.host)?, &ctx.plan.kernel.boot_params);
         if missing.is_empty() {
-            ctx.journal.set_fact(facts::KVM_MODE, "pvm");
-            ctx.journal.set_fact(FACT_ALREADY, kver.as_str());
+            ctx.journal.facts.kvm_mode = Some(KvmInUse::Pvm);
+            ctx.journal.facts.already_running = Some(kver.clone());
             return Ok(Outcome::Skipped(format!(
                 "already running {kver} with its boot parameters"
             )));
@@ -119,15 +117,15 @@ pub fn install(ctx: &mut Ctx) -> Result<Outcome> {
         ));
     } else if ctx.plan.kernel.kvm == KvmMode::Auto {
         if let Some(vendor) = native_kvm(ctx.host)? {
-            ctx.journal.set_fact(facts::KVM_MODE, "native");
+            ctx.journal.facts.kvm_mode = Some(KvmInUse::Native);
             return Ok(Outcome::Skipped(format!(
                 "native /dev/kvm from {vendor} works and the plan says kvm: auto; PVM is not \
                  needed (Cube installs with CUBE_PVM_ENABLE=0)"
             )));
         }
     }
-    ctx.journal.set_fact(facts::KVM_MODE, "pvm");
-    ctx.journal.facts.remove(FACT_ALREADY);
+    ctx.journal.facts.kvm_mode = Some(KvmInUse::Pvm);
+    ctx.journal.facts.already_running = None;
     record_old_kernel(ctx)?;
 
     let k = &ctx.plan.kernel;
@@ -150,9 +148,9 @@ pub fn install(ctx: &mut Ctx) -> Result<Outcome> {
 /// Record the kernel to come back to, once: a re-run (after a crash) must not
 /// mistake anything else for it.
 fn record_old_kernel(ctx: &mut Ctx) -> Result<()> {
-    if ctx.journal.fact(facts::OLD_KERNEL).is_none() {
+    if ctx.journal.facts.old_kernel.is_none() {
         let old = old_kernel(ctx.host, &ctx.plan.kernel.kver)?;
-        ctx.journal.set_fact(facts::OLD_KERNEL, old);
+        ctx.journal.facts.old_kernel = Some(old);
     }
     Ok(())
 }
@@ -194,7 +192,9 @@ pub fn verify(ctx: &mut Ctx) -> Result<Outcome> {
     let missing = cmdline::missing(&proc_cmdline(ctx.host)?, &params);
     let old = ctx
         .journal
-        .fact(facts::OLD_KERNEL)
+        .facts
+        .old_kernel
+        .as_deref()
         .unwrap_or("the previous kernel")
         .to_string();
 
@@ -212,29 +212,31 @@ pub fn verify(ctx: &mut Ctx) -> Result<Outcome> {
     };
     ctx.say(&format!("{why}; rolling back to {old}"));
     let rolled = bootloader(ctx.plan.target.bootloader.kind).roll_back(ctx);
-    let (status, message) = match rolled {
+    let (ending, message) = match rolled {
         Ok(()) => (
-            format!("failed: rolled back to {old}"),
+            Failure::RolledBack { to: old.clone() },
             format!("{why}; {old} is the default boot entry again (no further reboot)"),
         ),
         Err(e) => (
-            format!("failed: could not roll back to {old}"),
+            Failure::RollBackFailed { to: old.clone() },
             format!("{why}; rolling back to {old} failed: {e:#}"),
         ),
     };
     Err(StepFailure::new(message)
-        .status(status)
+        .ends_as(ending)
         .hint(CONSOLE_HINT)
         .into())
 }
 
 /// Why the boot/verify steps have nothing to do, if they have not.
 fn skip_reason(ctx: &Ctx) -> Option<String> {
-    if ctx.journal.fact(facts::KVM_MODE) == Some("native") {
+    if ctx.journal.facts.kvm_mode == Some(KvmInUse::Native) {
         return Some("native KVM in use; the PVM kernel is not needed".into());
     }
     ctx.journal
-        .fact(FACT_ALREADY)
+        .facts
+        .already_running
+        .as_deref()
         .map(|k| format!("already running {k} with its boot parameters"))
 }
 
