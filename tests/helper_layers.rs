@@ -104,8 +104,9 @@ fn the_journal_is_a_leaf_and_the_status_is_built_from_it() {
     let g = graph();
     let deps = |u: &str| g[u].iter().map(String::as_str).collect::<Vec<_>>();
     assert_eq!(deps("run_state"), Vec::<&str>::new());
+    assert_eq!(deps("secrets"), Vec::<&str>::new());
     assert_eq!(deps("journal"), ["host", "run_state"]);
-    assert_eq!(deps("status"), ["host", "journal", "run_state"]);
+    assert_eq!(deps("status"), ["host", "journal", "run_state", "secrets"]);
     for low in ["journal", "status", "report", "webhook"] {
         assert!(!g[low].contains("runner"), "{low} imports the runner");
     }

@@ -9,6 +9,7 @@ use cubeboot::firstboot::journal::Journal;
 use cubeboot::firstboot::run_state::Failure;
 use cubeboot::firstboot::runner::{RunEnd, Scope};
 use cubeboot::firstboot::status::Status;
+use cubeboot::firstboot::units::{RESUME_LINK, RESUME_UNIT_FILE};
 use cubeboot::firstboot::{cache_path, Outcome, StepId, JOURNAL_PATH, STATUS_PATH};
 use support::target::{opts, read_json, stand_in_steps, tree, Target, UNIT_LINK};
 
@@ -22,6 +23,19 @@ fn uninterrupted_run_reboots_once_and_finishes() {
     assert_eq!(j["steps"]["reboot"]["state"], "reboot-requested");
     assert_eq!(j["reboots"], 1);
     assert_eq!(read_json(&t.host, STATUS_PATH)["state"], "rebooting");
+    // The next boot starts the helper by the resume unit, not after
+    // cloud-final again; only one of the two units is enabled.
+    assert!(!t.host.exists(UNIT_LINK));
+    assert_eq!(
+        t.host.read_link(RESUME_LINK).unwrap().as_deref(),
+        Some("/etc/systemd/system/cube-firstboot-resume.service")
+    );
+    assert_eq!(
+        t.host
+            .read_string("/etc/systemd/system/cube-firstboot-resume.service")
+            .unwrap(),
+        RESUME_UNIT_FILE
+    );
     t.reboot();
     assert_eq!(t.run_once(&opts(Scope::All)), RunEnd::Done);
     assert_eq!(t.host.reboots(), 1);
@@ -39,8 +53,9 @@ fn uninterrupted_run_reboots_once_and_finishes() {
     // The last console line is the final message; the unit is disabled.
     assert_eq!(t.host.said().last().unwrap(), message);
     assert!(!t.host.exists(UNIT_LINK));
+    assert!(!t.host.exists(RESUME_LINK));
     let disable = format!(
-        "systemctl --root={} disable cube-firstboot.service",
+        "systemctl --root={} disable cube-firstboot.service cube-firstboot-resume.service",
         t.root().display()
     );
     assert!(
@@ -549,4 +564,232 @@ fn stop_after_a_step_that_is_already_done_stops_there_again() {
     let mut before = before;
     before.remove("run/cubeboot/status.json");
     assert_eq!(after, before);
+}
+
+/// One start of the helper whose `step` resets the machine mid-way (a
+/// kernel panic, a watchdog): the process dies inside the step.
+fn start_and_reset_during(t: &mut Target, step: StepId) {
+    let o = opts(Scope::All);
+    let (plan, digest) = t.plan();
+    let resetting = stand_in_steps(&o).with(step, move |_ctx| panic!("machine reset in {step}"));
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cubeboot::firstboot::runner::run_with(&t.host, &plan, &digest, &o, &resetting)
+    }));
+    match ran {
+        Err(_) => t.reboot(),
+        Ok(end) => panic!("{step} was not started: {end:?}"),
+    }
+}
+
+#[test]
+fn a_step_interrupted_by_two_unexpected_reboots_is_not_started_a_third_time() {
+    let mut t = Target::new();
+    assert_eq!(t.run_once(&opts(Scope::All)), RunEnd::Rebooting);
+    t.reboot();
+    // kvm-load crashes the machine in two boots running.
+    start_and_reset_during(&mut t, StepId::KvmLoad);
+    start_and_reset_during(&mut t, StepId::KvmLoad);
+    let j = read_json(&t.host, JOURNAL_PATH);
+    assert_eq!(j["steps"]["kvm-load"]["state"], "started");
+    assert_eq!(
+        j["steps"]["kvm-load"]["boots"],
+        serde_json::json!(["boot-2", "boot-3"])
+    );
+
+    // The third boot: the step is refused, not run (its stand-in would
+    // write the modules-load file).
+    let end = t.run_once(&opts(Scope::All));
+    assert_eq!(end, RunEnd::Failed(Failure::Interrupted(StepId::KvmLoad)));
+    assert!(!t.host.exists("/etc/modules-load.d/kvm-pvm.conf"));
+    assert_eq!(t.host.reboots(), 1, "no reboot asked for");
+    let status = read_json(&t.host, STATUS_PATH);
+    assert_eq!(
+        status["state"],
+        "failed: kvm-load interrupted by unexpected reboots"
+    );
+    assert_eq!(status["step"], "kvm-load");
+    let err = status["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("kvm-load was started in boots boot-2 and boot-3 and never finished"),
+        "{err}"
+    );
+    assert!(
+        status["hints"][0]
+            .as_str()
+            .unwrap()
+            .contains("journalctl -b -1"),
+        "{status}"
+    );
+    // Later starts keep it failed (the unit starts the helper every boot).
+    t.reboot();
+    assert_eq!(
+        t.run_once(&opts(Scope::All)),
+        RunEnd::Failed(Failure::Interrupted(StepId::KvmLoad))
+    );
+    assert!(!t.host.exists("/etc/modules-load.d/kvm-pvm.conf"));
+    // An operator who fixed the cause retries, and the step runs again.
+    let retry = cubeboot::firstboot::runner::RunOptions {
+        retry_failed: true,
+        ..opts(Scope::All)
+    };
+    assert_eq!(t.run_to_end(&retry, 2), RunEnd::Done);
+    assert!(t.host.exists("/etc/modules-load.d/kvm-pvm.conf"));
+}
+
+#[test]
+fn before_the_reboot_an_interrupted_kernel_install_leaves_the_old_kernel_default() {
+    let mut t = Target::new();
+    start_and_reset_during(&mut t, StepId::KernelInstall);
+    start_and_reset_during(&mut t, StepId::KernelInstall);
+    assert_eq!(
+        t.run_once(&opts(Scope::All)),
+        RunEnd::Failed(Failure::Interrupted(StepId::KernelInstall))
+    );
+    // No trial boot armed, no default written, no reboot asked for.
+    assert!(!t.host.exists("/boot/grub/grubenv.next"));
+    assert!(!t.host.exists("/boot/grub/grubenv"));
+    assert_eq!(t.host.reboots(), 0);
+}
+
+#[test]
+fn a_download_interrupted_by_reboots_is_resumed_not_refused() {
+    let mut t = Target::new();
+    start_and_reset_during(&mut t, StepId::Fetch);
+    start_and_reset_during(&mut t, StepId::Fetch);
+    start_and_reset_during(&mut t, StepId::Fetch);
+    assert_eq!(t.run_to_end(&opts(Scope::All), 3), RunEnd::Done);
+}
+
+/// Every member of a .tar.gz as text.
+fn tarball_texts(bytes: &[u8]) -> Vec<(String, String)> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().display().to_string();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut e, &mut text).unwrap();
+            (name, text)
+        })
+        .collect()
+}
+
+#[test]
+fn secret_values_never_leave_the_helper_whatever_key_or_text_carries_them() {
+    let hook = support::server::Server::start();
+    hook.route("/hook", b"", vec![]);
+    let url = hook.url("/hook");
+    let mut t = Target::with_plan_edit(|p| {
+        p["report"]["webhook"] = serde_json::json!(url);
+        // A planned secret whose name has no PASSWORD/TOKEN/KEY in it.
+        p["cube"]["extra_env"]["CUBE_DB_PASS"] = serde_json::json!("planned-db-pass-8812");
+    });
+    assert_eq!(t.run_once(&opts(Scope::All)), RunEnd::Rebooting);
+    t.reboot();
+    let o = opts(Scope::All);
+    let (plan, digest) = t.plan();
+    // The installer step generates the credentials, echoes them the way a
+    // failing installer's `set -x` output does, collects diagnostics and fails.
+    let leaky = stand_in_steps(&o).with(StepId::CubeInstall, |ctx| {
+        let creds = cubeboot::firstboot::cube::install::ensure_credentials(ctx)?;
+        let redis = &creds["CUBE_SANDBOX_REDIS_PASSWORD"];
+        let e2b = &creds["E2B_API_KEY"];
+        let db = &ctx.plan.cube.extra_env["CUBE_DB_PASS"];
+        let output = format!(
+            "+ redis-cli -a {redis} ping\n+ curl -H 'X-API-Key: {e2b}' ...\nmysql: access denied for cube@'%' (using password: {db})"
+        );
+        for line in output.lines() {
+            ctx.host.say(&format!("install | {line}"));
+        }
+        ctx.journal.warn(format!("installer said: {}", output.lines().next().unwrap()));
+        ctx.journal.record_check("mysql", false, output.lines().last().unwrap());
+        cubeboot::firstboot::cube::diagnostics::collect(ctx, &output)?;
+        Err(anyhow::anyhow!("install.sh failed:\n{output}"))
+    });
+    let end = cubeboot::firstboot::runner::run_with(&t.host, &plan, &digest, &o, &leaky).unwrap();
+    assert_eq!(end, RunEnd::Failed(Failure::Step(StepId::CubeInstall)));
+
+    let creds = t.host.read_string("/etc/cubeboot/credentials.env").unwrap();
+    let value = |key: &str| {
+        creds
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap()
+            .trim_matches('"')
+            .to_string()
+    };
+    let secrets = [
+        value("CUBE_SANDBOX_REDIS_PASSWORD"),
+        value("E2B_API_KEY"),
+        "planned-db-pass-8812".to_string(),
+    ];
+    let mut channels: Vec<(String, String)> = vec![
+        (
+            "status.json".into(),
+            t.host.read_string(STATUS_PATH).unwrap(),
+        ),
+        ("journal".into(), t.host.read_string(JOURNAL_PATH).unwrap()),
+        ("console".into(), t.host.said().join("\n")),
+    ];
+    for (i, r) in hook.requests_to("/hook").iter().enumerate() {
+        channels.push((
+            format!("webhook POST {i}"),
+            String::from_utf8(r.body.clone()).unwrap(),
+        ));
+    }
+    let journal: Journal = serde_json::from_str(&channels[1].1).unwrap();
+    let tarball = journal
+        .facts
+        .diagnostics
+        .clone()
+        .expect("diagnostics written");
+    for (name, text) in tarball_texts(&t.host.read(&tarball).unwrap()) {
+        channels.push((format!("diagnostics {name}"), text));
+    }
+    for (channel, text) in &channels {
+        for s in &secrets {
+            assert!(!text.contains(s.as_str()), "{channel} carries {s}:\n{text}");
+        }
+    }
+    // What the operator needs stays: which command, which step.
+    let status = read_json(&t.host, STATUS_PATH);
+    let err = status["last_error"].as_str().unwrap();
+    assert!(err.contains("+ redis-cli -a *** ping"), "{err}");
+    assert!(err.contains("(using password: ***)"), "{err}");
+}
+
+#[test]
+fn secrets_from_the_installed_env_files_are_known_to_a_later_start() {
+    let mut t = Target::new();
+    assert_eq!(t.run_once(&opts(Scope::All)), RunEnd::Rebooting);
+    t.reboot();
+    // Written by an earlier start (the credentials) and by the installer
+    // (its runtime env, from the bundle's .env), then the helper restarted.
+    t.host.put(
+        "/etc/cubeboot/credentials.env",
+        "CUBE_SANDBOX_REDIS_PASSWORD=\"0f3a9c77d2e14b5a8e6f\"\n",
+    );
+    t.host.put(
+        "/usr/local/services/cubetoolbox/.one-click.env",
+        "CUBE_SANDBOX_NODE_IP=10.0.2.15\nCUBE_DB_PASS=from-installed-env-42\nCUBE_PVM_ENABLE=1\n",
+    );
+    let o = opts(Scope::All);
+    let (plan, digest) = t.plan();
+    let leaky = stand_in_steps(&o).with(StepId::CubeVerify, |_ctx| {
+        Err(anyhow::anyhow!(
+            "health: redis AUTH 0f3a9c77d2e14b5a8e6f refused; db from-installed-env-42 refused; node 10.0.2.15"
+        ))
+    });
+    let end = cubeboot::firstboot::runner::run_with(&t.host, &plan, &digest, &o, &leaky).unwrap();
+    assert!(matches!(end, RunEnd::Failed(_)));
+    let status = t.host.read_string(STATUS_PATH).unwrap();
+    let console = t.host.said().join("\n");
+    for text in [&status, &console] {
+        assert!(!text.contains("0f3a9c77d2e14b5a8e6f"), "{text}");
+        assert!(!text.contains("from-installed-env-42"), "{text}");
+        // Not a secret: stays readable.
+        assert!(text.contains("node 10.0.2.15"), "{text}");
+    }
 }

@@ -16,6 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
+use super::secrets::Secrets;
+
 /// A command to run on the target, with everything that affects it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommandSpec {
@@ -185,9 +187,13 @@ pub trait Host: Send + Sync {
 
     fn sleep(&self, d: Duration);
 
-    /// A human progress line (console and journal).
+    /// The secret values known so far; every text the host sends out
+    /// (console lines, echoed commands) is scrubbed of them.
+    fn secrets(&self) -> &Secrets;
+
+    /// A human progress line (console and journal), without secrets.
     fn say(&self, line: &str) {
-        eprintln!("cube-firstboot: {line}");
+        eprintln!("cube-firstboot: {}", self.secrets().scrub(line));
     }
 
     /// Record an action (for dry runs and tests); a no-op on the real host.
@@ -455,17 +461,25 @@ pub fn write_atomic_at(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 /// `--root`/`chroot` where a tool must act on the image).
 pub struct RealHost {
     root: PathBuf,
+    secrets: Secrets,
 }
 
 impl RealHost {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            secrets: Secrets::new(),
+        }
     }
 }
 
 impl Host for RealHost {
     fn root(&self) -> &Path {
         &self.root
+    }
+
+    fn secrets(&self) -> &Secrets {
+        &self.secrets
     }
 
     fn run(&self, cmd: &CommandSpec) -> Result<CmdOutput> {
@@ -733,6 +747,7 @@ pub struct ScriptedHost {
     said: Mutex<Vec<String>>,
     dry_run: bool,
     free_bytes: Mutex<Option<u64>>,
+    secrets: Secrets,
 }
 
 impl ScriptedHost {
@@ -747,6 +762,7 @@ impl ScriptedHost {
             said: Mutex::new(Vec::new()),
             dry_run: false,
             free_bytes: Mutex::new(None),
+            secrets: Secrets::new(),
         }
     }
 
@@ -824,6 +840,10 @@ impl Host for ScriptedHost {
         &self.root
     }
 
+    fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
     fn run(&self, cmd: &CommandSpec) -> Result<CmdOutput> {
         self.record(Action::Run(cmd.display()));
         if self.dry_run {
@@ -859,7 +879,7 @@ impl Host for ScriptedHost {
     }
 
     fn say(&self, line: &str) {
-        lock(&self.said).push(line.to_string());
+        lock(&self.said).push(self.secrets.scrub(line));
     }
 
     fn record(&self, action: Action) {
@@ -913,6 +933,10 @@ impl<H: Host> DryRunHost<H> {
 impl<H: Host> Host for DryRunHost<H> {
     fn root(&self) -> &Path {
         self.inner.root()
+    }
+
+    fn secrets(&self) -> &Secrets {
+        self.inner.secrets()
     }
 
     fn run(&self, cmd: &CommandSpec) -> Result<CmdOutput> {

@@ -306,9 +306,20 @@ impl Journal {
         serde_json::from_value(value).map_err(JournalError::Parse)
     }
 
+    /// Write the journal, its free text scrubbed of every secret the host
+    /// knows (error text can quote an installer's output).
     pub fn save(&self, host: &dyn Host) -> Result<(), JournalError> {
+        let mut clean = self.clone();
+        let secrets = host.secrets();
+        let scrub = |s: &mut String| secrets.scrub_in_place(s);
+        clean.last_error.iter_mut().for_each(scrub);
+        clean.hints.iter_mut().for_each(scrub);
+        clean.warnings.iter_mut().for_each(scrub);
+        clean.checks.values_mut().for_each(|c| scrub(&mut c.detail));
+        clean.steps.values_mut().for_each(|r| scrub(&mut r.detail));
+        clean.facts.final_message.iter_mut().for_each(scrub);
         // Plain structs, maps and strings always serialize.
-        let mut text = serde_json::to_string_pretty(self).unwrap_or_default();
+        let mut text = serde_json::to_string_pretty(&clean).unwrap_or_default();
         text.push('\n');
         host.write_atomic(JOURNAL_PATH, text.as_bytes(), 0o600)
             .map_err(|e| JournalError::Write(e.into()))

@@ -9,7 +9,9 @@ pub mod journal;
 pub mod report;
 pub mod run_state;
 pub mod runner;
+pub mod secrets;
 pub mod status;
+pub mod units;
 pub mod webhook;
 
 pub mod cube;

@@ -1,33 +1,35 @@
-//! Everything the helper tells the world about a run: the status file, the
-//! webhook POST and the console lines, built from the journal, with the
-//! secrets scrubbed out. The runner reports through [`Reporter`]; the last
-//! step (`report`) also disables the unit that starts the helper each boot.
+//! What the helper tells the world about a run: the status file and the
+//! webhook POST, built from the journal, with the secrets scrubbed out. The runner reports through [`Reporter`]; the
+//! `report` step's own effect (disabling the units) is in `units`.
 
 use anyhow::Result;
 
-use super::host::{CommandSpec, Host};
+use super::host::Host;
 use super::journal::Journal;
 use super::run_state::RunState;
+use super::secrets::is_secret_key;
 use super::status::Status;
 use super::webhook::Webhook;
-use super::{Ctx, Outcome, StepId, UNIT_NAME};
+use super::StepId;
 use crate::plan::Plan;
 
-/// Status file and webhook, in one place, always redacted.
+/// Status file and webhook, in one place, scrubbed of every secret value
+/// the host knows (the status file and the webhook do it themselves).
 pub struct Reporter<'a> {
     host: &'a dyn Host,
     plan: &'a Plan,
     webhook: Option<Webhook>,
-    secrets: Vec<String>,
 }
 
 impl<'a> Reporter<'a> {
     pub fn new(host: &'a dyn Host, plan: &'a Plan) -> Self {
+        plan_secrets(plan)
+            .iter()
+            .for_each(|v| host.secrets().add(v));
         Self {
             host,
             plan,
             webhook: Webhook::from_plan(plan),
-            secrets: plan_secrets(plan),
         }
     }
 
@@ -41,7 +43,6 @@ impl<'a> Reporter<'a> {
     ) -> Status {
         let mut status = Status::from_journal(self.host, Some(self.plan), journal, state, step);
         status.message = message.into();
-        status.redact(&self.secrets);
         status
     }
 
@@ -60,52 +61,15 @@ impl<'a> Reporter<'a> {
     }
 }
 
-/// Values from the plan that must never appear in the status file or the
-/// webhook: installer environment whose name says it is a credential.
+/// Planned values that are secrets: installer environment whose name says
+/// it is a credential, and the object storage key a compute node gets.
 pub fn plan_secrets(plan: &Plan) -> Vec<String> {
-    const MARKERS: &[&str] = &[
-        "PASSWORD",
-        "PASSWD",
-        "SECRET",
-        "TOKEN",
-        "KEY",
-        "CREDENTIAL",
-        "AUTH",
-        "DATABASE_URL",
-    ];
     plan.cube
         .extra_env
         .iter()
-        .filter(|(k, v)| {
-            let k = k.to_ascii_uppercase();
-            v.len() >= 3 && MARKERS.iter().any(|m| k.contains(m))
-        })
+        .filter(|(k, _)| is_secret_key(k))
         .map(|(_, v)| v.clone())
         // The compute node's copy of the control node's object storage key.
         .chain(plan.cube.s3.iter().map(|s| s.secret_access_key.clone()))
         .collect()
-}
-
-/// The `report` step's own effect: the run is complete, so the unit that
-/// starts the helper on every boot is disabled. The final message, status
-/// and webhook POST follow from the runner right after it.
-pub fn disable_unit(ctx: &mut Ctx) -> Result<Outcome> {
-    let host = ctx.host;
-    let mut cmd = CommandSpec::new("systemctl");
-    // Acting on an image mounted elsewhere, not on this machine's units.
-    let root = host.root().to_string_lossy().into_owned();
-    if root != "/" {
-        cmd = cmd.arg(format!("--root={root}"));
-    }
-    let cmd = cmd.args(["disable", UNIT_NAME]).allow_failure();
-    let out = host.run(&cmd)?;
-    if out.success() {
-        return Ok(Outcome::Done(format!("{UNIT_NAME} disabled")));
-    }
-    // Provisioning succeeded; a unit left enabled only costs a quick no-op
-    // start per boot, so this is a warning, not a failure.
-    let why = out.stderr.trim().lines().last().unwrap_or("").to_string();
-    ctx.journal
-        .warn(format!("could not disable {UNIT_NAME}: {why}"));
-    Ok(Outcome::Done(format!("{UNIT_NAME} left enabled ({why})")))
 }

@@ -15,10 +15,12 @@ use super::fetch::FetchError;
 use super::host::Host;
 use super::journal::{Journal, StepState};
 use super::preflight::PreflightConfig;
-use super::report::{self, Reporter};
+use super::report::Reporter;
 use super::run_state::{Failure, RunState};
 use super::status::finished_message;
-use super::{cube, fetch, kernel, preflight, Ctx, Outcome, StepFailure, StepId, STATUS_PATH};
+use super::{
+    cube, fetch, kernel, preflight, units, Ctx, Outcome, StepFailure, StepId, STATUS_PATH,
+};
 use crate::digest::Sha256Digest;
 use crate::plan::{Plan, PLAN_PATH};
 use crate::transport::FetchConfig;
@@ -112,7 +114,7 @@ impl Steps {
         table.insert(StepId::CubeInstall, Arc::new(cube::install));
         table.insert(StepId::CubeVerify, Arc::new(cube::verify));
         table.insert(StepId::Harden, Arc::new(cube::harden));
-        table.insert(StepId::Report, Arc::new(report::disable_unit));
+        table.insert(StepId::Report, Arc::new(units::disable_all));
         Self { table }
     }
 
@@ -238,6 +240,11 @@ fn take(
     journal: &mut Journal,
     step: StepId,
 ) -> Result<Option<RunEnd>> {
+    // What an earlier step or the installer wrote may hold new secrets.
+    learn_installed_secrets(host);
+    if let Some(refused) = crash_loop(host, journal, step) {
+        return fail(host, reporter, journal, step, &refused.into()).map(Some);
+    }
     let running = format!("running step {step}");
     reporter.publish(&mut reporter.status(journal, RunState::Running, Some(step), running))?;
     host.say(&format!("step {step}: starting"));
@@ -293,6 +300,7 @@ fn fail(
     step: StepId,
     err: &anyhow::Error,
 ) -> Result<RunEnd> {
+    learn_installed_secrets(host);
     let failure = err.chain().find_map(|e| e.downcast_ref::<StepFailure>());
     let ending = failure
         .and_then(|f| f.ends_as.clone())
@@ -331,6 +339,55 @@ fn fail(
     Ok(RunEnd::Failed(ending))
 }
 
+/// Teach the host's secret set what the target holds now: every value in
+/// the generated credentials file, and the credential-named values of the
+/// installer's runtime env (an earlier start or the installer wrote them).
+fn learn_installed_secrets(host: &dyn Host) {
+    // Unreadable files teach nothing; the step that needs them says why.
+    let read = |path: &str| {
+        let text = host.read_optional(path).ok().flatten();
+        cube::envfile::parse(&text.unwrap_or_default())
+    };
+    let secrets = host.secrets();
+    read(cube::CREDENTIALS_PATH)
+        .values()
+        .for_each(|v| secrets.add(v));
+    // The installer's runtime env (upstream `deploy/one-click/install.sh`
+    // writes it from the bundle's .env).
+    let installed = read(&format!("{}/.one-click.env", cube::INSTALL_ROOT));
+    secrets.add_env(installed.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+}
+
+/// The crash-loop guard: a step started in two earlier boots that never
+/// finished reset the machine each time (a kernel panic, a hung module
+/// load). Starting it a third time would loop forever, so the run ends here,
+/// before anything is committed: the old kernel stays the default. Fetch is
+/// exempt; a download resumes where it stopped.
+fn crash_loop(host: &dyn Host, journal: &Journal, step: StepId) -> Option<StepFailure> {
+    if step == StepId::Fetch {
+        return None;
+    }
+    let now = host.boot_id()?;
+    let earlier = journal.interrupted_boots(step, &now);
+    if earlier.len() < 2 {
+        return None;
+    }
+    let boots = match earlier.split_last() {
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Some(
+        StepFailure::new(format!(
+            "{step} was started in boots {boots} and never finished: the machine reset while it ran; not starting it a third time"
+        ))
+        .hint(
+            "look for a panic or a hang in the previous boots (`journalctl -b -1`, the serial console); \
+             the old kernel stays the default. Fix the cause, then `cube-firstboot run --retry`",
+        )
+        .ends_as(Failure::Interrupted(step)),
+    )
+}
+
 fn reboot_now(host: &dyn Host, reporter: &Reporter, journal: &Journal) -> Result<RunEnd> {
     let message = "rebooting into the PVM kernel; the helper continues after the reboot";
     let mut status = reporter.status(journal, RunState::Rebooting, Some(StepId::Reboot), message);
@@ -353,6 +410,8 @@ fn reboot(ctx: &mut Ctx) -> Result<Outcome> {
         .hint("the machine did not come back on the PVM kernel; see the serial console")
         .into());
     }
+    // After the reboot the helper starts as soon as the network is up.
+    units::hand_over_to_resume(ctx.host)?;
     Ok(Outcome::Reboot("trial boot of the PVM kernel".into()))
 }
 

@@ -13,6 +13,7 @@ use super::host::{unix_secs, Host};
 pub use super::journal::CheckResult;
 use super::journal::Journal;
 use super::run_state::RunState;
+use super::secrets::Secrets;
 use super::{StepId, JOURNAL_PATH, STATUS_PATH};
 use crate::plan::Plan;
 
@@ -136,17 +137,11 @@ impl Status {
         }
     }
 
-    /// Replace every secret with `***` in the free-text fields. The status
-    /// file is world-readable and the webhook leaves the machine, while error
-    /// text can quote command lines that carried the installer's environment.
-    pub fn redact(&mut self, secrets: &[String]) {
-        let scrub = |s: &mut String| {
-            for secret in secrets {
-                if !secret.is_empty() && s.contains(secret.as_str()) {
-                    *s = s.replace(secret.as_str(), "***");
-                }
-            }
-        };
+    /// Replace every known secret value with `***` in the free-text
+    /// fields. The status file is world-readable and the webhook leaves the
+    /// machine, while error text can quote an installer's output.
+    pub fn redact(&mut self, secrets: &Secrets) {
+        let scrub = |s: &mut String| secrets.scrub_in_place(s);
         if let Some(e) = self.last_error.as_mut() {
             scrub(e);
         }
@@ -155,6 +150,7 @@ impl Status {
         self.checks.values_mut().for_each(|c| scrub(&mut c.detail));
         self.steps.iter_mut().for_each(|s| scrub(&mut s.detail));
         scrub(&mut self.message);
+        scrub(&mut self.hostname);
     }
 
     pub fn to_json(&self) -> String {
@@ -164,7 +160,10 @@ impl Status {
         text
     }
 
+    /// Write the status file, scrubbed of every secret the host knows
+    /// (whoever builds the status, nothing secret reaches the file).
     pub fn write(&mut self, host: &dyn Host) -> Result<()> {
+        self.redact(host.secrets());
         self.version = STATUS_VERSION;
         self.updated_at = unix_secs(host.now());
         host.write_atomic(STATUS_PATH, self.to_json().as_bytes(), 0o644)
@@ -318,7 +317,9 @@ mod tests {
             message: "x hunter22 y".into(),
             ..Status::default()
         };
-        s.redact(&["hunter22".into()]);
+        let secrets = Secrets::new();
+        secrets.add("hunter22");
+        s.redact(&secrets);
         let text = s.to_json();
         assert!(!text.contains("hunter22"), "{text}");
         assert_eq!(

@@ -47,6 +47,9 @@ impl Webhook {
             ));
             return;
         }
+        // Scrubbed here too: nothing secret leaves, whoever built the status.
+        let mut status = status.clone();
+        status.redact(host.secrets());
         let body = status.to_json();
         let mut failures = 0;
         loop {

@@ -209,19 +209,40 @@ pub fn lay_out_machine(host: &ScriptedHost) {
     host.put("/etc/cloud/cloud.cfg", "# cloud-init\n");
     host.put("/etc/hostname", "node-1\n");
     host.put("/proc/sys/kernel/random/boot_id", "boot-1\n");
+    // The unit and its wants-link, as the payload installs them.
+    host.put(
+        "/etc/systemd/system/cube-firstboot.service",
+        cubeboot::firstboot::UNIT_FILE,
+    );
     let link = host.path(UNIT_LINK);
     fs::create_dir_all(link.parent().unwrap()).unwrap();
     let _ = std::os::unix::fs::symlink("/etc/systemd/system/cube-firstboot.service", link);
 }
 
-/// `systemctl [--root=R] disable cube-firstboot.service` removes the
-/// wants-link under the root, as the real one does.
+/// `systemctl [--root=R] disable UNIT...` removes each unit's wants-links
+/// under the root, and refuses a unit whose file does not exist, as the
+/// real one does (systemd: src/shared/install.c, unit_file_disable).
 fn answer_systemctl(host: &ScriptedHost, root: PathBuf) {
     host.on(move |c: &CommandSpec| {
         if c.program != "systemctl" || !c.args.iter().any(|a| a == "disable") {
             return None;
         }
-        let _ = fs::remove_file(cubeboot::firstboot::host::under_root(&root, UNIT_LINK));
+        let units = c.args.iter().filter(|a| a.ends_with(".service"));
+        for unit in units.clone() {
+            let file = format!("/etc/systemd/system/{unit}");
+            if !cubeboot::firstboot::host::under_root(&root, &file).exists() {
+                return Some(Ok(CmdOutput::failed(
+                    1,
+                    format!("Failed to disable unit: Unit file {unit} does not exist."),
+                )));
+            }
+        }
+        for unit in units {
+            for wants in ["cloud-init.target.wants", "multi-user.target.wants"] {
+                let link = format!("/etc/systemd/system/{wants}/{unit}");
+                let _ = fs::remove_file(cubeboot::firstboot::host::under_root(&root, &link));
+            }
+        }
         Some(Ok(CmdOutput::ok("")))
     });
 }

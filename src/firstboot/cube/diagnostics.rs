@@ -57,6 +57,15 @@ pub fn collect(ctx: &mut Ctx, reason: &str) -> Result<String> {
     ));
     collect_dir(host, DATA_LOG_DIR, "data-log", &mut files, 0)?;
 
+    // The tarball is handed to people: no secret value in any text in it.
+    for (_, bytes) in &mut files {
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            let clean = host.secrets().scrub(text);
+            if clean != text {
+                *bytes = clean.into_bytes();
+            }
+        }
+    }
     let bytes = pack(&files, now).context("packing diagnostics")?;
     host.write_atomic(&path, &bytes, 0o600)?;
     ctx.journal.facts.diagnostics = Some(path.clone());

@@ -139,7 +139,10 @@ pub fn run_with_probe(
     journal.save(host)?;
     let mut status = Status::from_journal(host, Some(&upgraded), &journal, state, None);
     status.message = message.clone();
-    status.redact(&super::super::report::plan_secrets(&upgraded));
+    // The new plan's secrets too (write scrubs every value the host knows).
+    super::super::report::plan_secrets(&upgraded)
+        .iter()
+        .for_each(|v| host.secrets().add(v));
     status.write(host)?;
     host.say(&message);
     result.map(|_| Outcome::Done(message))
