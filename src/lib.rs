@@ -9,6 +9,7 @@ pub mod cmdline;
 pub mod digest;
 pub mod firstboot;
 pub mod plan;
+pub mod signing;
 pub mod transport;
 
 #[cfg(feature = "builder")]

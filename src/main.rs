@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cubeboot::builder::cli::{Cli, Command};
-use cubeboot::builder::{build, check, kernel_package, lock};
+use cubeboot::builder::{build, check, kernel_package, lock, watch};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -15,10 +15,16 @@ fn main() -> ExitCode {
         Command::Lock(args) => lock::run(args),
         Command::Build(args) => build::run(args),
         Command::Inspect(args) => kernel_package::inspect(args),
+        Command::Watch(args) => watch::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // `watch` ends with its own exit codes (1 failed, 2 timed out).
+            if let Some(end) = err.downcast_ref::<watch::Finished>() {
+                eprintln!("{}", end.message);
+                return ExitCode::from(end.code);
+            }
             // Diagnostics print rustc-style on their own; other errors show
             // their whole context chain.
             eprintln!("{}", cubeboot::builder::diag::render_error(&err));

@@ -367,6 +367,11 @@ pub struct ReportPlan {
     /// JSON POST on each step change and at the end; carries no secrets.
     #[serde(default)]
     pub webhook: Option<String>,
+    /// The fleet's HMAC key: each post is signed with it (src/signing.rs).
+    /// It stays in this file (0600 on the target); the helper redacts it
+    /// from status, logs and posts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -185,6 +185,7 @@ pub fn post_json(
     env: &dyn Surroundings,
     url: &str,
     body: &[u8],
+    headers: &[(&str, String)],
     cfg: &FetchConfig,
 ) -> Result<(), DownloadError> {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -194,11 +195,11 @@ pub fn post_json(
         });
     }
     let agent = agent_for(env, url, cfg)?;
-    let resp = agent
-        .post(url)
-        .content_type("application/json")
-        .send(body)
-        .map_err(|e| classify_ureq(url, e))?;
+    let mut request = agent.post(url).content_type("application/json");
+    for (name, value) in headers {
+        request = request.header(*name, value.as_str());
+    }
+    let resp = request.send(body).map_err(|e| classify_ureq(url, e))?;
     let code = resp.status().as_u16();
     if (200..300).contains(&code) {
         Ok(())

@@ -27,12 +27,21 @@ pub struct Payload {
     pub files: BTreeMap<String, Vec<u8>>,
     /// Size as the chosen cloud counts it.
     pub budget_size: u64,
+    /// The plan carries the webhook secret: files holding it are written 0600.
+    pub secret: bool,
 }
 
 /// The `build` verb.
 pub fn run(args: BuildArgs) -> Result<()> {
     // Step 1: inputs, validated (flags, lock, profiles).
-    let options = BuildOptions::from_args(&args)?;
+    let mut options = BuildOptions::from_args(&args)?;
+    if options.webhook.is_some() {
+        let path = args
+            .webhook_secret_file
+            .clone()
+            .unwrap_or_else(|| args.output.join("webhook-secret"));
+        options.webhook_secret = Some(webhook_secret(&path)?);
+    }
     if args.offline && args.format != FormatArg::Overlay {
         bail!("--offline only applies to --format overlay (user-data cannot carry the assets)");
     }
@@ -74,6 +83,46 @@ pub fn run(args: BuildArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The fleet secret in `path`, or a new one written there (0600). Reusing the
+/// file keeps rebuilds byte-identical and every node of a fleet on one key.
+pub fn webhook_secret(path: &Path) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let secret = text.trim().to_string();
+            crate::signing::check_secret(&secret)
+                .map_err(|e| anyhow::anyhow!("webhook secret {}: {e}", path.display()))?;
+            return Ok(secret);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading webhook secret {}", path.display()))
+        }
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading 32 random bytes from /dev/urandom for the webhook secret")?;
+    let secret = crate::signing::secret_from_entropy(&bytes);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating webhook secret {}", path.display()))?;
+    writeln!(f, "{secret}")
+        .with_context(|| format!("writing webhook secret {}", path.display()))?;
+    eprintln!(
+        "created webhook secret {} (0600): give it to `cubeboot watch --secret-file`",
+        path.display()
+    );
+    Ok(secret)
 }
 
 /// Build every selected profile's payload in memory.
@@ -267,6 +316,7 @@ fn finish_payload(
         profile: profile.name.clone(),
         files,
         budget_size: budget_size.unwrap_or(0),
+        secret: plan.report.webhook_secret.is_some(),
     })
 }
 
@@ -313,13 +363,21 @@ pub fn write_payloads(out: &Path, payloads: &[Payload]) -> Result<()> {
 
 fn write_into(tmp: &Path, payloads: &[Payload]) -> Result<()> {
     use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let _ = std::fs::remove_dir_all(tmp);
     for p in payloads {
         let dir = tmp.join(&p.profile);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for (name, bytes) in &p.files {
             let path = dir.join(name);
-            let mut f = std::fs::File::create(&path)
+            // Everything but the checksums and manifest holds the plan.
+            let holds_secret = p.secret && name != "manifest.json" && name != "SHA256SUMS";
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(if holds_secret { 0o600 } else { 0o644 })
+                .open(&path)
                 .with_context(|| format!("writing {}", path.display()))?;
             // No fsync per file: rename-into-place already keeps failed
             // builds from leaving half-written payloads, and 45 fsyncs cost

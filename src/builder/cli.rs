@@ -29,6 +29,8 @@ pub enum Command {
     Build(BuildArgs),
     /// List an image overlay with the same reader the tests use
     Inspect(InspectArgs),
+    /// Watch a fleet come up: receive the helpers' signed webhook posts
+    Watch(WatchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -116,9 +118,14 @@ pub struct BuildArgs {
     /// Boot parameters: minimal, tencent, or a quoted custom list
     #[arg(long, value_name = "SET", default_value = "minimal")]
     pub boot_params: String,
-    /// URL that receives a JSON POST on each step change
+    /// URL that receives a signed JSON POST on each step change
+    /// (`cubeboot watch` listens for them)
     #[arg(long, value_name = "URL")]
     pub webhook: Option<String>,
+    /// The fleet's webhook signing secret: read if the file exists, else
+    /// created (0600) with a new random one; default OUTPUT/webhook-secret
+    #[arg(long, value_name = "FILE", requires = "webhook")]
+    pub webhook_secret_file: Option<PathBuf>,
     /// Cloud whose user-data budget the payload must fit
     #[arg(long, value_name = "NAME", default_value = "aws")]
     pub cloud: String,
@@ -165,6 +172,32 @@ pub struct InspectArgs {
     /// Overlay archive (`overlay.tar.xz`) to list
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+}
+
+/// Exit codes: 0 all expected nodes done, 1 a node failed, 2 timed out.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Address and port to listen on (e.g. 0.0.0.0:8740 for a fleet)
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8740")]
+    pub listen: String,
+    /// The fleet's webhook secret (what `build` wrote or was given)
+    #[arg(long, value_name = "FILE", default_value = "out/webhook-secret")]
+    pub secret_file: PathBuf,
+    /// Exit 0 once this many nodes report done
+    #[arg(long, value_name = "N")]
+    pub expect: Option<usize>,
+    /// Exit 0 once these nodes (hostnames or IPs) report done
+    #[arg(value_name = "NODE")]
+    pub nodes: Vec<String>,
+    /// Keep watching after a node fails; exit 1 when the rest are finished
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Give up (exit 2) after this long: seconds, or with s, m or h
+    #[arg(long, value_name = "DURATION", default_value = "2h")]
+    pub timeout: String,
+    /// One JSON line per event even on a terminal
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -14,4 +14,5 @@ pub mod options;
 pub mod overlay;
 pub mod profile;
 pub mod render;
+pub mod watch;
 pub mod yaml;

@@ -87,6 +87,9 @@ pub struct BuildOptions {
     /// `minimal`, `tencent` or `custom`, for the manifest.
     pub boot_params_label: String,
     pub webhook: Option<String>,
+    /// The fleet's webhook signing key; set by `build` at the CLI edge from
+    /// `--webhook-secret-file` (read or created there).
+    pub webhook_secret: Option<String>,
     pub cloud: Cloud,
     pub embed_helper: bool,
     pub kvm: KvmMode,
@@ -160,6 +163,7 @@ impl BuildOptions {
             boot_params,
             boot_params_label,
             webhook,
+            webhook_secret: None,
             cloud: Cloud::by_name(&args.cloud).map_err(|e| anyhow::anyhow!("--cloud: {e}"))?,
             embed_helper: args.embed_helper,
             kvm: match args.kvm {
@@ -257,6 +261,7 @@ impl BuildOptions {
             },
             report: ReportPlan {
                 webhook: self.webhook.clone(),
+                webhook_secret: self.webhook_secret.clone(),
             },
             max_reboots: 1,
         })

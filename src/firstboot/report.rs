@@ -71,5 +71,7 @@ pub fn plan_secrets(plan: &Plan) -> Vec<String> {
         .map(|(_, v)| v.clone())
         // The compute node's copy of the control node's object storage key.
         .chain(plan.cube.s3.iter().map(|s| s.secret_access_key.clone()))
+        // The webhook signing secret stays in the plan (src/signing.rs).
+        .chain(plan.report.webhook_secret.clone())
         .collect()
 }

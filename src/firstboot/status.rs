@@ -54,6 +54,22 @@ pub struct Status {
     /// The machine's hostname, so a webhook receiver can tell nodes apart.
     #[serde(default)]
     pub hostname: String,
+    /// `control` or `compute`, from the plan (empty when no plan was read).
+    #[serde(default)]
+    pub role: String,
+    /// The download under way, if any (bytes so far of the asset's size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download: Option<DownloadProgress>,
+    /// The installer's current phase, as it last announced it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub phase: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadProgress {
+    pub asset: String,
+    pub bytes: u64,
+    pub total: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +136,11 @@ impl Status {
                 .flatten()
                 .map(|h| h.trim().to_string())
                 .unwrap_or_default(),
+            role: plan
+                .map(|p| p.cube.role.as_str().to_string())
+                .unwrap_or_default(),
+            download: None,
+            phase: String::new(),
         }
     }
 

@@ -1,18 +1,29 @@
-//! The optional webhook: a JSON POST of the (redacted) status on each step
-//! change and at the end. Retried a few times; a webhook that is down never
-//! fails or stalls the run for long (prior-art §7: "Is it finished?").
+//! The optional webhook: a JSON POST of the whole (redacted) status on each
+//! step change and at the end, signed with the fleet secret when the plan
+//! has one (src/signing.rs; `cubeboot watch` verifies it).
+//!
+//! Every post carries the full current status, so the last one received is
+//! the truth and a missed one is healed by the next: a receiver that was
+//! restarted catches up. Posts are retried with backoff for about half a
+//! minute; once a post has given up, later ones try once until one gets
+//! through, so a dead receiver never stalls the run for long.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use super::fetch::HostNet;
-use super::host::Host;
+use super::host::{unix_secs, Host};
 use super::status::Status;
 use crate::plan::Plan;
+use crate::signing;
 use crate::transport::{self, FetchConfig};
 
 pub struct Webhook {
     url: String,
+    secret: Option<String>,
     cfg: FetchConfig,
+    /// The last post gave up: try the next ones once until one succeeds.
+    unreachable: Cell<bool>,
 }
 
 impl Webhook {
@@ -24,15 +35,19 @@ impl Webhook {
         }
         Some(Self {
             url: url.to_string(),
+            secret: plan.report.webhook_secret.clone(),
             cfg: FetchConfig {
                 // Short budgets: a report is worth seconds, not minutes.
                 connect_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(10),
                 backoff_initial: Duration::from_secs(1),
-                backoff_max: Duration::from_secs(4),
-                attempts_per_mirror: 3,
+                backoff_max: Duration::from_secs(8),
+                // 1 + 2 + 4 + 8 + 8 s of backoff: long enough to ride out a
+                // receiver's restart.
+                attempts_per_mirror: 6,
                 ..FetchConfig::default()
             },
+            unreachable: Cell::new(false),
         })
     }
 
@@ -51,16 +66,31 @@ impl Webhook {
         let mut status = status.clone();
         status.redact(host.secrets());
         let body = status.to_json();
+        // Once a post has given up, the next ones try once each.
+        let cfg = FetchConfig {
+            attempts_per_mirror: if self.unreachable.get() {
+                1
+            } else {
+                self.cfg.attempts_per_mirror
+            },
+            ..self.cfg.clone()
+        };
         let mut failures = 0;
         loop {
-            match transport::post_json(&HostNet(host), &self.url, body.as_bytes(), &self.cfg) {
-                Ok(()) => return,
+            // Signed afresh per attempt: the timestamp is when it was sent.
+            let headers = self.headers(host, body.as_bytes());
+            match transport::post_json(&HostNet(host), &self.url, body.as_bytes(), &headers, &cfg) {
+                Ok(()) => {
+                    self.unreachable.set(false);
+                    return;
+                }
                 Err(e) => {
                     failures += 1;
-                    if let Some(wait) = self.cfg.retry_wait(&e, failures) {
+                    if let Some(wait) = cfg.retry_wait(&e, failures) {
                         host.sleep(wait);
                         continue;
                     }
+                    self.unreachable.set(true);
                     host.say(&format!(
                         "webhook {}: {}; continuing without it",
                         transport::redact_url(&self.url),
@@ -70,6 +100,17 @@ impl Webhook {
                 }
             }
         }
+    }
+
+    fn headers(&self, host: &dyn Host, body: &[u8]) -> Vec<(&'static str, String)> {
+        let Some(secret) = &self.secret else {
+            return Vec::new();
+        };
+        let ts = unix_secs(host.now());
+        vec![
+            (signing::TIMESTAMP_HEADER, ts.to_string()),
+            (signing::SIGNATURE_HEADER, signing::sign(secret, ts, body)),
+        ]
     }
 }
 

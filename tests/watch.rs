@@ -1,0 +1,492 @@
+//! `cubeboot watch` against simulated helpers: threads that post through the
+//! helper's real webhook code (signing, retries) to the real `watch` binary
+//! on 127.0.0.1, with jittered timings.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cubeboot::firstboot::host::RealHost;
+use cubeboot::firstboot::status::{DownloadProgress, Progress, Status};
+use cubeboot::firstboot::webhook::Webhook;
+use cubeboot::plan::testing::sample_plan;
+use cubeboot::signing;
+
+const SECRET: &str = "5ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e7";
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+struct Watch {
+    child: Child,
+    addr: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Watch {
+    /// Start `cubeboot watch` with `args`; returns once it listens.
+    fn start(dir: &Path, listen: &str, args: &[&str]) -> Self {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cubeboot"))
+            .arg("watch")
+            .arg("--listen")
+            .arg(listen)
+            .arg("--secret-file")
+            .arg(&secret)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut first = String::new();
+        err.read_line(&mut first).unwrap();
+        let addr = first
+            .split("listening on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .to_string();
+        let stderr = Arc::new(Mutex::new(first));
+        let sink = stderr.clone();
+        thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = err.read_to_string(&mut rest);
+            sink.lock().unwrap().push_str(&rest);
+        });
+        Self {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/cubeboot", self.addr)
+    }
+
+    /// Wait for exit; returns (code, stdout, stderr).
+    fn finish(mut self, within: Duration) -> (i32, String, String) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut out = String::new();
+                self.child
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut out)
+                    .unwrap();
+                thread::sleep(Duration::from_millis(50));
+                let err = self.stderr.lock().unwrap().clone();
+                return (status.code().unwrap_or(-1), out, err);
+            }
+            if started.elapsed() > within {
+                let _ = self.child.kill();
+                panic!("watch did not exit within {within:?}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// One simulated node: what it posts, in order.
+fn script(name: &str, role: &str, fails: bool) -> Vec<Status> {
+    let base = |state: &str, step: &str, done: usize| Status {
+        version: 1,
+        state: state.into(),
+        step: step.into(),
+        progress: Progress { done, total: 13 },
+        hostname: name.into(),
+        role: role.into(),
+        profile: "debian-12".into(),
+        generator: "cubeboot test".into(),
+        ..Status::default()
+    };
+    let mut fetch = base("running", "fetch", 1);
+    fetch.download = Some(DownloadProgress {
+        asset: "bundle".into(),
+        bytes: 300 << 20,
+        total: 1000 << 20,
+    });
+    let mut install = base("running", "cube-install", 8);
+    install.phase = "pulling images".into();
+    let last = if fails {
+        let mut s = base("failed: cube-install", "cube-install", 8);
+        s.last_error = Some("installer exited 1\nmore detail".into());
+        s.hints = vec!["see /var/log/cube-install.log".into()];
+        s
+    } else {
+        base("done", "", 13)
+    };
+    vec![base("running", "preflight", 0), fetch, install, last]
+}
+
+/// Post a script through the helper's webhook, with jitter between posts.
+fn run_helper(url: String, root: PathBuf, seed: u64, posts: Vec<Status>) {
+    let mut plan = sample_plan();
+    plan.report.webhook = Some(url);
+    plan.report.webhook_secret = Some(SECRET.into());
+    let hook = Webhook::from_plan(&plan).unwrap();
+    let host = RealHost::new(root);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    for mut status in posts {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        thread::sleep(Duration::from_millis((x >> 33) % 60));
+        status.updated_at = unix_now();
+        hook.post(&host, &status);
+    }
+}
+
+fn run_fleet(url: &str, dir: &Path, n: usize, failing: impl Fn(usize) -> bool) -> Vec<Status> {
+    let mut handles = Vec::new();
+    let mut lasts = Vec::new();
+    for i in 0..n {
+        let name = format!("node-{i:02}");
+        let role = if i == 0 { "control" } else { "compute" };
+        let posts = script(&name, role, failing(i));
+        lasts.push(posts.last().unwrap().clone());
+        let root = dir.join(&name);
+        std::fs::create_dir_all(&root).unwrap();
+        let url = url.to_string();
+        handles.push(thread::spawn(move || {
+            run_helper(url, root, i as u64, posts)
+        }));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    lasts
+}
+
+fn events(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+#[test]
+fn fifty_helpers_json_lines_match_each_last_post() {
+    let dir = tempfile::tempdir().unwrap();
+    let watch = Watch::start(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--expect", "50", "--keep-going", "--timeout", "120"],
+    );
+    let lasts = run_fleet(&watch.url(), dir.path(), 50, |i| i % 8 == 3);
+    let (code, out, err) = watch.finish(Duration::from_secs(30));
+    assert_eq!(code, 1, "some failed, so exit 1 once all finished\n{err}");
+    let evs = events(&out);
+    let mut last_by_node: BTreeMap<String, &serde_json::Value> = BTreeMap::new();
+    for e in &evs {
+        assert_ne!(e["event"], "rejected", "{e}");
+        if e["event"] == "node" {
+            last_by_node.insert(e["node"].as_str().unwrap().to_string(), e);
+        }
+    }
+    assert_eq!(last_by_node.len(), 50);
+    for posted in &lasts {
+        let seen = last_by_node[&posted.hostname];
+        assert_eq!(seen["state"], posted.state.as_str(), "{seen}");
+        assert_eq!(seen["role"], posted.role.as_str(), "{seen}");
+        assert_eq!(seen["step"], posted.step.as_str(), "{seen}");
+        assert_eq!(seen["progress"]["done"], posted.progress.done, "{seen}");
+        assert_eq!(seen["ip"], "127.0.0.1");
+        if posted.state.starts_with("failed") {
+            assert_eq!(seen["hint"], posted.hints[0].as_str(), "{seen}");
+            assert_eq!(seen["last_error"], "installer exited 1\nmore detail");
+        } else {
+            assert!(seen["hint"].is_null(), "{seen}");
+        }
+    }
+    let fin = evs.last().unwrap();
+    assert_eq!(fin["event"], "finished", "{fin}");
+    assert_eq!(fin["exit_code"], 1);
+    assert_eq!(fin["done"], 44);
+    assert_eq!(fin["failed"], 6);
+    assert_eq!(fin["rejected"], 0);
+    // A download in progress was shown with its bytes and total.
+    assert!(evs.iter().any(|e| e["download"]["total"] == 1000u64 << 20));
+}
+
+#[test]
+fn exit_codes_all_done_one_failed_and_timeout() {
+    // All done: 0.
+    let dir = tempfile::tempdir().unwrap();
+    let watch = Watch::start(dir.path(), "127.0.0.1:0", &["--expect", "5"]);
+    run_fleet(&watch.url(), dir.path(), 5, |_| false);
+    let (code, out, err) = watch.finish(Duration::from_secs(20));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("all 5 expected nodes are done"), "{err}");
+    assert_eq!(events(&out).last().unwrap()["outcome"], "all-done");
+
+    // One failed, no --keep-going: 1 as soon as it is heard, naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let watch = Watch::start(dir.path(), "127.0.0.1:0", &["--expect", "5"]);
+    run_fleet(&watch.url(), dir.path(), 1, |_| true);
+    let (code, _, err) = watch.finish(Duration::from_secs(20));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("node-00 failed: failed: cube-install (see /var/log/cube-install.log"),
+        "{err}"
+    );
+
+    // Named nodes, one never heard from: 2 after the timeout, naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let watch = Watch::start(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--timeout", "3", "node-00", "node-01", "node-07"],
+    );
+    run_fleet(&watch.url(), dir.path(), 2, |_| false);
+    let (code, out, err) = watch.finish(Duration::from_secs(20));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not done: node-07"), "{err}");
+    assert_eq!(events(&out).last().unwrap()["outcome"], "timeout");
+}
+
+/// A raw HTTP/1.1 POST; returns the status code.
+fn raw_post(addr: &str, headers: &[(&str, String)], body: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut head = format!(
+        "POST /cubeboot HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    status_of(&mut s)
+}
+
+fn status_of(s: &mut TcpStream) -> u16 {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {line:?}"))
+}
+
+fn signed(secret: &str, ts: u64, body: &[u8]) -> Vec<(&'static str, String)> {
+    vec![
+        (signing::TIMESTAMP_HEADER, ts.to_string()),
+        (signing::SIGNATURE_HEADER, signing::sign(secret, ts, body)),
+    ]
+}
+
+#[test]
+fn forged_unsigned_replayed_stale_and_huge_posts_are_refused_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let watch = Watch::start(dir.path(), "127.0.0.1:0", &["--expect", "1"]);
+    let addr = watch.addr.clone();
+    let mut good = script("node-ok", "control", false).pop().unwrap();
+    good.updated_at = unix_now();
+    let body = good.to_json().into_bytes();
+    let now = unix_now();
+
+    assert_eq!(raw_post(&addr, &[], &body), 401, "unsigned");
+    let forged = signed("an0ther-secret-an0ther-secret-an0ther", now, &body);
+    assert_eq!(raw_post(&addr, &forged, &body), 401, "forged");
+    let mut tampered = body.clone();
+    tampered[10] ^= 1;
+    assert_eq!(
+        raw_post(&addr, &signed(SECRET, now, &body), &tampered),
+        401,
+        "body changed after signing"
+    );
+    let old = now - 3600;
+    assert_eq!(
+        raw_post(&addr, &signed(SECRET, old, &body), &body),
+        401,
+        "stale"
+    );
+
+    // 10 MB announced: answered 413 before a byte of the body is sent.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\n{}: {now}\r\n\r\n",
+        signing::TIMESTAMP_HEADER
+    )
+    .unwrap();
+    assert_eq!(status_of(&mut s), 413);
+    drop(s);
+
+    // A signed, fresh post is accepted; the same bytes again are a replay.
+    let mut node = script("node-1", "compute", false).remove(0);
+    node.updated_at = now;
+    let first = node.to_json().into_bytes();
+    let sig = signed(SECRET, now, &first);
+    assert_eq!(raw_post(&addr, &sig, &first), 204);
+    assert_eq!(raw_post(&addr, &sig, &first), 409, "replayed");
+
+    // Still serving: a good post ends the watch.
+    assert_eq!(raw_post(&addr, &signed(SECRET, now, &body), &body), 204);
+    let (code, out, err) = watch.finish(Duration::from_secs(20));
+    assert_eq!(code, 0, "{err}");
+    let reasons: Vec<String> = events(&out)
+        .iter()
+        .filter(|e| e["event"] == "rejected")
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .collect();
+    let expect = [
+        "unsigned",
+        "forged",
+        "forged",
+        "stale",
+        "too large",
+        "replayed",
+    ];
+    assert_eq!(reasons.len(), expect.len(), "{reasons:?}");
+    for (r, e) in reasons.iter().zip(expect) {
+        assert!(r.starts_with(e), "{r:?} should start with {e:?}");
+    }
+    assert!(
+        reasons[4].contains("10485760 bytes announced"),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn a_helper_retries_until_a_restarted_watch_hears_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Watch::start(dir.path(), "127.0.0.1:0", &["--expect", "1"]);
+    let addr = first.addr.clone();
+    let url = first.url();
+    let mut first = first;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    // The helper posts while nothing listens; it backs off and retries.
+    let root = dir.path().join("node");
+    std::fs::create_dir_all(&root).unwrap();
+    let posts = vec![script("node-late", "compute", false).pop().unwrap()];
+    let helper = thread::spawn(move || run_helper(url, root, 1, posts));
+    thread::sleep(Duration::from_millis(1500));
+    let second = Watch::start(dir.path(), &addr, &["--expect", "1", "--timeout", "60"]);
+    helper.join().unwrap();
+    let (code, out, err) = second.finish(Duration::from_secs(30));
+    assert_eq!(code, 0, "{err}");
+    let evs = events(&out);
+    assert_eq!(evs[0]["node"], "node-late");
+    assert_eq!(evs[0]["state"], "done");
+}
+
+#[test]
+fn terminal_view_under_tmux_has_one_line_per_node() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        panic!("tmux is needed for this test (.ci/run installs it)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    // Pick a port: bind, read it, release.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let socket = dir.path().join("tmux.sock");
+    let tmux = |args: &[&str]| {
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let done_file = dir.path().join("exit-code");
+    let cmd = format!(
+        "{} watch --listen {addr} --secret-file {} --expect 50 --keep-going --timeout 120; echo $? > {}; sleep 600",
+        env!("CARGO_BIN_EXE_cubeboot"),
+        secret.display(),
+        done_file.display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-x",
+        "160",
+        "-y",
+        "60",
+        "sh",
+        "-c",
+        &cmd,
+    ]);
+    // Wait until it listens.
+    let started = Instant::now();
+    while TcpStream::connect(&addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "watch never listened"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let lasts = run_fleet(&format!("http://{addr}/"), dir.path(), 50, |i| i % 8 == 3);
+    let started = Instant::now();
+    while !done_file.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "watch did not exit"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let screen = tmux(&["capture-pane", "-p", "-J"]);
+    tmux(&["kill-server"]);
+    assert_eq!(std::fs::read_to_string(&done_file).unwrap().trim(), "1");
+    // The header says the totals; each node is on exactly one line, with its
+    // final state, and no line holds two nodes.
+    assert!(
+        screen.contains("44 done, 6 failed, 0 in progress of 50 expected"),
+        "{screen}"
+    );
+    for posted in &lasts {
+        let lines: Vec<&str> = screen
+            .lines()
+            .filter(|l| l.starts_with(&format!("{} ", posted.hostname)))
+            .collect();
+        assert_eq!(lines.len(), 1, "{}:\n{screen}", posted.hostname);
+        let line = lines[0];
+        assert_eq!(line.matches("node-").count(), 1, "{line}");
+        if posted.state.starts_with("failed") {
+            assert!(
+                line.contains("failed: cube-install: see /var/log/cube-install.log"),
+                "{line}"
+            );
+        } else {
+            assert!(line.trim_end().ends_with(" done"), "{line}");
+        }
+    }
+    assert!(!screen.contains('\x1b'));
+}
+
+#[test]
+fn the_secret_is_redacted_from_status_and_posts() {
+    let mut plan = sample_plan();
+    plan.report.webhook_secret = Some(SECRET.into());
+    let secrets = cubeboot::firstboot::report::plan_secrets(&plan);
+    let mut status = Status {
+        last_error: Some(format!("curl -H 'X: {SECRET}' failed")),
+        ..Status::default()
+    };
+    status.redact(&secrets);
+    assert!(!status.to_json().contains(SECRET));
+}
