@@ -896,6 +896,39 @@ fn auto_formats_the_one_empty_disk_and_mounts_it_by_uuid() {
 }
 
 #[test]
+fn auto_with_no_spare_disk_refuses_a_loopback_the_root_cannot_hold() {
+    // One disk, the root: auto falls back to a loopback image, which the
+    // root's 5 GiB free cannot back at the plan's 50 GiB.
+    const LSBLK_ROOT_ONLY: &str = r#"{"blockdevices":[
+  {"name":"vda","type":"disk","size":21474836480,"fstype":null,"mountpoint":null,"pttype":"gpt","children":[
+    {"name":"vda1","type":"part","size":21473787392,"fstype":"ext4","mountpoint":"/","pttype":"gpt"}]}]}"#;
+    let dir = tempfile::tempdir().unwrap();
+    let host = disk_host(dir.path(), LSBLK_ROOT_ONLY);
+    host.set_free_bytes(Some(5 << 30));
+    let mut plan = plan_for(PLAIN);
+    plan.cube.data_disk = DataDisk::Auto;
+    plan.cube.loopback_size_gib = 50;
+    let mut journal = Journal::new("test");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut journal,
+    };
+    let err = cube::data_disk(&mut ctx).unwrap_err();
+    let failure = err.downcast_ref::<StepFailure>().unwrap();
+    assert_eq!(
+        failure.to_string(),
+        "auto found no single empty disk for /data/cubelet, and a 50 GiB loopback image does not fit the root filesystem (5 GiB free)"
+    );
+    assert!(
+        failure.hint.as_deref().unwrap().contains("--data-disk loopback"),
+        "{failure:?}"
+    );
+    assert!(!host.exists("/data/cubelet.img"));
+    assert!(!host.commands().iter().any(|c| c.contains("mkfs")));
+}
+
+#[test]
 fn loopback_is_a_real_sparse_xfs_image() {
     let dir = tempfile::tempdir().unwrap();
     let host = disk_host(dir.path(), LSBLK_ROOT_AND_EMPTY);

@@ -245,7 +245,11 @@ mod tests {
             .contains("systemctl start --no-block cube-firstboot.service"));
         assert!(r
             .user_data
-            .contains("final_message: \"cubeboot 0.0.0-test: debian-12 (control) handed over"));
+            .contains("final_message: \"cubeboot 0.0.0-test: debian-12 (control): cloud-init finished this boot; Cube Sandbox setup state: cube-firstboot status\""));
+        // Printed on every boot, also long after the setup: nothing that is
+        // only true on the first (a hand-over) or gone after a reboot (/run).
+        assert!(!r.user_data.contains("handed over"));
+        assert!(!r.user_data.contains("/run/cubeboot"));
         assert_eq!(r.embedded_helper_bytes, 0);
         // sha256sum runs before install in the bootstrap.
         let check = BOOTSTRAP.find("sha256sum -c").unwrap();
