@@ -79,9 +79,11 @@ pub fn user_data(plan: &Plan, helper: &Helper) -> Result<Rendered> {
         helper_sha256: helper.sha256.to_hex(),
         helper_urls,
         helper_gz_b64: helper_gz_b64.clone(),
-        // No `$` or braces: cloud-init templates final_message.
+        // No `$` or braces: cloud-init templates final_message. cloud-init
+        // prints it at the end of every boot, so it says only what is true
+        // on any boot, and points at the command that knows the rest.
         final_message: format!(
-            "{}: {} handed over to cube-firstboot.service; follow: cube-firstboot status --wait",
+            "{}: {}: cloud-init finished this boot; Cube Sandbox setup state: cube-firstboot status",
             plan.generator,
             plan.role_label()
         ),

@@ -93,6 +93,17 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
             let size = plan.cube.loopback_size_gib;
             let free = host.free_bytes("/").unwrap_or(u64::MAX);
             if !host.exists(LOOPBACK_IMAGE) && free < size << 30 {
+                // `auto` only falls back to a loopback image; one the root
+                // cannot back would fill it under Cube later. Asked for
+                // explicitly (`loopback`), it is the operator's call: warn.
+                if plan.cube.data_disk == DataDisk::Auto {
+                    return Err(StepFailure::new(format!(
+                        "auto found no single empty disk for {CUBELET_DIR}, and a {size} GiB loopback image does not fit the root filesystem ({} GiB free)",
+                        free >> 30
+                    ))
+                    .hint("attach one empty disk (auto formats it), or build with --data-disk loopback to accept a loopback image that can fill the root filesystem")
+                    .into());
+                }
                 let w = format!(
                     "{LOOPBACK_IMAGE} may grow to {size} GiB but its filesystem has {} GiB free",
                     free >> 30
