@@ -6,10 +6,24 @@
 # (`relocation-model=static`: no run-time relocations, ~150 KB smaller; the
 # helper runs once, as root, at first boot, so ASLR of its own code buys
 # little) and, with the toolchain's lld, folds identical functions (--icf).
+#
+# Needs: the x86_64-unknown-linux-musl Rust target (added here with rustup
+# when missing) and musl-gcc for the C in ring (Debian/Ubuntu: musl-tools).
+# Honours CARGO_TARGET_DIR; prints the helper's absolute path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+target_dir="${CARGO_TARGET_DIR:-target}"
+case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
 lld_dir="$(rustc --print sysroot)/lib/rustlib/x86_64-unknown-linux-gnu/bin/gcc-ld"
-if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+musl_installed() { rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; }
+if ! musl_installed && command -v rustup >/dev/null; then
+  rustup target add x86_64-unknown-linux-musl >&2 || true
+fi
+if musl_installed; then
+  if ! command -v musl-gcc >/dev/null; then
+    echo "building the static helper needs musl-gcc: apt-get install musl-tools (Debian/Ubuntu)" >&2
+    exit 1
+  fi
   target=x86_64-unknown-linux-musl
   flags="-C relocation-model=static -C target-feature=+crt-static"
   if [ -x "$lld_dir/ld.lld" ]; then
@@ -22,7 +36,7 @@ else
   RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --profile helper --no-default-features --bin cube-firstboot --target "$target" >&2
 fi
-bin="target/$target/helper/cube-firstboot"
+bin="$target_dir/$target/helper/cube-firstboot"
 file "$bin" | grep -q 'static' || { echo "$bin is not statically linked" >&2; exit 1; }
 size=$(stat -c %s "$bin")
 # The budget from issue 3 binds the shipped musl build: fail loudly rather

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cubeboot::builder::cli::{Cli, Command};
-use cubeboot::builder::{build, check, kernel_package, lock, watch};
+use cubeboot::builder::{build, check, kernel_package, lock, mirror, shell, watch};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -16,6 +16,9 @@ fn main() -> ExitCode {
         Command::Build(args) => build::run(args),
         Command::Inspect(args) => kernel_package::inspect(args),
         Command::Watch(args) => watch::run(args),
+        Command::Mirror(args) => mirror::run(args),
+        Command::Completions(args) => shell::completions(args),
+        Command::Man(args) => shell::man(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

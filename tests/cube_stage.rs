@@ -921,7 +921,11 @@ fn auto_with_no_spare_disk_refuses_a_loopback_the_root_cannot_hold() {
         "auto found no single empty disk for /data/cubelet, and a 50 GiB loopback image does not fit the root filesystem (5 GiB free)"
     );
     assert!(
-        failure.hint.as_deref().unwrap().contains("--data-disk loopback"),
+        failure
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("--data-disk loopback"),
         "{failure:?}"
     );
     assert!(!host.exists("/data/cubelet.img"));

@@ -104,7 +104,14 @@ fn terraform_examples_read_only_what_cubeboot_build_writes() {
                 "--cloud",
                 "tencent",
             ])
-            .args(&args));
+            .args(&args)
+            // One webhook and secret for the fleet, as the cluster header says.
+            .args([
+                "--webhook",
+                "http://203.0.113.7:8740/",
+                "--webhook-secret-file",
+                "out/webhook-secret",
+            ]));
     }
 
     let single = terraform_refs(&python, &dir.join("examples/terraform/single-node"), &[]);
@@ -136,6 +143,14 @@ fn terraform_examples_read_only_what_cubeboot_build_writes() {
     assert_eq!(plan("compute")["cube"]["control_plane_ip"], "10.0.1.10");
     assert_eq!(plan("compute")["cube"]["role"], "compute");
     assert_eq!(plan("control")["cube"]["role"], "control");
+    // The module's webhook precondition: both plans carry the URL and the
+    // secret of the file the cluster example reads (its default path).
+    let secret = std::fs::read_to_string(dir.join("out/webhook-secret")).unwrap();
+    for role in ["control", "compute"] {
+        assert_eq!(plan(role)["report"]["webhook"], "http://203.0.113.7:8740/");
+        assert_eq!(plan(role)["report"]["webhook_secret"], secret.trim());
+    }
+    assert!(cluster_tf_default_secret(dir).ends_with("out/webhook-secret"));
     let cluster_tf =
         std::fs::read_to_string(dir.join("examples/terraform/cluster/main.tf")).unwrap();
     assert!(cluster_tf.contains("default     = \"10.0.1.10\""));
@@ -206,4 +221,28 @@ fn packer_template_uploads_the_built_overlay_then_applies_and_resets() {
     let reset = inline.iter().position(|c| c.contains(" reset ")).unwrap();
     let untar = inline.iter().position(|c| c.starts_with("tar ")).unwrap();
     assert!(untar < apply && apply < reset, "{inline:?}");
+}
+
+/// The cluster example's default webhook_secret_file, resolved from its dir.
+fn cluster_tf_default_secret(dir: &std::path::Path) -> String {
+    let tf = std::fs::read_to_string(dir.join("examples/terraform/cluster/main.tf")).unwrap();
+    let block = tf.split("variable \"webhook_secret_file\"").nth(1).unwrap();
+    let default = block
+        .lines()
+        .find(|l| l.trim_start().starts_with("default"))
+        .unwrap();
+    let rel = default.split('"').nth(1).unwrap();
+    let path = dir.join("examples/terraform/cluster").join(rel);
+    let normal: std::path::PathBuf =
+        path.components()
+            .fold(std::path::PathBuf::new(), |mut p, c| {
+                match c {
+                    std::path::Component::ParentDir => {
+                        p.pop();
+                    }
+                    other => p.push(other),
+                }
+                p
+            });
+    normal.display().to_string()
 }

@@ -35,18 +35,19 @@ pub struct Payload {
 pub fn run(args: BuildArgs) -> Result<()> {
     // Step 1: inputs, validated (flags, lock, profiles).
     let mut options = BuildOptions::from_args(&args)?;
-    if options.webhook.is_some() {
-        let path = args
-            .webhook_secret_file
+    let secret_file = options.webhook.as_ref().map(|_| {
+        args.webhook_secret_file
             .clone()
-            .unwrap_or_else(|| args.output.join("webhook-secret"));
-        options.webhook_secret = Some(webhook_secret(&path)?);
+            .unwrap_or_else(|| args.output.join("webhook-secret"))
+    });
+    if let Some(path) = &secret_file {
+        options.webhook_secret = Some(webhook_secret(path)?);
     }
     if args.offline && args.format != FormatArg::Overlay {
         bail!("--offline only applies to --format overlay (user-data cannot carry the assets)");
     }
     let lock = Lock::load(&args.lock)?;
-    let profiles = profile::select(&args.dir.profiles_dir, &args.profile)?;
+    let profiles = profile::select(args.dir.profiles_dir.as_deref(), &args.profile)?;
     // Step 2: every payload in memory; any error stops before writing.
     let payloads = match args.format {
         FormatArg::UserData => build_all(&profiles, &lock, &options)?,
@@ -58,6 +59,45 @@ pub fn run(args: BuildArgs) -> Result<()> {
     };
     // Step 3: write to a temp dir, rename into place.
     write_payloads(&args.output, &payloads)?;
+    if args.json {
+        let written: Vec<_> = payloads
+            .iter()
+            .map(|p| {
+                let files: BTreeMap<&str, _> = p
+                    .files
+                    .iter()
+                    .map(|(name, bytes)| {
+                        let f = serde_json::json!({
+                            "size": bytes.len(),
+                            "sha256": Sha256Digest::of(bytes).to_hex(),
+                        });
+                        (name.as_str(), f)
+                    })
+                    .collect();
+                let budget = (args.format == FormatArg::UserData).then(|| {
+                    serde_json::json!({
+                        "cloud": options.cloud.name,
+                        "measured_on": options.cloud.measure.to_string(),
+                        "limit": options.cloud.limit,
+                        "size": p.budget_size,
+                    })
+                });
+                serde_json::json!({
+                    "profile": p.profile,
+                    "directory": args.output.join(&p.profile),
+                    "files": files,
+                    "budget": budget,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "output": args.output,
+            "webhook_secret_file": secret_file,
+            "payloads": written,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
     if args.format == FormatArg::Overlay {
         for p in &payloads {
             eprintln!(

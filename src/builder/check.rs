@@ -1,21 +1,46 @@
 //! `cubeboot profiles` and `cubeboot check`: validate inputs without building.
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{Context, Result};
 
 use super::cli::{CheckArgs, ProfilesArgs};
-use super::diag::{Diagnostic, Report};
+use super::diag::{Diagnostic, Report, Severity};
 use super::lock::Lock;
 use super::profile::{self, KernelSource};
 
-/// `cubeboot profiles`: one line per valid profile; problems on stderr.
+/// `cubeboot profiles`: one line per valid profile (or JSON); problems on
+/// stderr. With `--export DIR`, the built-in profiles are written there.
 pub fn list_profiles(args: ProfilesArgs) -> Result<()> {
-    let (profiles, report) = profile::load_dir(&args.dir.profiles_dir)?;
-    println!(
-        "{:<16} {:<4} {:<14} DESCRIPTION",
-        "PROFILE", "PKG", "BOOTLOADER"
-    );
-    for p in &profiles {
-        println!("{}", p.summary());
+    if let Some(dir) = &args.export {
+        return export_profiles(dir);
+    }
+    let (profiles, report) = profile::load(args.dir.profiles_dir.as_deref())?;
+    if args.json {
+        let list: Vec<_> = profiles
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "name": p.name,
+                    "path": p.path,
+                    "description": p.description,
+                    "family": p.target.family,
+                    "bootloader": p.target.bootloader.kind,
+                    "kernel_asset": p.kernel_asset.key(),
+                    "os_ids": p.target.os_ids,
+                    "version_id": p.target.version_id,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        println!(
+            "{:<16} {:<4} {:<14} DESCRIPTION",
+            "PROFILE", "PKG", "BOOTLOADER"
+        );
+        for p in &profiles {
+            println!("{}", p.summary());
+        }
     }
     if report.errors() > 0 {
         return Err(report.into());
@@ -23,17 +48,53 @@ pub fn list_profiles(args: ProfilesArgs) -> Result<()> {
     Ok(())
 }
 
+/// Write the built-in profiles into `dir`; an existing file that differs is
+/// left alone and named, so edits are never overwritten.
+fn export_profiles(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut kept = Vec::new();
+    for (name, text) in profile::BUILT_IN {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(old) if old == *text => {}
+            Ok(_) => kept.push(path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                super::lock::write_atomically(&path, text.as_bytes())
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+    if !kept.is_empty() {
+        anyhow::bail!(
+            "left {} edited file(s) as they are: {}",
+            kept.len(),
+            kept.join(", ")
+        );
+    }
+    eprintln!(
+        "wrote {} profiles into {}; build with --profiles-dir {}",
+        profile::BUILT_IN.len(),
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
 /// `cubeboot check [--strict] [--lock FILE]`: profiles, then the lock, then
 /// local copies of locked assets. Warnings fail only with --strict.
 pub fn run(args: CheckArgs) -> Result<()> {
     // Step 1: every profile, all problems collected.
-    let (profiles, mut report) = profile::load_dir(&args.dir.profiles_dir)?;
+    let (profiles, mut report) = profile::load(args.dir.profiles_dir.as_deref())?;
     // Step 2: the lock, its pins against any local copies, and whether it
     // has the kernel each profile needs.
     let mut checked = format!(
         "{} valid profiles in {}",
         profiles.len(),
-        args.dir.profiles_dir.display()
+        args.dir
+            .profiles_dir
+            .as_deref()
+            .map_or(profile::BUILT_IN_DIR.into(), |d| d.display().to_string())
     );
     if let Some(path) = &args.lock {
         checked.push_str(&format!(" and {}", path.display()));
@@ -76,11 +137,35 @@ pub fn run(args: CheckArgs) -> Result<()> {
         }
     }
     // Step 3: report; exit status from errors (and warnings with --strict).
-    if !report.is_empty() {
-        eprintln!("{report}\n");
-    }
     let (errors, warnings) = (report.errors(), report.warnings());
     let failed = errors > 0 || (args.strict && warnings > 0);
+    if args.json {
+        let diagnostics: Vec<_> = report
+            .0
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "severity": if d.severity == Severity::Error { "error" } else { "warning" },
+                    "file": d.file,
+                    "key": d.key,
+                    "line": d.position.map(|p| p.0),
+                    "column": d.position.map(|p| p.1),
+                    "message": d.message,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "ok": !failed,
+            "checked": checked,
+            "profiles": profiles.len(),
+            "errors": errors,
+            "warnings": warnings,
+            "diagnostics": diagnostics,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if !report.is_empty() {
+        eprintln!("{report}\n");
+    }
     let summary = format!("checked {checked}: {errors} errors, {warnings} warnings");
     if failed {
         let strict = if errors == 0 { " (--strict)" } else { "" };

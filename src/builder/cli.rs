@@ -33,23 +33,38 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Watch a fleet come up: receive the helpers' signed webhook posts
     Watch(WatchArgs),
+    /// Copy every pinned asset into a directory to serve as a mirror
+    Mirror(MirrorArgs),
+    /// Print shell completions
+    Completions(CompletionsArgs),
+    /// Print the man page (roff)
+    Man(ManArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct ProfileDirArgs {
-    /// Directory holding the distro profiles
-    #[arg(long, value_name = "DIR", default_value = "profiles")]
-    pub profiles_dir: PathBuf,
+    /// Read the distro profiles from DIR instead of the ones built in
+    #[arg(long, value_name = "DIR")]
+    pub profiles_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct ProfilesArgs {
     #[command(flatten)]
     pub dir: ProfileDirArgs,
+    /// Write the profiles into DIR (to edit, then use with --profiles-dir)
+    #[arg(long, value_name = "DIR")]
+    pub export: Option<PathBuf>,
+    /// Print the profiles as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
+    /// Print the result and every diagnostic as JSON
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub dir: ProfileDirArgs,
     /// Lock file to validate against the profiles
@@ -167,6 +182,33 @@ pub struct BuildArgs {
     /// Output directory
     #[arg(short, long, value_name = "DIR", default_value = "out")]
     pub output: PathBuf,
+    /// Print what was written (files, sizes, budgets) as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    /// Lock file pinning the assets
+    #[arg(long, value_name = "FILE", default_value = "cubeboot.lock")]
+    pub lock: PathBuf,
+    /// Directory to fill (DIR/<asset name>, what `build --mirror URL` reads)
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// Shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write one page per verb into DIR instead of the main page to stdout
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +242,9 @@ pub struct WatchArgs {
     /// One JSON line per event even on a terminal
     #[arg(long)]
     pub json: bool,
+    /// Print post handling times at the end (for scripts/bench-watch.sh)
+    #[arg(long, hide = true)]
+    pub stats: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

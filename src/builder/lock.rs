@@ -937,7 +937,7 @@ fn pin_kernel_repo(baseurl: &str, rpms: &[String]) -> Result<LockedKernelRepo> {
 
 /// Open a URL (http(s) or file://) through the shared transport: retried
 /// and resumed as in the helper, with a progress bar on a terminal.
-fn open_url(url: &Url) -> Result<Box<dyn Read>> {
+pub fn open_url(url: &Url) -> Result<Box<dyn Read>> {
     let stream =
         transport::Stream::open(&transport::Process, url.as_str(), &FetchConfig::default())
             .with_context(|| format!("downloading {url}"))?;

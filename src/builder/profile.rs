@@ -50,6 +50,74 @@ pub struct Profile {
     pub target: Target,
 }
 
+/// The profiles of this repository's profiles/, built into the binary so an
+/// installed `cubeboot` works anywhere (`--profiles-dir` reads others;
+/// `cubeboot profiles --export DIR` writes these out). Sorted by file name.
+pub const BUILT_IN: &[(&str, &str)] = &[
+    (
+        "almalinux-9.yaml",
+        include_str!("../../profiles/almalinux-9.yaml"),
+    ),
+    (
+        "centos-stream-9.yaml",
+        include_str!("../../profiles/centos-stream-9.yaml"),
+    ),
+    (
+        "debian-12.yaml",
+        include_str!("../../profiles/debian-12.yaml"),
+    ),
+    (
+        "debian-13.yaml",
+        include_str!("../../profiles/debian-13.yaml"),
+    ),
+    (
+        "opencloudos-9.yaml",
+        include_str!("../../profiles/opencloudos-9.yaml"),
+    ),
+    ("rocky-9.yaml", include_str!("../../profiles/rocky-9.yaml")),
+    (
+        "tencentos-4.yaml",
+        include_str!("../../profiles/tencentos-4.yaml"),
+    ),
+    (
+        "ubuntu-22.04.yaml",
+        include_str!("../../profiles/ubuntu-22.04.yaml"),
+    ),
+    (
+        "ubuntu-24.04.yaml",
+        include_str!("../../profiles/ubuntu-24.04.yaml"),
+    ),
+];
+
+/// Where diagnostics say a built-in profile lives.
+pub const BUILT_IN_DIR: &str = "(built in) profiles";
+
+/// Load and validate the profiles of `dir`, or the built-in ones.
+pub fn load(dir: Option<&Path>) -> Result<(Vec<Profile>, Report)> {
+    match dir {
+        Some(dir) => load_dir(dir),
+        None => Ok(load_texts(BUILT_IN.iter().map(|(name, text)| {
+            (Path::new(BUILT_IN_DIR).join(name), text.to_string())
+        }))),
+    }
+}
+
+/// Parse and validate profiles given as (path, text), in order.
+fn load_texts(files: impl Iterator<Item = (PathBuf, String)>) -> (Vec<Profile>, Report) {
+    let mut profiles = Vec::new();
+    let mut report = Report::default();
+    for (path, text) in files {
+        match parse(&text, &path) {
+            Ok((p, warnings)) => {
+                report.0.extend(warnings);
+                profiles.push(p);
+            }
+            Err(diags) => report.0.extend(diags),
+        }
+    }
+    (profiles, report)
+}
+
 /// Load and validate every `*.yaml` in `dir`, sorted by name. All problems
 /// of all files are collected before failing.
 pub fn load_dir(dir: &Path) -> Result<(Vec<Profile>, Report)> {
@@ -63,26 +131,19 @@ pub fn load_dir(dir: &Path) -> Result<(Vec<Profile>, Report)> {
     if paths.is_empty() {
         anyhow::bail!("no profiles (*.yaml) in {}", dir.display());
     }
-    let mut profiles = Vec::new();
-    let mut report = Report::default();
+    let mut files = Vec::new();
     for path in paths {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading profile {}", path.display()))?;
-        match parse(&text, &path) {
-            Ok((p, warnings)) => {
-                report.0.extend(warnings);
-                profiles.push(p);
-            }
-            Err(diags) => report.0.extend(diags),
-        }
+        files.push((path, text));
     }
-    Ok((profiles, report))
+    Ok(load_texts(files.into_iter()))
 }
 
 /// Load profiles and fail on any error; returns the selected ones
 /// (`all` or one name).
-pub fn select(dir: &Path, which: &str) -> Result<Vec<Profile>> {
-    let (profiles, report) = load_dir(dir)?;
+pub fn select(dir: Option<&Path>, which: &str) -> Result<Vec<Profile>> {
+    let (profiles, report) = load(dir)?;
     if report.errors() > 0 {
         return Err(report.into());
     }
@@ -95,7 +156,7 @@ pub fn select(dir: &Path, which: &str) -> Result<Vec<Profile>> {
             let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
             anyhow::bail!(
                 "no profile named {which:?} in {}; available: all, {}",
-                dir.display(),
+                dir.map_or(BUILT_IN_DIR.into(), |d| d.display().to_string()),
                 names.join(", ")
             )
         }

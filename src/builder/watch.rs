@@ -83,15 +83,18 @@ pub fn run(args: WatchArgs) -> Result<()> {
     });
     // Step 3: receive until the fleet is finished or the time is up.
     let deadline = Instant::now() + timeout;
+    let mut handling: Vec<Duration> = Vec::new();
     loop {
         let now = Instant::now();
         if now >= deadline {
             let message = fleet.timeout_message(timeout);
             view.finish(&fleet, &receiver, "timeout", 2, &message)?;
+            report_stats(&mut handling);
             return Err(Finished { code: 2, message }.into());
         }
         let wait = (deadline - now).min(REDRAW_EVERY);
         if let Some(request) = server.recv_timeout(wait).context("receiving a post")? {
+            let received = Instant::now();
             let peer = request
                 .remote_addr()
                 .map(|a| a.ip().to_string())
@@ -104,11 +107,15 @@ pub fn run(args: WatchArgs) -> Result<()> {
                 }
                 Err(reason) => view.rejected(&peer, &reason)?,
             }
+            if args.stats {
+                handling.push(received.elapsed());
+            }
         }
         view.tick(&fleet, &receiver, false)?;
         if let Some((code, message)) = fleet.verdict() {
             let outcome = if code == 0 { "all-done" } else { "failed" };
             view.finish(&fleet, &receiver, outcome, code, &message)?;
+            report_stats(&mut handling);
             if code == 0 {
                 eprintln!("{message}");
                 return Ok(());
@@ -116,6 +123,26 @@ pub fn run(args: WatchArgs) -> Result<()> {
             return Err(Finished { code, message }.into());
         }
     }
+}
+
+/// `--stats` (scripts/bench-watch.sh): how long handling a post took, from
+/// taking the request to having answered it and updated the view.
+fn report_stats(handling: &mut [Duration]) {
+    if handling.is_empty() {
+        return;
+    }
+    handling.sort();
+    let at = |q: f64| {
+        let i = ((handling.len() as f64 * q) as usize).min(handling.len() - 1);
+        handling[i].as_secs_f64() * 1000.0
+    };
+    eprintln!(
+        "handled {} posts: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        handling.len(),
+        at(0.50),
+        at(0.99),
+        at(1.0)
+    );
 }
 
 fn read_secret(path: &std::path::Path) -> Result<String> {

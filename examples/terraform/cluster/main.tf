@@ -1,10 +1,17 @@
 # One control node and N compute nodes on Tencent Cloud.
 #
-#   cubeboot build --lock LOCK --profile opencloudos-9 --cloud tencent --role control --output out/control
+#   cubeboot build --lock LOCK --profile opencloudos-9 --cloud tencent --role control --output out/control \
+#     --webhook http://OPERATOR:8740/ --webhook-secret-file out/webhook-secret
 #   cubeboot build --lock LOCK --profile opencloudos-9 --cloud tencent --role compute \
-#     --control-plane-ip 10.0.1.10 --output out/compute
+#     --control-plane-ip 10.0.1.10 --output out/compute \
+#     --webhook http://OPERATOR:8740/ --webhook-secret-file out/webhook-secret
 #   terraform -chdir=examples/terraform/cluster init
-#   terraform -chdir=examples/terraform/cluster apply -var compute_count=3 -var ...
+#   terraform -chdir=examples/terraform/cluster apply -var compute_count=3 \
+#     -var webhook_url=http://OPERATOR:8740/ -var ...
+#   cubeboot watch --listen 0.0.0.0:8740 --secret-file out/webhook-secret --expect 4
+#
+# Every payload must carry the same webhook URL and secret (the module checks
+# their plans), so one `cubeboot watch` verifies the whole fleet.
 #
 # The control node's private IP is chosen here (control_private_ip), given to
 # the control instance, and baked into the compute payload at build time; the
@@ -55,6 +62,18 @@ variable "control_private_ip" {
   default     = "10.0.1.10"
 }
 
+variable "webhook_url" {
+  description = "The --webhook URL both payloads were built with; null when they were built without one"
+  type        = string
+  default     = null
+}
+
+variable "webhook_secret_file" {
+  description = "The --webhook-secret-file both payloads were built with"
+  type        = string
+  default     = "../../../out/webhook-secret"
+}
+
 variable "availability_zone" {
   description = "Zone of the nodes"
   type        = string
@@ -94,6 +113,8 @@ module "cube" {
   vpc_id              = var.vpc_id
   subnet_id           = var.subnet_id
   security_group_ids  = var.security_group_ids
+  webhook_url         = var.webhook_url
+  webhook_secret      = var.webhook_url == null ? null : trimspace(file(var.webhook_secret_file))
 }
 
 output "control_private_ip" {

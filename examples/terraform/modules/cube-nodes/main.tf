@@ -45,6 +45,12 @@ resource "tencentcloud_instance" "control" {
       error_message = "control_payload_dir holds a ${local.control_plan.cube.role} payload; build it with --role control."
     }
     precondition {
+      condition = (var.webhook_url == null
+        || (try(local.control_plan.report.webhook, null) == var.webhook_url
+      && try(local.control_plan.report.webhook_secret, null) == var.webhook_secret))
+      error_message = "The control payload must be built with --webhook ${coalesce(var.webhook_url, "-")} and the fleet's --webhook-secret-file."
+    }
+    precondition {
       condition     = length(local.control_user_data) <= local.user_data_limit
       error_message = "The control payload is ${length(local.control_user_data)} base64 bytes; Tencent Cloud accepts ${local.user_data_limit}."
     }
@@ -80,6 +86,12 @@ resource "tencentcloud_instance" "compute" {
       condition = (local.compute_plan.cube.role == "compute"
       && local.compute_plan.cube.control_plane_ip == tencentcloud_instance.control.private_ip)
       error_message = "The compute payload must be built with --role compute --control-plane-ip ${tencentcloud_instance.control.private_ip}."
+    }
+    precondition {
+      condition = (var.webhook_url == null
+        || (try(local.compute_plan.report.webhook, null) == var.webhook_url
+      && try(local.compute_plan.report.webhook_secret, null) == var.webhook_secret))
+      error_message = "The compute payload must be built with --webhook ${coalesce(var.webhook_url, "-")} and the fleet's --webhook-secret-file."
     }
     precondition {
       condition     = length(local.compute_user_data) <= local.user_data_limit

@@ -84,3 +84,16 @@ variable "public_ip" {
   type        = bool
   default     = true
 }
+
+variable "webhook_url" {
+  description = "The URL both payloads were built with (`cubeboot build --webhook URL`); null skips the check"
+  type        = string
+  default     = null
+}
+
+variable "webhook_secret" {
+  description = "Contents of the fleet's webhook secret file (`--webhook-secret-file`): every payload must carry it, so one `cubeboot watch` verifies the whole fleet"
+  type        = string
+  default     = null
+  sensitive   = true
+}

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Load generator for scripts/bench-watch.sh: NODES simulated helpers post
+signed statuses (as src/signing.rs signs them) to a running `cubeboot watch`
+at RATE posts/s in total for SECONDS, over keep-alive connections, and
+report the achieved rate and the round-trip latency percentiles."""
+import hashlib
+import hmac
+import http.client
+import json
+import multiprocessing
+import sys
+import threading
+import time
+
+
+def node_worker(addr, secret, names, rate_per_node, seconds, out):
+    host, port = addr.rsplit(":", 1)
+    lat = []
+    codes = {}
+
+    def one(name):
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        period = 1.0 / rate_per_node
+        start = time.monotonic()
+        n = 0
+        while True:
+            due = start + n * period
+            now = time.monotonic()
+            if due - start >= seconds:
+                break
+            if due > now:
+                time.sleep(due - now)
+            n += 1
+            status = {
+                "version": 1, "state": "running", "step": "fetch",
+                "progress": {"done": 1, "total": 13}, "hostname": name,
+                "role": "compute", "updated_at": int(time.time()), "seq": n,
+                "download": {"asset": "bundle", "bytes": n * 1000, "total": 10**9},
+            }
+            body = json.dumps(status).encode()
+            ts = str(int(time.time()))
+            sig = hmac.new(secret, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+            headers = {"Content-Type": "application/json",
+                       "X-Cubeboot-Timestamp": ts,
+                       "X-Cubeboot-Signature": "sha256=" + sig}
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", "/", body, headers)
+                resp = conn.getresponse()
+                resp.read()
+                code = resp.status
+            except Exception as e:  # noqa: BLE001 - counted, reconnect
+                code = type(e).__name__
+                conn.close()
+                conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            lat.append(time.perf_counter() - t0)
+            codes[code] = codes.get(code, 0) + 1
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put((lat, codes))
+
+
+def main():
+    addr, secret_file, nodes, rate, seconds, procs = sys.argv[1:7]
+    secret = open(secret_file, "rb").read().strip()
+    nodes, rate, seconds, procs = int(nodes), float(rate), float(seconds), int(procs)
+    names = [f"bench-{i:04d}" for i in range(nodes)]
+    out = multiprocessing.Queue()
+    workers = []
+    t0 = time.monotonic()
+    for p in range(procs):
+        w = multiprocessing.Process(target=node_worker, args=(
+            addr, secret, names[p::procs], rate / nodes, seconds, out))
+        w.start()
+        workers.append(w)
+    lat, codes = [], {}
+    for _ in workers:
+        l, c = out.get()
+        lat += l
+        for k, v in c.items():
+            codes[k] = codes.get(k, 0) + v
+    for w in workers:
+        w.join()
+    wall = time.monotonic() - t0
+    lat.sort()
+    pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000
+    print(f"posts: {len(lat)} in {wall:.1f} s = {len(lat) / wall:.0f}/s from {nodes} nodes; "
+          f"answers: {codes}")
+    print(f"round trip ms: p50 {pct(0.50):.2f}  p90 {pct(0.90):.2f}  "
+          f"p99 {pct(0.99):.2f}  max {lat[-1] * 1000:.2f}")
+
+
+if __name__ == "__main__":
+    main()

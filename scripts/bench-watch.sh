@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Benchmark `cubeboot watch`: NODES simulated helpers (scripts/bench-watch.py)
+# post signed statuses at RATE posts/s in total for SECONDS over keep-alive
+# connections. Target: 1,000 posts/s from 500 nodes with p99 handling under
+# 10 ms. Reports the client's round trips and watch's own handling times
+# (`--stats`: from receiving a request to having answered it).
+# Usage: scripts/bench-watch.sh [NODES] [RATE] [SECONDS] [CLIENT_PROCS].
+# Results also go to out/bench-watch.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+nodes=${1:-500}
+rate=${2:-1000}
+seconds=${3:-20}
+procs=${4:-4}
+cargo build --release --bin cubeboot >&2
+bin="${CARGO_TARGET_DIR:-target}/release/cubeboot"
+work=$(mktemp -d)
+watch_pid=
+cleanup() {
+  [ -z "$watch_pid" ] || kill "$watch_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/secret"
+"$bin" watch --listen 127.0.0.1:0 --secret-file "$work/secret" --json --stats \
+  --timeout $((seconds + 5)) > "$work/events" 2> "$work/stderr" &
+watch_pid=$!
+for _ in $(seq 100); do
+  grep -q "listening on" "$work/stderr" 2>/dev/null && break
+  sleep 0.1
+done
+addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$work/stderr" | head -1)
+mkdir -p out
+{
+  echo "== bench-watch: $nodes nodes, $rate posts/s, ${seconds}s, $(nproc) cores, $(date -u +%FT%TZ)"
+  python3 scripts/bench-watch.py "$addr" "$work/secret" "$nodes" "$rate" "$seconds" "$procs"
+  # watch ends on its timeout (exit 2: no --expect) and prints its stats.
+  wait "$watch_pid" || true
+  watch_pid=
+  grep "handled" "$work/stderr" || { cat "$work/stderr"; exit 1; }
+  echo "node events written: $(grep -c '"event":"node"' "$work/events")"
+} | tee out/bench-watch.txt
