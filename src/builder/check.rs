@@ -94,7 +94,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
         args.dir
             .profiles_dir
             .as_deref()
-            .map_or(profile::BUILT_IN_DIR.into(), |d| d.display().to_string())
+            .map_or(profile::BUILT_IN_LABEL.into(), |d| d.display().to_string())
     );
     if let Some(path) = &args.lock {
         checked.push_str(&format!(" and {}", path.display()));

@@ -92,6 +92,9 @@ pub const BUILT_IN: &[(&str, &str)] = &[
 /// Where diagnostics say a built-in profile lives.
 pub const BUILT_IN_DIR: &str = "(built in) profiles";
 
+/// How messages name the built-in set.
+pub const BUILT_IN_LABEL: &str = "the built-in profiles";
+
 /// Load and validate the profiles of `dir`, or the built-in ones.
 pub fn load(dir: Option<&Path>) -> Result<(Vec<Profile>, Report)> {
     match dir {
@@ -156,7 +159,7 @@ pub fn select(dir: Option<&Path>, which: &str) -> Result<Vec<Profile>> {
             let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
             anyhow::bail!(
                 "no profile named {which:?} in {}; available: all, {}",
-                dir.map_or(BUILT_IN_DIR.into(), |d| d.display().to_string()),
+                dir.map_or(BUILT_IN_LABEL.into(), |d| d.display().to_string()),
                 names.join(", ")
             )
         }

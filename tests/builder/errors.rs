@@ -222,7 +222,7 @@ fn unknown_profile_name_lists_the_available_ones() {
     );
     assert_eq!(
         err.trim_end(),
-        "error: no profile named \"debian-11\" in profiles; available: all, almalinux-9, centos-stream-9, debian-12, debian-13, opencloudos-9, rocky-9, tencentos-4, ubuntu-22.04, ubuntu-24.04"
+        "error: no profile named \"debian-11\" in the built-in profiles; available: all, almalinux-9, centos-stream-9, debian-12, debian-13, opencloudos-9, rocky-9, tencentos-4, ubuntu-22.04, ubuntu-24.04"
     );
 }
 
@@ -236,7 +236,7 @@ fn repo_profiles_pass_strict_check() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "checked 9 valid profiles in profiles: 0 errors, 0 warnings\n"
+        "checked 9 valid profiles in the built-in profiles: 0 errors, 0 warnings\n"
     );
     let listing = ok(&["profiles"]);
     assert_eq!(listing.lines().count(), 10);
