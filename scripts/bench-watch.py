@@ -8,6 +8,7 @@ import hmac
 import http.client
 import json
 import multiprocessing
+import random
 import sys
 import threading
 import time
@@ -21,7 +22,8 @@ def node_worker(addr, secret, names, rate_per_node, seconds, out):
     def one(name):
         conn = http.client.HTTPConnection(host, int(port), timeout=10)
         period = 1.0 / rate_per_node
-        start = time.monotonic()
+        # Spread the nodes over one period, as real helpers never post in step.
+        start = time.monotonic() + random.random() * period
         n = 0
         while True:
             due = start + n * period

@@ -12,8 +12,12 @@ nodes=${1:-500}
 rate=${2:-1000}
 seconds=${3:-20}
 procs=${4:-4}
-cargo build --release --bin cubeboot >&2
-bin="${CARGO_TARGET_DIR:-target}/release/cubeboot"
+# CUBEBOOT_BIN=path measures that binary instead of a fresh release build.
+bin=${CUBEBOOT_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release --bin cubeboot >&2
+  bin="${CARGO_TARGET_DIR:-target}/release/cubeboot"
+fi
 work=$(mktemp -d)
 watch_pid=
 cleanup() {
@@ -31,12 +35,12 @@ for _ in $(seq 100); do
 done
 addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$work/stderr" | head -1)
 mkdir -p out
-{
-  echo "== bench-watch: $nodes nodes, $rate posts/s, ${seconds}s, $(nproc) cores, $(date -u +%FT%TZ)"
-  python3 scripts/bench-watch.py "$addr" "$work/secret" "$nodes" "$rate" "$seconds" "$procs"
-  # watch ends on its timeout (exit 2: no --expect) and prints its stats.
-  wait "$watch_pid" || true
-  watch_pid=
-  grep "handled" "$work/stderr" || { cat "$work/stderr"; exit 1; }
-  echo "node events written: $(grep -c '"event":"node"' "$work/events")"
-} | tee out/bench-watch.txt
+report="$work/report"
+echo "== bench-watch: $nodes nodes, $rate posts/s, ${seconds}s, $(nproc) cores, $(date -u +%FT%TZ)" > "$report"
+python3 scripts/bench-watch.py "$addr" "$work/secret" "$nodes" "$rate" "$seconds" "$procs" >> "$report"
+# watch ends on its timeout (exit 2: no --expect) and prints its stats.
+wait "$watch_pid" || true
+watch_pid=
+grep "handled" "$work/stderr" >> "$report" || { cat "$work/stderr"; exit 1; }
+echo "node events written: $(grep -c '"event":"node"' "$work/events")" >> "$report"
+tee out/bench-watch.txt < "$report"
