@@ -104,7 +104,7 @@ impl Watch {
 fn script(name: &str, role: &str, fails: bool) -> Vec<Status> {
     let base = |state: &str, step: &str, done: usize| Status {
         version: 1,
-        state: state.into(),
+        state: state.parse().unwrap(),
         step: step.into(),
         progress: Progress { done, total: 13 },
         hostname: name.into(),
@@ -200,12 +200,12 @@ fn fifty_helpers_json_lines_match_each_last_post() {
     assert_eq!(last_by_node.len(), 50);
     for posted in &lasts {
         let seen = last_by_node[&posted.hostname];
-        assert_eq!(seen["state"], posted.state.as_str(), "{seen}");
+        assert_eq!(seen["state"], posted.state.to_string(), "{seen}");
         assert_eq!(seen["role"], posted.role.as_str(), "{seen}");
         assert_eq!(seen["step"], posted.step.as_str(), "{seen}");
         assert_eq!(seen["progress"]["done"], posted.progress.done, "{seen}");
         assert_eq!(seen["ip"], "127.0.0.1");
-        if posted.state.starts_with("failed") {
+        if posted.state.to_string().starts_with("failed") {
             assert_eq!(seen["hint"], posted.hints[0].as_str(), "{seen}");
             assert_eq!(seen["last_error"], "installer exited 1\nmore detail");
         } else {
@@ -466,7 +466,7 @@ fn terminal_view_under_tmux_has_one_line_per_node() {
         assert_eq!(lines.len(), 1, "{}:\n{screen}", posted.hostname);
         let line = lines[0];
         assert_eq!(line.matches("node-").count(), 1, "{line}");
-        if posted.state.starts_with("failed") {
+        if posted.state.to_string().starts_with("failed") {
             assert!(
                 line.contains("failed: cube-install: see /var/log/cube-install.log"),
                 "{line}"
