@@ -482,7 +482,10 @@ fn terminal_view_under_tmux_has_one_line_per_node() {
 fn the_secret_is_redacted_from_status_and_posts() {
     let mut plan = sample_plan();
     plan.report.webhook_secret = Some(SECRET.into());
-    let secrets = cubeboot::firstboot::report::plan_secrets(&plan);
+    let secrets = cubeboot::firstboot::secrets::Secrets::new();
+    for value in cubeboot::firstboot::report::plan_secrets(&plan) {
+        secrets.add(&value);
+    }
     let mut status = Status {
         last_error: Some(format!("curl -H 'X: {SECRET}' failed")),
         ..Status::default()
