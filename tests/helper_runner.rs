@@ -795,3 +795,74 @@ fn secrets_from_the_installed_env_files_are_known_to_a_later_start() {
         assert!(text.contains("node 10.0.2.15"), "{text}");
     }
 }
+
+/// A target whose assets come from a 127.0.0.1 server, with `kvm: auto`,
+/// and the real kernel steps (they decide native vs PVM themselves).
+fn served_auto_target(server: &support::server::Server) -> Target {
+    let t = Target::with_plan_edit(|p| {
+        p["kernel"]["kvm"] = serde_json::json!("auto");
+        p["assets"]["kernel"]["urls"] = serde_json::json!([server.url("/kernel.deb")]);
+        p["assets"]["bundle"]["urls"] = serde_json::json!([server.url("/bundle.tar.gz")]);
+    });
+    server.route("/kernel.deb", &t.kernel.bytes, vec![]);
+    server.route("/bundle.tar.gz", &t.bundle.bytes, vec![]);
+    t
+}
+
+#[test]
+fn native_kvm_with_kvm_auto_never_downloads_the_kernel_package() {
+    use cubeboot::firstboot::journal::KvmInUse;
+    use cubeboot::firstboot::kernel;
+    let server = support::server::Server::start();
+    let t = served_auto_target(&server);
+    // A machine whose hardware KVM works: kvm_intel loaded, /dev/kvm there.
+    t.host.put(
+        "/proc/modules",
+        "kvm_intel 397312 0 - Live 0x0\nkvm 1142784 1 kvm_intel, Live 0x0\n",
+    );
+    t.host.put("/dev/kvm", "");
+    t.host.put("/proc/sys/kernel/osrelease", "6.1.0-26-amd64\n");
+    let o = opts(Scope::All);
+    let (plan, digest) = t.plan();
+    let steps = support::target::stand_in_steps(&o)
+        .with(StepId::KernelInstall, kernel::install)
+        .with(StepId::KernelBoot, kernel::boot)
+        .with(StepId::KernelVerify, kernel::verify)
+        .with(StepId::KvmLoad, kernel::load_kvm);
+    let end = cubeboot::firstboot::runner::run_with(&t.host, &plan, &digest, &o, &steps).unwrap();
+    assert_eq!(end, RunEnd::Done);
+    assert_eq!(t.host.reboots(), 0);
+    assert_eq!(server.requests_to("/kernel.deb").len(), 0);
+    assert!(!server.requests_to("/bundle.tar.gz").is_empty());
+    assert!(!t.host.exists(&cache_path(&plan.assets.kernel)));
+    let j: Journal = serde_json::from_value(read_json(&t.host, JOURNAL_PATH)).unwrap();
+    assert_eq!(j.facts.kvm_mode, Some(KvmInUse::Native));
+    let fetch = read_json(&t.host, STATUS_PATH)["steps"][1].clone();
+    assert_eq!(fetch["name"], "fetch");
+    assert!(
+        fetch["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("kernel not needed (native /dev/kvm, kvm: auto)"),
+        "{fetch}"
+    );
+}
+
+#[test]
+fn without_native_kvm_kvm_auto_still_downloads_the_kernel_package() {
+    let server = support::server::Server::start();
+    let mut t = served_auto_target(&server);
+    // kvm_intel loaded but no /dev/kvm: hardware KVM does not work here.
+    t.host.put(
+        "/proc/modules",
+        "kvm_intel 397312 0 - Live 0x0\nkvm 1142784 1 kvm_intel, Live 0x0\n",
+    );
+    assert_eq!(t.run_to_end(&opts(Scope::All), 3), RunEnd::Done);
+    assert_eq!(t.host.reboots(), 1);
+    assert_eq!(server.requests_to("/kernel.deb").len(), 1);
+    let (plan, _) = t.plan();
+    assert_eq!(
+        t.host.read(&cache_path(&plan.assets.kernel)).unwrap(),
+        t.kernel.bytes
+    );
+}

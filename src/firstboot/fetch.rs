@@ -17,6 +17,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 
 use super::host::{Action, Host};
+use super::journal::KvmInUse;
 use super::{cache_path, Ctx, Outcome, StepFailure, CACHE_DIR};
 use crate::digest::Sha256Digest;
 use crate::plan::Asset;
@@ -38,9 +39,18 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
 
 pub fn run_with(ctx: &mut Ctx, cfg: &FetchConfig) -> Result<Outcome> {
     let host = ctx.host;
+    // The runner records native KVM or PVM before this step (see
+    // `kernel::decide_kvm`): a host whose own /dev/kvm is used needs no
+    // kernel package (tens of MiB on a slow link).
+    let kvm = ctx.journal.facts.kvm_mode;
+    let mut summary = Vec::new();
     // Assets with the same digest are one file: fetch it once.
     let mut wanted: Vec<(&'static str, &Asset)> = Vec::new();
     for (label, asset) in ctx.plan.assets.all() {
+        if label == "kernel" && kvm == Some(KvmInUse::Native) {
+            summary.push("kernel not needed (native /dev/kvm, kvm: auto)".to_string());
+            continue;
+        }
         if !wanted.iter().any(|(_, a)| a.sha256 == asset.sha256) {
             wanted.push((label, asset));
         }
@@ -76,7 +86,6 @@ pub fn run_with(ctx: &mut Ctx, cfg: &FetchConfig) -> Result<Outcome> {
             .collect()
     });
 
-    let mut summary = Vec::new();
     let mut failures = Vec::new();
     for (label, asset, r) in results {
         match r {

@@ -102,7 +102,11 @@ impl Steps {
         );
         table.insert(
             StepId::Fetch,
-            Arc::new(move |ctx: &mut Ctx| fetch::run_with(ctx, &fetch_cfg)),
+            Arc::new(move |ctx: &mut Ctx| {
+                // Decided before the first byte: fetch only what that path needs.
+                ctx.journal.facts.kvm_mode = Some(kernel::decide_kvm(ctx.host, ctx.plan)?);
+                fetch::run_with(ctx, &fetch_cfg)
+            }),
         );
         table.insert(StepId::CubePrereqs, Arc::new(cube::prereqs));
         table.insert(StepId::KernelInstall, Arc::new(kernel::install));

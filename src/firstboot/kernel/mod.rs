@@ -115,14 +115,12 @@ pub fn install(ctx: &mut Ctx) -> Result<Outcome> {
             "running {kver} but without {}: the parameters will be set and the kernel trial-booted again",
             missing.join(" ")
         ));
-    } else if ctx.plan.kernel.kvm == KvmMode::Auto {
-        if let Some(vendor) = native_kvm(ctx.host)? {
-            ctx.journal.facts.kvm_mode = Some(KvmInUse::Native);
-            return Ok(Outcome::Skipped(format!(
-                "native /dev/kvm from {vendor} works and the plan says kvm: auto; PVM is not \
-                 needed (Cube installs with CUBE_PVM_ENABLE=0)"
-            )));
-        }
+    } else if let Some(vendor) = native_in_use(ctx.host, ctx.plan)? {
+        ctx.journal.facts.kvm_mode = Some(KvmInUse::Native);
+        return Ok(Outcome::Skipped(format!(
+            "native /dev/kvm from {vendor} works and the plan says kvm: auto; PVM is not \
+             needed (Cube installs with CUBE_PVM_ENABLE=0)"
+        )));
     }
     ctx.journal.facts.kvm_mode = Some(KvmInUse::Pvm);
     ctx.journal.facts.already_running = None;
@@ -274,6 +272,27 @@ fn loaded_modules(host: &dyn Host) -> Result<Vec<String>> {
 }
 
 /// `Some(module)` when a hardware KVM module is loaded and /dev/kvm exists.
+/// Which KVM this run uses, decided from the plan and the running machine
+/// alone, so the fetch step can decide it before downloading (a native host
+/// needs no kernel package) and the install step decides the same way.
+pub fn decide_kvm(host: &dyn Host, plan: &Plan) -> Result<KvmInUse> {
+    Ok(match native_in_use(host, plan)? {
+        Some(_) => KvmInUse::Native,
+        None => KvmInUse::Pvm,
+    })
+}
+
+/// The vendor module of a native /dev/kvm this run uses instead of PVM:
+/// only with `kvm: auto`, and not when the PVM kernel already runs.
+fn native_in_use(host: &dyn Host, plan: &Plan) -> Result<Option<String>> {
+    if plan.kernel.kvm != KvmMode::Auto
+        || running_kernel(host)?.as_deref() == Some(plan.kernel.kver.as_str())
+    {
+        return Ok(None);
+    }
+    native_kvm(host)
+}
+
 fn native_kvm(host: &dyn Host) -> Result<Option<String>> {
     let loaded = loaded_modules(host)?;
     let vendor = ["kvm_intel", "kvm_amd"]

@@ -62,6 +62,11 @@ pub(super) fn install_package(ctx: &mut Ctx) -> Result<()> {
             asset.sha256
         ));
     } else {
+        if !host.exists(&cached) {
+            // The fetch step decided native KVM and skipped the package, and
+            // the machine changed its mind since (e.g. kvm_intel unloaded).
+            crate::firstboot::fetch::verified_asset(ctx, "kernel", asset)?;
+        }
         verify_cached(host, &cached, asset)?;
     }
 
