@@ -304,12 +304,108 @@ pub fn finished_message(journal: &Journal, terminal: &RunState) -> String {
     }
 }
 
+/// Put `phase` in the status file the runner wrote for the step under way
+/// (no file, e.g. a direct call in a test: nothing to update). The runner's
+/// next write, at the step's end, clears it.
+pub fn set_phase(host: &dyn Host, phase: &str) -> Result<()> {
+    if host.is_dry_run() {
+        return Ok(());
+    }
+    if let Some(mut s) = Status::read(host)? {
+        s.phase = phase.to_string();
+        s.write(host)?;
+    }
+    Ok(())
+}
+
+/// At most one streamed line per this interval reaches the console.
+const LINE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Run a long command (a package install, the Cube installer) with its
+/// output on the console as it runs, rate-limited: at most one line a
+/// second, every line that looks like an error, and always the last line.
+/// `phase` goes into the status while it runs. The whole output stays in
+/// the returned [`CmdOutput`] for the caller's log and error.
+pub fn run_with_progress(
+    host: &dyn Host,
+    cmd: &super::host::CommandSpec,
+    phase: &str,
+    prefix: &str,
+) -> Result<super::host::CmdOutput> {
+    set_phase(host, phase)?;
+    let mut last_said: Option<std::time::SystemTime> = None;
+    let mut last_line = String::new();
+    let mut last_was_said = true;
+    let out = host.run_streaming(cmd, &mut |line| {
+        let now = host.now();
+        let due =
+            last_said.is_none_or(|t| now.duration_since(t).unwrap_or_default() >= LINE_INTERVAL);
+        last_line = line.to_string();
+        if due || looks_like_error(line) {
+            host.say(&format!("{prefix} | {line}"));
+            last_said = Some(now);
+            last_was_said = true;
+        } else {
+            last_was_said = false;
+        }
+    })?;
+    if !last_was_said {
+        host.say(&format!("{prefix} | {last_line}"));
+    }
+    Ok(out)
+}
+
+fn looks_like_error(line: &str) -> bool {
+    let l = line.to_ascii_lowercase();
+    l.contains("error") || l.contains("fatal") || l.starts_with("e: ") || l.contains("failed")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::firstboot::host::ScriptedHost;
     use crate::firstboot::journal::StepState;
     use crate::firstboot::run_state::Failure;
+
+    #[test]
+    fn a_long_install_streams_rate_limited_and_shows_its_phase() {
+        use crate::firstboot::host::{CmdOutput, CommandSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let host = ScriptedHost::new(dir.path());
+        let mut st = Status::from_journal(&host, None, &Journal::new("x"), RunState::Running, None);
+        st.write(&host).unwrap();
+        // dpkg unpacking a kernel: 200 lines in well under a second, one error.
+        let mut text: String = (0..200).map(|i| format!("Unpacking part {i}\n")).collect();
+        text.push_str("dpkg: error processing package foo (--install):\n");
+        text.push_str("Setting up linux-image (6.6.69) ...\n");
+        let status_file = host.path(STATUS_PATH);
+        let seen_phase = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let seen = seen_phase.clone();
+        host.on(move |c: &CommandSpec| {
+            (c.program == "dpkg").then(|| {
+                let v: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&status_file).unwrap()).unwrap();
+                *seen.lock().unwrap() = v["phase"].as_str().unwrap_or_default().to_string();
+                Ok(CmdOutput::ok(text.clone()))
+            })
+        });
+        let cmd = CommandSpec::new("dpkg").args(["-i", "k.deb"]);
+        run_with_progress(&host, &cmd, "installing the kernel package", "dpkg").unwrap();
+        assert_eq!(*seen_phase.lock().unwrap(), "installing the kernel package");
+        let said: Vec<String> = host
+            .said()
+            .into_iter()
+            .filter(|l| l.starts_with("dpkg | "))
+            .collect();
+        assert_eq!(
+            said,
+            vec![
+                "dpkg | Unpacking part 0",
+                "dpkg | dpkg: error processing package foo (--install):",
+                "dpkg | Setting up linux-image (6.6.69) ...",
+            ]
+        );
+    }
 
     #[test]
     fn exit_codes_follow_the_state() {

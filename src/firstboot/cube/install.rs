@@ -315,8 +315,13 @@ pub fn run_installer(
         staged.role.as_str(),
         pvm_flag(&staged.prepared.env)
     ));
-    // Streamed to the console as it runs; kept whole in the log.
-    let out = host.run_streaming(&cmd, &mut |line| host.say(&format!("install | {line}")))?;
+    // Streamed to the console as it runs (rate-limited); kept whole in the log.
+    let out = crate::firstboot::status::run_with_progress(
+        host,
+        &cmd,
+        &format!("running the Cube installer (--mode={})", mode.as_str()),
+        "install",
+    )?;
     let output = format!("{}{}", out.stdout, out.stderr);
     let log = format!("# cubeboot: {}\n{output}", cmd.display());
     host.write_atomic(INSTALL_LOG, log.as_bytes(), 0o600)?;

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use super::{backup_once, is_live_root, on_target, Ctx};
 use crate::digest::HashingReader;
 use crate::firstboot::host::{describe_exit, tail, CommandSpec, Host};
+use crate::firstboot::status::run_with_progress;
 use crate::firstboot::StepFailure;
 use crate::plan::{KernelHold, KernelRepo, PackageFamily};
 
@@ -79,10 +80,10 @@ pub(super) fn install_package(ctx: &mut Ctx) -> Result<()> {
             if !is_live_root(host) {
                 cmd = cmd.arg("--root").arg(host.root().to_string_lossy());
             }
-            host.run(
-                &cmd.args(["-ivh", "--oldpackage", local.as_str()])
-                    .timeout(INSTALL_TIMEOUT),
-            )?;
+            let cmd = cmd
+                .args(["-ivh", "--oldpackage", local.as_str()])
+                .timeout(INSTALL_TIMEOUT);
+            run_with_progress(host, &cmd, "installing the kernel package", "rpm")?;
         }
         PackageFamily::Deb => dpkg_install(host, &local)?,
     }
@@ -283,7 +284,7 @@ fn dpkg_install(host: &dyn Host, deb: &str) -> Result<()> {
         .allow_failure();
     let started = host.now();
     loop {
-        let out = host.run(&cmd)?;
+        let out = run_with_progress(host, &cmd, "installing the kernel package", "dpkg")?;
         if out.success() {
             return Ok(());
         }
