@@ -462,8 +462,9 @@ pub mod boot_params {
 }
 
 /// A complete, valid plan for tests: the crate's unit tests and the
-/// integration tests under tests/ start from it and change what they need.
-#[doc(hidden)]
+/// integration tests under tests/ (through the `testing` feature) start
+/// from it and change what they need.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing {
     use super::*;
 

@@ -1169,6 +1169,9 @@ fn a_dry_run_of_the_whole_stage_changes_nothing() {
     plan.cube.allow_from = vec!["10.0.0.0/8".into()];
     plan.target.quirks.multipathd_cgroup_fix = true;
     let host = ScriptedHost::new(dir.path()).dry_run();
+    // A dry run still runs queries: here they answer as on a fresh machine
+    // (nothing installed, nothing running, no NetworkManager).
+    host.on(|c| c.read_only.then(|| Ok(CmdOutput::failed(1, ""))));
     let cache = format!("/var/lib/cubeboot/cache/{}", plan.assets.bundle.sha256);
     host.put(&cache, std::fs::read(repo(PITFALL)).unwrap());
     host.put("/proc/self/mounts", "/dev/vda1 / ext4 rw 0 0\n");
@@ -1275,7 +1278,9 @@ fn real_host_plan(bundle_rel: &str, root: &Path) -> (cubeboot::firstboot::host::
     );
     std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
     std::fs::copy(repo(bundle_rel), cache).unwrap();
-    (cubeboot::firstboot::host::RealHost::new(root), plan)
+    // The stand-in installer installs under CUBE_SANDBOX_INSTALL_ROOT, so it
+    // may run with a temporary root (the shipped helper refuses that).
+    (cubeboot::firstboot::host::RealHost::unconfined(root), plan)
 }
 
 #[test]

@@ -313,3 +313,130 @@ fn an_asset_missing_everywhere_fails_the_run_with_exit_1() {
     );
     assert_eq!(status_json(dir.path())["state"], "failed: fetch");
 }
+
+/// Programs that change the machine they run on, shadowed first on PATH by
+/// stand-ins that only log their command line to `log` and fail: a tripwire,
+/// so a regression shows up as a logged line instead of a changed machine.
+const MACHINE_CHANGERS: &[&str] = &[
+    "apt-get",
+    "apt-mark",
+    "dnf",
+    "yum",
+    "dpkg",
+    "rpm",
+    "systemctl",
+    "modprobe",
+    "mount",
+    "mkfs.xfs",
+    "wipefs",
+    "truncate",
+    "nft",
+    "timeout",
+    "grubby",
+    "grub-reboot",
+    "grub-set-default",
+    "grub-editenv",
+    "update-grub",
+    "reboot",
+];
+
+fn tripwire_path(dir: &Path, log: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    for name in MACHINE_CHANGERS {
+        let p = dir.join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\n{}echo \"{name} $*\" >> '{}'\nexit 1\n",
+                // Queries change nothing: not logged (they fail all the same).
+                if *name == "systemctl" {
+                    "case \"$1\" in show|is-active|is-enabled|is-failed|status|cat) exit 1;; esac\n"
+                } else {
+                    ""
+                },
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// A root whose plan's assets are file:// URLs inside it, so `fetch`
+/// completes without a server.
+fn fetchable_root() -> tempfile::TempDir {
+    let kernel = AssetFile::new("k.deb", 1000, 11);
+    let bundle = AssetFile::new("b.tgz", 1000, 12);
+    let dir = target_root(&kernel, "file:///srv/k.deb", &bundle, "file:///srv/b.tgz");
+    let host = ScriptedHost::new(dir.path());
+    host.put("/srv/k.deb", &kernel.bytes);
+    host.put("/srv/b.tgz", &bundle.bytes);
+    dir
+}
+
+fn helper_with_path(args: &[&str], path: &str) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("PATH", path)
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("ALL_PROXY")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn stop_after_a_step_already_done_stops_again_and_runs_nothing_more() {
+    let dir = fetchable_root();
+    let root = dir.path().to_str().unwrap();
+    let wires = tempfile::tempdir().unwrap();
+    let log = wires.path().join("ran.log");
+    let path = tripwire_path(&wires.path().join("bin"), &log);
+    for round in 1..=2 {
+        let out = helper_with_path(&["run", "--root", root, "--stop-after", "fetch"], &path);
+        assert_eq!(
+            out.status.code(),
+            Some(exit::DONE),
+            "round {round}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(status_json(dir.path())["state"], "stopped", "round {round}");
+    }
+    let ran = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(ran, "", "the helper ran programs past --stop-after fetch");
+}
+
+#[test]
+fn with_a_temp_root_the_real_host_refuses_commands_that_change_this_machine() {
+    let dir = fetchable_root();
+    let root = dir.path().to_str().unwrap();
+    let wires = tempfile::tempdir().unwrap();
+    let log = wires.path().join("ran.log");
+    let path = tripwire_path(&wires.path().join("bin"), &log);
+    let out = helper_with_path(&["run", "--root", root], &path);
+    assert_eq!(
+        out.status.code(),
+        Some(exit::FAILED),
+        "{}",
+        text(&out.stderr)
+    );
+    let ran = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(ran, "", "the helper ran programs on this machine");
+    let st = status_json(dir.path());
+    assert_eq!(st["state"], "failed: cube-prereqs", "{st}");
+    let err = st["last_error"].as_str().unwrap();
+    assert!(
+        err.contains(&format!(
+            "refusing to run `DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=300 update` on this machine: the helper works on {root}, not /"
+        )),
+        "{err}"
+    );
+}

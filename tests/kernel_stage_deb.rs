@@ -645,6 +645,8 @@ fn dry_run_changes_nothing_and_shows_every_edit() {
     debian_root(root, "debian-12", &plan);
     let cfg_before = read(root, "/boot/grub/grub.cfg");
     let host = ScriptedHost::new(root).dry_run();
+    // Queries still run in a dry run: answered as on the real target.
+    debian_responders(&host, root, "");
     let mut j = cubeboot::firstboot::journal::Journal::new("x");
     let mut ctx = Ctx {
         host: &host,

@@ -11,12 +11,16 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
 use super::secrets::Secrets;
+#[cfg(any(test, feature = "testing"))]
+mod scripted;
+#[cfg(any(test, feature = "testing"))]
+pub use scripted::ScriptedHost;
 
 /// A command to run on the target, with everything that affects it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,6 +33,13 @@ pub struct CommandSpec {
     pub timeout: Option<Duration>,
     /// Whether a non-zero exit is an error (the default) or a result to inspect.
     pub allow_failure: bool,
+    /// A query that changes nothing: a dry run still runs it, so what it
+    /// prints shows real values.
+    pub read_only: bool,
+    /// The command acts only on files under the host's root (through the
+    /// tool's own `--root`, or a path under the root as its argument), so
+    /// the real host may run it when the root is not `/`.
+    pub within_root: bool,
 }
 
 impl CommandSpec {
@@ -73,17 +84,55 @@ impl CommandSpec {
         self
     }
 
-    /// The command line as a person would type it (for logs, dry runs and errors).
+    /// Mark a query that changes nothing (see [`CommandSpec::read_only`]).
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+
+    /// Mark a command confined to the root (see [`CommandSpec::within_root`]).
+    pub fn within_root(mut self) -> Self {
+        self.within_root = true;
+        self
+    }
+
+    /// The command line as a person would type it (for logs, dry runs and
+    /// errors), with the values of secret environment keys masked: this text
+    /// reaches the console, the journal and the status file.
     pub fn display(&self) -> String {
         let mut parts: Vec<String> = self
             .env
             .iter()
-            .map(|(k, v)| format!("{k}={}", shell_quote(v)))
+            .map(|(k, v)| {
+                if is_secret_key(k) {
+                    format!("{k}=***")
+                } else {
+                    format!("{k}={}", shell_quote(v))
+                }
+            })
             .collect();
         parts.push(shell_quote(&self.program));
         parts.extend(self.args.iter().map(|a| shell_quote(a)));
         parts.join(" ")
     }
+}
+
+/// Whether an environment key names a credential, by the words such keys
+/// use (`CUBE_SANDBOX_MYSQL_PASSWORD`, `E2B_API_KEY`, `CUBE_DB_PASS`).
+pub fn is_secret_key(key: &str) -> bool {
+    const MARKERS: &[&str] = &[
+        "PASSWORD",
+        "PASSWD",
+        "PASS",
+        "SECRET",
+        "TOKEN",
+        "KEY",
+        "CREDENTIAL",
+        "AUTH",
+        "DATABASE_URL",
+    ];
+    let k = key.to_ascii_uppercase();
+    MARKERS.iter().any(|m| k.contains(m))
 }
 
 pub fn shell_quote(s: &str) -> String {
@@ -132,11 +181,30 @@ impl CmdOutput {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Run(String),
-    Write { path: String, bytes: usize },
+    Write {
+        path: String,
+        bytes: usize,
+    },
     Remove(String),
-    Symlink { path: String, target: String },
+    Symlink {
+        path: String,
+        target: String,
+    },
     Mkdir(String),
-    Rename { from: String, to: String },
+    Rename {
+        from: String,
+        to: String,
+    },
+    /// A file written as a stream (unpacked or downloaded), size unknown ahead.
+    Stream(String),
+    Chmod {
+        path: String,
+        mode: u32,
+    },
+    HardLink {
+        path: String,
+        target: String,
+    },
     Reboot,
 }
 
@@ -149,7 +217,48 @@ impl std::fmt::Display for Action {
             Self::Symlink { path, target } => write!(f, "symlink {path} -> {target}"),
             Self::Mkdir(p) => write!(f, "mkdir   {p}"),
             Self::Rename { from, to } => write!(f, "rename  {from} -> {to}"),
+            Self::Stream(p) => write!(f, "write   {p} (streamed)"),
+            Self::Chmod { path, mode } => write!(f, "chmod   {mode:04o} {path}"),
+            Self::HardLink { path, target } => write!(f, "link    {path} => {target}"),
             Self::Reboot => write!(f, "reboot"),
+        }
+    }
+}
+
+/// What [`Host::metadata`] tells about a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileInfo {
+    pub kind: FileKind,
+    pub len: u64,
+    /// Permission bits, including setuid/setgid/sticky (`0o7777`).
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+impl From<&fs::Metadata> for FileInfo {
+    fn from(m: &fs::Metadata) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let t = m.file_type();
+        let kind = if t.is_symlink() {
+            FileKind::Symlink
+        } else if t.is_dir() {
+            FileKind::Dir
+        } else if t.is_file() {
+            FileKind::File
+        } else {
+            FileKind::Other
+        };
+        Self {
+            kind,
+            len: m.len(),
+            mode: m.permissions().mode() & 0o7777,
         }
     }
 }
@@ -199,7 +308,9 @@ pub trait Host: Send + Sync {
     /// Record an action (for dry runs and tests); a no-op on the real host.
     fn record(&self, _action: Action) {}
 
-    /// Whether mutating calls only record (dry run).
+    /// Whether this is a dry run. Only for the few places that must say
+    /// "would" instead of acting (a download): everything else leaves dry
+    /// runs to the host, which records changes and runs read-only queries.
     fn is_dry_run(&self) -> bool {
         false
     }
@@ -267,6 +378,74 @@ pub trait Host: Send + Sync {
         Ok(names)
     }
 
+    /// What is at `target`, without following a final symlink; `None` when
+    /// nothing is.
+    fn metadata(&self, target: &str) -> Result<Option<FileInfo>> {
+        match fs::symlink_metadata(self.path(target)) {
+            Ok(m) => Ok(Some(FileInfo::from(&m))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading metadata of {target}")),
+        }
+    }
+
+    /// Open a file for a streaming read (hashing, unpacking). The error
+    /// keeps its kind, so callers can tell a missing file apart.
+    fn open(&self, target: &str) -> io::Result<fs::File> {
+        fs::File::open(self.path(target))
+    }
+
+    /// Create (or truncate) a file for a streaming write, with exactly `mode`.
+    fn create(&self, target: &str, mode: u32) -> Result<Box<dyn Write + Send>> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        self.record(Action::Stream(target.into()));
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(self.path(target))
+            .with_context(|| format!("creating {target}"))?;
+        // `mode` on open is masked by the umask; set it exactly.
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {target}"))?;
+        Ok(Box::new(f))
+    }
+
+    /// Open a file to add to its end (a resumed download), creating it
+    /// (mode 0644) when absent.
+    fn append(&self, target: &str) -> Result<Box<dyn Write + Send>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.record(Action::Stream(target.into()));
+        let f = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o644)
+            .open(self.path(target))
+            .with_context(|| format!("opening {target}"))?;
+        Ok(Box::new(f))
+    }
+
+    /// Set the permission bits of `target` (following a symlink).
+    fn set_mode(&self, target: &str, mode: u32) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        self.record(Action::Chmod {
+            path: target.into(),
+            mode,
+        });
+        fs::set_permissions(self.path(target), fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {target}"))
+    }
+
+    /// A second name `target` for the existing file `existing`.
+    fn hard_link(&self, existing: &str, target: &str) -> Result<()> {
+        self.record(Action::HardLink {
+            path: target.into(),
+            target: existing.into(),
+        });
+        fs::hard_link(self.path(existing), self.path(target))
+            .with_context(|| format!("linking {target} to {existing}"))
+    }
+
     fn read_link(&self, target: &str) -> Result<Option<String>> {
         match fs::read_link(self.path(target)) {
             Ok(p) => Ok(Some(p.to_string_lossy().into_owned())),
@@ -284,9 +463,6 @@ pub trait Host: Send + Sync {
 
     fn create_dir_all(&self, target: &str) -> Result<()> {
         self.record(Action::Mkdir(target.into()));
-        if self.is_dry_run() {
-            return Ok(());
-        }
         fs::create_dir_all(self.path(target)).with_context(|| format!("creating {target}"))
     }
 
@@ -297,18 +473,12 @@ pub trait Host: Send + Sync {
             path: target.into(),
             bytes: bytes.len(),
         });
-        if self.is_dry_run() {
-            return Ok(());
-        }
         write_atomic_at(&self.path(target), bytes, mode)
             .with_context(|| format!("writing {target}"))
     }
 
     fn remove_file(&self, target: &str) -> Result<()> {
         self.record(Action::Remove(target.into()));
-        if self.is_dry_run() {
-            return Ok(());
-        }
         match fs::remove_file(self.path(target)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -318,9 +488,6 @@ pub trait Host: Send + Sync {
 
     fn remove_dir_all(&self, target: &str) -> Result<()> {
         self.record(Action::Remove(target.into()));
-        if self.is_dry_run() {
-            return Ok(());
-        }
         match fs::remove_dir_all(self.path(target)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -333,9 +500,6 @@ pub trait Host: Send + Sync {
             from: from.into(),
             to: to.into(),
         });
-        if self.is_dry_run() {
-            return Ok(());
-        }
         fs::rename(self.path(from), self.path(to))
             .with_context(|| format!("renaming {from} to {to}"))
     }
@@ -345,9 +509,6 @@ pub trait Host: Send + Sync {
             path: target.into(),
             target: link_target.into(),
         });
-        if self.is_dry_run() {
-            return Ok(());
-        }
         let p = self.path(target);
         let _ = fs::remove_file(&p);
         std::os::unix::fs::symlink(link_target, &p)
@@ -361,9 +522,6 @@ pub trait Host: Send + Sync {
             path: target.into(),
             bytes: bytes.len(),
         });
-        if self.is_dry_run() {
-            return Ok(());
-        }
         // Like `echo +cpu > file`: O_TRUNC, no create (sysfs ignores the truncation).
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -457,11 +615,16 @@ pub fn write_atomic_at(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 }
 
 /// The real machine. `root` is `/` in production and an image mount with
-/// `--root`; commands run on this machine either way (the caller adds
-/// `--root`/`chroot` where a tool must act on the image).
+/// `--root`. Commands run on this machine; with a root other than `/` only
+/// those that cannot change it run: `chroot ROOT …`, commands confined to
+/// the root by their own options ([`CommandSpec::within_root`]) and
+/// read-only queries. Anything else (`apt-get install`, `systemctl`,
+/// `modprobe`) is refused, so a test or a mistyped `--root` never changes
+/// the machine the helper runs on.
 pub struct RealHost {
     root: PathBuf,
     secrets: Secrets,
+    confined: bool,
 }
 
 impl RealHost {
@@ -469,7 +632,37 @@ impl RealHost {
         Self {
             root: root.into(),
             secrets: Secrets::new(),
+            confined: true,
         }
+    }
+
+    /// A host that runs every command even with a temporary root: for the
+    /// tests whose commands are fixtures that honour the root themselves
+    /// (the stand-in installer). Not available to the shipped helper.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn unconfined(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            secrets: Secrets::new(),
+            confined: false,
+        }
+    }
+
+    /// Refuse a command that could act on this machine while the helper
+    /// works on another root.
+    fn check_confined(&self, cmd: &CommandSpec) -> Result<()> {
+        if !self.confined || self.root == Path::new("/") || cmd.read_only || cmd.within_root {
+            return Ok(());
+        }
+        let root = self.root.to_string_lossy();
+        if cmd.program == "chroot" && cmd.args.first().map(String::as_str) == Some(&*root) {
+            return Ok(());
+        }
+        bail!(
+            "refusing to run `{}` on this machine: the helper works on {root}, not /, \
+             and this command would act on the running system",
+            cmd.display()
+        )
     }
 }
 
@@ -483,6 +676,7 @@ impl Host for RealHost {
     }
 
     fn run(&self, cmd: &CommandSpec) -> Result<CmdOutput> {
+        self.check_confined(cmd)?;
         self.say(&format!("$ {}", cmd.display()));
         let mut c = Command::new(&cmd.program);
         c.args(&cmd.args)
@@ -499,6 +693,7 @@ impl Host for RealHost {
     }
 
     fn run_streaming(&self, cmd: &CommandSpec, on_line: &mut dyn FnMut(&str)) -> Result<CmdOutput> {
+        self.check_confined(cmd)?;
         self.say(&format!("$ {}", cmd.display()));
         let mut c = Command::new(&cmd.program);
         c.args(&cmd.args).envs(&cmd.env).stdin(Stdio::null());
@@ -725,6 +920,11 @@ fn run_with_timeout(mut c: Command, timeout: Option<Duration>) -> io::Result<Cmd
     })
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic in another test thread must not hide this test's result.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Seconds since the epoch, for journal and status timestamps.
 pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -732,186 +932,10 @@ pub fn unix_secs(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-type Responder = Box<dyn Fn(&CommandSpec) -> Option<Result<CmdOutput>> + Send + Sync>;
-
-/// A host for tests: files live under a temporary root; commands are answered
-/// by scripted responders (first match wins) and recorded with their full
-/// command line; reboots are recorded, not performed; the clock is virtual.
-pub struct ScriptedHost {
-    root: PathBuf,
-    responders: Mutex<Vec<Responder>>,
-    log: Arc<Mutex<Vec<Action>>>,
-    env: Mutex<BTreeMap<String, String>>,
-    clock: Mutex<SystemTime>,
-    reboots: Mutex<u32>,
-    said: Mutex<Vec<String>>,
-    dry_run: bool,
-    free_bytes: Mutex<Option<u64>>,
-    secrets: Secrets,
-}
-
-impl ScriptedHost {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self {
-            root: root.into(),
-            responders: Mutex::new(Vec::new()),
-            log: Arc::new(Mutex::new(Vec::new())),
-            env: Mutex::new(BTreeMap::new()),
-            clock: Mutex::new(UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
-            reboots: Mutex::new(0),
-            said: Mutex::new(Vec::new()),
-            dry_run: false,
-            free_bytes: Mutex::new(None),
-            secrets: Secrets::new(),
-        }
-    }
-
-    /// Record file changes and commands without performing them.
-    pub fn dry_run(mut self) -> Self {
-        self.dry_run = true;
-        self
-    }
-
-    /// Answer commands for which `f` returns `Some`. Later responders are
-    /// consulted first, so a test can override a default.
-    pub fn on<F>(&self, f: F)
-    where
-        F: Fn(&CommandSpec) -> Option<Result<CmdOutput>> + Send + Sync + 'static,
-    {
-        lock(&self.responders).insert(0, Box::new(f));
-    }
-
-    /// Answer every call of `program` with `out`.
-    pub fn on_program(&self, program: &str, out: CmdOutput) {
-        let p = program.to_string();
-        self.on(move |c| (c.program == p).then(|| Ok(out.clone())));
-    }
-
-    /// Pretend every filesystem has exactly this much free space (`None`:
-    /// ask the real filesystem under the root).
-    pub fn set_free_bytes(&self, n: Option<u64>) {
-        *lock(&self.free_bytes) = n;
-    }
-
-    pub fn set_env(&self, k: &str, v: &str) {
-        lock(&self.env).insert(k.into(), v.into());
-    }
-
-    /// Every command run so far, as command lines.
-    pub fn commands(&self) -> Vec<String> {
-        lock(&self.log)
-            .iter()
-            .filter_map(|a| match a {
-                Action::Run(c) => Some(c.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    pub fn actions(&self) -> Vec<Action> {
-        lock(&self.log).clone()
-    }
-
-    pub fn reboots(&self) -> u32 {
-        *lock(&self.reboots)
-    }
-
-    pub fn said(&self) -> Vec<String> {
-        lock(&self.said).clone()
-    }
-
-    /// Write a file under the root directly (test setup, not recorded).
-    pub fn put(&self, target: &str, content: impl AsRef<[u8]>) {
-        let p = self.path(target);
-        if let Some(parent) = p.parent() {
-            let _ = fs::create_dir_all(parent);
-        }
-        let _ = fs::write(p, content);
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic in another test thread must not hide this test's result.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Host for ScriptedHost {
-    fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn secrets(&self) -> &Secrets {
-        &self.secrets
-    }
-
-    fn run(&self, cmd: &CommandSpec) -> Result<CmdOutput> {
-        self.record(Action::Run(cmd.display()));
-        if self.dry_run {
-            return Ok(CmdOutput::ok(""));
-        }
-        let answer = {
-            let responders = lock(&self.responders);
-            responders.iter().find_map(|r| r(cmd))
-        };
-        let out = match answer {
-            Some(r) => r?,
-            None => bail!("scripted host: no response for {}", cmd.display()),
-        };
-        checked(cmd, out)
-    }
-
-    fn request_reboot(&self) -> Result<()> {
-        self.record(Action::Reboot);
-        *lock(&self.reboots) += 1;
-        Ok(())
-    }
-
-    fn env(&self, key: &str) -> Option<String> {
-        lock(&self.env).get(key).cloned()
-    }
-
-    fn now(&self) -> SystemTime {
-        *lock(&self.clock)
-    }
-
-    fn sleep(&self, d: Duration) {
-        *lock(&self.clock) += d;
-    }
-
-    fn say(&self, line: &str) {
-        lock(&self.said).push(self.secrets.scrub(line));
-    }
-
-    fn record(&self, action: Action) {
-        lock(&self.log).push(action);
-    }
-
-    fn is_dry_run(&self) -> bool {
-        self.dry_run
-    }
-
-    fn free_bytes(&self, target: &str) -> Result<u64> {
-        match *lock(&self.free_bytes) {
-            Some(n) => Ok(n),
-            None => {
-                let st = rustix::fs::statvfs(self.path(target))
-                    .with_context(|| format!("reading free space of {target}"))?;
-                Ok(st.f_bavail * st.f_frsize)
-            }
-        }
-    }
-
-    fn arch(&self) -> String {
-        "x86_64".into()
-    }
-
-    fn euid(&self) -> u32 {
-        0
-    }
-}
-
-/// Wraps another host: reads pass through, every change is recorded and
-/// printed instead of made. This is `cube-firstboot run --dry-run`.
+/// Wraps another host: reads and read-only queries ([`CommandSpec::read_only`])
+/// pass through, so what they find is real; every change is recorded and
+/// printed instead of made. This is `cube-firstboot run --dry-run`, and
+/// the only place that knows about dry runs besides [`Host::is_dry_run`].
 pub struct DryRunHost<H: Host> {
     inner: H,
     actions: Mutex<Vec<Action>>,
@@ -925,8 +949,13 @@ impl<H: Host> DryRunHost<H> {
         }
     }
 
+    /// The changes a real run would have made, in order.
     pub fn actions(&self) -> Vec<Action> {
         lock(&self.actions).clone()
+    }
+
+    pub fn inner(&self) -> &H {
+        &self.inner
     }
 }
 
@@ -940,6 +969,17 @@ impl<H: Host> Host for DryRunHost<H> {
     }
 
     fn run(&self, cmd: &CommandSpec) -> Result<CmdOutput> {
+        if cmd.read_only {
+            return self.inner.run(cmd);
+        }
+        self.record(Action::Run(cmd.display()));
+        Ok(CmdOutput::ok(""))
+    }
+
+    fn run_streaming(&self, cmd: &CommandSpec, on_line: &mut dyn FnMut(&str)) -> Result<CmdOutput> {
+        if cmd.read_only {
+            return self.inner.run_streaming(cmd, on_line);
+        }
         self.record(Action::Run(cmd.display()));
         Ok(CmdOutput::ok(""))
     }
@@ -965,11 +1005,97 @@ impl<H: Host> Host for DryRunHost<H> {
 
     fn record(&self, action: Action) {
         println!("{action}");
-        lock(&self.actions).push(action);
+        lock(&self.actions).push(action.clone());
+        self.inner.record(action);
     }
 
     fn is_dry_run(&self) -> bool {
         true
+    }
+
+    fn path(&self, target: &str) -> PathBuf {
+        self.inner.path(target)
+    }
+
+    fn create_dir_all(&self, target: &str) -> Result<()> {
+        self.record(Action::Mkdir(target.into()));
+        Ok(())
+    }
+
+    fn write_atomic(&self, target: &str, bytes: &[u8], _mode: u32) -> Result<()> {
+        self.record(Action::Write {
+            path: target.into(),
+            bytes: bytes.len(),
+        });
+        Ok(())
+    }
+
+    fn remove_file(&self, target: &str) -> Result<()> {
+        self.record(Action::Remove(target.into()));
+        Ok(())
+    }
+
+    fn remove_dir_all(&self, target: &str) -> Result<()> {
+        self.record(Action::Remove(target.into()));
+        Ok(())
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.record(Action::Rename {
+            from: from.into(),
+            to: to.into(),
+        });
+        Ok(())
+    }
+
+    fn symlink(&self, link_target: &str, target: &str) -> Result<()> {
+        self.record(Action::Symlink {
+            path: target.into(),
+            target: link_target.into(),
+        });
+        Ok(())
+    }
+
+    fn write_in_place(&self, target: &str, bytes: &[u8]) -> Result<()> {
+        self.record(Action::Write {
+            path: target.into(),
+            bytes: bytes.len(),
+        });
+        Ok(())
+    }
+
+    fn create(&self, target: &str, _mode: u32) -> Result<Box<dyn Write + Send>> {
+        self.record(Action::Stream(target.into()));
+        Ok(Box::new(io::sink()))
+    }
+
+    fn append(&self, target: &str) -> Result<Box<dyn Write + Send>> {
+        self.record(Action::Stream(target.into()));
+        Ok(Box::new(io::sink()))
+    }
+
+    fn set_mode(&self, target: &str, mode: u32) -> Result<()> {
+        self.record(Action::Chmod {
+            path: target.into(),
+            mode,
+        });
+        Ok(())
+    }
+
+    fn hard_link(&self, existing: &str, target: &str) -> Result<()> {
+        self.record(Action::HardLink {
+            path: target.into(),
+            target: existing.into(),
+        });
+        Ok(())
+    }
+
+    fn free_bytes(&self, target: &str) -> Result<u64> {
+        self.inner.free_bytes(target)
+    }
+
+    fn boot_id(&self) -> Option<String> {
+        self.inner.boot_id()
     }
 
     fn arch(&self) -> String {
@@ -1005,6 +1131,57 @@ mod tests {
     }
 
     #[test]
+    fn secret_environment_values_are_masked_wherever_the_command_line_is_shown() {
+        let c = CommandSpec::new("sh")
+            .args(["-c", "exit 3"])
+            .env("CUBE_SANDBOX_MYSQL_PASSWORD", "hunter22")
+            .env("E2B_API_KEY", "e2b_x")
+            .env("CUBE_DB_PASS", "pw1")
+            .env("LANG", "C");
+        let shown =
+            "CUBE_DB_PASS=*** CUBE_SANDBOX_MYSQL_PASSWORD=*** E2B_API_KEY=*** LANG=C sh -c 'exit 3'";
+        assert_eq!(c.display(), shown);
+        // The error a failed command becomes (journal, status) shows the same.
+        let dir = tempfile::tempdir().unwrap();
+        let err = RealHost::new(dir.path()).run(&c.read_only()).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            format!("command failed (exit 3): {shown}\n")
+        );
+    }
+
+    #[test]
+    fn with_another_root_only_confined_commands_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = RealHost::new(dir.path());
+        let root = dir.path().to_string_lossy().into_owned();
+        for allowed in [
+            CommandSpec::new("true").read_only(),
+            CommandSpec::new("true").within_root(),
+            on_target(&host, "true").allow_failure(),
+        ] {
+            host.run(&allowed).unwrap();
+        }
+        let err = host
+            .run(&CommandSpec::new("systemctl").args(["disable", "--now", "multipathd"]))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "refusing to run `systemctl disable --now multipathd` on this machine: \
+                 the helper works on {root}, not /, and this command would act on the running system"
+            )
+        );
+        // chroot into anything but the root is no confinement.
+        let err = host
+            .run(&CommandSpec::new("chroot").args(["/", "reboot"]))
+            .unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("refusing to run `chroot / reboot`"));
+    }
+
+    #[test]
     fn scripted_host_records_and_refuses_unscripted_commands() {
         let dir = tempfile::tempdir().unwrap();
         let host = ScriptedHost::new(dir.path());
@@ -1018,7 +1195,7 @@ mod tests {
     #[test]
     fn real_host_reports_failures_and_timeouts() {
         let dir = tempfile::tempdir().unwrap();
-        let host = RealHost::new(dir.path());
+        let host = RealHost::unconfined(dir.path());
         let err = host
             .run(&CommandSpec::new("sh").args(["-c", "echo boom >&2; exit 3"]))
             .unwrap_err();
@@ -1040,7 +1217,7 @@ mod tests {
     #[test]
     fn real_host_streams_lines_and_stops_at_the_timeout() {
         let dir = tempfile::tempdir().unwrap();
-        let host = RealHost::new(dir.path());
+        let host = RealHost::unconfined(dir.path());
         let mut seen = Vec::new();
         let out = host
             .run_streaming(

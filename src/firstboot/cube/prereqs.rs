@@ -152,6 +152,7 @@ pub fn missing_packages(
                 let out = host.run(
                     &CommandSpec::new("dpkg-query")
                         .args(["-W", "-f=${Status}", p])
+                        .read_only()
                         .allow_failure(),
                 )?;
                 out.success() && out.stdout.trim().ends_with(" installed")
@@ -160,6 +161,7 @@ pub fn missing_packages(
                 .run(
                     &CommandSpec::new("rpm")
                         .args(["-q", "--whatprovides", p])
+                        .read_only()
                         .allow_failure(),
                 )?
                 .success(),
@@ -189,6 +191,7 @@ pub fn wait_for_package_manager(host: &dyn Host, pm: PackageManager) -> Result<(
         let Ok(out) = host.run(
             &CommandSpec::new("pgrep")
                 .args(["-l", "-x", pattern])
+                .read_only()
                 .allow_failure(),
         ) else {
             return Ok(());
@@ -368,6 +371,7 @@ fn network_manager_loaded(host: &dyn Host) -> Result<bool> {
                 "--value",
                 "NetworkManager.service",
             ])
+            .read_only()
             .allow_failure(),
     )?;
     Ok(out.stdout.trim() == "loaded")

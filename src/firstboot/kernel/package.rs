@@ -78,7 +78,10 @@ pub(super) fn install_package(ctx: &mut Ctx) -> Result<()> {
             // older than theirs (cube-sandbox-facts.md §8, §16 #161).
             let mut cmd = CommandSpec::new("rpm");
             if !is_live_root(host) {
-                cmd = cmd.arg("--root").arg(host.root().to_string_lossy());
+                cmd = cmd
+                    .arg("--root")
+                    .arg(host.root().to_string_lossy())
+                    .within_root();
             }
             let cmd = cmd
                 .args(["-ivh", "--oldpackage", local.as_str()])
@@ -246,16 +249,21 @@ fn installed(host: &dyn Host, family: PackageFamily, package: &str, version: &st
             }
             host.run(
                 &cmd.args(["-W", "-f", "${Status}\t${Version}\n", package])
+                    .read_only()
                     .allow_failure(),
             )?
         }
         PackageFamily::Rpm => {
             let mut cmd = CommandSpec::new("rpm");
             if !is_live_root(host) {
-                cmd = cmd.arg("--root").arg(host.root().to_string_lossy());
+                cmd = cmd
+                    .arg("--root")
+                    .arg(host.root().to_string_lossy())
+                    .within_root();
             }
             host.run(
                 &cmd.args(["-q", "--qf", "%{VERSION}-%{RELEASE}\n", package])
+                    .read_only()
                     .allow_failure(),
             )?
         }
@@ -276,7 +284,9 @@ fn installed(host: &dyn Host, family: PackageFamily, package: &str, version: &st
 fn dpkg_install(host: &dyn Host, deb: &str) -> Result<()> {
     let mut cmd = CommandSpec::new("dpkg").env("DEBIAN_FRONTEND", "noninteractive");
     if !is_live_root(host) {
-        cmd = cmd.arg(format!("--root={}", host.root().to_string_lossy()));
+        cmd = cmd
+            .arg(format!("--root={}", host.root().to_string_lossy()))
+            .within_root();
     }
     let cmd = cmd
         .args(["-i", deb])
