@@ -5,6 +5,8 @@
 //! helper (`cube-firstboot`) runs on the target and follows the [`plan::Plan`]
 //! the builder wrote: the plan's types live here, once, for both.
 
+pub mod archive_path;
+pub mod atomic_write;
 pub mod cmdline;
 pub mod digest;
 pub mod firstboot;

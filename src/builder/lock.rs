@@ -619,7 +619,7 @@ pub fn run(args: LockArgs) -> Result<()> {
     let text = Lock::render(&file)?;
     Lock::parse(&text, &args.output)
         .map_err(|r| anyhow::anyhow!("generated lock is invalid:\n{r}"))?;
-    write_atomically(&args.output, text.as_bytes())
+    crate::atomic_write::write_atomic(&args.output, text.as_bytes(), 0o644)
         .with_context(|| format!("writing lock {}", args.output.display()))?;
     eprintln!("wrote {}", args.output.display());
     Ok(())
@@ -965,29 +965,6 @@ fn progress_bar(len: Option<u64>, name: &str) -> Option<indicatif::ProgressBar> 
     }
     bar.set_message(name.rsplit('/').next().unwrap_or(name).to_string());
     Some(bar)
-}
-
-/// Write `bytes` to `path` via a temp file in the same directory + rename,
-/// so a reader never sees half a file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 #[cfg(test)]

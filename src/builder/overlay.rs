@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use xz2::stream::{Check, Stream};
 
 use crate::builder::cli::InspectArgs;
@@ -280,7 +280,7 @@ pub fn extract_overlay<R: Read>(input: R, root: &Path) -> Result<Vec<Listed>> {
             }
             Kind::File => {
                 let bytes = data.unwrap_or_default();
-                crate::firstboot::host::write_atomic_at(&dest, &bytes, item.mode)
+                crate::atomic_write::write_atomic(&dest, &bytes, item.mode)
                     .with_context(|| format!("writing {}", dest.display()))?;
             }
             Kind::Symlink => {
@@ -580,19 +580,8 @@ fn visit<R: Read>(
 /// An archive member name as a target path; refuses absolute names and `..`
 /// (STYLE §13, after `coreos/coreos-installer: src/live/mod.rs`).
 fn entry_path(raw: &str) -> Result<String> {
-    let mut parts = Vec::new();
-    for comp in Path::new(raw).components() {
-        match comp {
-            Component::Normal(c) => parts.push(c.to_string_lossy().into_owned()),
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => {
-                bail!("entry {raw:?} has an absolute path; refusing it")
-            }
-            Component::ParentDir => {
-                bail!("entry {raw:?} contains path traversal (..); refusing it")
-            }
-        }
-    }
+    let parts = crate::archive_path::normal_parts(Path::new(raw))
+        .map_err(|e| anyhow!("entry {raw:?} {e}"))?;
     ensure!(!parts.is_empty(), "entry {raw:?} names no path");
     Ok(format!("/{}", parts.join("/")))
 }

@@ -473,7 +473,7 @@ pub trait Host: Send + Sync {
             path: target.into(),
             bytes: bytes.len(),
         });
-        write_atomic_at(&self.path(target), bytes, mode)
+        crate::atomic_write::write_atomic(&self.path(target), bytes, mode)
             .with_context(|| format!("writing {target}"))
     }
 
@@ -584,34 +584,6 @@ pub fn under_root(root: &Path, target: &str) -> PathBuf {
         }
     }
     out
-}
-
-pub fn write_atomic_at(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    // `mode` on open is masked by the umask; set it exactly.
-    fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-    fs::rename(&tmp, path)?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// The real machine. `root` is `/` in production and an image mount with

@@ -19,7 +19,7 @@ use std::io;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
-use super::host::Host;
+use super::host::{FileKind, Host};
 use super::journal::{Journal, StepState};
 use super::run_state::RunState;
 use super::runner::{self, RunEnd, Scope};
@@ -334,9 +334,7 @@ pub fn wants_links(unit: &str, unit_name: &str) -> Vec<String> {
 }
 
 fn remove(host: &dyn Host, path: &str, report: &mut ResetReport) -> Result<()> {
-    let is_dir = std::fs::symlink_metadata(host.path(path))
-        .map(|m| m.is_dir())
-        .unwrap_or(false);
+    let is_dir = matches!(host.metadata(path), Ok(Some(m)) if m.kind == FileKind::Dir);
     if is_dir {
         host.remove_dir_all(path)?;
     } else {
@@ -353,7 +351,7 @@ fn cache_file_is_verified(host: &dyn Host, name: &str, path: &str) -> Result<boo
     let Ok(expected) = name.parse::<Sha256Digest>() else {
         return Ok(false);
     };
-    let file = match std::fs::File::open(host.path(path)) {
+    let file = match host.open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e).with_context(|| format!("reading {path}")),

@@ -1,22 +1,25 @@
 //! The one-click bundle: re-verified against the plan's SHA-256 right before
-//! use, extracted into a fresh directory with every entry checked (no
-//! absolute paths, no `..`, no links leaving the directory, no devices).
-//! STYLE §10, §13; facts §13 ("no published checksums").
+//! use, extracted through the host into a fresh directory with every entry
+//! checked (no absolute paths, no `..`, no links leaving the directory or
+//! written through, no devices, no setuid/setgid bits, no world-writable
+//! directories). STYLE §10, §13; upstream publishes no checksums for it.
 
-use std::fs::File;
 use std::io::{self, BufReader, Read};
-use std::path::{Component, Path};
+use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use flate2::read::GzDecoder;
 
 use super::super::host::Host;
 use super::super::StepFailure;
+use crate::archive_path::{normal_parts, Links};
 use crate::digest::{hash_reader, HashingReader, Sha256Digest};
 
 /// Hash a file under the host's root and compare with the pinned digest.
 pub fn verify(host: &dyn Host, target: &str, expected: &Sha256Digest) -> Result<()> {
-    let f = File::open(host.path(target)).with_context(|| format!("opening {target}"))?;
+    let f = host
+        .open(target)
+        .with_context(|| format!("opening {target}"))?;
     let (computed, _) = hash_reader(f).with_context(|| format!("hashing {target}"))?;
     if computed != *expected {
         return Err(StepFailure::new(format!(
@@ -41,10 +44,11 @@ pub fn extract_verified(
     let partial = format!("{dest_target}.partial");
     host.remove_dir_all(&partial)?;
     host.create_dir_all(&partial)?;
-    let f = File::open(host.path(archive_target))
+    let f = host
+        .open(archive_target)
         .with_context(|| format!("opening {archive_target}"))?;
     let mut hashing = HashingReader::new(BufReader::new(f));
-    let top = extract_into(&mut hashing, &host.path(&partial))
+    let top = extract_into(host, &mut hashing, &partial)
         .with_context(|| format!("extracting {archive_target}"));
     // Hash whatever the tar reader left unread (gzip trailer, padding).
     io::copy(&mut hashing, &mut io::sink()).with_context(|| format!("reading {archive_target}"))?;
@@ -66,17 +70,21 @@ pub fn extract_verified(
     Ok(top)
 }
 
-/// Unpack a gzip'd tar from `reader` into `dest` (an existing directory).
-pub fn extract_into<R: Read>(reader: R, dest: &Path) -> Result<String> {
+/// Unpack a gzip'd tar from `reader` into `dest` (an existing target
+/// directory) through the host. Links are checked against the links
+/// already made (`archive_path::Links`) and never written through;
+/// directory modes are set last, so a read-only directory still receives
+/// its files.
+pub fn extract_into<R: Read>(host: &dyn Host, reader: R, dest: &str) -> Result<String> {
     let mut archive = tar::Archive::new(GzDecoder::new(reader));
-    archive.set_preserve_permissions(true);
-    archive.set_overwrite(false);
     let mut top: Option<String> = None;
+    let mut links = Links::default();
+    let mut dir_modes: Vec<(String, u32)> = Vec::new();
     for entry in archive.entries().context("reading archive")? {
         let mut entry = entry.context("reading archive entry")?;
         let path = entry.path().context("reading entry path")?.into_owned();
         let shown = path.display().to_string();
-        let parts = normal_parts(&path).map_err(|why| anyhow::anyhow!("entry {shown:?} {why}"))?;
+        let parts = normal_parts(&path).map_err(|e| anyhow!("entry {shown:?} {e}"))?;
         let Some(first) = parts.first() else { continue };
         match &top {
             None => top = Some(first.clone()),
@@ -85,74 +93,77 @@ pub fn extract_into<R: Read>(reader: R, dest: &Path) -> Result<String> {
             }
             Some(_) => {}
         }
+        if let Some(link) = links.link_on_the_way(&parts) {
+            bail!("entry {shown:?} lies beneath the link {:?}", link.join("/"));
+        }
+        if links.is_link(&parts) {
+            bail!("entry {shown:?} would replace a link the bundle made");
+        }
         let kind = entry.header().entry_type();
-        if kind.is_symlink() || kind.is_hard_link() {
-            let link = entry
-                .link_name()
-                .context("reading link target")?
-                .map(|l| l.into_owned())
-                .unwrap_or_default();
-            let escapes = if kind.is_hard_link() {
-                // Hard link names are relative to the archive root.
-                normal_parts(&link).is_err()
-            } else {
-                symlink_escapes(&parts, &link)
-            };
-            if escapes {
+        let mode = entry.header().mode().context("reading entry mode")? & 0o7777;
+        let target = format!("{dest}/{}", parts.join("/"));
+        let parent = match target.rsplit_once('/') {
+            Some((p, _)) => p.to_string(),
+            None => dest.to_string(),
+        };
+        if kind.is_dir() {
+            if mode & 0o002 != 0 {
+                bail!("directory {shown:?} is world-writable (mode {mode:04o})");
+            }
+            refuse_special_bits(&shown, mode)?;
+            host.create_dir_all(&target)?;
+            dir_modes.push((target, mode & 0o777));
+        } else if kind.is_file() || kind == tar::EntryType::Continuous {
+            refuse_special_bits(&shown, mode)?;
+            host.create_dir_all(&parent)?;
+            let mut out = host.create(&target, mode & 0o777)?;
+            io::copy(&mut entry, &mut out).with_context(|| format!("unpacking {shown}"))?;
+        } else if kind.is_symlink() {
+            let link = link_name(&entry)?;
+            if let Err((at, to)) = links.add(&parts, &link) {
                 bail!(
-                    "link {shown:?} -> {:?} points outside the bundle",
-                    link.display()
+                    "link {:?} -> {to:?} points outside the bundle",
+                    at.join("/")
                 );
             }
-        } else if !(kind.is_file() || kind.is_dir() || kind == tar::EntryType::Continuous) {
+            host.create_dir_all(&parent)?;
+            host.symlink(&link, &target)?;
+        } else if kind.is_hard_link() {
+            // Hard link names are relative to the archive root.
+            let link = link_name(&entry)?;
+            let to = normal_parts(Path::new(&link))
+                .ok()
+                .filter(|p| !p.is_empty() && links.link_on_the_way(p).is_none());
+            let Some(to) = to else {
+                bail!("link {shown:?} -> {link:?} points outside the bundle");
+            };
+            host.create_dir_all(&parent)?;
+            host.hard_link(&format!("{dest}/{}", to.join("/")), &target)?;
+        } else {
             bail!("entry {shown:?} is a {kind:?}, not a file, directory or link");
         }
-        if !entry
-            .unpack_in(dest)
-            .with_context(|| format!("unpacking {shown}"))?
-        {
-            bail!("entry {shown:?} was refused by the unpacker");
-        }
+    }
+    // Deepest first, so a read-only parent is set after its children.
+    for (dir, mode) in dir_modes.iter().rev() {
+        host.set_mode(dir, *mode)?;
     }
     top.context("bundle is empty")
 }
 
-/// The normal components of an archive path; absolute paths and `..` refused.
-fn normal_parts(path: &Path) -> Result<Vec<String>, &'static str> {
-    let mut out = Vec::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(p) => out.push(p.to_string_lossy().into_owned()),
-            Component::CurDir => {}
-            Component::ParentDir => return Err("contains `..`"),
-            Component::RootDir | Component::Prefix(_) => return Err("has an absolute path"),
-        }
+/// Nothing from a download runs with another user's rights.
+fn refuse_special_bits(shown: &str, mode: u32) -> Result<()> {
+    if mode & 0o6000 != 0 {
+        bail!("entry {shown:?} has the setuid or setgid bit (mode {mode:04o})");
     }
-    Ok(out)
+    Ok(())
 }
 
-/// Whether a symlink at `entry` (archive components) with target `link`
-/// would resolve outside the archive root.
-fn symlink_escapes(entry: &[String], link: &Path) -> bool {
-    if link.is_absolute() {
-        return true;
-    }
-    // Start from the link's directory.
-    let mut depth = entry.len().saturating_sub(1) as i64;
-    for c in link.components() {
-        match c {
-            Component::Normal(_) => depth += 1,
-            Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return true;
-                }
-            }
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return true,
-        }
-    }
-    false
+fn link_name<R: Read>(entry: &tar::Entry<R>) -> Result<String> {
+    Ok(entry
+        .link_name()
+        .context("reading link target")?
+        .map(|l| l.to_string_lossy().into_owned())
+        .unwrap_or_default())
 }
 
 /// `cube-sandbox-one-click-v0.7.2-amd64` from `….tar.gz` / `….tgz`.
@@ -171,29 +182,15 @@ pub fn extract_dir(sha: &Sha256Digest) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
+    use crate::firstboot::host::{FileKind, RealHost};
 
     /// A gzip'd tar with raw header names (the tar builder refuses `..`).
     fn raw_tar(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (name, kind, link) in entries {
-            let mut h = tar::Header::new_gnu();
-            let n = name.as_bytes();
-            h.as_old_mut().name[..n.len()].copy_from_slice(n);
-            h.set_entry_type(*kind);
-            h.set_mode(0o644);
-            h.set_size(0);
-            if !link.is_empty() {
-                let l = link.as_bytes();
-                h.as_old_mut().linkname[..l.len()].copy_from_slice(l);
-            }
-            h.set_cksum();
-            b.append(&h, io::empty()).unwrap();
-        }
-        let tar = b.into_inner().unwrap();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        io::Write::write_all(&mut gz, &tar).unwrap();
-        gz.finish().unwrap()
+        let with_modes: Vec<_> = entries
+            .iter()
+            .map(|&(n, k, l)| (n, k, l, if k.is_dir() { 0o755 } else { 0o644 }))
+            .collect();
+        raw_tar_modes(&with_modes)
     }
 
     #[test]
@@ -203,11 +200,11 @@ mod tests {
         let cases: &[(Entries, &str)] = &[
             (
                 &[("/etc/passwd", Regular, "")],
-                "entry \"/etc/passwd\" has an absolute path",
+                "entry \"/etc/passwd\" has an absolute path; refusing it",
             ),
             (
                 &[("b/../../x", Regular, "")],
-                "entry \"b/../../x\" contains `..`",
+                "entry \"b/../../x\" contains path traversal (..); refusing it",
             ),
             (
                 &[("b/etc", Symlink, "/etc")],
@@ -228,7 +225,89 @@ mod tests {
         ];
         for (entries, msg) in cases {
             let dir = tempfile::tempdir().unwrap();
-            let err = extract_into(&raw_tar(entries)[..], dir.path()).unwrap_err();
+            let host = RealHost::new(dir.path());
+            let err = extract_into(&host, &raw_tar(entries)[..], "/").unwrap_err();
+            assert_eq!(err.to_string(), *msg);
+        }
+    }
+
+    /// Like `raw_tar`, with a mode per entry.
+    fn raw_tar_modes(entries: &[(&str, tar::EntryType, &str, u32)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, link, mode) in entries {
+            let mut h = tar::Header::new_gnu();
+            let n = name.as_bytes();
+            h.as_old_mut().name[..n.len()].copy_from_slice(n);
+            h.set_entry_type(*kind);
+            h.set_mode(*mode);
+            h.set_size(0);
+            if !link.is_empty() {
+                let l = link.as_bytes();
+                h.as_old_mut().linkname[..l.len()].copy_from_slice(l);
+            }
+            h.set_cksum();
+            b.append(&h, io::empty()).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut gz, &tar).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn link_chains_modes_and_order_tricks_cannot_escape() {
+        use tar::EntryType::{Directory, Regular, Symlink};
+        type Entries<'a> = &'a [(&'a str, tar::EntryType, &'a str, u32)];
+        let cases: &[(Entries, &str)] = &[
+            // Each link alone stays inside; followed through the first, the
+            // second climbs two levels above the extraction directory.
+            (
+                &[
+                    ("b/", Directory, "", 0o755),
+                    ("b/c", Symlink, "..", 0o777),
+                    ("b/e", Symlink, "c/../..", 0o777),
+                ],
+                "link \"b/e\" -> \"c/../..\" points outside the bundle",
+            ),
+            // The same, with the link on the way created after the one using it.
+            (
+                &[
+                    ("b/", Directory, "", 0o755),
+                    ("b/e", Symlink, "c/../..", 0o777),
+                    ("b/c", Symlink, "..", 0o777),
+                ],
+                "link \"b/e\" -> \"c/../..\" points outside the bundle",
+            ),
+            // Writing through a link the bundle made.
+            (
+                &[
+                    ("b/", Directory, "", 0o755),
+                    ("b/l", Symlink, ".", 0o777),
+                    ("b/l/x", Regular, "", 0o644),
+                ],
+                "entry \"b/l/x\" lies beneath the link \"b/l\"",
+            ),
+            (
+                &[("b/", Directory, "", 0o755), ("b/su", Regular, "", 0o4755)],
+                "entry \"b/su\" has the setuid or setgid bit (mode 4755)",
+            ),
+            (
+                &[("b/", Directory, "", 0o755), ("b/sg", Regular, "", 0o2755)],
+                "entry \"b/sg\" has the setuid or setgid bit (mode 2755)",
+            ),
+            (
+                &[
+                    ("b/", Directory, "", 0o755),
+                    ("b/tmp/", Directory, "", 0o1777),
+                ],
+                "directory \"b/tmp/\" is world-writable (mode 1777)",
+            ),
+        ];
+        for (entries, msg) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let host = RealHost::new(dir.path());
+            host.create_dir_all("/x").unwrap();
+            let err = extract_into(&host, &raw_tar_modes(entries)[..], "/x").unwrap_err();
             assert_eq!(err.to_string(), *msg);
         }
     }
@@ -237,21 +316,28 @@ mod tests {
     fn links_inside_the_bundle_are_fine() {
         use tar::EntryType::{Directory, Regular, Symlink};
         let dir = tempfile::tempdir().unwrap();
+        let host = RealHost::new(dir.path());
         let top = extract_into(
+            &host,
             &raw_tar(&[
                 ("b/", Directory, ""),
                 ("b/k/", Directory, ""),
                 ("b/k/vmlinux-pvm", Regular, ""),
                 ("b/k/vmlinux", Symlink, "vmlinux-pvm"),
                 ("b/k/up", Symlink, "../k/vmlinux-pvm"),
+                ("b/k/same", tar::EntryType::Link, "b/k/vmlinux-pvm"),
             ])[..],
-            dir.path(),
+            "/",
         )
         .unwrap();
         assert_eq!(top, "b");
         assert_eq!(
-            std::fs::read_link(dir.path().join("b/k/vmlinux")).unwrap(),
-            PathBuf::from("vmlinux-pvm")
+            host.read_link("/b/k/vmlinux").unwrap().as_deref(),
+            Some("vmlinux-pvm")
+        );
+        assert_eq!(
+            host.metadata("/b/k/same").unwrap().unwrap().kind,
+            FileKind::File
         );
     }
 

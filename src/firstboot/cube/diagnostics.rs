@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use super::super::host::{unix_secs, CommandSpec, Host};
+use super::super::host::{unix_secs, CommandSpec, FileKind, Host};
 use super::super::{Ctx, LOG_DIR};
 use super::INSTALL_LOG;
 
@@ -45,6 +45,7 @@ pub fn collect(ctx: &mut Ctx, reason: &str) -> Result<String> {
     let journal = host.run(
         &CommandSpec::new("journalctl")
             .args(["--no-pager", "-o", "short-iso", "-u", "cube-sandbox-*"])
+            .read_only()
             .allow_failure(),
     );
     let journal_text = match journal {
@@ -86,13 +87,12 @@ fn collect_dir(
     for name in host.list_dir(dir)? {
         let target = format!("{dir}/{name}");
         let inside = format!("{prefix}/{name}");
-        let p = host.path(&target);
-        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+        let Ok(Some(meta)) = host.metadata(&target) else {
             continue;
         };
-        if meta.is_dir() {
+        if meta.kind == FileKind::Dir {
             collect_dir(host, &target, &inside, files, depth + 1)?;
-        } else if meta.is_file() {
+        } else if meta.kind == FileKind::File {
             if let Ok(b) = host.read(&target) {
                 files.push((inside, tail_bytes(b)));
             }

@@ -125,10 +125,11 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
 
     // Credentials: generated at install; here only their file's safety.
     if plan.cube.role == Role::Control && !host.is_dry_run() {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(host.path(CREDENTIALS_PATH))
-            .map(|m| m.permissions().mode() & 0o777)
-            .with_context(|| format!("reading {CREDENTIALS_PATH}"))?;
+        let mode = host
+            .metadata(CREDENTIALS_PATH)?
+            .with_context(|| format!("reading {CREDENTIALS_PATH}: no such file"))?
+            .mode
+            & 0o777;
         if mode != 0o600 {
             return Err(StepFailure::new(format!(
                 "{CREDENTIALS_PATH} has mode {mode:o}, expected 600"

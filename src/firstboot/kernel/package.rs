@@ -1,6 +1,5 @@
 //! Installing and holding the PVM kernel package (rpm / dpkg).
 
-use std::fs::File;
 use std::io::{self, BufReader};
 use std::time::Duration;
 
@@ -218,7 +217,8 @@ fn check_installed_headers(rpm_out: &str, repo: &KernelRepo) -> Result<()> {
 
 /// Stream the cached file through SHA-256 and compare with the plan.
 fn verify_cached(host: &dyn Host, cached: &str, asset: &crate::plan::Asset) -> Result<()> {
-    let file = File::open(host.path(cached))
+    let file = host
+        .open(cached)
         .with_context(|| format!("opening cached kernel package {cached}"))?;
     let mut reader = HashingReader::new(BufReader::new(file));
     io::copy(&mut reader, &mut io::sink())
