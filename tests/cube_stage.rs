@@ -863,30 +863,46 @@ fn auto_formats_the_one_empty_disk_and_mounts_it_by_uuid() {
     let dir = tempfile::tempdir().unwrap();
     let host = disk_host(dir.path(), LSBLK_ROOT_AND_EMPTY);
     host.on(|c| (c.program == "blkid" && c.args[0] == "-p").then(|| Ok(CmdOutput::failed(2, ""))));
-    host.on(|c| {
-        (c.program == "blkid" && c.args[0] == "-s").then(|| Ok(CmdOutput::ok("0b5c-uuid\n")))
+    // mkfs.xfs writes the UUID it is given; blkid then reads it back.
+    let made = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let m = made.clone();
+    host.on(move |c| {
+        (c.program == "mkfs.xfs").then(|| {
+            let uuid = c.args.iter().find_map(|a| a.strip_prefix("uuid=")).unwrap();
+            *m.lock().unwrap() = uuid.to_string();
+            Ok(CmdOutput::ok(""))
+        })
+    });
+    let m = made.clone();
+    host.on(move |c| {
+        (c.program == "blkid" && c.args[0] == "-s")
+            .then(|| Ok(CmdOutput::ok(format!("{}\n", m.lock().unwrap()))))
     });
     host.on_program("wipefs", CmdOutput::ok(""));
-    host.on_program("mkfs.xfs", CmdOutput::ok(""));
+    let out = data_disk(&host, DataDisk::Auto).unwrap();
+    let uuid = made.lock().unwrap().clone();
+    assert_eq!(uuid.len(), 36, "{uuid}");
     assert_eq!(
-        data_disk(&host, DataDisk::Auto).unwrap(),
-        Outcome::Done("formatted /dev/vdb as XFS (UUID 0b5c-uuid) at /data/cubelet".into())
+        out,
+        Outcome::Done(format!(
+            "formatted /dev/vdb as XFS (UUID {uuid}) at /data/cubelet"
+        ))
     );
     assert_eq!(
         host.commands(),
         vec![
-            "lsblk -J -b -o NAME,TYPE,SIZE,FSTYPE,MOUNTPOINT,PTTYPE",
-            "blkid -p -o export /dev/vdb",
-            "wipefs -n /dev/vdb",
-            "mkfs.xfs -m reflink=1 -L cubelet /dev/vdb",
-            "blkid -s UUID -o value /dev/vdb",
-            "systemctl daemon-reload",
-            "mount /data/cubelet",
+            "lsblk -J -b -o NAME,TYPE,SIZE,FSTYPE,MOUNTPOINT,PTTYPE".to_string(),
+            "blkid -p -o export /dev/vdb".into(),
+            "wipefs -n /dev/vdb".into(),
+            format!("mkfs.xfs -m reflink=1 -L cubelet -m uuid={uuid} /dev/vdb"),
+            "blkid -s UUID -o value /dev/vdb".into(),
+            "systemctl daemon-reload".into(),
+            "mount /data/cubelet".into(),
         ]
     );
     assert_eq!(
         host.read_string("/etc/fstab").unwrap(),
-        "UUID=aaaa / ext4 defaults 0 1\n# cubeboot: /data/cubelet on XFS for Cube Sandbox\nUUID=0b5c-uuid /data/cubelet xfs defaults,nofail 0 2\n"
+        format!("UUID=aaaa / ext4 defaults 0 1\n# cubeboot: /data/cubelet on XFS for Cube Sandbox\nUUID={uuid} /data/cubelet xfs defaults,nofail 0 2\n")
     );
     // A second run finds XFS and leaves everything alone.
     assert!(matches!(
@@ -1172,6 +1188,16 @@ fn a_dry_run_of_the_whole_stage_changes_nothing() {
     // A dry run still runs queries: here they answer as on a fresh machine
     // (nothing installed, nothing running, no NetworkManager).
     host.on(|c| c.read_only.then(|| Ok(CmdOutput::failed(1, ""))));
+    // ... one root disk and one empty disk, and this network.
+    host.on_program("lsblk", CmdOutput::ok(LSBLK_ROOT_AND_EMPTY));
+    host.on(|c| (c.program == "blkid" && c.args[0] == "-p").then(|| Ok(CmdOutput::failed(2, ""))));
+    host.on_program("wipefs", CmdOutput::ok(""));
+    host.on(|c| {
+        (c.program == "ip" && c.args == ["-j", "addr"]).then(|| Ok(CmdOutput::ok(IP_ADDR)))
+    });
+    host.on(|c| {
+        (c.program == "ip" && c.args == ["-j", "route"]).then(|| Ok(CmdOutput::ok(IP_ROUTE)))
+    });
     let cache = format!("/var/lib/cubeboot/cache/{}", plan.assets.bundle.sha256);
     host.put(&cache, std::fs::read(repo(PITFALL)).unwrap());
     host.put("/proc/self/mounts", "/dev/vda1 / ext4 rw 0 0\n");
@@ -1197,12 +1223,12 @@ fn a_dry_run_of_the_whole_stage_changes_nothing() {
     let cmds = host.commands();
     assert!(
         cmds.iter()
-            .any(|c| c.starts_with("mkfs.xfs -m reflink=1 -L cubelet ")),
+            .any(|c| c.starts_with("mkfs.xfs -m reflink=1 -L cubelet -m uuid=")),
         "{cmds:?}"
     );
     assert!(
         cmds.iter()
-            .any(|c| c.ends_with("install.sh '--node-ip=<node-ip>' --mode=install")),
+            .any(|c| c.ends_with("install.sh --node-ip=10.0.2.15 --mode=install")),
         "{cmds:?}"
     );
     assert!(cmds.iter().any(|c| c.starts_with("nft -f ")), "{cmds:?}");
@@ -1592,7 +1618,6 @@ fn the_control_plane_is_named_one_way_as_upstream_expects() {
             cube: &cube,
             pvm: true,
             dnsmasq: None,
-            dry_run: false,
         };
         let env = cube::install::prepare(&input, &net).unwrap().env;
         (

@@ -433,10 +433,97 @@ fn with_a_temp_root_the_real_host_refuses_commands_that_change_this_machine() {
     let st = status_json(dir.path());
     assert_eq!(st["state"], "failed: cube-prereqs", "{st}");
     let err = st["last_error"].as_str().unwrap();
+    assert!(err.starts_with("refusing to run `"), "{err}");
     assert!(
         err.contains(&format!(
-            "refusing to run `DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=300 update` on this machine: the helper works on {root}, not /"
+            "` on this machine: the helper works on {root}, not /, and this command would act on the running system"
         )),
         "{err}"
     );
+}
+
+/// `run --dry-run` of the example release's plan (as `cubeboot build`
+/// writes it) on a machine already running the PVM kernel, with the assets
+/// in the cache: the run goes through every step, and what it prints holds
+/// real values (the node IP found by `ip`, the cached assets), never a
+/// `<placeholder>`, and nothing under the root changes.
+#[cfg(feature = "builder")]
+#[test]
+fn dry_run_of_the_example_plan_prints_real_values_not_placeholders() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tempfile::tempdir().unwrap();
+    let built = Command::new(env!("CARGO_BIN_EXE_cubeboot"))
+        .args(["build", "--profile", "debian-12", "--lock"])
+        .arg(repo.join("examples/release/cubeboot.lock"))
+        .arg("--output")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let plan_path = out.path().join("debian-12/plan.json");
+    let plan = Plan::from_json(&std::fs::read_to_string(&plan_path).unwrap()).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let host = ScriptedHost::new(dir.path());
+    lay_out_machine(&host);
+    // Already on the PVM kernel with its parameters, kvm_pvm loaded.
+    let kver = &plan.kernel.kver;
+    host.put("/proc/sys/kernel/osrelease", format!("{kver}\n"));
+    host.put(
+        "/proc/cmdline",
+        format!(
+            "BOOT_IMAGE=/boot/vmlinuz-{kver} root=/dev/vda1 ro {} panic={}\n",
+            plan.kernel.boot_params.join(" "),
+            plan.kernel.panic_seconds
+        ),
+    );
+    host.put(
+        "/proc/modules",
+        "kvm_pvm 102400 0 - Live 0x0\nkvm 1138688 1 kvm_pvm, Live 0x0\n",
+    );
+    host.put("/dev/kvm", "");
+    // The fetch step of an earlier run left the assets in the cache.
+    for (_, asset) in plan.assets.all() {
+        host.put(
+            &cache_path(asset),
+            std::fs::read(repo.join("examples/release").join(&asset.name)).unwrap(),
+        );
+    }
+    let before = tree(dir.path());
+    let run = helper(&[
+        "run",
+        "--dry-run",
+        "--root",
+        dir.path().to_str().unwrap(),
+        "--plan",
+        plan_path.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = (text(&run.stdout), text(&run.stderr));
+    assert_eq!(run.status.code(), Some(exit::DONE), "{stderr}");
+    assert_eq!(tree(dir.path()), before, "a dry run changed files");
+    let all = format!("{stdout}{stderr}");
+    let placeholders: Vec<&str> = all
+        .match_indices('<')
+        .filter_map(|(i, _)| {
+            let rest = &all[i + 1..];
+            let end = rest.find('>')?;
+            let word = &rest[..end];
+            (!word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+                .then(|| &all[i..i + end + 2])
+        })
+        .collect();
+    assert!(placeholders.is_empty(), "{placeholders:?} in\n{all}");
+    // The node IP is what `ip` reports on this machine, and the installer
+    // line the dry run lists carries it.
+    let ip = stderr
+        .split("node IP ")
+        .nth(1)
+        .and_then(|s| s.split([',', ' ']).next())
+        .unwrap_or_else(|| panic!("no node IP in\n{stderr}"));
+    assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{ip:?}");
+    assert!(
+        stdout.contains(&format!("--node-ip={ip} --mode=install")),
+        "{stdout}"
+    );
+    assert!(stderr.contains("already cached"), "{stderr}");
 }

@@ -320,6 +320,13 @@ pub trait Host: Send + Sync {
         under_root(self.root(), target)
     }
 
+    /// Check the outcome of a change just made (a filesystem's UUID, a
+    /// mount, a loaded module). A dry run made no change, so the dry-run
+    /// host skips `check` and says what it would have checked.
+    fn check_change(&self, _what: &str, check: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        check()
+    }
+
     fn exists(&self, target: &str) -> bool {
         fs::symlink_metadata(self.path(target)).is_ok()
     }
@@ -987,6 +994,11 @@ impl<H: Host> Host for DryRunHost<H> {
 
     fn path(&self, target: &str) -> PathBuf {
         self.inner.path(target)
+    }
+
+    fn check_change(&self, what: &str, _check: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        self.say(&format!("dry run: would check {what}"));
+        Ok(())
     }
 
     fn create_dir_all(&self, target: &str) -> Result<()> {

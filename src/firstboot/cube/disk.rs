@@ -283,12 +283,11 @@ pub fn check_named(devices: &[BlockDevice], dev: &str) -> Result<(), String> {
 }
 
 fn lsblk(host: &dyn Host) -> Result<Vec<BlockDevice>> {
-    let out = host.run(&CommandSpec::new("lsblk").args([
-        "-J",
-        "-b",
-        "-o",
-        "NAME,TYPE,SIZE,FSTYPE,MOUNTPOINT,PTTYPE",
-    ]))?;
+    let out = host.run(
+        &CommandSpec::new("lsblk")
+            .args(["-J", "-b", "-o", "NAME,TYPE,SIZE,FSTYPE,MOUNTPOINT,PTTYPE"])
+            .read_only(),
+    )?;
     parse_lsblk(&out.stdout)
 }
 
@@ -297,12 +296,9 @@ fn prove_empty(host: &dyn Host, dev: &str) -> Result<()> {
     let out = host.run(
         &CommandSpec::new("blkid")
             .args(["-p", "-o", "export", dev])
+            .read_only()
             .allow_failure(),
     )?;
-    if host.is_dry_run() {
-        host.run(&CommandSpec::new("wipefs").args(["-n", dev]))?;
-        return Ok(());
-    }
     match out.code {
         // blkid exits 2 when it finds nothing.
         Some(2) => {}
@@ -321,7 +317,7 @@ fn prove_empty(host: &dyn Host, dev: &str) -> Result<()> {
         }
         _ => bail!("blkid -p {dev} failed: {}", out.stderr.trim()),
     }
-    let out = host.run(&CommandSpec::new("wipefs").args(["-n", dev]))?;
+    let out = host.run(&CommandSpec::new("wipefs").args(["-n", dev]).read_only())?;
     if !out.stdout.trim().is_empty() {
         return Err(StepFailure::new(format!(
             "refusing to format {dev}: wipefs found signatures:\n{}",
@@ -334,21 +330,31 @@ fn prove_empty(host: &dyn Host, dev: &str) -> Result<()> {
 }
 
 fn format_disk(host: &dyn Host, dev: &str) -> Result<Outcome> {
+    // The UUID is ours, not mkfs's, so the fstab line is known before the
+    // disk is touched (and a dry run shows the real line).
+    let uuid = new_uuid(host)?;
     // No -f: mkfs.xfs itself refuses a device with a signature, a second guard.
-    host.run(&CommandSpec::new("mkfs.xfs").args(["-m", "reflink=1", "-L", "cubelet", dev]))?;
-    let uuid = host
-        .run(&CommandSpec::new("blkid").args(["-s", "UUID", "-o", "value", dev]))?
-        .stdout
-        .trim()
-        .to_string();
-    let uuid = if host.is_dry_run() {
-        "<uuid>".to_string()
-    } else {
-        uuid
-    };
-    if uuid.is_empty() {
-        bail!("blkid shows no UUID for {dev} after mkfs.xfs");
-    }
+    host.run(&CommandSpec::new("mkfs.xfs").args([
+        "-m",
+        "reflink=1",
+        "-L",
+        "cubelet",
+        "-m",
+        &format!("uuid={uuid}"),
+        dev,
+    ]))?;
+    host.check_change(&format!("that {dev} has UUID {uuid}"), &mut || {
+        let out = host.run(
+            &CommandSpec::new("blkid")
+                .args(["-s", "UUID", "-o", "value", dev])
+                .read_only(),
+        )?;
+        let found = out.stdout.trim();
+        if found != uuid {
+            bail!("blkid shows UUID {found:?} for {dev} after mkfs.xfs -m uuid={uuid}");
+        }
+        Ok(())
+    })?;
     let line = format!("UUID={uuid} {CUBELET_DIR} xfs defaults,nofail 0 2");
     write_fstab(host, &line)?;
     mount_and_check(host, &line)?;
@@ -357,53 +363,55 @@ fn format_disk(host: &dyn Host, dev: &str) -> Result<Outcome> {
     )))
 }
 
+/// A random (version 4) UUID, from the kernel's random bytes.
+fn new_uuid(host: &dyn Host) -> Result<String> {
+    let mut b = host.random_bytes(16)?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    ))
+}
+
 fn loopback(host: &dyn Host, size_gib: u64) -> Result<Outcome> {
     host.create_dir_all("/data")?;
     let img = real(host, LOOPBACK_IMAGE);
-    let probe = if host.exists(LOOPBACK_IMAGE) {
-        host.run(
+    if host.exists(LOOPBACK_IMAGE) {
+        let probe = host.run(
             &CommandSpec::new("blkid")
                 .args(["-p", "-o", "value", "-s", "TYPE", &img])
+                .read_only()
                 .allow_failure(),
-        )?
+        )?;
+        match (probe.code, probe.stdout.trim()) {
+            (Some(0), "xfs") => {
+                host.say(&format!("{LOOPBACK_IMAGE} already holds XFS; reusing it"))
+            }
+            // blkid exits 2 when it finds nothing: an empty image to format.
+            (Some(2), _) => mkfs_image(host, &img)?,
+            (_, found) => {
+                return Err(StepFailure::new(format!(
+                    "refusing to format {LOOPBACK_IMAGE}: it exists and holds {}",
+                    if found.is_empty() {
+                        "something blkid cannot read"
+                    } else {
+                        found
+                    }
+                ))
+                .hint("move the file away or use a data disk")
+                .into())
+            }
+        }
     } else {
         // Sparse: blocks are allocated as Cube writes, not now.
         host.run(&CommandSpec::new("truncate").args(["-s", &format!("{size_gib}G"), &img]))?;
-        host.run(
-            &CommandSpec::new("blkid")
-                .args(["-p", "-o", "value", "-s", "TYPE", &img])
-                .allow_failure(),
-        )?
-    };
-    // A dry run has no probe result: show the path of a fresh image.
-    let probe_result = if host.is_dry_run() {
-        (Some(2), "")
-    } else {
-        (probe.code, probe.stdout.trim())
-    };
-    match probe_result {
-        (Some(0), "xfs") => host.say(&format!("{LOOPBACK_IMAGE} already holds XFS; reusing it")),
-        (Some(2), _) => {
-            host.run(&CommandSpec::new("mkfs.xfs").args([
-                "-m",
-                "reflink=1",
-                "-L",
-                "cubelet",
-                &img,
-            ]))?;
-        }
-        (_, found) => {
-            return Err(StepFailure::new(format!(
-                "refusing to format {LOOPBACK_IMAGE}: it exists and holds {}",
-                if found.is_empty() {
-                    "something blkid cannot read"
-                } else {
-                    found
-                }
-            ))
-            .hint("move the file away or use a data disk")
-            .into())
-        }
+        mkfs_image(host, &img)?;
     }
     let line = format!("{LOOPBACK_IMAGE} {CUBELET_DIR} xfs loop,defaults,nofail 0 0");
     write_fstab(host, &line)?;
@@ -411,6 +419,11 @@ fn loopback(host: &dyn Host, size_gib: u64) -> Result<Outcome> {
     Ok(Outcome::Done(format!(
         "loopback XFS image {LOOPBACK_IMAGE} ({size_gib} GiB, sparse) mounted at {CUBELET_DIR}"
     )))
+}
+
+fn mkfs_image(host: &dyn Host, img: &str) -> Result<()> {
+    host.run(&CommandSpec::new("mkfs.xfs").args(["-m", "reflink=1", "-L", "cubelet", img]))?;
+    Ok(())
 }
 
 /// Our line replaces any other line for /data/cubelet (a stale entry would
@@ -456,20 +469,20 @@ fn mount_and_check(host: &dyn Host, line: &str) -> Result<()> {
             .allow_failure(),
     )?;
     host.run(&CommandSpec::new("mount").arg(CUBELET_DIR))?;
-    if host.is_dry_run() {
-        return Ok(());
-    }
-    match mount_for(host, CUBELET_DIR)? {
-        Some(m) if m.fstype == "xfs" && m.mountpoint == CUBELET_DIR => Ok(()),
-        other => Err(StepFailure::new(format!(
-            "{CUBELET_DIR} is not on XFS after mounting {line:?} (found {})",
-            other.map_or("no mount".into(), |m| format!(
-                "{} on {}",
-                m.fstype, m.mountpoint
+    host.check_change(
+        &format!("that {CUBELET_DIR} is mounted XFS"),
+        &mut || match mount_for(host, CUBELET_DIR)? {
+            Some(m) if m.fstype == "xfs" && m.mountpoint == CUBELET_DIR => Ok(()),
+            other => Err(StepFailure::new(format!(
+                "{CUBELET_DIR} is not on XFS after mounting {line:?} (found {})",
+                other.map_or("no mount".into(), |m| format!(
+                    "{} on {}",
+                    m.fstype, m.mountpoint
+                ))
             ))
-        ))
-        .into()),
-    }
+            .into()),
+        },
+    )
 }
 
 #[cfg(test)]

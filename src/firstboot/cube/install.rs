@@ -70,7 +70,6 @@ pub fn run_mode(ctx: &mut Ctx, mode: Mode) -> Result<Outcome> {
         cube: &plan.cube,
         pvm: pvm_enabled(ctx),
         dnsmasq: ctx.journal.facts.dnsmasq_mode.clone(),
-        dry_run: host.is_dry_run(),
     };
     let prepared = prepare(&input, &network)?;
     ctx.journal.facts.node_ip = Some(prepared.node_ip.clone());
@@ -106,7 +105,6 @@ pub struct Input<'a> {
     pub pvm: bool,
     /// The `cube-prereqs` finding about DNS (journal fact `cube.dnsmasq-mode`).
     pub dnsmasq: Option<String>,
-    pub dry_run: bool,
 }
 
 /// Everything decided before touching the disk.
@@ -125,11 +123,8 @@ pub struct Prepared {
 /// Decide node IP, control plane, CIDR and the installer's environment.
 pub fn prepare(input: &Input<'_>, network: &Network) -> Result<Prepared> {
     let cube = input.cube;
-    // A dry run does not run `ip`, so it may not know the address.
-    let node_ip = match resolve_node_ip(&cube.node_ip, network) {
-        Err(_) if input.dry_run => "<node-ip>".to_string(),
-        other => other?,
-    };
+    // A dry run runs `ip` too (read-only), so the address is the real one.
+    let node_ip = resolve_node_ip(&cube.node_ip, network)?;
     let control_plane = match cube.role {
         Role::Control => None,
         Role::Compute => Some(ControlPlane::parse(cube.control_plane_ip.as_deref())?),
@@ -408,10 +403,10 @@ pub struct Network {
 
 pub fn read_network(host: &dyn Host) -> Result<Network> {
     let addr_json = host
-        .run(&CommandSpec::new("ip").args(["-j", "addr"]))?
+        .run(&CommandSpec::new("ip").args(["-j", "addr"]).read_only())?
         .stdout;
     let route_json = host
-        .run(&CommandSpec::new("ip").args(["-j", "route"]))?
+        .run(&CommandSpec::new("ip").args(["-j", "route"]).read_only())?
         .stdout;
     let resolv = host.read_optional("/etc/resolv.conf")?.unwrap_or_default();
     Ok(Network {
