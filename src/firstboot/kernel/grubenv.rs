@@ -33,10 +33,12 @@ pub(crate) fn boot_dir(grubenv: &str) -> String {
 pub(crate) fn tool(host: &dyn Host, program: &str, grubenv: &str) -> CommandSpec {
     let mut cmd = CommandSpec::new(program);
     if !is_live_root(host) {
-        cmd = cmd.arg(format!(
-            "--boot-directory={}",
-            host.path(&boot_dir(grubenv)).to_string_lossy()
-        ));
+        cmd = cmd
+            .arg(format!(
+                "--boot-directory={}",
+                host.path(&boot_dir(grubenv)).to_string_lossy()
+            ))
+            .within_root();
     }
     cmd
 }
@@ -45,7 +47,11 @@ pub(crate) fn tool(host: &dyn Host, program: &str, grubenv: &str) -> CommandSpec
 /// it needs no chroot.
 pub(crate) fn unset(host: &dyn Host, bl: &Bootloader, key: &str) -> Result<()> {
     let env_path = host.path(&bl.grubenv).to_string_lossy().into_owned();
-    host.run(&CommandSpec::new(&bl.editenv).args([env_path.as_str(), "unset", key]))?;
+    host.run(
+        &CommandSpec::new(&bl.editenv)
+            .args([env_path.as_str(), "unset", key])
+            .within_root(),
+    )?;
     Ok(())
 }
 
@@ -58,6 +64,7 @@ pub(crate) fn unwritable(host: &dyn Host, bl: &Bootloader) -> Result<Option<Stri
         let out = host.run(
             &CommandSpec::new(&bl.editenv)
                 .args([env_path.as_str(), "create"])
+                .within_root()
                 .allow_failure(),
         )?;
         if !out.success() {
@@ -72,6 +79,7 @@ pub(crate) fn unwritable(host: &dyn Host, bl: &Bootloader) -> Result<Option<Stri
     let out = host.run(
         &CommandSpec::new(&bl.editenv)
             .args([env_path.as_str(), "set", "cubeboot_probe=1"])
+            .within_root()
             .allow_failure(),
     )?;
     if !out.success() {
@@ -85,6 +93,7 @@ pub(crate) fn unwritable(host: &dyn Host, bl: &Bootloader) -> Result<Option<Stri
     host.run(
         &CommandSpec::new(&bl.editenv)
             .args([env_path.as_str(), "unset", "cubeboot_probe"])
+            .within_root()
             .allow_failure(),
     )?;
     // grub-editenv writes the file from Linux; what matters is whether GRUB
