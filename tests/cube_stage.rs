@@ -1201,6 +1201,10 @@ fn a_dry_run_of_the_whole_stage_changes_nothing() {
     let cache = format!("/var/lib/cubeboot/cache/{}", plan.assets.bundle.sha256);
     host.put(&cache, std::fs::read(repo(PITFALL)).unwrap());
     host.put("/proc/self/mounts", "/dev/vda1 / ext4 rw 0 0\n");
+    host.put(
+        "/sys/fs/cgroup/cgroup.controllers",
+        "cpuset cpu io memory hugetlb pids rdma misc\n",
+    );
     let before = walk(dir.path());
     let mut journal = Journal::new("test");
     let mut ctx = Ctx {

@@ -482,6 +482,10 @@ fn dry_run_of_the_example_plan_prints_real_values_not_placeholders() {
         "kvm_pvm 102400 0 - Live 0x0\nkvm 1138688 1 kvm_pvm, Live 0x0\n",
     );
     host.put("/dev/kvm", "");
+    host.put(
+        "/sys/fs/cgroup/cgroup.controllers",
+        "cpuset cpu io memory hugetlb pids rdma misc\n",
+    );
     // The fetch step of an earlier run left the assets in the cache.
     for (_, asset) in plan.assets.all() {
         host.put(

@@ -52,27 +52,30 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
 
     // Option A: CubeMaster and CubeAPI got their binds at install time;
     // judge by where they listen.
-    if plan.cube.role == Role::Control && !host.is_dry_run() {
-        let listening = listeners::read(host)?;
-        let mut open = Vec::new();
-        let mut where_ = Vec::new();
-        for (name, port) in [("CubeMaster", CUBEMASTER_PORT), ("CubeAPI", CUBE_API_PORT)] {
-            let here = listeners::on_port(&listening, port);
-            if here.iter().any(Listener::is_wildcard) {
-                open.push(format!("{name} listens on {}", listeners::describe(&here)));
-            } else {
-                where_.push(format!("{name} on {}", listeners::describe(&here)));
+    if plan.cube.role == Role::Control {
+        host.check_change("where CubeMaster and CubeAPI listen", &mut || {
+            let listening = listeners::read(host)?;
+            let mut open = Vec::new();
+            let mut where_ = Vec::new();
+            for (name, port) in [("CubeMaster", CUBEMASTER_PORT), ("CubeAPI", CUBE_API_PORT)] {
+                let here = listeners::on_port(&listening, port);
+                if here.iter().any(Listener::is_wildcard) {
+                    open.push(format!("{name} listens on {}", listeners::describe(&here)));
+                } else {
+                    where_.push(format!("{name} on {}", listeners::describe(&here)));
+                }
             }
-        }
-        if !open.is_empty() {
-            return Err(StepFailure::new(format!(
-                "hardening: {}, expected {node_ip} or loopback",
-                open.join("; ")
-            ))
-            .hint("the installer did not apply CUBEMASTER_HTTP_BIND/CUBE_API_BIND; see the diagnostics")
-            .into());
-        }
-        done.push(where_.join(", "));
+            if !open.is_empty() {
+                return Err(StepFailure::new(format!(
+                    "hardening: {}, expected {node_ip} or loopback",
+                    open.join("; ")
+                ))
+                .hint("the installer did not apply CUBEMASTER_HTTP_BIND/CUBE_API_BIND; see the diagnostics")
+                .into());
+            }
+            done.push(where_.join(", "));
+            Ok(())
+        })?;
     }
 
     // Cubelet's binds live in config.toml and need a restart.
@@ -100,9 +103,12 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         host.write_atomic(FIREWALL_UNIT_PATH, firewall_unit().as_bytes(), 0o644)?;
         host.run(&CommandSpec::new("systemctl").args(["enable", FIREWALL_UNIT]))?;
         // The rules the kernel holds now, not the file we wrote.
-        let loaded =
-            host.run(&CommandSpec::new("nft").args(["list", "table", "inet", "cubeboot"]))?;
-        if !host.is_dry_run() {
+        host.check_change("the loaded firewall rules", &mut || {
+            let loaded = host.run(
+                &CommandSpec::new("nft")
+                    .args(["list", "table", "inet", "cubeboot"])
+                    .read_only(),
+            )?;
             let missing = unguarded_ports(&loaded.stdout);
             if !missing.is_empty() {
                 return Err(StepFailure::new(format!(
@@ -115,7 +121,8 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
                 ))
                 .into());
             }
-        }
+            Ok(())
+        })?;
         done.push(format!(
             "ports {} only from {}",
             RESTRICTED_PORTS.map(|p| p.to_string()).join(","),
@@ -124,19 +131,22 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     }
 
     // Credentials: generated at install; here only their file's safety.
-    if plan.cube.role == Role::Control && !host.is_dry_run() {
-        let mode = host
-            .metadata(CREDENTIALS_PATH)?
-            .with_context(|| format!("reading {CREDENTIALS_PATH}: no such file"))?
-            .mode
-            & 0o777;
-        if mode != 0o600 {
-            return Err(StepFailure::new(format!(
-                "{CREDENTIALS_PATH} has mode {mode:o}, expected 600"
-            ))
-            .into());
-        }
-        done.push(format!("credentials in {CREDENTIALS_PATH}"));
+    if plan.cube.role == Role::Control {
+        host.check_change(&format!("the mode of {CREDENTIALS_PATH}"), &mut || {
+            let mode = host
+                .metadata(CREDENTIALS_PATH)?
+                .with_context(|| format!("reading {CREDENTIALS_PATH}: no such file"))?
+                .mode
+                & 0o777;
+            if mode != 0o600 {
+                return Err(StepFailure::new(format!(
+                    "{CREDENTIALS_PATH} has mode {mode:o}, expected 600"
+                ))
+                .into());
+            }
+            done.push(format!("credentials in {CREDENTIALS_PATH}"));
+            Ok(())
+        })?;
     }
     Ok(Outcome::Done(done.join("; ")))
 }
@@ -158,6 +168,7 @@ fn harden_cubelet(host: &dyn Host, node_ip: &str) -> Result<String> {
     let active = host.run(
         &CommandSpec::new("systemctl")
             .args(["is-active", CUBELET_UNIT])
+            .read_only()
             .allow_failure(),
     )?;
     let running = active.stdout.trim() == "active";
@@ -175,9 +186,16 @@ fn harden_cubelet(host: &dyn Host, node_ip: &str) -> Result<String> {
             .into());
         }
     }
-    if host.is_dry_run() {
-        return Ok(format!("Cubelet bound to {node_ip}"));
-    }
+    let mut result = format!("Cubelet bound to {node_ip}");
+    host.check_change(&format!("Cubelet's listeners for {node_ip}"), &mut || {
+        result = cubelet_listening(host, node_ip, running)?;
+        Ok(())
+    })?;
+    Ok(result)
+}
+
+/// Wait (bounded) until Cubelet listens where its new binds say.
+fn cubelet_listening(host: &dyn Host, node_ip: &str, running: bool) -> Result<String> {
     if !running {
         host.say(&format!(
             "{CUBELET_UNIT} is not running; its new binds apply when it starts"

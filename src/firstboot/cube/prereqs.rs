@@ -65,9 +65,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
 
     // Cubelet's network runtime pins eBPF maps in bpffs (upstream
     // check_bpf_fs_preflight, lib/common.sh).
-    if !host.is_dry_run() {
-        done.extend(ensure_bpffs(host)?);
-    }
+    done.extend(ensure_bpffs(host)?);
 
     // Cubelet's storage backend formats and attaches images with mkfs.ext4
     // and losetup (upstream validate_cubelet_cow_startup_deps).
@@ -181,10 +179,6 @@ pub fn wait_for_package_manager(host: &dyn Host, pm: PackageManager) -> Result<(
         PackageManager::Dnf => "dnf|yum|rpm|dnf-automatic|packagekitd",
     };
     let mut waited = Duration::ZERO;
-    if host.is_dry_run() {
-        host.run(&CommandSpec::new("pgrep").args(["-l", "-x", pattern]))?;
-        return Ok(());
-    }
     loop {
         // Minimal images may lack procps: then the package manager's own
         // lock timeout (DPkg::Lock::Timeout, dnf's wait) is all we have.
@@ -350,15 +344,18 @@ fn ensure_bpffs(host: &dyn Host) -> Result<Option<String>> {
             .args(["-t", "bpf", "bpf", BPF_DIR])
             .allow_failure(),
     )?;
-    if mounted(host)? {
-        return Ok(Some(format!("mounted bpffs at {BPF_DIR}")));
-    }
-    Err(StepFailure::new(format!(
-        "{BPF_DIR} is not a mounted bpf filesystem and mounting it failed: {}",
-        out.stderr.trim()
-    ))
-    .hint("Cubelet needs eBPF (CONFIG_BPF_SYSCALL) and bpffs; the Cube installer stops without it")
-    .into())
+    host.check_change(&format!("that {BPF_DIR} is mounted"), &mut || {
+        if mounted(host)? {
+            return Ok(());
+        }
+        Err(StepFailure::new(format!(
+            "{BPF_DIR} is not a mounted bpf filesystem and mounting it failed: {}",
+            out.stderr.trim()
+        ))
+        .hint("Cubelet needs eBPF (CONFIG_BPF_SYSCALL) and bpffs; the Cube installer stops without it")
+        .into())
+    })?;
+    Ok(Some(format!("mounted bpffs at {BPF_DIR}")))
 }
 
 fn network_manager_loaded(host: &dyn Host) -> Result<bool> {
@@ -392,10 +389,6 @@ fn cgroup_cpu_fix(host: &dyn Host) -> Result<String> {
             ])
             .allow_failure(),
     )?;
-    if host.is_dry_run() {
-        host.write_in_place(CGROUP_SUBTREE, b"+cpu")?;
-        return Ok("multipathd disabled; cpu delegated".into());
-    }
     let Some(controllers) = host.read_optional(CGROUP_CONTROLLERS)? else {
         return Err(StepFailure::new(format!(
             "{CGROUP_CONTROLLERS} is missing: cgroup v2 is not mounted"

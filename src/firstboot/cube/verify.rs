@@ -76,11 +76,17 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
 
 /// [`run`] with the HTTP GET supplied (tests answer from a model network).
 pub fn run_with_probe(ctx: &mut Ctx, get: &dyn Fn(&str) -> Result<String>) -> Result<Outcome> {
-    if ctx.host.is_dry_run() {
-        return Ok(Outcome::Skipped(
-            "dry run: nothing installed to check".into(),
-        ));
-    }
+    // The whole step checks what cube-install made; a dry run made nothing.
+    let host = ctx.host;
+    let mut outcome = Outcome::Skipped("dry run: nothing installed to check".into());
+    host.check_change("Cube's listeners and health endpoints", &mut || {
+        outcome = check_install(ctx, get)?;
+        Ok(())
+    })?;
+    Ok(outcome)
+}
+
+fn check_install(ctx: &mut Ctx, get: &dyn Fn(&str) -> Result<String>) -> Result<Outcome> {
     let node_ip = match ctx.journal.facts.node_ip.as_deref() {
         Some(ip) => ip.to_string(),
         None => ctx.plan.cube.node_ip.clone(),
