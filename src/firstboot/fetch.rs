@@ -59,9 +59,7 @@ pub fn run_with(ctx: &mut Ctx, cfg: &FetchConfig) -> Result<Outcome> {
     // Fail before the first byte when the cache filesystem cannot hold
     // what is still missing (a full disk mid-download helps nobody).
     host.create_dir_all(CACHE_DIR)?;
-    if !host.is_dry_run() {
-        check_space(host, &wanted)?;
-    }
+    check_space(host, &wanted)?;
 
     // Download in parallel: one thread per asset, sharing the host seam.
     let results: Vec<(&str, &Asset, Result<Fetched, FetchError>)> = std::thread::scope(|s| {
@@ -246,9 +244,6 @@ impl FetchError {
 /// crash tore it, so no step ever acts on bytes that do not match the plan.
 pub fn verified_asset(ctx: &Ctx, label: &str, asset: &Asset) -> Result<String> {
     let path = cache_path(asset);
-    if ctx.host.is_dry_run() {
-        return Ok(path);
-    }
     fetch_asset(ctx.host, label, asset, &FetchConfig::default()).map_err(|e| {
         let hint = e.hint();
         StepFailure::new(e.to_string()).hint(hint).caused_by(e)

@@ -550,9 +550,7 @@ pub trait Host: Send + Sync {
 
     /// Bytes available to root on the filesystem holding `target`.
     fn free_bytes(&self, target: &str) -> Result<u64> {
-        let st = rustix::fs::statvfs(self.path(target))
-            .with_context(|| format!("reading free space of {target}"))?;
-        Ok(st.f_bavail * st.f_frsize)
+        statvfs_free(&self.path(target)).with_context(|| format!("reading free space of {target}"))
     }
 
     /// This boot's id (`/proc/sys/kernel/random/boot_id`): tells the runner
@@ -897,6 +895,22 @@ fn run_with_timeout(mut c: Command, timeout: Option<Duration>) -> io::Result<Cmd
         stderr,
         timed_out,
     })
+}
+
+/// Free bytes on the filesystem that holds `path`, or will hold it: a
+/// directory not made yet (a dry run) lives on its nearest existing parent.
+fn statvfs_free(path: &Path) -> io::Result<u64> {
+    let mut p = path;
+    loop {
+        match rustix::fs::statvfs(p) {
+            Ok(st) => return Ok(st.f_bavail * st.f_frsize),
+            Err(rustix::io::Errno::NOENT) => match p.parent() {
+                Some(parent) => p = parent,
+                None => return Err(io::ErrorKind::NotFound.into()),
+            },
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

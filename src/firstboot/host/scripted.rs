@@ -161,11 +161,8 @@ impl Host for ScriptedHost {
     fn free_bytes(&self, target: &str) -> Result<u64> {
         match *lock(&self.free_bytes) {
             Some(n) => Ok(n),
-            None => {
-                let st = rustix::fs::statvfs(self.path(target))
-                    .with_context(|| format!("reading free space of {target}"))?;
-                Ok(st.f_bavail * st.f_frsize)
-            }
+            None => super::statvfs_free(&self.path(target))
+                .with_context(|| format!("reading free space of {target}")),
         }
     }
 
