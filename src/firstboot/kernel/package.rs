@@ -184,7 +184,8 @@ fn install_from_repo(ctx: &mut Ctx, repo: &KernelRepo) -> Result<()> {
     }
     let out = host.run(
         &cmd.args(["-q", "--qf", "%{NEVRA} %{SHA256HEADER}\n"])
-            .args(nevras.iter().copied()),
+            .args(nevras.iter().copied())
+            .read_only(),
     )?;
     if !host.is_dry_run() {
         check_installed_headers(&out.stdout, repo)?;
