@@ -59,7 +59,7 @@ fn export_profiles(dir: &Path) -> Result<()> {
             Ok(old) if old == *text => {}
             Ok(_) => kept.push(path.display().to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                super::lock::write_atomically(&path, text.as_bytes())
+                crate::atomic_write::write_atomic(&path, text.as_bytes(), 0o644)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
