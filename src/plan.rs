@@ -33,10 +33,50 @@ pub struct Plan {
     /// Reboots the helper may perform in one run; a machine never loops.
     #[serde(default = "default_max_reboots")]
     pub max_reboots: u32,
+    /// How the helper downloads; left out of the JSON while it has the
+    /// defaults, so plans written before it existed stay byte-identical.
+    #[serde(default, skip_serializing_if = "DownloadPlan::is_default")]
+    pub download: DownloadPlan,
 }
 
 fn default_max_reboots() -> u32 {
     1
+}
+
+/// Download settings the helper applies to every asset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadPlan {
+    /// A mirror delivering fewer bytes per second than this, averaged over
+    /// `min_rate_window_secs`, is left for the next mirror (a trickling
+    /// mirror never goes silent, so an idle timeout alone never fires).
+    #[serde(default = "default_min_bytes_per_sec")]
+    pub min_bytes_per_sec: u64,
+    #[serde(default = "default_min_rate_window_secs")]
+    pub min_rate_window_secs: u64,
+}
+
+fn default_min_bytes_per_sec() -> u64 {
+    16 * 1024
+}
+
+fn default_min_rate_window_secs() -> u64 {
+    60
+}
+
+impl Default for DownloadPlan {
+    fn default() -> Self {
+        Self {
+            min_bytes_per_sec: default_min_bytes_per_sec(),
+            min_rate_window_secs: default_min_rate_window_secs(),
+        }
+    }
+}
+
+impl DownloadPlan {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// What the profile says about the distro the plan was built for.
@@ -539,6 +579,7 @@ pub mod testing {
             },
             report: ReportPlan::default(),
             max_reboots: 1,
+            download: DownloadPlan::default(),
         }
     }
 }

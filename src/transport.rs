@@ -17,7 +17,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What a transfer needs from its surroundings. The helper passes its Host
 /// seam (environment and files under `--root`, its clock); the builder the
@@ -64,8 +64,13 @@ pub struct FetchConfig {
     /// Longest silence while waiting for headers or body bytes: a stalled
     /// server is a timeout, not a hang.
     pub idle_timeout: Duration,
-    /// Budget for a whole request, body included (health probes).
+    /// Budget for a whole request, body included (health probes; a
+    /// download's per-attempt deadline, see [`FetchConfig::for_size`]).
     pub total_timeout: Option<Duration>,
+    /// Slowest transfer worth waiting for: a mirror that trickles is never
+    /// silent long enough for `idle_timeout`, so it is given up when fewer
+    /// bytes than this arrive in a window.
+    pub min_rate: Option<MinRate>,
     /// Whether proxies from the environment apply. Off for Cube's own
     /// endpoints, which are on private addresses.
     pub use_proxy: bool,
@@ -83,10 +88,18 @@ impl Default for FetchConfig {
             connect_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             total_timeout: None,
+            min_rate: None,
             use_proxy: true,
             user_agent: format!("cubeboot/{}", env!("CARGO_PKG_VERSION")),
         }
     }
+}
+
+/// At least `bytes_per_sec`, averaged over each `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinRate {
+    pub bytes_per_sec: u64,
+    pub window: Duration,
 }
 
 impl FetchConfig {
@@ -97,6 +110,20 @@ impl FetchConfig {
         self.backoff_initial
             .saturating_mul(factor)
             .min(self.backoff_max)
+    }
+
+    /// This configuration for one attempt at an asset of `size` bytes: with
+    /// a minimum rate, the attempt also gets an overall deadline, twice what
+    /// the slowest acceptable rate needs plus one window and the connect
+    /// budget, so no pattern of bursts and pauses holds a mirror for good.
+    pub fn for_size(&self, size: u64) -> FetchConfig {
+        let mut cfg = self.clone();
+        if let Some(min) = self.min_rate {
+            let secs = size.saturating_mul(2) / min.bytes_per_sec.max(1);
+            let deadline = self.connect_timeout + min.window + Duration::from_secs(secs);
+            cfg.total_timeout = Some(cfg.total_timeout.map_or(deadline, |t| t.min(deadline)));
+        }
+        cfg
     }
 
     /// The wait before the next attempt after `failures` failures ended with
@@ -135,6 +162,10 @@ pub enum DownloadError {
     /// Anything retrying cannot fix (403, TLS failure, bad URL): next mirror.
     #[error("{url}: {reason}")]
     Fatal { url: String, reason: String },
+    /// Below the minimum throughput, or past the attempt's deadline: this
+    /// mirror is alive but too slow to wait for; the next mirror resumes.
+    #[error("{url}: too slow: {reason}")]
+    TooSlow { url: String, reason: String },
 }
 
 impl DownloadError {
@@ -146,8 +177,60 @@ impl DownloadError {
     pub fn reason(&self) -> &str {
         match self {
             Self::NotFound { detail, .. } => detail,
-            Self::Retriable { reason, .. } | Self::Fatal { reason, .. } => reason,
+            Self::Retriable { reason, .. }
+            | Self::Fatal { reason, .. }
+            | Self::TooSlow { reason, .. } => reason,
         }
+    }
+}
+
+/// Watches one attempt's throughput against [`FetchConfig::min_rate`]:
+/// every full window, the bytes that arrived in it must average the minimum.
+pub struct RateGuard {
+    min: Option<MinRate>,
+    window_start: Instant,
+    window_bytes: u64,
+}
+
+impl RateGuard {
+    /// Start watching now (call right after the request opened).
+    pub fn new(cfg: &FetchConfig) -> Self {
+        Self {
+            min: cfg.min_rate,
+            window_start: Instant::now(),
+            window_bytes: 0,
+        }
+    }
+
+    /// Count `n` bytes just read from `url`.
+    pub fn check(&mut self, url: &str, n: usize) -> Result<(), DownloadError> {
+        self.check_at(url, n, Instant::now())
+    }
+
+    fn check_at(&mut self, url: &str, n: usize, now: Instant) -> Result<(), DownloadError> {
+        let Some(min) = self.min else {
+            return Ok(());
+        };
+        self.window_bytes += n as u64;
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed < min.window {
+            return Ok(());
+        }
+        let needed = u128::from(min.bytes_per_sec) * elapsed.as_millis() / 1000;
+        if u128::from(self.window_bytes) < needed {
+            return Err(DownloadError::TooSlow {
+                url: url.into(),
+                reason: format!(
+                    "{} bytes in {:.1} s, below the minimum of {} bytes/s",
+                    self.window_bytes,
+                    elapsed.as_secs_f64(),
+                    min.bytes_per_sec
+                ),
+            });
+        }
+        self.window_start = now;
+        self.window_bytes = 0;
+        Ok(())
     }
 }
 
@@ -246,6 +329,7 @@ pub struct Stream<'a> {
     pos: u64,
     total: Option<u64>,
     failures: u32,
+    rate: RateGuard,
     progress: Option<ProgressHook<'a>>,
 }
 
@@ -264,6 +348,7 @@ impl<'a> Stream<'a> {
             pos: 0,
             total: None,
             failures: 0,
+            rate: RateGuard::new(cfg),
             progress: None,
         };
         s.connect()?;
@@ -287,6 +372,7 @@ impl<'a> Stream<'a> {
                 Ok(o) if o.start == self.pos => {
                     self.total = o.total.or(self.total);
                     self.body = Some(o.body);
+                    self.rate = RateGuard::new(&self.cfg);
                     return Ok(());
                 }
                 Ok(_) => {
@@ -334,6 +420,7 @@ impl Read for Stream<'_> {
                 },
                 Ok(n) => {
                     self.pos += n as u64;
+                    self.rate.check(&self.url, n).map_err(io::Error::other)?;
                     if let Some(hook) = self.progress.as_mut() {
                         hook(self.pos, self.total);
                     }
@@ -551,6 +638,10 @@ fn classify_ureq(url: &str, e: ureq::Error) -> DownloadError {
     };
     match e {
         ureq::Error::Io(io) => classify_io(url, &io),
+        ureq::Error::Timeout(ureq::Timeout::Global) => DownloadError::TooSlow {
+            url: url.into(),
+            reason: "not finished within the attempt's deadline".into(),
+        },
         ureq::Error::Timeout(t) => retriable(format!("timed out ({t})")),
         // At first boot DNS and routes may come up late: worth another try.
         ureq::Error::HostNotFound => retriable("host not found".into()),
@@ -716,6 +807,7 @@ mod tests {
             DownloadError::NotFound { .. } => "notfound",
             DownloadError::Retriable { .. } => "retry",
             DownloadError::Fatal { .. } => "fatal",
+            DownloadError::TooSlow { .. } => "slow",
         };
         for (code, want) in [
             (404, "notfound"),
@@ -743,6 +835,55 @@ mod tests {
         let got: Vec<u64> = (1..=6).map(|a| cfg.backoff(a).as_secs()).collect();
         assert_eq!(got, vec![1, 2, 4, 8, 10, 10]);
         assert_eq!(cfg.backoff(1000).as_secs(), 10);
+    }
+
+    #[test]
+    fn the_rate_guard_judges_whole_windows() {
+        let cfg = FetchConfig {
+            min_rate: Some(MinRate {
+                bytes_per_sec: 100,
+                window: Duration::from_secs(10),
+            }),
+            ..FetchConfig::default()
+        };
+        let mut g = RateGuard::new(&cfg);
+        let t0 = g.window_start;
+        let at = |s| t0 + Duration::from_secs(s);
+        // A slow start inside the window is fine; the window's average counts.
+        assert!(g.check_at("u", 10, at(5)).is_ok());
+        assert!(g.check_at("u", 990, at(10)).is_ok());
+        // The next window: 999 bytes in 10 s is below 100 bytes/s.
+        assert!(g.check_at("u", 999, at(19)).is_ok());
+        let err = g.check_at("u", 0, at(20)).unwrap_err();
+        assert!(matches!(err, DownloadError::TooSlow { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "u: too slow: 999 bytes in 10.0 s, below the minimum of 100 bytes/s"
+        );
+        // No minimum configured: never too slow.
+        let mut g = RateGuard::new(&FetchConfig::default());
+        assert!(g
+            .check_at("u", 0, Instant::now() + Duration::from_secs(3600))
+            .is_ok());
+    }
+
+    #[test]
+    fn the_attempt_deadline_scales_with_the_size() {
+        let cfg = FetchConfig {
+            connect_timeout: Duration::from_secs(30),
+            min_rate: Some(MinRate {
+                bytes_per_sec: 16 * 1024,
+                window: Duration::from_secs(60),
+            }),
+            ..FetchConfig::default()
+        };
+        // 1 GiB at 16 KiB/s is 65536 s; twice that plus window and connect.
+        assert_eq!(
+            cfg.for_size(1 << 30).total_timeout,
+            Some(Duration::from_secs(2 * 65536 + 90))
+        );
+        assert_eq!(cfg.for_size(0).total_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(FetchConfig::default().for_size(1 << 30).total_timeout, None);
     }
 
     #[test]

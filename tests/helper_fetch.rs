@@ -12,7 +12,7 @@ use cubeboot::firstboot::fetch::{fetch_asset, FetchError, Fetched, MirrorFailure
 use cubeboot::firstboot::host::{Host, ScriptedHost};
 use cubeboot::firstboot::{cache_path, StepId};
 use cubeboot::plan::Asset;
-use cubeboot::transport::{DownloadError, FetchConfig};
+use cubeboot::transport::{DownloadError, FetchConfig, MinRate};
 use support::server::{Behavior, Server};
 use support::target::{AssetFile, Target};
 
@@ -59,7 +59,8 @@ fn resumes_after_a_dropped_connection() {
         got,
         Fetched::Downloaded {
             url: server.url("/k.deb"),
-            resumed_from: 300_000
+            resumed_from: 300_000,
+            left: vec![],
         }
     );
     let reqs = server.requests_to("/k.deb");
@@ -293,12 +294,14 @@ fn mirror_fallback_after_404_without_retrying_it() {
     let asset = asset_for(&file, vec![server.url("/missing"), server.url("/good")]);
     let got = fetch_asset(&host, "kernel", &asset, &cfg()).unwrap();
     assert_eq!(server.requests_to("/missing").len(), 1);
-    assert_eq!(
-        got,
-        Fetched::Downloaded {
-            url: server.url("/good"),
-            resumed_from: 0
-        }
+    assert!(
+        matches!(
+            &got,
+            Fetched::Downloaded { url, resumed_from: 0, left }
+                if *url == server.url("/good")
+                    && matches!(left[..], [MirrorFailure::Download(DownloadError::NotFound { .. })])
+        ),
+        "{got:?}"
     );
 }
 
@@ -491,4 +494,60 @@ fn tls_certificates_are_checked_and_a_bad_one_is_not_retried() {
         "a bad certificate was retried"
     );
     assert!(!host.exists(&partial(&asset)));
+}
+
+/// A mirror that trickles (20 bytes/s here, a read every 0.5 s, inside the
+/// 0.7 s idle timeout) never goes silent, so the idle timeout never fires; the minimum-throughput window must give up on it and
+/// move to the healthy mirror, saying why.
+#[test]
+fn a_trickling_mirror_is_left_for_the_next_one() {
+    let server = Server::start();
+    let file = AssetFile::new("k.deb", 64 * 1024, 11);
+    server.route_with_default(
+        "/trickle",
+        &file.bytes,
+        vec![],
+        Behavior::Slow {
+            chunk: 10,
+            pause: Duration::from_millis(500),
+        },
+    );
+    let mirror = Server::start();
+    mirror.route("/k.deb", &file.bytes, vec![]);
+    let (_d, host) = host();
+    let asset = asset_for(&file, vec![server.url("/trickle"), mirror.url("/k.deb")]);
+    let cfg = FetchConfig {
+        min_rate: Some(MinRate {
+            bytes_per_sec: 16 * 1024,
+            window: Duration::from_secs(2),
+        }),
+        ..cfg()
+    };
+    // Run it on a thread: before the fix this never returns.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let host = std::sync::Arc::new(host);
+    let h = host.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(fetch_asset(&*h, "kernel", &asset, &cfg).map(|f| (f, asset)));
+    });
+    let (got, asset) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the helper stayed stuck on a trickling mirror")
+        .unwrap();
+    // One try at the trickle: slowness is not retried on the same mirror.
+    assert_eq!(server.requests_to("/trickle").len(), 1);
+    assert!(
+        matches!(&got, Fetched::Downloaded { url, .. } if *url == mirror.url("/k.deb")),
+        "{got:?}"
+    );
+    assert_eq!(host.read(&cache_path(&asset)).unwrap(), file.bytes);
+    let said = host.said().join("\n");
+    assert!(said.contains("too slow"), "{said}");
+    // The step's detail (what status.json shows) names the mirror left.
+    assert!(
+        got.describe(&asset)
+            .contains(&format!("{}: too slow", server.url("/trickle"))),
+        "{}",
+        got.describe(&asset)
+    );
 }

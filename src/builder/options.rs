@@ -264,6 +264,7 @@ impl BuildOptions {
                 webhook_secret: self.webhook_secret.clone(),
             },
             max_reboots: 1,
+            download: Default::default(),
         })
     }
 }

@@ -21,7 +21,7 @@ use super::journal::KvmInUse;
 use super::{cache_path, Ctx, Outcome, StepFailure, CACHE_DIR};
 use crate::digest::Sha256Digest;
 use crate::plan::Asset;
-use crate::transport::{self, DownloadError, FetchConfig, Surroundings};
+use crate::transport::{self, DownloadError, FetchConfig, MinRate, RateGuard, Surroundings};
 
 /// Read/write buffer: large enough that syscalls stay rare, small enough that
 /// two parallel downloads keep the helper far below its 16 MiB budget.
@@ -44,6 +44,14 @@ pub fn run_with(ctx: &mut Ctx, cfg: &FetchConfig) -> Result<Outcome> {
     // kernel package (tens of MiB on a slow link).
     let kvm = ctx.journal.facts.kvm_mode;
     let mut summary = Vec::new();
+    let dl = &ctx.plan.download;
+    let cfg = &FetchConfig {
+        min_rate: Some(MinRate {
+            bytes_per_sec: dl.min_bytes_per_sec,
+            window: Duration::from_secs(dl.min_rate_window_secs),
+        }),
+        ..cfg.clone()
+    };
     // Assets with the same digest are one file: fetch it once.
     let mut wanted: Vec<(&'static str, &Asset)> = Vec::new();
     for (label, asset) in ctx.plan.assets.all() {
@@ -139,21 +147,36 @@ pub enum Fetched {
         url: String,
         /// Bytes that were already in the partial file and were kept.
         resumed_from: u64,
+        /// Mirrors tried before `url` and why each was left.
+        left: Vec<MirrorFailure>,
     },
     /// Dry run: nothing fetched.
     WouldDownload,
 }
 
 impl Fetched {
-    fn describe(&self, asset: &Asset) -> String {
+    /// The step's detail for this asset (what status.json shows).
+    pub fn describe(&self, asset: &Asset) -> String {
         match self {
             Self::Reused => "reused from cache".into(),
-            Self::Downloaded { resumed_from, .. } if *resumed_from > 0 => format!(
-                "downloaded ({}, resumed at {})",
-                human_bytes(asset.size),
-                human_bytes(*resumed_from)
-            ),
-            Self::Downloaded { .. } => format!("downloaded ({})", human_bytes(asset.size)),
+            Self::Downloaded {
+                resumed_from, left, ..
+            } => {
+                let mut d = if *resumed_from > 0 {
+                    format!(
+                        "downloaded ({}, resumed at {})",
+                        human_bytes(asset.size),
+                        human_bytes(*resumed_from)
+                    )
+                } else {
+                    format!("downloaded ({})", human_bytes(asset.size))
+                };
+                if !left.is_empty() {
+                    let why: Vec<String> = left.iter().map(ToString::to_string).collect();
+                    d.push_str(&format!(" after leaving {}", why.join("; ")));
+                }
+                d
+            }
             Self::WouldDownload => "would be downloaded".into(),
         }
     }
@@ -258,6 +281,7 @@ pub fn fetch_asset(
     asset: &Asset,
     cfg: &FetchConfig,
 ) -> Result<Fetched, FetchError> {
+    let cfg = &cfg.for_size(asset.size);
     let final_path = cache_path(asset);
     let partial_path = format!("{final_path}.partial");
     let local = |message: String| FetchError::Local {
@@ -306,6 +330,7 @@ pub fn fetch_asset(
                     return Ok(Fetched::Downloaded {
                         url: shown,
                         resumed_from,
+                        left: std::mem::take(&mut attempts),
                     });
                 }
                 Err(Attempt::Local(e)) => {
@@ -454,6 +479,7 @@ fn transfer(
     let mut body = opened.body;
     let mut buf = vec![0u8; CHUNK];
     let mut progress = Progress::new(label, asset.size, have);
+    let mut rate = RateGuard::new(cfg);
     loop {
         let n = match body.read(&mut buf) {
             Ok(0) => break,
@@ -474,6 +500,8 @@ fn transfer(
         hasher.update(&buf[..n]);
         have += n as u64;
         progress.update(host, have);
+        // Too slow: what arrived stays for the next mirror to resume.
+        rate.check(url, n).map_err(Attempt::Download)?;
     }
     // No fsync of the data: correctness rests on the digest, not on
     // durability. A power cut can tear a cached file; `verified_asset`
@@ -577,6 +605,10 @@ fn redact_error(e: DownloadError) -> DownloadError {
             retry_after,
         },
         DownloadError::Fatal { url, reason } => DownloadError::Fatal {
+            url: transport::redact_url(&url),
+            reason,
+        },
+        DownloadError::TooSlow { url, reason } => DownloadError::TooSlow {
             url: transport::redact_url(&url),
             reason,
         },
