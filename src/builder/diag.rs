@@ -91,21 +91,72 @@ impl fmt::Display for Diagnostic {
             f,
             "{}[{}]: {}\n  --> {}",
             self.severity.label(),
-            self.key,
-            self.message,
+            cut(&self.key, MAX_SHOWN),
+            cut(&self.message, MAX_SHOWN),
             self.location()
         )?;
         if let (Some((line, col)), Some(src)) = (self.position, &self.source_line) {
             let num = line.to_string();
             let pad = " ".repeat(num.len());
+            let (src, caret) = around(src, col.saturating_sub(1), SOURCE_WINDOW);
             write!(
                 f,
                 "\n{pad} |\n{num} | {src}\n{pad} | {}^",
-                " ".repeat(col.saturating_sub(1))
+                " ".repeat(caret)
             )?;
         }
         Ok(())
     }
+}
+
+/// Longest key or message shown: a hostile value (a 50 MB string) quoted in
+/// an error would otherwise be printed whole, twice.
+const MAX_SHOWN: usize = 400;
+
+/// Characters of a long source line shown on each side of the caret.
+const SOURCE_WINDOW: usize = 60;
+
+/// `s`, or its start and end around a note of how much was cut.
+pub fn cut(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut head = max / 2;
+    while !s.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = s.len() - max / 4;
+    while !s.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{}… ({} bytes cut) …{}",
+        &s[..head],
+        tail - head,
+        &s[tail..]
+    )
+    .into()
+}
+
+/// A source line cut to `window` characters either side of the 0-based
+/// character column `col`, and the caret's column in what is shown.
+fn around(line: &str, col: usize, window: usize) -> (String, usize) {
+    let chars: Vec<char> = line.chars().collect();
+    if chars.len() <= 2 * window + 1 {
+        return (line.to_string(), col);
+    }
+    let start = col.saturating_sub(window);
+    let end = (col + window + 1).min(chars.len());
+    let mut shown: String = chars[start..end].iter().collect();
+    let mut caret = col - start;
+    if start > 0 {
+        shown.insert(0, '…');
+        caret += 1;
+    }
+    if end < chars.len() {
+        shown.push('…');
+    }
+    (shown, caret)
 }
 
 impl std::error::Error for Diagnostic {}
@@ -164,7 +215,7 @@ pub fn render_error(err: &anyhow::Error) -> String {
         }
         contexts.push(cause.to_string());
     }
-    format!("error: {err:#}")
+    format!("error: {}", cut(&format!("{err:#}"), 4 * MAX_SHOWN))
 }
 
 #[cfg(test)]
@@ -184,6 +235,25 @@ mod tests {
             d.to_string(),
             "error[$.assets.bundle.sha256]: expected 64 hex digits\n  --> x.lock:4:13\n  |\n4 |     sha256: abc123\n  |             ^"
         );
+    }
+
+    #[test]
+    fn long_messages_and_lines_are_cut() {
+        let long = "y".repeat(10_000);
+        let text = format!("family: {long}\n");
+        let d = Diagnostic::error(Path::new("p.yaml"), "$.family", format!("bad `{long}`"))
+            .at(&text, Some((1, 5_000)));
+        let shown = d.to_string();
+        assert!(shown.len() < 1000, "{shown}");
+        assert!(shown.contains("bytes cut"), "{shown}");
+        // The caret still sits under the reported column.
+        let lines: Vec<&str> = shown.lines().collect();
+        let src = lines[3].split_once("| ").unwrap().1;
+        let caret = lines[4].split_once("| ").unwrap().1;
+        assert_eq!(src.chars().count(), 2 * SOURCE_WINDOW + 3);
+        assert_eq!(caret.chars().count(), SOURCE_WINDOW + 2);
+        assert_eq!(cut("short", 10), "short");
+        assert_eq!(cut("héllo wörld", 6), "hé… (9 bytes cut) …d");
     }
 
     #[test]

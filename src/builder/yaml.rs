@@ -12,10 +12,125 @@ use serde::Serialize;
 
 use super::diag::Diagnostic;
 
+/// Largest document parsed: profiles and locks are a few KiB, user-data at
+/// most a cloud's 256 KiB.
+pub const MAX_BYTES: usize = 1 << 20;
+
+/// Deepest nesting (flow brackets plus block indentation levels) parsed.
+/// Profiles need a handful; serde_yaml's time grows with the square of the
+/// depth (100,000 `[` took minutes), so the bound is checked before parsing.
+pub const MAX_DEPTH: usize = 64;
+
 /// Parse `text` (read from `file`) into `T`, strictly: the types decide what
-/// is unknown or malformed; this adds where.
+/// is unknown or malformed; this adds where. Oversized or too deeply nested
+/// documents are refused before the parser sees them.
 pub fn from_str<T: DeserializeOwned>(text: &str, file: &Path) -> Result<T, Diagnostic> {
+    check_bounds(text, file)?;
     serde_yaml::from_str(text).map_err(|e| to_diagnostic(&e, text, file))
+}
+
+/// Refuse a document over [`MAX_BYTES`] (at the line crossing the limit) or
+/// nested deeper than [`MAX_DEPTH`] (at the opening that crosses it).
+pub fn check_bounds(text: &str, file: &Path) -> Result<(), Diagnostic> {
+    if text.len() > MAX_BYTES {
+        let line = text.as_bytes()[..=MAX_BYTES]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        return Err(Diagnostic::error(
+            file,
+            "$",
+            format!(
+                "YAML document is {} bytes, more than the {} MiB limit",
+                text.len(),
+                MAX_BYTES >> 20
+            ),
+        )
+        .at(text, Some((line, 1))));
+    }
+    match deepest(text) {
+        Some(position) => Err(Diagnostic::error(
+            file,
+            "$",
+            format!("YAML nested deeper than {MAX_DEPTH} levels"),
+        )
+        .at(text, Some(position))),
+        None => Ok(()),
+    }
+}
+
+/// Where nesting first exceeds [`MAX_DEPTH`] (1-based line, column), if it
+/// does. A conservative scanner, not a parser: block levels are counted by
+/// indentation, flow levels by `[`/`{` outside quotes, comments and block
+/// scalars (whose text, e.g. a shell script, is not YAML structure).
+fn deepest(text: &str) -> Option<(usize, usize)> {
+    let mut indents: Vec<usize> = Vec::new();
+    // Inside a block scalar: its parent's indentation.
+    let mut block_scalar: Option<usize> = None;
+    let mut flow = 0usize;
+    let mut quote: Option<char> = None;
+    for (i, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        let rest = line.trim_start_matches(' ');
+        if let Some(parent) = block_scalar {
+            if rest.is_empty() || indent > parent {
+                continue;
+            }
+            block_scalar = None;
+        }
+        if flow == 0 && quote.is_none() {
+            if rest.is_empty() || rest.starts_with('#') {
+                continue;
+            }
+            while indents.last().is_some_and(|&top| top >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+            if indents.len() > MAX_DEPTH {
+                return Some((i + 1, indent + 1));
+            }
+        }
+        let mut prev = ' ';
+        for (col, c) in line.char_indices() {
+            match quote {
+                Some(q) => {
+                    if c == q {
+                        quote = None;
+                    }
+                }
+                None => match c {
+                    '#' if prev == ' ' || prev == '\t' => break,
+                    '"' | '\'' if " \t[{,:-?".contains(prev) => quote = Some(c),
+                    '[' | '{' => {
+                        flow += 1;
+                        if indents.len() + flow > MAX_DEPTH {
+                            return Some((i + 1, col + 1));
+                        }
+                    }
+                    ']' | '}' => flow = flow.saturating_sub(1),
+                    _ => {}
+                },
+            }
+            prev = c;
+        }
+        // `key: |` or `- >-` opens a block scalar whose lines follow.
+        let trimmed = line.split(" #").next().unwrap_or("").trim_end();
+        let indicator =
+            trimmed.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == '+');
+        if flow == 0
+            && quote.is_none()
+            && (indicator.ends_with(": |")
+                || indicator.ends_with(": >")
+                || indicator.ends_with("- |")
+                || indicator.ends_with("- >")
+                || indicator == "|"
+                || indicator == ">")
+        {
+            block_scalar = Some(indent);
+        }
+    }
+    None
 }
 
 /// Parse any YAML document into a JSON value (for reading back what we render
@@ -274,6 +389,31 @@ pub fn locate_or_parent(text: &str, path: &str) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_is_bounded_before_parsing() {
+        let deep = |n: usize| format!("a: {}{}\n", "[".repeat(n), "]".repeat(n));
+        assert_eq!(deepest(&deep(63)), None);
+        assert_eq!(deepest(&deep(64)), Some((1, 67)));
+        // Brackets in quotes, comments and block scalars are not structure.
+        let s = "a: \"[[[[\"\n# [[[[\nb: |\n  [[[[[ \"\n  x\nc: '[{'\n";
+        let many = s.replace("[[[[", &"[".repeat(100));
+        assert_eq!(deepest(&many), None);
+        let v: serde_json::Value = from_str(&many, Path::new("x")).unwrap();
+        assert_eq!(v["c"], "[{");
+        // Block nesting counts too.
+        let mut block = String::new();
+        for i in 0..70 {
+            block.push_str(&format!("{}k{i}:\n", " ".repeat(i)));
+        }
+        assert_eq!(deepest(&block), Some((65, 65)));
+        let err = from_str::<serde_json::Value>(&block, Path::new("x.yaml")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("error[$]: YAML nested deeper than 64 levels\n  --> x.yaml:65:65"),
+            "{err}"
+        );
+    }
 
     const DOC: &str = "# c\nversion: 1\nassets:\n  bundle:\n    name: b\n    urls:\n      - https://a\n      - https://b\n  helper:\n    sha256: x\nlist:\n  - name: one\n    v: 1\n  - name: two\n    v: 2\n";
 

@@ -245,3 +245,100 @@ fn repo_profiles_pass_strict_check() {
         "{listing}"
     );
 }
+
+fn profile_build_fails(p: &Path, dir: &Path) -> String {
+    build_fails(
+        &[
+            "--profiles-dir",
+            p.to_str().unwrap(),
+            "--lock",
+            release().lock.to_str().unwrap(),
+        ],
+        &dir.join("out"),
+    )
+}
+
+/// Deep flow nesting made serde_yaml quadratic (100,000 `[` took 31 s); it
+/// is refused before parsing, at the bracket that crosses the limit.
+#[test]
+fn deeply_nested_profile_yaml_is_refused_before_parsing() {
+    let dir = tempdir();
+    let n = 20_000;
+    let p = profiles_with(dir.path(), |t| {
+        format!("{t}nested: {}{}\n", "[".repeat(n), "]".repeat(n))
+    });
+    let file = p.join("debian-12.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let line = line_of(&text, "nested: [");
+    let err = profile_build_fails(&p, dir.path());
+    // `nested:` is one level; the 64th bracket is the 65th level.
+    let col = "nested: ".len() + 64;
+    assert!(
+        err.starts_with(&format!(
+            "error[$]: YAML nested deeper than 64 levels\n  --> {}:{line}:{col}\n",
+            file.display()
+        )),
+        "{}",
+        &err[..err.len().min(2000)]
+    );
+    // The 40,000-character source line is shown cut around the column.
+    assert!(err.len() < 2000, "{} bytes of error", err.len());
+}
+
+/// Documents over 1 MiB are refused before parsing, at the line where the
+/// limit is crossed.
+#[test]
+fn oversized_profile_yaml_is_refused_before_parsing() {
+    let dir = tempdir();
+    let p = profiles_with(dir.path(), |t| {
+        format!(
+            "{t}{}",
+            "# padding padding padding padding\n".repeat(40_000)
+        )
+    });
+    let file = p.join("debian-12.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut line = 0;
+    let mut seen = 0;
+    for (i, l) in text.split_inclusive('\n').enumerate() {
+        seen += l.len();
+        if seen > 1 << 20 {
+            line = i + 1;
+            break;
+        }
+    }
+    let err = profile_build_fails(&p, dir.path());
+    assert!(
+        err.starts_with(&format!(
+            "error[$]: YAML document is {} bytes, more than the 1 MiB limit\n  --> {}:{line}:1\n",
+            text.len(),
+            file.display()
+        )),
+        "{err}"
+    );
+}
+
+/// A long value (900 KB) a type refuses is quoted cut, not whole: the error
+/// used to print it twice (message and source line).
+#[test]
+fn long_values_are_cut_in_error_messages() {
+    let dir = tempdir();
+    let long = "x".repeat(900_000);
+    let p = profiles_with(dir.path(), |t| {
+        t.replace("family: deb", &format!("family: {long}"))
+    });
+    let file = p.join("debian-12.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let line = line_of(&text, "family: xxx");
+    let err = profile_build_fails(&p, dir.path());
+    assert!(err.len() < 4096, "{} bytes of error", err.len());
+    assert!(
+        err.starts_with("error[$.family]: unknown variant `xxxx"),
+        "{err}"
+    );
+    assert!(err.contains("bytes cut"), "{err}");
+    assert!(
+        err.contains(&format!("--> {}:{line}:9", file.display())),
+        "{err}"
+    );
+}
