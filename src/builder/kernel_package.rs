@@ -15,7 +15,7 @@ use std::io::{self, BufReader, Read};
 
 use anyhow::{bail, Context, Result};
 
-use crate::digest::Sha256Digest;
+use crate::digest::{HashingReader, Sha256Digest};
 
 /// Kernel facts recorded in the lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,18 +37,131 @@ pub enum PackageFormat {
 }
 
 /// Read a kernel package and collect its facts. Does not judge them; see
-/// [`check_pvm_host`].
+/// [`check_pvm_host`]. A package that is cut short or corrupted is refused:
+/// every ar member must be as long as its header says, every compressed
+/// stream must reach its verified end, and an RPM must match its own
+/// SHA-256 header and payload digests.
 pub fn read_kernel_package<R: Read>(reader: R, format: PackageFormat) -> Result<KernelFacts> {
     read_package(reader, format)?.into_facts()
 }
 
 /// Read any package of a kernel set (a split RPM kernel's `kernel`,
 /// `kernel-core`, `kernel-modules`): its identity and the kernel files it
-/// carries, without requiring a vmlinuz in each.
+/// carries, without requiring a vmlinuz in each. Checked as
+/// [`read_kernel_package`] describes.
 pub fn read_package<R: Read>(reader: R, format: PackageFormat) -> Result<Contents> {
+    read_package_with(reader, format, &Limits::default())
+}
+
+/// [`read_package`] with explicit resource limits.
+pub fn read_package_with<R: Read>(
+    reader: R,
+    format: PackageFormat,
+    limits: &Limits,
+) -> Result<Contents> {
+    let budget = Budget::new(limits.max_output);
     match format {
-        PackageFormat::Deb => read_deb(reader),
-        PackageFormat::Rpm => read_rpm(reader),
+        PackageFormat::Deb => read_deb(reader, limits, &budget),
+        PackageFormat::Rpm => read_rpm(reader, limits, &budget),
+    }
+}
+
+/// What reading one package may cost: a hostile package (a 1.5 MB .deb
+/// expanding to 10 GiB with a 1.5 GiB xz dictionary) must fail fast with a
+/// clear error instead of taking a gigabyte of memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// liblzma's memory limit for one xz/lzma stream. `xz -9` needs 65 MiB
+    /// to decompress; kernel packages use far less.
+    pub xz_memory: u64,
+    /// Largest zstd window accepted, as a power of two (27: 128 MiB, zstd's
+    /// own default limit for decoders).
+    pub zstd_window_log: u32,
+    /// Decompressed bytes across all members of one package. Kernel
+    /// packages expand to a few hundred MiB.
+    pub max_output: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            xz_memory: 128 << 20,
+            zstd_window_log: 27,
+            max_output: 4 << 30,
+        }
+    }
+}
+
+/// Decompressed bytes still allowed for this package, shared by its members.
+struct Budget {
+    left: std::cell::Cell<u64>,
+    max: u64,
+}
+
+impl Budget {
+    fn new(max: u64) -> Self {
+        Self {
+            left: std::cell::Cell::new(max),
+            max,
+        }
+    }
+}
+
+/// A decompressor's output, counted against the package's [`Budget`], with
+/// the decompressors' own limit errors turned into sentences naming `what`.
+struct Bounded<'b, R> {
+    inner: R,
+    what: String,
+    budget: &'b Budget,
+    limits: Limits,
+}
+
+impl<R: Read> Read for Bounded<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf).map_err(|e| self.explain(e))?;
+        let left = self.budget.left.get();
+        if n as u64 > left {
+            return Err(io::Error::other(format!(
+                "{} expands past the {} KiB limit on decompressed data for one package",
+                self.what,
+                self.budget.max >> 10
+            )));
+        }
+        self.budget.left.set(left - n as u64);
+        Ok(n)
+    }
+}
+
+impl<R> Bounded<'_, R> {
+    fn explain(&self, e: io::Error) -> io::Error {
+        let xz_limit = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<xz2::stream::Error>())
+            .is_some_and(|x| matches!(x, xz2::stream::Error::MemLimit));
+        let text = e.to_string();
+        if xz_limit {
+            io::Error::other(format!(
+                "{} needs more than {} MiB of memory to decompress (its xz dictionary is too large for a kernel package)",
+                self.what,
+                self.limits.xz_memory >> 20
+            ))
+        } else if text.contains("Frame requires too much memory") {
+            io::Error::other(format!(
+                "{} needs a zstd window over {} KiB to decompress",
+                self.what,
+                (1u64 << self.limits.zstd_window_log) >> 10
+            ))
+        } else if e.kind() == io::ErrorKind::UnexpectedEof {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{} is truncated: its compressed stream ends early",
+                    self.what
+                ),
+            )
+        } else {
+            io::Error::new(e.kind(), format!("{}: {e}", self.what))
+        }
     }
 }
 
@@ -172,30 +285,64 @@ impl Contents {
     }
 }
 
-/// Pick a decompressor from a member name's or compressor's suffix.
-fn decompressor<'a, R: Read + 'a>(kind: &str, inner: R) -> Result<Box<dyn Read + 'a>> {
-    Ok(match kind {
+/// Pick a decompressor from a member name's or compressor's suffix, bounded
+/// by `limits` and the package's output budget.
+fn decompressor<'a, R: Read + 'a>(
+    kind: &str,
+    inner: R,
+    what: &str,
+    limits: &Limits,
+    budget: &'a Budget,
+) -> Result<Box<dyn Read + 'a>> {
+    let raw: Box<dyn Read + 'a> = match kind {
         "" | "tar" | "none" => Box::new(inner),
         "gz" | "gzip" => Box::new(flate2::read::MultiGzDecoder::new(inner)),
-        "xz" | "lzma" => Box::new(xz2::read::XzDecoder::new_multi_decoder(inner)),
-        "zst" | "zstd" => Box::new(zstd::stream::read::Decoder::new(inner)?),
+        "xz" | "lzma" => {
+            // The auto decoder reads .xz and legacy .lzma (rpm's "lzma").
+            let stream =
+                xz2::stream::Stream::new_auto_decoder(limits.xz_memory, xz2::stream::CONCATENATED)
+                    .context("starting the xz decoder")?;
+            Box::new(xz2::read::XzDecoder::new_stream(inner, stream))
+        }
+        "zst" | "zstd" => {
+            let mut d = zstd::stream::read::Decoder::new(inner)?;
+            d.window_log_max(limits.zstd_window_log)?;
+            Box::new(d)
+        }
         other => bail!("unsupported compression {other:?}"),
-    })
+    };
+    Ok(Box::new(Bounded {
+        inner: raw,
+        what: what.to_string(),
+        budget,
+        limits: *limits,
+    }))
 }
 
-fn read_deb<R: Read>(reader: R) -> Result<Contents> {
+fn read_deb<R: Read>(reader: R, limits: &Limits, budget: &Budget) -> Result<Contents> {
     let mut contents = Contents::default();
-    let mut archive = ar::Archive::new(reader);
+    let mut archive = ar::Archive::new(Counted {
+        inner: reader,
+        n: 0,
+    });
     let mut saw_magic = false;
+    // The archive's length by its own headers: magic, then each member's
+    // header, data and padding to an even offset.
+    let mut expected = 8u64;
     while let Some(entry) = archive.next_entry() {
         let entry = entry.context("reading the .deb ar archive")?;
         let id = String::from_utf8_lossy(entry.header().identifier()).into_owned();
         let id = id.trim_end_matches('/').to_string();
+        let size = entry.header().size();
+        expected += 60 + size + size % 2;
+        // Count what the member really holds: a file cut short gives fewer
+        // bytes than the ar header promises, and the ar reader does not say.
+        let mut member = Counted { inner: entry, n: 0 };
         if id == "debian-binary" {
             saw_magic = true;
         } else if let Some(comp) = id.strip_prefix("control.tar") {
             let comp = comp.trim_start_matches('.');
-            let mut tar = tar::Archive::new(decompressor(comp, entry)?);
+            let mut tar = tar::Archive::new(decompressor(comp, &mut member, &id, limits, budget)?);
             for file in tar.entries().context("reading control.tar")? {
                 let mut file = file.context("reading control.tar")?;
                 let path = file.path()?.to_string_lossy().into_owned();
@@ -212,19 +359,59 @@ fn read_deb<R: Read>(reader: R) -> Result<Contents> {
                     }
                 }
             }
+            to_end(tar.into_inner(), &id)?;
         } else if let Some(comp) = id.strip_prefix("data.tar") {
             let comp = comp.trim_start_matches('.');
-            let mut tar = tar::Archive::new(decompressor(comp, entry)?);
+            let mut tar = tar::Archive::new(decompressor(comp, &mut member, &id, limits, budget)?);
             for file in tar.entries().with_context(|| format!("reading {id}"))? {
                 let file = file.with_context(|| format!("reading {id}"))?;
                 contents.note_path(&file.path()?.to_string_lossy());
             }
+            to_end(tar.into_inner(), &id)?;
+        }
+        // Whatever follows the compressed stream inside the member.
+        io::copy(&mut member, &mut io::sink()).with_context(|| format!("reading {id}"))?;
+        if member.n != size {
+            bail!(
+                "the .deb is truncated: ar member {id} should be {size} bytes, but the file ends after {}",
+                member.n
+            );
         }
     }
     if !saw_magic {
         bail!("not a .deb: no debian-binary member");
     }
+    let mut rest = archive.into_inner().context("reading the .deb")?;
+    io::copy(&mut rest, &mut io::sink()).context("reading the .deb")?;
+    if rest.n < expected {
+        bail!(
+            "the .deb is truncated: its ar headers add up to {expected} bytes, but the file ends after {}",
+            rest.n
+        );
+    }
     Ok(contents)
+}
+
+/// Read a decompressed stream to its end: past the tar end-of-archive
+/// blocks, so the decompressor reaches and checks its own end (xz and zstd
+/// checksums, gzip CRC32); a stream cut short fails here.
+fn to_end(mut stream: impl Read, what: &str) -> Result<()> {
+    io::copy(&mut stream, &mut io::sink()).with_context(|| format!("reading {what} to its end"))?;
+    Ok(())
+}
+
+/// A reader that counts the bytes it passed on.
+struct Counted<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
 }
 
 const RPM_LEAD_MAGIC: [u8; 4] = [0xed, 0xab, 0xee, 0xdb];
@@ -236,6 +423,13 @@ const TAG_EPOCH: u32 = 1003;
 const TAG_ARCH: u32 = 1022;
 const TAG_PAYLOADFORMAT: u32 = 1124;
 const TAG_PAYLOADCOMPRESSOR: u32 = 1125;
+/// Signature header: SHA-256 (hex) of the main header (rpm `RPMSIGTAG_SHA256`).
+const SIGTAG_SHA256: u32 = 273;
+/// Main header: digests (hex) of the compressed payload, and their algorithm
+/// (rpm `RPMTAG_PAYLOADDIGEST`, `RPMTAG_PAYLOADDIGESTALGO`; 8 is SHA-256).
+const TAG_PAYLOADDIGEST: u32 = 5092;
+const TAG_PAYLOADDIGESTALGO: u32 = 5093;
+const PGPHASHALGO_SHA256: u32 = 8;
 
 /// The tags of one RPM header we care about.
 #[derive(Debug, Default)]
@@ -250,6 +444,10 @@ impl RpmHeader {
             .iter()
             .find(|(t, _)| *t == tag)
             .map(|(_, s)| s.as_str())
+    }
+
+    fn int(&self, tag: u32) -> Option<u32> {
+        self.ints.iter().find(|(t, _)| *t == tag).map(|(_, v)| *v)
     }
 }
 
@@ -274,9 +472,11 @@ fn read_rpm_header<R: Read>(r: &mut R, what: &str) -> Result<(RpmHeader, usize, 
         bail!("rpm {what} header is implausibly large ({count} tags, {data_len} bytes)");
     }
     let mut index = vec![0u8; count * 16];
-    r.read_exact(&mut index)?;
+    r.read_exact(&mut index)
+        .with_context(|| format!("reading the rpm {what} header: the file is truncated"))?;
     let mut data = vec![0u8; data_len];
-    r.read_exact(&mut data)?;
+    r.read_exact(&mut data)
+        .with_context(|| format!("reading the rpm {what} header: the file is truncated"))?;
     let digest = {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
@@ -314,7 +514,7 @@ fn read_rpm_header<R: Read>(r: &mut R, what: &str) -> Result<(RpmHeader, usize, 
     Ok((header, 16 + count * 16 + data_len, digest))
 }
 
-fn read_rpm<R: Read>(reader: R) -> Result<Contents> {
+fn read_rpm<R: Read>(reader: R, limits: &Limits, budget: &Budget) -> Result<Contents> {
     let mut r = BufReader::with_capacity(256 * 1024, reader);
     let mut lead = [0u8; 96];
     r.read_exact(&mut lead).context("reading the rpm lead")?;
@@ -322,11 +522,33 @@ fn read_rpm<R: Read>(reader: R) -> Result<Contents> {
         bail!("not an rpm: bad lead magic");
     }
     // The signature header is padded to a multiple of 8 bytes.
-    let (_, sig_len, _) = read_rpm_header(&mut r, "signature")?;
+    let (signature, sig_len, _) = read_rpm_header(&mut r, "signature")?;
     let pad = (8 - sig_len % 8) % 8;
     let mut skip = vec![0u8; pad];
-    r.read_exact(&mut skip)?;
+    r.read_exact(&mut skip)
+        .context("reading the rpm signature header: the file is truncated")?;
     let (header, _, header_sha256) = read_rpm_header(&mut r, "main")?;
+
+    // The package's own digests, checked before anything is pinned: a bit
+    // flipped anywhere in the main header or the payload changes one.
+    let want_header = signature.string(SIGTAG_SHA256).context(
+        "the rpm signature header carries no SHA-256 header digest (RPMSIGTAG_SHA256); refusing to pin an unverifiable package",
+    )?;
+    if !want_header.eq_ignore_ascii_case(&header_sha256.to_hex()) {
+        bail!(
+            "the rpm main header does not match its SHA-256 digest: the signature header says {want_header}, computed {header_sha256}; the package is corrupted"
+        );
+    }
+    let want_payload = header.string(TAG_PAYLOADDIGEST).context(
+        "the rpm header carries no payload digest (RPMTAG_PAYLOADDIGEST, rpm 4.14 and later); refusing to pin an unverifiable package",
+    )?;
+    let algo = header
+        .int(TAG_PAYLOADDIGESTALGO)
+        .unwrap_or(PGPHASHALGO_SHA256);
+    if algo != PGPHASHALGO_SHA256 {
+        bail!("the rpm payload digest uses hash algorithm {algo}; only SHA-256 (8) is checked");
+    }
+    let want_payload = want_payload.to_string();
 
     let mut contents = Contents {
         package: header.string(TAG_NAME).map(str::to_string),
@@ -336,10 +558,8 @@ fn read_rpm<R: Read>(reader: R) -> Result<Contents> {
     };
     if let (Some(v), Some(rel)) = (header.string(TAG_VERSION), header.string(TAG_RELEASE)) {
         let epoch = header
-            .ints
-            .iter()
-            .find(|(t, _)| *t == TAG_EPOCH)
-            .map(|(_, e)| format!("{e}:"))
+            .int(TAG_EPOCH)
+            .map(|e| format!("{e}:"))
             .unwrap_or_default();
         contents.version = Some(format!("{epoch}{v}-{rel}"));
     }
@@ -348,7 +568,9 @@ fn read_rpm<R: Read>(reader: R) -> Result<Contents> {
         bail!("unsupported rpm payload format {format:?} (expected cpio)");
     }
     let compressor = header.string(TAG_PAYLOADCOMPRESSOR).unwrap_or("gzip");
-    let mut payload = decompressor(compressor, &mut r)?;
+    // The payload digest covers the compressed bytes to the end of the file.
+    let mut raw = HashingReader::new(&mut r);
+    let mut payload = decompressor(compressor, &mut raw, "the rpm payload", limits, budget)?;
     loop {
         let entry = cpio::NewcReader::new(&mut payload).context("reading the rpm cpio payload")?;
         if entry.entry().is_trailer() {
@@ -357,9 +579,15 @@ fn read_rpm<R: Read>(reader: R) -> Result<Contents> {
         contents.note_path(entry.entry().name());
         entry.finish().context("reading the rpm cpio payload")?;
     }
-    drop(payload);
+    to_end(payload, "the rpm payload")?;
     // Leave nothing unread for the caller's hash: consume the rest.
-    io::copy(&mut r, &mut io::sink())?;
+    io::copy(&mut raw, &mut io::sink())?;
+    let (payload_digest, _) = raw.finish();
+    if !want_payload.eq_ignore_ascii_case(&payload_digest.to_hex()) {
+        bail!(
+            "the rpm payload does not match its SHA-256 digest: the header says {want_payload}, computed {payload_digest}; the package is corrupted or truncated"
+        );
+    }
     Ok(contents)
 }
 
@@ -505,6 +733,83 @@ mod tests {
         check_pvm_host("kernel", &f).unwrap();
         // Without kernel-core there is no vmlinuz in the set.
         assert!(set_facts(&[meta]).is_err());
+    }
+
+    /// A .deb built in memory: control.tar.gz, and data.tar.`comp` holding
+    /// a kernel and `zeros` bytes of zeros.
+    fn deb(comp: &str, zeros: usize) -> Vec<u8> {
+        let tar_of = |files: &[(&str, Vec<u8>)]| {
+            let mut b = tar::Builder::new(Vec::new());
+            for (path, data) in files {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                h.set_cksum();
+                b.append_data(&mut h, path, &data[..]).unwrap();
+            }
+            b.into_inner().unwrap()
+        };
+        let gz = |raw: Vec<u8>| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut e, &raw).unwrap();
+            e.finish().unwrap()
+        };
+        let control = gz(tar_of(&[(
+            "./control",
+            b"Package: linux-image-1\nVersion: 1\n".to_vec(),
+        )]));
+        let data = tar_of(&[
+            ("./boot/vmlinuz-6.1.0-pvm.host", b"k".to_vec()),
+            ("./zeros", vec![0u8; zeros]),
+        ]);
+        let data = match comp {
+            "gz" => gz(data),
+            "zst" => zstd::encode_all(&data[..], 3).unwrap(),
+            _ => unreachable!(),
+        };
+        let mut ar = ar::Builder::new(Vec::new());
+        for (name, body) in [
+            ("debian-binary", b"2.0\n".to_vec()),
+            ("control.tar.gz", control),
+            (&format!("data.tar.{comp}")[..], data),
+        ] {
+            let h = ar::Header::new(name.as_bytes().to_vec(), body.len() as u64);
+            ar.append(&h, &body[..]).unwrap();
+        }
+        ar.into_inner().unwrap()
+    }
+
+    #[test]
+    fn decompressed_output_is_capped_per_package() {
+        let bytes = deb("gz", 2 << 20);
+        let limits = Limits {
+            max_output: 1 << 20,
+            ..Limits::default()
+        };
+        let err = read_package_with(&bytes[..], PackageFormat::Deb, &limits).unwrap_err();
+        assert!(
+            format!("{err:#}")
+                .contains("data.tar.gz expands past the 1024 KiB limit on decompressed data"),
+            "{err:#}"
+        );
+        // Under the default limits the same package reads.
+        let f = read_kernel_package(&bytes[..], PackageFormat::Deb).unwrap();
+        assert_eq!(f.kver, "6.1.0-pvm.host");
+    }
+
+    #[test]
+    fn zstd_windows_are_capped() {
+        let bytes = deb("zst", 1 << 20);
+        let limits = Limits {
+            zstd_window_log: 10,
+            ..Limits::default()
+        };
+        let err = read_package_with(&bytes[..], PackageFormat::Deb, &limits).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("data.tar.zst needs a zstd window over 1 KiB"),
+            "{err:#}"
+        );
+        read_kernel_package(&bytes[..], PackageFormat::Deb).unwrap();
     }
 
     #[test]

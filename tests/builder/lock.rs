@@ -1,5 +1,7 @@
 //! `cubeboot lock` from local files, URLs and a release listing.
 
+use std::path::Path;
+
 use crate::support::*;
 
 #[test]
@@ -446,5 +448,155 @@ fn lock_from_a_percent_encoded_file_url() {
     assert!(
         text.contains(&format!("sha256: {}\n", sha256_hex(&rel.deb))),
         "{text}"
+    );
+}
+
+/// Offset and length of the ar member `name` in a .deb.
+fn ar_member(deb: &[u8], name: &str) -> (usize, usize) {
+    let mut at = 8;
+    while at + 60 <= deb.len() {
+        let id = String::from_utf8_lossy(&deb[at..at + 16])
+            .trim_end()
+            .to_string();
+        let size: usize = String::from_utf8_lossy(&deb[at + 48..at + 58])
+            .trim()
+            .parse()
+            .unwrap();
+        if id.trim_end_matches('/') == name {
+            return (at + 60, size);
+        }
+        at += 60 + size + size % 2;
+    }
+    panic!("no {name} in the .deb");
+}
+
+/// Lock one local asset; the error text when it is refused.
+fn lock_refuses(path: &Path) -> String {
+    let dir = tempdir();
+    let out = dir.path().join("x.lock");
+    let err = fails(&[
+        "lock",
+        "--asset",
+        path.to_str().unwrap(),
+        "--tag",
+        TAG,
+        "--allow-non-pvm-kernel",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!out.exists(), "a refused lock was written");
+    assert!(err.contains("inspecting kernel package"), "{err}");
+    err
+}
+
+/// A .deb whose data.tar.xz announces a 1.5 GiB LZMA2 dictionary (the
+/// dictionary byte of the real fixture's block header patched to 37, the
+/// header CRC32 recomputed): liblzma would reserve that much, so the reader
+/// refuses it by its memory limit before decoding.
+#[test]
+fn an_xz_member_needing_too_much_memory_is_refused() {
+    let dir = tempdir();
+    let deb = make_deb(dir.path(), KVER, true);
+    let mut bytes = std::fs::read(&deb).unwrap();
+    let (start, _) = ar_member(&bytes, "data.tar.xz");
+    // Stream header (12 bytes), then the block header: size, flags,
+    // optional sizes, then filter id 0x21 (LZMA2), 1 property byte.
+    let p = start + 12;
+    let hsize = (bytes[p] as usize + 1) * 4;
+    let q = (p + 2..p + hsize)
+        .find(|&i| bytes[i] == 0x21 && bytes[i + 1] == 1)
+        .unwrap();
+    bytes[q + 2] = 37;
+    let mut crc = flate2::Crc::new();
+    crc.update(&bytes[p..p + hsize - 4]);
+    bytes[p + hsize - 4..p + hsize].copy_from_slice(&crc.sum().to_le_bytes());
+    let bomb = dir
+        .path()
+        .join(format!("linux-image-{KVER}-bomb_amd64.deb"));
+    std::fs::write(&bomb, &bytes).unwrap();
+    let err = lock_refuses(&bomb);
+    assert!(
+        err.contains("data.tar.xz needs more than 128 MiB of memory to decompress"),
+        "{err}"
+    );
+}
+
+/// Truncated packages are refused: the .deb's last ar member is shorter
+/// than its header says, and the xz stream inside never reaches its end.
+#[test]
+fn a_truncated_deb_is_refused() {
+    let rel = release();
+    let dir = tempdir();
+    let bytes = std::fs::read(&rel.deb).unwrap();
+    for cut in [1, 12, 100] {
+        let short = dir
+            .path()
+            .join(format!("linux-image-{KVER}-short{cut}_amd64.deb"));
+        std::fs::write(&short, &bytes[..bytes.len() - cut]).unwrap();
+        let err = lock_refuses(&short);
+        assert!(
+            err.contains("data.tar.xz")
+                && (err.contains("ends after") || err.contains("truncated")),
+            "cut {cut}: {err}"
+        );
+    }
+}
+
+/// Every single-bit flip in the main header or the payload of a real .rpm
+/// (rpmbuild's, with SHA-256 header and payload digests) is refused; the
+/// lead and the signature header's padding are covered by no digest, so
+/// flips there are not this test's business.
+#[test]
+fn bit_flipped_rpms_are_refused() {
+    let rel = release();
+    let dir = tempdir();
+    let bytes = std::fs::read(&rel.rpm).unwrap();
+    // Main header start: lead (96), signature header (16 + 16n + len, padded to 8).
+    let be = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let sig = 16 + 16 * be(96 + 8) + be(96 + 12);
+    let main = 96 + sig + (8 - sig % 8) % 8;
+    let span = bytes.len() - main;
+    let mut refused = 0;
+    for i in 0..40 {
+        let at = main + (span * i + 7) / 40;
+        let mut flipped = bytes.clone();
+        flipped[at] ^= 1 << (i % 8);
+        let path = dir.path().join(format!("kernel-6.6.69-flip{i}.x86_64.rpm"));
+        std::fs::write(&path, &flipped).unwrap();
+        lock_refuses(&path);
+        refused += 1;
+    }
+    assert_eq!(refused, 40);
+    // The intact file still locks.
+    let out = dir.path().join("ok.lock");
+    ok(&[
+        "lock",
+        "--asset",
+        rel.rpm.to_str().unwrap(),
+        "--tag",
+        TAG,
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+}
+
+/// A changed letter in the main header's description (read by nothing
+/// else) is caught by the header's SHA-256 digest, and the message says so.
+#[test]
+fn an_rpm_header_digest_mismatch_is_named() {
+    let rel = release();
+    let dir = tempdir();
+    let mut bytes = std::fs::read(&rel.rpm).unwrap();
+    let at = bytes
+        .windows(14)
+        .position(|w| w == b"fixture kernel")
+        .unwrap();
+    bytes[at] = b'F';
+    let path = dir.path().join("kernel-6.6.69-described.x86_64.rpm");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = lock_refuses(&path);
+    assert!(
+        err.contains("the rpm main header does not match its SHA-256 digest"),
+        "{err}"
     );
 }
