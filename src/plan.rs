@@ -608,6 +608,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn download_settings_are_optional_and_left_out_while_default() {
+        // A plan written before `download` existed still parses, with the
+        // defaults, and writing it back adds nothing.
+        let mut v: serde_json::Value = serde_json::from_str(&sample_plan().to_json()).unwrap();
+        assert!(v.get("download").is_none(), "{v}");
+        let plan = Plan::from_json(&v.to_string()).unwrap();
+        assert_eq!(plan.download, DownloadPlan::default());
+        assert_eq!(plan.download.min_bytes_per_sec, 16 * 1024);
+        assert_eq!(plan.download.min_rate_window_secs, 60);
+        // One key given, the other defaulted; a changed value is written.
+        v["download"] = serde_json::json!({"min_bytes_per_sec": 1024});
+        let plan = Plan::from_json(&v.to_string()).unwrap();
+        assert_eq!(plan.download.min_bytes_per_sec, 1024);
+        assert_eq!(plan.download.min_rate_window_secs, 60);
+        assert!(plan.to_json().contains("\"min_bytes_per_sec\": 1024"));
+        // A misspelt key is an error, not a silent default.
+        v["download"] = serde_json::json!({"min_byte_per_sec": 1024});
+        assert!(Plan::from_json(&v.to_string()).is_err());
+    }
+
+    #[test]
     fn truncated_plan_is_a_syntax_error() {
         let text = sample_plan().to_json();
         let err = Plan::from_json(&text[..text.len() / 2]).unwrap_err();

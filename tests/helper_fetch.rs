@@ -8,10 +8,11 @@ mod support;
 use std::time::Duration;
 
 use cubeboot::digest::Sha256Digest;
-use cubeboot::firstboot::fetch::{fetch_asset, FetchError, Fetched, MirrorFailure};
+use cubeboot::firstboot::fetch::{fetch_asset, verified_asset, FetchError, Fetched, MirrorFailure};
 use cubeboot::firstboot::host::{Host, ScriptedHost};
-use cubeboot::firstboot::{cache_path, StepId};
-use cubeboot::plan::Asset;
+use cubeboot::firstboot::journal::Journal;
+use cubeboot::firstboot::{cache_path, Ctx, StepId};
+use cubeboot::plan::{Asset, DownloadPlan};
 use cubeboot::transport::{DownloadError, FetchConfig, MinRate};
 use support::server::{Behavior, Server};
 use support::target::{AssetFile, Target};
@@ -550,4 +551,101 @@ fn a_trickling_mirror_is_left_for_the_next_one() {
         "{}",
         got.describe(&asset)
     );
+}
+
+/// A bundle mirror that trickles (10 bytes every 0.5 s) and a healthy one.
+fn trickle_and_good(file: &AssetFile) -> (Server, Server) {
+    let slow = Server::start();
+    slow.route_with_default(
+        "/trickle",
+        &file.bytes,
+        vec![],
+        Behavior::Slow {
+            chunk: 10,
+            pause: Duration::from_millis(500),
+        },
+    );
+    let good = Server::start();
+    good.route(&format!("/{}", file.name), &file.bytes, vec![]);
+    (slow, good)
+}
+
+/// The plan's `download` settings reach the fetch step: a 1 s window
+/// leaves the trickling mirror quickly, and the step's detail (status.json)
+/// names it.
+#[test]
+fn the_fetch_step_applies_the_plans_minimum_rate() {
+    let file = AssetFile::new("bundle.tar.gz", 64 * 1024, 21);
+    let (slow, good) = trickle_and_good(&file);
+    let urls = vec![slow.url("/trickle"), good.url("/bundle.tar.gz")];
+    let t = Target::with_plan_edit(|p| {
+        p["assets"]["bundle"] = serde_json::json!({
+            "name": file.name, "urls": urls,
+            "sha256": file.sha256().to_hex(), "size": file.bytes.len()
+        });
+        p["download"] = serde_json::json!({
+            "min_bytes_per_sec": 16384, "min_rate_window_secs": 1
+        });
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opts = support::target::opts(cubeboot::firstboot::runner::Scope::StopAfter(StepId::Fetch));
+    let t = std::sync::Arc::new(t);
+    let t2 = t.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(t2.run_once(&opts));
+    });
+    let end = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the fetch step stayed stuck on a trickling mirror");
+    assert_eq!(
+        end,
+        cubeboot::firstboot::runner::RunEnd::Stopped(StepId::Fetch)
+    );
+    assert_eq!(slow.requests_to("/trickle").len(), 1);
+    let (plan, _) = t.plan();
+    assert_eq!(
+        t.host.read(&cache_path(&plan.assets.bundle)).unwrap(),
+        file.bytes
+    );
+    let journal = Journal::read(&t.host).unwrap().unwrap();
+    let detail = &journal.steps[&StepId::Fetch].detail;
+    assert!(
+        detail.contains(&format!("after leaving {}: too slow", slow.url("/trickle"))),
+        "{detail}"
+    );
+}
+
+/// The kernel stage fetches the kernel package itself when the fetch step
+/// skipped it (native KVM decided, then changed): that download must leave
+/// a trickling mirror too, by the plan's settings.
+#[test]
+fn the_kernel_stages_own_fetch_applies_the_plans_minimum_rate() {
+    let file = AssetFile::new("kernel.deb", 64 * 1024, 22);
+    let (slow, good) = trickle_and_good(&file);
+    let mut plan = cubeboot::plan::testing::sample_plan();
+    plan.assets.kernel = asset_for(&file, vec![slow.url("/trickle"), good.url("/kernel.deb")]);
+    plan.download = DownloadPlan {
+        min_bytes_per_sec: 16 * 1024,
+        min_rate_window_secs: 1,
+    };
+    let (_d, host) = host();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let host = std::sync::Arc::new(host);
+    let h = host.clone();
+    std::thread::spawn(move || {
+        let mut journal = Journal::new("test");
+        let ctx = Ctx {
+            host: &*h,
+            plan: &plan,
+            journal: &mut journal,
+        };
+        let got = verified_asset(&ctx, "kernel", &plan.assets.kernel).map_err(|e| format!("{e:#}"));
+        let _ = tx.send((got, plan.assets.kernel.clone()));
+    });
+    let (got, asset) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the kernel stage's fetch stayed stuck on a trickling mirror");
+    assert_eq!(got.unwrap(), cache_path(&asset));
+    assert_eq!(slow.requests_to("/trickle").len(), 1);
+    assert_eq!(host.read(&cache_path(&asset)).unwrap(), file.bytes);
 }

@@ -20,7 +20,7 @@ use super::host::{Action, Host};
 use super::journal::KvmInUse;
 use super::{cache_path, Ctx, Outcome, StepFailure, CACHE_DIR};
 use crate::digest::Sha256Digest;
-use crate::plan::Asset;
+use crate::plan::{Asset, Plan};
 use crate::transport::{self, DownloadError, FetchConfig, MinRate, RateGuard, Surroundings};
 
 /// Read/write buffer: large enough that syscalls stay rare, small enough that
@@ -44,14 +44,7 @@ pub fn run_with(ctx: &mut Ctx, cfg: &FetchConfig) -> Result<Outcome> {
     // kernel package (tens of MiB on a slow link).
     let kvm = ctx.journal.facts.kvm_mode;
     let mut summary = Vec::new();
-    let dl = &ctx.plan.download;
-    let cfg = &FetchConfig {
-        min_rate: Some(MinRate {
-            bytes_per_sec: dl.min_bytes_per_sec,
-            window: Duration::from_secs(dl.min_rate_window_secs),
-        }),
-        ..cfg.clone()
-    };
+    let cfg = &with_plan(cfg, ctx.plan);
     // Assets with the same digest are one file: fetch it once.
     let mut wanted: Vec<(&'static str, &Asset)> = Vec::new();
     for (label, asset) in ctx.plan.assets.all() {
@@ -267,11 +260,26 @@ impl FetchError {
 /// crash tore it, so no step ever acts on bytes that do not match the plan.
 pub fn verified_asset(ctx: &Ctx, label: &str, asset: &Asset) -> Result<String> {
     let path = cache_path(asset);
-    fetch_asset(ctx.host, label, asset, &FetchConfig::default()).map_err(|e| {
+    let cfg = with_plan(&FetchConfig::default(), ctx.plan);
+    fetch_asset(ctx.host, label, asset, &cfg).map_err(|e| {
         let hint = e.hint();
         StepFailure::new(e.to_string()).hint(hint).caused_by(e)
     })?;
     Ok(path)
+}
+
+/// `base` with the plan's download settings: the minimum throughput every
+/// download of the plan's assets must keep (0 bytes/s turns it off; a
+/// window is at least a second).
+pub fn with_plan(base: &FetchConfig, plan: &Plan) -> FetchConfig {
+    let dl = &plan.download;
+    FetchConfig {
+        min_rate: (dl.min_bytes_per_sec > 0).then(|| MinRate {
+            bytes_per_sec: dl.min_bytes_per_sec,
+            window: Duration::from_secs(dl.min_rate_window_secs.max(1)),
+        }),
+        ..base.clone()
+    }
 }
 
 /// Make one asset present and verified in the cache.

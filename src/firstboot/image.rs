@@ -88,7 +88,8 @@ pub fn apply(host: &dyn Host, stage: Stage, fetch_cfg: &FetchConfig) -> Result<A
     // with an `--offline` overlay it already is and nothing is downloaded.
     // Only the kernel: the Cube bundle is first boot's business.
     host.create_dir_all(CACHE_DIR)?;
-    let fetched = fetch::fetch_asset(host, "kernel", &plan.assets.kernel, fetch_cfg)
+    let fetch_cfg = fetch::with_plan(fetch_cfg, &plan);
+    let fetched = fetch::fetch_asset(host, "kernel", &plan.assets.kernel, &fetch_cfg)
         .context("fetching the kernel package into the image")?;
     let detail = match fetched {
         fetch::Fetched::Reused => format!(
