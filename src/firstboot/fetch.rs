@@ -27,6 +27,9 @@ use crate::transport::{self, DownloadError, FetchConfig, MinRate, RateGuard, Sur
 /// two parallel downloads keep the helper far below its 16 MiB budget.
 const CHUNK: usize = 256 * 1024;
 
+/// Cached assets are public packages: readable by all, written by root.
+const PARTIAL_MODE: u32 = 0o644;
+
 /// Room left over on the cache filesystem after the downloads, so the
 /// package manager and journal still have space to work.
 const SPACE_MARGIN: u64 = 64 * 1024 * 1024;
@@ -124,7 +127,7 @@ impl Surroundings for HostNet<'_> {
         self.0.env(key)
     }
     fn open_local(&self, path: &str) -> io::Result<transport::LocalFile> {
-        self.0.open_read(path)
+        self.0.open(path)
     }
     fn sleep(&self, d: Duration) {
         self.0.sleep(d)
@@ -342,7 +345,7 @@ pub fn fetch_asset(
                     });
                 }
                 Err(Attempt::Local(e)) => {
-                    return Err(local(format!("writing {partial_path}: {e}")));
+                    return Err(local(format!("{e:#}")));
                 }
                 Err(Attempt::Mismatch {
                     computed,
@@ -414,7 +417,7 @@ enum Attempt {
         resumed_from: u64,
     },
     WrongSize(u64),
-    Local(io::Error),
+    Local(anyhow::Error),
 }
 
 /// One request: resume or start the partial file, stream, hash, verify.
@@ -428,18 +431,18 @@ fn transfer(
     cfg: &FetchConfig,
 ) -> Result<u64, Attempt> {
     // Hash what an earlier attempt left, so the digest covers the whole file.
-    let (mut hasher, mut have) = match host.open_read(partial_path) {
+    let (mut hasher, mut have) = match host.open(partial_path) {
         Ok(f) => {
-            let (h, n) = hash_prefix(f, asset.size).map_err(Attempt::Local)?;
+            let (h, n) = hash_prefix(f, asset.size).map_err(|e| reading(partial_path, e))?;
             (h, n)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => (Sha256::new(), 0),
-        Err(e) => return Err(Attempt::Local(e)),
+        Err(e) => return Err(reading(partial_path, e)),
     };
     if have > asset.size {
         // Longer than the asset: cannot be a prefix of it.
         (hasher, have) = (Sha256::new(), 0);
-        host.open_write(partial_path, false)
+        host.create(partial_path, PARTIAL_MODE)
             .map_err(Attempt::Local)?;
     }
     if have == asset.size && have > 0 {
@@ -481,9 +484,12 @@ fn transfer(
         ));
     }
 
-    let mut file = host
-        .open_write(partial_path, resumed_from > 0)
-        .map_err(Attempt::Local)?;
+    let mut file = if resumed_from > 0 {
+        host.append(partial_path)
+    } else {
+        host.create(partial_path, PARTIAL_MODE)
+    }
+    .map_err(Attempt::Local)?;
     let mut body = opened.body;
     let mut buf = vec![0u8; CHUNK];
     let mut progress = Progress::new(label, asset.size, have);
@@ -504,7 +510,9 @@ fn transfer(
             drop(file);
             return Err(Attempt::WrongSize(have + n as u64));
         }
-        file.write_all(&buf[..n]).map_err(Attempt::Local)?;
+        file.write_all(&buf[..n]).map_err(|e| {
+            Attempt::Local(anyhow::Error::from(e).context(format!("writing {partial_path}")))
+        })?;
         hasher.update(&buf[..n]);
         have += n as u64;
         progress.update(host, have);
@@ -525,6 +533,10 @@ fn transfer(
         }));
     }
     verify(hasher, asset, resumed_from).map(|_| resumed_from)
+}
+
+fn reading(path: &str, e: io::Error) -> Attempt {
+    Attempt::Local(anyhow::Error::from(e).context(format!("reading {path}")))
 }
 
 fn verify(hasher: Sha256, asset: &Asset, resumed_from: u64) -> Result<u64, Attempt> {
@@ -559,7 +571,7 @@ fn hash_prefix(mut f: impl Read, limit: u64) -> io::Result<(Sha256, u64)> {
 }
 
 fn hash_file(host: &dyn Host, target: &str, limit: u64) -> io::Result<(Sha256Digest, u64)> {
-    let f = host.open_read(target)?;
+    let f = host.open(target)?;
     let (h, n) = hash_prefix(f, limit)?;
     Ok((Sha256Digest::from_bytes(h.finalize().into()), n))
 }
@@ -572,7 +584,7 @@ fn check_space(host: &dyn Host, wanted: &[(&str, &Asset)]) -> Result<()> {
             continue;
         }
         let have = host
-            .open_read(&format!("{final_path}.partial"))
+            .open(&format!("{final_path}.partial"))
             .and_then(|f| f.metadata())
             .map(|m| m.len())
             .unwrap_or(0);

@@ -348,27 +348,6 @@ pub trait Host: Send + Sync {
         }
     }
 
-    /// Open a file for streaming reads (downloads, hashing). An `io::Error`
-    /// so callers can tell a missing file from a failing one.
-    fn open_read(&self, target: &str) -> io::Result<fs::File> {
-        fs::File::open(self.path(target))
-    }
-
-    /// Open a file for streaming writes, created if missing: appended to
-    /// (a download resuming) or truncated (starting over). Dry runs get
-    /// `/dev/null`, so nothing on the target changes.
-    fn open_write(&self, target: &str, append: bool) -> io::Result<fs::File> {
-        if self.is_dry_run() {
-            return fs::OpenOptions::new().write(true).open("/dev/null");
-        }
-        fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(!append)
-            .append(append)
-            .open(self.path(target))
-    }
-
     fn list_dir(&self, target: &str) -> Result<Vec<String>> {
         let mut names = Vec::new();
         match fs::read_dir(self.path(target)) {
