@@ -118,6 +118,51 @@ pub fn has_merged<S: AsRef<str>>(line: &str, configured: &[S]) -> bool {
     })
 }
 
+/// Why `param` cannot be a custom boot parameter, if it cannot. The GRUB
+/// manual ("Shell-like scripting", lexical structure) names `{ } | & $ ; < >`
+/// as metacharacters that end a word, quotes and `\` as quoting, and `#` at
+/// the start of a word as a comment: in a `linux` line of grub.cfg or a BLS
+/// `options` line any of them changes what the kernel gets or what GRUB runs.
+/// Control characters would break the line itself.
+pub fn unsafe_param(param: &str) -> Option<String> {
+    if param.starts_with('#') {
+        return Some(format!(
+            "{param:?} starts with `#`, which makes the rest of the line a GRUB comment"
+        ));
+    }
+    if let Some(c) = param
+        .chars()
+        .find(|c| matches!(c, '|' | '&' | '<' | '>' | ';' | '{' | '}' | '$'))
+    {
+        return Some(format!("{param:?} contains `{c}`, a GRUB metacharacter"));
+    }
+    if let Some(c) = param.chars().find(|c| matches!(c, '"' | '\'' | '\\' | '`')) {
+        return Some(format!(
+            "{param:?} contains `{c}`, which GRUB and the kernel quote differently"
+        ));
+    }
+    if param.chars().any(char::is_control) {
+        return Some(format!("{param:?} contains a control character"));
+    }
+    None
+}
+
+/// The `panic=` a trial boot runs with. The operator's own `panic=N` with
+/// N > 0 on `line` (the running command line) is kept, the last one winning
+/// as in the kernel's parser; otherwise `panic=default_secs`. Either way a
+/// panicking kernel reboots by itself. Returns the parameter and whether it
+/// is the operator's.
+pub fn trial_panic(line: &str, default_secs: u32) -> (String, bool) {
+    let operator = split(line)
+        .into_iter()
+        .rfind(|p| key(p) == "panic")
+        .and_then(|p| p.strip_prefix("panic=")?.parse::<i64>().ok());
+    match operator {
+        Some(n) if n > 0 => (format!("panic={n}"), true),
+        _ => (format!("panic={default_secs}"), false),
+    }
+}
+
 /// Human warnings for parameters with side effects a user should know about
 /// before the reboot (cube-sandbox-facts.md §9, table of side effects).
 pub fn warnings<S: AsRef<str>>(params: &[S]) -> Vec<String> {
@@ -227,6 +272,68 @@ mod tests {
             "console=tty0 console=ttyS0",
             &v("console=ttyS0 console=tty0")
         ));
+    }
+
+    #[test]
+    fn grub_metacharacters_are_named_with_their_token() {
+        for (param, why) in [
+            ("a|b", "\"a|b\" contains `|`, a GRUB metacharacter"),
+            (
+                "x=1&&reboot",
+                "\"x=1&&reboot\" contains `&`, a GRUB metacharacter",
+            ),
+            (
+                "console=<tty>",
+                "\"console=<tty>\" contains `<`, a GRUB metacharacter",
+            ),
+            ("quiet;", "\"quiet;\" contains `;`, a GRUB metacharacter"),
+            ("}", "\"}\" contains `}`, a GRUB metacharacter"),
+            ("{", "\"{\" contains `{`, a GRUB metacharacter"),
+            ("x=$root", "\"x=$root\" contains `$`, a GRUB metacharacter"),
+            (
+                "#nopti",
+                "\"#nopti\" starts with `#`, which makes the rest of the line a GRUB comment",
+            ),
+            (
+                "dyndbg=\"x\"",
+                "\"dyndbg=\\\"x\\\"\" contains `\"`, which GRUB and the kernel quote differently",
+            ),
+            (
+                "a='b'",
+                "\"a='b'\" contains `'`, which GRUB and the kernel quote differently",
+            ),
+        ] {
+            assert_eq!(unsafe_param(param).as_deref(), Some(why), "{param}");
+        }
+        // `#` inside a word is not a comment; ordinary parameters pass.
+        for ok in [
+            "pti=off",
+            "console=ttyS0,115200n8",
+            "a#b",
+            "mitigations=off",
+            "x=-1",
+        ] {
+            assert_eq!(unsafe_param(ok), None, "{ok}");
+        }
+    }
+
+    #[test]
+    fn trial_panic_keeps_the_operators_positive_value() {
+        assert_eq!(trial_panic("ro quiet", 30), ("panic=30".into(), false));
+        assert_eq!(
+            trial_panic("ro panic=10 quiet", 30),
+            ("panic=10".into(), true)
+        );
+        // The kernel's parser: the last panic= wins.
+        assert_eq!(
+            trial_panic("panic=5 panic=120", 30),
+            ("panic=120".into(), true)
+        );
+        // 0 waits forever; a negative value reboots at once, before anyone
+        // could read the console: only N > 0 is kept.
+        assert_eq!(trial_panic("panic=0", 30), ("panic=30".into(), false));
+        assert_eq!(trial_panic("panic=-1", 30), ("panic=30".into(), false));
+        assert_eq!(trial_panic("panic=soon", 30), ("panic=30".into(), false));
     }
 
     #[test]

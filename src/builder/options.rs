@@ -407,10 +407,8 @@ pub fn parse_boot_params(s: &str) -> Result<(Vec<String>, String)> {
         bail!("--boot-params: empty list; use minimal, tencent or a quoted list");
     }
     for p in &params {
-        if p.chars()
-            .any(|c| c.is_control() || matches!(c, '"' | '\'' | '\\' | '`' | '$' | ';'))
-        {
-            bail!("--boot-params: {p:?} has characters a kernel command line cannot carry safely");
+        if let Some(why) = crate::cmdline::unsafe_param(p) {
+            bail!("--boot-params: {why}");
         }
     }
     // kvm_pvm does not support KPTI: boot fails with it on (facts §9, Helm chart).
@@ -471,6 +469,24 @@ mod tests {
             "--boot-params: the list must turn KPTI off (pti=off or nopti): kvm_pvm does not support KPTI"
         );
         assert!(parse_boot_params("pti=off a;reboot").is_err());
+        // GRUB metacharacters are refused with the token that has them.
+        assert_eq!(
+            parse_boot_params("pti=off a|b").unwrap_err().to_string(),
+            "--boot-params: \"a|b\" contains `|`, a GRUB metacharacter"
+        );
+        assert_eq!(
+            parse_boot_params("#pti=off nopti").unwrap_err().to_string(),
+            "--boot-params: \"#pti=off\" starts with `#`, which makes the rest of the line a GRUB comment"
+        );
+        for bad in ["x&y", "x<y", "x>y", "{", "}"] {
+            let err = parse_boot_params(&format!("nopti {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("--boot-params: {bad:?} contains `")),
+                "{err}"
+            );
+        }
     }
 
     #[test]
