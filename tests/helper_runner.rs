@@ -42,7 +42,7 @@ fn uninterrupted_run_reboots_once_and_finishes() {
 
     let status = read_json(&t.host, STATUS_PATH);
     assert_eq!(status["state"], "done");
-    assert_eq!(status["progress"]["done"], 13);
+    assert_eq!(status["progress"]["done"], 14);
     assert_eq!(status["checks"]["cube-api-health"]["ok"], true);
     assert_eq!(status["hostname"], "node-1");
     let message = status["message"].as_str().unwrap();
@@ -506,10 +506,11 @@ fn a_dead_webhook_never_fails_the_run() {
     let url = hook.url("/hook");
     let mut t = Target::with_plan_edit(|p| p["report"]["webhook"] = serde_json::json!(url));
     assert_eq!(t.run_to_end(&opts(Scope::All), 3), RunEnd::Done);
-    // 15 reports over two runs (the reboot splits them): the first report
-    // of each run is retried (6 attempts), then, the webhook being down,
-    // each later one tries once.
-    assert_eq!(hook.requests_to("/hook").len(), 2 * 6 + (15 - 2));
+    // One report per step start, the reboot and the end, over two runs
+    // (the reboot splits them): the first report of each run is retried
+    // (6 attempts), then, the webhook being down, each later one tries once.
+    let reports = StepId::ALL.len() + 2;
+    assert_eq!(hook.requests_to("/hook").len(), 2 * 6 + (reports - 2));
     let said = t.host.said().join("\n");
     assert!(
         said.contains(&format!(

@@ -119,13 +119,33 @@ fn trial_boot_then_commit_on_debian_12() {
     // The machine reboots: GRUB boots the PVM entry once.
     assert_eq!(grub_boot(root, false), KVER);
 
-    // Boot 2: verified, committed, kvm_pvm loaded.
-    let end = runner::run(&host, &plan, &digest, Scope::StopAfter(StepId::KvmLoad)).unwrap();
-    assert_eq!(end, RunEnd::Stopped(StepId::KvmLoad));
+    // Boot 2: verified, kvm_pvm loaded and /dev/kvm proven, then committed.
+    let end = runner::run(
+        &host,
+        &plan,
+        &digest,
+        Scope::StopAfter(StepId::KernelCommit),
+    )
+    .unwrap();
+    assert_eq!(end, RunEnd::Stopped(StepId::KernelCommit));
     let j = journal(&host, &digest);
     assert_eq!(j.state(StepId::KernelVerify), Some(StepState::Done));
     assert_eq!(j.state(StepId::KvmLoad), Some(StepState::Done));
+    assert_eq!(j.state(StepId::KernelCommit), Some(StepState::Done));
     assert_eq!(host.reboots(), 1);
+    // The commit comes only after kvm_pvm is in and /dev/kvm answers.
+    let cmds = host.commands();
+    let modprobe = cmds
+        .iter()
+        .position(|c| c.ends_with("modprobe kvm_pvm"))
+        .expect("modprobe kvm_pvm ran");
+    let commit = cmds
+        .iter()
+        .rposition(|c| {
+            c.starts_with("grub-set-default") && c.contains(&format!("gnulinux-{KVER}-"))
+        })
+        .expect("the PVM entry was committed");
+    assert!(modprobe < commit, "{cmds:#?}");
     let env = grubcfg::parse_grubenv(&read(root, "/boot/grub/grubenv"));
     assert_eq!(env["saved_entry"], PVM_ID);
     assert!(!env.contains_key("next_entry"));
@@ -338,12 +358,12 @@ fn unwritable_grubenv_falls_back_to_a_direct_default() {
         &host,
         &plan,
         &digest,
-        Scope::StopAfter(StepId::KernelVerify),
+        Scope::StopAfter(StepId::KernelCommit),
     )
     .unwrap();
     let j = journal(&host, &digest);
     assert_eq!(j.state(StepId::KernelVerify), Some(StepState::Done));
-    assert!(j.steps[&StepId::KernelVerify]
+    assert!(j.steps[&StepId::KernelCommit]
         .detail
         .contains("direct default"));
 }
@@ -699,4 +719,186 @@ fn a_later_dropin_overriding_ours_refuses_the_reboot_and_keeps_the_old_default()
     assert!(!host.commands().iter().any(|c| c.starts_with("grub-reboot")));
     // Whatever happens next, the machine boots its old kernel.
     assert_eq!(grub_boot(root, false), OLD_DEB_KERNEL);
+}
+
+/// Upstream has a report of `modprobe kvm_pvm` crashing a RHEL 9.5 VM: the
+/// PVM kernel boots, and loading the module takes the machine down. The crash
+/// is a panic in the scripted modprobe (the helper process dies mid-step,
+/// leaving the journal as it was); `panic=N` then reboots it. The new kernel
+/// must not be the default by then, or the host would come back on it and
+/// crash again, forever.
+#[test]
+fn kvm_pvm_crash_during_the_trial_boot_falls_back_to_the_old_kernel() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "debian-12", &plan);
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    let crashes = Arc::new(AtomicBool::new(true));
+    let (r, c2) = (root.to_path_buf(), crashes.clone());
+    host.on(move |c| {
+        let inner = chrooted(&r, c)?;
+        let load = inner.program == "modprobe" && inner.args == ["kvm_pvm"];
+        if load && c2.load(Ordering::SeqCst) {
+            panic!("Kernel panic - not syncing: modprobe kvm_pvm (scripted crash)");
+        }
+        None
+    });
+    let digest = seed_journal(&host, &plan);
+
+    assert_eq!(
+        runner::run(&host, &plan, &digest, Scope::All).unwrap(),
+        RunEnd::Rebooting
+    );
+    assert_eq!(grub_boot(root, false), KVER);
+    // Boot 2: the trial boot; kvm_pvm takes the machine down.
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runner::run(&host, &plan, &digest, Scope::All)
+    }));
+    assert!(crashed.is_err(), "the scripted crash did not happen");
+    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub/grubenv"));
+    assert_eq!(
+        env["saved_entry"], OLD_ID,
+        "committed before kvm_pvm was proven"
+    );
+
+    // panic=N reboots: GRUB's default is still the old kernel.
+    assert_eq!(grub_boot(root, false), OLD_DEB_KERNEL);
+    crashes.store(false, Ordering::SeqCst);
+
+    // Boot 3: the helper sees the trial boot ended on the old kernel, rolls
+    // back and stops without another reboot.
+    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    let want = Failure::RolledBack {
+        to: OLD_DEB_KERNEL.into(),
+    };
+    assert_eq!(end, RunEnd::Failed(want));
+    assert_eq!(host.reboots(), 1);
+    let j = journal(&host, &digest);
+    assert_eq!(j.state(StepId::KvmLoad), Some(StepState::Failed));
+    assert_ne!(j.state(StepId::KernelCommit), Some(StepState::Done));
+    let status = read(root, "/run/cubeboot/status.json");
+    assert!(
+        status.contains(&format!("came back on {OLD_DEB_KERNEL}")),
+        "{status}"
+    );
+    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub/grubenv"));
+    assert_eq!(env["saved_entry"], OLD_ID);
+    assert_eq!(grub_boot(root, false), OLD_DEB_KERNEL);
+}
+
+/// /dev/kvm exists but does not work (KVM_GET_API_VERSION fails): the trial
+/// boot is rolled back and the PVM entry never becomes the default.
+#[test]
+fn dev_kvm_that_does_not_answer_rolls_the_trial_boot_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "debian-12", &plan);
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    host.set_kvm_api_version(Err("Inappropriate ioctl for device (os error 25)".into()));
+    let digest = seed_journal(&host, &plan);
+
+    runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    assert_eq!(grub_boot(root, false), KVER);
+    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    assert_eq!(
+        end,
+        RunEnd::Failed(Failure::RolledBack {
+            to: OLD_DEB_KERNEL.into()
+        })
+    );
+    let status = read(root, "/run/cubeboot/status.json");
+    assert!(
+        status.contains("KVM_GET_API_VERSION on /dev/kvm failed: Inappropriate ioctl for device"),
+        "{status}"
+    );
+    assert!(!host
+        .commands()
+        .iter()
+        .any(|c| c.starts_with("grub-set-default") && c.contains(&format!("gnulinux-{KVER}-"))));
+    assert_eq!(grub_boot(root, false), OLD_DEB_KERNEL);
+    assert_eq!(host.reboots(), 1);
+
+    // A KVM that answers another API version is no KVM the installer can use.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    debian_root(root, "debian-12", &plan);
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    host.set_kvm_api_version(Ok(11));
+    let digest = seed_journal(&host, &plan);
+    runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    grub_boot(root, false);
+    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    assert!(matches!(end, RunEnd::Failed(_)), "{end:?}");
+    let status = read(root, "/run/cubeboot/status.json");
+    assert!(
+        status.contains("KVM_GET_API_VERSION on /dev/kvm answered 11, not 12"),
+        "{status}"
+    );
+}
+
+/// An operator's own `panic=N` is kept for the trial boot (and after), not
+/// replaced by the plan's default; the status says which value is in force.
+#[test]
+fn operators_panic_value_is_kept_for_the_trial_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "debian-12", &plan);
+    // The operator's own drop-in, and the command line it gave the running kernel.
+    put(
+        root,
+        "/etc/default/grub.d/20-operator.cfg",
+        "GRUB_CMDLINE_LINUX_DEFAULT=\"$GRUB_CMDLINE_LINUX_DEFAULT panic=10\"\n",
+    );
+    update_grub(root).unwrap();
+    set_running(
+        root,
+        OLD_DEB_KERNEL,
+        &format!(
+            "BOOT_IMAGE=/boot/vmlinuz-{OLD_DEB_KERNEL} root=UUID={ROOT_UUID} ro quiet panic=10"
+        ),
+    );
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    let digest = seed_journal(&host, &plan);
+
+    runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    let dropin = read(root, "/etc/default/grub.d/99-cubeboot-pvm.cfg");
+    assert!(
+        dropin.contains("GRUB_CMDLINE_LINUX=\"nopti pti=off panic=10\"\n"),
+        "{dropin}"
+    );
+    let cfg = read(root, "/boot/grub/grub.cfg");
+    let pvm = grubcfg::find_kernel_entry(&cfg, KVER).unwrap();
+    let panics: Vec<&String> = pvm
+        .args
+        .iter()
+        .filter(|a| a.starts_with("panic="))
+        .collect();
+    assert_eq!(panics, vec!["panic=10"], "{:?}", pvm.args);
+    let status = read(root, "/run/cubeboot/status.json");
+    assert!(
+        status.contains("panic=10 in force (the operator's, from the running command line)"),
+        "{status}"
+    );
+
+    assert_eq!(grub_boot(root, false), KVER);
+    let end = runner::run(
+        &host,
+        &plan,
+        &digest,
+        Scope::StopAfter(StepId::KernelCommit),
+    )
+    .unwrap();
+    assert_eq!(end, RunEnd::Stopped(StepId::KernelCommit));
+    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub/grubenv"));
+    assert_eq!(env["saved_entry"], PVM_ID);
 }

@@ -193,9 +193,15 @@ fn repo_kernel_installs_with_dnf_verified_before_the_trial_boot() {
     // Held as a set: exclude=kernel* covers kernel-core and kernel-modules.
     assert!(read(root, "/etc/dnf/dnf.conf").contains("exclude=kernel*\n"));
 
-    // The trial boot comes up; the stage commits it.
+    // The trial boot comes up; kvm_pvm is proven, then the stage commits it.
     assert_eq!(bls_boot(root, false), REPO_KVER);
-    runner::run(&host, &plan, &digest, Scope::StopAfter(StepId::KvmLoad)).unwrap();
+    runner::run(
+        &host,
+        &plan,
+        &digest,
+        Scope::StopAfter(StepId::KernelCommit),
+    )
+    .unwrap();
     let j = journal(&host, &digest);
     assert_eq!(
         j.state(StepId::KernelVerify),

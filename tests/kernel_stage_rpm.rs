@@ -108,7 +108,13 @@ fn trial_boot_then_commit_on_rocky_9() {
     assert_eq!(j.facts.pvm_entry.as_deref(), Some(pvm_bls_id().as_str()));
 
     assert_eq!(bls_boot(root, false), KVER);
-    runner::run(&host, &plan, &digest, Scope::StopAfter(StepId::KvmLoad)).unwrap();
+    runner::run(
+        &host,
+        &plan,
+        &digest,
+        Scope::StopAfter(StepId::KernelCommit),
+    )
+    .unwrap();
     let j = journal(&host, &digest);
     assert_eq!(
         j.state(StepId::KernelVerify),
@@ -117,6 +123,14 @@ fn trial_boot_then_commit_on_rocky_9() {
         j.steps
     );
     assert_eq!(j.state(StepId::KvmLoad), Some(StepState::Done));
+    assert_eq!(j.state(StepId::KernelCommit), Some(StepState::Done));
+    // grubby made the PVM kernel the default only after kvm_pvm was in.
+    let cmds = host.commands();
+    let modprobe = cmds.iter().position(|c| c.ends_with("modprobe kvm_pvm"));
+    let commit = cmds
+        .iter()
+        .position(|c| c.ends_with(&format!("grubby --set-default=/boot/vmlinuz-{KVER}")));
+    assert!(modprobe.is_some() && modprobe < commit, "{cmds:#?}");
     assert_eq!(grubby_default(root), format!("/boot/vmlinuz-{KVER}"));
     assert!(host.commands().contains(&format!(
         "chroot {r} grubby --set-default=/boot/vmlinuz-{KVER}"

@@ -82,6 +82,12 @@ fn vm_first_boot_switches_kernel_and_installs_cube() {
             "step kernel-verify: starting",
             1,
         ),
+        ("helper: kvm-load starts", "step kvm-load: starting", 1),
+        (
+            "helper: kernel-commit starts",
+            "step kernel-commit: starting",
+            1,
+        ),
         (
             "helper: cube-install starts",
             "step cube-install: starting",
@@ -206,6 +212,7 @@ fn vm_first_boot_switches_kernel_and_installs_cube() {
         StepId::Reboot,
         StepId::KernelVerify,
         StepId::KvmLoad,
+        StepId::KernelCommit,
         StepId::DataDisk,
         StepId::CubeInstall,
         StepId::CubeVerify,

@@ -532,6 +532,15 @@ pub trait Host: Send + Sync {
         statvfs_free(&self.path(target)).with_context(|| format!("reading free space of {target}"))
     }
 
+    /// Ask the KVM device at `target` for its API version
+    /// (`KVM_GET_API_VERSION`); every working KVM answers 12 (linux/kvm.h
+    /// `KVM_API_VERSION`). Read-only: it opens the device, which is how QEMU
+    /// and the Cube installer's checks find out whether /dev/kvm works.
+    fn kvm_api_version(&self, target: &str) -> Result<i32> {
+        kvm_api_version_at(&self.path(target))
+            .with_context(|| format!("KVM_GET_API_VERSION on {target} failed"))
+    }
+
     /// This boot's id (`/proc/sys/kernel/random/boot_id`): tells the runner
     /// whether a requested reboot really happened. `None` when unreadable.
     fn boot_id(&self) -> Option<String> {
@@ -551,6 +560,37 @@ pub trait Host: Send + Sync {
     fn euid(&self) -> u32 {
         rustix::process::geteuid().as_raw()
     }
+}
+
+/// `KVM_GET_API_VERSION` (`_IO(KVMIO, 0x00)`, KVMIO 0xAE; linux/kvm.h) on
+/// the device at `path`, opened read-write as QEMU opens it.
+fn kvm_api_version_at(path: &Path) -> io::Result<i32> {
+    use rustix::ioctl::{ioctl, opcode, Ioctl, IoctlOutput, Opcode};
+
+    struct GetApiVersion;
+    // SAFETY: the ioctl takes no argument (a null pointer is passed and never
+    // read) and writes no user memory; its result is the return value.
+    unsafe impl Ioctl for GetApiVersion {
+        type Output = IoctlOutput;
+        const IS_MUTATING: bool = false;
+        fn opcode(&self) -> Opcode {
+            opcode::none(0xAE, 0x00)
+        }
+        fn as_ptr(&mut self) -> *mut core::ffi::c_void {
+            core::ptr::null_mut()
+        }
+        unsafe fn output_from_ptr(
+            out: IoctlOutput,
+            _: *mut core::ffi::c_void,
+        ) -> rustix::io::Result<IoctlOutput> {
+            Ok(out)
+        }
+    }
+
+    let dev = fs::OpenOptions::new().read(true).write(true).open(path)?;
+    // SAFETY: `dev` is an open file and GetApiVersion matches the kernel's
+    // definition of the request (no argument, result in the return value).
+    Ok(unsafe { ioctl(&dev, GetApiVersion) }?)
 }
 
 /// Join a target path under a root, refusing `..` so nothing escapes it.
@@ -1071,6 +1111,11 @@ impl<H: Host> Host for DryRunHost<H> {
         self.inner.free_bytes(target)
     }
 
+    /// A query: opening the device and asking changes nothing.
+    fn kvm_api_version(&self, target: &str) -> Result<i32> {
+        self.inner.kvm_api_version(target)
+    }
+
     fn boot_id(&self) -> Option<String> {
         self.inner.boot_id()
     }
@@ -1167,6 +1212,21 @@ mod tests {
         let err = host.run(&CommandSpec::new("reboot")).unwrap_err();
         assert_eq!(err.to_string(), "scripted host: no response for reboot");
         assert_eq!(host.commands(), vec!["true", "reboot"]);
+    }
+
+    #[test]
+    fn kvm_api_version_asks_the_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = RealHost::new(dir.path());
+        let missing = host.kvm_api_version("/dev/kvm").unwrap_err();
+        assert!(format!("{missing:#}").starts_with("KVM_GET_API_VERSION on /dev/kvm failed: "));
+        // A regular file is not a KVM device: the kernel refuses the request.
+        host.write_atomic("/dev/kvm", b"", 0o600).unwrap();
+        let err = host.kvm_api_version("/dev/kvm").unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "KVM_GET_API_VERSION on /dev/kvm failed: Inappropriate ioctl for device (os error 25)"
+        );
     }
 
     #[test]

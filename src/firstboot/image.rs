@@ -137,7 +137,7 @@ pub fn apply(host: &dyn Host, stage: Stage, fetch_cfg: &FetchConfig) -> Result<A
     // running and has nothing to commit, so the PVM entry becomes the saved
     // default here (the issue: "boot parameters and default entry set there").
     let committed = loader.make_image_default(host, &plan, journal.facts.pvm_entry.as_deref())?;
-    journal.mark(host, StepId::KernelVerify, StepState::Done, &committed);
+    journal.mark(host, StepId::KernelCommit, StepState::Done, &committed);
 
     let steps = journal
         .steps

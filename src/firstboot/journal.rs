@@ -134,6 +134,14 @@ pub struct Facts {
         skip_serializing_if = "Option::is_none"
     )]
     pub already_running: Option<String>,
+    /// The `panic=` the trial boot was armed with and whose it is, e.g.
+    /// `panic=10 in force (the operator's, from the running command line)`.
+    #[serde(
+        rename = "kernel.trial-panic",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub trial_panic: Option<String>,
     /// The BLS entry's options before the helper changed them.
     #[serde(
         rename = "kernel.bls-options-before",

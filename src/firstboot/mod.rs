@@ -56,10 +56,14 @@ pub enum StepId {
     KernelBoot,
     /// The one planned reboot.
     Reboot,
-    /// After the reboot: running KVER with the parameters → commit, else roll back.
+    /// After the reboot: running KVER with the parameters, else roll back.
     KernelVerify,
-    /// modprobe kvm_pvm, verified by lsmod and /dev/kvm; autoload persisted.
+    /// modprobe kvm_pvm, verified by /proc/modules and a /dev/kvm that answers
+    /// KVM_GET_API_VERSION; autoload persisted. Still in the trial boot: a
+    /// failure (or a crash) rolls back.
     KvmLoad,
+    /// Only now: the PVM entry becomes the default.
+    KernelCommit,
     /// /data/cubelet on XFS.
     DataDisk,
     /// The one-click installer from the verified bundle.
@@ -73,7 +77,7 @@ pub enum StepId {
 }
 
 impl StepId {
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Preflight,
         Self::Fetch,
         Self::CubePrereqs,
@@ -82,6 +86,7 @@ impl StepId {
         Self::Reboot,
         Self::KernelVerify,
         Self::KvmLoad,
+        Self::KernelCommit,
         Self::DataDisk,
         Self::CubeInstall,
         Self::CubeVerify,
@@ -99,6 +104,7 @@ impl StepId {
             Self::Reboot => "reboot",
             Self::KernelVerify => "kernel-verify",
             Self::KvmLoad => "kvm-load",
+            Self::KernelCommit => "kernel-commit",
             Self::DataDisk => "data-disk",
             Self::CubeInstall => "cube-install",
             Self::CubeVerify => "cube-verify",

@@ -114,6 +114,7 @@ impl Steps {
         table.insert(StepId::Reboot, Arc::new(reboot));
         table.insert(StepId::KernelVerify, Arc::new(kernel::verify));
         table.insert(StepId::KvmLoad, Arc::new(kernel::load_kvm));
+        table.insert(StepId::KernelCommit, Arc::new(kernel::commit));
         table.insert(StepId::DataDisk, Arc::new(cube::data_disk));
         table.insert(StepId::CubeInstall, Arc::new(cube::install));
         table.insert(StepId::CubeVerify, Arc::new(cube::verify));

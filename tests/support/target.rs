@@ -291,12 +291,15 @@ pub fn stand_in_steps(opts: &RunOptions) -> Steps {
             if ctx.journal.facts.old_kernel.as_deref() != Some("6.1.0-26-amd64") {
                 bail!("the fact recorded before the reboot is gone");
             }
-            marker(ctx, "/boot/grub/grubenv", "saved_entry=pvm\n")?;
             Ok(Outcome::Done("running the PVM kernel".into()))
         })
         .with(StepId::KvmLoad, |ctx| {
             marker(ctx, "/etc/modules-load.d/kvm-pvm.conf", "kvm_pvm\n")?;
             Ok(Outcome::Done("kvm_pvm loaded".into()))
+        })
+        .with(StepId::KernelCommit, |ctx| {
+            marker(ctx, "/boot/grub/grubenv", "saved_entry=pvm\n")?;
+            Ok(Outcome::Done("committed the PVM entry".into()))
         })
         .with(StepId::DataDisk, |ctx| {
             marker(ctx, "/var/lib/test/data-disk", "xfs\n")?;

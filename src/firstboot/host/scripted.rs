@@ -28,6 +28,7 @@ pub struct ScriptedHost {
     said: Mutex<Vec<String>>,
     free_bytes: Mutex<Option<u64>>,
     secrets: Secrets,
+    kvm_api: Mutex<Option<std::result::Result<i32, String>>>,
 }
 
 impl ScriptedHost {
@@ -42,6 +43,7 @@ impl ScriptedHost {
             said: Mutex::new(Vec::new()),
             free_bytes: Mutex::new(None),
             secrets: Secrets::new(),
+            kvm_api: Mutex::new(None),
         }
     }
 
@@ -71,6 +73,12 @@ impl ScriptedHost {
     /// ask the real filesystem under the root).
     pub fn set_free_bytes(&self, n: Option<u64>) {
         *lock(&self.free_bytes) = n;
+    }
+
+    /// What `KVM_GET_API_VERSION` answers from now on. Unset: 12 when the
+    /// device file exists under the root (a working KVM), else an error.
+    pub fn set_kvm_api_version(&self, answer: std::result::Result<i32, String>) {
+        *lock(&self.kvm_api) = Some(answer);
     }
 
     pub fn set_env(&self, k: &str, v: &str) {
@@ -163,6 +171,17 @@ impl Host for ScriptedHost {
             Some(n) => Ok(n),
             None => super::statvfs_free(&self.path(target))
                 .with_context(|| format!("reading free space of {target}")),
+        }
+    }
+
+    fn kvm_api_version(&self, target: &str) -> Result<i32> {
+        match lock(&self.kvm_api).clone() {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => bail!("KVM_GET_API_VERSION on {target} failed: {e}"),
+            None if self.exists(target) => Ok(12),
+            None => bail!(
+                "KVM_GET_API_VERSION on {target} failed: cannot open it: No such file or directory"
+            ),
         }
     }
 

@@ -1,12 +1,19 @@
-//! Loading kvm_pvm, verified by state (/proc/modules and /dev/kvm), never by
-//! modprobe's exit code: with kvm_intel loaded first, `modprobe kvm_pvm`
-//! returns 0 without loading anything (cube-sandbox-facts.md §11).
+//! Loading kvm_pvm, verified by state (/proc/modules, and a /dev/kvm that
+//! answers `KVM_GET_API_VERSION`), never by modprobe's exit code: with
+//! kvm_intel loaded first, `modprobe kvm_pvm` returns 0 without loading
+//! anything (cube-sandbox-facts.md §11).
+//!
+//! This runs inside the trial boot, before the commit: upstream has a report
+//! of `modprobe kvm_pvm` crashing a RHEL 9.5 VM (CubeSandbox #439). A crash
+//! here reboots (`panic=N`) into the old default, and a failure rolls back.
 
 use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{loaded_modules, on_target, Ctx, DEV_KVM};
+use super::{
+    in_trial, loaded_modules, not_on_trial_kernel, on_target, roll_back_trial, Ctx, DEV_KVM,
+};
 use crate::firstboot::host::Host;
 use crate::firstboot::journal::KvmInUse;
 use crate::firstboot::{Outcome, StepFailure};
@@ -20,26 +27,51 @@ const VENDORS: [&str; 2] = ["kvm_intel", "kvm_amd"];
 /// udev creates /dev/kvm shortly after the module loads.
 const DEV_WAIT: Duration = Duration::from_secs(10);
 const DEV_POLL: Duration = Duration::from_millis(500);
+/// What `KVM_GET_API_VERSION` answers on every KVM since Linux 2.6.22
+/// (linux/kvm.h `KVM_API_VERSION`); anything else is no usable KVM.
+const KVM_API_VERSION: i32 = 12;
+const HINT: &str = "check `dmesg | grep -i kvm` (e.g. \"kvm: already loaded vendor module\"); \
+     confirm `uname -r` is the PVM host kernel (CubeSandbox #439)";
 
-/// modprobe kvm_pvm, verified; blacklist pre-empting vendor modules; persist.
+/// modprobe kvm_pvm and prove /dev/kvm; during the trial boot a failure (or
+/// finding the machine back on the old kernel after a crash) rolls back.
 pub fn load_kvm(ctx: &mut Ctx) -> Result<Outcome> {
     if ctx.journal.facts.kvm_mode == Some(KvmInUse::Native) {
         return Ok(Outcome::Skipped(
             "native KVM in use; kvm_pvm is not needed".into(),
         ));
     }
+    if !in_trial(ctx) {
+        return load(ctx);
+    }
+    if let Some(why) = not_on_trial_kernel(ctx)? {
+        return Err(roll_back_trial(ctx, &why, HINT));
+    }
+    load(ctx).map_err(|e| {
+        let why = format!("{e:#}");
+        roll_back_trial(ctx, &why, HINT)
+    })
+}
+
+/// modprobe kvm_pvm, verified; blacklist pre-empting vendor modules; persist.
+fn load(ctx: &mut Ctx) -> Result<Outcome> {
     let host = ctx.host;
     if pvm_ready(host)? {
+        prove(host)?;
         persist(host)?;
         return Ok(Outcome::Skipped(format!(
-            "{MODULE} already loaded and {DEV_KVM} present; autoload in {MODULES_LOAD}"
+            "{MODULE} already loaded and {DEV_KVM} answers API version {KVM_API_VERSION}; \
+             autoload in {MODULES_LOAD}"
         )));
     }
 
     let first = modprobe(host)?;
     if wait_ready(host)? {
+        prove(host)?;
         persist(host)?;
-        return Ok(Outcome::Done(format!("{MODULE} loaded; {DEV_KVM} present")));
+        return Ok(Outcome::Done(format!(
+            "{MODULE} loaded; {DEV_KVM} answers API version {KVM_API_VERSION}"
+        )));
     }
     if host.is_dry_run() {
         persist(host)?;
@@ -75,9 +107,11 @@ pub fn load_kvm(ctx: &mut Ctx) -> Result<Outcome> {
     }
     let second = modprobe(host)?;
     if wait_ready(host)? {
+        prove(host)?;
         persist(host)?;
         return Ok(Outcome::Done(format!(
-            "{MODULE} loaded after blacklisting {} in {BLACKLIST}; {DEV_KVM} present",
+            "{MODULE} loaded after blacklisting {} in {BLACKLIST}; {DEV_KVM} answers API \
+             version {KVM_API_VERSION}",
             vendors.join(", ")
         )));
     }
@@ -125,6 +159,23 @@ fn wait_ready(host: &dyn Host) -> Result<bool> {
     }
 }
 
+/// /dev/kvm works: it opens and `KVM_GET_API_VERSION` answers 12. A device
+/// node alone is not proof (a module that failed half-way can leave one).
+fn prove(host: &dyn Host) -> Result<()> {
+    match host.kvm_api_version(DEV_KVM) {
+        Ok(KVM_API_VERSION) => Ok(()),
+        Ok(other) => Err(StepFailure::new(format!(
+            "{MODULE} is loaded but KVM_GET_API_VERSION on {DEV_KVM} answered {other}, not \
+             {KVM_API_VERSION}"
+        ))
+        .hint(HINT)
+        .into()),
+        Err(e) => Err(StepFailure::new(format!("{MODULE} is loaded but {e:#}"))
+            .hint(HINT)
+            .into()),
+    }
+}
+
 fn persist(host: &dyn Host) -> Result<()> {
     let want = format!("{MODULE}\n");
     if host.read_optional(MODULES_LOAD)?.as_deref() != Some(want.as_str()) {
@@ -138,8 +189,5 @@ fn not_loaded(modprobe: &str, extra: &str) -> StepFailure {
         "{MODULE} is not loaded{extra}: /proc/modules has no {MODULE} or {DEV_KVM} is missing \
          ({modprobe})"
     ))
-    .hint(
-        "check `dmesg | grep -i kvm` (e.g. \"kvm: already loaded vendor module\"); \
-         confirm `uname -r` is the PVM host kernel (CubeSandbox #439)",
-    )
+    .hint(HINT)
 }

@@ -158,7 +158,7 @@ pub fn boot(ctx: &mut Ctx) -> Result<Outcome> {
     if let Some(why) = skip_reason(ctx) {
         return Ok(Outcome::Skipped(why));
     }
-    let params = required_params(ctx.plan);
+    let (params, panic) = trial_params(ctx)?;
     let warnings = cmdline::warnings(&params);
     for w in &warnings {
         ctx.say(&format!("warning: {w}"));
@@ -166,17 +166,23 @@ pub fn boot(ctx: &mut Ctx) -> Result<Outcome> {
     }
     record_old_kernel(ctx)?;
     let armed = bootloader(ctx.plan.target.bootloader.kind).arm_trial_boot(ctx, &params)?;
-    // The warnings also go into the step detail, which the status shows.
+    // The panic value and the warnings go into the step detail, which the
+    // status shows.
     Ok(match armed {
-        Outcome::RebootRequested(d) if !warnings.is_empty() => {
-            Outcome::RebootRequested(format!("{d}; warning: {}", warnings.join("; ")))
+        Outcome::RebootRequested(d) => {
+            let mut d = format!("{d}; {panic}");
+            if !warnings.is_empty() {
+                d = format!("{d}; warning: {}", warnings.join("; "));
+            }
+            Outcome::RebootRequested(d)
         }
         other => other,
     })
 }
 
-/// After the reboot: commit the PVM entry as the default, or roll back to the
-/// old kernel and fail without rebooting again.
+/// After the reboot: the PVM kernel runs with its parameters, or roll back to
+/// the old kernel and fail without rebooting again. Nothing is committed yet:
+/// kvm-load proves /dev/kvm first, still inside the trial boot.
 pub fn verify(ctx: &mut Ctx) -> Result<Outcome> {
     if let Some(why) = skip_reason(ctx) {
         return Ok(Outcome::Skipped(why));
@@ -185,9 +191,69 @@ pub fn verify(ctx: &mut Ctx) -> Result<Outcome> {
         return Ok(Outcome::Skipped("no trial boot was armed".into()));
     }
     let kver = ctx.plan.kernel.kver.clone();
-    let params = required_params(ctx.plan);
+    let (params, panic) = trial_params(ctx)?;
     let running = running_kernel(ctx.host)?.unwrap_or_else(|| "an unknown kernel".into());
     let missing = cmdline::missing(&proc_cmdline(ctx.host)?, &params);
+    if running == kver && missing.is_empty() {
+        return Ok(Outcome::Done(format!(
+            "running {kver} with its boot parameters ({panic}); the old default stays until \
+             kvm_pvm is proven"
+        )));
+    }
+    let why = if running != kver {
+        format!("the trial boot came back on {running}, not {kver}")
+    } else {
+        format!("{kver} is running without {}", missing.join(" "))
+    };
+    Err(roll_back_trial(ctx, &why, CONSOLE_HINT))
+}
+
+/// Last step of the trial boot: the PVM entry becomes the default, now that
+/// the kernel runs with its parameters and /dev/kvm answers.
+pub fn commit(ctx: &mut Ctx) -> Result<Outcome> {
+    if let Some(why) = skip_reason(ctx) {
+        return Ok(Outcome::Skipped(why));
+    }
+    if ctx.journal.state(StepId::KernelBoot) == Some(StepState::Skipped) {
+        return Ok(Outcome::Skipped("no trial boot was armed".into()));
+    }
+    let kver = ctx.plan.kernel.kver.clone();
+    if let Some(why) = not_on_trial_kernel(ctx)? {
+        return Err(roll_back_trial(ctx, &why, CONSOLE_HINT));
+    }
+    let how = bootloader(ctx.plan.target.bootloader.kind).commit(ctx)?;
+    Ok(Outcome::Done(format!(
+        "{how}: {kver} booted with its parameters and kvm_pvm answered on /dev/kvm"
+    )))
+}
+
+/// Whether this run is inside an armed trial boot that is not committed yet:
+/// a failure now must put the old default back.
+fn in_trial(ctx: &Ctx) -> bool {
+    skip_reason(ctx).is_none()
+        && matches!(
+            ctx.journal.state(StepId::KernelBoot),
+            Some(StepState::RebootRequested | StepState::Done)
+        )
+        && ctx.journal.state(StepId::KernelCommit) != Some(StepState::Done)
+}
+
+/// Why the running kernel is not the trial boot's, if it is not: the machine
+/// restarted in the middle (a crash, `panic=N`) and GRUB chose the old default.
+fn not_on_trial_kernel(ctx: &Ctx) -> Result<Option<String>> {
+    let kver = &ctx.plan.kernel.kver;
+    let running = running_kernel(ctx.host)?.unwrap_or_else(|| "an unknown kernel".into());
+    Ok((running != *kver).then(|| {
+        format!(
+            "the machine restarted during the trial boot and came back on {running}, not {kver} \
+             (a crash after the kernel came up, e.g. while loading kvm_pvm)"
+        )
+    }))
+}
+
+/// Put the old default back after a failed trial boot; the error ends the
+/// run as `failed: rolled back to <old>` without another reboot.
+fn roll_back_trial(ctx: &mut Ctx, why: &str, hint: &str) -> anyhow::Error {
     let old = ctx
         .journal
         .facts
@@ -195,19 +261,6 @@ pub fn verify(ctx: &mut Ctx) -> Result<Outcome> {
         .as_deref()
         .unwrap_or("the previous kernel")
         .to_string();
-
-    if running == kver && missing.is_empty() {
-        let how = bootloader(ctx.plan.target.bootloader.kind).commit(ctx)?;
-        return Ok(Outcome::Done(format!(
-            "running {kver} with its boot parameters; {how}"
-        )));
-    }
-
-    let why = if running != kver {
-        format!("the trial boot came back on {running}, not {kver}")
-    } else {
-        format!("{kver} is running without {}", missing.join(" "))
-    };
     ctx.say(&format!("{why}; rolling back to {old}"));
     let rolled = bootloader(ctx.plan.target.bootloader.kind).roll_back(ctx);
     let (ending, message) = match rolled {
@@ -220,10 +273,7 @@ pub fn verify(ctx: &mut Ctx) -> Result<Outcome> {
             format!("{why}; rolling back to {old} failed: {e:#}"),
         ),
     };
-    Err(StepFailure::new(message)
-        .ends_as(ending)
-        .hint(CONSOLE_HINT)
-        .into())
+    StepFailure::new(message).ends_as(ending).hint(hint).into()
 }
 
 /// Why the boot/verify steps have nothing to do, if they have not.
@@ -247,6 +297,35 @@ pub fn required_params(plan: &Plan) -> Vec<String> {
         params.push(format!("panic={}", plan.kernel.panic_seconds));
     }
     params
+}
+
+/// The parameters the trial boot is armed with, and which `panic=` is in
+/// force (for the status): the plan's own `panic=`, else the operator's
+/// `panic=N` (N > 0) from the running command line, else the plan's default.
+/// Decided once, at kernel-boot, and recorded, so later steps check what was
+/// armed.
+fn trial_params(ctx: &mut Ctx) -> Result<(Vec<String>, String)> {
+    let mut params = ctx.plan.kernel.boot_params.clone();
+    if let Some(p) = params.iter().find(|p| cmdline::key(p) == "panic") {
+        return Ok((params.clone(), format!("{p} in force (the plan's)")));
+    }
+    let note = match &ctx.journal.facts.trial_panic {
+        Some(n) => n.clone(),
+        None => {
+            let (panic, operators) =
+                cmdline::trial_panic(&proc_cmdline(ctx.host)?, ctx.plan.kernel.panic_seconds);
+            let note = if operators {
+                format!("{panic} in force (the operator's, from the running command line)")
+            } else {
+                format!("{panic} in force (cubeboot's default)")
+            };
+            ctx.journal.facts.trial_panic = Some(note.clone());
+            note
+        }
+    };
+    // The note starts with the parameter itself.
+    params.push(note.split(' ').next().unwrap_or_default().to_string());
+    Ok((params, note))
 }
 
 fn running_kernel(host: &dyn Host) -> Result<Option<String>> {
