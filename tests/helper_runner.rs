@@ -42,7 +42,7 @@ fn uninterrupted_run_reboots_once_and_finishes() {
 
     let status = read_json(&t.host, STATUS_PATH);
     assert_eq!(status["state"], "done");
-    assert_eq!(status["progress"]["done"], 14);
+    assert_eq!(status["progress"]["done"], StepId::ALL.len());
     assert_eq!(status["checks"]["cube-api-health"]["ok"], true);
     assert_eq!(status["hostname"], "node-1");
     let message = status["message"].as_str().unwrap();

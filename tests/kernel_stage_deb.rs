@@ -902,3 +902,80 @@ fn operators_panic_value_is_kept_for_the_trial_boot() {
     let env = grubcfg::parse_grubenv(&read(root, "/boot/grub/grubenv"));
     assert_eq!(env["saved_entry"], PVM_ID);
 }
+
+/// A journal the previous step list wrote (version 2, no kernel-commit step):
+/// there kernel-verify itself made the PVM entry the default. A helper with
+/// kernel-commit resuming that journal (the helper was replaced mid-run, e.g.
+/// killed during kvm-load) knows the commit happened: it does not commit a
+/// second time and does not treat the committed kernel as a trial.
+#[test]
+fn a_journal_from_before_kernel_commit_resumes_as_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "debian-12", &plan);
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    let digest = seed_journal(&host, &plan);
+    runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    assert_eq!(grub_boot(root, false), KVER);
+    // The previous helper verified and committed in kernel-verify, then was
+    // killed in kvm-load: what it left is this journal and this grubenv.
+    let (set_default, _) = grub_commands(&host);
+    host.run(
+        &cubeboot::firstboot::host::CommandSpec::new("grub-set-default")
+            .arg(format!("--boot-directory={}/boot", root.display()))
+            .arg(PVM_ID),
+    )
+    .unwrap();
+    let path = root.join(cubeboot::firstboot::JOURNAL_PATH.trim_start_matches('/'));
+    let mut old: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    old["version"] = serde_json::json!(2);
+    old["steps"]["kernel-verify"] = serde_json::json!({
+        "state": "done",
+        "detail": format!("running {KVER} with its boot parameters; committed {PVM_ID}"),
+        "at": 1_800_000_100u64,
+    });
+    old["steps"]["kvm-load"] = serde_json::json!({
+        "state": "started", "detail": "", "at": 1_800_000_101u64, "boots": ["boot-2"],
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&old).unwrap()).unwrap();
+    let (committed_by_old, _) = grub_commands(&host);
+    assert_eq!(committed_by_old, set_default + 1);
+
+    let end = runner::run(
+        &host,
+        &plan,
+        &digest,
+        Scope::StopAfter(StepId::KernelCommit),
+    )
+    .unwrap();
+    assert_eq!(end, RunEnd::Stopped(StepId::KernelCommit));
+    let j = journal(&host, &digest);
+    assert_eq!(j.state(StepId::KvmLoad), Some(StepState::Done));
+    assert_eq!(j.state(StepId::KernelCommit), Some(StepState::Done));
+    assert!(
+        j.steps[&StepId::KernelCommit]
+            .detail
+            .contains("committed by kernel-verify"),
+        "{:?}",
+        j.steps[&StepId::KernelCommit]
+    );
+    // Not committed again.
+    assert_eq!(
+        grub_commands(&host).0,
+        committed_by_old,
+        "{:#?}",
+        host.commands()
+    );
+    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub/grubenv"));
+    assert_eq!(env["saved_entry"], PVM_ID);
+}
+
+/// How many grub-set-default and grub-reboot commands ran so far.
+fn grub_commands(host: &ScriptedHost) -> (usize, usize) {
+    let cmds = host.commands();
+    let count = |p: &str| cmds.iter().filter(|c| c.starts_with(p)).count();
+    (count("grub-set-default"), count("grub-reboot"))
+}

@@ -15,8 +15,10 @@ use super::run_state::RunState;
 use super::{StepId, JOURNAL_PATH};
 
 /// Version 2 records the boots a step was started in (the crash-loop guard)
-/// and keeps the facts as named fields; version 1 journals are migrated.
-pub const JOURNAL_VERSION: u32 = 2;
+/// and keeps the facts as named fields. Version 3 has the kernel-commit step:
+/// before it, kernel-verify committed the PVM entry itself. Older journals
+/// are migrated.
+pub const JOURNAL_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -303,7 +305,11 @@ impl Journal {
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0);
         match found {
-            1 => migrate_v1(&mut value),
+            1 => {
+                migrate_v1(&mut value);
+                migrate_v2(&mut value);
+            }
+            2 => migrate_v2(&mut value),
             v if v == u64::from(JOURNAL_VERSION) => {}
             _ => {
                 return Err(JournalError::Version {
@@ -450,6 +456,44 @@ fn migrate_v1(value: &mut serde_json::Value) {
             reboot.insert("boots".into(), serde_json::json!([boot]));
         }
     }
+    value["version"] = serde_json::json!(2);
+}
+
+/// Versions 1 and 2 had no kernel-commit step: a kernel-verify that finished
+/// had already made the PVM entry the default (or had nothing to commit). The
+/// commit is recorded as kernel-verify left it, so a resumed run neither
+/// commits twice nor treats the committed kernel as still on trial.
+fn migrate_v2(value: &mut serde_json::Value) {
+    if let Some(steps) = value
+        .get_mut("steps")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        let verified = steps
+            .get(StepId::KernelVerify.name())
+            .and_then(|r| serde_json::from_value::<StepRecord>(r.clone()).ok())
+            .filter(|r| matches!(r.state, StepState::Done | StepState::Skipped));
+        if let Some(r) = verified {
+            let detail = if r.state == StepState::Done {
+                format!(
+                    "committed by kernel-verify (the journal predates the kernel-commit \
+                     step): {}",
+                    r.detail
+                )
+            } else {
+                r.detail
+            };
+            let commit = StepRecord {
+                detail,
+                boots: Vec::new(),
+                ..r
+            };
+            if let Ok(commit) = serde_json::to_value(commit) {
+                steps
+                    .entry(StepId::KernelCommit.name().to_string())
+                    .or_insert(commit);
+            }
+        }
+    }
     value["version"] = serde_json::json!(JOURNAL_VERSION);
 }
 
@@ -495,7 +539,7 @@ mod tests {
     #[test]
     fn a_version_1_journal_is_migrated_with_every_fact() {
         let j = Journal::parse(V1).unwrap();
-        assert_eq!(j.version, 2);
+        assert_eq!(j.version, JOURNAL_VERSION);
         assert_eq!(j.reboot_requested_in(StepId::Reboot), Some("boot-1"));
         assert_eq!(j.reboot_requested_in(StepId::KernelBoot), None);
         let f = &j.facts;
@@ -521,12 +565,59 @@ mod tests {
         assert_eq!(Journal::parse(&text).unwrap(), j);
     }
 
+    /// A version 2 journal (the step list before kernel-commit) whose
+    /// kernel-verify finished: that step had committed the PVM entry.
+    #[test]
+    fn a_version_2_journal_keeps_the_commit_kernel_verify_made() {
+        let v2 = |verify: &str| {
+            format!(
+                r#"{{"version": 2, "plan_sha256": "abc", "reboots": 1, "facts": {{}},
+                "steps": {{
+                  "kernel-boot": {{"state": "reboot-requested", "detail": "armed", "at": 11}},
+                  "reboot": {{"state": "done", "detail": "rebooted", "at": 12}}{verify}
+                }}}}"#
+            )
+        };
+        let j = Journal::parse(&v2(r#", "kernel-verify": {"state": "done",
+            "detail": "running 6.6.69-pvm with its boot parameters; committed x", "at": 13},
+            "kvm-load": {"state": "started", "detail": "", "at": 14, "boots": ["b2"]}"#))
+        .unwrap();
+        assert_eq!(j.version, JOURNAL_VERSION);
+        let commit = &j.steps[&StepId::KernelCommit];
+        assert_eq!(commit.state, StepState::Done);
+        assert_eq!(commit.at, 13);
+        assert_eq!(
+            commit.detail,
+            "committed by kernel-verify (the journal predates the kernel-commit step): \
+             running 6.6.69-pvm with its boot parameters; committed x"
+        );
+        assert_eq!(j.state(StepId::KvmLoad), Some(StepState::Started));
+
+        // Mid-trial (not verified yet): nothing was committed; the new step
+        // list runs kernel-verify, kvm-load and kernel-commit as usual.
+        let j = Journal::parse(&v2("")).unwrap();
+        assert_eq!(j.state(StepId::KernelCommit), None);
+        // Skipped (nothing to commit) stays skipped, with its reason.
+        let j = Journal::parse(&v2(
+            r#", "kernel-verify": {"state": "skipped", "detail": "native KVM in use", "at": 13}"#,
+        ))
+        .unwrap();
+        assert_eq!(j.state(StepId::KernelCommit), Some(StepState::Skipped));
+        assert_eq!(j.steps[&StepId::KernelCommit].detail, "native KVM in use");
+        // Rolled back: no commit; a --retry runs the new steps.
+        let j = Journal::parse(&v2(
+            r#", "kernel-verify": {"state": "failed", "detail": "rolled back", "at": 13}"#,
+        ))
+        .unwrap();
+        assert_eq!(j.state(StepId::KernelCommit), None);
+    }
+
     #[test]
     fn unknown_versions_and_damaged_text_are_typed_errors() {
-        let newer = V1.replace("\"version\": 1", "\"version\": 3");
+        let newer = V1.replace("\"version\": 1", "\"version\": 4");
         assert!(matches!(
             Journal::parse(&newer),
-            Err(JournalError::Version { found: 3 })
+            Err(JournalError::Version { found: 4 })
         ));
         assert!(matches!(
             Journal::parse("{\"version\": 2,"),
@@ -537,7 +628,7 @@ mod tests {
             Journal::parse(&unknown_fact),
             Err(JournalError::Parse(_))
         ));
-        assert!(JournalError::Version { found: 3 }.is_unusable());
+        assert!(JournalError::Version { found: 4 }.is_unusable());
     }
 
     #[test]
