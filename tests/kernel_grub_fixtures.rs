@@ -21,6 +21,14 @@ const SCENARIOS: [&str; 5] = [
     "separate-boot",
 ];
 
+/// Layouts with an operator's own /etc/grub.d/40_custom (grub-mkconfig
+/// copies it verbatim after 10_linux's entries): what the entry choice must
+/// refuse rather than guess.
+const CUSTOM_SCENARIOS: [&str; 4] = ["custom-copy", "two-roots", "idless-submenu", "mislabeled"];
+
+/// Root filesystem UUID of the second disk in the two-roots scenario.
+const SECOND_ROOT_UUID: &str = "5b0e7d21-8c4a-4f3e-b1d2-6a7f9c0e3d44";
+
 fn grub_dir() -> std::path::PathBuf {
     repo().join("tests/fixtures/kernel/grub")
 }
@@ -60,7 +68,7 @@ fn committed_grub_cfgs_are_what_grub_mkconfig_generates() {
         .output()
         .unwrap();
     assert!(run.status.success(), "make-grub.sh: {run:?}");
-    for s in SCENARIOS {
+    for s in SCENARIOS.into_iter().chain(CUSTOM_SCENARIOS) {
         let fresh = fs::read_to_string(out.path().join(s).join("grub.cfg")).unwrap();
         assert_eq!(
             fresh,
@@ -126,6 +134,107 @@ fn pvm_entry_found_by_id_in_every_layout() {
             "no menuentry with id gnulinux-{KVER}-advanced-<uuid> (entries: \
              gnulinux-6.1.0-28-amd64-advanced-{ROOT_UUID}, \
              gnulinux-6.1.0-26-amd64-advanced-{ROOT_UUID})"
+        )
+    );
+}
+
+/// A copy of the PVM entry in 40_custom (same id), or the same kernel on a
+/// second root filesystem (another UUID): two entries match the kernel, and
+/// the choice is refused instead of taking the first.
+#[test]
+fn two_entries_for_the_kernel_are_refused_not_first_wins() {
+    let sub = format!("gnulinux-advanced-{ROOT_UUID}");
+    let pvm = format!("gnulinux-{KVER}-advanced-{ROOT_UUID}");
+    let err = find_kernel_entry(&cfg("custom-copy"), KVER).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "2 menu entries have the id of kernel {KVER}; refusing to guess which one to boot \
+             (two root filesystems, or a copied entry in /etc/grub.d/40_custom?): \
+             'Debian GNU/Linux, with Linux {KVER}' ({sub}>{pvm}, linux /boot/vmlinuz-{KVER}); \
+             'Debian GNU/Linux, with Linux {KVER} (mitigations=off)' ({pvm}, linux \
+             /boot/vmlinuz-{KVER})"
+        )
+    );
+
+    // The second disk's entry is written in forms 10_linux does not use
+    // (--class=x, ${menuentry_id_option}, `{` on its own line after a line
+    // continuation); it is still read, so the ambiguity is seen.
+    let other = format!("gnulinux-{KVER}-advanced-{SECOND_ROOT_UUID}");
+    let all = entries(&cfg("two-roots"));
+    let second = all
+        .iter()
+        .find(|e| e.id.as_deref() == Some(other.as_str()))
+        .unwrap_or_else(|| panic!("no entry {other} in {all:#?}"));
+    assert_eq!(second.title, format!("Debian on vdb1, Linux {KVER}"));
+    assert_eq!(second.id_path().as_deref(), Some(other.as_str()));
+    assert_eq!(
+        second.kernel.as_deref(),
+        Some(format!("/boot/vmlinuz-{KVER}").as_str())
+    );
+    assert_eq!(
+        second.args,
+        [
+            format!("root=UUID={SECOND_ROOT_UUID}"),
+            "ro".into(),
+            "quiet".into()
+        ]
+    );
+    let err = find_kernel_entry(&cfg("two-roots"), KVER).unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "2 menu entries have the id of kernel {KVER}; refusing to guess"
+        )),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&other), "{err}");
+
+    // The distro kernels of the same files are unique and still found.
+    for s in CUSTOM_SCENARIOS {
+        let old =
+            find_kernel_entry(&cfg(s), "6.1.0-28-amd64").unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(
+            old.id_path().unwrap(),
+            format!("{sub}>gnulinux-6.1.0-28-amd64-advanced-{ROOT_UUID}"),
+            "{s}"
+        );
+    }
+}
+
+/// The only entry with the kernel's id sits in a submenu without an id: GRUB
+/// cannot be pointed at it, and no `>…` path is made up for it.
+#[test]
+fn an_entry_in_a_submenu_without_an_id_has_no_path() {
+    let pvm = format!("gnulinux-{KVER}-advanced-{ROOT_UUID}");
+    let all = entries(&cfg("idless-submenu"));
+    let hidden = all
+        .iter()
+        .find(|e| e.id.as_deref() == Some(pvm.as_str()))
+        .unwrap_or_else(|| panic!("no entry {pvm} in {all:#?}"));
+    assert_eq!(hidden.title, "PVM test kernel");
+    assert_eq!(hidden.id_path(), None);
+    assert!(all
+        .iter()
+        .filter_map(|e| e.id_path())
+        .all(|p| !p.starts_with('>') && !p.contains(">>")));
+    let err = find_kernel_entry(&cfg("idless-submenu"), KVER).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the menuentry {pvm} is inside a submenu without an id, so GRUB cannot be pointed at it"
+        )
+    );
+}
+
+/// An entry carrying the kernel's id whose `linux` line boots another kernel.
+#[test]
+fn the_chosen_entry_must_boot_vmlinuz_kver() {
+    let err = find_kernel_entry(&cfg("mislabeled"), KVER).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the menuentry gnulinux-{KVER}-advanced-{ROOT_UUID} boots \
+             /boot/vmlinuz-6.1.0-28-amd64, not vmlinuz-{KVER}"
         )
     );
 }

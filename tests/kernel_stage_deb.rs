@@ -721,6 +721,55 @@ fn a_later_dropin_overriding_ours_refuses_the_reboot_and_keeps_the_old_default()
     assert_eq!(grub_boot(root, false), OLD_DEB_KERNEL);
 }
 
+/// The operator keeps a copy of the distro kernel's entry in
+/// /etc/grub.d/40_custom (same id, other parameters): the fallback entry is
+/// ambiguous, so nothing is pinned by guess, and nothing is installed either
+/// (the package's update-grub would make the PVM kernel entry 0 on Debian 12
+/// with nothing pinned): the machine keeps booting its old kernel.
+#[test]
+fn an_ambiguous_fallback_entry_refuses_the_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = deb_plan();
+    debian_root(root, "debian-12", &plan);
+    let old = OLD_DEB_KERNEL;
+    put(
+        root,
+        "/etc/grub.d/40_custom",
+        format!(
+            "#!/bin/sh\nexec tail -n +3 $0\n\
+             menuentry 'Debian GNU/Linux, with Linux {old} (no mitigations)' --class debian \
+             $menuentry_id_option 'gnulinux-{old}-advanced-{ROOT_UUID}' {{\n\
+             \tsearch --no-floppy --fs-uuid --set=root {ROOT_UUID}\n\
+             \tlinux\t/boot/vmlinuz-{old} root=UUID={ROOT_UUID} ro quiet mitigations=off\n\
+             \tinitrd\t/boot/initrd.img-{old}\n}}\n"
+        ),
+    );
+    update_grub(root).unwrap();
+    let host = ScriptedHost::new(root);
+    debian_responders(&host, root, "");
+    let digest = seed_journal(&host, &plan);
+    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    assert_eq!(end, RunEnd::Failed(Failure::Step(StepId::KernelInstall)));
+    assert_eq!(host.reboots(), 0);
+    let status = read(root, "/run/cubeboot/status.json");
+    assert!(
+        status.contains(&format!(
+            "refusing to install {DEB_PACKAGE} {DEB_VERSION}: cannot pin the fallback kernel \
+             {old}: 2 menu entries have the id of kernel {old}; refusing to guess which one to boot"
+        )),
+        "{status}"
+    );
+    assert!(!exists(root, &format!("/boot/vmlinuz-{KVER}")));
+    assert!(!host.commands().iter().any(|c| c.contains(" -i ")));
+    assert!(!host.commands().iter().any(|c| c.starts_with("grub-reboot")));
+    assert!(!host
+        .commands()
+        .iter()
+        .any(|c| c.starts_with("grub-set-default")));
+    assert_eq!(grub_boot(root, false), old);
+}
+
 /// Upstream has a report of `modprobe kvm_pvm` crashing a RHEL 9.5 VM: the
 /// PVM kernel boots, and loading the module takes the machine down. The crash
 /// is a panic in the scripted modprobe (the helper process dies mid-step,

@@ -26,7 +26,27 @@ impl Bootloader for Grub {
         };
         let old_path = match old_entry_path(ctx, &cfg) {
             Ok(p) => p,
-            Err(e) => return Ok(format!("old default not pinned ({e:#})")),
+            // A grub.cfg that does not list the running kernel yet: the
+            // trial boot regenerates it and looks again before any reboot.
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<grubcfg::EntryError>(),
+                    Some(grubcfg::EntryError::Missing { .. })
+                ) =>
+            {
+                return Ok(format!("old default not pinned ({e:#})"))
+            }
+            // Ambiguous or unusable entries come from the operator's own
+            // files and stay: installing now would let the package's
+            // update-grub make the unverified kernel entry 0 with nothing
+            // pinned, so nothing is installed.
+            Err(e) => {
+                let k = &ctx.plan.kernel;
+                return Err(e.context(format!(
+                    "refusing to install {} {}",
+                    k.package, k.package_version
+                )));
+            }
         };
         write_pin(ctx, &old_path)?;
         ctx.journal.facts.old_default_entry = Some(old_path.clone());
@@ -68,7 +88,7 @@ impl Bootloader for Grub {
         }
         let old_path = match old_entry_path(ctx, &cfg) {
             Err(_) if dry => placeholder(&old_kernel),
-            r => r?,
+            r => r.context("refusing to reboot")?,
         };
         ctx.journal.facts.old_default_entry = Some(old_path.clone());
         let unwritable = grubenv::unwritable(ctx.host, &ctx.plan.target.bootloader)?;
@@ -106,7 +126,7 @@ impl Bootloader for Grub {
         let pvm_path = match grubcfg::find_kernel_entry(&cfg, &kver) {
             Err(_) if dry => placeholder(&kver),
             Err(e) => {
-                return Err(e.context(format!(
+                return Err(anyhow::Error::new(e).context(format!(
                     "refusing to reboot: {} after update-grub",
                     bl.grub_cfg
                 )))
@@ -300,9 +320,8 @@ fn apply(ctx: &Ctx, linux: &str, default: &str, grub_default: Option<&str>) -> R
 /// The old kernel's entry id path, from grub.cfg as it is now.
 fn old_entry_path(ctx: &Ctx, cfg: &str) -> Result<String> {
     let old_kernel = ctx.journal.facts.old_kernel.as_deref().unwrap_or_default();
-    let old = grubcfg::find_kernel_entry(cfg, old_kernel).with_context(|| {
-        format!("refusing to reboot: cannot pin the fallback kernel {old_kernel}")
-    })?;
+    let old = grubcfg::find_kernel_entry(cfg, old_kernel)
+        .with_context(|| format!("cannot pin the fallback kernel {old_kernel}"))?;
     Ok(old.id_path().unwrap_or_default())
 }
 

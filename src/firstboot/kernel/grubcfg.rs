@@ -2,7 +2,7 @@
 //! submenu nesting and `linux` lines, and the grubenv block. Pure: the step
 //! reads the files through the host and hands the text here.
 //!
-//! Entries are chosen by id, never by title or index (prior-art.md §6):
+//! Entries are chosen by id, never by title or index (docs/bootloader.md):
 //! `/etc/grub.d/10_linux` gives each kernel the id
 //! `gnulinux-<kver>-advanced-<root uuid>` inside the submenu
 //! `gnulinux-advanced-<root uuid>`, or at top level with
@@ -11,13 +11,12 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Result};
-
 /// One `menuentry` of a grub.cfg.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MenuEntry {
-    /// Ids of the enclosing submenus, outermost first.
-    pub submenu_ids: Vec<String>,
+    /// Ids of the enclosing submenus, outermost first (`None`: a submenu
+    /// without an id, which GRUB cannot be pointed into by id).
+    pub submenu_ids: Vec<Option<String>>,
     pub id: Option<String>,
     pub title: String,
     /// Kernel path of the `linux` line (e.g. `/boot/vmlinuz-6.1.0-28-amd64`).
@@ -28,15 +27,24 @@ pub struct MenuEntry {
 
 impl MenuEntry {
     /// What `grub-reboot`/`grub-set-default` take: `submenu>entry` by id.
+    /// `None` when the entry or an enclosing submenu has no id.
     pub fn id_path(&self) -> Option<String> {
-        let id = self.id.as_ref()?;
         let mut parts = self.submenu_ids.clone();
-        parts.push(id.clone());
-        Some(parts.join(">"))
+        parts.push(self.id.clone());
+        parts
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .map(|p| p.join(">"))
     }
 }
 
-/// Every menu entry of a grub.cfg, in file order.
+/// Every menu entry of a grub.cfg, in file order. Besides what
+/// `/etc/grub.d/10_linux` writes, the forms hand-written `40_custom` entries
+/// (which grub-mkconfig copies verbatim) use: `--class=x`,
+/// `${menuentry_id_option}`, and the opening `{` on a line of its own after
+/// a line continuation. A bare `{` on the next line without one is a syntax
+/// error to GRUB (grub-mkconfig's own grub-script-check refuses the file),
+/// so it never reaches a grub.cfg.
 pub fn entries(cfg: &str) -> Vec<MenuEntry> {
     enum Block {
         Submenu(Option<String>),
@@ -45,8 +53,8 @@ pub fn entries(cfg: &str) -> Vec<MenuEntry> {
     }
     let mut stack: Vec<Block> = Vec::new();
     let mut out = Vec::new();
-    for line in cfg.lines() {
-        let words = words(line);
+    for line in logical_lines(cfg) {
+        let words = words(&line);
         let Some(first) = words.first() else {
             continue;
         };
@@ -56,22 +64,22 @@ pub fn entries(cfg: &str) -> Vec<MenuEntry> {
                 let (title, id) = title_and_id(&words[1..words.len() - 1]);
                 if first == "submenu" {
                     stack.push(Block::Submenu(id));
-                } else {
-                    let submenu_ids = stack
-                        .iter()
-                        .filter_map(|b| match b {
-                            Block::Submenu(id) => Some(id.clone().unwrap_or_default()),
-                            _ => None,
-                        })
-                        .collect();
-                    stack.push(Block::Entry(MenuEntry {
-                        submenu_ids,
-                        id,
-                        title,
-                        kernel: None,
-                        args: Vec::new(),
-                    }));
+                    continue;
                 }
+                let submenu_ids = stack
+                    .iter()
+                    .filter_map(|b| match b {
+                        Block::Submenu(id) => Some(id.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                stack.push(Block::Entry(MenuEntry {
+                    submenu_ids,
+                    id,
+                    title,
+                    kernel: None,
+                    args: Vec::new(),
+                }));
             }
             "}" => {
                 if let Some(Block::Entry(e)) = stack.pop() {
@@ -91,11 +99,95 @@ pub fn entries(cfg: &str) -> Vec<MenuEntry> {
     out
 }
 
-/// The advanced entry of kernel `kver`, found by id. Errors (refuse to
-/// reboot) when grub.cfg has none; lists the kernels it does have.
-pub fn find_kernel_entry(cfg: &str, kver: &str) -> Result<MenuEntry> {
+/// The logical lines of a GRUB script: a backslash right before a newline
+/// (outside single quotes and comments) joins the next line and is dropped
+/// with the newline, as in sh (GRUB manual, "Shell-like scripting": quoting);
+/// a newline inside quotes stays in its line.
+fn logical_lines(cfg: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let (mut single, mut double, mut comment) = (false, false, false);
+    let mut word_start = true;
+    let mut chars = cfg.chars().peekable();
+    while let Some(c) = chars.next() {
+        if comment {
+            if c == '\n' {
+                comment = false;
+                word_start = true;
+                out.push(std::mem::take(&mut cur));
+            } else {
+                cur.push(c);
+            }
+            continue;
+        }
+        match c {
+            '\'' if !double => single = !single,
+            '"' if !single => double = !double,
+            '\\' if !single => {
+                if chars.peek() == Some(&'\n') {
+                    chars.next();
+                    continue;
+                }
+                cur.push(c);
+                if let Some(e) = chars.next() {
+                    cur.push(e);
+                }
+                word_start = false;
+                continue;
+            }
+            '#' if !single && !double && word_start => comment = true,
+            '\n' if !single && !double => {
+                word_start = true;
+                out.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+        word_start = !single && !double && c.is_whitespace();
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Why no entry can be chosen for a kernel: each makes the caller refuse to
+/// reboot. Only [`EntryError::Missing`] may go away by itself (a grub.cfg not
+/// regenerated yet); the others come from the operator's own files.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error("no menuentry with id gnulinux-{kver}-advanced-<uuid> (entries: {known})")]
+    Missing { kver: String, known: String },
+    /// Two root filesystems, or a copied entry: whichever we took, it might
+    /// not be the one meant, so we do not guess.
+    #[error(
+        "{count} menu entries have the id of kernel {kver}; refusing to guess which one to boot \
+         (two root filesystems, or a copied entry in /etc/grub.d/40_custom?): {listed}"
+    )]
+    Ambiguous {
+        kver: String,
+        count: usize,
+        listed: String,
+    },
+    #[error("the menuentry {id} boots {kernel}, not vmlinuz-{kver}")]
+    WrongKernel {
+        id: String,
+        kver: String,
+        kernel: String,
+    },
+    #[error(
+        "the menuentry {id} is inside a submenu without an id, so GRUB cannot be pointed at it"
+    )]
+    NoPath { id: String },
+}
+
+/// The advanced entry of kernel `kver`, found by id: exactly one entry has
+/// the id, its `linux` line names `vmlinuz-<kver>`, and GRUB can be pointed
+/// at it by an id path. Anything else is an [`EntryError`].
+pub fn find_kernel_entry(cfg: &str, kver: &str) -> Result<MenuEntry, EntryError> {
     let all = entries(cfg);
-    let mut found: Vec<&MenuEntry> = all
+    let found: Vec<&MenuEntry> = all
         .iter()
         .filter(|e| {
             e.id.as_deref()
@@ -103,35 +195,60 @@ pub fn find_kernel_entry(cfg: &str, kver: &str) -> Result<MenuEntry> {
                 .is_some()
         })
         .collect();
-    // Prefer an entry whose submenu carries the same device id (10_linux's
-    // own pairing); another OS's entries (os-prober) would not.
-    found.sort_by_key(|e| {
-        let uuid = e.id.as_deref().and_then(|id| advanced_uuid(id, kver));
-        let paired = match (e.submenu_ids.last(), uuid) {
-            (None, _) => true,
-            (Some(sub), Some(u)) => *sub == format!("gnulinux-advanced-{u}"),
-            (Some(_), None) => false,
-        };
-        !paired
-    });
-    match found.first() {
-        Some(e) => Ok((*e).clone()),
-        None => {
+    let e = match found.as_slice() {
+        [one] => *one,
+        [] => {
             let known: Vec<String> = all
                 .iter()
                 .filter_map(|e| e.id.clone())
                 .filter(|id| id.contains("-advanced-"))
                 .collect();
-            bail!(
-                "no menuentry with id gnulinux-{kver}-advanced-<uuid> (entries: {})",
-                if known.is_empty() {
+            return Err(EntryError::Missing {
+                kver: kver.into(),
+                known: if known.is_empty() {
                     "none".to_string()
                 } else {
                     known.join(", ")
-                }
-            )
+                },
+            });
         }
+        many => {
+            let listed = many
+                .iter()
+                .map(|e| {
+                    format!(
+                        "'{}' ({}, linux {})",
+                        e.title,
+                        e.id_path().or_else(|| e.id.clone()).unwrap_or_default(),
+                        e.kernel.as_deref().unwrap_or("missing")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(EntryError::Ambiguous {
+                kver: kver.into(),
+                count: many.len(),
+                listed,
+            });
+        }
+    };
+    let id = e.id.clone().unwrap_or_default();
+    let want = format!("vmlinuz-{kver}");
+    let kernel = e
+        .kernel
+        .as_deref()
+        .unwrap_or("no kernel (it has no linux line)");
+    if kernel.rsplit('/').next() != Some(want.as_str()) {
+        return Err(EntryError::WrongKernel {
+            id,
+            kver: kver.into(),
+            kernel: kernel.into(),
+        });
     }
+    if e.id_path().is_none() {
+        return Err(EntryError::NoPath { id });
+    }
+    Ok(e.clone())
 }
 
 /// `uuid` if `id` is `gnulinux-<kver>-advanced-<uuid>`.
@@ -150,7 +267,7 @@ fn title_and_id(words: &[String]) -> (String, Option<String>) {
     let mut i = 0;
     while i < words.len() {
         let w = &words[i];
-        if w == "$menuentry_id_option" || w == "--id" {
+        if w == "$menuentry_id_option" || w == "${menuentry_id_option}" || w == "--id" {
             id = words.get(i + 1).cloned();
             i += 2;
             continue;
@@ -158,8 +275,9 @@ fn title_and_id(words: &[String]) -> (String, Option<String>) {
         if let Some(v) = w.strip_prefix("--id=") {
             id = Some(v.to_string());
         } else if w.starts_with("--") {
-            // `--class x`, `--users x`, `--hotkey x` take a value; `--unrestricted` does not.
-            if w != "--unrestricted" {
+            // `--class x`, `--users x`, `--hotkey x` take a value (unless
+            // given as `--class=x`); `--unrestricted` does not.
+            if w != "--unrestricted" && !w.contains('=') {
                 i += 1;
             }
         } else if title.is_none() {
@@ -296,6 +414,56 @@ menuentry 'Other OS' $menuentry_id_option 'osprober-gnulinux-6.1.0-28-amd64-adva
             "no menuentry with id gnulinux-6.6.69-x.pvm.host-g1-advanced-<uuid> (entries: \
              gnulinux-6.1.0-28-amd64-advanced-U1, gnulinux-6.1.0-2-advanced-U1, \
              osprober-gnulinux-6.1.0-28-amd64-advanced-U2)"
+        );
+    }
+
+    #[test]
+    fn hand_written_forms_parse() {
+        // Each form passes grub-script-check (grub-common 2.06).
+        let cfg = "menuentry 'Copy' --class=debian --class gnu ${menuentry_id_option} \
+                   'gnulinux-6.1.0-2-advanced-U2' \\\n{\n\tlinux /boot/vmlinuz-6.1.0-2 \\\n\
+                   root=UUID=U2 ro\n}\n\
+                   # a comment ending in a backslash does not continue \\\n\
+                   submenu 'No id' {\n  menuentry 'inner' --id=inner-1 {\n    \
+                   linux /vmlinuz-6.1.0-2 ro\n  }\n}\n";
+        let e = entries(cfg);
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert_eq!(e[0].title, "Copy");
+        assert_eq!(e[0].id.as_deref(), Some("gnulinux-6.1.0-2-advanced-U2"));
+        assert_eq!(
+            e[0].id_path().as_deref(),
+            Some("gnulinux-6.1.0-2-advanced-U2")
+        );
+        assert_eq!(e[0].kernel.as_deref(), Some("/boot/vmlinuz-6.1.0-2"));
+        assert_eq!(e[0].args, ["root=UUID=U2", "ro"]);
+        // Inside a submenu without an id: no path (never `>inner-1`).
+        assert_eq!(e[1].id.as_deref(), Some("inner-1"));
+        assert_eq!(e[1].submenu_ids, vec![None]);
+        assert_eq!(e[1].id_path(), None);
+    }
+
+    #[test]
+    fn kernel_search_refuses_ambiguity_and_a_mismatched_linux_line() {
+        // The same kernel under two root UUIDs (a copied entry).
+        let two = format!("{HAND}menuentry 'copy' $menuentry_id_option 'gnulinux-6.1.0-2-advanced-U9' {{\n\tlinux /boot/vmlinuz-6.1.0-2 root=UUID=U9 ro\n}}\n");
+        let err = find_kernel_entry(&two, "6.1.0-2").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "2 menu entries have the id of kernel 6.1.0-2; refusing to guess which one to boot \
+             (two root filesystems, or a copied entry in /etc/grub.d/40_custom?): 'It's 6.1.0-2' \
+             (gnulinux-advanced-U1>gnulinux-6.1.0-2-advanced-U1, linux /boot/vmlinuz-6.1.0-2); \
+             'copy' (gnulinux-6.1.0-2-advanced-U9, linux /boot/vmlinuz-6.1.0-2)"
+        );
+        // The id names one kernel, the linux line another.
+        let lying = "menuentry 'x' $menuentry_id_option 'gnulinux-6.6-advanced-U1' {\n\tlinux /boot/vmlinuz-6.1.0-28-amd64 ro\n}\n";
+        assert_eq!(
+            find_kernel_entry(lying, "6.6").unwrap_err().to_string(),
+            "the menuentry gnulinux-6.6-advanced-U1 boots /boot/vmlinuz-6.1.0-28-amd64, not vmlinuz-6.6"
+        );
+        let hidden = "submenu 'Advanced' {\n menuentry 'x' $menuentry_id_option 'gnulinux-6.6-advanced-U1' {\n\tlinux /vmlinuz-6.6 ro\n }\n}\n";
+        assert_eq!(
+            find_kernel_entry(hidden, "6.6").unwrap_err().to_string(),
+            "the menuentry gnulinux-6.6-advanced-U1 is inside a submenu without an id, so GRUB cannot be pointed at it"
         );
     }
 
