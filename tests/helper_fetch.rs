@@ -649,3 +649,114 @@ fn the_kernel_stages_own_fetch_applies_the_plans_minimum_rate() {
     assert_eq!(slow.requests_to("/trickle").len(), 1);
     assert_eq!(host.read(&cache_path(&asset)).unwrap(), file.bytes);
 }
+
+#[test]
+fn the_fetch_step_reports_growing_download_counts_at_most_every_two_seconds() {
+    let server = Server::start();
+    let kernel = AssetFile::new("kernel.deb", 300_000, 21);
+    let bundle = AssetFile::new("bundle.tar.gz", 600_000, 22);
+    // 20 KB every 30 ms: about a second of real time for the bundle.
+    let slow = Behavior::Slow {
+        chunk: 20_000,
+        pause: Duration::from_millis(30),
+    };
+    server.route_with_default("/kernel.deb", &kernel.bytes, vec![], slow.clone());
+    server.route_with_default("/bundle.tar.gz", &bundle.bytes, vec![], slow);
+    server.route("/hook", b"", vec![]);
+    let t = Target::with_plan_edit(|p| {
+        for (key, f, path) in [
+            ("kernel", &kernel, "/kernel.deb"),
+            ("bundle", &bundle, "/bundle.tar.gz"),
+        ] {
+            p["assets"][key] = serde_json::json!({
+                "name": f.name, "urls": [server.url(path)],
+                "sha256": f.sha256().to_hex(), "size": f.bytes.len()
+            });
+        }
+        p["report"]["webhook"] = serde_json::json!(server.url("/hook"));
+    });
+    let total = (kernel.bytes.len() + bundle.bytes.len()) as u64;
+    // The helper's clock is virtual: a quarter second passes every 10 ms
+    // of real time, so the rate limit is met many times over the transfer.
+    // Meanwhile the status file is read as `cube-firstboot status` would.
+    let running = std::sync::atomic::AtomicBool::new(true);
+    let mut seen_in_file: Vec<u64> = Vec::new();
+    let started = t.host.now();
+    let end = std::thread::scope(|s| {
+        let ticker = s.spawn(|| {
+            let mut seen = Vec::new();
+            while running.load(std::sync::atomic::Ordering::SeqCst) {
+                t.host.sleep(Duration::from_millis(250));
+                std::thread::sleep(Duration::from_millis(10));
+                if let Ok(text) = t.host.read_string("/run/cubeboot/status.json") {
+                    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    if let Some(b) = v["download"]["bytes"].as_u64() {
+                        if seen.last() != Some(&b) {
+                            seen.push(b);
+                        }
+                    }
+                }
+            }
+            seen
+        });
+        let end = t.run_once(&support::target::opts(
+            cubeboot::firstboot::runner::Scope::StopAfter(StepId::Fetch),
+        ));
+        running.store(false, std::sync::atomic::Ordering::SeqCst);
+        seen_in_file = ticker.join().unwrap();
+        end
+    });
+    let virtual_secs = t.host.now().duration_since(started).unwrap().as_secs();
+    assert_eq!(
+        end,
+        cubeboot::firstboot::runner::RunEnd::Stopped(StepId::Fetch)
+    );
+    assert!(
+        seen_in_file.len() >= 2 && seen_in_file.windows(2).all(|w| w[0] < w[1]),
+        "the status file showed {seen_in_file:?}"
+    );
+    let posts: Vec<serde_json::Value> = server
+        .requests_to("/hook")
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    let fetch_posts: Vec<&serde_json::Value> =
+        posts.iter().filter(|p| p["step"] == "fetch").collect();
+    assert_eq!(fetch_posts[0]["message"], "running step fetch");
+    let progress: Vec<(u64, u64, u64)> = fetch_posts[1..]
+        .iter()
+        .map(|p| {
+            let d = &p["download"];
+            assert_eq!(d["asset"], "bundle+kernel", "{p}");
+            (
+                p["updated_at"].as_u64().unwrap(),
+                d["bytes"].as_u64().unwrap(),
+                d["total"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(progress.len() >= 3, "{progress:?}");
+    assert!(
+        progress.windows(2).all(|w| w[0].1 < w[1].1),
+        "bytes do not grow: {progress:?}"
+    );
+    // The last count is posted whatever the rate limit says.
+    assert_eq!(progress.last().unwrap().1, total, "{progress:?}");
+    assert!(progress.iter().all(|p| p.2 == total), "{progress:?}");
+    // Bounded: two seconds between the step's post and the first count,
+    // and between counts, except the final one.
+    let start_at = fetch_posts[0]["updated_at"].as_u64().unwrap();
+    let times: Vec<u64> = std::iter::once(start_at)
+        .chain(progress.iter().map(|p| p.0))
+        .collect();
+    let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps[..gaps.len() - 1].iter().all(|g| *g >= 2),
+        "posts closer than 2 s: {gaps:?}"
+    );
+    assert!(
+        progress.len() as u64 <= virtual_secs / 2 + 1,
+        "{} posts in {virtual_secs} s",
+        progress.len()
+    );
+}

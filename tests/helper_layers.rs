@@ -105,8 +105,14 @@ fn the_journal_is_a_leaf_and_the_status_is_built_from_it() {
     let deps = |u: &str| g[u].iter().map(String::as_str).collect::<Vec<_>>();
     assert_eq!(deps("run_state"), Vec::<&str>::new());
     assert_eq!(deps("secrets"), Vec::<&str>::new());
+    // The in-step progress channel: steps report into it, the runner
+    // publishes from it; it knows neither.
+    assert_eq!(deps("live"), Vec::<&str>::new());
     assert_eq!(deps("journal"), ["host", "run_state"]);
-    assert_eq!(deps("status"), ["host", "journal", "run_state", "secrets"]);
+    assert_eq!(
+        deps("status"),
+        ["host", "journal", "live", "run_state", "secrets"]
+    );
     for low in ["journal", "status", "report", "webhook"] {
         assert!(!g[low].contains("runner"), "{low} imports the runner");
     }

@@ -500,6 +500,56 @@ fn webhook_gets_each_step_change_and_the_end_without_secrets() {
 }
 
 #[test]
+fn each_installer_phase_is_posted_at_once_and_shown_by_status() {
+    let hook = support::server::Server::start();
+    hook.route("/hook", b"", vec![]);
+    let url = hook.url("/hook");
+    let mut t = Target::with_plan_edit(|p| p["report"]["webhook"] = serde_json::json!(url));
+    let o = opts(Scope::StopAfter(StepId::CubeInstall));
+    let (plan, digest) = t.plan();
+    // The clock stands still: no rate limit lets these through, only the
+    // rule that a phase change is posted at once.
+    let steps = stand_in_steps(&o).with(StepId::CubeInstall, |ctx| {
+        for phase in ["checking the host", "installing services"] {
+            cubeboot::firstboot::status::set_phase(ctx.host, phase)?;
+        }
+        // What `cube-firstboot status` shows a person meanwhile.
+        for _ in 0..200 {
+            let now = Status::current(ctx.host)?.unwrap_or_default();
+            if now.phase == "installing services" {
+                assert!(now.human().contains("phase:    installing services"));
+                return Ok(Outcome::Done("installed".into()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        anyhow::bail!("the status file never showed the last phase")
+    });
+    let mut end = RunEnd::Rebooting;
+    for _ in 0..2 {
+        end = cubeboot::firstboot::runner::run_with(&t.host, &plan, &digest, &o, &steps).unwrap();
+        if end != RunEnd::Rebooting {
+            break;
+        }
+        t.reboot();
+    }
+    assert_eq!(end, RunEnd::Stopped(StepId::CubeInstall));
+    let posts: Vec<(String, String)> = hook
+        .requests_to("/hook")
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            (
+                v["step"].as_str().unwrap().to_string(),
+                v["phase"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .filter(|(step, _)| step == "cube-install")
+        .collect();
+    let phases: Vec<&str> = posts.iter().map(|(_, p)| p.as_str()).collect();
+    assert_eq!(phases, ["", "checking the host", "installing services"]);
+}
+
+#[test]
 fn a_dead_webhook_never_fails_the_run() {
     let hook = support::server::Server::start();
     hook.route_with_default("/hook", b"", vec![], support::server::Behavior::Status(500));

@@ -18,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::host::{Action, Host};
 use super::journal::KvmInUse;
-use super::{cache_path, Ctx, Outcome, StepFailure, CACHE_DIR};
+use super::{cache_path, live, Ctx, Outcome, StepFailure, CACHE_DIR};
 use crate::digest::Sha256Digest;
 use crate::plan::{Asset, Plan};
 use crate::transport::{self, DownloadError, FetchConfig, MinRate, RateGuard, Surroundings};
@@ -65,12 +65,14 @@ pub fn run_with(ctx: &mut Ctx, cfg: &FetchConfig) -> Result<Outcome> {
     host.create_dir_all(CACHE_DIR)?;
     check_space(host, &wanted)?;
 
-    // Download in parallel: one thread per asset, sharing the host seam.
+    // Download in parallel: one thread per asset, sharing the host seam
+    // and the step's progress channel.
+    let live = &live::current();
     let results: Vec<(&str, &Asset, Result<Fetched, FetchError>)> = std::thread::scope(|s| {
         let handles: Vec<_> = wanted
             .iter()
             .map(|&(label, asset)| {
-                let handle = s.spawn(move || fetch_asset(host, label, asset, cfg));
+                let handle = s.spawn(move || live.enter(|| fetch_asset(host, label, asset, cfg)));
                 (label, asset, handle)
             })
             .collect();
@@ -645,6 +647,7 @@ struct Progress<'a> {
 
 impl<'a> Progress<'a> {
     fn new(label: &'a str, size: u64, have: u64) -> Self {
+        live::download(label, have, size);
         let mut p = Self {
             label,
             size,
@@ -657,6 +660,8 @@ impl<'a> Progress<'a> {
     }
 
     fn update(&mut self, host: &dyn Host, have: u64) {
+        // The status and webhook get the counts (rate-limited there).
+        live::download(self.label, have, self.size);
         if self.next_quarter >= 4 || self.size == 0 {
             return;
         }

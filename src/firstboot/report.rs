@@ -6,9 +6,10 @@ use anyhow::Result;
 
 use super::host::Host;
 use super::journal::Journal;
+use super::live;
 use super::run_state::RunState;
 use super::secrets::is_secret_key;
-use super::status::Status;
+use super::status::{DownloadProgress, Status};
 use super::webhook::Webhook;
 use super::StepId;
 use crate::plan::Plan;
@@ -49,6 +50,34 @@ impl<'a> Reporter<'a> {
     /// Write the status file.
     pub fn write(&self, status: &mut Status) -> Result<()> {
         status.write(self.host)
+    }
+
+    /// Run a step (`f`) with its progress channel open (src/firstboot/live.rs):
+    /// phases and download counts it reports go onto `base`, the status
+    /// published as it started, into the status file and to the webhook.
+    pub fn during<R>(&self, base: &Status, f: impl FnOnce() -> R) -> R {
+        if self.host.is_dry_run() {
+            return f();
+        }
+        let host = self.host;
+        let webhook = self.webhook.as_ref();
+        let clock = || host.now();
+        let mut publish = |overlay: live::Overlay| {
+            let mut status = base.clone();
+            status.phase = overlay.phase;
+            status.download = overlay.download.map(|d| DownloadProgress {
+                asset: d.asset,
+                bytes: d.bytes,
+                total: d.total,
+            });
+            if let Err(e) = status.write(host) {
+                host.say(&format!("writing the status file: {e:#}"));
+            }
+            if let Some(w) = webhook {
+                w.post_progress(host, &status);
+            }
+        };
+        live::during(&clock, &mut publish, f)
     }
 
     /// Write the status file and POST it to the webhook.

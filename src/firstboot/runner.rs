@@ -251,16 +251,21 @@ fn take(
         return fail(host, reporter, journal, step, &refused.into()).map(Some);
     }
     let running = format!("running step {step}");
-    reporter.publish(&mut reporter.status(journal, RunState::Running, Some(step), running))?;
+    let mut status = reporter.status(journal, RunState::Running, Some(step), running);
+    reporter.publish(&mut status)?;
     host.say(&format!("step {step}: starting"));
     journal.start(host, step);
     journal.save(host)?;
 
     let outcome = match steps.table.get(&step) {
-        Some(f) => f(&mut Ctx {
-            host,
-            plan,
-            journal: &mut *journal,
+        // Phases and download counts the step reports reach the status
+        // file and the webhook while it runs.
+        Some(f) => reporter.during(&status, || {
+            f(&mut Ctx {
+                host,
+                plan,
+                journal: &mut *journal,
+            })
         }),
         None => Err(anyhow::anyhow!("no function for step {step}")),
     };

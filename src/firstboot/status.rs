@@ -235,6 +235,21 @@ impl Status {
             "progress: {} of {} steps",
             self.progress.done, self.progress.total
         ));
+        if !self.phase.is_empty() {
+            out.push(format!("phase:    {}", self.phase));
+        }
+        if let Some(d) = &self.download {
+            const MIB: f64 = 1024.0 * 1024.0;
+            out.push(format!(
+                "download: {} {:.1} of {:.1} MiB ({}%)",
+                d.asset,
+                d.bytes as f64 / MIB,
+                d.total as f64 / MIB,
+                (d.bytes.min(d.total) * 100)
+                    .checked_div(d.total)
+                    .unwrap_or(0)
+            ));
+        }
         if !self.message.is_empty() {
             out.push(format!("message:  {}", self.message));
         }
@@ -304,11 +319,13 @@ pub fn finished_message(journal: &Journal, terminal: &RunState) -> String {
     }
 }
 
-/// Put `phase` in the status file the runner wrote for the step under way
-/// (no file, e.g. a direct call in a test: nothing to update). The runner's
-/// next write, at the step's end, clears it.
+/// Put `phase` in the status file the runner wrote for the step under way,
+/// and post it: through the step's progress channel when the runner opened
+/// one (src/firstboot/live.rs), else into the file directly (no file, e.g.
+/// a direct call in a test: nothing to update). The runner's next write, at
+/// the step's end, clears it.
 pub fn set_phase(host: &dyn Host, phase: &str) -> Result<()> {
-    if host.is_dry_run() {
+    if host.is_dry_run() || super::live::phase(phase) {
         return Ok(());
     }
     if let Some(mut s) = Status::read(host)? {
@@ -404,6 +421,25 @@ mod tests {
                 "dpkg | dpkg: error processing package foo (--install):",
                 "dpkg | Setting up linux-image (6.6.69) ...",
             ]
+        );
+    }
+
+    #[test]
+    fn a_person_sees_the_download_and_the_phase() {
+        let s = Status {
+            phase: "installing services".into(),
+            download: Some(DownloadProgress {
+                asset: "bundle+kernel".into(),
+                bytes: 3 << 20,
+                total: 12 << 20,
+            }),
+            ..Status::default()
+        };
+        let text = s.human();
+        assert!(text.contains("phase:    installing services\n"), "{text}");
+        assert!(
+            text.contains("download: bundle+kernel 3.0 of 12.0 MiB (25%)\n"),
+            "{text}"
         );
     }
 

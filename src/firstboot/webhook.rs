@@ -1,6 +1,8 @@
 //! The optional webhook: a JSON POST of the whole (redacted) status on each
-//! step change and at the end, signed with the fleet secret when the plan
-//! has one (src/signing.rs; `cubeboot watch` verifies it).
+//! step change and at the end, and, within a step, on a phase change and
+//! with download counts at most every 2 s (src/firstboot/live.rs); signed
+//! with the fleet secret when the plan has one (src/signing.rs; `cubeboot
+//! watch` verifies it).
 //!
 //! Every post carries the full current status, so the last one received is
 //! the truth and a missed one is healed by the next: a receiver that was
@@ -8,7 +10,7 @@
 //! minute; once a post has given up, later ones try once until one gets
 //! through, so a dead receiver never stalls the run for long.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::fetch::HostNet;
@@ -23,7 +25,7 @@ pub struct Webhook {
     secret: Option<String>,
     cfg: FetchConfig,
     /// The last post gave up: try the next ones once until one succeeds.
-    unreachable: Cell<bool>,
+    unreachable: AtomicBool,
 }
 
 impl Webhook {
@@ -47,7 +49,7 @@ impl Webhook {
                 attempts_per_mirror: 6,
                 ..FetchConfig::default()
             },
-            unreachable: Cell::new(false),
+            unreachable: AtomicBool::new(false),
         })
     }
 
@@ -68,7 +70,7 @@ impl Webhook {
         let body = status.to_json();
         // Once a post has given up, the next ones try once each.
         let cfg = FetchConfig {
-            attempts_per_mirror: if self.unreachable.get() {
+            attempts_per_mirror: if self.unreachable.load(Ordering::Relaxed) {
                 1
             } else {
                 self.cfg.attempts_per_mirror
@@ -81,7 +83,7 @@ impl Webhook {
             let headers = self.headers(host, body.as_bytes());
             match transport::post_json(&HostNet(host), &self.url, body.as_bytes(), &headers, &cfg) {
                 Ok(()) => {
-                    self.unreachable.set(false);
+                    self.unreachable.store(false, Ordering::Relaxed);
                     return;
                 }
                 Err(e) => {
@@ -90,7 +92,7 @@ impl Webhook {
                         host.sleep(wait);
                         continue;
                     }
-                    self.unreachable.set(true);
+                    self.unreachable.store(true, Ordering::Relaxed);
                     host.say(&format!(
                         "webhook {}: {}; continuing without it",
                         transport::redact_url(&self.url),
@@ -100,6 +102,25 @@ impl Webhook {
                 }
             }
         }
+    }
+
+    /// POST progress within a step (download counts, a phase): one try,
+    /// and none while the receiver is known to be down. A lost one is
+    /// healed by the next post, and the step-boundary posts (retried, and
+    /// said on the console when they fail) are the ones that matter.
+    pub fn post_progress(&self, host: &dyn Host, status: &Status) {
+        if host.is_dry_run() || self.unreachable.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut status = status.clone();
+        status.redact(host.secrets());
+        let body = status.to_json();
+        let cfg = FetchConfig {
+            attempts_per_mirror: 1,
+            ..self.cfg.clone()
+        };
+        let headers = self.headers(host, body.as_bytes());
+        let _ = transport::post_json(&HostNet(host), &self.url, body.as_bytes(), &headers, &cfg);
     }
 
     fn headers(&self, host: &dyn Host, body: &[u8]) -> Vec<(&'static str, String)> {

@@ -1,0 +1,331 @@
+//! Progress inside a step: the bytes the downloads have so far and the
+//! phase a long install is in. They reach the status file and the webhook
+//! while the step runs, rate-limited: a phase change is published at once,
+//! download counts at most once every [`PUBLISH_EVERY`], and when the step
+//! ends, counts not yet published are, if any were published during it (a
+//! receiver never keeps a stale count; a quick step adds no post).
+//!
+//! A leaf: the runner opens [`during`] around each step with a publisher
+//! (`report::Reporter::during`: status file and webhook); the step's code
+//! reports through [`download`] and [`phase`], which find it through the
+//! thread (threads a step spawns carry it along with [`Handle::enter`]).
+//! Publishing runs on a thread of its own, so a slow webhook receiver never
+//! slows a download, and each publication is in order.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+/// At most one publication of download counts per this interval.
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(2);
+
+/// How often the publisher looks at the clock when nothing wakes it (the
+/// clock is the host's, which tests drive).
+const LOOK_EVERY: Duration = Duration::from_millis(100);
+
+/// What a step adds to the status while it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overlay {
+    /// The phase a long install announced (empty: none).
+    pub phase: String,
+    /// The downloads under way, added up: one bar for the step.
+    pub download: Option<Download>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Download {
+    /// The labels of the assets downloading, joined with `+` (`bundle+kernel`).
+    pub asset: String,
+    pub bytes: u64,
+    pub total: u64,
+}
+
+#[derive(Default)]
+struct State {
+    /// Bytes so far and size, by asset label.
+    downloads: BTreeMap<String, (u64, u64)>,
+    phase: String,
+    /// Phase changes not yet published, each one, in order.
+    changes: Vec<Overlay>,
+    /// Counts changed since the last publication.
+    counts_changed: bool,
+    /// The step ended.
+    ended: bool,
+}
+
+impl State {
+    fn overlay(&self) -> Overlay {
+        let download = (!self.downloads.is_empty()).then(|| Download {
+            asset: self.downloads.keys().cloned().collect::<Vec<_>>().join("+"),
+            bytes: self.downloads.values().map(|(b, _)| b).sum(),
+            total: self.downloads.values().map(|(_, t)| t).sum(),
+        });
+        Overlay {
+            phase: self.phase.clone(),
+            download,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Arc<Shared>>> = const { RefCell::new(None) };
+}
+
+/// The step's progress channel as this thread sees it (none outside a
+/// step): hand it to threads the step spawns.
+#[derive(Clone, Default)]
+pub struct Handle(Option<Arc<Shared>>);
+
+pub fn current() -> Handle {
+    Handle(CURRENT.with(|c| c.borrow().clone()))
+}
+
+impl Handle {
+    /// Run `f` with this channel as the thread's.
+    pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        let before = CURRENT.with(|c| c.replace(self.0.clone()));
+        // Put back even when `f` panics (a scoped thread's panic is caught).
+        struct Restore(Option<Option<Arc<Shared>>>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let before = self.0.take().flatten();
+                CURRENT.with(|c| *c.borrow_mut() = before);
+            }
+        }
+        let _restore = Restore(Some(before));
+        f()
+    }
+}
+
+/// An asset's download has `bytes` of `total` (a no-op outside a step).
+pub fn download(label: &str, bytes: u64, total: u64) {
+    if let Some(shared) = current().0 {
+        let mut st = shared.lock();
+        st.downloads.insert(label.to_string(), (bytes, total));
+        st.counts_changed = true;
+    }
+}
+
+/// A long install entered `phase`. False when no step is listening (the
+/// caller then writes the status itself).
+pub fn phase(phase: &str) -> bool {
+    let Some(shared) = current().0 else {
+        return false;
+    };
+    let mut st = shared.lock();
+    st.phase = phase.to_string();
+    let now = st.overlay();
+    st.changes.push(now);
+    drop(st);
+    shared.wake.notify_all();
+    true
+}
+
+/// Run the step `f` with a progress channel; `publish` gets what to add to
+/// the status, on a thread of its own, as the rules above say. `clock` is
+/// the host's.
+pub fn during<R>(
+    clock: &(dyn Fn() -> SystemTime + Sync),
+    publish: &mut (dyn FnMut(Overlay) + Send),
+    f: impl FnOnce() -> R,
+) -> R {
+    /// Tells the publisher the step ended, also when it panicked (the
+    /// scope waits for the publisher before passing the panic on).
+    struct End<'a>(&'a Shared);
+    impl Drop for End<'_> {
+        fn drop(&mut self) {
+            self.0.lock().ended = true;
+            self.0.wake.notify_all();
+        }
+    }
+    let shared = Arc::new(Shared::default());
+    std::thread::scope(|s| {
+        let publisher = s.spawn(|| publisher(clock, publish, &shared));
+        let end = End(&shared);
+        let result = Handle(Some(shared.clone())).enter(f);
+        drop(end);
+        // A publisher that panicked lost only progress lines.
+        let _ = publisher.join();
+        result
+    })
+}
+
+/// What the publisher does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    Publish(Overlay),
+    /// The step ended: publish this last, if anything, and stop.
+    Finish(Option<Overlay>),
+    Wait,
+}
+
+/// The rules, apart from threads and clocks: `due` is whether
+/// [`PUBLISH_EVERY`] passed since the last publication, `published`
+/// whether this step published counts or a phase already.
+fn next(st: &mut State, due: bool, published: bool) -> Next {
+    if !st.changes.is_empty() {
+        return Next::Publish(st.changes.remove(0));
+    }
+    if st.ended {
+        let last = (st.counts_changed && published).then(|| st.overlay());
+        st.counts_changed = false;
+        return Next::Finish(last);
+    }
+    if st.counts_changed && due {
+        st.counts_changed = false;
+        return Next::Publish(st.overlay());
+    }
+    Next::Wait
+}
+
+fn publisher(
+    clock: &(dyn Fn() -> SystemTime + Sync),
+    publish: &mut (dyn FnMut(Overlay) + Send),
+    shared: &Shared,
+) {
+    // The runner published the step's start just before.
+    let mut last = clock();
+    let mut published = false;
+    loop {
+        let step = {
+            let mut st = shared.lock();
+            loop {
+                // A clock set back counts as due: better one early post
+                // than none until it catches up.
+                let due = clock()
+                    .duration_since(last)
+                    .map_or(true, |d| d >= PUBLISH_EVERY);
+                match next(&mut st, due, published) {
+                    Next::Wait => {
+                        st = shared
+                            .wake
+                            .wait_timeout(st, LOOK_EVERY)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                    }
+                    other => break other,
+                }
+            }
+        };
+        match step {
+            Next::Publish(overlay) => {
+                publish(overlay);
+                last = clock();
+                published = true;
+            }
+            Next::Finish(last_one) => {
+                if let Some(overlay) = last_one {
+                    publish(overlay);
+                }
+                return;
+            }
+            Next::Wait => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(st: &mut State, label: &str, bytes: u64, total: u64) {
+        st.downloads.insert(label.into(), (bytes, total));
+        st.counts_changed = true;
+    }
+
+    #[test]
+    fn counts_wait_for_their_turn_phases_do_not() {
+        let mut st = State::default();
+        assert_eq!(next(&mut st, true, false), Next::Wait);
+        counts(&mut st, "kernel", 10, 100);
+        assert_eq!(next(&mut st, false, false), Next::Wait);
+        counts(&mut st, "bundle", 5, 50);
+        let Next::Publish(o) = next(&mut st, true, false) else {
+            panic!()
+        };
+        assert_eq!(
+            o.download,
+            Some(Download {
+                asset: "bundle+kernel".into(),
+                bytes: 15,
+                total: 150
+            })
+        );
+        // Nothing new: nothing to publish, due or not.
+        assert_eq!(next(&mut st, true, true), Next::Wait);
+        // Two phase changes in a row are each published, not due or not.
+        for p in ["unpacking", "configuring"] {
+            st.phase = p.into();
+            let o = st.overlay();
+            st.changes.push(o);
+        }
+        let phases: Vec<String> = (0..2)
+            .map(|_| match next(&mut st, false, true) {
+                Next::Publish(o) => o.phase,
+                n => panic!("{n:?}"),
+            })
+            .collect();
+        assert_eq!(phases, ["unpacking", "configuring"]);
+    }
+
+    #[test]
+    fn the_last_counts_are_published_at_the_end_when_counts_were_before() {
+        let mut st = State::default();
+        counts(&mut st, "bundle", 100, 100);
+        st.ended = true;
+        // Nothing published during the step: the runner's next post says it.
+        assert_eq!(next(&mut st, false, false), Next::Finish(None));
+        let mut st = State::default();
+        counts(&mut st, "bundle", 100, 100);
+        st.ended = true;
+        let Next::Finish(Some(o)) = next(&mut st, false, true) else {
+            panic!()
+        };
+        assert_eq!(o.download.unwrap().bytes, 100);
+    }
+
+    #[test]
+    fn a_step_that_panics_ends_the_publisher_too() {
+        let clock = SystemTime::now;
+        let mut publish = |_: Overlay| {};
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            during(&clock, &mut publish, || panic!("power cut"))
+        }));
+        assert!(r.is_err());
+        assert!(!phase("after the step"));
+    }
+
+    #[test]
+    fn reports_reach_the_publisher_from_threads_the_step_spawns() {
+        let got = Mutex::new(Vec::new());
+        let clock = SystemTime::now;
+        let mut publish = |o: Overlay| got.lock().unwrap().push(o);
+        during(&clock, &mut publish, || {
+            assert!(phase("unpacking"));
+            let handle = current();
+            std::thread::scope(|s| {
+                s.spawn(|| handle.enter(|| download("bundle", 7, 9)));
+            });
+        });
+        assert!(!phase("outside a step"));
+        let got = got.into_inner().unwrap();
+        // The phase at once; the counts were never due, but as the step
+        // published something, its last counts follow at the end.
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].phase, "unpacking");
+        assert_eq!(got[1].download.as_ref().unwrap().bytes, 7);
+    }
+}
