@@ -69,6 +69,10 @@ sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' "$root/etc/locale.gen"
 chroot "$root" locale-gen >/dev/null
 echo 'LANG=en_US.UTF-8' > "$root/etc/default/locale"
 
-# Fixture-bundle knobs for the helper's unit (test instrumentation).
-install -D -m 0644 "$here/e2e-fixture-env.conf" \
-  "$root/etc/systemd/system/cube-firstboot.service.d/e2e-fixture-env.conf"
+# Fixture-bundle knobs for the helper's units (test instrumentation). Both
+# units: after its reboot the helper runs as cube-firstboot-resume.service
+# (templates/cube-firstboot-resume.service), and the Cube stage runs there.
+for unit in cube-firstboot.service cube-firstboot-resume.service; do
+  install -D -m 0644 "$here/e2e-fixture-env.conf" \
+    "$root/etc/systemd/system/$unit.d/e2e-fixture-env.conf"
+done
