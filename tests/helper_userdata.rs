@@ -50,13 +50,18 @@ fn written_file(user_data: &serde_yaml::Value, path: &str) -> Vec<u8> {
 
 #[test]
 fn the_plan_inside_real_user_data_runs_on_the_helper() {
-    // Serve the example release the lock pins.
+    // Serve the example release the lock pins as `cubeboot mirror` lays it
+    // out: under the path of each URL in the lock.
     let server = Server::start();
     let release = manifest_dir().join("examples/release");
     for entry in std::fs::read_dir(&release).unwrap() {
         let p = entry.unwrap().path();
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        server.route(&format!("/rel/{name}"), &std::fs::read(&p).unwrap(), vec![]);
+        server.route(
+            &format!("/rel/TencentCloud/CubeSandbox/releases/download/v0.0.0-fixture/{name}"),
+            &std::fs::read(&p).unwrap(),
+            vec![],
+        );
     }
     server.route("/hook", b"", vec![]);
 

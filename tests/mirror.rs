@@ -11,21 +11,28 @@ use cubeboot::firstboot::host::ScriptedHost;
 use cubeboot::plan::Plan;
 use cubeboot::transport::FetchConfig;
 
-const ORIGIN: &str =
-    "https://github.com/TencentCloud/CubeSandbox/releases/download/v0.0.0-fixture/";
-
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Serve `dir` over HTTP on 127.0.0.1 (GET by file name); returns the base URL.
-/// With `corrupt`, every body has its first byte flipped.
-fn serve(dir: PathBuf, corrupt: bool) -> String {
+/// The path of the example lock's release URLs.
+const RELEASE_PATH: &str = "TencentCloud/CubeSandbox/releases/download/v0.0.0-fixture";
+
+/// Serve `dir` over HTTP on 127.0.0.1 as a static web server does (GET by
+/// path, the URL path mapped under `dir` after `strip`); returns the base
+/// URL. With `corrupt`, every body has its first byte flipped.
+fn serve(dir: PathBuf, strip: &'static str, corrupt: bool) -> String {
     let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
     let addr = server.server_addr().to_ip().unwrap();
     thread::spawn(move || {
         for request in server.incoming_requests() {
-            let name = request.url().trim_start_matches('/').to_string();
+            let path = request.url().split('?').next().unwrap_or("");
+            let name = path
+                .trim_start_matches('/')
+                .strip_prefix(strip)
+                .unwrap_or("\0")
+                .trim_start_matches('/')
+                .to_string();
             match std::fs::read(dir.join(&name)) {
                 Ok(mut bytes) if !name.contains("..") => {
                     if corrupt {
@@ -56,7 +63,7 @@ fn cubeboot(args: &[&str]) -> (bool, String) {
 }
 
 /// The example lock, alone in `dir` (no local copies beside it), its
-/// primary URLs moved to `origin` and its cn mirrors dropped.
+/// primary URLs moved to `origin` (same paths) and its cn mirrors dropped.
 fn lock_pointing_at(dir: &Path, origin: &str) -> PathBuf {
     let text = std::fs::read_to_string(repo().join("examples/release/cubeboot.lock")).unwrap();
     let mut lines = Vec::new();
@@ -70,7 +77,7 @@ fn lock_pointing_at(dir: &Path, origin: &str) -> PathBuf {
             continue;
         }
         skip = false;
-        lines.push(line.replace(ORIGIN, &format!("{origin}/")));
+        lines.push(line.replace("https://github.com", origin));
     }
     let lock = dir.join("cubeboot.lock");
     std::fs::write(&lock, lines.join("\n") + "\n").unwrap();
@@ -81,7 +88,7 @@ fn lock_pointing_at(dir: &Path, origin: &str) -> PathBuf {
 fn mirror_serve_build_and_fetch_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
     // Step 1: mirror from an origin, downloading every asset.
-    let origin = serve(repo().join("examples/release"), false);
+    let origin = serve(repo().join("examples/release"), RELEASE_PATH, false);
     let lock_dir = tmp.path().join("lock");
     std::fs::create_dir_all(&lock_dir).unwrap();
     let lock = lock_pointing_at(&lock_dir, &origin);
@@ -105,8 +112,9 @@ fn mirror_serve_build_and_fetch_round_trip() {
         "kernel-6.6.69_opencloudos9.cubesandbox.pvm.host_gfixture1-1.x86_64.rpm",
         "linux-image-6.6.69-opencloudos9.cubesandbox.pvm.host-gfixture1_6.6.69-gfixture1-1_amd64.deb",
     ] {
+        // Under the URL's path, so a base-URL swap finds it.
         assert_eq!(
-            std::fs::read(mirror.join(name)).unwrap(),
+            std::fs::read(mirror.join(RELEASE_PATH).join(name)).unwrap(),
             std::fs::read(repo().join("examples/release").join(name)).unwrap(),
             "{name}"
         );
@@ -123,7 +131,7 @@ fn mirror_serve_build_and_fetch_round_trip() {
     assert_eq!(said.matches(": up to date").count(), 4, "{said}");
 
     // Step 2: serve the mirror, build against it.
-    let served = serve(mirror.clone(), false);
+    let served = serve(mirror.clone(), "", false);
     let out = tmp.path().join("out");
     let (ok, said) = cubeboot(&[
         "build",
@@ -144,7 +152,7 @@ fn mirror_serve_build_and_fetch_round_trip() {
         .unwrap();
     let user_data = std::fs::read_to_string(out.join("debian-12/user-data")).unwrap();
     assert!(
-        user_data.contains(&format!("{served}/cube-firstboot")),
+        user_data.contains(&format!("{served}/{RELEASE_PATH}/cube-firstboot")),
         "the bootstrap fetches the helper from the mirror first"
     );
 
@@ -166,7 +174,7 @@ fn mirror_serve_build_and_fetch_round_trip() {
 #[test]
 fn a_mirror_source_with_wrong_bytes_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let origin = serve(repo().join("examples/release"), true);
+    let origin = serve(repo().join("examples/release"), RELEASE_PATH, true);
     let lock = lock_pointing_at(tmp.path(), &origin);
     let mirror = tmp.path().join("mirror");
     let (ok, said) = cubeboot(&[
@@ -181,6 +189,61 @@ fn a_mirror_source_with_wrong_bytes_leaves_nothing() {
         said.contains("the lock pins 7432 bytes with sha256 98f055ca"),
         "{said}"
     );
-    let left: Vec<_> = std::fs::read_dir(&mirror).unwrap().collect();
-    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(files_under(&mirror), Vec::<String>::new());
+}
+
+/// Every file under `dir`, relative.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn two_assets_on_one_path_are_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("examples/release/cubeboot.lock")).unwrap();
+    // The bundle's URL: another host, the same path as the helper's.
+    let bundle_url = format!(
+        "https://github.com/{RELEASE_PATH}/cube-sandbox-one-click-v0.0.0-fixture-amd64.tar.gz"
+    );
+    let text = text.replace(
+        &format!("url: {bundle_url}"),
+        &format!("url: https://downloads.example.com/{RELEASE_PATH}/cube-firstboot"),
+    );
+    assert!(text.contains("downloads.example.com"));
+    let lock = tmp.path().join("cubeboot.lock");
+    std::fs::write(&lock, text).unwrap();
+    let mirror = tmp.path().join("mirror");
+    let (ok, said) = cubeboot(&[
+        "mirror",
+        "--lock",
+        lock.to_str().unwrap(),
+        "--to",
+        mirror.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains(&format!(
+            "assets bundle (https://downloads.example.com/{RELEASE_PATH}/cube-firstboot) and \
+             helper (https://github.com/{RELEASE_PATH}/cube-firstboot) collide in the mirror, \
+             with different bytes: {RELEASE_PATH}/cube-firstboot"
+        )),
+        "{said}"
+    );
+    assert!(!mirror.exists(), "the mirror directory was created");
 }

@@ -129,7 +129,8 @@ pub struct BuildArgs {
     /// Node IP passed to the installer: `auto` or an IPv4 address
     #[arg(long, value_name = "IP", default_value = "auto")]
     pub node_ip: String,
-    /// Where the target downloads assets: github, cn, or a base URL
+    /// Where the target downloads assets: github, cn, or the base URL of a
+    /// `cubeboot mirror` directory (each asset under its URL's path)
     #[arg(long, value_name = "MIRROR", default_value = "github")]
     pub mirror: String,
     /// Boot parameters: minimal, tencent, or a quoted custom list
@@ -192,7 +193,9 @@ pub struct MirrorArgs {
     /// Lock file pinning the assets
     #[arg(long, value_name = "FILE", default_value = "cubeboot.lock")]
     pub lock: PathBuf,
-    /// Directory to fill (DIR/<asset name>, what `build --mirror URL` reads)
+    /// Directory to fill: each asset under its URL's path
+    /// (DIR/TencentCloud/CubeSandbox/releases/download/TAG/NAME), where
+    /// `build --mirror URL` looks
     #[arg(long, value_name = "DIR")]
     pub to: PathBuf,
 }

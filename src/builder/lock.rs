@@ -99,6 +99,24 @@ impl Url {
         self.0.starts_with("https://")
     }
 
+    /// The path after the host (after `file://` for a file URL), without
+    /// its leading slash, query or fragment, still percent-encoded:
+    /// `releases/download/v1/b.tar.gz`. A mirror serves each asset there
+    /// (`cubeboot mirror`, `build --mirror URL`).
+    pub fn path(&self) -> &str {
+        let rest = ["https://", "http://", "file://"]
+            .iter()
+            .find_map(|p| self.0.strip_prefix(p))
+            .unwrap_or(&self.0);
+        let path = if self.0.starts_with("file://") {
+            rest
+        } else {
+            rest.find('/').map_or("", |i| &rest[i..])
+        };
+        let end = path.find(['?', '#']).unwrap_or(path.len());
+        path[..end].trim_start_matches('/')
+    }
+
     /// `<base>/<name>` with exactly one slash between.
     pub fn join(base: &str, name: &str) -> Result<Self, String> {
         format!("{}/{}", base.trim_end_matches('/'), name).parse()

@@ -58,7 +58,8 @@ impl Mirror {
                         asset.name
                     )
                 })?,
-            Self::Base(base) => Url::join(base, &asset.name)
+            // Where `cubeboot mirror` put it: under its URL's path.
+            Self::Base(base) => Url::join(base, asset.url.path())
                 .map_err(anyhow::Error::msg)?
                 .to_string(),
         };
@@ -523,7 +524,7 @@ mod tests {
                 .order(&asset)
                 .unwrap(),
             [
-                "http://10.0.2.2:8080/rel/b.tar.gz",
+                "http://10.0.2.2:8080/rel/x/b.tar.gz",
                 "https://github.com/x/b.tar.gz",
                 "https://cnb.cool/x/b.tar.gz"
             ]
