@@ -686,7 +686,17 @@ fn dry_run_changes_nothing_and_shows_every_edit() {
     );
     assert!(actions.iter().any(|a| matches!(a, Action::Write { path, .. } if path == "/etc/default/grub.d/99-cubeboot-pvm.cfg")));
     assert!(shown.iter().any(|a| a.contains("update-grub")));
-    assert!(shown.iter().any(|a| a.starts_with("run     grub-reboot")));
+    // The one-shot names the entry update-grub would make, by its real id
+    // (the old entry's, with the new version), not a placeholder.
+    let reboot = shown
+        .iter()
+        .find(|a| a.starts_with("run     grub-reboot"))
+        .unwrap();
+    assert!(!reboot.contains('<'), "{reboot}");
+    assert!(
+        reboot.contains(&format!("gnulinux-{KVER}-advanced-")),
+        "{reboot}"
+    );
     assert!(!exists(root, "/etc/default/grub.d/99-cubeboot-pvm.cfg"));
     assert!(!exists(root, &format!("/boot/vmlinuz-{KVER}")));
     assert_eq!(read(root, "/boot/grub/grub.cfg"), cfg_before);

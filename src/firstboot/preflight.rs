@@ -107,22 +107,18 @@ pub fn run_with(ctx: &mut Ctx, cfg: &PreflightConfig) -> Result<Outcome> {
         )),
     }
 
-    if host.is_dry_run() {
-        found.push("cloud-init wait skipped (dry run)".into());
-    } else {
-        match wait_for_cloud_init(host, cfg) {
-            Ok(CloudInit::Finished { errors }) => {
-                if !errors.is_empty() {
-                    ctx.journal.warn(format!(
-                        "cloud-init finished with errors: {}",
-                        errors.join("; ")
-                    ));
-                }
-                found.push("cloud-init finished".into());
+    match wait_for_cloud_init(host, cfg) {
+        Ok(CloudInit::Finished { errors }) => {
+            if !errors.is_empty() {
+                ctx.journal.warn(format!(
+                    "cloud-init finished with errors: {}",
+                    errors.join("; ")
+                ));
             }
-            Ok(CloudInit::Absent) => found.push("cloud-init not in use".into()),
-            Err(p) => problems.push(p),
+            found.push("cloud-init finished".into());
         }
+        Ok(CloudInit::Absent) => found.push("cloud-init not in use".into()),
+        Err(p) => problems.push(p),
     }
 
     if problems.is_empty() {
@@ -142,7 +138,7 @@ pub fn run_with(ctx: &mut Ctx, cfg: &PreflightConfig) -> Result<Outcome> {
         )
     };
     if host.is_dry_run() {
-        // A dry run shows what would happen after preflight too.
+        // Stays: a dry run goes on past what would stop a real run, to show the rest.
         host.say(&format!("dry run: {message}"));
         return Ok(Outcome::Done(format!("dry run; {message}")));
     }

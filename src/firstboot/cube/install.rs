@@ -85,6 +85,7 @@ pub fn run_mode(ctx: &mut Ctx, mode: Mode) -> Result<Outcome> {
 
     // A compute node installs only once its control plane answers.
     if let Some(cp) = &prepared.control_plane {
+        // Stays: a dry run's sleeps are no-ops, so polling would spin for the budget.
         if host.is_dry_run() {
             host.say(&format!("dry run: would wait for {}", cp.health_url()));
         } else {
@@ -182,6 +183,7 @@ pub fn stage(ctx: &mut Ctx, mut prepared: Prepared) -> Result<Staged> {
     let dir = bundle::extract_dir(&asset.sha256);
     host.remove_dir_all(&dir)?;
     let stem = bundle::stem(&asset.name);
+    // Stays: unpacking through a dry-run host would list every bundle entry.
     let top = if host.is_dry_run() {
         stem.to_string()
     } else {
@@ -197,9 +199,14 @@ pub fn stage(ctx: &mut Ctx, mut prepared: Prepared) -> Result<Staged> {
     }
     let bundle_dir = format!("{dir}/{top}");
     let install_sh = format!("{bundle_dir}/install.sh");
-    if !host.exists(&install_sh) && !host.is_dry_run() {
-        return Err(StepFailure::new(format!("bundle {} has no install.sh", asset.name)).into());
-    }
+    host.check_change(&format!("{install_sh} in the unpacked bundle"), &mut || {
+        if !host.exists(&install_sh) {
+            return Err(
+                StepFailure::new(format!("bundle {} has no install.sh", asset.name)).into(),
+            );
+        }
+        Ok(())
+    })?;
 
     // dnsmasq's standalone mode only where this bundle knows it: bundles
     // older than the mode die on an unknown CUBE_PROXY_DNSMASQ_MODE.

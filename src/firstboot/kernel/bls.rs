@@ -16,6 +16,7 @@ use crate::firstboot::Outcome;
 use crate::plan::Plan;
 
 const BLS_DIR: &str = "/boot/loader/entries";
+const MACHINE_ID: &str = "/etc/machine-id";
 /// kernel-install builds the initramfs too; as long as a package install.
 const KERNEL_INSTALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
@@ -38,7 +39,7 @@ impl Bootloader for Bls {
         };
         let old = old.to_string();
         let now = default_kernel(host)?;
-        if now != old && !host.is_dry_run() {
+        if now != old {
             ctx.say(&format!(
                 "the package made {now} the default; restoring {old} until the trial boot passes"
             ));
@@ -51,25 +52,28 @@ impl Bootloader for Bls {
         let host = ctx.host;
         let kver = ctx.plan.kernel.kver.clone();
         let bl = ctx.plan.target.bootloader.clone();
-        let dry = host.is_dry_run();
         let path = vmlinuz(&kver);
 
         // A run resumed after the package went in but before its entry was
         // made (the install step then skips) gets the same fallback.
-        if !dry && !has_entry(host, &kver)? {
+        if !has_entry(host, &kver)? {
             ensure_entry(ctx)?;
         }
         let host = ctx.host;
         let all = entries(host)?;
-        let entry = match find_by_kernel(&all, &kver) {
-            Ok(e) => e.clone(),
-            Err(_) if dry => BlsEntry::parse(&format!("<machine-id>-{kver}"), ""),
-            Err(e) => {
-                return Err(e.context(format!(
-                    "refusing to reboot: the kernel package did not create a BLS entry for {path}"
-                )))
-            }
-        };
+        // The entry the package made; a dry run installed no package, so it
+        // shows the id kernel-install would give it.
+        let mut entry = BlsEntry::parse(&predicted_entry_id(host, &kver)?, "");
+        host.check_change(&format!("the BLS entry for {path}"), &mut || {
+            entry = find_by_kernel(&all, &kver)
+                .map_err(|e| {
+                    e.context(format!(
+                        "refusing to reboot: the kernel package did not create a BLS entry for {path}"
+                    ))
+                })?
+                .clone();
+            Ok(())
+        })?;
 
         record_old_default(ctx)?;
         if ctx.journal.facts.old_default_entry.as_deref() == Some(path.as_str()) {
@@ -85,7 +89,7 @@ impl Bootloader for Bls {
 
         // Parameters: on BLS they live in the entry's options line;
         // GRUB_CMDLINE_LINUX does nothing there (cube-sandbox-facts.md §9).
-        if ctx.journal.facts.bls_options_before.is_none() && !dry {
+        if ctx.journal.facts.bls_options_before.is_none() {
             // What grubby is about to change, so it can be put back by hand.
             ctx.journal.facts.bls_options_before = Some(entry.options().to_string());
         }
@@ -96,7 +100,7 @@ impl Bootloader for Bls {
             update = update.arg(format!("--remove-args={}", displaced.join(" ")));
         }
         host.run(&update.arg(format!("--args={}", params.join(" "))))?;
-        if !dry {
+        host.check_change(&format!("the options of the {kver} entry"), &mut || {
             let after = entries(host)?;
             let e = find_by_kernel(&after, &kver)?;
             if !cmdline::has_merged(e.options(), params) {
@@ -107,7 +111,8 @@ impl Bootloader for Bls {
                     e.options()
                 );
             }
-        }
+            Ok(())
+        })?;
 
         // GRUB_DEFAULT=saved is what makes grubenv's saved_entry count.
         if let Some(text) = host.read_optional(DEFAULT_GRUB)? {
@@ -139,7 +144,7 @@ impl Bootloader for Bls {
         // entry of another machine-id), then the one-shot by BLS id.
         host.run(&on_target(host, "grubby").arg(format!("--set-default={old}")))?;
         host.run(&grubenv::tool(host, &bl.reboot_once, &bl.grubenv).arg(&entry.id))?;
-        if !dry {
+        host.check_change(&format!("next_entry in {}", bl.grubenv), &mut || {
             let env = grubenv::read(host, &bl.grubenv)?;
             if env.get("next_entry") != Some(&entry.id) {
                 bail!(
@@ -149,7 +154,8 @@ impl Bootloader for Bls {
                     bl.reboot_once
                 );
             }
-        }
+            Ok(())
+        })?;
         Ok(Outcome::RebootRequested(format!(
             "trial boot of {} armed; {old} stays the default",
             entry.id
@@ -289,9 +295,13 @@ pub fn find_by_kernel<'a>(entries: &'a [BlsEntry], kver: &str) -> Result<&'a Bls
 /// default entry's arguments (grubby(8), `--copy-default`).
 fn ensure_entry(ctx: &mut Ctx) -> Result<()> {
     let host = ctx.host;
-    if host.is_dry_run() {
-        return Ok(());
-    }
+    // It repairs what the package's scriptlets left undone: a dry run
+    // installed no package, so there is nothing to look at yet.
+    host.check_change("the package's boot entry", &mut || add_missing_entry(ctx))
+}
+
+fn add_missing_entry(ctx: &mut Ctx) -> Result<()> {
+    let host = ctx.host;
     let kver = ctx.plan.kernel.kver.clone();
     let vmlinuz = format!("/boot/vmlinuz-{kver}");
     if host.exists(&vmlinuz) && has_entry(host, &kver)? {
@@ -373,7 +383,11 @@ fn entries(host: &dyn Host) -> Result<Vec<BlsEntry>> {
 
 fn default_kernel(host: &dyn Host) -> Result<String> {
     Ok(host
-        .run(&on_target(host, "grubby").arg("--default-kernel"))?
+        .run(
+            &on_target(host, "grubby")
+                .arg("--default-kernel")
+                .read_only(),
+        )?
         .stdout
         .trim()
         .to_string())
@@ -386,7 +400,7 @@ fn record_old_default(ctx: &mut Ctx) -> Result<String> {
         return Ok(format!("old default {old}"));
     }
     let old = default_kernel(ctx.host)?;
-    if old.is_empty() && !ctx.host.is_dry_run() {
+    if old.is_empty() {
         bail!("grubby --default-kernel printed nothing: no default entry to fall back to");
     }
     ctx.journal.facts.old_default_entry = Some(old.clone());
@@ -397,11 +411,20 @@ fn record_old_default(ctx: &mut Ctx) -> Result<String> {
 /// one way this back end changes the default (commit, image, roll back).
 fn set_default(host: &dyn Host, path: &str) -> Result<()> {
     host.run(&on_target(host, "grubby").arg(format!("--set-default={path}")))?;
-    let now = default_kernel(host)?;
-    if !host.is_dry_run() && now != path {
-        bail!("grubby --set-default={path} did not take: grubby --default-kernel says {now}");
-    }
-    Ok(())
+    host.check_change(&format!("grubby's default is {path}"), &mut || {
+        let now = default_kernel(host)?;
+        if now != path {
+            bail!("grubby --set-default={path} did not take: grubby --default-kernel says {now}");
+        }
+        Ok(())
+    })
+}
+
+/// The id kernel-install gives a new entry: `MACHINE_ID-KVER`
+/// (systemd: src/kernel-install/90-loaderentry.install.in).
+fn predicted_entry_id(host: &dyn Host, kver: &str) -> Result<String> {
+    let machine_id = host.read_optional(MACHINE_ID)?.unwrap_or_default();
+    Ok(format!("{}-{kver}", machine_id.trim()))
 }
 
 #[cfg(test)]

@@ -56,9 +56,6 @@ impl Bootloader for Grub {
     fn arm_trial_boot(&self, ctx: &mut Ctx, params: &[String]) -> Result<Outcome> {
         let kver = ctx.plan.kernel.kver.clone();
         let bl = ctx.plan.target.bootloader.clone();
-        let dry = ctx.host.is_dry_run();
-        let placeholder =
-            |k: &str| format!("gnulinux-advanced-<uuid>>gnulinux-{k}-advanced-<uuid>");
 
         // What update-grub would use without us, and the merged result: the
         // configured keys leave both variables; the parameters go into
@@ -86,10 +83,7 @@ impl Bootloader for Grub {
             mkconfig(ctx)?;
             cfg = ctx.host.read_optional(&bl.grub_cfg)?.unwrap_or_default();
         }
-        let old_path = match old_entry_path(ctx, &cfg) {
-            Err(_) if dry => placeholder(&old_kernel),
-            r => r.context("refusing to reboot")?,
-        };
+        let old_path = old_entry_path(ctx, &cfg).context("refusing to reboot")?;
         ctx.journal.facts.old_default_entry = Some(old_path.clone());
         let unwritable = grubenv::unwritable(ctx.host, &ctx.plan.target.bootloader)?;
         if unwritable.is_none() {
@@ -110,28 +104,34 @@ impl Bootloader for Grub {
         )?;
 
         // A drop-in sorting after ours could override the merge.
-        if !dry {
-            let all = evaluate(&default_files(ctx, false)?)?;
-            let effective = format!("{} {}", all.get(LINUX), all.get(LINUX_DEFAULT));
-            if !cmdline::has_merged(&effective, params) {
-                bail!(
-                    "{} is overridden by a later file in {}: update-grub would use `{}`",
-                    dropin_path(ctx.plan),
-                    bl.dropin_dir.as_deref().unwrap_or("/etc/default/grub.d"),
-                    effective.trim()
-                );
-            }
-        }
+        ctx.host
+            .check_change("that no later drop-in overrides ours", &mut || {
+                let all = evaluate(&default_files(ctx, false)?)?;
+                let effective = format!("{} {}", all.get(LINUX), all.get(LINUX_DEFAULT));
+                if !cmdline::has_merged(&effective, params) {
+                    bail!(
+                        "{} is overridden by a later file in {}: update-grub would use `{}`",
+                        dropin_path(ctx.plan),
+                        bl.dropin_dir.as_deref().unwrap_or("/etc/default/grub.d"),
+                        effective.trim()
+                    );
+                }
+                Ok(())
+            })?;
 
-        let pvm_path = match grubcfg::find_kernel_entry(&cfg, &kver) {
-            Err(_) if dry => placeholder(&kver),
-            Err(e) => {
-                return Err(anyhow::Error::new(e).context(format!(
-                    "refusing to reboot: {} after update-grub",
-                    bl.grub_cfg
-                )))
-            }
-            Ok(pvm) => {
+        // The entry update-grub made; a dry run did not run update-grub, so
+        // it shows the id 10_linux would give the entry (the old one's, with
+        // the new version).
+        let mut pvm_path = predicted_entry_id(&old_path, &old_kernel, &kver);
+        ctx.host.check_change(
+            &format!("the {kver} entry in {} after update-grub", bl.grub_cfg),
+            &mut || {
+                let pvm = grubcfg::find_kernel_entry(&cfg, &kver).map_err(|e| {
+                    anyhow::Error::new(e).context(format!(
+                        "refusing to reboot: {} after update-grub",
+                        bl.grub_cfg
+                    ))
+                })?;
                 let args = pvm.args.join(" ");
                 if !cmdline::has_merged(&args, params) {
                     bail!(
@@ -140,9 +140,10 @@ impl Bootloader for Grub {
                         bl.grub_cfg
                     );
                 }
-                pvm.id_path().unwrap_or_default()
-            }
-        };
+                pvm_path = pvm.id_path().unwrap_or_default();
+                Ok(())
+            },
+        )?;
         ctx.journal.facts.pvm_entry = Some(pvm_path.clone());
 
         if let Some(why) = unwritable {
@@ -164,20 +165,23 @@ impl Bootloader for Grub {
         // grub-set-default clears next_entry.)
         ctx.host
             .run(&grubenv::tool(ctx.host, &bl.reboot_once, &bl.grubenv).arg(&pvm_path))?;
-        if !dry {
-            let env = grubenv::read(ctx.host, &bl.grubenv)?;
-            if env.get("next_entry") != Some(&pvm_path) || env.get("saved_entry") != Some(&old_path)
-            {
-                bail!(
-                    "refusing to reboot: {} has next_entry={:?} saved_entry={:?} after {} and {}",
-                    bl.grubenv,
-                    env.get("next_entry"),
-                    env.get("saved_entry"),
-                    bl.set_default,
-                    bl.reboot_once
-                );
-            }
-        }
+        ctx.host
+            .check_change(&format!("next_entry and saved_entry in {}", bl.grubenv), &mut || {
+                let env = grubenv::read(ctx.host, &bl.grubenv)?;
+                if env.get("next_entry") != Some(&pvm_path)
+                    || env.get("saved_entry") != Some(&old_path)
+                {
+                    bail!(
+                        "refusing to reboot: {} has next_entry={:?} saved_entry={:?} after {} and {}",
+                        bl.grubenv,
+                        env.get("next_entry"),
+                        env.get("saved_entry"),
+                        bl.set_default,
+                        bl.reboot_once
+                    );
+                }
+                Ok(())
+            })?;
         Ok(Outcome::RebootRequested(format!(
             "trial boot of {pvm_path} armed; {old_path} stays the default"
         )))
@@ -213,12 +217,16 @@ impl Bootloader for Grub {
                 .arg(&old_path)
                 .allow_failure(),
         )?;
-        if !ctx.host.is_dry_run() {
-            let cfg = ctx.host.read_string(&bl.grub_cfg)?;
-            let old_kernel = ctx.journal.facts.old_kernel.as_deref().unwrap_or_default();
-            grubcfg::find_kernel_entry(&cfg, old_kernel)
-                .with_context(|| format!("{} after rollback", bl.grub_cfg))?;
-        }
+        let old_kernel = ctx.journal.facts.old_kernel.as_deref().unwrap_or_default();
+        ctx.host.check_change(
+            &format!("the {old_kernel} entry in {}", bl.grub_cfg),
+            &mut || {
+                let cfg = ctx.host.read_string(&bl.grub_cfg)?;
+                grubcfg::find_kernel_entry(&cfg, old_kernel)
+                    .with_context(|| format!("{} after rollback", bl.grub_cfg))?;
+                Ok(())
+            },
+        )?;
         Ok(())
     }
 
@@ -345,19 +353,56 @@ fn write_pin(ctx: &Ctx, old_path: &str) -> Result<()> {
 /// rather than chrooted.
 fn set_saved_default(host: &dyn Host, bl: &crate::plan::Bootloader, entry: &str) -> Result<()> {
     host.run(&grubenv::tool(host, &bl.set_default, &bl.grubenv).arg(entry))?;
-    if host.is_dry_run() {
-        return Ok(());
+    host.check_change(&format!("saved_entry in {}", bl.grubenv), &mut || {
+        let env = grubenv::read(host, &bl.grubenv)?;
+        let next = env.get("next_entry").filter(|v| !v.is_empty());
+        if env.get("saved_entry").map(String::as_str) != Some(entry) || next.is_some() {
+            bail!(
+                "{} did not take: {} has saved_entry={:?} next_entry={:?}",
+                bl.set_default,
+                bl.grubenv,
+                env.get("saved_entry"),
+                next
+            );
+        }
+        Ok(())
+    })
+}
+
+/// The id 10_linux gives the entry for `kver`, from the old kernel's:
+/// `gnulinux-advanced-ID>gnulinux-VERSION-advanced-ID` (grub:
+/// util/grub.d/10_linux.in), so the same with the new version. Shown by a
+/// dry run, which did not run update-grub; a real run reads grub.cfg.
+fn predicted_entry_id(old_path: &str, old_kernel: &str, kver: &str) -> String {
+    let old_part = format!("gnulinux-{old_kernel}-advanced-");
+    if !old_kernel.is_empty() && old_path.contains(&old_part) {
+        return old_path.replace(&old_part, &format!("gnulinux-{kver}-advanced-"));
     }
-    let env = grubenv::read(host, &bl.grubenv)?;
-    let next = env.get("next_entry").filter(|v| !v.is_empty());
-    if env.get("saved_entry").map(String::as_str) != Some(entry) || next.is_some() {
-        bail!(
-            "{} did not take: {} has saved_entry={:?} next_entry={:?}",
-            bl.set_default,
-            bl.grubenv,
-            env.get("saved_entry"),
-            next
+    match old_path.rsplit_once("gnulinux-simple-") {
+        Some((_, id)) => format!("gnulinux-advanced-{id}>gnulinux-{kver}-advanced-{id}"),
+        None => format!("the {kver} entry update-grub makes"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::predicted_entry_id;
+
+    #[test]
+    fn a_dry_run_names_the_entry_update_grub_would_make() {
+        let uuid = "0b5c1e2a-1c1d-4d5e-9f00-2a3b4c5d6e7f";
+        let old = format!("gnulinux-advanced-{uuid}>gnulinux-6.1.0-18-amd64-advanced-{uuid}");
+        assert_eq!(
+            predicted_entry_id(&old, "6.1.0-18-amd64", "6.6.69-pvm"),
+            format!("gnulinux-advanced-{uuid}>gnulinux-6.6.69-pvm-advanced-{uuid}")
+        );
+        assert_eq!(
+            predicted_entry_id(
+                &format!("gnulinux-simple-{uuid}"),
+                "6.1.0-18-amd64",
+                "6.6.69-pvm"
+            ),
+            format!("gnulinux-advanced-{uuid}>gnulinux-6.6.69-pvm-advanced-{uuid}")
         );
     }
-    Ok(())
 }

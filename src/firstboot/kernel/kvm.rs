@@ -73,6 +73,7 @@ fn load(ctx: &mut Ctx) -> Result<Outcome> {
             "{MODULE} loaded; {DEV_KVM} answers API version {KVM_API_VERSION}"
         )));
     }
+    // Stays: whether modprobe would be pre-empted is only known by loading it.
     if host.is_dry_run() {
         persist(host)?;
         return Ok(Outcome::Done(format!("dry run: would load {MODULE}")));

@@ -56,18 +56,15 @@ pub(super) fn install_package(ctx: &mut Ctx) -> Result<()> {
     let asset = &ctx.plan.assets.kernel;
     let cached = ctx.asset_path(asset);
     let local = host.path(&cached).to_string_lossy().into_owned();
-    if host.is_dry_run() && !host.exists(&cached) {
-        ctx.say(&format!(
-            "dry run: would verify {cached} against {}",
-            asset.sha256
-        ));
-    } else {
-        if !host.exists(&cached) {
-            // The fetch step decided native KVM and skipped the package, and
-            // the machine changed its mind since (e.g. kvm_intel unloaded).
-            crate::firstboot::fetch::verified_asset(ctx, "kernel", asset)?;
-        }
+    if host.exists(&cached) {
         verify_cached(host, &cached, asset)?;
+    } else {
+        // The fetch step decided native KVM and skipped the package, and
+        // the machine changed its mind since (e.g. kvm_intel unloaded).
+        crate::firstboot::fetch::verified_asset(ctx, "kernel", asset)?;
+        host.check_change(&format!("{cached} against {}", asset.sha256), &mut || {
+            verify_cached(host, &cached, asset)
+        })?;
     }
 
     match family {
@@ -101,13 +98,15 @@ fn check_kernel_image(ctx: &Ctx) -> Result<()> {
     let kver = &ctx.plan.kernel.kver;
     let vmlinuz = format!("/boot/vmlinuz-{kver}");
     let modules = format!("/lib/modules/{kver}/vmlinuz");
-    if !host.is_dry_run() && !host.exists(&vmlinuz) && !host.exists(&modules) {
-        bail!(
-            "{} installed, but neither {vmlinuz} nor {modules} exists: the package is not the kernel {kver} the plan names",
-            ctx.plan.kernel.package
-        );
-    }
-    Ok(())
+    host.check_change(&format!("{vmlinuz} or {modules}"), &mut || {
+        if !host.exists(&vmlinuz) && !host.exists(&modules) {
+            bail!(
+                "{} installed, but neither {vmlinuz} nor {modules} exists: the package is not the kernel {kver} the plan names",
+                ctx.plan.kernel.package
+            );
+        }
+        Ok(())
+    })
 }
 
 /// `dnf` with the plan's kernel repository added (the distro's own
@@ -146,13 +145,6 @@ fn install_from_repo(ctx: &mut Ctx, repo: &KernelRepo) -> Result<()> {
     for p in &repo.packages {
         let path = format!("{REPO_DOWNLOADS}/{}", p.file_name());
         files.push(path.clone());
-        if host.is_dry_run() && !host.exists(&path) {
-            ctx.say(&format!(
-                "dry run: would verify {path} against {}",
-                p.sha256
-            ));
-            continue;
-        }
         let asset = crate::plan::Asset {
             name: p.nevra.clone(),
             urls: vec![format!(
@@ -163,11 +155,14 @@ fn install_from_repo(ctx: &mut Ctx, repo: &KernelRepo) -> Result<()> {
             sha256: p.sha256,
             size: p.size,
         };
-        verify_cached(host, &path, &asset).map_err(|e| {
-            e.context(format!(
-                "{} from {} is not the package the lock pins",
-                p.nevra, repo.baseurl
-            ))
+        // dnf downloaded it just now: a dry run has no file to look at.
+        host.check_change(&format!("{path} against {}", p.sha256), &mut || {
+            verify_cached(host, &path, &asset).map_err(|e| {
+                e.context(format!(
+                    "{} from {} is not the package the lock pins",
+                    p.nevra, repo.baseurl
+                ))
+            })
         })?;
     }
     // Step 3: install exactly the verified files.
@@ -187,10 +182,9 @@ fn install_from_repo(ctx: &mut Ctx, repo: &KernelRepo) -> Result<()> {
             .args(nevras.iter().copied())
             .read_only(),
     )?;
-    if !host.is_dry_run() {
-        check_installed_headers(&out.stdout, repo)?;
-    }
-    Ok(())
+    host.check_change("the installed rpm headers against the lock", &mut || {
+        check_installed_headers(&out.stdout, repo)
+    })
 }
 
 /// Compare `rpm -q --qf '%{NEVRA} %{SHA256HEADER}\n'` output with the lock.
