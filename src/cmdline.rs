@@ -1,9 +1,9 @@
 //! Kernel command-line merging. Pure: the builder previews it, the helper
 //! applies it to GRUB drop-ins and BLS entries.
 //!
-//! The merge rule is upstream's fixed one (cube-sandbox-facts.md §9): for each
-//! configured key, drop the existing parameters with that key once, then
-//! append every configured value in order. Multi-value keys survive
+//! The merge rule is upstream's fixed one (docs/pvm-kernel.md, "Boot
+//! parameters"): for each configured key, drop the existing parameters with
+//! that key once, then append every configured value in order. Multi-value keys survive
 //! (`console=ttyS0,115200 console=tty0` both stay), and merging twice gives the
 //! same line as merging once.
 
@@ -164,7 +164,7 @@ pub fn trial_panic(line: &str, default_secs: u32) -> (String, bool) {
 }
 
 /// Human warnings for parameters with side effects a user should know about
-/// before the reboot (cube-sandbox-facts.md §9, table of side effects).
+/// before the reboot (docs/pvm-kernel.md, "Boot parameters").
 pub fn warnings<S: AsRef<str>>(params: &[S]) -> Vec<String> {
     let mut out = Vec::new();
     for p in params.iter().map(AsRef::as_ref) {
@@ -207,7 +207,7 @@ mod tests {
                 "console=ttyS0,115200 console=tty0",
                 "ro console=ttyS0,115200 console=tty0",
             ),
-            // Alibaba ECS Ubuntu 24.04 style line (facts §9 fixture).
+            // Alibaba ECS Ubuntu 24.04 style line (upstream: deploy/pvm/grub/fixtures/README.md).
             (
                 "net.ifnames=0 console=tty0 console=ttyS0,115200n8 noibrs nvme_core.io_timeout=4294967295",
                 "console=ttyS0,115200 console=tty0 pti=off",

@@ -724,7 +724,7 @@ impl Vm {
             // virtualization, so only kvm_pvm can provide /dev/kvm.
             .args(["-accel", "tcg,thread=multi", "-cpu", "qemu64,-svm,-vmx"])
             // 8 GiB: the helper's preflight, like Cube's installer, refuses
-            // hosts with less than 7,500,000 kB (facts §4.1; measured: with
+            // hosts with less than 7,500,000 kB (docs/cube-installer.md; measured: with
             // `-m 2048` the run stopped at "failed: preflight").
             .args(["-smp", "2", "-m", "8192", "-display", "none"])
             .args(["-monitor", "none"])

@@ -1,4 +1,4 @@
-//! Per-cloud user-data budgets (prior-art.md §3), measured after the
+//! Per-cloud user-data budgets (docs/payloads.md), measured after the
 //! encoding each API applies. Users asked for exactly this: a pre-flight
 //! size check that names the overage (kubicorn #667).
 

@@ -395,7 +395,8 @@ fn cidr(s: &str) -> Result<String> {
     Ok(s.to_string())
 }
 
-/// `minimal`, `tencent`, or a quoted custom list (facts §9).
+/// `minimal`, `tencent`, or a quoted custom list (docs/pvm-kernel.md,
+/// "Boot parameters").
 pub fn parse_boot_params(s: &str) -> Result<(Vec<String>, String)> {
     let owned = |set: &[&str]| set.iter().map(|p| p.to_string()).collect();
     match s {
@@ -412,7 +413,7 @@ pub fn parse_boot_params(s: &str) -> Result<(Vec<String>, String)> {
             bail!("--boot-params: {why}");
         }
     }
-    // kvm_pvm does not support KPTI: boot fails with it on (facts §9, Helm chart).
+    // kvm_pvm does not support KPTI: boot fails with it on (docs/pvm-kernel.md).
     if !params.iter().any(|p| p == "pti=off" || p == "nopti") {
         bail!("--boot-params: the list must turn KPTI off (pti=off or nopti): kvm_pvm does not support KPTI");
     }

@@ -8,7 +8,7 @@
 //! fixed modes, one mtime for everything (`SOURCE_DATE_EPOCH` or
 //! [`FALLBACK_MTIME`]), a fixed xz preset and check. (STYLE §13, after
 //! `coreos/coreos-installer: src/io/initrd.rs`, `Initrd::to_bytes`, and
-//! prior-art §11 on reproducible archives.)
+//! docs/payloads.md, "Reproducible archives".)
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,14 +22,14 @@ use xz2::stream::{Check, Stream};
 use crate::builder::cli::InspectArgs;
 use crate::digest::{HashingReader, Sha256Digest};
 use crate::firstboot::image::wants_links;
-/// Where the overlay puts the helper and its unit (INTERFACES.md, target paths).
+/// Where the overlay puts the helper and its unit (docs/payloads.md).
 pub use crate::firstboot::image::{HELPER_PATH, UNIT_PATH};
 use crate::firstboot::{CACHE_DIR, UNIT_NAME};
 use crate::plan::PLAN_PATH;
 
 /// mtime of every entry when `SOURCE_DATE_EPOCH` is unset: the value tar-rs's
 /// `HeaderMode::Deterministic` uses (2006-07-24), not 0, because some tools
-/// mishandle a zero mtime (tar-rs PR #250, prior-art §11).
+/// mishandle a zero mtime (tar-rs PR #250; docs/payloads.md).
 pub const FALLBACK_MTIME: u64 = 1_153_704_088;
 
 /// xz preset 6 is xz(1)'s default: ~94 MiB to compress, 9 MiB to decompress,
@@ -129,7 +129,7 @@ pub fn compose(inputs: OverlayInputs) -> Result<Overlay> {
         Content::Bytes(inputs.unit.clone().into_bytes()),
     )?;
     // Enabled the way `systemctl enable` would, but as an entry: an image build
-    // has no running systemd to ask (prior-art §5, Packer images).
+    // has no running systemd to ask (docs/payloads.md, "Images").
     let links = wants_links(&inputs.unit, UNIT_NAME);
     ensure!(
         !links.is_empty(),
@@ -437,7 +437,7 @@ fn validate(overlay: &Overlay) -> Result<()> {
 
 fn header(kind: tar::EntryType, mode: u32, mtime: u64, size: u64) -> Result<tar::Header> {
     // ustar with everything set by hand (tar-rs has no SOURCE_DATE_EPOCH
-    // support, prior-art §11); names given so GNU tar maps to root either way.
+    // support; docs/payloads.md); names given so GNU tar maps to root either way.
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(kind);
     h.set_mode(mode);

@@ -284,7 +284,7 @@ pub mod v1 {
         /// CubeSandbox #366: multipathd blocks cgroup v2 `cpu` delegation.
         #[serde(default)]
         pub multipathd_cgroup_fix: bool,
-        /// Control role needs resolvectl or NetworkManager (facts §4.1, 11b).
+        /// Control role needs resolvectl or NetworkManager (docs/cube-installer.md).
         #[serde(default)]
         pub needs_resolver: bool,
     }
@@ -427,14 +427,15 @@ pub mod v1 {
             }
         }
         // Warnings: what the Cube installer needs but does not install itself
-        // (facts §5). Fatal under `check --strict`.
+        // (docs/cube-installer.md, "What the host must bring"). Fatal under
+        // `check --strict`.
         for needed in ["curl", "tar", "xfsprogs", "python3"] {
             if !spec.packages.install.iter().any(|p| p == needed) {
                 out.push(
                     Diagnostic::warning(
                         path,
                         "$.packages.install",
-                        format!("{needed} is not listed; the Cube installer expects it (facts §5)"),
+                        format!("{needed} is not listed; the Cube installer expects it (docs/cube-installer.md)"),
                     )
                     .at(text, yaml::locate_or_parent(text, "$.packages.install")),
                 );
@@ -633,7 +634,7 @@ packages:
         let (_, warnings) = parse(&text, Path::new("profiles/debian-12.yaml")).unwrap();
         assert_eq!(
             warnings[0].to_string().lines().next().unwrap(),
-            "warning[$.packages.install]: python3 is not listed; the Cube installer expects it (facts §5)"
+            "warning[$.packages.install]: python3 is not listed; the Cube installer expects it (docs/cube-installer.md)"
         );
     }
 }

@@ -1,6 +1,6 @@
 //! Render a plan into `#cloud-config` user-data with minijinja.
 //!
-//! Rules (prior-art §2.3, STYLE §5): the template fails on any undefined
+//! Rules (docs/payloads.md, "cloud-init"): the template fails on any undefined
 //! variable; values reach YAML only through the `yaml_quote` / `yaml_block`
 //! filters (never pasted); values reach the shell only as positional
 //! arguments of the bootstrap; nothing reboots from runcmd. The result is
@@ -153,7 +153,7 @@ fn environment() -> Result<Environment<'static>> {
 }
 
 /// gzip with a fixed header (mtime 0, no file name, OS byte 3 = Unix) so the
-/// same input always gives the same bytes (prior-art §11), then base64.
+/// same input always gives the same bytes (docs/payloads.md), then base64.
 pub fn gzip_base64(bytes: &[u8]) -> Result<String> {
     Ok(base64::engine::general_purpose::STANDARD.encode(gzip(bytes)?))
 }

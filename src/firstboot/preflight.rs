@@ -15,11 +15,13 @@ use super::{Ctx, Outcome, StepFailure};
 use crate::plan::Target;
 
 /// The one-click installer refuses less (`CUBE_MIN_MEMORY_KB` default,
-/// facts §4.1 #8 and §4.2 step 2). It would only find out after the kernel
-/// switch and the reboot, so the helper refuses before touching anything.
+/// docs/cube-installer.md, "What the host must bring"). It would only find
+/// out after the kernel switch and the reboot, so the helper refuses before
+/// touching anything.
 pub const MIN_MEMORY_KB: u64 = 7_500_000;
 
-/// Free space wanted on `/` before the kernel and Cube land (facts §17).
+/// Free space wanted on `/` before the kernel and Cube land
+/// (docs/cube-installer.md, "What the host must bring").
 pub const MIN_ROOT_FREE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 const MEMINFO: &str = "/proc/meminfo";
@@ -65,7 +67,7 @@ pub fn run_with(ctx: &mut Ctx, cfg: &PreflightConfig) -> Result<Outcome> {
         ));
     }
 
-    // PVM exists for x86_64 only (facts §15).
+    // PVM exists for x86_64 only (docs/pvm-kernel.md).
     let arch = host.arch();
     if arch != "x86_64" {
         problems.push(Problem::new(
@@ -249,7 +251,7 @@ enum CloudInit {
 
 /// Wait (bounded) until cloud-init has written its result: the helper must
 /// not reboot while cloud-init runs (cloud-init #5699) and must not race its
-/// package installs for the dpkg lock (prior-art §8).
+/// package installs for the dpkg lock (docs/payloads.md, "cloud-init").
 fn wait_for_cloud_init(host: &dyn Host, cfg: &PreflightConfig) -> Result<CloudInit, Problem> {
     if CLOUD_INIT_DISABLED.iter().any(|p| host.exists(p)) {
         return Ok(CloudInit::Absent);

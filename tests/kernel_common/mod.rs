@@ -425,7 +425,8 @@ pub fn update_grub(root: &Path) -> Result<CmdOutput> {
 
 /// modprobe against the emulated /proc/modules: `kvm_pvm` loads (and /dev/kvm
 /// appears) unless kvm_intel/kvm_amd is loaded, in which case it exits 0 and
-/// loads nothing (the pre-emption trap, cube-sandbox-facts.md §11);
+/// loads nothing (the pre-emption trap,
+/// docs/pvm-kernel.md);
 /// `-r MOD` unloads MOD and kvm.
 pub fn emulate_modprobe(root: &Path, cmd: &CommandSpec) -> Result<CmdOutput> {
     let modules = fs::read_to_string(root.join("proc/modules")).unwrap_or_default();

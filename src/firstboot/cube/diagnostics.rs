@@ -1,5 +1,5 @@
-//! On failure, one tarball with what an operator needs (facts §7
-//! recommendation): the installer log, `journalctl -u 'cube-sandbox-*'`,
+//! On failure, one tarball with what an operator needs (docs/cube-installer.md,
+//! "What the host must bring"): the installer log, `journalctl -u 'cube-sandbox-*'`,
 //! /data/log/*, and the named checks. Its path goes into the error text and
 //! the journal fact `diagnostics`, from where status and webhook show it.
 
@@ -13,7 +13,7 @@ use super::super::host::{unix_secs, CommandSpec, FileKind, Host};
 use super::super::{Ctx, LOG_DIR};
 use super::INSTALL_LOG;
 
-/// Cube's service logs (facts §6.1).
+/// Cube's service logs (docs/cube-installer.md).
 pub const DATA_LOG_DIR: &str = "/data/log";
 /// Per-file cap: the tail is what matters, and the helper stays small.
 const MAX_FILE_BYTES: usize = 8 * 1024 * 1024;

@@ -1,4 +1,5 @@
-//! /data/cubelet on XFS (facts §4.2 check 4, §5, #311/#245). In order:
+//! /data/cubelet on XFS (docs/cube-installer.md, "What the host must bring";
+//! CubeSandbox #311, #245). In order:
 //! already XFS → keep; the planned disk, or with `data_disk: auto` the one
 //! empty, unpartitioned, unmounted extra disk → `mkfs.xfs -m reflink=1`,
 //! mounted by UUID from /etc/fstab; otherwise a sparse loopback XFS image

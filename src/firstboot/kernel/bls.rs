@@ -5,7 +5,8 @@
 //!
 //! The entry for a kernel is found by its `linux` line, never by file name:
 //! images built elsewhere keep entries named by another machine-id
-//! (prior-art.md §7, stackhpc-kayobe-config PR #878).
+//! (docs/bootloader.md, "BLS entries and grubby"; stackhpc-kayobe-config
+//! PR #878).
 
 use anyhow::{bail, ensure, Result};
 
@@ -88,7 +89,7 @@ impl Bootloader for Bls {
             .to_string();
 
         // Parameters: on BLS they live in the entry's options line;
-        // GRUB_CMDLINE_LINUX does nothing there (cube-sandbox-facts.md §9).
+        // GRUB_CMDLINE_LINUX does nothing there (docs/bootloader.md).
         if ctx.journal.facts.bls_options_before.is_none() {
             // What grubby is about to change, so it can be put back by hand.
             ctx.journal.facts.bls_options_before = Some(entry.options().to_string());

@@ -1,7 +1,7 @@
 //! Loading kvm_pvm, verified by state (/proc/modules, and a /dev/kvm that
 //! answers `KVM_GET_API_VERSION`), never by modprobe's exit code: with
 //! kvm_intel loaded first, `modprobe kvm_pvm` returns 0 without loading
-//! anything (cube-sandbox-facts.md §11).
+//! anything (docs/pvm-kernel.md, "Loading `kvm_pvm`").
 //!
 //! This runs inside the trial boot, before the commit: upstream has a report
 //! of `modprobe kvm_pvm` crashing a RHEL 9.5 VM (CubeSandbox #439). A crash

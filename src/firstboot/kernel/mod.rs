@@ -4,10 +4,10 @@
 //! kvm_pvm. Every effect goes through the host seam: files under its root,
 //! commands recorded (and only printed under `--dry-run`).
 //!
-//! Why a trial boot (prior-art.md §6.1): the saved default stays on the
-//! running kernel and GRUB boots the PVM entry once (`grub-reboot` /
-//! `grub2-reboot`) with `panic=N`, so a kernel that panics reboots into the
-//! old one by itself. Only a verified boot commits the new default.
+//! Why a trial boot (docs/bootloader.md, "Trial boot, commit, rollback"):
+//! the saved default stays on the running kernel and GRUB boots the PVM
+//! entry once (`grub-reboot` / `grub2-reboot`) with `panic=N`, so a kernel
+//! that panics reboots into the old one by itself. Only a verified boot commits the new default.
 //!
 //! Layout: this file is the steps; what differs per bootloader sits behind
 //! the [`Bootloader`] trait, in `grub.rs` (grub.cfg, Debian family) and
@@ -44,7 +44,7 @@ const DEFAULT_GRUB: &str = "/etc/default/grub";
 /// Suffix of the one backup kept of a file this stage edits in place.
 const BACKUP_SUFFIX: &str = ".cubeboot.bak";
 
-/// Debug arguments for a kernel that dies early (cube-sandbox-facts.md §16, #1722).
+/// Debug arguments for a kernel that dies early (docs/pvm-kernel.md, #1722).
 const CONSOLE_HINT: &str = "the PVM kernel did not come up with its parameters; boot it by hand \
      with `earlyprintk=serial,ttyS0,115200 console=ttyS0,115200` added and read the serial \
      console (CubeSandbox #1722, #439)";

@@ -13,10 +13,10 @@ use crate::firstboot::StepFailure;
 use crate::plan::{KernelHold, KernelRepo, PackageFamily};
 
 /// How long to wait for the dpkg lock (cloud-init and unattended-upgrades
-/// hold it at first boot; prior-art.md §8), and how often to look.
+/// hold it at first boot; docs/payloads.md, "cloud-init"), and how often to look.
 const DPKG_LOCK_WAIT: Duration = Duration::from_secs(15 * 60);
 const DPKG_LOCK_POLL: Duration = Duration::from_secs(5);
-/// A kernel package install takes about 3 minutes (cube-sandbox-facts.md §7).
+/// A kernel package install takes about 3 minutes (docs/pvm-kernel.md).
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 const DNF_CONF: &str = "/etc/dnf/dnf.conf";
@@ -71,7 +71,7 @@ pub(super) fn install_package(ctx: &mut Ctx) -> Result<()> {
         PackageFamily::Rpm => {
             // -i, never -U: upgrading a package named `kernel` can remove the
             // distro kernels; --oldpackage because the PVM kernel (6.6) is
-            // older than theirs (cube-sandbox-facts.md §8, §16 #161).
+            // older than theirs (docs/pvm-kernel.md, #161).
             let mut cmd = CommandSpec::new("rpm");
             if !is_live_root(host) {
                 cmd = cmd

@@ -30,7 +30,7 @@ datasource_list: [ NoCloud, None ]
 CFG
 
 # GRUB and the kernel on the serial console: the test reads that console.
-# The builder edits GRUB_CMDLINE_LINUX (facts §9), so the console settings
+# The builder edits GRUB_CMDLINE_LINUX (docs/pvm-kernel.md), so the console settings
 # stay in it and the test sees whether they survive the merge.
 cat > "$root/etc/default/grub" <<'CFG'
 GRUB_DEFAULT=0
