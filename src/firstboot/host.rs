@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
-use super::secrets::Secrets;
+use super::secrets::{is_secret_key, Secrets};
 #[cfg(any(test, feature = "testing"))]
 mod scripted;
 #[cfg(any(test, feature = "testing"))]
@@ -115,24 +115,6 @@ impl CommandSpec {
         parts.extend(self.args.iter().map(|a| shell_quote(a)));
         parts.join(" ")
     }
-}
-
-/// Whether an environment key names a credential, by the words such keys
-/// use (`CUBE_SANDBOX_MYSQL_PASSWORD`, `E2B_API_KEY`, `CUBE_DB_PASS`).
-pub fn is_secret_key(key: &str) -> bool {
-    const MARKERS: &[&str] = &[
-        "PASSWORD",
-        "PASSWD",
-        "PASS",
-        "SECRET",
-        "TOKEN",
-        "KEY",
-        "CREDENTIAL",
-        "AUTH",
-        "DATABASE_URL",
-    ];
-    let k = key.to_ascii_uppercase();
-    MARKERS.iter().any(|m| k.contains(m))
 }
 
 pub fn shell_quote(s: &str) -> String {
@@ -1150,6 +1132,16 @@ mod tests {
             .arg("--args=nopti pti=off")
             .env("LANG", "C");
         assert_eq!(c.display(), "LANG=C grubby '--args=nopti pti=off'");
+    }
+
+    #[test]
+    fn the_command_line_masks_every_key_the_secrets_list_names() {
+        // One list (`secrets::is_secret_key`) serves the command line and
+        // the scrubber alike.
+        let c = CommandSpec::new("x")
+            .env("SENTRY_DSN", "https://k@h/1")
+            .env("cube_tls_private_pem", "pem");
+        assert_eq!(c.display(), "SENTRY_DSN=*** cube_tls_private_pem=*** x");
     }
 
     #[test]
