@@ -60,13 +60,17 @@ pub(crate) fn unset(host: &dyn Host, bl: &Bootloader, key: &str) -> Result<()> {
 /// default even after reboot"; GRUB also refuses to write on btrfs/zfs).
 pub(crate) fn unwritable(host: &dyn Host, bl: &Bootloader) -> Result<Option<String>> {
     let env_path = host.path(&bl.grubenv).to_string_lossy().into_owned();
-    if !host.exists(&bl.grubenv) {
-        let out = host.run(
+    let editenv = |args: &[&str]| {
+        host.run(
             &CommandSpec::new(&bl.editenv)
-                .args([env_path.as_str(), "create"])
+                .arg(env_path.as_str())
+                .args(args.iter().copied())
                 .within_root()
                 .allow_failure(),
-        )?;
+        )
+    };
+    if !host.exists(&bl.grubenv) {
+        let out = editenv(&["create"])?;
         if !out.success() {
             return Ok(Some(format!(
                 "{} could not create {}: {}",
@@ -76,12 +80,7 @@ pub(crate) fn unwritable(host: &dyn Host, bl: &Bootloader) -> Result<Option<Stri
             )));
         }
     }
-    let out = host.run(
-        &CommandSpec::new(&bl.editenv)
-            .args([env_path.as_str(), "set", "cubeboot_probe=1"])
-            .within_root()
-            .allow_failure(),
-    )?;
+    let out = editenv(&["set", "cubeboot_probe=1"])?;
     if !out.success() {
         return Ok(Some(format!(
             "{} cannot write {}: {}",
@@ -90,12 +89,7 @@ pub(crate) fn unwritable(host: &dyn Host, bl: &Bootloader) -> Result<Option<Stri
             out.stderr.trim()
         )));
     }
-    host.run(
-        &CommandSpec::new(&bl.editenv)
-            .args([env_path.as_str(), "unset", "cubeboot_probe"])
-            .within_root()
-            .allow_failure(),
-    )?;
+    editenv(&["unset", "cubeboot_probe"])?;
     // grub-editenv writes the file from Linux; what matters is whether GRUB
     // can at boot, which depends on what holds the directory.
     let probe = bl.editenv.replace("editenv", "probe");

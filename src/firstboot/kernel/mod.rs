@@ -182,13 +182,19 @@ pub fn boot(ctx: &mut Ctx) -> Result<Outcome> {
 
 /// After the reboot: the PVM kernel runs with its parameters, or roll back to
 /// the old kernel and fail without rebooting again. Nothing is committed yet:
+/// Why a step inside the trial boot has nothing to do: the kernel stage is
+/// skipped, or no trial boot was armed.
+fn trial_skip_reason(ctx: &Ctx) -> Option<String> {
+    skip_reason(ctx).or_else(|| {
+        (ctx.journal.state(StepId::KernelBoot) == Some(StepState::Skipped))
+            .then(|| "no trial boot was armed".to_string())
+    })
+}
+
 /// kvm-load proves /dev/kvm first, still inside the trial boot.
 pub fn verify(ctx: &mut Ctx) -> Result<Outcome> {
-    if let Some(why) = skip_reason(ctx) {
+    if let Some(why) = trial_skip_reason(ctx) {
         return Ok(Outcome::Skipped(why));
-    }
-    if ctx.journal.state(StepId::KernelBoot) == Some(StepState::Skipped) {
-        return Ok(Outcome::Skipped("no trial boot was armed".into()));
     }
     let kver = ctx.plan.kernel.kver.clone();
     let (params, panic) = trial_params(ctx)?;
@@ -211,11 +217,8 @@ pub fn verify(ctx: &mut Ctx) -> Result<Outcome> {
 /// Last step of the trial boot: the PVM entry becomes the default, now that
 /// the kernel runs with its parameters and /dev/kvm answers.
 pub fn commit(ctx: &mut Ctx) -> Result<Outcome> {
-    if let Some(why) = skip_reason(ctx) {
+    if let Some(why) = trial_skip_reason(ctx) {
         return Ok(Outcome::Skipped(why));
-    }
-    if ctx.journal.state(StepId::KernelBoot) == Some(StepState::Skipped) {
-        return Ok(Outcome::Skipped("no trial boot was armed".into()));
     }
     let kver = ctx.plan.kernel.kver.clone();
     if let Some(why) = not_on_trial_kernel(ctx)? {

@@ -72,14 +72,7 @@ pub(super) fn install_package(ctx: &mut Ctx) -> Result<()> {
             // -i, never -U: upgrading a package named `kernel` can remove the
             // distro kernels; --oldpackage because the PVM kernel (6.6) is
             // older than theirs (docs/pvm-kernel.md, #161).
-            let mut cmd = CommandSpec::new("rpm");
-            if !is_live_root(host) {
-                cmd = cmd
-                    .arg("--root")
-                    .arg(host.root().to_string_lossy())
-                    .within_root();
-            }
-            let cmd = cmd
+            let cmd = rpm(host)
                 .args(["-ivh", "--oldpackage", local.as_str()])
                 .timeout(INSTALL_TIMEOUT);
             run_with_progress(host, &cmd, "installing the kernel package", "rpm")?;
@@ -173,18 +166,27 @@ fn install_from_repo(ctx: &mut Ctx, repo: &KernelRepo) -> Result<()> {
             .timeout(INSTALL_TIMEOUT),
     )?;
     // Step 4: what rpm now has installed is what the lock pinned.
-    let mut cmd = CommandSpec::new("rpm");
-    if !is_live_root(host) {
-        cmd = cmd.arg("--root").arg(host.root().to_string_lossy());
-    }
     let out = host.run(
-        &cmd.args(["-q", "--qf", "%{NEVRA} %{SHA256HEADER}\n"])
+        &rpm(host)
+            .args(["-q", "--qf", "%{NEVRA} %{SHA256HEADER}\n"])
             .args(nevras.iter().copied())
             .read_only(),
     )?;
     host.check_change("the installed rpm headers against the lock", &mut || {
         check_installed_headers(&out.stdout, repo)
     })
+}
+
+/// `rpm`, pointed at the target's database with `--root` unless the
+/// target is this machine (rpm then stays inside the root by itself).
+fn rpm(host: &dyn Host) -> CommandSpec {
+    let cmd = CommandSpec::new("rpm");
+    if is_live_root(host) {
+        return cmd;
+    }
+    cmd.arg("--root")
+        .arg(host.root().to_string_lossy())
+        .within_root()
 }
 
 /// Compare `rpm -q --qf '%{NEVRA} %{SHA256HEADER}\n'` output with the lock.
@@ -248,20 +250,12 @@ fn installed(host: &dyn Host, family: PackageFamily, package: &str, version: &st
                     .allow_failure(),
             )?
         }
-        PackageFamily::Rpm => {
-            let mut cmd = CommandSpec::new("rpm");
-            if !is_live_root(host) {
-                cmd = cmd
-                    .arg("--root")
-                    .arg(host.root().to_string_lossy())
-                    .within_root();
-            }
-            host.run(
-                &cmd.args(["-q", "--qf", "%{VERSION}-%{RELEASE}\n", package])
-                    .read_only()
-                    .allow_failure(),
-            )?
-        }
+        PackageFamily::Rpm => host.run(
+            &rpm(host)
+                .args(["-q", "--qf", "%{VERSION}-%{RELEASE}\n", package])
+                .read_only()
+                .allow_failure(),
+        )?,
     };
     if !out.success() {
         return Ok(false);
