@@ -493,3 +493,173 @@ fn the_secret_is_redacted_from_status_and_posts() {
     status.redact(&secrets);
     assert!(!status.to_json().contains(SECRET));
 }
+
+/// A self-signed certificate for 127.0.0.1 (openssl, as an operator would
+/// make one): (cert, key).
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("watch.crt"), dir.join("watch.key"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=cubeboot watch test"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (package openssl) is needed");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    (cert, key)
+}
+
+/// POST `body` with curl over HTTPS, trusting `cert`, from source address
+/// `from`; returns the HTTP status (0: no HTTP answer).
+fn curl_post(url: &str, cert: &Path, from: &str, headers: &[(&str, String)], body: &[u8]) -> u16 {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+    ])
+    .args(["--interface", from, "--cacert"])
+    .arg(cert)
+    .args([
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        "@-",
+    ]);
+    for (k, v) in headers {
+        cmd.args(["-H", &format!("{k}: {v}")]);
+    }
+    let mut child = cmd
+        .arg(url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl is needed");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn with_tls_posts_arrive_encrypted_and_keep_their_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let w = Watch::start(
+        dir.path(),
+        "127.0.0.1:0",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--json",
+            "--expect",
+            "1",
+            "--timeout",
+            "60",
+        ],
+    );
+    let https = format!("https://{}/cubeboot", w.addr);
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let plain = raw_post_result(&w.addr, b"{}");
+    assert!(plain.is_none(), "plain HTTP was answered: {plain:?}");
+    // A forged post over TLS is refused by the signature check behind it.
+    let node = script("tls-node", "control", false).pop().unwrap();
+    let body = node.to_json().into_bytes();
+    let forged = signed(&"f".repeat(42), unix_now(), &body);
+    assert_eq!(curl_post(&https, &cert, "127.0.0.2", &forged, &body), 401);
+    // The real one, from 127.0.0.2: the view names that address, not the
+    // relay's inside watch.
+    let good = signed(SECRET, unix_now(), &body);
+    assert_eq!(curl_post(&https, &cert, "127.0.0.2", &good, &body), 204);
+    let (code, out, err) = w.finish(Duration::from_secs(20));
+    assert_eq!(code, 0, "{err}\n{out}");
+    assert!(err.contains("(TLS"), "{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rejected = events.iter().find(|e| e["event"] == "rejected").unwrap();
+    assert_eq!(rejected["peer"], "127.0.0.2", "{rejected}");
+    let n = events.iter().find(|e| e["event"] == "node").unwrap();
+    assert_eq!(n["node"], "tls-node");
+    assert_eq!(n["ip"], "127.0.0.2", "{n}");
+    assert_eq!(n["state"], "done");
+}
+
+#[test]
+fn tls_needs_both_files_and_says_which_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let watch = |extra: &[&std::ffi::OsStr]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cubeboot"))
+            .args(["watch", "--listen", "127.0.0.1:0", "--timeout", "1"])
+            .arg("--secret-file")
+            .arg(&secret)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = watch(&["--tls-cert".as_ref(), cert.as_os_str()]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("--tls-key"), "{err}");
+    // The key where the certificate should be.
+    let (code, err) = watch(&[
+        "--tls-cert".as_ref(),
+        key.as_os_str(),
+        "--tls-key".as_ref(),
+        key.as_os_str(),
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains(&format!("{}: no certificate", key.display())),
+        "{err}"
+    );
+    let (code, err) = watch(&[
+        "--tls-cert".as_ref(),
+        cert.as_os_str(),
+        "--tls-key".as_ref(),
+        cert.as_os_str(),
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains(&format!("{}: no private key", cert.display())),
+        "{err}"
+    );
+}
+
+/// A plain HTTP post; None when no HTTP status line came back.
+fn raw_post_result(addr: &str, body: &[u8]) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "POST /cubeboot HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    line.starts_with("HTTP/").then_some(line)
+}

@@ -227,6 +227,12 @@ pub struct WatchArgs {
     /// Address and port to listen on (e.g. 0.0.0.0:8740 for a fleet)
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8740")]
     pub listen: String,
+    /// Serve HTTPS with this certificate chain (PEM; with --tls-key)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM; with --tls-cert)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// The fleet's webhook secret (what `build` wrote or was given)
     #[arg(long, value_name = "FILE", default_value = "out/webhook-secret")]
     pub secret_file: PathBuf,

@@ -17,4 +17,5 @@ pub mod profile;
 pub mod render;
 pub mod shell;
 pub mod watch;
+pub mod watch_tls;
 pub mod yaml;

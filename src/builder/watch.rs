@@ -26,6 +26,9 @@ pub const MAX_BODY: usize = 1 << 20;
 /// How often the terminal view is redrawn at most.
 const REDRAW_EVERY: Duration = Duration::from_millis(100);
 
+/// How long an exiting `watch` waits for TLS connections to finish.
+const SETTLE: Duration = Duration::from_secs(2);
+
 /// Ends `watch` with an exit code other than 0 or a plain error (main maps it).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -46,19 +49,47 @@ pub fn run(args: WatchArgs) -> Result<()> {
         (None, false) => Expect::Names(args.nodes.clone()),
         (None, true) => Expect::Nothing,
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(super::watch_tls::load_config(cert, key)?),
+        (None, None) => None,
+        _ => bail!("give --tls-cert and --tls-key together"),
+    };
     let mut fleet = Fleet::new(expect, args.keep_going);
     // Step 2: listen. tiny_http reads requests on its own threads; this one
     // verifies, updates the fleet and draws, so the view needs no locks.
-    let server = tiny_http::Server::http(&args.listen)
-        .map_err(|e| anyhow::anyhow!("listening on {}: {e}", args.listen))?;
+    // With TLS, tiny_http listens on loopback behind the TLS relay
+    // (src/builder/watch_tls.rs), which listens where asked.
+    let http_listen = if tls.is_some() {
+        "127.0.0.1:0"
+    } else {
+        args.listen.as_str()
+    };
+    let server = tiny_http::Server::http(http_listen)
+        .map_err(|e| anyhow::anyhow!("listening on {http_listen}: {e}"))?;
     let mut receiver = Receiver::new(secret);
+    let http_addr = server.server_addr().to_ip();
+    let front = match tls {
+        Some(config) => {
+            let backend = http_addr.context("watch's HTTP server has no IP address")?;
+            Some(super::watch_tls::start(&args.listen, config, backend)?)
+        }
+        None => None,
+    };
+    let peers = front.as_ref().map(|f| f.peers.clone());
     // The bound address (port 0 picks one), so scripts can read it back.
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .map_or_else(|| args.listen.clone(), |a| a.to_string());
+    let bound = match &front {
+        Some(f) => f.addr.to_string(),
+        None => http_addr.map_or_else(|| args.listen.clone(), |a| a.to_string()),
+    };
+    // Before exiting: the TLS relay may still hold the last answers.
+    let settle = || {
+        if let Some(f) = &front {
+            f.settle(SETTLE);
+        }
+    };
     eprintln!(
-        "cubeboot watch: listening on {bound} ({})",
+        "cubeboot watch: listening on {bound} ({}{})",
+        if peers.is_some() { "TLS; " } else { "" },
         fleet.expect.describe()
     );
     let terminal = !args.json && io::stdout().is_terminal();
@@ -90,14 +121,22 @@ pub fn run(args: WatchArgs) -> Result<()> {
             let message = fleet.timeout_message(timeout);
             view.finish(&fleet, &receiver, "timeout", 2, &message)?;
             report_stats(&mut handling);
+            settle();
             return Err(Finished { code: 2, message }.into());
         }
         let wait = (deadline - now).min(REDRAW_EVERY);
         if let Some(request) = server.recv_timeout(wait).context("receiving a post")? {
             let received = Instant::now();
+            // Behind the TLS relay, the sender it relays for.
             let peer = request
                 .remote_addr()
-                .map(|a| a.ip().to_string())
+                .map(|a| {
+                    peers
+                        .as_ref()
+                        .and_then(|p| p.get(a.port()))
+                        .unwrap_or(a.ip())
+                        .to_string()
+                })
                 .unwrap_or_else(|| "unknown".into());
             match receiver.receive(request, unix_now(), &discard) {
                 Ok(post) => {
@@ -116,6 +155,7 @@ pub fn run(args: WatchArgs) -> Result<()> {
             let outcome = if code == 0 { "all-done" } else { "failed" };
             view.finish(&fleet, &receiver, outcome, code, &message)?;
             report_stats(&mut handling);
+            settle();
             if code == 0 {
                 eprintln!("{message}");
                 return Ok(());
