@@ -2,25 +2,34 @@
 """Load generator for scripts/bench-watch.sh: NODES simulated helpers post
 signed statuses (as src/signing.rs signs them) to a running `cubeboot watch`
 at RATE posts/s in total for SECONDS, over keep-alive connections, and
-report the achieved rate and the round-trip latency percentiles."""
+report the achieved rate and the round-trip latency percentiles. With a
+seventh argument, a CA file, the posts go over HTTPS trusting it."""
 import hashlib
 import hmac
 import http.client
 import json
 import multiprocessing
 import random
+import ssl
 import sys
 import threading
 import time
 
 
-def node_worker(addr, secret, names, rate_per_node, seconds, out):
+def connect(host, port, cafile):
+    if cafile:
+        ctx = ssl.create_default_context(cafile=cafile)
+        return http.client.HTTPSConnection(host, int(port), timeout=10, context=ctx)
+    return http.client.HTTPConnection(host, int(port), timeout=10)
+
+
+def node_worker(addr, secret, names, rate_per_node, seconds, out, cafile):
     host, port = addr.rsplit(":", 1)
     lat = []
     codes = {}
 
     def one(name):
-        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn = connect(host, port, cafile)
         period = 1.0 / rate_per_node
         # Spread the nodes over one period, as real helpers never post in step.
         start = time.monotonic() + random.random() * period
@@ -54,7 +63,7 @@ def node_worker(addr, secret, names, rate_per_node, seconds, out):
             except Exception as e:  # noqa: BLE001 - counted, reconnect
                 code = type(e).__name__
                 conn.close()
-                conn = http.client.HTTPConnection(host, int(port), timeout=10)
+                conn = connect(host, port, cafile)
             lat.append(time.perf_counter() - t0)
             codes[code] = codes.get(code, 0) + 1
 
@@ -68,6 +77,7 @@ def node_worker(addr, secret, names, rate_per_node, seconds, out):
 
 def main():
     addr, secret_file, nodes, rate, seconds, procs = sys.argv[1:7]
+    cafile = sys.argv[7] if len(sys.argv) > 7 else None
     secret = open(secret_file, "rb").read().strip()
     nodes, rate, seconds, procs = int(nodes), float(rate), float(seconds), int(procs)
     names = [f"bench-{i:04d}" for i in range(nodes)]
@@ -76,7 +86,7 @@ def main():
     t0 = time.monotonic()
     for p in range(procs):
         w = multiprocessing.Process(target=node_worker, args=(
-            addr, secret, names[p::procs], rate / nodes, seconds, out))
+            addr, secret, names[p::procs], rate / nodes, seconds, out, cafile))
         w.start()
         workers.append(w)
     lat, codes = [], {}

@@ -5,7 +5,9 @@
 # 10 ms. Reports the client's round trips and watch's own handling times
 # (`--stats`: from receiving a request to having answered it).
 # Usage: scripts/bench-watch.sh [NODES] [RATE] [SECONDS] [CLIENT_PROCS].
-# Results also go to out/bench-watch.txt.
+# BENCH_TLS=1 serves HTTPS (`--tls-cert/--tls-key`, a self-signed
+# certificate made here with openssl) and posts over it.
+# Results also go to out/bench-watch.txt (out/bench-watch-tls.txt with TLS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nodes=${1:-500}
@@ -26,8 +28,19 @@ cleanup() {
 }
 trap cleanup EXIT
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/secret"
+tls_args=()
+ca=
+result=out/bench-watch.txt
+if [ "${BENCH_TLS:-0}" = 1 ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -days 1 -subj "/CN=bench-watch" -addext "subjectAltName=IP:127.0.0.1" \
+    -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+  tls_args=(--tls-cert "$work/tls.crt" --tls-key "$work/tls.key")
+  ca="$work/tls.crt"
+  result=out/bench-watch-tls.txt
+fi
 "$bin" watch --listen 127.0.0.1:0 --secret-file "$work/secret" --json --stats \
-  --timeout $((seconds + 5)) > "$work/events" 2> "$work/stderr" &
+  "${tls_args[@]}" --timeout $((seconds + 5)) > "$work/events" 2> "$work/stderr" &
 watch_pid=$!
 for _ in $(seq 100); do
   grep -q "listening on" "$work/stderr" 2>/dev/null && break
@@ -36,11 +49,15 @@ done
 addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$work/stderr" | head -1)
 mkdir -p out
 report="$work/report"
-echo "== bench-watch: $nodes nodes, $rate posts/s, ${seconds}s, $(nproc) cores, $(date -u +%FT%TZ)" > "$report"
-python3 scripts/bench-watch.py "$addr" "$work/secret" "$nodes" "$rate" "$seconds" "$procs" >> "$report"
+echo "== bench-watch: $nodes nodes, $rate posts/s, ${seconds}s, $(nproc) cores, ${ca:+TLS, }$(date -u +%FT%TZ)" > "$report"
+echo "binary: $bin" >> "$report"
+python3 scripts/bench-watch.py "$addr" "$work/secret" "$nodes" "$rate" "$seconds" "$procs" $ca >> "$report"
 # watch ends on its timeout (exit 2: no --expect) and prints its stats.
 wait "$watch_pid" || true
 watch_pid=
 grep "handled" "$work/stderr" >> "$report" || { cat "$work/stderr"; exit 1; }
 echo "node events written: $(grep -c '"event":"node"' "$work/events")" >> "$report"
-tee out/bench-watch.txt < "$report"
+rejected=$(grep -c '"event":"rejected"' "$work/events" || true)
+echo "posts rejected: $rejected" >> "$report"
+grep '"event":"rejected"' "$work/events" | head -3 >> "$report" || true
+tee "$result" < "$report"
