@@ -318,6 +318,7 @@ pub fn fetch_asset(
         host.remove_file(&final_path)
             .map_err(|e| local(format!("{e:#}")))?;
     }
+    // Stays: a dry run downloads nothing (the bytes would go nowhere).
     if host.is_dry_run() {
         for url in asset.urls.iter().take(1) {
             host.say(&format!("fetch {label}: would download {url}"));

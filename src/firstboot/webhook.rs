@@ -56,6 +56,7 @@ impl Webhook {
     /// POST the status. Failures are said on the console, never returned.
     /// The caller passes an already redacted status.
     pub fn post(&self, host: &dyn Host, status: &Status) {
+        // Stays: the POST reaches another machine, which no host can stand in for.
         if host.is_dry_run() {
             host.say(&format!(
                 "dry run: would POST status ({}) to {}",
@@ -109,6 +110,7 @@ impl Webhook {
     /// healed by the next post, and the step-boundary posts (retried, and
     /// said on the console when they fail) are the ones that matter.
     pub fn post_progress(&self, host: &dyn Host, status: &Status) {
+        // Stays: as in `post`, no host stands in for the receiver.
         if host.is_dry_run() || self.unreachable.load(Ordering::Relaxed) {
             return;
         }
