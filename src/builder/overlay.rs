@@ -9,6 +9,10 @@
 //! [`FALLBACK_MTIME`]), a fixed xz preset and check. (STYLE §13, after
 //! `coreos/coreos-installer: src/io/initrd.rs`, `Initrd::to_bytes`, and
 //! docs/payloads.md, "Reproducible archives".)
+//!
+//! One file on purpose: the writer and the reader are the two halves of one
+//! format, and the tests (about a third of the lines) write with one and read
+//! back with the other.
 
 use std::collections::BTreeMap;
 use std::fmt;
