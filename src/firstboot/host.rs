@@ -5,20 +5,30 @@
 //!
 //! Rule: no `std::process::Command`, `std::env` or absolute target path is used
 //! outside this module.
+//!
+//! Layout: this file holds the [`Host`] trait, commands and their output;
+//! `host/real.rs` the real machine ([`RealHost`]), `host/dry_run.rs` the dry
+//! run ([`DryRunHost`]), `host/scripted.rs` the scripted host tests use.
+//! The trait's default methods are the file operations every host shares
+//! (they map target paths under the root), which is most of this file.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
 use super::secrets::{is_secret_key, Secrets};
+mod dry_run;
+mod real;
 #[cfg(any(test, feature = "testing"))]
 mod scripted;
+pub use dry_run::DryRunHost;
+pub use real::RealHost;
 #[cfg(any(test, feature = "testing"))]
 pub use scripted::ScriptedHost;
 
@@ -592,119 +602,6 @@ pub fn under_root(root: &Path, target: &str) -> PathBuf {
     out
 }
 
-/// The real machine. `root` is `/` in production and an image mount with
-/// `--root`. Commands run on this machine; with a root other than `/` only
-/// those that cannot change it run: `chroot ROOT …`, commands confined to
-/// the root by their own options ([`CommandSpec::within_root`]) and
-/// read-only queries. Anything else (`apt-get install`, `systemctl`,
-/// `modprobe`) is refused, so a test or a mistyped `--root` never changes
-/// the machine the helper runs on.
-pub struct RealHost {
-    root: PathBuf,
-    secrets: Secrets,
-    confined: bool,
-}
-
-impl RealHost {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self {
-            root: root.into(),
-            secrets: Secrets::new(),
-            confined: true,
-        }
-    }
-
-    /// A host that runs every command even with a temporary root: for the
-    /// tests whose commands are fixtures that honour the root themselves
-    /// (the stand-in installer). Not available to the shipped helper.
-    #[cfg(any(test, feature = "testing"))]
-    pub fn unconfined(root: impl Into<PathBuf>) -> Self {
-        Self {
-            root: root.into(),
-            secrets: Secrets::new(),
-            confined: false,
-        }
-    }
-
-    /// Refuse a command that could act on this machine while the helper
-    /// works on another root.
-    fn check_confined(&self, cmd: &CommandSpec) -> Result<()> {
-        if !self.confined || self.root == Path::new("/") || cmd.read_only || cmd.within_root {
-            return Ok(());
-        }
-        let root = self.root.to_string_lossy();
-        if cmd.program == "chroot" && cmd.args.first().map(String::as_str) == Some(&*root) {
-            return Ok(());
-        }
-        bail!(
-            "refusing to run `{}` on this machine: the helper works on {root}, not /, \
-             and this command would act on the running system",
-            cmd.display()
-        )
-    }
-}
-
-impl Host for RealHost {
-    fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn secrets(&self) -> &Secrets {
-        &self.secrets
-    }
-
-    fn run(&self, cmd: &CommandSpec) -> Result<CmdOutput> {
-        self.check_confined(cmd)?;
-        self.say(&format!("$ {}", cmd.display()));
-        let mut c = Command::new(&cmd.program);
-        c.args(&cmd.args)
-            .envs(&cmd.env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(cwd) = &cmd.cwd {
-            c.current_dir(self.path(cwd));
-        }
-        let out = run_with_timeout(c, cmd.timeout)
-            .with_context(|| format!("running {}", cmd.display()))?;
-        checked(cmd, out)
-    }
-
-    fn run_streaming(&self, cmd: &CommandSpec, on_line: &mut dyn FnMut(&str)) -> Result<CmdOutput> {
-        self.check_confined(cmd)?;
-        self.say(&format!("$ {}", cmd.display()));
-        let mut c = Command::new(&cmd.program);
-        c.args(&cmd.args).envs(&cmd.env).stdin(Stdio::null());
-        if let Some(cwd) = &cmd.cwd {
-            c.current_dir(self.path(cwd));
-        }
-        let out = stream_with_timeout(c, cmd.timeout, on_line)
-            .with_context(|| format!("running {}", cmd.display()))?;
-        checked(cmd, out)
-    }
-
-    fn request_reboot(&self) -> Result<()> {
-        self.say("rebooting now");
-        let out = self.run(&CommandSpec::new("systemctl").arg("reboot").allow_failure())?;
-        if !out.success() {
-            bail!("systemctl reboot failed: {}", out.stderr.trim());
-        }
-        Ok(())
-    }
-
-    fn env(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok()
-    }
-
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-
-    fn sleep(&self, d: Duration) {
-        std::thread::sleep(d);
-    }
-}
-
 /// A command that must act on the target system: run directly when the root
 /// is `/`, through `chroot ROOT` when the helper works on an image (so the
 /// image's own grubby or update-grub runs, not the build machine's).
@@ -750,154 +647,6 @@ pub fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Run `c`, passing output lines to `on_line` as they come. Lines travel over
-/// a channel from one reader thread per pipe, so neither pipe can fill up.
-fn stream_with_timeout(
-    mut c: Command,
-    timeout: Option<Duration>,
-    on_line: &mut dyn FnMut(&str),
-) -> io::Result<CmdOutput> {
-    use std::io::BufRead;
-    use std::sync::mpsc;
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = c.spawn()?;
-    let (tx, rx) = mpsc::channel::<(bool, String)>();
-    let mut readers = Vec::new();
-    for (is_err, pipe) in [
-        (
-            false,
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn io::Read + Send>),
-        ),
-        (
-            true,
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn io::Read + Send>),
-        ),
-    ] {
-        let Some(pipe) = pipe else { continue };
-        let tx = tx.clone();
-        readers.push(std::thread::spawn(move || {
-            for line in io::BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if tx.send((is_err, line)).is_err() {
-                    break;
-                }
-            }
-        }));
-    }
-    drop(tx);
-    let started = std::time::Instant::now();
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    let mut timed_out = false;
-    let mut status = None;
-    let mut exited_at: Option<std::time::Instant> = None;
-    let mut disconnected = false;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok((is_err, line)) => {
-                on_line(&line);
-                let buf = if is_err { &mut stderr } else { &mut stdout };
-                buf.push_str(&line);
-                buf.push('\n');
-                continue;
-            }
-            // Both pipes closed: only the exit status is left to collect.
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                disconnected = true;
-                if status.is_none() {
-                    status = Some(child.wait()?);
-                }
-                break;
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        if status.is_none() {
-            status = child.try_wait()?;
-            if status.is_some() {
-                exited_at = Some(std::time::Instant::now());
-            }
-        }
-        // A detached grandchild may keep the pipes open after the command
-        // exited: collect what comes quickly, then stop listening.
-        if exited_at.is_some_and(|t| t.elapsed() >= Duration::from_secs(2)) {
-            break;
-        }
-        if let (None, Some(t)) = (status, timeout) {
-            if started.elapsed() >= t {
-                timed_out = true;
-                let _ = child.kill();
-                status = Some(child.wait()?);
-                // Grandchildren may still hold the pipes; do not wait for them.
-                break;
-            }
-        }
-    }
-    if disconnected {
-        for r in readers {
-            let _ = r.join();
-        }
-    }
-    Ok(CmdOutput {
-        code: if timed_out {
-            None
-        } else {
-            status.and_then(|s| s.code())
-        },
-        stdout,
-        stderr,
-        timed_out,
-    })
-}
-
-fn run_with_timeout(mut c: Command, timeout: Option<Duration>) -> io::Result<CmdOutput> {
-    let mut child = c.spawn()?;
-    // Drain pipes on threads so a chatty child never blocks on a full pipe.
-    let mut so = child.stdout.take();
-    let mut se = child.stderr.take();
-    let t_out = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        if let Some(p) = so.as_mut() {
-            let _ = io::Read::read_to_end(p, &mut s);
-        }
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        if let Some(p) = se.as_mut() {
-            let _ = io::Read::read_to_end(p, &mut s);
-        }
-        s
-    });
-    let started = std::time::Instant::now();
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(st) = child.try_wait()? {
-            break st;
-        }
-        if let Some(t) = timeout {
-            if started.elapsed() >= t {
-                timed_out = true;
-                let _ = child.kill();
-                break child.wait()?;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
-    let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
-    Ok(CmdOutput {
-        code: if timed_out { None } else { status.code() },
-        stdout,
-        stderr,
-        timed_out,
-    })
-}
-
 /// Free bytes on the filesystem that holds `path`, or will hold it: a
 /// directory not made yet (a dry run) lives on its nearest existing parent.
 fn statvfs_free(path: &Path) -> io::Result<u64> {
@@ -924,191 +673,6 @@ pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Wraps another host: reads and read-only queries ([`CommandSpec::read_only`])
-/// pass through, so what they find is real; every change is recorded and
-/// printed instead of made. This is `cube-firstboot run --dry-run`, and
-/// the only place that knows about dry runs besides [`Host::is_dry_run`].
-pub struct DryRunHost<H: Host> {
-    inner: H,
-    actions: Mutex<Vec<Action>>,
-}
-
-impl<H: Host> DryRunHost<H> {
-    pub fn new(inner: H) -> Self {
-        Self {
-            inner,
-            actions: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// The changes a real run would have made, in order.
-    pub fn actions(&self) -> Vec<Action> {
-        lock(&self.actions).clone()
-    }
-
-    pub fn inner(&self) -> &H {
-        &self.inner
-    }
-}
-
-impl<H: Host> Host for DryRunHost<H> {
-    fn root(&self) -> &Path {
-        self.inner.root()
-    }
-
-    fn secrets(&self) -> &Secrets {
-        self.inner.secrets()
-    }
-
-    fn run(&self, cmd: &CommandSpec) -> Result<CmdOutput> {
-        if cmd.read_only {
-            return self.inner.run(cmd);
-        }
-        self.record(Action::Run(cmd.display()));
-        Ok(CmdOutput::ok(""))
-    }
-
-    fn run_streaming(&self, cmd: &CommandSpec, on_line: &mut dyn FnMut(&str)) -> Result<CmdOutput> {
-        if cmd.read_only {
-            return self.inner.run_streaming(cmd, on_line);
-        }
-        self.record(Action::Run(cmd.display()));
-        Ok(CmdOutput::ok(""))
-    }
-
-    fn request_reboot(&self) -> Result<()> {
-        self.record(Action::Reboot);
-        Ok(())
-    }
-
-    fn env(&self, key: &str) -> Option<String> {
-        self.inner.env(key)
-    }
-
-    fn now(&self) -> SystemTime {
-        self.inner.now()
-    }
-
-    fn sleep(&self, _d: Duration) {}
-
-    fn say(&self, line: &str) {
-        self.inner.say(line);
-    }
-
-    fn record(&self, action: Action) {
-        println!("{action}");
-        lock(&self.actions).push(action.clone());
-        self.inner.record(action);
-    }
-
-    fn is_dry_run(&self) -> bool {
-        true
-    }
-
-    fn path(&self, target: &str) -> PathBuf {
-        self.inner.path(target)
-    }
-
-    fn check_change(&self, what: &str, _check: &mut dyn FnMut() -> Result<()>) -> Result<()> {
-        self.say(&format!("dry run: would check {what}"));
-        Ok(())
-    }
-
-    fn create_dir_all(&self, target: &str) -> Result<()> {
-        self.record(Action::Mkdir(target.into()));
-        Ok(())
-    }
-
-    fn write_atomic(&self, target: &str, bytes: &[u8], _mode: u32) -> Result<()> {
-        self.record(Action::Write {
-            path: target.into(),
-            bytes: bytes.len(),
-        });
-        Ok(())
-    }
-
-    fn remove_file(&self, target: &str) -> Result<()> {
-        self.record(Action::Remove(target.into()));
-        Ok(())
-    }
-
-    fn remove_dir_all(&self, target: &str) -> Result<()> {
-        self.record(Action::Remove(target.into()));
-        Ok(())
-    }
-
-    fn rename(&self, from: &str, to: &str) -> Result<()> {
-        self.record(Action::Rename {
-            from: from.into(),
-            to: to.into(),
-        });
-        Ok(())
-    }
-
-    fn symlink(&self, link_target: &str, target: &str) -> Result<()> {
-        self.record(Action::Symlink {
-            path: target.into(),
-            target: link_target.into(),
-        });
-        Ok(())
-    }
-
-    fn write_in_place(&self, target: &str, bytes: &[u8]) -> Result<()> {
-        self.record(Action::Write {
-            path: target.into(),
-            bytes: bytes.len(),
-        });
-        Ok(())
-    }
-
-    fn create(&self, target: &str, _mode: u32) -> Result<Box<dyn Write + Send>> {
-        self.record(Action::Stream(target.into()));
-        Ok(Box::new(io::sink()))
-    }
-
-    fn append(&self, target: &str) -> Result<Box<dyn Write + Send>> {
-        self.record(Action::Stream(target.into()));
-        Ok(Box::new(io::sink()))
-    }
-
-    fn set_mode(&self, target: &str, mode: u32) -> Result<()> {
-        self.record(Action::Chmod {
-            path: target.into(),
-            mode,
-        });
-        Ok(())
-    }
-
-    fn hard_link(&self, existing: &str, target: &str) -> Result<()> {
-        self.record(Action::HardLink {
-            path: target.into(),
-            target: existing.into(),
-        });
-        Ok(())
-    }
-
-    fn free_bytes(&self, target: &str) -> Result<u64> {
-        self.inner.free_bytes(target)
-    }
-
-    /// A query: opening the device and asking changes nothing.
-    fn kvm_api_version(&self, target: &str) -> Result<i32> {
-        self.inner.kvm_api_version(target)
-    }
-
-    fn boot_id(&self) -> Option<String> {
-        self.inner.boot_id()
-    }
-
-    fn arch(&self) -> String {
-        self.inner.arch()
-    }
-
-    fn euid(&self) -> u32 {
-        self.inner.euid()
-    }
 }
 
 #[cfg(test)]
