@@ -1,0 +1,344 @@
+//! What `cubeboot watch` shows: one JSON line per event (no terminal, or
+//! `--json`), or a table redrawn in place on a terminal. The receiver and
+//! the fleet's state are the parent module's; this only renders them.
+
+use std::io::{self, Write as _};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{Download, Expect, Fleet, Node, Receiver, StepsDone, REDRAW_EVERY};
+
+/// One JSON line per event (docs/watch.md). Field names are a stable
+/// interface: add, never rename.
+#[derive(Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+enum Event<'a> {
+    Node {
+        node: &'a str,
+        ip: &'a str,
+        role: &'a str,
+        profile: &'a str,
+        state: &'a str,
+        step: &'a str,
+        progress: &'a StepsDone,
+        download: Option<&'a Download>,
+        phase: &'a str,
+        elapsed_secs: u64,
+        last_error: Option<&'a str>,
+        hint: Option<String>,
+        message: &'a str,
+        updated_at: u64,
+    },
+    Rejected {
+        peer: &'a str,
+        reason: &'a str,
+    },
+    Finished {
+        outcome: &'a str,
+        exit_code: u8,
+        done: usize,
+        failed: usize,
+        other: usize,
+        rejected: usize,
+        message: &'a str,
+    },
+}
+
+fn json_line(event: &Event) -> Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, event)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn node_event(n: &Node) -> Event<'_> {
+    Event::Node {
+        node: &n.name,
+        ip: &n.ip,
+        role: &n.post.role,
+        profile: &n.post.profile,
+        state: &n.post.state,
+        step: &n.post.step,
+        progress: &n.post.progress,
+        download: n.post.download.as_ref(),
+        phase: &n.post.phase,
+        elapsed_secs: n.last_seen.duration_since(n.first_seen).as_secs(),
+        last_error: n.post.last_error.as_deref(),
+        hint: n.post.is_failed().then(|| n.post.hint()).flatten(),
+        message: &n.post.message,
+        updated_at: n.post.updated_at,
+    }
+}
+
+pub(super) enum View {
+    Json,
+    Table(Table),
+}
+
+impl View {
+    pub(super) fn node(&mut self, node: &Node) -> Result<()> {
+        match self {
+            Self::Json => json_line(&node_event(node)),
+            Self::Table(t) => {
+                t.dirty = true;
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn rejected(&mut self, peer: &str, reason: &str) -> Result<()> {
+        match self {
+            Self::Json => json_line(&Event::Rejected { peer, reason }),
+            Self::Table(t) => {
+                t.last_rejection = format!("{peer}: {reason}");
+                t.dirty = true;
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn tick(&mut self, fleet: &Fleet, receiver: &Receiver, force: bool) -> Result<()> {
+        match self {
+            Self::Json => Ok(()),
+            Self::Table(t) => t.draw(fleet, receiver, force),
+        }
+    }
+
+    pub(super) fn finish(
+        &mut self,
+        fleet: &Fleet,
+        receiver: &Receiver,
+        outcome: &str,
+        code: u8,
+        message: &str,
+    ) -> Result<()> {
+        let (done, failed, other) = fleet.counts();
+        match self {
+            Self::Json => json_line(&Event::Finished {
+                outcome,
+                exit_code: code,
+                done,
+                failed,
+                other,
+                rejected: receiver.rejected,
+                message,
+            }),
+            Self::Table(t) => t.draw(fleet, receiver, true),
+        }
+    }
+}
+
+/// The terminal view: a header, then one line per node, redrawn in place.
+pub(super) struct Table {
+    listen: String,
+    started: Instant,
+    drawn_lines: usize,
+    last_draw: Option<Instant>,
+    dirty: bool,
+    last_rejection: String,
+}
+
+impl Table {
+    pub(super) fn new(listen: String) -> Self {
+        Self {
+            listen,
+            started: Instant::now(),
+            drawn_lines: 0,
+            last_draw: None,
+            dirty: true,
+            last_rejection: String::new(),
+        }
+    }
+
+    fn draw(&mut self, fleet: &Fleet, receiver: &Receiver, force: bool) -> Result<()> {
+        let now = Instant::now();
+        // The clock column ticks once a second even without posts.
+        let stale = self
+            .last_draw
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        let due = self
+            .last_draw
+            .is_none_or(|t| now.duration_since(t) >= REDRAW_EVERY);
+        if !(force || stale || (self.dirty && due)) {
+            return Ok(());
+        }
+        let (rows, cols) = console::Term::stdout().size();
+        let lines = table_lines(
+            fleet,
+            receiver,
+            &self.listen,
+            &self.last_rejection,
+            now.duration_since(self.started),
+            usize::from(rows),
+            usize::from(cols),
+            now,
+        );
+        let mut frame = String::new();
+        if self.drawn_lines > 0 {
+            frame.push_str(&format!("\x1b[{}A", self.drawn_lines));
+        }
+        for line in &lines {
+            frame.push_str("\r\x1b[2K");
+            frame.push_str(line);
+            frame.push('\n');
+        }
+        // Clear what a longer previous frame left below.
+        frame.push_str("\x1b[J");
+        let mut out = io::stdout().lock();
+        out.write_all(frame.as_bytes())?;
+        out.flush()?;
+        self.drawn_lines = lines.len();
+        self.last_draw = Some(now);
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+/// The lines of the terminal view, each cut to `cols - 1` characters so no
+/// line wraps, and no more than `rows - 1` of them so the cursor can always
+/// climb back to the first (a taller frame would scroll and garble).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn table_lines(
+    fleet: &Fleet,
+    receiver: &Receiver,
+    listen: &str,
+    last_rejection: &str,
+    running_for: Duration,
+    rows: usize,
+    cols: usize,
+    now: Instant,
+) -> Vec<String> {
+    let width = cols.saturating_sub(1).max(20);
+    let (done, failed, other) = fleet.counts();
+    let waiting_names: Vec<&String> = match &fleet.expect {
+        Expect::Names(names) => names.iter().filter(|n| fleet.find(n).is_none()).collect(),
+        _ => Vec::new(),
+    };
+    let expected = match &fleet.expect {
+        Expect::Count(n) => format!(" of {n} expected"),
+        Expect::Names(names) => format!(" of {} expected", names.len()),
+        Expect::Nothing => String::new(),
+    };
+    let mut header = vec![format!(
+        "cubeboot watch {listen} {}: {done} done, {failed} failed, {other} in progress{expected}",
+        clock(running_for)
+    )];
+    if receiver.rejected > 0 {
+        header.push(format!(
+            "rejected {} posts; last from {last_rejection}",
+            receiver.rejected
+        ));
+    }
+    header.push(format!(
+        "{:<20} {:<15} {:<8} {:<14} {:<24} {:>7}  {}",
+        "NODE", "IP", "ROLE", "STEP", "PROGRESS", "ELAPSED", "STATUS"
+    ));
+    let mut body: Vec<(u8, String)> = fleet
+        .nodes
+        .values()
+        .map(|n| {
+            let rank = if n.post.is_failed() {
+                0
+            } else if n.post.is_done() {
+                2
+            } else {
+                1
+            };
+            (rank, node_line(n, now))
+        })
+        .collect();
+    body.extend(waiting_names.iter().map(|name| {
+        (
+            1,
+            format!(
+                "{:<20} {:<15} {:<8} {:<14} {:<24} {:>7}  waiting for a first post",
+                name, "-", "-", "-", "", ""
+            ),
+        )
+    }));
+    let room = rows.saturating_sub(1 + header.len()).max(1);
+    if body.len() > room {
+        // Failed first, then those still working; the done ones are counted.
+        body.sort_by_key(|(rank, _)| *rank);
+        let hidden = body.len() - (room - 1);
+        body.truncate(room - 1);
+        body.push((3, format!("… {hidden} more not shown (enlarge the window)")));
+    }
+    header
+        .into_iter()
+        .chain(body.into_iter().map(|(_, l)| l))
+        .map(|l| cut(&l, width))
+        .collect()
+}
+
+fn node_line(n: &Node, now: Instant) -> String {
+    let p = &n.post;
+    let progress = match &p.download {
+        Some(d) if d.total > 0 && !p.is_done() => {
+            let share = (d.bytes.min(d.total) as f64 / d.total as f64).clamp(0.0, 1.0);
+            let filled = (share * 10.0).round() as usize;
+            format!(
+                "[{}{}] {:>3}% {}",
+                "#".repeat(filled),
+                "-".repeat(10 - filled),
+                (share * 100.0).floor() as u64,
+                mib(d.total)
+            )
+        }
+        _ => format!("{}/{} steps", p.progress.done, p.progress.total),
+    };
+    let step = if !p.phase.is_empty() && p.step == "cube-install" {
+        format!("{}:{}", p.step, p.phase)
+    } else {
+        p.step.clone()
+    };
+    let status = if p.is_failed() {
+        match p.hint() {
+            Some(h) => format!("{}: {h}", p.state),
+            None => p.state.clone(),
+        }
+    } else {
+        p.state.clone()
+    };
+    // A node still working shows the time it has taken so far.
+    let until = if p.is_done() || p.is_failed() {
+        n.last_seen
+    } else {
+        now
+    };
+    format!(
+        "{:<20} {:<15} {:<8} {:<14} {:<24} {:>7}  {}",
+        n.name,
+        n.ip,
+        p.role,
+        step,
+        progress,
+        clock(until.duration_since(n.first_seen)),
+        status
+    )
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0}M", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn clock(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// At most `width` characters, with no control characters (a hostname or
+/// error text must not move the cursor).
+fn cut(line: &str, width: usize) -> String {
+    line.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(width)
+        .collect()
+}
