@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetch Debian 13's cloud-init (25.x) and unpack it under DIR (default
 # target/cloud-init-trixie), without touching the system's apt state
-# (vm-e2e-notes.md, "The newest cloud-init too"). It is pure Python and runs
+# (docs/payloads.md, "cloud-init"). It is pure Python and runs
 # on Debian 12's python3 with the modules Debian 12's cloud-init pulled in:
 #   PYTHONPATH=DIR/usr/lib/python3/dist-packages python3 DIR/usr/bin/cloud-init schema --config-file F
 # Prints DIR. Network: the Debian mirror only, through apt.

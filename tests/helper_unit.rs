@@ -95,7 +95,7 @@ fn verify_enabled_as(unit: &str, name: &str) -> String {
 #[test]
 fn unit_has_no_ordering_cycle_with_cloud_init() {
     assert_eq!(verify_enabled(UNIT_FILE), "");
-    // The check can fail: the variant vm-e2e-notes.md warns about cycles.
+    // The check can fail: the variant docs/payloads.md warns about cycles.
     let cyclic = UNIT_FILE.replace("WantedBy=cloud-init.target", "WantedBy=multi-user.target");
     let complaints = verify_enabled(&cyclic);
     assert!(complaints.contains("ordering cycle"), "{complaints}");

@@ -33,7 +33,7 @@ use cubeboot::firstboot::status::Status;
 use cubeboot::firstboot::StepId;
 use cubeboot::plan::Plan;
 
-/// Overall limit for one VM run (vm-e2e-notes: "30 min overall").
+/// Overall limit for one VM run (tests/e2e/README.md, "Recipe notes").
 const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// The fixture bundle's name, as the Cube team's recipe makes it.
 const BUNDLE: &str = "cube-sandbox-one-click-v0.0.0-fixture-amd64.tar.gz";
@@ -690,7 +690,7 @@ impl Vm {
         )
         .unwrap();
         let _ = fs::remove_file(&seed);
-        // vfat labelled CIDATA (vm-e2e-notes, "NoCloud seed").
+        // vfat labelled CIDATA (tests/e2e/README.md, "Recipe notes").
         run_ok(Command::new("truncate").args(["-s", "2M"]).arg(&seed));
         run_ok(Command::new("mkfs.vfat").args(["-n", "CIDATA"]).arg(&seed));
         run_ok(

@@ -1,5 +1,5 @@
 //! Diagnostics that point at a file, a YAML key path and a line:column,
-//! printed rustc-style (STYLE.md §6, after Butane's `internal/report`).
+//! printed rustc-style (after `coreos/butane: internal/report`).
 //!
 //! ```text
 //! error[$.assets.bundle.sha256]: expected 64 hex digits, got 6 characters: "abc123"

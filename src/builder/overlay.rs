@@ -6,7 +6,7 @@
 //! target path → entry), so the same description always gives the same bytes:
 //! entries in `BTreeMap` order, every parent directory explicit, uid/gid 0,
 //! fixed modes, one mtime for everything (`SOURCE_DATE_EPOCH` or
-//! [`FALLBACK_MTIME`]), a fixed xz preset and check. (STYLE §13, after
+//! [`FALLBACK_MTIME`]), a fixed xz preset and check. (After
 //! `coreos/coreos-installer: src/io/initrd.rs`, `Initrd::to_bytes`, and
 //! docs/payloads.md, "Reproducible archives".)
 //!
@@ -582,7 +582,7 @@ fn visit<R: Read>(
 }
 
 /// An archive member name as a target path; refuses absolute names and `..`
-/// (STYLE §13, after `coreos/coreos-installer: src/live/mod.rs`).
+/// (after `coreos/coreos-installer: src/live/mod.rs`).
 fn entry_path(raw: &str) -> Result<String> {
     let parts = crate::archive_path::normal_parts(Path::new(raw))
         .map_err(|e| anyhow!("entry {raw:?} {e}"))?;

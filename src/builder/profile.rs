@@ -1,6 +1,6 @@
 //! Distro profiles: versioned, strict YAML specs, one per target distro.
 //!
-//! Like a Butane config (STYLE.md §4), a profile is read in two passes: a
+//! Like a Butane config (`coreos/butane: config/`), a profile is read in two passes: a
 //! minimal `{version}` first, then the schema of that version, so an unknown
 //! version is a clear error listing the supported ones rather than a pile of
 //! "unknown field" complaints. Released versions are frozen.

@@ -167,8 +167,8 @@ pub fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(enc.finish()?)
 }
 
-/// Parse the user-data back and check it says what we meant (STYLE §5,
-/// Butane's ErrInvalidGeneratedConfig).
+/// Parse the user-data back and check it says what we meant (as Butane's
+/// `ErrInvalidGeneratedConfig` does; docs/payloads.md).
 fn verify(user_data: &str, ctx: &Context_) -> Result<()> {
     if !user_data.starts_with("#cloud-config\n") {
         bail!("does not start with #cloud-config");

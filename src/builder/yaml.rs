@@ -1,6 +1,6 @@
 //! Every YAML read and write of the builder goes through this module.
 //!
-//! serde_yaml is published as `0.9.34+deprecated` (STYLE.md §6): keeping it
+//! serde_yaml is published as `0.9.34+deprecated`: keeping it
 //! behind these few functions means a swap touches this file only. Errors
 //! come back as [`Diagnostic`]s naming the file, the key path and the
 //! line:column, so callers never see a serde_yaml type.

@@ -11,8 +11,8 @@
 #   kernel.env         KVER and package facts.
 #
 # A second, older Debian ABI than the guest's default kernel, so GRUB's
-# newest-first order never picks it by accident (vm-e2e-notes, "Kernels for
-# the switch test"). Its release lacks `pvm.host`: the lock takes
+# newest-first order never picks it by accident (tests/e2e/README.md,
+# "Recipe notes"). Its release lacks `pvm.host`: the lock takes
 # --allow-non-pvm-kernel for it.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"

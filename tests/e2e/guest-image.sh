@@ -7,8 +7,8 @@
 # so an edit to the recipe rebuilds and anything else reuses. Runs never write
 # to disk.img: each boot uses a qcow2 overlay on it.
 #
-# Measured recipe: /work/shared/docs/vm-e2e-notes.md ("Guest root
-# filesystem", loop-device path). Needs root, mmdebstrap, losetup, sfdisk.
+# Measured recipe: tests/e2e/README.md ("Recipe notes"), loop-device
+# path. Needs root, mmdebstrap, losetup, sfdisk.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${E2E_CACHE:-$here/cache}"

@@ -1,4 +1,4 @@
-//! Every clap type of the helper, in one place (STYLE §2). Verbs map to one
+//! Every clap type of the helper, in one place. Verbs map to one
 //! function each in `main.rs`.
 
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! use, extracted through the host into a fresh directory with every entry
 //! checked (no absolute paths, no `..`, no links leaving the directory or
 //! written through, no devices, no setuid/setgid bits, no world-writable
-//! directories). STYLE §10, §13; upstream publishes no checksums for it.
+//! directories). Upstream publishes no checksums for it (docs/pvm-kernel.md).
 
 use std::io::{self, BufReader, Read};
 use std::path::Path;

@@ -11,7 +11,7 @@ echo cubeboot-e2e > "$root/etc/hostname"
 printf '127.0.0.1 localhost\n' > "$root/etc/hosts"
 
 # Installing a kernel inside the TCG guest takes ~80 s with MODULES=dep and
-# ~6.5 min with Debian's MODULES=most (vm-e2e-notes, "Guest root filesystem").
+# ~6.5 min with Debian's MODULES=most (tests/e2e/README.md, "Recipe notes").
 # The image's own initrd was built with `most` at bootstrap: it must find
 # virtio disks without knowing the machine.
 sed -i 's/^MODULES=.*/MODULES=dep/' "$root/etc/initramfs-tools/initramfs.conf"
