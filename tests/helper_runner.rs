@@ -489,8 +489,11 @@ fn webhook_gets_each_step_change_and_the_end_without_secrets() {
             )
         })
         .collect();
+    // The bundle's download ended beside the kernel stage and was recorded
+    // then: its step has nothing left to run.
     let mut want: Vec<(String, String)> = StepId::ALL
         .iter()
+        .filter(|s| **s != StepId::Bundle)
         .map(|s| ("running".to_string(), s.name().to_string()))
         .collect();
     // The reboot comes after the reboot step starts; then the rest.
@@ -559,7 +562,9 @@ fn a_dead_webhook_never_fails_the_run() {
     // One report per step start, the reboot and the end, over two runs
     // (the reboot splits them): the first report of each run is retried
     // (6 attempts), then, the webhook being down, each later one tries once.
-    let reports = StepId::ALL.len() + 2;
+    // The bundle step does not start: its download, beside the kernel
+    // stage, was recorded when it ended.
+    let reports = StepId::ALL.len() - 1 + 2;
     assert_eq!(hook.requests_to("/hook").len(), 2 * 6 + (reports - 2));
     let said = t.host.said().join("\n");
     assert!(
@@ -916,4 +921,131 @@ fn without_native_kvm_kvm_auto_still_downloads_the_kernel_package() {
         t.host.read(&cache_path(&plan.assets.kernel)).unwrap(),
         t.kernel.bytes
     );
+}
+
+/// A target whose bundle comes from `server` in 10 slow chunks (about a
+/// second in all) and whose kernel comes at once.
+fn slow_bundle_target(server: &support::server::Server) -> Target {
+    let t = Target::with_plan_edit(|p| {
+        p["assets"]["kernel"]["urls"] = serde_json::json!([server.url("/kernel.deb")]);
+        p["assets"]["bundle"]["urls"] = serde_json::json!([server.url("/bundle.tar.gz")]);
+    });
+    server.route("/kernel.deb", &t.kernel.bytes, vec![]);
+    let chunk = t.bundle.bytes.len() / 10 + 1;
+    server.route_with_default(
+        "/bundle.tar.gz",
+        &t.bundle.bytes,
+        vec![],
+        support::server::Behavior::Slow {
+            chunk,
+            pause: std::time::Duration::from_millis(100),
+        },
+    );
+    t
+}
+
+/// Bytes of the bundle on the target: whole, or the partial download.
+fn bundle_on_disk(host: &dyn Host, plan: &cubeboot::plan::Plan) -> (bool, u64) {
+    let path = cache_path(&plan.assets.bundle);
+    let partial = host
+        .metadata(&format!("{path}.partial"))
+        .unwrap()
+        .map_or(0, |m| m.len);
+    (host.exists(&path), partial)
+}
+
+#[test]
+fn the_kernel_stage_runs_while_the_bundle_still_downloads() {
+    let server = support::server::Server::start();
+    let mut t = slow_bundle_target(&server);
+    let o = opts(Scope::All);
+    let (plan, digest) = t.plan();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen_in = seen.clone();
+    let steps = stand_in_steps(&o).with(StepId::KernelInstall, move |ctx| {
+        *seen_in.lock().unwrap() = Some(bundle_on_disk(ctx.host, ctx.plan).0);
+        ctx.journal.facts.old_kernel = Some("6.1.0-26-amd64".into());
+        Ok(Outcome::Done("installed".into()))
+    });
+    for _ in 0..3 {
+        match cubeboot::firstboot::runner::run_with(&t.host, &plan, &digest, &o, &steps).unwrap() {
+            RunEnd::Rebooting => t.reboot(),
+            end => {
+                assert_eq!(end, RunEnd::Done);
+                break;
+            }
+        }
+    }
+    // The kernel install did not wait for the bundle (the old order fetched
+    // both first); the bundle was whole before the Cube stage all the same,
+    // and one request fetched it.
+    assert_eq!(*seen.lock().unwrap(), Some(false));
+    assert_eq!(
+        t.host.read(&cache_path(&plan.assets.bundle)).unwrap(),
+        t.bundle.bytes
+    );
+    assert_eq!(server.requests_to("/bundle.tar.gz").len(), 1);
+    let status = read_json(&t.host, STATUS_PATH);
+    let bundle = &status["steps"][10];
+    assert_eq!(bundle["name"], "bundle");
+    assert_eq!(bundle["state"], "done");
+    // Less was left than a reboot takes: the reboot waited, and said so.
+    assert!(
+        t.host
+            .said()
+            .iter()
+            .any(|l| l.starts_with("waiting for the last")
+                && l.ends_with("before rebooting (less than a reboot takes)")),
+        "{:#?}",
+        t.host.said()
+    );
+}
+
+#[test]
+fn a_bundle_with_more_left_than_a_reboot_resumes_by_range_after_it() {
+    let server = support::server::Server::start();
+    let mut t = slow_bundle_target(&server);
+    let o = cubeboot::firstboot::runner::RunOptions {
+        reboot_estimate: std::time::Duration::from_millis(1),
+        ..opts(Scope::All)
+    };
+    let (plan, digest) = t.plan();
+    // The kernel stage's work takes until some of the bundle has arrived,
+    // so its rate is known at the reboot.
+    let steps = stand_in_steps(&o).with(StepId::KernelInstall, |ctx| {
+        for _ in 0..500 {
+            if bundle_on_disk(ctx.host, ctx.plan).1 > 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        ctx.journal.facts.old_kernel = Some("6.1.0-26-amd64".into());
+        Ok(Outcome::Done("installed".into()))
+    });
+    let run = |t: &Target| {
+        cubeboot::firstboot::runner::run_with(&t.host, &plan, &digest, &o, &steps).unwrap()
+    };
+    assert_eq!(run(&t), RunEnd::Rebooting);
+    let status = read_json(&t.host, STATUS_PATH);
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.contains("of the bundle left") && message.contains("resumes after the reboot"),
+        "{message}"
+    );
+    // Here the process outlived its reboot request; a real reboot cuts the
+    // download: keep the first half as the partial file it would have left.
+    let path = cache_path(&plan.assets.bundle);
+    let half = t.bundle.bytes.len() / 2;
+    t.host.remove_file(&path).unwrap();
+    t.host
+        .put(&format!("{path}.partial"), &t.bundle.bytes[..half]);
+    t.reboot();
+    assert_eq!(run(&t), RunEnd::Done);
+    assert_eq!(t.host.read(&path).unwrap(), t.bundle.bytes);
+    let ranges: Vec<_> = server
+        .requests_to("/bundle.tar.gz")
+        .into_iter()
+        .filter_map(|r| r.range)
+        .collect();
+    assert_eq!(ranges, vec![format!("bytes={half}-")]);
 }

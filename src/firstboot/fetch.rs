@@ -40,7 +40,48 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     run_with(ctx, &FetchConfig::default())
 }
 
+/// Every asset the plan needs, in parallel.
 pub fn run_with(ctx: &mut Ctx, cfg: &FetchConfig) -> Result<Outcome> {
+    run_assets(ctx, cfg, true)
+}
+
+/// The fetch step as the runner takes it: every asset but the bundle, whose
+/// download the runner started beside this step and keeps going while the
+/// kernel stage works ([`bundle_beside`], the `bundle` step). The space
+/// check still counts the bundle, so a full disk fails here, early.
+pub fn run_without_bundle(ctx: &mut Ctx, cfg: &FetchConfig) -> Result<Outcome> {
+    run_assets(ctx, cfg, false)
+}
+
+/// The bundle's download beside the steps that do not need it: the same
+/// space check (for the bundle) and the same resumable, verified download
+/// as the fetch step's.
+pub fn bundle_beside(host: &dyn Host, plan: &Plan, cfg: &FetchConfig) -> Result<Fetched> {
+    let bundle = &plan.assets.bundle;
+    host.create_dir_all(CACHE_DIR)?;
+    check_space(host, &[("bundle", bundle)])?;
+    Ok(fetch_asset(host, "bundle", bundle, &with_plan(cfg, plan))?)
+}
+
+/// The `bundle` step: the bundle verified in the cache (the download the
+/// runner started beside the kernel stage has ended by now; a reboot may
+/// have cut it, and this resumes it by Range).
+pub fn bundle_step(ctx: &mut Ctx, cfg: &FetchConfig) -> Result<Outcome> {
+    let bundle = &ctx.plan.assets.bundle;
+    ctx.host.create_dir_all(CACHE_DIR)?;
+    check_space(ctx.host, &[("bundle", bundle)])?;
+    let fetched =
+        fetch_asset(ctx.host, "bundle", bundle, &with_plan(cfg, ctx.plan)).map_err(|e| {
+            let hint = e.hint();
+            StepFailure::new(e.to_string()).hint(hint).caused_by(e)
+        })?;
+    Ok(Outcome::Done(format!(
+        "bundle {}",
+        fetched.describe(bundle)
+    )))
+}
+
+fn run_assets(ctx: &mut Ctx, cfg: &FetchConfig, with_bundle: bool) -> Result<Outcome> {
     let host = ctx.host;
     // The runner records native KVM or PVM before this step (see
     // `kernel::decide_kvm`): a host whose own /dev/kvm is used needs no
@@ -64,6 +105,10 @@ pub fn run_with(ctx: &mut Ctx, cfg: &FetchConfig) -> Result<Outcome> {
     // what is still missing (a full disk mid-download helps nobody).
     host.create_dir_all(CACHE_DIR)?;
     check_space(host, &wanted)?;
+    if !with_bundle {
+        let bundle = &ctx.plan.assets.bundle.sha256;
+        wanted.retain(|(label, asset)| *label == "kernel" || asset.sha256 != *bundle);
+    }
 
     // Download in parallel: one thread per asset, sharing the host seam
     // and the step's progress channel.

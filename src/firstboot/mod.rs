@@ -47,7 +47,8 @@ pub const UNIT_FILE: &str = include_str!("../../templates/cube-firstboot.service
 pub enum StepId {
     /// Root, x86_64, RAM, disk, distro matches the plan, cloud-init finished.
     Preflight,
-    /// Every asset the plan needs, verified into the SHA-256-named cache.
+    /// The kernel package, verified into the SHA-256-named cache (the
+    /// bundle downloads beside the steps that follow, see `Bundle`).
     Fetch,
     /// Host packages the Cube installer needs (before the reboot).
     CubePrereqs,
@@ -67,6 +68,10 @@ pub enum StepId {
     KernelCommit,
     /// /data/cubelet on XFS.
     DataDisk,
+    /// The one-click bundle verified in the cache: its download started
+    /// with `Fetch` and ran beside the kernel stage; this waits for it, or
+    /// resumes it by Range when a reboot cut it.
+    Bundle,
     /// The one-click installer from the verified bundle.
     CubeInstall,
     /// Success by state, not log text.
@@ -78,7 +83,7 @@ pub enum StepId {
 }
 
 impl StepId {
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Preflight,
         Self::Fetch,
         Self::CubePrereqs,
@@ -89,6 +94,7 @@ impl StepId {
         Self::KvmLoad,
         Self::KernelCommit,
         Self::DataDisk,
+        Self::Bundle,
         Self::CubeInstall,
         Self::CubeVerify,
         Self::Harden,
@@ -107,6 +113,7 @@ impl StepId {
             Self::KvmLoad => "kvm-load",
             Self::KernelCommit => "kernel-commit",
             Self::DataDisk => "data-disk",
+            Self::Bundle => "bundle",
             Self::CubeInstall => "cube-install",
             Self::CubeVerify => "cube-verify",
             Self::Harden => "harden",

@@ -68,6 +68,10 @@ pub struct RunOptions {
     pub preflight: PreflightConfig,
     /// Re-enter a run that ended `failed`: the failed step runs again.
     pub retry_failed: bool,
+    /// About how long a reboot takes: a bundle download with less time
+    /// than this left is waited for before the reboot, a longer one is cut
+    /// by it and resumed after.
+    pub reboot_estimate: std::time::Duration,
 }
 
 impl Default for RunOptions {
@@ -77,6 +81,7 @@ impl Default for RunOptions {
             fetch: FetchConfig::default(),
             preflight: PreflightConfig::default(),
             retry_failed: false,
+            reboot_estimate: REBOOT_ESTIMATE,
         }
     }
 }
@@ -105,8 +110,13 @@ impl Steps {
             Arc::new(move |ctx: &mut Ctx| {
                 // Decided before the first byte: fetch only what that path needs.
                 ctx.journal.facts.kvm_mode = Some(kernel::decide_kvm(ctx.host, ctx.plan)?);
-                fetch::run_with(ctx, &fetch_cfg)
+                fetch::run_without_bundle(ctx, &fetch_cfg)
             }),
+        );
+        let bundle_cfg = opts.fetch.clone();
+        table.insert(
+            StepId::Bundle,
+            Arc::new(move |ctx: &mut Ctx| fetch::bundle_step(ctx, &bundle_cfg)),
         );
         table.insert(StepId::CubePrereqs, Arc::new(cube::prereqs));
         table.insert(StepId::KernelInstall, Arc::new(kernel::install));
@@ -191,9 +201,171 @@ pub fn run_with(
         // replaces one a crash tore or a person deleted, which is often why
         // a later step failed.
         journal.steps.remove(&StepId::Fetch);
+        journal.steps.remove(&StepId::Bundle);
         journal.save(host)?;
     }
 
+    // The bundle downloads beside the steps that do not need it; the scope
+    // ends only when that download has ended too (a reboot or a kill ends
+    // it sooner, and the `bundle` step resumes it by Range).
+    std::thread::scope(|s| {
+        let mut beside = Beside::default();
+        let end = take_steps(
+            host,
+            plan,
+            opts,
+            steps,
+            &reporter,
+            &mut journal,
+            s,
+            &mut beside,
+        );
+        // Stopped or failed with the download still going: what it brought
+        // is recorded. A reboot that did not wait for it ends it (here the
+        // scope still joins it); the next boot resumes it by Range.
+        if !matches!(end, Ok(RunEnd::Rebooting)) {
+            beside.wait(host, &mut journal)?;
+        }
+        end
+    })
+}
+
+/// The bundle's download beside the steps: started with the fetch step (or
+/// at the first step of a later start, after a reboot or a kill), waited
+/// for before the `bundle` step and, when it is nearly done, before the
+/// reboot.
+#[derive(Default)]
+struct Beside<'scope> {
+    worker: Option<std::thread::ScopedJoinHandle<'scope, Result<String>>>,
+    started: Option<(std::time::Instant, u64)>,
+}
+
+/// About how long a reboot takes, boot to network (the VM tier's figure
+/// was under a minute).
+pub const REBOOT_ESTIMATE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl<'scope> Beside<'scope> {
+    fn start_if_due<'env>(
+        &mut self,
+        s: &'scope std::thread::Scope<'scope, 'env>,
+        host: &'env dyn Host,
+        plan: &'env Plan,
+        opts: &RunOptions,
+        journal: &Journal,
+        step: StepId,
+    ) {
+        let due = self.worker.is_none()
+            && opts.scope.includes(StepId::Bundle)
+            && !journal.is_complete(StepId::Bundle)
+            && journal.is_complete(StepId::Preflight)
+            && (step == StepId::Fetch || journal.is_complete(StepId::Fetch))
+            && step != StepId::Bundle
+            // Already whole: the bundle step verifies it, once.
+            && !host.exists(&super::cache_path(&plan.assets.bundle))
+            // One file for both: the fetch step downloads it.
+            && plan.assets.bundle.sha256 != plan.assets.kernel.sha256;
+        if !due {
+            return;
+        }
+        self.started = Some((std::time::Instant::now(), bundle_bytes(host, plan)));
+        let cfg = opts.fetch.clone();
+        self.worker = Some(s.spawn(move || {
+            let fetched = fetch::bundle_beside(host, plan, &cfg)?;
+            Ok(format!(
+                "bundle {}, beside the kernel stage",
+                fetched.describe(&plan.assets.bundle)
+            ))
+        }));
+    }
+
+    /// Wait for the download to end and record a verified bundle in the
+    /// journal (this thread is the journal's only writer). A failure is the
+    /// `bundle` step's to report: it runs the same download again, with its
+    /// retries and its hint.
+    fn wait(&mut self, host: &dyn Host, journal: &mut Journal) -> Result<()> {
+        let Some(w) = self.worker.take() else {
+            return Ok(());
+        };
+        match w.join() {
+            Ok(Ok(detail)) => {
+                journal.start(host, StepId::Bundle);
+                journal.mark(host, StepId::Bundle, StepState::Done, &detail);
+                journal.save(host)?;
+            }
+            Ok(Err(e)) => host.say(&format!("fetch bundle: {e:#}; the bundle step tries again")),
+            Err(_) => {
+                host.say("fetch bundle: the download thread panicked; the bundle step tries again")
+            }
+        }
+        Ok(())
+    }
+
+    /// Before the reboot: wait for the bundle when less of it is left than
+    /// a reboot takes; otherwise reboot and resume it after. Says which.
+    fn before_reboot(
+        &mut self,
+        host: &dyn Host,
+        plan: &Plan,
+        journal: &mut Journal,
+        reboot_takes: std::time::Duration,
+    ) -> Result<Option<String>> {
+        let Some(worker) = self.worker.as_ref() else {
+            return Ok(None);
+        };
+        if worker.is_finished() {
+            self.wait(host, journal)?;
+            return Ok(None);
+        }
+        let size = plan.assets.bundle.size;
+        let have = bundle_bytes(host, plan);
+        let left = size.saturating_sub(have);
+        let eta = self.started.and_then(|(at, from)| {
+            let rate = have.saturating_sub(from) as f64 / at.elapsed().as_secs_f64().max(1e-3);
+            (rate > 0.0).then(|| std::time::Duration::from_secs_f64(left as f64 / rate))
+        });
+        match eta {
+            Some(eta) if eta > reboot_takes => Ok(Some(format!(
+                "rebooting with {} of the bundle left (about {}s at the current rate, longer than a reboot); its download resumes after the reboot",
+                fetch::human_bytes(left),
+                eta.as_secs()
+            ))),
+            // Unknown (no bytes yet, or a dry run): wait, the download has
+            // its own timeouts.
+            _ => {
+                host.say(&format!(
+                    "waiting for the last {} of the bundle before rebooting (less than a reboot takes)",
+                    fetch::human_bytes(left)
+                ));
+                self.wait(host, journal)?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Bytes of the bundle on disk: all of it once verified, else the partial.
+fn bundle_bytes(host: &dyn Host, plan: &Plan) -> u64 {
+    let path = super::cache_path(&plan.assets.bundle);
+    if host.exists(&path) {
+        return plan.assets.bundle.size;
+    }
+    host.metadata(&format!("{path}.partial"))
+        .ok()
+        .flatten()
+        .map_or(0, |m| m.len)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn take_steps<'scope, 'env>(
+    host: &'env dyn Host,
+    plan: &'env Plan,
+    opts: &RunOptions,
+    steps: &Steps,
+    reporter: &Reporter,
+    journal: &mut Journal,
+    s: &'scope std::thread::Scope<'scope, 'env>,
+    beside: &mut Beside<'scope>,
+) -> Result<RunEnd> {
     for step in StepId::ALL {
         if !opts.scope.includes(step) {
             continue;
@@ -204,19 +376,30 @@ pub fn run_with(
                 // Killed between saving the request and rebooting, or the
                 // reboot was refused: the same boot is still running.
                 host.say("the requested reboot has not happened yet; asking again");
-                return reboot_now(host, &reporter, &journal);
+                return reboot_now(host, reporter, journal, None);
             }
             journal.mark(host, step, StepState::Done, "rebooted");
             journal.save(host)?;
         }
+        beside.start_if_due(s, host, plan, opts, journal, step);
+        let mut note = None;
+        if step == StepId::Bundle {
+            beside.wait(host, journal)?;
+        }
+        if step == StepId::Reboot
+            && !journal.is_complete(step)
+            && journal.state(StepId::KernelBoot) == Some(StepState::RebootRequested)
+        {
+            note = beside.before_reboot(host, plan, journal, opts.reboot_estimate)?;
+        }
         if !journal.is_complete(step) {
-            if let Some(end) = take(host, plan, &reporter, steps, &mut journal, step)? {
+            if let Some(end) = take(host, plan, reporter, steps, journal, step, note)? {
                 return Ok(end);
             }
         }
         if opts.scope == Scope::StopAfter(step) {
             let message = format!("stopped after step {step} as asked");
-            reporter.write(&mut reporter.status(&journal, RunState::Stopped, None, message))?;
+            reporter.write(&mut reporter.status(journal, RunState::Stopped, None, message))?;
             return Ok(RunEnd::Stopped(step));
         }
     }
@@ -225,10 +408,10 @@ pub fn run_with(
         return Ok(RunEnd::Done);
     }
     journal.finished = Some(RunState::Done);
-    let message = final_message(host, plan, &journal);
+    let message = final_message(host, plan, journal);
     journal.facts.final_message = Some(message.clone());
     journal.save(host)?;
-    let mut status = reporter.status(&journal, RunState::Done, None, message);
+    let mut status = reporter.status(journal, RunState::Done, None, message);
     reporter.publish(&mut status)?;
     // The one line a cloud console's "get console output" should show.
     host.say(&status.message);
@@ -244,6 +427,7 @@ fn take(
     steps: &Steps,
     journal: &mut Journal,
     step: StepId,
+    reboot_note: Option<String>,
 ) -> Result<Option<RunEnd>> {
     // What an earlier step or the installer wrote may hold new secrets.
     learn_installed_secrets(host);
@@ -297,7 +481,7 @@ fn take(
     // Durable before anything else happens (a reboot, the next step).
     journal.save(host)?;
     if reboot {
-        return reboot_now(host, reporter, journal).map(Some);
+        return reboot_now(host, reporter, journal, reboot_note).map(Some);
     }
     Ok(None)
 }
@@ -371,10 +555,10 @@ fn learn_installed_secrets(host: &dyn Host) {
 /// The crash-loop guard: a step started in two earlier boots that never
 /// finished reset the machine each time (a kernel panic, a hung module
 /// load). Starting it a third time would loop forever, so the run ends here,
-/// before anything is committed: the old kernel stays the default. Fetch is
-/// exempt; a download resumes where it stopped.
+/// before anything is committed: the old kernel stays the default. The
+/// downloads (fetch, bundle) are exempt; a download resumes where it stopped.
 fn crash_loop(host: &dyn Host, journal: &Journal, step: StepId) -> Option<StepFailure> {
-    if step == StepId::Fetch {
+    if matches!(step, StepId::Fetch | StepId::Bundle) {
         return None;
     }
     let now = host.boot_id()?;
@@ -398,8 +582,18 @@ fn crash_loop(host: &dyn Host, journal: &Journal, step: StepId) -> Option<StepFa
     )
 }
 
-fn reboot_now(host: &dyn Host, reporter: &Reporter, journal: &Journal) -> Result<RunEnd> {
-    let message = "rebooting into the PVM kernel; the helper continues after the reboot";
+fn reboot_now(
+    host: &dyn Host,
+    reporter: &Reporter,
+    journal: &Journal,
+    note: Option<String>,
+) -> Result<RunEnd> {
+    let mut message =
+        "rebooting into the PVM kernel; the helper continues after the reboot".to_string();
+    if let Some(note) = note {
+        host.say(&note);
+        message = format!("{message} ({note})");
+    }
     let mut status = reporter.status(journal, RunState::Rebooting, Some(StepId::Reboot), message);
     reporter.publish(&mut status)?;
     host.request_reboot()?;

@@ -68,6 +68,7 @@ fn run_on(host: &dyn Host, args: &RunArgs) -> i32 {
             ..PreflightConfig::default()
         },
         retry_failed: args.retry,
+        ..RunOptions::default()
     };
     match runner::run_with(host, &plan, &digest, &opts, &Steps::standard(&opts)) {
         Ok(RunEnd::Done) | Ok(RunEnd::Stopped(_)) => exit::DONE,
