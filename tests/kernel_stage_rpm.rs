@@ -437,3 +437,35 @@ fn a_resumed_run_with_the_package_in_but_no_entry_gets_one() {
     let env = grubcfg::parse_grubenv(&read(root, "/boot/grub2/grubenv"));
     assert_eq!(env["next_entry"], pvm_bls_id());
 }
+
+#[test]
+fn a_dry_run_names_the_entry_kernel_install_would_make() {
+    use cubeboot::firstboot::journal::Journal;
+    use cubeboot::firstboot::{kernel, Ctx, Outcome};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plan = rpm_plan();
+    rocky_root(root, &plan);
+    let host = ScriptedHost::new(root).dry_run();
+    // Queries still run in a dry run: answered as on the real target.
+    rocky_responders(&host, root);
+    let mut j = Journal::new("x");
+    let mut ctx = Ctx {
+        host: &host,
+        plan: &plan,
+        journal: &mut j,
+    };
+    kernel::install(&mut ctx).unwrap();
+    let out = kernel::boot(&mut ctx).unwrap();
+    assert!(matches!(out, Outcome::RebootRequested(_)), "{out:?}");
+    let shown: Vec<String> = host.actions().iter().map(|a| a.to_string()).collect();
+    // No package went in, so no entry exists; the one-shot names the id
+    // kernel-install gives it (this machine's id), not a placeholder.
+    let one_shot = shown
+        .iter()
+        .find(|a| a.contains("grub2-reboot"))
+        .unwrap_or_else(|| panic!("{shown:#?}"));
+    assert!(one_shot.contains(&pvm_bls_id()), "{one_shot}");
+    assert!(!one_shot.contains('<'), "{one_shot}");
+    assert!(!exists(root, &format!("/boot/vmlinuz-{KVER}")));
+}
