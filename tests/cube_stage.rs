@@ -770,9 +770,10 @@ fn disk_host(dir: &Path, lsblk: &'static str) -> ScriptedHost {
     host.on(move |c| {
         (c.program == "mount").then(|| {
             let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
+            // Like mount(8): comment lines are not entries.
             let line = fstab
                 .lines()
-                .find(|l| l.contains(" /data/cubelet "))
+                .find(|l| !l.trim_start().starts_with('#') && l.contains(" /data/cubelet "))
                 .unwrap();
             let source = line.split_whitespace().next().unwrap();
             let mounts = root.join("proc/self/mounts");
@@ -909,6 +910,22 @@ fn auto_formats_the_one_empty_disk_and_mounts_it_by_uuid() {
         data_disk(&host, DataDisk::Auto).unwrap(),
         Outcome::Skipped(_)
     ));
+
+    // The step runs before the reboot. A new kernel that could not mount the
+    // `nofail` line boots without it; cube-install mounts it again first.
+    cube::disk::remount_after_reboot(&host).unwrap();
+    let mounts_before = host.commands().len();
+    host.put("/proc/self/mounts", "/dev/vda1 / ext4 rw,relatime 0 0\n");
+    cube::disk::remount_after_reboot(&host).unwrap();
+    assert_eq!(
+        host.commands()[mounts_before..],
+        ["systemctl daemon-reload", "mount /data/cubelet"]
+    );
+    let mounts = host.read_string("/proc/self/mounts").unwrap();
+    assert!(
+        mounts.contains(&format!("UUID={uuid} /data/cubelet xfs")),
+        "{mounts}"
+    );
 }
 
 #[test]

@@ -52,6 +52,12 @@ pub enum StepId {
     Fetch,
     /// Host packages the Cube installer needs (before the reboot).
     CubePrereqs,
+    /// /data/cubelet on XFS, mounted from /etc/fstab. Before the kernel
+    /// stage: it needs nothing from the new kernel, so it does not wait for
+    /// the reboot, and a disk it must refuse stops the run before the
+    /// kernel is touched. cube-install checks the mount again after the
+    /// reboot.
+    DataDisk,
     /// Install the PVM kernel package and hold it.
     KernelInstall,
     /// Boot parameters, entry chosen by identity, one-shot trial boot armed.
@@ -66,8 +72,6 @@ pub enum StepId {
     KvmLoad,
     /// Only now: the PVM entry becomes the default.
     KernelCommit,
-    /// /data/cubelet on XFS.
-    DataDisk,
     /// The one-click bundle verified in the cache: its download started
     /// with `Fetch` and ran beside the kernel stage; this waits for it, or
     /// resumes it by Range when a reboot cut it.
@@ -87,13 +91,13 @@ impl StepId {
         Self::Preflight,
         Self::Fetch,
         Self::CubePrereqs,
+        Self::DataDisk,
         Self::KernelInstall,
         Self::KernelBoot,
         Self::Reboot,
         Self::KernelVerify,
         Self::KvmLoad,
         Self::KernelCommit,
-        Self::DataDisk,
         Self::Bundle,
         Self::CubeInstall,
         Self::CubeVerify,

@@ -187,6 +187,13 @@ pub fn debian_root(root: &Path, scenario: &str, plan: &Plan) {
         &format!("BOOT_IMAGE=/boot/vmlinuz-{OLD_DEB_KERNEL} root=UUID={ROOT_UUID} ro quiet"),
     );
     put(root, "/proc/modules", "ext4 1064960 1 - Live 0x0\n");
+    // An ext4 root, and an XFS volume the operator attached at /data/cubelet:
+    // the data-disk step (which runs before the kernel stage) keeps it.
+    put(
+        root,
+        "/proc/self/mounts",
+        "/dev/vda1 / ext4 rw,relatime 0 0\n/dev/vdb /data/cubelet xfs rw,relatime 0 0\n",
+    );
     new_boot_id(root);
     cache_kernel(root, plan);
     // An installed system has a grub.cfg already.
@@ -262,6 +269,12 @@ pub fn rocky_root(root: &Path, plan: &Plan) {
         &format!("BOOT_IMAGE=(hd0,gpt2)/boot/vmlinuz-{k} root=UUID=abc ro crashkernel=1G-4G:192M console=ttyS0,115200n8"),
     );
     put(root, "/proc/modules", "xfs 2002944 1 - Live 0x0\n");
+    // The RHEL family's default XFS root: the data-disk step keeps it.
+    put(
+        root,
+        "/proc/self/mounts",
+        "/dev/vda2 / xfs rw,relatime 0 0\n",
+    );
     new_boot_id(root);
     cache_kernel(root, plan);
 }

@@ -454,6 +454,27 @@ fn fstab_mountpoint(line: &str) -> Option<&str> {
     t.split_whitespace().nth(1)
 }
 
+/// After the reboot: if our fstab line is there but /data/cubelet is not on
+/// XFS (a `nofail` mount the new kernel could not make, or one undone since),
+/// mount it again before anything is written there. Nothing to do when the
+/// data-disk step kept an existing XFS and wrote no line.
+pub fn remount_after_reboot(host: &dyn Host) -> Result<()> {
+    let fstab = host.read_optional(FSTAB)?.unwrap_or_default();
+    if !fstab.lines().any(|l| l.trim() == FSTAB_COMMENT) {
+        return Ok(());
+    }
+    let Some(line) = fstab_line_for(&fstab, CUBELET_DIR) else {
+        return Ok(());
+    };
+    if mount_for(host, CUBELET_DIR)?.is_some_and(|m| m.fstype == "xfs") {
+        return Ok(());
+    }
+    host.say(&format!(
+        "{CUBELET_DIR} is not mounted after the reboot; mounting {line:?}"
+    ));
+    mount_and_check(host, &line)
+}
+
 fn fstab_line_for(fstab: &str, mountpoint: &str) -> Option<String> {
     fstab
         .lines()

@@ -52,7 +52,12 @@ pub fn data_disk(ctx: &mut Ctx) -> Result<Outcome> {
 }
 
 pub fn install(ctx: &mut Ctx) -> Result<Outcome> {
-    with_diagnostics(ctx, install::run)
+    with_diagnostics(ctx, |ctx| {
+        // data-disk ran before the reboot; its fstab line is `nofail`, so a
+        // boot that could not mount it went on without.
+        disk::remount_after_reboot(ctx.host)?;
+        install::run(ctx)
+    })
 }
 
 pub fn verify(ctx: &mut Ctx) -> Result<Outcome> {
