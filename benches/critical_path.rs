@@ -3,15 +3,23 @@
 //! stages stood in by steps whose commands take configurable durations on
 //! the scripted host (package install, kernel install with its initramfs,
 //! the Cube installer), a reboot that takes a configurable time, and the
-//! assets served by a 127.0.0.1 server that paces each connection (each
-//! asset) to the profile's rate.
+//! assets served by a 127.0.0.1 server paced to the profile's rate in one of
+//! two ways a real network has (src/firstboot/link.rs):
+//!   per connection: each connection gets the rate (a long lossy path,
+//!                   where a second connection adds to the total)
+//!   shared link:    all connections together get the rate (a cloud
+//!                   server's bandwidth cap), split between them
 //!
 //! For each network profile it prints the measured time to `done` against
 //!   limit      = max(bundle dl, kernel dl + prereqs + kernel install)
 //!                + reboot + Cube install
+//!   (on a shared link the bundle's download can only end after both:
+//!   max(kernel dl + bundle dl, kernel dl + prereqs + kernel install) ...)
 //!   sequential = kernel dl + bundle dl + prereqs + kernel install
 //!                + reboot + Cube install
-//! (the old strictly sequential order: every download, then the rest).
+//! (the old strictly sequential order: every download, then the rest), and
+//! the time without the kernel's priority (the bundle never gives way: the
+//! previous behaviour).
 //!
 //! Run through `scripts/bench-critical-path.sh`, which passes the sizes,
 //! durations and rates; see there for the scaling.
@@ -22,10 +30,11 @@ mod target;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cubeboot::firstboot::host::{CmdOutput, CommandSpec, Host};
+use cubeboot::firstboot::live;
 use cubeboot::firstboot::runner::{self, RunEnd, Scope};
 use cubeboot::firstboot::{cache_path, StepId};
 use target::{opts, stand_in_steps, AssetFile, Target};
@@ -36,6 +45,7 @@ struct Profile {
     kernel_bytes: usize,
     bundle_bytes: usize,
     rate: f64,
+    shared_link: bool,
     prereqs: f64,
     kernel_install: f64,
     reboot: f64,
@@ -50,8 +60,12 @@ impl Profile {
         self.bundle_bytes as f64 / self.rate
     }
     fn limit(&self) -> f64 {
-        self.bundle_dl()
-            .max(self.kernel_dl() + self.prereqs + self.kernel_install)
+        let bundle_done = if self.shared_link {
+            self.kernel_dl() + self.bundle_dl()
+        } else {
+            self.bundle_dl()
+        };
+        bundle_done.max(self.kernel_dl() + self.prereqs + self.kernel_install)
             + self.reboot
             + self.cube_install
     }
@@ -97,34 +111,49 @@ fn main() {
         kernel_bytes: (arg(&args, "--kernel-mb", 70.0) * 1e6) as usize,
         bundle_bytes: (arg(&args, "--bundle-mb", 300.0) * 1e6) as usize,
         rate: 0.0,
+        shared_link: false,
         prereqs: arg(&args, "--prereqs-s", 60.0),
         kernel_install: arg(&args, "--kernel-install-s", 90.0),
         reboot: arg(&args, "--reboot-s", 45.0),
         cube_install: arg(&args, "--cube-install-s", 300.0),
     };
-    println!("| profile | measured | limit | measured/limit | sequential | measured/sequential |");
-    println!("|---|---|---|---|---|---|");
-    for (rate, label) in rates.iter().zip(&labels) {
-        let p = Profile {
-            rate: rate * 1e6,
-            ..base
-        };
-        let took = run(&p);
-        // Shown at full scale: the seconds a real node would take.
-        let s = |x: f64| format!("{:.0} s", x * scale);
-        println!(
-            "| {label} | {} | {} | {:.2}x | {} | {:.2}x |",
-            s(took),
-            s(p.limit()),
-            took / p.limit(),
-            s(p.sequential()),
-            took / p.sequential()
-        );
+    println!(
+        "| link | profile | measured | limit | measured/limit | sequential | measured/sequential | without priority | without/limit |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for shared_link in [false, true] {
+        for (rate, label) in rates.iter().zip(&labels) {
+            let p = Profile {
+                rate: rate * 1e6,
+                shared_link,
+                ..base
+            };
+            let took = run(&p, scale, true);
+            let without = run(&p, scale, false);
+            // Shown at full scale: the seconds a real node would take.
+            let s = |x: f64| format!("{:.0} s", x * scale);
+            println!(
+                "| {} | {label} | {} | {} | {:.2}x | {} | {:.2}x | {} | {:.2}x |",
+                if shared_link {
+                    "shared"
+                } else {
+                    "per connection"
+                },
+                s(took),
+                s(p.limit()),
+                took / p.limit(),
+                s(p.sequential()),
+                took / p.sequential(),
+                s(without),
+                without / p.limit(),
+            );
+        }
     }
 }
 
-/// One first boot from the first start to `done`; seconds taken.
-fn run(p: &Profile) -> f64 {
+/// One first boot from the first start to `done`; seconds taken. Without
+/// `priority` the bundle never gives way to the kernel.
+fn run(p: &Profile, scale: f64, priority: bool) -> f64 {
     let kernel = AssetFile::new("linux-image-pvm_amd64.deb", p.kernel_bytes, 1);
     let bundle = AssetFile::new("cube-sandbox-one-click-bench.tar.gz", p.bundle_bytes, 2);
     let server = PacedServer::start(
@@ -133,6 +162,7 @@ fn run(p: &Profile) -> f64 {
             (format!("/{}", bundle.name), bundle.bytes.clone()),
         ],
         p.rate,
+        p.shared_link,
     );
     let (ku, bu) = (server.url(&kernel.name), server.url(&bundle.name));
     let t = Target::with_plan_edit(|plan| {
@@ -156,7 +186,17 @@ fn run(p: &Profile) -> f64 {
         std::thread::sleep(Duration::from_secs_f64(*secs));
         Some(Ok(CmdOutput::ok("")))
     });
-    let o = opts(Scope::All);
+    // The link measurement's times shrink with everything else.
+    let rules = live::Rules::default();
+    let o = runner::RunOptions {
+        link: live::Rules {
+            probe: rules.probe.div_f64(scale),
+            window: rules.window.div_f64(scale),
+            stall: rules.stall.div_f64(scale),
+            yield_below: if priority { rules.yield_below } else { 0.0 },
+        },
+        ..opts(Scope::All)
+    };
     let steps = stand_in_steps(&o)
         .with(StepId::CubePrereqs, |ctx| {
             ctx.host
@@ -228,21 +268,64 @@ fn starts(t: &Target, o: &runner::RunOptions, steps: &runner::Steps, reboot: f64
 }
 
 /// HTTP/1.1 on 127.0.0.1 serving fixed bodies, honouring `Range: bytes=N-`,
-/// each connection paced to `rate` bytes per second.
+/// paced to `rate` bytes per second per connection, or for all of them
+/// together on a shared link.
 struct PacedServer {
     port: u16,
 }
 
+/// When a connection may send its next chunk.
+#[derive(Clone)]
+enum Pacer {
+    /// Each connection at `rate` from its own start.
+    PerConnection(f64),
+    /// All connections through one link at `rate`: each chunk takes its
+    /// slot after every chunk already sent (an idle link saves no credit).
+    Shared(f64, Arc<Mutex<Option<Instant>>>),
+}
+
+impl Pacer {
+    /// Sleep until `chunk` bytes, `sent` of them on this connection since
+    /// `start`, have had their time on the wire.
+    fn pace(&self, start: Instant, sent: usize, chunk: usize) {
+        match self {
+            Pacer::PerConnection(rate) => {
+                let due = Duration::from_secs_f64(sent as f64 / rate);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            Pacer::Shared(rate, free_at) => {
+                let until = {
+                    let mut free = free_at.lock().unwrap_or_else(|e| e.into_inner());
+                    let now = Instant::now();
+                    let from = free.map_or(now, |f| f.max(now));
+                    let until = from + Duration::from_secs_f64(chunk as f64 / rate);
+                    *free = Some(until);
+                    until
+                };
+                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            }
+        }
+    }
+}
+
 impl PacedServer {
-    fn start(routes: Vec<(String, Vec<u8>)>, rate: f64) -> Self {
+    fn start(routes: Vec<(String, Vec<u8>)>, rate: f64, shared_link: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let port = listener.local_addr().expect("addr").port();
         let routes = Arc::new(routes);
+        let pacer = if shared_link {
+            Pacer::Shared(rate, Arc::new(Mutex::new(None)))
+        } else {
+            Pacer::PerConnection(rate)
+        };
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
                 let routes = routes.clone();
+                let pacer = pacer.clone();
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &routes, rate);
+                    let _ = serve(conn, &routes, &pacer);
                 });
             }
         });
@@ -254,7 +337,7 @@ impl PacedServer {
     }
 }
 
-fn serve(conn: TcpStream, routes: &[(String, Vec<u8>)], rate: f64) -> std::io::Result<()> {
+fn serve(conn: TcpStream, routes: &[(String, Vec<u8>)], pacer: &Pacer) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -294,10 +377,7 @@ fn serve(conn: TcpStream, routes: &[(String, Vec<u8>)], rate: f64) -> std::io::R
     for chunk in body[from..].chunks(16 * 1024) {
         out.write_all(chunk)?;
         sent += chunk.len();
-        let due = Duration::from_secs_f64(sent as f64 / rate);
-        if let Some(wait) = due.checked_sub(start.elapsed()) {
-            std::thread::sleep(wait);
-        }
+        pacer.pace(start, sent, chunk.len());
     }
     out.flush()
 }

@@ -3,11 +3,15 @@
 # network profiles: 100 MB/s, 10 MB/s and 2 MB/s (a GitHub download from
 # mainland China). benches/critical_path.rs runs the real runner and fetch
 # step against a temp root, with the kernel and Cube stages' commands and the
-# reboot taking the durations below, and a 127.0.0.1 server pacing each
-# asset's connection to the profile's rate. It prints the measured time to
-# `done` against the overlap limit
+# reboot taking the durations below, and a 127.0.0.1 server pacing the
+# downloads to the profile's rate, once per connection and once for all
+# connections together (a shared link: a cloud server's bandwidth cap). It
+# prints the measured time to `done` against the overlap limit
 #   max(bundle dl, kernel dl + prerequisites + kernel install) + reboot + Cube install
-# and against the strictly sequential order (every download, then the rest).
+# (on a shared link the bundle ends after both downloads: kernel dl + bundle dl
+# in the first term), against the strictly sequential order (every download,
+# then the rest), and without the kernel's priority on the link (the bundle
+# never gives way: src/firstboot/link.rs).
 #
 # Real sizes and durations take ~15 minutes per profile at 2 MB/s, so every
 # size and duration is divided by SCALE (default 20) at the same rates: each

@@ -370,7 +370,7 @@ fn proxies_come_from_the_host_environment_and_no_proxy_bypasses_them() {
 }
 
 #[test]
-fn the_fetch_step_downloads_kernel_and_bundle_in_parallel() {
+fn the_bundle_downloads_in_parallel_once_the_kernel_has_shown_its_rate() {
     let server = Server::start();
     let kernel = AssetFile::new("kernel.deb", 400_000, 14);
     let bundle = AssetFile::new("bundle.tar.gz", 400_000, 15);
@@ -393,9 +393,17 @@ fn the_fetch_step_downloads_kernel_and_bundle_in_parallel() {
             });
         }
     });
-    let end = t.run_once(&support::target::opts(
-        cubeboot::firstboot::runner::Scope::StopAfter(StepId::Fetch),
-    ));
+    // A probe shorter than the kernel's download, and a link on which the
+    // kernel keeps its rate (src/firstboot/link.rs).
+    let end = t.run_once(&cubeboot::firstboot::runner::RunOptions {
+        link: cubeboot::firstboot::live::Rules {
+            probe: Duration::from_millis(100),
+            window: Duration::from_millis(100),
+            yield_below: 0.0,
+            ..Default::default()
+        },
+        ..support::target::opts(cubeboot::firstboot::runner::Scope::StopAfter(StepId::Fetch))
+    });
     assert_eq!(
         end,
         cubeboot::firstboot::runner::RunEnd::Stopped(StepId::Fetch)
@@ -413,6 +421,8 @@ fn the_fetch_step_downloads_kernel_and_bundle_in_parallel() {
     let (k0, k1) = (k.started, k.finished.unwrap());
     let (b0, b1) = (b.started, b.finished.unwrap());
     assert!(k0 < b1 && b0 < k1, "downloads did not overlap");
+    // The kernel first, alone for the probe.
+    assert!(b0 >= k0 + Duration::from_millis(100), "{k0:?} {b0:?}");
     let (plan, _) = t.plan();
     assert_eq!(
         t.host.read(&cache_path(&plan.assets.kernel)).unwrap(),

@@ -1057,3 +1057,135 @@ fn a_bundle_with_more_left_than_a_reboot_resumes_by_range_after_it() {
         .collect();
     assert_eq!(ranges, vec![format!("bytes={half}-")]);
 }
+
+/// A target whose kernel and bundle both come slowly from `server` (the
+/// kernel in about two seconds), run with link rules that decide at once:
+/// `yield_below` above any rate makes the bundle give way, zero keeps both.
+fn slow_link_run(yield_below: f64) -> (Target, support::server::Server) {
+    let server = support::server::Server::start();
+    let mut t = slow_bundle_target(&server);
+    let chunk = t.kernel.bytes.len() / 20 + 1;
+    server.route_with_default(
+        "/kernel.deb",
+        &t.kernel.bytes,
+        vec![],
+        support::server::Behavior::Slow {
+            chunk,
+            pause: std::time::Duration::from_millis(100),
+        },
+    );
+    let o = cubeboot::firstboot::runner::RunOptions {
+        link: cubeboot::firstboot::live::Rules {
+            probe: std::time::Duration::from_millis(150),
+            window: std::time::Duration::from_millis(150),
+            yield_below,
+            ..Default::default()
+        },
+        ..opts(Scope::All)
+    };
+    assert_eq!(t.run_to_end(&o, 3), RunEnd::Done);
+    (t, server)
+}
+
+#[test]
+fn on_a_shared_link_the_bundle_gives_way_to_the_kernel_and_resumes_by_range() {
+    let (t, server) = slow_link_run(f64::INFINITY);
+    let said = t.host.said();
+    let at = |prefix: &str| {
+        said.iter()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting {prefix:?}: {said:#?}"))
+    };
+    let paused = at("fetch bundle: the kernel download slowed from ");
+    assert!(said[paused].contains("(they share one link); pausing at "));
+    // Not before the kernel had run alone, and back only once it is done.
+    assert!(at("fetch kernel: downloading") < paused);
+    assert!(paused < at("step fetch: done"));
+    assert!(at("step fetch: done") < at("fetch bundle: resuming "));
+    let ranges: Vec<Option<String>> = server
+        .requests_to("/bundle.tar.gz")
+        .into_iter()
+        .map(|r| r.range)
+        .collect();
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert_eq!(ranges[0], None);
+    let from: u64 = ranges[1].as_deref().unwrap()["bytes=".len()..]
+        .trim_end_matches('-')
+        .parse()
+        .unwrap();
+    assert!(from > 0);
+    let (plan, _) = t.plan();
+    assert_eq!(
+        t.host.read(&cache_path(&plan.assets.bundle)).unwrap(),
+        t.bundle.bytes
+    );
+}
+
+#[test]
+fn with_separate_limits_the_bundle_keeps_downloading_beside_the_kernel() {
+    let (t, server) = slow_link_run(0.0);
+    let said = t.host.said();
+    assert!(
+        said.iter().any(
+            |l| l.starts_with("fetch bundle: the kernel download keeps ")
+                && l.ends_with("alone): both continue")
+        ),
+        "{said:#?}"
+    );
+    assert_eq!(server.requests_to("/bundle.tar.gz").len(), 1);
+}
+
+#[test]
+fn the_status_shows_the_bundle_download_while_the_kernel_stage_runs() {
+    let server = support::server::Server::start();
+    let mut t = slow_bundle_target(&server);
+    let o = opts(Scope::All);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen_in = seen.clone();
+    let steps = stand_in_steps(&o).with(StepId::KernelInstall, move |ctx| {
+        // Some of the bundle has arrived, and the step's clock passes the
+        // publication interval: the next count is published.
+        while bundle_on_disk(ctx.host, ctx.plan).1 == 0 && !bundle_on_disk(ctx.host, ctx.plan).0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        ctx.host.sleep(cubeboot::firstboot::live::PUBLISH_EVERY);
+        for _ in 0..500 {
+            let status = read_json_opt(ctx.host, STATUS_PATH);
+            if status["step"] == "kernel-install" && !status["download"].is_null() {
+                *seen_in.lock().unwrap() = Some(status["download"].clone());
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        ctx.journal.facts.old_kernel = Some("6.1.0-26-amd64".into());
+        Ok(Outcome::Done("installed".into()))
+    });
+    let (plan, digest) = t.plan();
+    for _ in 0..3 {
+        match cubeboot::firstboot::runner::run_with(&t.host, &plan, &digest, &o, &steps).unwrap() {
+            RunEnd::Rebooting => t.reboot(),
+            end => {
+                assert_eq!(end, RunEnd::Done);
+                break;
+            }
+        }
+    }
+    let seen = seen
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("no download in the status");
+    assert_eq!(seen["asset"], "bundle");
+    assert_eq!(seen["total"], t.bundle.bytes.len());
+    assert!(seen["bytes"].as_u64().unwrap() > 0, "{seen}");
+    // Once the bundle is verified, its counts leave the status.
+    let status = read_json(&t.host, STATUS_PATH);
+    assert!(status["download"].is_null(), "{status}");
+}
+
+fn read_json_opt(host: &dyn Host, path: &str) -> serde_json::Value {
+    host.read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}

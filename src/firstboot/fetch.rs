@@ -395,6 +395,7 @@ pub fn fetch_asset(
                 Err(Attempt::Local(e)) => {
                     return Err(local(format!("{e:#}")));
                 }
+                Err(Attempt::Yielded) => continue,
                 Err(Attempt::Mismatch {
                     computed,
                     resumed_from,
@@ -466,6 +467,9 @@ enum Attempt {
     },
     WrongSize(u64),
     Local(anyhow::Error),
+    /// Gave the link to the step's download (`live::check_turn`): not a
+    /// failure, the next attempt resumes when it is done.
+    Yielded,
 }
 
 /// One request: resume or start the partial file, stream, hash, verify.
@@ -498,6 +502,8 @@ fn transfer(
         return verify(hasher, asset, have);
     }
 
+    // Beside the steps, the step's own download goes first (`link.rs`).
+    live::wait_turn();
     let opened = transport::open(&HostNet(host), url, have, cfg).map_err(Attempt::Download)?;
     if let Some(total) = opened.total {
         if total != asset.size {
@@ -566,6 +572,24 @@ fn transfer(
         progress.update(host, have);
         // Too slow: what arrived stays for the next mirror to resume.
         rate.check(url, n).map_err(Attempt::Download)?;
+        match live::check_turn() {
+            Some((live::Verdict::Yield { alone, beside }, step)) => {
+                host.say(&format!(
+                    "fetch {label}: the {step} download slowed from {}/s to {}/s beside this one (they share one link); pausing at {} until it is done, then resuming",
+                    human_bytes(alone as u64),
+                    human_bytes(beside as u64),
+                    human_bytes(have)
+                ));
+                // What arrived stays: the next attempt resumes after it.
+                return Err(Attempt::Yielded);
+            }
+            Some((live::Verdict::Share { alone, beside }, step)) => host.say(&format!(
+                "fetch {label}: the {step} download keeps {}/s beside this one (it had {}/s alone): both continue",
+                human_bytes(beside as u64),
+                human_bytes(alone as u64)
+            )),
+            None => {}
+        }
     }
     // No fsync of the data: correctness rests on the digest, not on
     // durability. A power cut can tear a cached file; `verified_asset`

@@ -50,6 +50,10 @@ pub struct CommandSpec {
     /// tool's own `--root`, or a path under the root as its argument), so
     /// the real host may run it when the root is not `/`.
     pub within_root: bool,
+    /// A query about the running system itself (its processes), which no
+    /// root can redirect: with a root other than `/` its answer is not the
+    /// target's, so the real host does not ask.
+    pub about_running_system: bool,
 }
 
 impl CommandSpec {
@@ -97,6 +101,13 @@ impl CommandSpec {
     /// Mark a query that changes nothing (see [`CommandSpec::read_only`]).
     pub fn read_only(mut self) -> Self {
         self.read_only = true;
+        self
+    }
+
+    /// Mark a query about the running system (see
+    /// [`CommandSpec::about_running_system`]).
+    pub fn about_running_system(mut self) -> Self {
+        self.about_running_system = true;
         self
     }
 
@@ -757,6 +768,20 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("refusing to run `chroot / reboot`"));
+        // This machine's processes are not the target's, read-only or not,
+        // confined or not.
+        let pgrep = CommandSpec::new("pgrep")
+            .args(["-x", "dpkg"])
+            .read_only()
+            .about_running_system();
+        for host in [RealHost::new(dir.path()), RealHost::unconfined(dir.path())] {
+            let err = host.run(&pgrep).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("not asking this machine `pgrep -x dpkg`"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -11,11 +11,18 @@
 //! thread (threads a step spawns carry it along with [`Handle::enter`]).
 //! Publishing runs on a thread of its own, so a slow webhook receiver never
 //! slows a download, and each publication is in order.
-
+//!
+//! Work beside the steps (the bundle's download during the kernel stage)
+//! reports through the run's [`Relay`] instead: its counts join whichever
+//! step runs, and its download gives way to the step's downloads as
+//! `link.rs` decides ([`wait_turn`], [`check_turn`]).
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::link::{Arbiter, Foreground, Turn};
+pub use super::link::{Rules, Verdict};
 
 /// At most one publication of download counts per this interval.
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(2);
@@ -80,14 +87,158 @@ impl Shared {
     }
 }
 
-thread_local! {
-    static CURRENT: RefCell<Option<Arc<Shared>>> = const { RefCell::new(None) };
+/// The run's relay: progress of work beside the steps, and the link
+/// measurement between its download and theirs. One per run; clones share.
+#[derive(Clone)]
+pub struct Relay(Arc<RelayShared>);
+
+struct RelayShared {
+    state: Mutex<RelayState>,
+    started: Instant,
 }
 
-/// The step's progress channel as this thread sees it (none outside a
-/// step): hand it to threads the step spawns.
+struct RelayState {
+    /// The step running now, if any.
+    step: Option<Arc<Shared>>,
+    /// Counts of the downloads beside the steps, by asset label.
+    downloads: BTreeMap<String, (u64, u64)>,
+    /// The runner started a background download with a step that is about
+    /// to download: wait for that step's first bytes.
+    expecting: bool,
+    arbiter: Arbiter,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Self::new(Rules::default())
+    }
+}
+
+impl Relay {
+    pub fn new(rules: Rules) -> Self {
+        Self(Arc::new(RelayShared {
+            state: Mutex::new(RelayState {
+                step: None,
+                downloads: BTreeMap::new(),
+                expecting: false,
+                arbiter: Arbiter::new(rules),
+            }),
+            started: Instant::now(),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RelayState> {
+        self.0.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The channel for a thread working beside the steps.
+    pub fn handle(&self) -> Handle {
+        Handle(Some(Channel::Beside(self.clone())))
+    }
+
+    /// A background download starts with the step about to run (the fetch
+    /// step): it waits for that step's downloads to show a rate first.
+    pub fn expect_foreground(&self) {
+        self.lock().expecting = true;
+    }
+
+    /// A download beside the steps ended: its counts leave the status.
+    pub fn finished(&self, label: &str) {
+        let mut st = self.lock();
+        st.downloads.remove(label);
+        if let Some(step) = &st.step {
+            let mut s = step.lock();
+            if s.downloads.remove(label).is_some() {
+                s.counts_changed = true;
+            }
+        }
+    }
+
+    fn enter_step(&self, shared: &Arc<Shared>) {
+        let mut st = self.lock();
+        let mut s = shared.lock();
+        for (label, counts) in &st.downloads {
+            s.downloads.insert(label.clone(), *counts);
+            s.counts_changed = true;
+        }
+        drop(s);
+        st.step = Some(shared.clone());
+    }
+
+    fn leave_step(&self) {
+        let mut st = self.lock();
+        st.step = None;
+        st.expecting = false;
+    }
+
+    /// The step's own downloads, as `link.rs` needs them.
+    fn foreground(st: &RelayState) -> Foreground {
+        let Some(step) = &st.step else {
+            return if st.expecting {
+                Foreground::Expected
+            } else {
+                Foreground::None
+            };
+        };
+        let s = step.lock();
+        let own: Vec<&(u64, u64)> = s
+            .downloads
+            .iter()
+            .filter(|(label, _)| !st.downloads.contains_key(*label))
+            .map(|(_, counts)| counts)
+            .collect();
+        if own.iter().any(|(bytes, total)| bytes < total) {
+            Foreground::Bytes(own.iter().map(|(bytes, _)| bytes).sum())
+        } else if own.is_empty() && st.expecting {
+            Foreground::Expected
+        } else {
+            Foreground::None
+        }
+    }
+
+    fn turn(&self) -> Turn {
+        let now = self.0.started.elapsed();
+        let mut st = self.lock();
+        let fg = Self::foreground(&st);
+        st.arbiter.turn(now, fg)
+    }
+
+    fn check(&self) -> Option<(Verdict, String)> {
+        let now = self.0.started.elapsed();
+        let mut st = self.lock();
+        let fg = Self::foreground(&st);
+        let verdict = st.arbiter.check(now, fg)?;
+        let labels = st.step.as_ref().map_or_else(String::new, |step| {
+            let s = step.lock();
+            let own: Vec<&str> = s
+                .downloads
+                .keys()
+                .filter(|label| !st.downloads.contains_key(*label))
+                .map(String::as_str)
+                .collect();
+            own.join("+")
+        });
+        Some((verdict, labels))
+    }
+}
+
+/// The channel a thread reports through.
+#[derive(Clone)]
+enum Channel {
+    /// A step's, while it runs.
+    Step(Arc<Shared>),
+    /// The run's, for work beside the steps.
+    Beside(Relay),
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Channel>> = const { RefCell::new(None) };
+}
+
+/// The progress channel as this thread sees it (none outside a step or
+/// the relay): hand it to threads the step spawns.
 #[derive(Clone, Default)]
-pub struct Handle(Option<Arc<Shared>>);
+pub struct Handle(Option<Channel>);
 
 pub fn current() -> Handle {
     Handle(CURRENT.with(|c| c.borrow().clone()))
@@ -98,7 +249,7 @@ impl Handle {
     pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
         let before = CURRENT.with(|c| c.replace(self.0.clone()));
         // Put back even when `f` panics (a scoped thread's panic is caught).
-        struct Restore(Option<Option<Arc<Shared>>>);
+        struct Restore(Option<Option<Channel>>);
         impl Drop for Restore {
             fn drop(&mut self) {
                 let before = self.0.take().flatten();
@@ -110,19 +261,58 @@ impl Handle {
     }
 }
 
-/// An asset's download has `bytes` of `total` (a no-op outside a step).
+/// An asset's download has `bytes` of `total` (a no-op outside a step and
+/// the relay).
 pub fn download(label: &str, bytes: u64, total: u64) {
-    if let Some(shared) = current().0 {
-        let mut st = shared.lock();
-        st.downloads.insert(label.to_string(), (bytes, total));
-        st.counts_changed = true;
+    match current().0 {
+        Some(Channel::Step(shared)) => {
+            let mut st = shared.lock();
+            st.downloads.insert(label.to_string(), (bytes, total));
+            st.counts_changed = true;
+        }
+        Some(Channel::Beside(relay)) => {
+            let mut st = relay.lock();
+            st.downloads.insert(label.to_string(), (bytes, total));
+            if let Some(step) = &st.step {
+                let mut s = step.lock();
+                s.downloads.insert(label.to_string(), (bytes, total));
+                s.counts_changed = true;
+            }
+        }
+        None => {}
+    }
+}
+
+/// How often a background download waiting for its turn looks again.
+const TURN_POLL: Duration = Duration::from_millis(20);
+
+/// Before a download connects: on a thread beside the steps, wait until
+/// the step's downloads leave it the link (at once anywhere else).
+pub fn wait_turn() {
+    let Some(Channel::Beside(relay)) = current().0 else {
+        return;
+    };
+    while relay.turn() == Turn::Wait {
+        std::thread::sleep(TURN_POLL);
+    }
+}
+
+/// While a download transfers: on a thread beside the steps, the link
+/// measurement's verdict when it is reached, with the labels of the step's
+/// downloads it concerns (once per run; `None` anywhere else). On `Yield`
+/// the download closes its connection and calls [`wait_turn`] before
+/// resuming.
+pub fn check_turn() -> Option<(Verdict, String)> {
+    match current().0 {
+        Some(Channel::Beside(relay)) => relay.check(),
+        _ => None,
     }
 }
 
 /// A long install entered `phase`. False when no step is listening (the
 /// caller then writes the status itself).
 pub fn phase(phase: &str) -> bool {
-    let Some(shared) = current().0 else {
+    let Some(Channel::Step(shared)) = current().0 else {
         return false;
     };
     let mut st = shared.lock();
@@ -136,26 +326,30 @@ pub fn phase(phase: &str) -> bool {
 
 /// Run the step `f` with a progress channel; `publish` gets what to add to
 /// the status, on a thread of its own, as the rules above say. `clock` is
-/// the host's.
+/// the host's. What reports through `relay` meanwhile joins the step's.
 pub fn during<R>(
     clock: &(dyn Fn() -> SystemTime + Sync),
     publish: &mut (dyn FnMut(Overlay) + Send),
+    relay: &Relay,
     f: impl FnOnce() -> R,
 ) -> R {
-    /// Tells the publisher the step ended, also when it panicked (the
-    /// scope waits for the publisher before passing the panic on).
-    struct End<'a>(&'a Shared);
+    /// Tells the publisher and the relay the step ended, also when it
+    /// panicked (the scope waits for the publisher before passing the
+    /// panic on).
+    struct End<'a>(&'a Shared, &'a Relay);
     impl Drop for End<'_> {
         fn drop(&mut self) {
+            self.1.leave_step();
             self.0.lock().ended = true;
             self.0.wake.notify_all();
         }
     }
     let shared = Arc::new(Shared::default());
+    relay.enter_step(&shared);
     std::thread::scope(|s| {
         let publisher = s.spawn(|| publisher(clock, publish, &shared));
-        let end = End(&shared);
-        let result = Handle(Some(shared.clone())).enter(f);
+        let end = End(&shared, relay);
+        let result = Handle(Some(Channel::Step(shared.clone()))).enter(f);
         drop(end);
         // A publisher that panicked lost only progress lines.
         let _ = publisher.join();
@@ -302,7 +496,9 @@ mod tests {
         let clock = SystemTime::now;
         let mut publish = |_: Overlay| {};
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            during(&clock, &mut publish, || panic!("power cut"))
+            during(&clock, &mut publish, &Relay::default(), || {
+                panic!("power cut")
+            })
         }));
         assert!(r.is_err());
         assert!(!phase("after the step"));
@@ -313,7 +509,7 @@ mod tests {
         let got = Mutex::new(Vec::new());
         let clock = SystemTime::now;
         let mut publish = |o: Overlay| got.lock().unwrap().push(o);
-        during(&clock, &mut publish, || {
+        during(&clock, &mut publish, &Relay::default(), || {
             assert!(phase("unpacking"));
             let handle = current();
             std::thread::scope(|s| {
@@ -327,5 +523,83 @@ mod tests {
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!(got[0].phase, "unpacking");
         assert_eq!(got[1].download.as_ref().unwrap().bytes, 7);
+    }
+
+    #[test]
+    fn counts_from_beside_the_steps_join_each_step_until_their_download_ends() {
+        let relay = Relay::default();
+        let got = Mutex::new(Vec::new());
+        let clock = SystemTime::now;
+        let mut publish = |o: Overlay| got.lock().unwrap().push(o);
+        let beside = relay.handle();
+        beside.enter(|| download("bundle", 5, 50));
+        assert!(!beside.enter(|| phase("a phase has no step here")));
+        // The next step shows them from its start, with its own.
+        during(&clock, &mut publish, &relay, || {
+            assert!(phase("unpacking"));
+            beside.enter(|| download("bundle", 20, 50));
+        });
+        // And the step after it, until the download ends.
+        during(&clock, &mut publish, &relay, || {
+            assert!(phase("configuring"));
+            relay.finished("bundle");
+        });
+        let got = got.into_inner().unwrap();
+        let shown: Vec<(String, Option<u64>)> = got
+            .iter()
+            .map(|o| (o.phase.clone(), o.download.as_ref().map(|d| d.bytes)))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("unpacking".to_string(), Some(5)),
+                ("unpacking".to_string(), Some(20)),
+                ("configuring".to_string(), Some(20)),
+                ("configuring".to_string(), None),
+            ],
+            "{got:?}"
+        );
+        // Outside a step, a relay thread's counts wait for the next one.
+        beside.enter(|| download("bundle", 1, 2));
+        assert!(!phase("outside"));
+    }
+
+    #[test]
+    fn a_download_beside_the_steps_waits_for_the_step_it_started_with() {
+        let relay = Relay::new(Rules {
+            probe: Duration::from_millis(200),
+            window: Duration::from_millis(200),
+            ..Rules::default()
+        });
+        relay.expect_foreground();
+        let order = Mutex::new(Vec::new());
+        let clock = SystemTime::now;
+        let mut publish = |_: Overlay| {};
+        std::thread::scope(|s| {
+            let beside = relay.handle();
+            let order = &order;
+            s.spawn(move || {
+                beside.enter(wait_turn);
+                order.lock().unwrap().push("background connects");
+            });
+            // Not before the step's first bytes plus the probe.
+            std::thread::sleep(Duration::from_millis(100));
+            during(&clock, &mut publish, &relay, || {
+                std::thread::sleep(Duration::from_millis(100));
+                order.lock().unwrap().push("step's first bytes");
+                for i in 1..=10 {
+                    download("kernel", i * 1000, 100_000);
+                    std::thread::sleep(Duration::from_millis(30));
+                }
+                order.lock().unwrap().push("probe over");
+            });
+        });
+        assert_eq!(
+            order.into_inner().unwrap(),
+            ["step's first bytes", "background connects", "probe over"]
+        );
+        // Anywhere but beside the steps, nothing waits or measures.
+        wait_turn();
+        assert_eq!(check_turn(), None);
     }
 }

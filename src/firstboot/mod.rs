@@ -6,6 +6,7 @@
 pub mod host;
 pub mod image;
 pub mod journal;
+pub mod link;
 pub mod live;
 pub mod report;
 pub mod run_state;

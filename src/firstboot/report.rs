@@ -20,6 +20,7 @@ pub struct Reporter<'a> {
     host: &'a dyn Host,
     plan: &'a Plan,
     webhook: Option<Webhook>,
+    beside: live::Relay,
 }
 
 impl<'a> Reporter<'a> {
@@ -31,7 +32,21 @@ impl<'a> Reporter<'a> {
             host,
             plan,
             webhook: Webhook::from_plan(plan),
+            beside: live::Relay::default(),
         }
+    }
+
+    /// With this relay for the work beside the steps (its download's link
+    /// rules: `link.rs`).
+    pub fn with_relay(mut self, relay: live::Relay) -> Self {
+        self.beside = relay;
+        self
+    }
+
+    /// What work beside the steps reports through: its download counts
+    /// join the status of whichever step runs.
+    pub fn relay(&self) -> &live::Relay {
+        &self.beside
     }
 
     /// The status the journal implies, with this state, step and message.
@@ -78,7 +93,7 @@ impl<'a> Reporter<'a> {
                 w.post_progress(host, &status);
             }
         };
-        live::during(&clock, &mut publish, f)
+        live::during(&clock, &mut publish, &self.beside, f)
     }
 
     /// Write the status file and POST it to the webhook.

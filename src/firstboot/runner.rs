@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use super::fetch::FetchError;
 use super::host::Host;
 use super::journal::{Journal, StepState};
+use super::live;
 use super::preflight::PreflightConfig;
 use super::report::Reporter;
 use super::run_state::{Failure, RunState};
@@ -72,6 +73,9 @@ pub struct RunOptions {
     /// than this left is waited for before the reboot, a longer one is cut
     /// by it and resumed after.
     pub reboot_estimate: std::time::Duration,
+    /// How the bundle's download beside the kernel stage measures whether
+    /// it slows the kernel's (`link.rs`).
+    pub link: live::Rules,
 }
 
 impl Default for RunOptions {
@@ -82,6 +86,7 @@ impl Default for RunOptions {
             preflight: PreflightConfig::default(),
             retry_failed: false,
             reboot_estimate: REBOOT_ESTIMATE,
+            link: live::Rules::default(),
         }
     }
 }
@@ -175,7 +180,7 @@ pub fn run_with(
     steps: &Steps,
 ) -> Result<RunEnd> {
     let mut journal = Journal::load(host, &plan_digest.to_hex())?;
-    let reporter = Reporter::new(host, plan);
+    let reporter = Reporter::new(host, plan).with_relay(live::Relay::new(opts.link));
 
     // A finished run: rebuild the status (it lives in /run, which a reboot
     // empties) and stop, unless asked to retry a failure.
@@ -209,7 +214,11 @@ pub fn run_with(
     // ends only when that download has ended too (a reboot or a kill ends
     // it sooner, and the `bundle` step resumes it by Range).
     std::thread::scope(|s| {
-        let mut beside = Beside::default();
+        let mut beside = Beside {
+            worker: None,
+            started: None,
+            relay: reporter.relay().clone(),
+        };
         let end = take_steps(
             host,
             plan,
@@ -234,10 +243,11 @@ pub fn run_with(
 /// at the first step of a later start, after a reboot or a kill), waited
 /// for before the `bundle` step and, when it is nearly done, before the
 /// reboot.
-#[derive(Default)]
 struct Beside<'scope> {
     worker: Option<std::thread::ScopedJoinHandle<'scope, Result<String>>>,
     started: Option<(std::time::Instant, u64)>,
+    /// The download reports and takes its turn on the link through it.
+    relay: live::Relay,
 }
 
 /// About how long a reboot takes, boot to network (the VM tier's figure
@@ -269,8 +279,14 @@ impl<'scope> Beside<'scope> {
         }
         self.started = Some((std::time::Instant::now(), bundle_bytes(host, plan)));
         let cfg = opts.fetch.clone();
+        if step == StepId::Fetch && !journal.is_complete(StepId::Fetch) {
+            // The kernel package comes first: the bundle waits for its rate
+            // and gives way on a shared link (`link.rs`).
+            self.relay.expect_foreground();
+        }
+        let channel = self.relay.handle();
         self.worker = Some(s.spawn(move || {
-            let fetched = fetch::bundle_beside(host, plan, &cfg)?;
+            let fetched = channel.enter(|| fetch::bundle_beside(host, plan, &cfg))?;
             Ok(format!(
                 "bundle {}, beside the kernel stage",
                 fetched.describe(&plan.assets.bundle)
@@ -286,7 +302,9 @@ impl<'scope> Beside<'scope> {
         let Some(w) = self.worker.take() else {
             return Ok(());
         };
-        match w.join() {
+        let joined = w.join();
+        self.relay.finished("bundle");
+        match joined {
             Ok(Ok(detail)) => {
                 journal.start(host, StepId::Bundle);
                 journal.mark(host, StepId::Bundle, StepState::Done, &detail);

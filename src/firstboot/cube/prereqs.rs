@@ -180,12 +180,14 @@ pub fn wait_for_package_manager(host: &dyn Host, pm: PackageManager) -> Result<(
     };
     let mut waited = Duration::ZERO;
     loop {
-        // Minimal images may lack procps: then the package manager's own
+        // Minimal images may lack procps, and with --root this machine's
+        // processes are not the target's: then the package manager's own
         // lock timeout (DPkg::Lock::Timeout, dnf's wait) is all we have.
         let Ok(out) = host.run(
             &CommandSpec::new("pgrep")
                 .args(["-l", "-x", pattern])
                 .read_only()
+                .about_running_system()
                 .allow_failure(),
         ) else {
             return Ok(());

@@ -49,6 +49,13 @@ impl RealHost {
     /// Refuse a command that could act on this machine while the helper
     /// works on another root.
     fn check_confined(&self, cmd: &CommandSpec) -> Result<()> {
+        if cmd.about_running_system && self.root != Path::new("/") {
+            bail!(
+                "not asking this machine `{}`: the helper works on {}, whose processes are not this machine's",
+                cmd.display(),
+                self.root.display()
+            );
+        }
         if !self.confined || self.root == Path::new("/") || cmd.read_only || cmd.within_root {
             return Ok(());
         }
