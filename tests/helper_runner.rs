@@ -939,17 +939,21 @@ fn slow_bundle_target(server: &support::server::Server) -> Target {
         p["assets"]["bundle"]["urls"] = serde_json::json!([server.url("/bundle.tar.gz")]);
     });
     server.route("/kernel.deb", &t.kernel.bytes, vec![]);
-    let chunk = t.bundle.bytes.len() / 10 + 1;
+    serve_slowly(server, "/bundle.tar.gz", &t.bundle.bytes, 10);
+    t
+}
+
+/// Serve `body` at `path` in `pieces` chunks, 100 ms apart.
+fn serve_slowly(server: &support::server::Server, path: &str, body: &[u8], pieces: usize) {
     server.route_with_default(
-        "/bundle.tar.gz",
-        &t.bundle.bytes,
+        path,
+        body,
         vec![],
         support::server::Behavior::Slow {
-            chunk,
+            chunk: body.len() / pieces + 1,
             pause: std::time::Duration::from_millis(100),
         },
     );
-    t
 }
 
 /// Bytes of the bundle on the target: whole, or the partial download.
@@ -1064,16 +1068,7 @@ fn a_bundle_with_more_left_than_a_reboot_resumes_by_range_after_it() {
 fn slow_link_run(yield_below: f64) -> (Target, support::server::Server) {
     let server = support::server::Server::start();
     let mut t = slow_bundle_target(&server);
-    let chunk = t.kernel.bytes.len() / 20 + 1;
-    server.route_with_default(
-        "/kernel.deb",
-        &t.kernel.bytes,
-        vec![],
-        support::server::Behavior::Slow {
-            chunk,
-            pause: std::time::Duration::from_millis(100),
-        },
-    );
+    serve_slowly(&server, "/kernel.deb", &t.kernel.bytes, 20);
     let o = cubeboot::firstboot::runner::RunOptions {
         link: cubeboot::firstboot::live::Rules {
             probe: std::time::Duration::from_millis(150),

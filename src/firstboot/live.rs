@@ -272,7 +272,12 @@ pub fn download(label: &str, bytes: u64, total: u64) {
         }
         Some(Channel::Beside(relay)) => {
             let mut st = relay.lock();
-            st.downloads.insert(label.to_string(), (bytes, total));
+            // A whole download shows to the end of this step, not in the next.
+            if bytes >= total {
+                st.downloads.remove(label);
+            } else {
+                st.downloads.insert(label.to_string(), (bytes, total));
+            }
             if let Some(step) = &st.step {
                 let mut s = step.lock();
                 s.downloads.insert(label.to_string(), (bytes, total));
@@ -562,6 +567,27 @@ mod tests {
         // Outside a step, a relay thread's counts wait for the next one.
         beside.enter(|| download("bundle", 1, 2));
         assert!(!phase("outside"));
+    }
+
+    #[test]
+    fn a_whole_download_beside_the_steps_leaves_with_the_step_it_ended_in() {
+        let relay = Relay::default();
+        let got = Mutex::new(Vec::new());
+        let clock = SystemTime::now;
+        let mut publish = |o: Overlay| got.lock().unwrap().push(o);
+        let beside = relay.handle();
+        during(&clock, &mut publish, &relay, || {
+            assert!(phase("unpacking"));
+            beside.enter(|| download("bundle", 50, 50));
+        });
+        during(&clock, &mut publish, &relay, || {
+            assert!(phase("configuring"));
+        });
+        let got = got.into_inner().unwrap();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[1].download.as_ref().unwrap().bytes, 50);
+        assert_eq!(got[2].phase, "configuring");
+        assert_eq!(got[2].download, None);
     }
 
     #[test]
