@@ -290,16 +290,16 @@ fn node_line(n: &Node, now: Instant) -> String {
         }
         _ => format!("{}/{} steps", p.progress.done, p.progress.total),
     };
-    let step = if !p.phase.is_empty() && p.step == "cube-install" {
-        format!("{}:{}", p.step, p.phase)
-    } else {
-        p.step.clone()
-    };
+    // The phase of a long install (the kernel package, the Cube installer)
+    // goes in the last column, whose width is free: in STEP it would push
+    // the columns after it out of line.
     let status = if p.is_failed() {
         match p.hint() {
             Some(h) => format!("{}: {h}", p.state),
             None => p.state.clone(),
         }
+    } else if !p.phase.is_empty() && !p.is_done() {
+        format!("{}: {}", p.state, p.phase)
     } else {
         p.state.clone()
     };
@@ -314,7 +314,7 @@ fn node_line(n: &Node, now: Instant) -> String {
         n.name,
         n.ip,
         p.role,
-        step,
+        p.step,
         progress,
         clock(until.duration_since(n.first_seen)),
         status
@@ -341,4 +341,70 @@ fn cut(line: &str, width: usize) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(width)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::watch::Post;
+
+    fn node(step: &str, phase: &str, download: Option<Download>) -> Node {
+        let now = Instant::now();
+        Node {
+            name: "node-01".into(),
+            ip: "10.0.1.21".into(),
+            post: Post {
+                hostname: "node-01".into(),
+                role: "compute".into(),
+                state: "running".into(),
+                step: step.into(),
+                phase: phase.into(),
+                download,
+                progress: StepsDone { done: 4, total: 15 },
+                ..Post::default()
+            },
+            first_seen: now,
+            last_seen: now,
+        }
+    }
+
+    #[test]
+    fn every_long_install_shows_its_phase_and_the_columns_stay_in_line() {
+        let bundle = Download {
+            asset: "bundle".into(),
+            bytes: 150 << 20,
+            total: 300 << 20,
+        };
+        let lines: Vec<String> = [
+            node(
+                "kernel-install",
+                "installing the kernel package",
+                Some(bundle),
+            ),
+            node(
+                "cube-install",
+                "running the Cube installer (--mode=compute)",
+                None,
+            ),
+            node("kernel-verify", "", None),
+        ]
+        .iter()
+        .map(|n| node_line(n, n.first_seen))
+        .collect();
+        assert!(
+            lines[0].ends_with("running: installing the kernel package"),
+            "{}",
+            lines[0]
+        );
+        // The bundle's download beside the kernel stage shows as a bar.
+        assert!(lines[0].contains("[#####-----]  50% 300M"), "{}", lines[0]);
+        assert!(lines[1].ends_with("running: running the Cube installer (--mode=compute)"));
+        assert!(lines[2].ends_with("  running"), "{}", lines[2]);
+        // Every column after STEP starts where the header's does.
+        let at = |line: &str, what: &str| line.find(what).unwrap();
+        let elapsed = at(&lines[2], "0m00s");
+        for line in &lines {
+            assert_eq!(at(line, "0m00s"), elapsed, "{lines:#?}");
+        }
+    }
 }
