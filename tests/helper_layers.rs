@@ -106,8 +106,9 @@ fn the_journal_is_a_leaf_and_the_status_is_built_from_it() {
     assert_eq!(deps("run_state"), Vec::<&str>::new());
     assert_eq!(deps("secrets"), Vec::<&str>::new());
     // The in-step progress channel: steps report into it, the runner
-    // publishes from it; it knows neither.
-    assert_eq!(deps("live"), Vec::<&str>::new());
+    // publishes from it; it knows neither, only the pure link rules.
+    assert_eq!(deps("live"), ["link"]);
+    assert_eq!(deps("link"), Vec::<&str>::new());
     assert_eq!(deps("journal"), ["host", "run_state"]);
     assert_eq!(
         deps("status"),
