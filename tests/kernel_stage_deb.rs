@@ -7,7 +7,7 @@
 mod kernel_common;
 
 use cubeboot::firstboot::host::{Action, CmdOutput, Host, ScriptedHost};
-use cubeboot::firstboot::journal::{KvmInUse, StepState};
+use cubeboot::firstboot::journal::{Journal, KvmInUse, StepState};
 use cubeboot::firstboot::kernel::{self, grubcfg};
 use cubeboot::firstboot::run_state::{Failure, RunState};
 use cubeboot::firstboot::runner::{self, RunEnd, Scope};
@@ -19,6 +19,11 @@ const PVM_ID: &str = "gnulinux-advanced-3f1c2b9a-5d7e-4c1a-9e8b-2a4f6d8c0e11>\
                       gnulinux-6.6.69-opencloudos9.cubesandbox.pvm.host-gfixture1-advanced-3f1c2b9a-5d7e-4c1a-9e8b-2a4f6d8c0e11";
 const OLD_ID: &str = "gnulinux-advanced-3f1c2b9a-5d7e-4c1a-9e8b-2a4f6d8c0e11>\
                       gnulinux-6.1.0-28-amd64-advanced-3f1c2b9a-5d7e-4c1a-9e8b-2a4f6d8c0e11";
+
+/// GRUB's environment block as the next boot reads it.
+fn grubenv(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    grubcfg::parse_grubenv(&read(root, "/boot/grub/grubenv"))
+}
 
 fn dpkg_status(root: &std::path::Path) -> String {
     let out = real(
@@ -35,21 +40,17 @@ fn dpkg_status(root: &std::path::Path) -> String {
 
 #[test]
 fn trial_boot_then_commit_on_debian_12() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = deb_plan();
-    debian_root(root, "debian-12", &plan);
-    let host = ScriptedHost::new(root);
-    debian_responders(&host, root, "");
-    let digest = seed_journal(&host, &plan);
+    let t = Target::debian("debian-12");
+    let root = t.root();
+    let digest = t.seed_journal();
 
     // Boot 1: install, parameters, trial boot armed, one reboot.
-    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    let end = t.run(&digest, Scope::All);
     assert_eq!(end, RunEnd::Rebooting);
-    assert_eq!(host.reboots(), 1);
-    let cmds = host.commands();
+    assert_eq!(t.host.reboots(), 1);
+    let cmds = t.host.commands();
     let deb =
-        root.join(cubeboot::firstboot::cache_path(&plan.assets.kernel).trim_start_matches('/'));
+        root.join(cubeboot::firstboot::cache_path(&t.plan.assets.kernel).trim_start_matches('/'));
     assert!(
         cmds.contains(&format!(
             "DEBIAN_FRONTEND=noninteractive dpkg --root={} -i {}",
@@ -90,7 +91,7 @@ fn trial_boot_then_commit_on_debian_12() {
         pvm.args
     );
     // Old kernel saved, PVM armed once, in that order.
-    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub/grubenv"));
+    let env = grubenv(root);
     assert_eq!(env["saved_entry"], OLD_ID);
     assert_eq!(env["next_entry"], PVM_ID);
     let set = cmds
@@ -109,7 +110,7 @@ fn trial_boot_then_commit_on_debian_12() {
             root.display()
         )
     );
-    let j = journal(&host, &digest);
+    let j = t.journal(&digest);
     assert_eq!(j.facts.kvm_mode, Some(KvmInUse::Pvm));
     assert_eq!(j.facts.old_kernel.as_deref(), Some(OLD_DEB_KERNEL));
     assert_eq!(j.facts.pvm_entry.as_deref(), Some(PVM_ID));
@@ -120,21 +121,15 @@ fn trial_boot_then_commit_on_debian_12() {
     assert_eq!(grub_boot(root, false), KVER);
 
     // Boot 2: verified, kvm_pvm loaded and /dev/kvm proven, then committed.
-    let end = runner::run(
-        &host,
-        &plan,
-        &digest,
-        Scope::StopAfter(StepId::KernelCommit),
-    )
-    .unwrap();
+    let end = t.run(&digest, Scope::StopAfter(StepId::KernelCommit));
     assert_eq!(end, RunEnd::Stopped(StepId::KernelCommit));
-    let j = journal(&host, &digest);
+    let j = t.journal(&digest);
     assert_eq!(j.state(StepId::KernelVerify), Some(StepState::Done));
     assert_eq!(j.state(StepId::KvmLoad), Some(StepState::Done));
     assert_eq!(j.state(StepId::KernelCommit), Some(StepState::Done));
-    assert_eq!(host.reboots(), 1);
+    assert_eq!(t.host.reboots(), 1);
     // The commit comes only after kvm_pvm is in and /dev/kvm answers.
-    let cmds = host.commands();
+    let cmds = t.host.commands();
     let modprobe = cmds
         .iter()
         .position(|c| c.ends_with("modprobe kvm_pvm"))
@@ -146,7 +141,7 @@ fn trial_boot_then_commit_on_debian_12() {
         })
         .expect("the PVM entry was committed");
     assert!(modprobe < commit, "{cmds:#?}");
-    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub/grubenv"));
+    let env = grubenv(root);
     assert_eq!(env["saved_entry"], PVM_ID);
     assert!(!env.contains_key("next_entry"));
     assert_eq!(read(root, "/etc/modules-load.d/kvm-pvm.conf"), "kvm_pvm\n");
@@ -157,22 +152,12 @@ fn trial_boot_then_commit_on_debian_12() {
 
 #[test]
 fn package_scripts_cannot_make_the_unverified_kernel_the_default() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = deb_plan();
-    debian_root(root, "debian-12", &plan);
-    let host = ScriptedHost::new(root);
-    debian_responders(&host, root, "");
-    let digest = seed_journal(&host, &plan);
+    let t = Target::debian("debian-12");
+    let root = t.root();
+    let digest = t.seed_journal();
     // Stop right after the install: the package's update-grub has run and the
     // PVM kernel (6.6) is entry 0 of grub.cfg ...
-    runner::run(
-        &host,
-        &plan,
-        &digest,
-        Scope::StopAfter(StepId::KernelInstall),
-    )
-    .unwrap();
+    t.run(&digest, Scope::StopAfter(StepId::KernelInstall));
     let cfg = read(root, "/boot/grub/grub.cfg");
     assert_eq!(
         grubcfg::entries(&cfg)[0].kernel.as_deref(),
@@ -180,7 +165,7 @@ fn package_scripts_cannot_make_the_unverified_kernel_the_default() {
     );
     // ... yet a reboot now (a crash, an operator) still boots the old kernel.
     assert_eq!(grub_boot(root, false), OLD_DEB_KERNEL);
-    let actions: Vec<String> = host.actions().iter().map(|a| a.to_string()).collect();
+    let actions: Vec<String> = t.host.actions().iter().map(|a| a.to_string()).collect();
     let pin = actions
         .iter()
         .position(|a| a.starts_with("write   /etc/default/grub.d/99-cubeboot-pvm.cfg"))
@@ -194,28 +179,21 @@ fn package_scripts_cannot_make_the_unverified_kernel_the_default() {
 
 #[test]
 fn failed_trial_boot_rolls_back_with_exactly_one_reboot() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = deb_plan();
-    debian_root(root, "debian-12", &plan);
-    let host = ScriptedHost::new(root);
-    debian_responders(&host, root, "");
-    let digest = seed_journal(&host, &plan);
+    let t = Target::debian("debian-12");
+    let root = t.root();
+    let digest = t.seed_journal();
 
-    assert_eq!(
-        runner::run(&host, &plan, &digest, Scope::All).unwrap(),
-        RunEnd::Rebooting
-    );
+    assert_eq!(t.run(&digest, Scope::All), RunEnd::Rebooting);
     // The PVM kernel panics; panic=30 reboots into the saved default.
     assert_eq!(grub_boot(root, true), OLD_DEB_KERNEL);
 
-    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    let end = t.run(&digest, Scope::All);
     let want = Failure::RolledBack {
         to: OLD_DEB_KERNEL.to_string(),
     };
     assert_eq!(end, RunEnd::Failed(want.clone()));
-    assert_eq!(host.reboots(), 1);
-    let status = read(root, "/run/cubeboot/status.json");
+    assert_eq!(t.host.reboots(), 1);
+    let status = t.status();
     assert!(
         status.contains(&format!(
             "\"state\": \"{}\"",
@@ -243,26 +221,19 @@ fn failed_trial_boot_rolls_back_with_exactly_one_reboot() {
     assert_eq!(grub_boot(root, false), OLD_DEB_KERNEL);
 
     // Running again does nothing and never reboots.
-    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    let end = t.run(&digest, Scope::All);
     assert_eq!(end, RunEnd::Failed(want));
-    assert_eq!(host.reboots(), 1);
+    assert_eq!(t.host.reboots(), 1);
 }
 
 #[test]
 fn ubuntu_cloud_image_consoles_survive_the_tencent_set() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let mut plan = deb_plan();
-    plan.kernel.boot_params = boot_params::TENCENT.iter().map(|s| s.to_string()).collect();
-    debian_root(root, "ubuntu-24.04-cloudimg", &plan);
-    let host = ScriptedHost::new(root);
-    debian_responders(&host, root, "");
-    let digest = seed_journal(&host, &plan);
+    let mut t = Target::debian("ubuntu-24.04-cloudimg");
+    t.plan.kernel.boot_params = boot_params::TENCENT.iter().map(|s| s.to_string()).collect();
+    let root = t.root();
+    let digest = t.seed_journal();
 
-    assert_eq!(
-        runner::run(&host, &plan, &digest, Scope::All).unwrap(),
-        RunEnd::Rebooting
-    );
+    assert_eq!(t.run(&digest, Scope::All), RunEnd::Rebooting);
     let cfg = read(root, "/boot/grub/grub.cfg");
     let pvm = grubcfg::find_kernel_entry(&cfg, KVER).unwrap();
     let line = pvm.args.join(" ");
@@ -279,12 +250,12 @@ fn ubuntu_cloud_image_consoles_survive_the_tencent_set() {
     assert!(line.contains("earlyprintk=ttyS0"));
     assert!(cubeboot::cmdline::has_merged(
         &line,
-        &kernel::required_params(&plan)
+        &kernel::required_params(&t.plan)
     ));
     // NIC renaming and IPv6 were warned about.
-    let j = journal(&host, &digest);
+    let j = t.journal(&digest);
     let w = j.warnings.join("\n");
-    let status = read(root, "/run/cubeboot/status.json");
+    let status = t.status();
     assert!(
         status.contains("boot parameter net.ifnames=0 renames network interfaces"),
         "{status}"
@@ -294,7 +265,8 @@ fn ubuntu_cloud_image_consoles_survive_the_tencent_set() {
         "{w}"
     );
     assert!(w.contains("ipv6.disable=1 disables IPv6"), "{w}");
-    assert!(host
+    assert!(t
+        .host
         .said()
         .iter()
         .any(|l| l.starts_with("warning: boot parameter biosdevname=0")));
@@ -308,13 +280,8 @@ fn ubuntu_cloud_image_consoles_survive_the_tencent_set() {
 
     // Idempotent: arming again yields the same drop-in and grub.cfg.
     let dropin = read(root, "/etc/default/grub.d/99-cubeboot-pvm.cfg");
-    let mut j = journal(&host, &digest);
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut j,
-    };
-    kernel::boot(&mut ctx).unwrap();
+    let mut j = t.journal(&digest);
+    kernel::boot(&mut t.ctx(&mut j)).unwrap();
     assert_eq!(
         read(root, "/etc/default/grub.d/99-cubeboot-pvm.cfg"),
         dropin
@@ -324,44 +291,32 @@ fn ubuntu_cloud_image_consoles_survive_the_tencent_set() {
 
 #[test]
 fn unwritable_grubenv_falls_back_to_a_direct_default() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = deb_plan();
-    debian_root(root, "debian-12", &plan);
-    let host = ScriptedHost::new(root);
-    debian_responders(&host, root, "lvm");
-    let digest = seed_journal(&host, &plan);
+    let t = Target::debian_with_boot_on("debian-12", "lvm");
+    let root = t.root();
+    let digest = t.seed_journal();
 
-    assert_eq!(
-        runner::run(&host, &plan, &digest, Scope::All).unwrap(),
-        RunEnd::Rebooting
-    );
-    let j = journal(&host, &digest);
+    assert_eq!(t.run(&digest, Scope::All), RunEnd::Rebooting);
+    let j = t.journal(&digest);
     let why = j.facts.direct_default.as_deref().unwrap();
     assert_eq!(
         why,
         "/boot/grub is on lvm, where GRUB cannot write /boot/grub/grubenv at boot"
     );
-    assert!(!host.commands().iter().any(|c| c.starts_with("grub-reboot")));
+    assert!(!t.ran("grub-reboot"));
     let dropin = read(root, "/etc/default/grub.d/99-cubeboot-pvm.cfg");
     assert!(
         dropin.contains(&format!("GRUB_DEFAULT=\"{PVM_ID}\"")),
         "{dropin}"
     );
-    assert!(host
+    assert!(t
+        .host
         .said()
         .iter()
         .any(|l| l.contains("no trial boot possible")));
     assert_eq!(grub_boot(root, false), KVER);
     // After the verified boot there is nothing to commit: it already is the default.
-    runner::run(
-        &host,
-        &plan,
-        &digest,
-        Scope::StopAfter(StepId::KernelCommit),
-    )
-    .unwrap();
-    let j = journal(&host, &digest);
+    t.run(&digest, Scope::StopAfter(StepId::KernelCommit));
+    let j = t.journal(&digest);
     assert_eq!(j.state(StepId::KernelVerify), Some(StepState::Done));
     assert!(j.steps[&StepId::KernelCommit]
         .detail
@@ -370,15 +325,11 @@ fn unwritable_grubenv_falls_back_to_a_direct_default() {
 
 #[test]
 fn submenu_disabled_entry_is_top_level() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = deb_plan();
-    debian_root(root, "disable-submenu", &plan);
-    let host = ScriptedHost::new(root);
-    debian_responders(&host, root, "");
-    let digest = seed_journal(&host, &plan);
-    runner::run(&host, &plan, &digest, Scope::All).unwrap();
-    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub/grubenv"));
+    let t = Target::debian("disable-submenu");
+    let root = t.root();
+    let digest = t.seed_journal();
+    t.run(&digest, Scope::All);
+    let env = grubenv(root);
     assert_eq!(
         env["next_entry"],
         format!("gnulinux-{KVER}-advanced-{ROOT_UUID}")
@@ -392,50 +343,42 @@ fn submenu_disabled_entry_is_top_level() {
 
 #[test]
 fn tampered_cache_is_never_installed() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = deb_plan();
-    debian_root(root, "debian-12", &plan);
-    let cached = cubeboot::firstboot::cache_path(&plan.assets.kernel);
+    let t = Target::debian("debian-12");
+    let root = t.root();
+    let cached = cubeboot::firstboot::cache_path(&t.plan.assets.kernel);
     let mut bytes = fixture_bytes(DEB_NAME);
     let n = bytes.len();
     bytes[n - 1] ^= 1;
     put(root, &cached, bytes);
-    let host = ScriptedHost::new(root);
-    debian_responders(&host, root, "");
-    let digest = seed_journal(&host, &plan);
+    let digest = t.seed_journal();
 
-    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    let end = t.run(&digest, Scope::All);
     assert_eq!(end, RunEnd::Failed(Failure::Step(StepId::KernelInstall)));
     assert!(
-        !host.commands().iter().any(|c| c.contains(" -i ")),
+        !t.host.commands().iter().any(|c| c.contains(" -i ")),
         "{:#?}",
-        host.commands()
+        t.host.commands()
     );
     assert!(!exists(root, &format!("/boot/vmlinuz-{KVER}")));
-    let status = read(root, "/run/cubeboot/status.json");
+    let status = t.status();
     assert!(
-        status.contains(&format!("expected sha256 {}", plan.assets.kernel.sha256)),
+        status.contains(&format!("expected sha256 {}", t.plan.assets.kernel.sha256)),
         "{status}"
     );
-    assert_eq!(host.reboots(), 0);
+    assert_eq!(t.host.reboots(), 0);
 }
 
 #[test]
 fn dpkg_lock_is_waited_for_then_bounded() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = deb_plan();
-    debian_root(root, "debian-12", &plan);
-    let host = ScriptedHost::new(root);
-    debian_responders(&host, root, "");
+    let t = Target::debian("debian-12");
+    let root = t.root();
     // unattended-upgrades holds the lock for the first three attempts.
     let tries = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let t = tries.clone();
-    host.on(move |c| {
+    let tried = tries.clone();
+    t.host.on(move |c| {
         (c.program == "dpkg"
             && c.args.iter().any(|a| a == "-i")
-            && t.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 3)
+            && tried.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 3)
             .then(|| {
                 Ok(CmdOutput::failed(
                     2,
@@ -444,33 +387,24 @@ fn dpkg_lock_is_waited_for_then_bounded() {
                 ))
             })
     });
-    let start = host.now();
-    let digest = seed_journal(&host, &plan);
-    let mut j = journal(&host, &digest);
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut j,
-    };
-    let out = kernel::install(&mut ctx).unwrap();
+    let start = t.host.now();
+    let digest = t.seed_journal();
+    let mut j = t.journal(&digest);
+    let out = kernel::install(&mut t.ctx(&mut j)).unwrap();
     assert!(
         matches!(out, Outcome::Done(ref d) if d.starts_with("installed ")),
         "{out:?}"
     );
     assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 4);
-    assert_eq!(host.now().duration_since(start).unwrap().as_secs(), 15);
+    assert_eq!(t.host.now().duration_since(start).unwrap().as_secs(), 15);
     assert_eq!(
         dpkg_status(root),
         format!("hold ok installed {DEB_VERSION}")
     );
 
     // A lock that never goes away ends with a clear error, not a hang.
-    let dir2 = tempfile::tempdir().unwrap();
-    let root2 = dir2.path();
-    debian_root(root2, "debian-12", &plan);
-    let host2 = ScriptedHost::new(root2);
-    debian_responders(&host2, root2, "");
-    host2.on(|c| {
+    let t2 = Target::debian("debian-12");
+    t2.host.on(|c| {
         (c.program == "dpkg" && c.args.iter().any(|a| a == "-i")).then(|| {
             Ok(CmdOutput::failed(
                 2,
@@ -478,13 +412,8 @@ fn dpkg_lock_is_waited_for_then_bounded() {
             ))
         })
     });
-    let mut j2 = cubeboot::firstboot::journal::Journal::new("x");
-    let mut ctx = Ctx {
-        host: &host2,
-        plan: &plan,
-        journal: &mut j2,
-    };
-    let err = kernel::install(&mut ctx).unwrap_err();
+    let mut j2 = Journal::new("x");
+    let err = kernel::install(&mut t2.ctx(&mut j2)).unwrap_err();
     assert!(
         err.to_string().starts_with("dpkg stayed locked for 900 s"),
         "{err}"
@@ -493,26 +422,20 @@ fn dpkg_lock_is_waited_for_then_bounded() {
 
 #[test]
 fn second_install_is_a_no_op_and_already_running_is_skipped() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = deb_plan();
-    debian_root(root, "debian-12", &plan);
-    let host = ScriptedHost::new(root);
-    debian_responders(&host, root, "");
-    let mut j = cubeboot::firstboot::journal::Journal::new("x");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut j,
-    };
+    let t = Target::debian("debian-12");
+    let root = t.root();
+    let mut j = Journal::new("x");
+    let mut ctx = t.ctx(&mut j);
     kernel::install(&mut ctx).unwrap();
-    let before = host.commands().len();
+    let before = t.host.commands().len();
     let out = kernel::install(&mut ctx).unwrap();
     assert!(
         matches!(out, Outcome::Done(ref d) if d.contains("already installed")),
         "{out:?}"
     );
-    assert!(!host.commands()[before..].iter().any(|c| c.contains(" -i ")));
+    assert!(!t.host.commands()[before..]
+        .iter()
+        .any(|c| c.contains(" -i ")));
 
     // Running the PVM kernel with every parameter: nothing to do.
     set_running(
@@ -520,13 +443,9 @@ fn second_install_is_a_no_op_and_already_running_is_skipped() {
         KVER,
         &format!("BOOT_IMAGE=/boot/vmlinuz-{KVER} ro nopti pti=off"),
     );
-    let mut j = cubeboot::firstboot::journal::Journal::new("y");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut j,
-    };
-    let before = host.commands().len();
+    let mut j = Journal::new("y");
+    let mut ctx = t.ctx(&mut j);
+    let before = t.host.commands().len();
     assert!(matches!(
         kernel::install(&mut ctx).unwrap(),
         Outcome::Skipped(_)
@@ -540,35 +459,27 @@ fn second_install_is_a_no_op_and_already_running_is_skipped() {
         Outcome::Skipped(_)
     ));
     assert_eq!(
-        host.commands().len(),
+        t.host.commands().len(),
         before,
         "{:#?}",
-        &host.commands()[before..]
+        &t.host.commands()[before..]
     );
     assert_eq!(j.facts.kvm_mode, Some(KvmInUse::Pvm));
 }
 
 #[test]
 fn native_kvm_skips_pvm_when_auto_but_not_when_forced() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let mut plan = deb_plan();
-    plan.kernel.kvm = KvmMode::Auto;
-    debian_root(root, "debian-12", &plan);
+    let mut t = Target::debian("debian-12");
+    t.plan.kernel.kvm = KvmMode::Auto;
+    let root = t.root();
     put(
         root,
         "/proc/modules",
         "kvm_intel 397312 0 - Live 0x0\nkvm 1142784 1 kvm_intel, Live 0x0\n",
     );
     put(root, "/dev/kvm", "");
-    let host = ScriptedHost::new(root);
-    debian_responders(&host, root, "");
-    let mut j = cubeboot::firstboot::journal::Journal::new("x");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut j,
-    };
+    let mut j = Journal::new("x");
+    let mut ctx = t.ctx(&mut j);
     let out = kernel::install(&mut ctx).unwrap();
     assert!(
         matches!(out, Outcome::Skipped(ref d) if d.contains("CUBE_PVM_ENABLE=0")),
@@ -583,15 +494,11 @@ fn native_kvm_skips_pvm_when_auto_but_not_when_forced() {
         Outcome::Skipped(_)
     ));
     assert_eq!(ctx.journal.facts.kvm_mode, Some(KvmInUse::Native));
-    assert!(host.commands().is_empty(), "{:#?}", host.commands());
+    assert!(t.host.commands().is_empty(), "{:#?}", t.host.commands());
 
-    plan.kernel.kvm = KvmMode::Pvm;
-    let mut j = cubeboot::firstboot::journal::Journal::new("y");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut j,
-    };
+    t.plan.kernel.kvm = KvmMode::Pvm;
+    let mut j = Journal::new("y");
+    let mut ctx = t.ctx(&mut j);
     assert!(matches!(
         kernel::install(&mut ctx).unwrap(),
         Outcome::Done(_)
@@ -601,32 +508,23 @@ fn native_kvm_skips_pvm_when_auto_but_not_when_forced() {
 
 #[test]
 fn kvm_pvm_preempted_by_kvm_intel_is_blacklisted_and_retried() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = deb_plan();
-    debian_root(root, "debian-12", &plan);
+    let t = Target::debian("debian-12");
+    let root = t.root();
     put(
         root,
         "/proc/modules",
         "kvm_intel 397312 0 - Live 0x0\nkvm 1142784 1 kvm_intel, Live 0x0\n",
     );
-    let host = ScriptedHost::new(root);
-    debian_responders(&host, root, "");
-    let mut j = cubeboot::firstboot::journal::Journal::new("x");
+    let mut j = Journal::new("x");
     j.facts.kvm_mode = Some(KvmInUse::Pvm);
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut j,
-    };
-    let out = kernel::load_kvm(&mut ctx).unwrap();
+    let out = kernel::load_kvm(&mut t.ctx(&mut j)).unwrap();
     assert!(
         matches!(out, Outcome::Done(ref d) if d.contains("after blacklisting kvm_intel")),
         "{out:?}"
     );
     let r = root.display();
     assert_eq!(
-        host.commands(),
+        t.host.commands(),
         vec![
             format!("chroot {r} modprobe kvm_pvm"),
             format!("chroot {r} modprobe -r kvm_intel"),
@@ -642,10 +540,10 @@ fn kvm_pvm_preempted_by_kvm_intel_is_blacklisted_and_retried() {
     let dir2 = tempfile::tempdir().unwrap();
     let host2 = ScriptedHost::new(dir2.path());
     host2.on_program("chroot", CmdOutput::ok(""));
-    let mut j2 = cubeboot::firstboot::journal::Journal::new("y");
+    let mut j2 = Journal::new("y");
     let mut ctx = Ctx {
         host: &host2,
-        plan: &plan,
+        plan: &t.plan,
         journal: &mut j2,
     };
     let err = kernel::load_kvm(&mut ctx).unwrap_err();
@@ -659,24 +557,16 @@ fn kvm_pvm_preempted_by_kvm_intel_is_blacklisted_and_retried() {
 
 #[test]
 fn dry_run_changes_nothing_and_shows_every_edit() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = deb_plan();
-    debian_root(root, "debian-12", &plan);
-    let cfg_before = read(root, "/boot/grub/grub.cfg");
-    let host = ScriptedHost::new(root).dry_run();
     // Queries still run in a dry run: answered as on the real target.
-    debian_responders(&host, root, "");
-    let mut j = cubeboot::firstboot::journal::Journal::new("x");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut j,
-    };
+    let t = Target::debian_dry_run("debian-12");
+    let root = t.root();
+    let cfg_before = read(root, "/boot/grub/grub.cfg");
+    let mut j = Journal::new("x");
+    let mut ctx = t.ctx(&mut j);
     kernel::install(&mut ctx).unwrap();
     let out = kernel::boot(&mut ctx).unwrap();
     assert!(matches!(out, Outcome::RebootRequested(_)), "{out:?}");
-    let actions = host.actions();
+    let actions = t.host.actions();
     let shown: Vec<String> = actions.iter().map(|a| a.to_string()).collect();
     assert!(
         shown
@@ -705,28 +595,24 @@ fn dry_run_changes_nothing_and_shows_every_edit() {
 
 #[test]
 fn a_later_dropin_overriding_ours_refuses_the_reboot_and_keeps_the_old_default() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = deb_plan();
-    debian_root(root, "debian-12", &plan);
+    let t = Target::debian("debian-12");
+    let root = t.root();
     // Sorts after 99-cubeboot-pvm.cfg ('_' > '-') and resets the line.
     put(
         root,
         "/etc/default/grub.d/99_zz-local.cfg",
         "GRUB_CMDLINE_LINUX=\"\"\n",
     );
-    let host = ScriptedHost::new(root);
-    debian_responders(&host, root, "");
-    let digest = seed_journal(&host, &plan);
-    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    let digest = t.seed_journal();
+    let end = t.run(&digest, Scope::All);
     assert_eq!(end, RunEnd::Failed(Failure::Step(StepId::KernelBoot)));
-    assert_eq!(host.reboots(), 0);
-    let status = read(root, "/run/cubeboot/status.json");
+    assert_eq!(t.host.reboots(), 0);
+    let status = t.status();
     assert!(
         status.contains("/etc/default/grub.d/99-cubeboot-pvm.cfg is overridden by a later file"),
         "{status}"
     );
-    assert!(!host.commands().iter().any(|c| c.starts_with("grub-reboot")));
+    assert!(!t.ran("grub-reboot"));
     // Whatever happens next, the machine boots its old kernel.
     assert_eq!(grub_boot(root, false), OLD_DEB_KERNEL);
 }
@@ -738,10 +624,8 @@ fn a_later_dropin_overriding_ours_refuses_the_reboot_and_keeps_the_old_default()
 /// with nothing pinned): the machine keeps booting its old kernel.
 #[test]
 fn an_ambiguous_fallback_entry_refuses_the_install() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = deb_plan();
-    debian_root(root, "debian-12", &plan);
+    let t = Target::debian("debian-12");
+    let root = t.root();
     let old = OLD_DEB_KERNEL;
     put(
         root,
@@ -756,13 +640,11 @@ fn an_ambiguous_fallback_entry_refuses_the_install() {
         ),
     );
     update_grub(root).unwrap();
-    let host = ScriptedHost::new(root);
-    debian_responders(&host, root, "");
-    let digest = seed_journal(&host, &plan);
-    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    let digest = t.seed_journal();
+    let end = t.run(&digest, Scope::All);
     assert_eq!(end, RunEnd::Failed(Failure::Step(StepId::KernelInstall)));
-    assert_eq!(host.reboots(), 0);
-    let status = read(root, "/run/cubeboot/status.json");
+    assert_eq!(t.host.reboots(), 0);
+    let status = t.status();
     assert!(
         status.contains(&format!(
             "refusing to install {DEB_PACKAGE} {DEB_VERSION}: cannot pin the fallback kernel \
@@ -771,12 +653,9 @@ fn an_ambiguous_fallback_entry_refuses_the_install() {
         "{status}"
     );
     assert!(!exists(root, &format!("/boot/vmlinuz-{KVER}")));
-    assert!(!host.commands().iter().any(|c| c.contains(" -i ")));
-    assert!(!host.commands().iter().any(|c| c.starts_with("grub-reboot")));
-    assert!(!host
-        .commands()
-        .iter()
-        .any(|c| c.starts_with("grub-set-default")));
+    assert!(!t.host.commands().iter().any(|c| c.contains(" -i ")));
+    assert!(!t.ran("grub-reboot"));
+    assert!(!t.ran("grub-set-default"));
     assert_eq!(grub_boot(root, false), old);
 }
 
@@ -791,15 +670,11 @@ fn kvm_pvm_crash_during_the_trial_boot_falls_back_to_the_old_kernel() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = deb_plan();
-    debian_root(root, "debian-12", &plan);
-    let host = ScriptedHost::new(root);
-    debian_responders(&host, root, "");
+    let t = Target::debian("debian-12");
+    let root = t.root();
     let crashes = Arc::new(AtomicBool::new(true));
     let (r, c2) = (root.to_path_buf(), crashes.clone());
-    host.on(move |c| {
+    t.host.on(move |c| {
         let inner = chrooted(&r, c)?;
         let load = inner.program == "modprobe" && inner.args == ["kvm_pvm"];
         if load && c2.load(Ordering::SeqCst) {
@@ -807,19 +682,16 @@ fn kvm_pvm_crash_during_the_trial_boot_falls_back_to_the_old_kernel() {
         }
         None
     });
-    let digest = seed_journal(&host, &plan);
+    let digest = t.seed_journal();
 
-    assert_eq!(
-        runner::run(&host, &plan, &digest, Scope::All).unwrap(),
-        RunEnd::Rebooting
-    );
+    assert_eq!(t.run(&digest, Scope::All), RunEnd::Rebooting);
     assert_eq!(grub_boot(root, false), KVER);
     // Boot 2: the trial boot; kvm_pvm takes the machine down.
     let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runner::run(&host, &plan, &digest, Scope::All)
+        runner::run(&t.host, &t.plan, &digest, Scope::All)
     }));
     assert!(crashed.is_err(), "the scripted crash did not happen");
-    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub/grubenv"));
+    let env = grubenv(root);
     assert_eq!(
         env["saved_entry"], OLD_ID,
         "committed before kvm_pvm was proven"
@@ -831,21 +703,21 @@ fn kvm_pvm_crash_during_the_trial_boot_falls_back_to_the_old_kernel() {
 
     // Boot 3: the helper sees the trial boot ended on the old kernel, rolls
     // back and stops without another reboot.
-    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    let end = t.run(&digest, Scope::All);
     let want = Failure::RolledBack {
         to: OLD_DEB_KERNEL.into(),
     };
     assert_eq!(end, RunEnd::Failed(want));
-    assert_eq!(host.reboots(), 1);
-    let j = journal(&host, &digest);
+    assert_eq!(t.host.reboots(), 1);
+    let j = t.journal(&digest);
     assert_eq!(j.state(StepId::KvmLoad), Some(StepState::Failed));
     assert_ne!(j.state(StepId::KernelCommit), Some(StepState::Done));
-    let status = read(root, "/run/cubeboot/status.json");
+    let status = t.status();
     assert!(
         status.contains(&format!("came back on {OLD_DEB_KERNEL}")),
         "{status}"
     );
-    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub/grubenv"));
+    let env = grubenv(root);
     assert_eq!(env["saved_entry"], OLD_ID);
     assert_eq!(grub_boot(root, false), OLD_DEB_KERNEL);
 }
@@ -854,49 +726,44 @@ fn kvm_pvm_crash_during_the_trial_boot_falls_back_to_the_old_kernel() {
 /// boot is rolled back and the PVM entry never becomes the default.
 #[test]
 fn dev_kvm_that_does_not_answer_rolls_the_trial_boot_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = deb_plan();
-    debian_root(root, "debian-12", &plan);
-    let host = ScriptedHost::new(root);
-    debian_responders(&host, root, "");
-    host.set_kvm_api_version(Err("Inappropriate ioctl for device (os error 25)".into()));
-    let digest = seed_journal(&host, &plan);
+    let t = Target::debian("debian-12");
+    let root = t.root();
+    t.host
+        .set_kvm_api_version(Err("Inappropriate ioctl for device (os error 25)".into()));
+    let digest = t.seed_journal();
 
-    runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    t.run(&digest, Scope::All);
     assert_eq!(grub_boot(root, false), KVER);
-    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    let end = t.run(&digest, Scope::All);
     assert_eq!(
         end,
         RunEnd::Failed(Failure::RolledBack {
             to: OLD_DEB_KERNEL.into()
         })
     );
-    let status = read(root, "/run/cubeboot/status.json");
+    let status = t.status();
     assert!(
         status.contains("KVM_GET_API_VERSION on /dev/kvm failed: Inappropriate ioctl for device"),
         "{status}"
     );
-    assert!(!host
+    assert!(!t
+        .host
         .commands()
         .iter()
         .any(|c| c.starts_with("grub-set-default") && c.contains(&format!("gnulinux-{KVER}-"))));
     assert_eq!(grub_boot(root, false), OLD_DEB_KERNEL);
-    assert_eq!(host.reboots(), 1);
+    assert_eq!(t.host.reboots(), 1);
 
     // A KVM that answers another API version is no KVM the installer can use.
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    debian_root(root, "debian-12", &plan);
-    let host = ScriptedHost::new(root);
-    debian_responders(&host, root, "");
-    host.set_kvm_api_version(Ok(11));
-    let digest = seed_journal(&host, &plan);
-    runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    let t = Target::debian("debian-12");
+    let root = t.root();
+    t.host.set_kvm_api_version(Ok(11));
+    let digest = t.seed_journal();
+    t.run(&digest, Scope::All);
     grub_boot(root, false);
-    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    let end = t.run(&digest, Scope::All);
     assert!(matches!(end, RunEnd::Failed(_)), "{end:?}");
-    let status = read(root, "/run/cubeboot/status.json");
+    let status = t.status();
     assert!(
         status.contains("KVM_GET_API_VERSION on /dev/kvm answered 11, not 12"),
         "{status}"
@@ -907,10 +774,8 @@ fn dev_kvm_that_does_not_answer_rolls_the_trial_boot_back() {
 /// replaced by the plan's default; the status says which value is in force.
 #[test]
 fn operators_panic_value_is_kept_for_the_trial_boot() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = deb_plan();
-    debian_root(root, "debian-12", &plan);
+    let t = Target::debian("debian-12");
+    let root = t.root();
     // The operator's own drop-in, and the command line it gave the running kernel.
     put(
         root,
@@ -925,11 +790,9 @@ fn operators_panic_value_is_kept_for_the_trial_boot() {
             "BOOT_IMAGE=/boot/vmlinuz-{OLD_DEB_KERNEL} root=UUID={ROOT_UUID} ro quiet panic=10"
         ),
     );
-    let host = ScriptedHost::new(root);
-    debian_responders(&host, root, "");
-    let digest = seed_journal(&host, &plan);
+    let digest = t.seed_journal();
 
-    runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    t.run(&digest, Scope::All);
     let dropin = read(root, "/etc/default/grub.d/99-cubeboot-pvm.cfg");
     assert!(
         dropin.contains("GRUB_CMDLINE_LINUX=\"nopti pti=off panic=10\"\n"),
@@ -943,22 +806,16 @@ fn operators_panic_value_is_kept_for_the_trial_boot() {
         .filter(|a| a.starts_with("panic="))
         .collect();
     assert_eq!(panics, vec!["panic=10"], "{:?}", pvm.args);
-    let status = read(root, "/run/cubeboot/status.json");
+    let status = t.status();
     assert!(
         status.contains("panic=10 in force (the operator's, from the running command line)"),
         "{status}"
     );
 
     assert_eq!(grub_boot(root, false), KVER);
-    let end = runner::run(
-        &host,
-        &plan,
-        &digest,
-        Scope::StopAfter(StepId::KernelCommit),
-    )
-    .unwrap();
+    let end = t.run(&digest, Scope::StopAfter(StepId::KernelCommit));
     assert_eq!(end, RunEnd::Stopped(StepId::KernelCommit));
-    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub/grubenv"));
+    let env = grubenv(root);
     assert_eq!(env["saved_entry"], PVM_ID);
 }
 
@@ -969,24 +826,21 @@ fn operators_panic_value_is_kept_for_the_trial_boot() {
 /// second time and does not treat the committed kernel as a trial.
 #[test]
 fn a_journal_from_before_kernel_commit_resumes_as_committed() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = deb_plan();
-    debian_root(root, "debian-12", &plan);
-    let host = ScriptedHost::new(root);
-    debian_responders(&host, root, "");
-    let digest = seed_journal(&host, &plan);
-    runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    let t = Target::debian("debian-12");
+    let root = t.root();
+    let digest = t.seed_journal();
+    t.run(&digest, Scope::All);
     assert_eq!(grub_boot(root, false), KVER);
     // The previous helper verified and committed in kernel-verify, then was
     // killed in kvm-load: what it left is this journal and this grubenv.
-    let (set_default, _) = grub_commands(&host);
-    host.run(
-        &cubeboot::firstboot::host::CommandSpec::new("grub-set-default")
-            .arg(format!("--boot-directory={}/boot", root.display()))
-            .arg(PVM_ID),
-    )
-    .unwrap();
+    let (set_default, _) = grub_commands(&t.host);
+    t.host
+        .run(
+            &cubeboot::firstboot::host::CommandSpec::new("grub-set-default")
+                .arg(format!("--boot-directory={}/boot", root.display()))
+                .arg(PVM_ID),
+        )
+        .unwrap();
     let path = root.join(cubeboot::firstboot::JOURNAL_PATH.trim_start_matches('/'));
     let mut old: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -1000,18 +854,12 @@ fn a_journal_from_before_kernel_commit_resumes_as_committed() {
         "state": "started", "detail": "", "at": 1_800_000_101u64, "boots": ["boot-2"],
     });
     std::fs::write(&path, serde_json::to_string_pretty(&old).unwrap()).unwrap();
-    let (committed_by_old, _) = grub_commands(&host);
+    let (committed_by_old, _) = grub_commands(&t.host);
     assert_eq!(committed_by_old, set_default + 1);
 
-    let end = runner::run(
-        &host,
-        &plan,
-        &digest,
-        Scope::StopAfter(StepId::KernelCommit),
-    )
-    .unwrap();
+    let end = t.run(&digest, Scope::StopAfter(StepId::KernelCommit));
     assert_eq!(end, RunEnd::Stopped(StepId::KernelCommit));
-    let j = journal(&host, &digest);
+    let j = t.journal(&digest);
     assert_eq!(j.state(StepId::KvmLoad), Some(StepState::Done));
     assert_eq!(j.state(StepId::KernelCommit), Some(StepState::Done));
     assert!(
@@ -1023,12 +871,12 @@ fn a_journal_from_before_kernel_commit_resumes_as_committed() {
     );
     // Not committed again.
     assert_eq!(
-        grub_commands(&host).0,
+        grub_commands(&t.host).0,
         committed_by_old,
         "{:#?}",
-        host.commands()
+        t.host.commands()
     );
-    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub/grubenv"));
+    let env = grubenv(root);
     assert_eq!(env["saved_entry"], PVM_ID);
 }
 

@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use cubeboot::digest::Sha256Digest;
-use cubeboot::firstboot::host::{CmdOutput, CommandSpec, Host, ScriptedHost};
+use cubeboot::firstboot::host::{CmdOutput, CommandSpec, DryRunHost, Host, ScriptedHost};
 use cubeboot::firstboot::journal::{Journal, StepState};
 use cubeboot::firstboot::kernel::grubcfg;
-use cubeboot::firstboot::{cache_path, StepId};
+use cubeboot::firstboot::runner::{self, RunEnd, Scope};
+use cubeboot::firstboot::{cache_path, Ctx, StepId};
 use cubeboot::plan::testing::sample_plan;
 use cubeboot::plan::*;
 
@@ -1105,4 +1106,120 @@ pub fn journal(host: &dyn Host, digest: &Sha256Digest) -> Journal {
 
 pub fn shared(host: ScriptedHost) -> Arc<ScriptedHost> {
     Arc::new(host)
+}
+
+/// A target machine for a kernel-stage test: its temporary root (deleted on
+/// drop), the plan it runs and the scripted host on that root, with the
+/// responders of its distro family registered. A test changes the plan or
+/// the root as its scenario needs before it runs anything (preparing the root
+/// reads only the plan's kernel asset, and nothing runs before the test does).
+pub struct Target<H = ScriptedHost> {
+    dir: tempfile::TempDir,
+    pub plan: Plan,
+    pub host: H,
+}
+
+impl Target {
+    /// A Debian target prepared by [`debian_root`] from a grub fixture
+    /// scenario (`debian-12`, `ubuntu-24.04-cloudimg`, ...), /boot/grub on a
+    /// plain filesystem.
+    pub fn debian(scenario: &str) -> Self {
+        Self::debian_with_boot_on(scenario, "")
+    }
+
+    /// A Debian target whose /boot/grub is on `abstraction` as grub-probe
+    /// names it (e.g. "lvm"; see [`debian_responders`]).
+    pub fn debian_with_boot_on(scenario: &str, abstraction: &'static str) -> Self {
+        let (dir, plan) = debian_dir(scenario);
+        let host = ScriptedHost::new(dir.path());
+        debian_responders(&host, dir.path(), abstraction);
+        Self { dir, plan, host }
+    }
+
+    /// A Rocky 9 target prepared by [`rocky_root`], whose kernel package
+    /// scriptlets run kernel-install.
+    pub fn rocky() -> Self {
+        Self::rocky_with(Scriptlets::KernelInstall)
+    }
+
+    /// A Rocky 9 target whose kernel package scriptlets do as `scriptlets` says.
+    pub fn rocky_with(scriptlets: Scriptlets) -> Self {
+        let (dir, plan) = rocky_dir();
+        let host = ScriptedHost::new(dir.path());
+        rocky_responders_with(&host, dir.path(), scriptlets);
+        Self { dir, plan, host }
+    }
+
+    /// Whether a command line starting with `prefix` has run on this target.
+    pub fn ran(&self, prefix: &str) -> bool {
+        self.host.commands().iter().any(|c| c.starts_with(prefix))
+    }
+}
+
+impl Target<DryRunHost<ScriptedHost>> {
+    /// [`Target::debian`] behind the dry-run wrapper: queries still reach
+    /// the responders, changes are recorded and not made.
+    pub fn debian_dry_run(scenario: &str) -> Self {
+        let (dir, plan) = debian_dir(scenario);
+        let host = ScriptedHost::new(dir.path()).dry_run();
+        debian_responders(&host, dir.path(), "");
+        Self { dir, plan, host }
+    }
+
+    /// [`Target::rocky`] behind the dry-run wrapper.
+    pub fn rocky_dry_run() -> Self {
+        let (dir, plan) = rocky_dir();
+        let host = ScriptedHost::new(dir.path()).dry_run();
+        rocky_responders(&host, dir.path());
+        Self { dir, plan, host }
+    }
+}
+
+impl<H: Host> Target<H> {
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// See [`seed_journal`]: the steps before the kernel stage are done.
+    pub fn seed_journal(&self) -> Sha256Digest {
+        seed_journal(&self.host, &self.plan)
+    }
+
+    /// One run of the helper's runner on this target, as one boot does it.
+    pub fn run(&self, digest: &Sha256Digest, scope: Scope) -> RunEnd {
+        runner::run(&self.host, &self.plan, digest, scope).unwrap()
+    }
+
+    /// The journal as the last run saved it.
+    pub fn journal(&self, digest: &Sha256Digest) -> Journal {
+        journal(&self.host, digest)
+    }
+
+    /// What a step function takes, to run one step outside the runner.
+    pub fn ctx<'a>(&'a self, journal: &'a mut Journal) -> Ctx<'a> {
+        Ctx {
+            host: &self.host,
+            plan: &self.plan,
+            journal,
+        }
+    }
+
+    /// The status file the helper writes for operators.
+    pub fn status(&self) -> String {
+        read(self.root(), "/run/cubeboot/status.json")
+    }
+}
+
+fn debian_dir(scenario: &str) -> (tempfile::TempDir, Plan) {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = deb_plan();
+    debian_root(dir.path(), scenario, &plan);
+    (dir, plan)
+}
+
+fn rocky_dir() -> (tempfile::TempDir, Plan) {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = rpm_plan();
+    rocky_root(dir.path(), &plan);
+    (dir, plan)
 }
