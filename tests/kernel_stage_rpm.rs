@@ -8,11 +8,11 @@
 
 mod kernel_common;
 
-use cubeboot::firstboot::host::{CmdOutput, CommandSpec, ScriptedHost};
+use cubeboot::firstboot::host::{CmdOutput, CommandSpec};
 use cubeboot::firstboot::journal::StepState;
 use cubeboot::firstboot::kernel::grubcfg;
 use cubeboot::firstboot::run_state::Failure;
-use cubeboot::firstboot::runner::{self, RunEnd, Scope};
+use cubeboot::firstboot::runner::{RunEnd, Scope};
 use cubeboot::firstboot::StepId;
 use cubeboot::plan::KernelHold;
 use kernel_common::*;
@@ -20,6 +20,11 @@ use kernel_common::*;
 /// kernel-install names the new entry by this machine's id.
 fn pvm_bls_id() -> String {
     format!("{THIS_MACHINE_ID}-{KVER}")
+}
+
+/// GRUB's environment block as the next boot reads it.
+fn grubenv(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    grubcfg::parse_grubenv(&read(root, "/boot/grub2/grubenv"))
 }
 
 fn rpm_installed(root: &std::path::Path) -> String {
@@ -35,23 +40,16 @@ fn rpm_installed(root: &std::path::Path) -> String {
 
 #[test]
 fn trial_boot_then_commit_on_rocky_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = rpm_plan();
-    rocky_root(root, &plan);
-    let host = ScriptedHost::new(root);
-    rocky_responders(&host, root);
-    let digest = seed_journal(&host, &plan);
+    let t = Target::rocky();
+    let root = t.root();
+    let digest = t.seed_journal();
 
-    assert_eq!(
-        runner::run(&host, &plan, &digest, Scope::All).unwrap(),
-        RunEnd::Rebooting
-    );
-    assert_eq!(host.reboots(), 1);
-    let cmds = host.commands();
+    assert_eq!(t.run(&digest, Scope::All), RunEnd::Rebooting);
+    assert_eq!(t.host.reboots(), 1);
+    let cmds = t.host.commands();
     let r = root.display();
     let cached =
-        root.join(cubeboot::firstboot::cache_path(&plan.assets.kernel).trim_start_matches('/'));
+        root.join(cubeboot::firstboot::cache_path(&t.plan.assets.kernel).trim_start_matches('/'));
     assert!(
         cmds.contains(&format!(
             "rpm --root {r} -ivh --oldpackage {}",
@@ -85,7 +83,7 @@ fn trial_boot_then_commit_on_rocky_9() {
         "grub2-reboot --boot-directory={r}/boot {}",
         pvm_bls_id()
     )));
-    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub2/grubenv"));
+    let env = grubenv(root);
     assert_eq!(env["next_entry"], pvm_bls_id());
     assert_eq!(
         env["saved_entry"],
@@ -100,7 +98,7 @@ fn trial_boot_then_commit_on_rocky_9() {
         read(root, "/etc/sysconfig/kernel.cubeboot.bak"),
         "UPDATEDEFAULT=yes\nDEFAULTKERNEL=kernel-core\n"
     );
-    let j = journal(&host, &digest);
+    let j = t.journal(&digest);
     assert_eq!(
         j.facts.old_default_entry.as_deref(),
         Some(format!("/boot/vmlinuz-{OLD_RPM_KERNEL}").as_str())
@@ -108,14 +106,8 @@ fn trial_boot_then_commit_on_rocky_9() {
     assert_eq!(j.facts.pvm_entry.as_deref(), Some(pvm_bls_id().as_str()));
 
     assert_eq!(bls_boot(root, false), KVER);
-    runner::run(
-        &host,
-        &plan,
-        &digest,
-        Scope::StopAfter(StepId::KernelCommit),
-    )
-    .unwrap();
-    let j = journal(&host, &digest);
+    t.run(&digest, Scope::StopAfter(StepId::KernelCommit));
+    let j = t.journal(&digest);
     assert_eq!(
         j.state(StepId::KernelVerify),
         Some(StepState::Done),
@@ -125,47 +117,43 @@ fn trial_boot_then_commit_on_rocky_9() {
     assert_eq!(j.state(StepId::KvmLoad), Some(StepState::Done));
     assert_eq!(j.state(StepId::KernelCommit), Some(StepState::Done));
     // grubby made the PVM kernel the default only after kvm_pvm was in.
-    let cmds = host.commands();
+    let cmds = t.host.commands();
     let modprobe = cmds.iter().position(|c| c.ends_with("modprobe kvm_pvm"));
     let commit = cmds
         .iter()
         .position(|c| c.ends_with(&format!("grubby --set-default=/boot/vmlinuz-{KVER}")));
     assert!(modprobe.is_some() && modprobe < commit, "{cmds:#?}");
     assert_eq!(grubby_default(root), format!("/boot/vmlinuz-{KVER}"));
-    assert!(host.commands().contains(&format!(
+    assert!(t.host.commands().contains(&format!(
         "chroot {r} grubby --set-default=/boot/vmlinuz-{KVER}"
     )));
-    assert_eq!(host.reboots(), 1);
+    assert_eq!(t.host.reboots(), 1);
     assert_eq!(bls_boot(root, false), KVER);
 }
 
 #[test]
 fn rpm_rollback_restores_the_old_default() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = rpm_plan();
-    rocky_root(root, &plan);
-    let host = ScriptedHost::new(root);
-    rocky_responders(&host, root);
-    let digest = seed_journal(&host, &plan);
+    let t = Target::rocky();
+    let root = t.root();
+    let digest = t.seed_journal();
 
-    runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    t.run(&digest, Scope::All);
     // PVM boots but without its parameters (someone's grubby edit was lost).
     bls_boot(root, false);
     set_running(root, KVER, &format!("BOOT_IMAGE=/boot/vmlinuz-{KVER} ro"));
-    let end = runner::run(&host, &plan, &digest, Scope::All).unwrap();
+    let end = t.run(&digest, Scope::All);
     assert_eq!(
         end,
         RunEnd::Failed(Failure::RolledBack {
             to: OLD_RPM_KERNEL.to_string()
         })
     );
-    assert_eq!(host.reboots(), 1);
+    assert_eq!(t.host.reboots(), 1);
     assert_eq!(
         grubby_default(root),
         format!("/boot/vmlinuz-{OLD_RPM_KERNEL}")
     );
-    let status = read(root, "/run/cubeboot/status.json");
+    let status = t.status();
     assert!(
         status.contains(&format!("{KVER} is running without nopti pti=off panic=30")),
         "{status}"
@@ -174,10 +162,8 @@ fn rpm_rollback_restores_the_old_default() {
 
 #[test]
 fn scriptlet_that_makes_the_new_kernel_default_is_undone() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = rpm_plan();
-    rocky_root(root, &plan);
+    let t = Target::rocky();
+    let root = t.root();
     // A fresh image: grubenv has no saved_entry, so grubby's default is the
     // first entry in `sort -Vr` order. The new entry kernel-install writes
     // (this machine's id) sorts first: the package moved the default.
@@ -187,47 +173,29 @@ fn scriptlet_that_makes_the_new_kernel_default_is_undone() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let host = ScriptedHost::new(root);
-    rocky_responders(&host, root);
-    let digest = seed_journal(&host, &plan);
-    runner::run(
-        &host,
-        &plan,
-        &digest,
-        Scope::StopAfter(StepId::KernelInstall),
-    )
-    .unwrap();
+    let digest = t.seed_journal();
+    t.run(&digest, Scope::StopAfter(StepId::KernelInstall));
     assert_eq!(
         grubby_default(root),
         format!("/boot/vmlinuz-{OLD_RPM_KERNEL}")
     );
-    assert!(host.said().iter().any(|l| l.contains(&format!(
+    assert!(t.host.said().iter().any(|l| l.contains(&format!(
         "the package made /boot/vmlinuz-{KVER} the default"
     ))));
 }
 
 #[test]
 fn dnf_exclude_hold_edits_dnf_conf_with_a_backup() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let mut plan = rpm_plan();
-    plan.target.packages.hold = KernelHold::DnfExclude;
-    rocky_root(root, &plan);
+    let mut t = Target::rocky();
+    t.plan.target.packages.hold = KernelHold::DnfExclude;
+    let root = t.root();
     put(
         root,
         "/etc/dnf/dnf.conf",
         "[main]\ngpgcheck=1\ninstallonly_limit=3\n",
     );
-    let host = ScriptedHost::new(root);
-    rocky_responders(&host, root);
-    let digest = seed_journal(&host, &plan);
-    runner::run(
-        &host,
-        &plan,
-        &digest,
-        Scope::StopAfter(StepId::KernelInstall),
-    )
-    .unwrap();
+    let digest = t.seed_journal();
+    t.run(&digest, Scope::StopAfter(StepId::KernelInstall));
     assert_eq!(
         read(root, "/etc/dnf/dnf.conf"),
         "[main]\nexclude=kernel*\ngpgcheck=1\ninstallonly_limit=3\n"
@@ -236,24 +204,21 @@ fn dnf_exclude_hold_edits_dnf_conf_with_a_backup() {
         read(root, "/etc/dnf/dnf.conf.cubeboot.bak"),
         "[main]\ngpgcheck=1\ninstallonly_limit=3\n"
     );
-    assert!(!host.commands().iter().any(|c| c.contains("versionlock")));
+    assert!(!t.host.commands().iter().any(|c| c.contains("versionlock")));
 }
 
 #[test]
 fn tencent_set_replaces_the_entry_console_through_grubby() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let mut plan = rpm_plan();
-    plan.kernel.boot_params = cubeboot::plan::boot_params::TENCENT
+    let mut t = Target::rocky();
+    t.plan.kernel.boot_params = cubeboot::plan::boot_params::TENCENT
         .iter()
         .map(|s| s.to_string())
         .collect();
-    rocky_root(root, &plan);
-    let host = ScriptedHost::new(root);
-    rocky_responders(&host, root);
-    let digest = seed_journal(&host, &plan);
-    runner::run(&host, &plan, &digest, Scope::All).unwrap();
-    let update = host
+    let root = t.root();
+    let digest = t.seed_journal();
+    t.run(&digest, Scope::All);
+    let update = t
+        .host
         .commands()
         .into_iter()
         .find(|c| c.contains("--update-kernel="))
@@ -270,11 +235,11 @@ fn tencent_set_replaces_the_entry_console_through_grubby() {
     assert!(
         cubeboot::cmdline::has_merged(
             options,
-            &cubeboot::firstboot::kernel::required_params(&plan)
+            &cubeboot::firstboot::kernel::required_params(&t.plan)
         ),
         "{options}"
     );
-    let j = journal(&host, &digest);
+    let j = t.journal(&digest);
     assert_eq!(
         j.facts.bls_options_before.as_deref(),
         Some("root=UUID=abc ro crashkernel=1G-4G:192M console=ttyS0,115200n8")
@@ -284,22 +249,15 @@ fn tencent_set_replaces_the_entry_console_through_grubby() {
 
 #[test]
 fn an_rpm_that_made_no_boot_entry_gets_one_from_kernel_install() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = rpm_plan();
-    rocky_root(root, &plan);
-    let host = ScriptedHost::new(root);
     // The package's scriptlets ran nothing (no installkernel on the host,
     // or `rpm --noscripts` by someone): /boot/vmlinuz-KVER, no entry.
-    rocky_responders_with(&host, root, Scriptlets::None);
-    let digest = seed_journal(&host, &plan);
+    let t = Target::rocky_with(Scriptlets::None);
+    let root = t.root();
+    let digest = t.seed_journal();
 
-    assert_eq!(
-        runner::run(&host, &plan, &digest, Scope::All).unwrap(),
-        RunEnd::Rebooting
-    );
+    assert_eq!(t.run(&digest, Scope::All), RunEnd::Rebooting);
     let r = root.display();
-    let cmds = host.commands();
+    let cmds = t.host.commands();
     assert!(
         cmds.contains(&format!(
             "chroot {r} kernel-install add {KVER} /boot/vmlinuz-{KVER}"
@@ -316,21 +274,17 @@ fn an_rpm_that_made_no_boot_entry_gets_one_from_kernel_install() {
         "{entry}"
     );
     assert!(exists(root, &format!("/boot/initramfs-{KVER}.img")));
-    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub2/grubenv"));
+    let env = grubenv(root);
     assert_eq!(env["next_entry"], pvm_bls_id());
     assert_eq!(bls_boot(root, false), KVER);
 }
 
 #[test]
 fn without_kernel_install_the_entry_comes_from_grubby_add_kernel() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = rpm_plan();
-    rocky_root(root, &plan);
-    let host = ScriptedHost::new(root);
-    rocky_responders_with(&host, root, Scriptlets::None);
+    let t = Target::rocky_with(Scriptlets::None);
+    let root = t.root();
     let r = root.to_path_buf();
-    host.on(move |c| {
+    t.host.on(move |c| {
         let inner = chrooted(&r, c)?;
         (inner.program == "kernel-install").then(|| {
             Ok(CmdOutput::failed(
@@ -339,14 +293,11 @@ fn without_kernel_install_the_entry_comes_from_grubby_add_kernel() {
             ))
         })
     });
-    let digest = seed_journal(&host, &plan);
+    let digest = t.seed_journal();
 
-    assert_eq!(
-        runner::run(&host, &plan, &digest, Scope::All).unwrap(),
-        RunEnd::Rebooting
-    );
+    assert_eq!(t.run(&digest, Scope::All), RunEnd::Rebooting);
     let r = root.display();
-    assert!(host.commands().contains(&format!(
+    assert!(t.host.commands().contains(&format!(
         "chroot {r} grubby --add-kernel=/boot/vmlinuz-{KVER} '--title=PVM host kernel ({KVER})' --copy-default"
     )));
     // grubby names the entry by this machine's id, copies the default
@@ -362,7 +313,7 @@ fn without_kernel_install_the_entry_comes_from_grubby_add_kernel() {
         ),
         "{entry}"
     );
-    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub2/grubenv"));
+    let env = grubenv(root);
     assert_eq!(env["next_entry"], pvm_bls_id());
     assert_eq!(
         grubby_default(root),
@@ -405,15 +356,13 @@ fn grubby_stand_in_edits_options_as_grubby_bls_does() {
 
 #[test]
 fn a_resumed_run_with_the_package_in_but_no_entry_gets_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = rpm_plan();
-    rocky_root(root, &plan);
+    let t = Target::rocky_with(Scriptlets::None);
+    let root = t.root();
     // The package went in (its scriptlets made no entry) and the helper
     // stopped before making one: the install step now finds the package
     // installed and skips.
     let cached =
-        root.join(cubeboot::firstboot::cache_path(&plan.assets.kernel).trim_start_matches('/'));
+        root.join(cubeboot::firstboot::cache_path(&t.plan.assets.kernel).trim_start_matches('/'));
     let out = real(
         &CommandSpec::new("rpm")
             .arg("--root")
@@ -423,42 +372,29 @@ fn a_resumed_run_with_the_package_in_but_no_entry_gets_one() {
     )
     .unwrap();
     assert!(out.success(), "{}", out.stderr);
-    let host = ScriptedHost::new(root);
-    rocky_responders_with(&host, root, Scriptlets::None);
-    let digest = seed_journal(&host, &plan);
-    assert_eq!(
-        runner::run(&host, &plan, &digest, Scope::All).unwrap(),
-        RunEnd::Rebooting
-    );
+    let digest = t.seed_journal();
+    assert_eq!(t.run(&digest, Scope::All), RunEnd::Rebooting);
     let r = root.display();
-    assert!(host.commands().contains(&format!(
+    assert!(t.host.commands().contains(&format!(
         "chroot {r} kernel-install add {KVER} /boot/vmlinuz-{KVER}"
     )));
-    let env = grubcfg::parse_grubenv(&read(root, "/boot/grub2/grubenv"));
+    let env = grubenv(root);
     assert_eq!(env["next_entry"], pvm_bls_id());
 }
 
 #[test]
 fn a_dry_run_names_the_entry_kernel_install_would_make() {
     use cubeboot::firstboot::journal::Journal;
-    use cubeboot::firstboot::{kernel, Ctx, Outcome};
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plan = rpm_plan();
-    rocky_root(root, &plan);
-    let host = ScriptedHost::new(root).dry_run();
+    use cubeboot::firstboot::{kernel, Outcome};
     // Queries still run in a dry run: answered as on the real target.
-    rocky_responders(&host, root);
+    let t = Target::rocky_dry_run();
+    let root = t.root();
     let mut j = Journal::new("x");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut j,
-    };
+    let mut ctx = t.ctx(&mut j);
     kernel::install(&mut ctx).unwrap();
     let out = kernel::boot(&mut ctx).unwrap();
     assert!(matches!(out, Outcome::RebootRequested(_)), "{out:?}");
-    let shown: Vec<String> = host.actions().iter().map(|a| a.to_string()).collect();
+    let shown: Vec<String> = t.host.actions().iter().map(|a| a.to_string()).collect();
     // No package went in, so no entry exists; the one-shot names the id
     // kernel-install gives it (this machine's id), not a placeholder.
     let one_shot = shown
