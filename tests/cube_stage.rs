@@ -260,19 +260,152 @@ fn tar_listing(bytes: &[u8]) -> BTreeMap<String, String> {
     out
 }
 
-#[test]
-fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut plan = plan_for(PITFALL);
-    plan.cube.allow_from = vec!["10.0.2.0/24".into()];
-    let host = host_with_bundle(dir.path(), &plan, PITFALL, IP_ADDR);
+/// A node under test: its temporary root (deleted on drop), the plan it
+/// runs and the scripted host on that root. A test changes the plan as its
+/// scenario needs; the hosts read only the plan's bundle digest.
+struct Node {
+    dir: tempfile::TempDir,
+    plan: Plan,
+    host: ScriptedHost,
+}
+
+impl Node {
+    /// A node with `bundle_rel` in the verified cache and the fixture
+    /// installer behind it (see [`host_with_bundle`]); `ip_addr` is what
+    /// `ip -j addr` shows.
+    fn with_bundle(bundle_rel: &str, ip_addr: &str) -> Self {
+        Self::new(plan_for(bundle_rel), |dir, plan| {
+            host_with_bundle(dir, plan, bundle_rel, ip_addr)
+        })
+    }
+
+    /// A node for the /data/cubelet step whose block devices are `lsblk`
+    /// (see [`disk_host`]).
+    fn for_disks(lsblk: &'static str) -> Self {
+        Self::new(plan_for(PLAIN), |dir, _| disk_host(dir, lsblk))
+    }
+
+    /// A Debian node for the host prerequisites step (see [`prereq_host`]).
+    fn for_prereqs() -> Self {
+        Self::new(plan_for(PLAIN), |dir, _| prereq_host(dir))
+    }
+
+    /// A node with an empty root and no command answered yet.
+    fn empty() -> Self {
+        Self::new(plan_for(PLAIN), |dir, _| ScriptedHost::new(dir))
+    }
+
+    fn new(plan: Plan, host_on: impl FnOnce(&Path, &Plan) -> ScriptedHost) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host_on(dir.path(), &plan);
+        Self { dir, plan, host }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn ctx<'a>(&'a self, journal: &'a mut Journal) -> Ctx<'a> {
+        ctx_on(&self.host, &self.plan, journal)
+    }
+
+    /// The .one-click.env the installer keeps in the toolbox.
+    fn one_click_env(&self) -> String {
+        self.host
+            .read_string(&format!("{TOOLBOX}/.one-click.env"))
+            .unwrap()
+    }
+
+    /// The command line the helper ran the installer with (`timeout … bash -c
+    /// … install.sh …`).
+    fn installer_command(&self) -> String {
+        self.host
+            .commands()
+            .into_iter()
+            .find(|c| c.contains("timeout"))
+            .unwrap()
+    }
+
+    /// The data-disk step with `disk` in an otherwise unchanged plan.
+    fn data_disk(&self, disk: DataDisk) -> anyhow::Result<Outcome> {
+        let mut plan = self.plan.clone();
+        plan.cube.data_disk = disk;
+        let mut journal = Journal::new("test");
+        cube::data_disk(&mut ctx_on(&self.host, &plan, &mut journal))
+    }
+}
+
+/// What a step function takes, to run one step on `host`.
+fn ctx_on<'a>(host: &'a dyn Host, plan: &'a Plan, journal: &'a mut Journal) -> Ctx<'a> {
+    Ctx {
+        host,
+        plan,
+        journal,
+    }
+}
+
+/// A fixture bundle unpacked into a temporary directory, for running its
+/// installer directly (without the helper) into <dir>/toolbox.
+struct UnpackedBundle {
+    dir: tempfile::TempDir,
+    installer: PathBuf,
+}
+
+impl UnpackedBundle {
+    fn new(bundle_rel: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ar = std::fs::read(repo(bundle_rel)).unwrap();
+        tar::Archive::new(flate2::read::GzDecoder::new(&ar[..]))
+            .unpack(dir.path())
+            .unwrap();
+        // The archive holds one directory named as the archive.
+        let name = Path::new(bundle_rel).file_name().unwrap().to_string_lossy();
+        let installer = dir
+            .path()
+            .join(name.trim_end_matches(".tar.gz"))
+            .join("install.sh");
+        Self { dir, installer }
+    }
+
+    /// Where the installer installs (its CUBE_SANDBOX_INSTALL_ROOT).
+    fn toolbox(&self) -> PathBuf {
+        self.dir.path().join("toolbox")
+    }
+
+    /// `install.sh --node-ip=10.0.2.15 ARGS` with `env` added to what the
+    /// fixture needs to run unprivileged.
+    fn install(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        std::process::Command::new("bash")
+            .arg(&self.installer)
+            .arg("--node-ip=10.0.2.15")
+            .args(args)
+            .envs(env.iter().copied())
+            .env("CUBE_SANDBOX_INSTALL_ROOT", self.toolbox())
+            .env("ONE_CLICK_FIXTURE_ALLOW_NONROOT", "1")
+            .output()
+            .unwrap()
+    }
+}
+
+/// The guest kernel the installed toolbox's `vmlinux` link names.
+fn guest_kernel(host: &dyn Host) -> Option<String> {
+    host.read_link(&format!("{TOOLBOX}/cube-kernel-scf/vmlinux"))
+        .unwrap()
+}
+
+/// A journal whose kernel stage ended with the PVM kernel's KVM in use.
+fn pvm_journal() -> Journal {
     let mut journal = Journal::new("test");
     journal.facts.kvm_mode = Some(KvmInUse::Pvm);
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    journal
+}
+
+#[test]
+fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
+    let mut node = Node::with_bundle(PITFALL, IP_ADDR);
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    let mut journal = pvm_journal();
+    let mut ctx = node.ctx(&mut journal);
 
     let out = cube::install(&mut ctx).unwrap();
     assert_eq!(
@@ -280,19 +413,18 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
         Outcome::Done("installed the control role at 10.0.2.15 (CUBE_PVM_ENABLE=1)".into())
     );
     // State, not log text: the .env's CUBE_PVM_ENABLE=0 did not win.
-    let env = host
-        .read_string(&format!("{TOOLBOX}/.one-click.env"))
-        .unwrap();
+    let env = node.one_click_env();
     assert!(env.contains("\nCUBE_PVM_ENABLE=1\n"), "{env}");
     assert!(
         !env.lines().any(|l| l.starts_with("CUBE_PVM_ENABLE=0")),
         "{env}"
     );
     // The bundle's own .env was defused in place.
-    let bundle_env = host
+    let bundle_env = node
+        .host
         .read_string(&format!(
             "/var/lib/cubeboot/bundle-{}/cube-sandbox-one-click-v0.0.0-fixture-pitfall-amd64/.env",
-            plan.assets.bundle.sha256
+            node.plan.assets.bundle.sha256
         ))
         .unwrap();
     assert!(
@@ -307,25 +439,21 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
         ctx.journal.facts.installer_quickcheck.as_deref(),
         Some("ok")
     );
-    assert_eq!(
-        host.read_link(&format!("{TOOLBOX}/cube-kernel-scf/vmlinux"))
-            .unwrap()
-            .as_deref(),
-        Some("vmlinux-pvm")
-    );
+    assert_eq!(guest_kernel(&node.host).as_deref(), Some("vmlinux-pvm"));
     assert_eq!(ctx.journal.facts.node_ip.as_deref(), Some("10.0.2.15"));
-    let log = host.read_string(cube::INSTALL_LOG).unwrap();
+    let log = node.host.read_string(cube::INSTALL_LOG).unwrap();
     assert!(
         log.contains("[one-click] install complete (role=control)"),
         "{log}"
     );
-    assert!(host
+    assert!(node
+        .host
         .said()
         .iter()
         .any(|l| l == "install | [one-click] install complete (role=control)"));
 
     // Credentials: generated, root-only, never on a command line or in the outcome.
-    let creds = host.read_string(cube::CREDENTIALS_PATH).unwrap();
+    let creds = node.host.read_string(cube::CREDENTIALS_PATH).unwrap();
     let redis = creds
         .lines()
         .find_map(|l| l.strip_prefix("CUBE_SANDBOX_REDIS_PASSWORD="))
@@ -333,7 +461,7 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
         .to_string();
     assert_eq!(redis.len(), 40);
     assert!(env.contains(&format!("CUBE_SANDBOX_REDIS_PASSWORD={redis}")));
-    assert!(host.commands().iter().all(|c| !c.contains(&redis)));
+    assert!(node.host.commands().iter().all(|c| !c.contains(&redis)));
 
     // Verify, with the health endpoints on a fake CubeAPI/CubeMaster.
     let (port, _) = fake_server(|path, _| match path {
@@ -363,7 +491,7 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
 
     // Verify where the services really listen (the model network answers
     // only where a socket accepts): CubeMaster and CubeAPI on the node IP.
-    let out = cube::verify::run_with_probe(&mut ctx, &model_get(&host)).unwrap();
+    let out = cube::verify::run_with_probe(&mut ctx, &model_get(&node.host)).unwrap();
     assert_eq!(out, Outcome::Done("6 checks passed".into()));
     assert_eq!(
         check(ctx.journal, "cube-master").as_deref(),
@@ -372,7 +500,7 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
 
     // Harden: Cubelet binds (upstream's port-only form), firewall, credentials.
     let listening = |port: u16| -> Vec<String> {
-        cube::listeners::on_port(&cube::listeners::read(&host).unwrap(), port)
+        cube::listeners::on_port(&cube::listeners::read(&node.host).unwrap(), port)
             .iter()
             .map(ToString::to_string)
             .collect()
@@ -383,7 +511,8 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
         out,
         Outcome::Done("CubeMaster on 10.0.2.15:8089, CubeAPI on 10.0.2.15:3000; Cubelet listens on 10.0.2.15:9998,9999 and 127.0.0.1:9966; ports 8089,9999,9998,3000,12088,9000,9966 only from 10.0.2.0/24; credentials in /etc/cubeboot/credentials.env".into())
     );
-    let cfg = host
+    let cfg = node
+        .host
         .read_string(&format!("{TOOLBOX}/Cubelet/config/config.toml"))
         .unwrap();
     assert!(cfg.contains("tcp_address = \"10.0.2.15:9999\""), "{cfg}");
@@ -397,11 +526,12 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
     assert_eq!(listening(9998), ["10.0.2.15:9998"]);
     assert_eq!(listening(9999), ["10.0.2.15:9999"]);
     assert_eq!(listening(9966), ["127.0.0.1:9966"]);
-    let fw = host
+    let fw = node
+        .host
         .path("/etc/cubeboot/firewall.nft")
         .display()
         .to_string();
-    let cmds = host.commands();
+    let cmds = node.host.commands();
     assert!(cmds.contains(&format!("nft -c -f {fw}")), "{cmds:?}");
     assert!(cmds.contains(&"systemctl restart cube-sandbox-cubelet.service".to_string()));
     assert!(cmds.contains(&"systemctl enable cubeboot-firewall.service".to_string()));
@@ -411,23 +541,9 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
 fn without_the_defusal_the_pitfall_bundle_would_disable_pvm() {
     // The control experiment for the test above: the same bundle, run with
     // only CUBE_PVM_ENABLE=1 exported, selects the ordinary guest kernel.
-    let dir = tempfile::tempdir().unwrap();
-    let ar = std::fs::read(repo(PITFALL)).unwrap();
-    tar::Archive::new(flate2::read::GzDecoder::new(&ar[..]))
-        .unpack(dir.path())
-        .unwrap();
-    let root = dir.path().join("toolbox");
-    let out = std::process::Command::new("bash")
-        .arg(
-            dir.path()
-                .join("cube-sandbox-one-click-v0.0.0-fixture-pitfall-amd64/install.sh"),
-        )
-        .arg("--node-ip=10.0.2.15")
-        .env("CUBE_PVM_ENABLE", "1")
-        .env("CUBE_SANDBOX_INSTALL_ROOT", &root)
-        .env("ONE_CLICK_FIXTURE_ALLOW_NONROOT", "1")
-        .output()
-        .unwrap();
+    let bundle = UnpackedBundle::new(PITFALL);
+    let root = bundle.toolbox();
+    let out = bundle.install(&[], &[("CUBE_PVM_ENABLE", "1")]);
     assert!(out.status.success());
     assert_eq!(
         std::fs::read_link(root.join("cube-kernel-scf/vmlinux")).unwrap(),
@@ -437,57 +553,46 @@ fn without_the_defusal_the_pitfall_bundle_would_disable_pvm() {
 
 #[test]
 fn cidr_conflict_passes_another_range_to_the_installer() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut plan = plan_for(PLAIN);
-    plan.cube.hardening = false;
     let lan = r#"[{"ifname":"eth0","addr_info":[{"family":"inet","local":"192.168.10.7","prefixlen":24,"scope":"global"}]}]"#;
-    let host = host_with_bundle(dir.path(), &plan, PLAIN, lan);
+    let mut node = Node::with_bundle(PLAIN, lan);
+    node.plan.cube.hardening = false;
     let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = node.ctx(&mut journal);
     cube::install(&mut ctx).unwrap();
     assert_eq!(
         ctx.journal.facts.network_cidr.as_deref(),
         Some("192.168.64.0/18")
     );
     assert_eq!(ctx.journal.facts.node_ip.as_deref(), Some("192.168.10.7"));
-    let env = host
-        .read_string(&format!("{TOOLBOX}/.one-click.env"))
-        .unwrap();
+    let env = node.one_click_env();
     assert!(
         env.contains("CUBE_SANDBOX_NETWORK_CIDR=192.168.64.0/18\n"),
         "{env}"
     );
-    assert!(host.said().contains(
+    assert!(node.host.said().contains(
         &"sandbox network: 192.168.0.0/18 overlaps address 192.168.10.7/24; using 192.168.64.0/18"
             .to_string()
     ));
     // No hardening and no .env in the plain bundle: nothing written there.
-    let extracted = format!("/var/lib/cubeboot/bundle-{}", plan.assets.bundle.sha256);
-    assert!(!host.exists(&format!(
+    let extracted = format!(
+        "/var/lib/cubeboot/bundle-{}",
+        node.plan.assets.bundle.sha256
+    );
+    assert!(!node.host.exists(&format!(
         "{extracted}/cube-sandbox-one-click-v0.0.0-fixture-amd64/.env"
     )));
-    assert!(host.exists(&format!(
+    assert!(node.host.exists(&format!(
         "{extracted}/cube-sandbox-one-click-v0.0.0-fixture-amd64/install.sh"
     )));
 }
 
 #[test]
 fn hanging_installer_hits_the_timeout_and_leaves_diagnostics() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut plan = plan_for(HANG);
-    plan.cube.install_timeout_secs = 1;
-    plan.cube.hardening = false;
-    let host = host_with_bundle(dir.path(), &plan, HANG, IP_ADDR);
+    let mut node = Node::with_bundle(HANG, IP_ADDR);
+    node.plan.cube.install_timeout_secs = 1;
+    node.plan.cube.hardening = false;
     let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = node.ctx(&mut journal);
     let err = cube::install(&mut ctx).unwrap_err();
     let diag = "/var/log/cubeboot/diagnostics-1800000000.tar.gz";
     assert_eq!(
@@ -499,7 +604,7 @@ fn hanging_installer_hits_the_timeout_and_leaves_diagnostics() {
         Some("the installer hung (CubeSandbox #1753: services that never start); see the diagnostics")
     );
     assert_eq!(ctx.journal.facts.diagnostics.as_deref(), Some(diag));
-    let files = tar_listing(&host.read(diag).unwrap());
+    let files = tar_listing(&node.host.read(diag).unwrap());
     assert_eq!(
         files.keys().cloned().collect::<Vec<_>>(),
         vec![
@@ -520,14 +625,14 @@ fn hanging_installer_hits_the_timeout_and_leaves_diagnostics() {
         files["diagnostics/data-log/CubeAPI/cube-api.log"],
         "cube-api: starting\n"
     );
-    assert!(host
+    assert!(node
+        .host
         .commands()
         .contains(&"journalctl --no-pager -o short-iso -u 'cube-sandbox-*'".to_string()));
 }
 
 #[test]
 fn compute_waits_for_the_control_plane_then_installs_and_registers() {
-    let dir = tempfile::tempdir().unwrap();
     let (port, requests) = fake_server(|path, n| match path {
         // Not ready for the first two probes.
         "/notify/health" if n < 2 => (503, "starting".into()),
@@ -537,16 +642,11 @@ fn compute_waits_for_the_control_plane_then_installs_and_registers() {
         }
         _ => (404, String::new()),
     });
-    let mut plan = plan_for(PLAIN);
-    plan.cube.role = Role::Compute;
-    plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
-    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
+    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+    node.plan.cube.role = Role::Compute;
+    node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
     let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = node.ctx(&mut journal);
 
     cube::install(&mut ctx).unwrap();
     // Three waits by us, then the installer's quickcheck: health, registration.
@@ -555,12 +655,12 @@ fn compute_waits_for_the_control_plane_then_installs_and_registers() {
         ctx.journal.warnings,
         vec!["compute role without the control node's CUBE_S3_* (optional upstream): this node will have no S3 volume plugin (cubeboot build --s3-env)"]
     );
-    let log = host.read_string(cube::INSTALL_LOG).unwrap();
+    let log = node.host.read_string(cube::INSTALL_LOG).unwrap();
     assert!(
         log.contains("[one-click] WARNING: CUBE_S3_* not set on this compute node (optional)"),
         "{log}"
     );
-    let said = host.said();
+    let said = node.host.said();
     let waits: Vec<&String> = said
         .iter()
         .filter(|l| l.starts_with("control plane not answering yet"))
@@ -572,9 +672,7 @@ fn compute_waits_for_the_control_plane_then_installs_and_registers() {
             "control plane not answering yet (HTTP 503); waited 10 s of 1200 s",
         ]
     );
-    let env = host
-        .read_string(&format!("{TOOLBOX}/.one-click.env"))
-        .unwrap();
+    let env = node.one_click_env();
     assert!(env.contains("ONE_CLICK_DEPLOY_ROLE=compute\n"), "{env}");
     assert!(
         env.contains(&format!(
@@ -587,7 +685,7 @@ fn compute_waits_for_the_control_plane_then_installs_and_registers() {
     assert!(!env.contains("ONE_CLICK_CONTROL_PLANE_IP"), "{env}");
     // A compute node gets no CubeMaster/CubeAPI binds and no credentials.
     assert!(!env.contains("CUBEMASTER_HTTP_BIND"), "{env}");
-    assert!(!host.exists(cube::CREDENTIALS_PATH));
+    assert!(!node.host.exists(cube::CREDENTIALS_PATH));
 
     let out = cube::verify(&mut ctx).unwrap();
     assert_eq!(out, Outcome::Done("5 checks passed".into()));
@@ -599,18 +697,12 @@ fn compute_waits_for_the_control_plane_then_installs_and_registers() {
 
 #[test]
 fn compute_gives_up_when_the_control_plane_never_answers() {
-    let dir = tempfile::tempdir().unwrap();
     let (port, requests) = fake_server(|_, _| (503, "down".into()));
-    let mut plan = plan_for(PLAIN);
-    plan.cube.role = Role::Compute;
-    plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
-    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
+    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+    node.plan.cube.role = Role::Compute;
+    node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
     let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = node.ctx(&mut journal);
     let err = cube::install(&mut ctx).unwrap_err();
     assert_eq!(
         failure_text(&err),
@@ -618,13 +710,8 @@ fn compute_gives_up_when_the_control_plane_never_answers() {
     );
     assert_eq!(requests.load(Ordering::SeqCst), 121);
     // The wait is the plan's (cubeboot build --control-plane-wait).
-    let mut plan = plan.clone();
-    plan.cube.control_plane_wait_secs = 60;
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    node.plan.cube.control_plane_wait_secs = 60;
+    let mut ctx = node.ctx(&mut journal);
     let err = cube::install(&mut ctx).unwrap_err();
     assert!(
         failure_text(&err).contains("did not answer within 60 s: HTTP 503"),
@@ -632,30 +719,30 @@ fn compute_gives_up_when_the_control_plane_never_answers() {
     );
     assert_eq!(requests.load(Ordering::SeqCst), 121 + 7);
     // The installer never ran.
-    assert!(!host.commands().iter().any(|c| c.starts_with("timeout ")));
+    assert!(!node
+        .host
+        .commands()
+        .iter()
+        .any(|c| c.starts_with("timeout ")));
 }
 
 #[test]
 fn verification_fails_by_state_and_names_each_check() {
-    let dir = tempfile::tempdir().unwrap();
-    let plan = plan_for(PLAIN);
-    let host = ScriptedHost::new(dir.path());
-    host.on_program("journalctl", CmdOutput::ok(""));
-    host.put(&format!("{TOOLBOX}/.one-click.env"), "CUBE_PVM_ENABLE=0\n");
-    host.put(&format!("{TOOLBOX}/cube-kernel-scf/vmlinux-bm"), "bm");
+    let node = Node::empty();
+    node.host.on_program("journalctl", CmdOutput::ok(""));
+    node.host
+        .put(&format!("{TOOLBOX}/.one-click.env"), "CUBE_PVM_ENABLE=0\n");
+    node.host
+        .put(&format!("{TOOLBOX}/cube-kernel-scf/vmlinux-bm"), "bm");
     std::os::unix::fs::symlink(
         "vmlinux-bm",
-        host.path(&format!("{TOOLBOX}/cube-kernel-scf/vmlinux")),
+        node.host
+            .path(&format!("{TOOLBOX}/cube-kernel-scf/vmlinux")),
     )
     .unwrap();
-    host.put("/proc/modules", "kvm_intel 1 0 - Live 0x0\n");
-    let mut journal = Journal::new("test");
-    journal.facts.kvm_mode = Some(KvmInUse::Pvm);
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    node.host.put("/proc/modules", "kvm_intel 1 0 - Live 0x0\n");
+    let mut journal = pvm_journal();
+    let mut ctx = node.ctx(&mut journal);
     let endpoints = Endpoints {
         cube_api: Some("http://127.0.0.1:9/health".into()),
         cube_master: None,
@@ -680,7 +767,8 @@ fn verification_fails_by_state_and_names_each_check() {
     assert_eq!(f("dev-kvm"), "fail: /dev/kvm is missing");
     assert!(f("cube-api").starts_with("fail: http://127.0.0.1:9/health: "));
     let files = tar_listing(
-        &host
+        &node
+            .host
             .read("/var/log/cubeboot/diagnostics-1800000020.tar.gz")
             .unwrap(),
     );
@@ -690,31 +778,19 @@ fn verification_fails_by_state_and_names_each_check() {
 
 #[test]
 fn native_kvm_installs_with_pvm_off() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut plan = plan_for(PLAIN);
-    plan.cube.hardening = false;
-    plan.cube.mirror = Some("cn".into());
-    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
+    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+    node.plan.cube.hardening = false;
+    node.plan.cube.mirror = Some("cn".into());
     let mut journal = Journal::new("test");
     journal.facts.kvm_mode = Some(KvmInUse::Native);
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = node.ctx(&mut journal);
     cube::install(&mut ctx).unwrap();
-    let env = host
-        .read_string(&format!("{TOOLBOX}/.one-click.env"))
-        .unwrap();
+    let env = node.one_click_env();
     assert!(
         env.contains("CUBE_PVM_ENABLE=0\n") && env.contains("MIRROR=cn\n"),
         "{env}"
     );
-    let cmd = host
-        .commands()
-        .into_iter()
-        .find(|c| c.contains("timeout"))
-        .unwrap();
+    let cmd = node.installer_command();
     assert!(cmd.starts_with("CUBE_PVM_ENABLE=0 CUBE_SANDBOX_NODE_IP=10.0.2.15 MIRROR=cn ONE_CLICK_DEPLOY_ROLE=control timeout --kill-after=30 120 bash -c"), "{cmd}");
     assert!(
         cmd.ends_with("install.sh --node-ip=10.0.2.15 --mode=install"),
@@ -724,21 +800,15 @@ fn native_kvm_installs_with_pvm_off() {
 
 #[test]
 fn a_tampered_cache_file_is_not_extracted() {
-    let dir = tempfile::tempdir().unwrap();
-    let plan = plan_for(PLAIN);
-    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
-    host.put(
-        &format!("/var/lib/cubeboot/cache/{}", plan.assets.bundle.sha256),
+    let node = Node::with_bundle(PLAIN, IP_ADDR);
+    node.host.put(
+        &format!("/var/lib/cubeboot/cache/{}", node.plan.assets.bundle.sha256),
         b"evil",
     );
     let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = node.ctx(&mut journal);
     let err = cube::install(&mut ctx).unwrap_err();
-    let sha = plan.assets.bundle.sha256;
+    let sha = node.plan.assets.bundle.sha256;
     assert_eq!(
         failure_text(&err),
         format!(
@@ -746,8 +816,12 @@ fn a_tampered_cache_file_is_not_extracted() {
             Sha256Digest::of(b"evil")
         )
     );
-    assert!(!host.exists(&format!("/var/lib/cubeboot/bundle-{sha}")));
-    assert!(!host.commands().iter().any(|c| c.contains("install.sh")));
+    assert!(!node.host.exists(&format!("/var/lib/cubeboot/bundle-{sha}")));
+    assert!(!node
+        .host
+        .commands()
+        .iter()
+        .any(|c| c.contains("install.sh")));
 }
 
 // ---- /data/cubelet ----
@@ -786,31 +860,18 @@ fn disk_host(dir: &Path, lsblk: &'static str) -> ScriptedHost {
     host
 }
 
-fn data_disk(host: &ScriptedHost, disk: DataDisk) -> anyhow::Result<Outcome> {
-    let mut plan = plan_for(PLAIN);
-    plan.cube.data_disk = disk;
-    let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host,
-        plan: &plan,
-        journal: &mut journal,
-    };
-    cube::data_disk(&mut ctx)
-}
-
 #[test]
 fn existing_xfs_at_the_nearest_mount_is_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = disk_host(dir.path(), LSBLK_ROOT_AND_EMPTY);
-    host.put(
+    let node = Node::for_disks(LSBLK_ROOT_AND_EMPTY);
+    node.host.put(
         "/proc/self/mounts",
         "/dev/vda1 / ext4 rw 0 0\n/dev/vdc /data xfs rw 0 0\n",
     );
     assert_eq!(
-        data_disk(&host, DataDisk::Auto).unwrap(),
+        node.data_disk(DataDisk::Auto).unwrap(),
         Outcome::Skipped("/data/cubelet is already on XFS (/dev/vdc at /data)".into())
     );
-    assert!(host.commands().is_empty());
+    assert!(node.host.commands().is_empty());
 }
 
 #[test]
@@ -833,12 +894,11 @@ fn disks_with_data_are_never_formatted() {
         ),
     ];
     for (lsblk, dev, msg) in table {
-        let dir = tempfile::tempdir().unwrap();
-        let host = disk_host(dir.path(), lsblk);
-        let err = data_disk(&host, DataDisk::Device(dev.into())).unwrap_err();
+        let node = Node::for_disks(lsblk);
+        let err = node.data_disk(DataDisk::Device(dev.into())).unwrap_err();
         assert_eq!(failure_text(&err), msg);
         assert_eq!(
-            host.commands(),
+            node.host.commands(),
             vec!["lsblk -J -b -o NAME,TYPE,SIZE,FSTYPE,MOUNTPOINT,PTTYPE"]
         );
     }
@@ -846,28 +906,27 @@ fn disks_with_data_are_never_formatted() {
 
 #[test]
 fn a_signature_lsblk_missed_stops_the_format() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = disk_host(dir.path(), LSBLK_ROOT_AND_EMPTY);
-    host.on(|c| {
+    let node = Node::for_disks(LSBLK_ROOT_AND_EMPTY);
+    node.host.on(|c| {
         (c.program == "blkid").then(|| Ok(CmdOutput::ok("DEVNAME=/dev/vdb\nUUID=x\nTYPE=ext4\n")))
     });
-    let err = data_disk(&host, DataDisk::Auto).unwrap_err();
+    let err = node.data_disk(DataDisk::Auto).unwrap_err();
     assert_eq!(
         failure_text(&err),
         "refusing to format /dev/vdb: blkid found TYPE=ext4"
     );
-    assert!(!host.commands().iter().any(|c| c.starts_with("mkfs")));
+    assert!(!node.host.commands().iter().any(|c| c.starts_with("mkfs")));
 }
 
 #[test]
 fn auto_formats_the_one_empty_disk_and_mounts_it_by_uuid() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = disk_host(dir.path(), LSBLK_ROOT_AND_EMPTY);
-    host.on(|c| (c.program == "blkid" && c.args[0] == "-p").then(|| Ok(CmdOutput::failed(2, ""))));
+    let node = Node::for_disks(LSBLK_ROOT_AND_EMPTY);
+    node.host
+        .on(|c| (c.program == "blkid" && c.args[0] == "-p").then(|| Ok(CmdOutput::failed(2, ""))));
     // mkfs.xfs writes the UUID it is given; blkid then reads it back.
     let made = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let m = made.clone();
-    host.on(move |c| {
+    node.host.on(move |c| {
         (c.program == "mkfs.xfs").then(|| {
             let uuid = c.args.iter().find_map(|a| a.strip_prefix("uuid=")).unwrap();
             *m.lock().unwrap() = uuid.to_string();
@@ -875,12 +934,12 @@ fn auto_formats_the_one_empty_disk_and_mounts_it_by_uuid() {
         })
     });
     let m = made.clone();
-    host.on(move |c| {
+    node.host.on(move |c| {
         (c.program == "blkid" && c.args[0] == "-s")
             .then(|| Ok(CmdOutput::ok(format!("{}\n", m.lock().unwrap()))))
     });
-    host.on_program("wipefs", CmdOutput::ok(""));
-    let out = data_disk(&host, DataDisk::Auto).unwrap();
+    node.host.on_program("wipefs", CmdOutput::ok(""));
+    let out = node.data_disk(DataDisk::Auto).unwrap();
     let uuid = made.lock().unwrap().clone();
     assert_eq!(uuid.len(), 36, "{uuid}");
     assert_eq!(
@@ -890,7 +949,7 @@ fn auto_formats_the_one_empty_disk_and_mounts_it_by_uuid() {
         ))
     );
     assert_eq!(
-        host.commands(),
+        node.host.commands(),
         vec![
             "lsblk -J -b -o NAME,TYPE,SIZE,FSTYPE,MOUNTPOINT,PTTYPE".to_string(),
             "blkid -p -o export /dev/vdb".into(),
@@ -902,26 +961,27 @@ fn auto_formats_the_one_empty_disk_and_mounts_it_by_uuid() {
         ]
     );
     assert_eq!(
-        host.read_string("/etc/fstab").unwrap(),
+        node.host.read_string("/etc/fstab").unwrap(),
         format!("UUID=aaaa / ext4 defaults 0 1\n# cubeboot: /data/cubelet on XFS for Cube Sandbox\nUUID={uuid} /data/cubelet xfs defaults,nofail 0 2\n")
     );
     // A second run finds XFS and leaves everything alone.
     assert!(matches!(
-        data_disk(&host, DataDisk::Auto).unwrap(),
+        node.data_disk(DataDisk::Auto).unwrap(),
         Outcome::Skipped(_)
     ));
 
     // The step runs before the reboot. A new kernel that could not mount the
     // `nofail` line boots without it; cube-install mounts it again first.
-    cube::disk::remount_after_reboot(&host).unwrap();
-    let mounts_before = host.commands().len();
-    host.put("/proc/self/mounts", "/dev/vda1 / ext4 rw,relatime 0 0\n");
-    cube::disk::remount_after_reboot(&host).unwrap();
+    cube::disk::remount_after_reboot(&node.host).unwrap();
+    let mounts_before = node.host.commands().len();
+    node.host
+        .put("/proc/self/mounts", "/dev/vda1 / ext4 rw,relatime 0 0\n");
+    cube::disk::remount_after_reboot(&node.host).unwrap();
     assert_eq!(
-        host.commands()[mounts_before..],
+        node.host.commands()[mounts_before..],
         ["systemctl daemon-reload", "mount /data/cubelet"]
     );
-    let mounts = host.read_string("/proc/self/mounts").unwrap();
+    let mounts = node.host.read_string("/proc/self/mounts").unwrap();
     assert!(
         mounts.contains(&format!("UUID={uuid} /data/cubelet xfs")),
         "{mounts}"
@@ -935,18 +995,12 @@ fn auto_with_no_spare_disk_refuses_a_loopback_the_root_cannot_hold() {
     const LSBLK_ROOT_ONLY: &str = r#"{"blockdevices":[
   {"name":"vda","type":"disk","size":21474836480,"fstype":null,"mountpoint":null,"pttype":"gpt","children":[
     {"name":"vda1","type":"part","size":21473787392,"fstype":"ext4","mountpoint":"/","pttype":"gpt"}]}]}"#;
-    let dir = tempfile::tempdir().unwrap();
-    let host = disk_host(dir.path(), LSBLK_ROOT_ONLY);
-    host.set_free_bytes(Some(5 << 30));
-    let mut plan = plan_for(PLAIN);
-    plan.cube.data_disk = DataDisk::Auto;
-    plan.cube.loopback_size_gib = 50;
+    let mut node = Node::for_disks(LSBLK_ROOT_ONLY);
+    node.host.set_free_bytes(Some(5 << 30));
+    node.plan.cube.data_disk = DataDisk::Auto;
+    node.plan.cube.loopback_size_gib = 50;
     let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = node.ctx(&mut journal);
     let err = cube::data_disk(&mut ctx).unwrap_err();
     let failure = err.downcast_ref::<StepFailure>().unwrap();
     assert_eq!(
@@ -961,28 +1015,23 @@ fn auto_with_no_spare_disk_refuses_a_loopback_the_root_cannot_hold() {
             .contains("--data-disk loopback"),
         "{failure:?}"
     );
-    assert!(!host.exists("/data/cubelet.img"));
-    assert!(!host.commands().iter().any(|c| c.contains("mkfs")));
+    assert!(!node.host.exists("/data/cubelet.img"));
+    assert!(!node.host.commands().iter().any(|c| c.contains("mkfs")));
 }
 
 #[test]
 fn loopback_is_a_real_sparse_xfs_image() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = disk_host(dir.path(), LSBLK_ROOT_AND_EMPTY);
-    let root = dir.path().to_path_buf();
+    let mut node = Node::for_disks(LSBLK_ROOT_AND_EMPTY);
+    let root = node.root().to_path_buf();
     for tool in ["truncate", "blkid", "mkfs.xfs"] {
         let root = root.clone();
-        host.on(move |c| (c.program == tool).then(|| run_real(c, &root, &[])));
+        node.host
+            .on(move |c| (c.program == tool).then(|| run_real(c, &root, &[])));
     }
-    host.set_free_bytes(Some(512 << 20));
-    let mut plan = plan_for(PLAIN);
-    plan.cube.data_disk = DataDisk::Loopback;
+    node.host.set_free_bytes(Some(512 << 20));
+    node.plan.cube.data_disk = DataDisk::Loopback;
     let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = node.ctx(&mut journal);
     let out = cube::data_disk(&mut ctx).unwrap();
     assert_eq!(
         ctx.journal.warnings,
@@ -994,7 +1043,7 @@ fn loopback_is_a_real_sparse_xfs_image() {
             "loopback XFS image /data/cubelet.img (1 GiB, sparse) mounted at /data/cubelet".into()
         )
     );
-    let img = host.path("/data/cubelet.img");
+    let img = node.host.path("/data/cubelet.img");
     let meta = std::fs::metadata(&img).unwrap();
     assert_eq!(meta.len(), 1 << 30);
     assert!(
@@ -1007,7 +1056,8 @@ fn loopback_is_a_real_sparse_xfs_image() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "xfs");
-    assert!(host
+    assert!(node
+        .host
         .read_string("/etc/fstab")
         .unwrap()
         .ends_with("/data/cubelet.img /data/cubelet xfs loop,defaults,nofail 0 0\n"));
@@ -1054,11 +1104,10 @@ fn prereq_host(dir: &Path) -> ScriptedHost {
 
 #[test]
 fn prereqs_wait_for_the_lock_and_install_only_what_is_missing() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = prereq_host(dir.path());
+    let mut node = Node::for_prereqs();
     let pgrep_calls = Arc::new(AtomicUsize::new(0));
     let calls = pgrep_calls.clone();
-    host.on(move |c| {
+    node.host.on(move |c| {
         (c.program == "pgrep").then(|| {
             Ok(if calls.fetch_add(1, Ordering::SeqCst) < 2 {
                 CmdOutput::ok("4242 unattended-upgr\n")
@@ -1067,29 +1116,26 @@ fn prereqs_wait_for_the_lock_and_install_only_what_is_missing() {
             })
         })
     });
-    let mut plan = plan_for(PLAIN);
-    plan.target.quirks.multipathd_cgroup_fix = true;
+    node.plan.target.quirks.multipathd_cgroup_fix = true;
     let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = node.ctx(&mut journal);
     assert_eq!(
         cube::prereqs(&mut ctx).unwrap(),
         Outcome::Done("installed xfsprogs; multipathd disabled; cpu delegated".into())
     );
     assert_eq!(pgrep_calls.load(Ordering::SeqCst), 3);
-    assert!(host
+    assert!(node
+        .host
         .said()
         .contains(&"waiting for the package manager: 4242 unattended-upgr".to_string()));
-    let cmds = host.commands();
+    let cmds = node.host.commands();
     assert!(cmds.contains(&"DEBIAN_FRONTEND=noninteractive apt-get -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 install xfsprogs".to_string()), "{cmds:?}");
     assert!(
         cmds.contains(&"systemctl disable --now multipathd.service multipathd.socket".to_string())
     );
     assert_eq!(
-        host.read_string("/sys/fs/cgroup/cgroup.subtree_control")
+        node.host
+            .read_string("/sys/fs/cgroup/cgroup.subtree_control")
             .unwrap(),
         "+cpu"
     );
@@ -1097,38 +1143,31 @@ fn prereqs_wait_for_the_lock_and_install_only_what_is_missing() {
 
 #[test]
 fn apt_update_fetch_failures_fail_the_step_even_with_exit_0() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = prereq_host(dir.path());
-    host.on_program("pgrep", CmdOutput::failed(1, ""));
+    let node = Node::for_prereqs();
+    node.host.on_program("pgrep", CmdOutput::failed(1, ""));
     let updates = Arc::new(AtomicUsize::new(0));
     let n = updates.clone();
-    host.on(move |c| {
+    node.host.on(move |c| {
         (c.program == "apt-get" && c.args.last().map(String::as_str) == Some("update")).then(|| {
             n.fetch_add(1, Ordering::SeqCst);
             Ok(CmdOutput::ok("Err:1 http://deb.example bookworm InRelease\n  Could not resolve 'deb.example'\nReading package lists...\nW: Failed to fetch http://deb.example/dists/bookworm/InRelease  Could not resolve 'deb.example'\nW: Some index files failed to download. They have been ignored, or old ones used instead.\n"))
         })
     });
-    let plan = plan_for(PLAIN);
     let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = node.ctx(&mut journal);
     let err = cube::prereqs(&mut ctx).unwrap_err();
     assert_eq!(
         failure_text(&err),
         "apt-get update failed: W: Failed to fetch http://deb.example/dists/bookworm/InRelease  Could not resolve 'deb.example'; W: Some index files failed to download. They have been ignored, or old ones used instead."
     );
     assert_eq!(updates.load(Ordering::SeqCst), 3);
-    assert!(!host.commands().iter().any(|c| c.contains(" install ")));
+    assert!(!node.host.commands().iter().any(|c| c.contains(" install ")));
 }
 
 #[test]
 fn rhel_family_gets_docker_ce_and_dnsmasq_when_no_resolver() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = ScriptedHost::new(dir.path());
-    host.on(|c| {
+    let mut node = Node::empty();
+    node.host.on(|c| {
         (c.program == "rpm").then(|| {
             Ok(match c.args.last().map(String::as_str) {
                 Some("docker-ce" | "dnsmasq" | "e2fsprogs") => {
@@ -1138,15 +1177,16 @@ fn rhel_family_gets_docker_ce_and_dnsmasq_when_no_resolver() {
             })
         })
     });
-    host.on_program("pgrep", CmdOutput::failed(1, ""));
-    host.on_program("dnf", CmdOutput::ok(""));
-    host.on(|c| {
+    node.host.on_program("pgrep", CmdOutput::failed(1, ""));
+    node.host.on_program("dnf", CmdOutput::ok(""));
+    node.host.on(|c| {
         (c.program == "systemctl" && c.args[0] == "show").then(|| Ok(CmdOutput::ok("not-found\n")))
     });
-    host.on(|c| (c.program == "systemctl" && c.args[0] == "enable").then(|| Ok(CmdOutput::ok(""))));
+    node.host
+        .on(|c| (c.program == "systemctl" && c.args[0] == "enable").then(|| Ok(CmdOutput::ok(""))));
     // bpffs not mounted yet: mounted once asked.
-    let root = dir.path().to_path_buf();
-    host.on(move |c| {
+    let root = node.root().to_path_buf();
+    node.host.on(move |c| {
         (c.program == "mount").then(|| {
             std::fs::write(
                 root.join("proc/self/mounts"),
@@ -1156,29 +1196,26 @@ fn rhel_family_gets_docker_ce_and_dnsmasq_when_no_resolver() {
             Ok(CmdOutput::ok(""))
         })
     });
-    host.put("/proc/self/mounts", "/dev/vda1 / xfs rw 0 0\n");
-    host.put("/usr/sbin/losetup", "");
-    let mut plan = plan_for(PLAIN);
-    plan.target.packages.manager = PackageManager::Dnf;
-    plan.target.packages.docker = DockerSource::DockerCeRepo;
+    node.host
+        .put("/proc/self/mounts", "/dev/vda1 / xfs rw 0 0\n");
+    node.host.put("/usr/sbin/losetup", "");
+    node.plan.target.packages.manager = PackageManager::Dnf;
+    node.plan.target.packages.docker = DockerSource::DockerCeRepo;
     let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = node.ctx(&mut journal);
     assert_eq!(
         cube::prereqs(&mut ctx).unwrap(),
         Outcome::Done("mounted bpffs at /sys/fs/bpf; dnsmasq (no resolvectl or NetworkManager); installed dnsmasq e2fsprogs; Docker CE from download.docker.com".into())
     );
-    assert!(host
+    assert!(node
+        .host
         .commands()
         .contains(&"mount -t bpf bpf /sys/fs/bpf".to_string()));
     assert_eq!(
         ctx.journal.facts.dnsmasq_mode.as_deref(),
         Some("standalone")
     );
-    let cmds = host.commands();
+    let cmds = node.host.commands();
     assert!(
         cmds.contains(&"dnf -y install dnsmasq e2fsprogs".to_string()),
         "{cmds:?}"
@@ -1187,7 +1224,8 @@ fn rhel_family_gets_docker_ce_and_dnsmasq_when_no_resolver() {
         &"dnf -y install docker-ce docker-ce-cli containerd.io docker-compose-plugin".to_string()
     ));
     assert!(cmds.contains(&"systemctl enable --now docker.service".to_string()));
-    assert!(host
+    assert!(node
+        .host
         .read_string("/etc/yum.repos.d/docker-ce.repo")
         .unwrap()
         .contains(
@@ -1224,11 +1262,7 @@ fn a_dry_run_of_the_whole_stage_changes_nothing() {
     );
     let before = walk(dir.path());
     let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = ctx_on(&host, &plan, &mut journal);
     type Step = fn(&mut Ctx) -> anyhow::Result<Outcome>;
     let steps: [Step; 5] = [
         cube::prereqs,
@@ -1335,11 +1369,7 @@ fn real_host_runs_the_fixture_installer_in_a_temp_root() {
     let dir = tempfile::tempdir().unwrap();
     let (host, plan) = real_host_plan(PITFALL, dir.path());
     let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = ctx_on(&host, &plan, &mut journal);
     assert_eq!(
         cube::install(&mut ctx).unwrap(),
         Outcome::Done("installed the control role at 10.0.2.15 (CUBE_PVM_ENABLE=1)".into())
@@ -1352,12 +1382,7 @@ fn real_host_runs_the_fixture_installer_in_a_temp_root() {
         env.contains("CUBE_SANDBOX_NETWORK_CIDR=10.251.0.0/18\n"),
         "{env}"
     );
-    assert_eq!(
-        host.read_link(&format!("{TOOLBOX}/cube-kernel-scf/vmlinux"))
-            .unwrap()
-            .as_deref(),
-        Some("vmlinux-pvm")
-    );
+    assert_eq!(guest_kernel(&host).as_deref(), Some("vmlinux-pvm"));
     let log = host.read_string(cube::INSTALL_LOG).unwrap();
     assert!(
         log.contains("[one-click] CUBE_PVM_ENABLE=1, selected PVM guest kernel"),
@@ -1372,11 +1397,7 @@ fn real_host_stops_a_hanging_installer_at_the_timeout() {
     plan.cube.install_timeout_secs = 1;
     plan.cube.hardening = false;
     let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = ctx_on(&host, &plan, &mut journal);
     let started = std::time::Instant::now();
     let err = cube::install(&mut ctx).unwrap_err();
     assert!(
@@ -1427,59 +1448,48 @@ fn the_committed_fixture_bundles_are_what_the_recipe_builds() {
 
 #[test]
 fn another_filesystem_mounted_at_data_cubelet_is_left_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = disk_host(dir.path(), LSBLK_ROOT_AND_EMPTY);
-    host.put(
+    let node = Node::for_disks(LSBLK_ROOT_AND_EMPTY);
+    node.host.put(
         "/proc/self/mounts",
         "/dev/vda1 / ext4 rw 0 0\n/dev/vdc /data/cubelet ext4 rw 0 0\n",
     );
-    let err = data_disk(&host, DataDisk::Auto).unwrap_err();
+    let err = node.data_disk(DataDisk::Auto).unwrap_err();
     assert_eq!(
         failure_text(&err),
         "/data/cubelet is a mounted ext4 filesystem (/dev/vdc); Cube needs XFS there"
     );
-    assert!(host.commands().is_empty());
+    assert!(node.host.commands().is_empty());
 }
 
 #[test]
 fn hardening_off_skips_and_without_allow_from_warns() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut plan = plan_for(PLAIN);
-    plan.cube.hardening = false;
-    let host = ScriptedHost::new(dir.path());
+    let mut node = Node::empty();
+    node.plan.cube.hardening = false;
     let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = node.ctx(&mut journal);
     assert_eq!(
         cube::harden(&mut ctx).unwrap(),
         Outcome::Skipped("hardening is off in the plan".into())
     );
-    assert!(host.commands().is_empty());
+    assert!(node.host.commands().is_empty());
 
     // Hardening on, no allow_from: binds and credentials, firewall untouched,
     // a warning naming what listens beyond loopback. No key in an env file:
     // the sockets decide (CubeMaster on the node IP, WebUI everywhere).
-    let plan = plan_for(PLAIN);
-    host.put(
+    node.plan = plan_for(PLAIN);
+    node.host.put(
         "/proc/net/tcp",
         "  sl  local_address rem_address   st\n   0: 0F02000A:1F99 00000000:0000 0A\n   1: 0100007F:0BB8 00000000:0000 0A\n   2: 00000000:2F38 00000000:0000 0A\n",
     );
-    host.put(cube::CREDENTIALS_PATH, "E2B_API_KEY=e2b_x\n");
+    node.host.put(cube::CREDENTIALS_PATH, "E2B_API_KEY=e2b_x\n");
     std::fs::set_permissions(
-        host.path(cube::CREDENTIALS_PATH),
+        node.host.path(cube::CREDENTIALS_PATH),
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
     let mut journal = Journal::new("test");
     journal.facts.node_ip = Some("10.0.2.15".into());
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = node.ctx(&mut journal);
     assert_eq!(
         cube::harden(&mut ctx).unwrap(),
         Outcome::Done(
@@ -1491,15 +1501,15 @@ fn hardening_off_skips_and_without_allow_from_warns() {
         ctx.journal.warnings,
         vec!["hardening: no allow_from networks in the plan, so 10.0.2.15:8089, 0.0.0.0:12088 (all interfaces) stay open to every network (CubeMaster and Cubelet have no auth)"]
     );
-    assert!(!host.exists("/etc/cubeboot/firewall.nft"));
+    assert!(!node.host.exists("/etc/cubeboot/firewall.nft"));
 
     // A world-readable credentials file is a failure.
     std::fs::set_permissions(
-        host.path(cube::CREDENTIALS_PATH),
+        node.host.path(cube::CREDENTIALS_PATH),
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .unwrap();
-    host.on_program("journalctl", CmdOutput::ok(""));
+    node.host.on_program("journalctl", CmdOutput::ok(""));
     let err = cube::harden(&mut ctx).unwrap_err();
     assert!(
         failure_text(&err)
@@ -1515,26 +1525,19 @@ fn hardening_off_skips_and_without_allow_from_warns() {
 fn control_node_with(
     knob: Option<&str>,
     hardening: bool,
-) -> (tempfile::TempDir, anyhow::Result<()>, Vec<(String, String)>) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut plan = plan_for(PLAIN);
-    plan.cube.hardening = hardening;
-    plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+) -> (Node, anyhow::Result<()>, Vec<(String, String)>) {
+    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+    node.plan.cube.hardening = hardening;
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
     if let Some(k) = knob {
-        plan.cube.extra_env.insert(k.into(), "1".into());
+        node.plan.cube.extra_env.insert(k.into(), "1".into());
     }
-    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
-    let mut journal = Journal::new("test");
-    journal.facts.kvm_mode = Some(KvmInUse::Pvm);
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut journal = pvm_journal();
+    let mut ctx = node.ctx(&mut journal);
     let result = (|| {
         cube::install(&mut ctx)?;
         cube::with_diagnostics(&mut ctx, |ctx| {
-            cube::verify::run_with_probe(ctx, &model_get(&host))
+            cube::verify::run_with_probe(ctx, &model_get(&node.host))
         })?;
         cube::harden(&mut ctx)?;
         Ok(())
@@ -1550,7 +1553,7 @@ fn control_node_with(
             )
         })
         .collect();
-    (dir, result, checks)
+    (node, result, checks)
 }
 
 #[test]
@@ -1565,7 +1568,7 @@ fn held_out_installer_variants_end_verified_and_hardened() {
         (Some("ONE_CLICK_FIXTURE_COPY_ENV"), true),
         (Some("ONE_CLICK_FIXTURE_COPY_ENV"), false),
     ] {
-        let (_dir, result, checks) = control_node_with(knob, hardening);
+        let (_node, result, checks) = control_node_with(knob, hardening);
         assert!(
             result.is_ok(),
             "{knob:?} (hardening {hardening}): {:#}\n{checks:#?}",
@@ -1583,17 +1586,11 @@ fn held_out_installer_variants_end_verified_and_hardened() {
 
 #[test]
 fn when_our_verdict_and_the_installers_quickcheck_disagree_the_status_says_both() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut plan = plan_for(PLAIN);
-    plan.cube.hardening = false;
-    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
-    host.put("/dev/kvm", "");
+    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+    node.plan.cube.hardening = false;
+    node.host.put("/dev/kvm", "");
     let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = node.ctx(&mut journal);
     cube::install(&mut ctx).unwrap();
     assert_eq!(
         ctx.journal.facts.installer_quickcheck.as_deref(),
@@ -1604,15 +1601,10 @@ fn when_our_verdict_and_the_installers_quickcheck_disagree_the_status_says_both(
         if url.ends_with("/health") && !url.contains("notify") {
             anyhow::bail!("HTTP 502")
         }
-        model_get(&host)(url)
+        model_get(&node.host)(url)
     };
-    let mut plan = plan.clone();
-    plan.cube.verify_budget_secs = 10;
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    node.plan.cube.verify_budget_secs = 10;
+    let mut ctx = node.ctx(&mut journal);
     let err = cube::verify::run_with_probe(&mut ctx, &get).unwrap_err();
     assert_eq!(
         failure_text(&err),
@@ -1656,16 +1648,15 @@ fn the_control_plane_is_named_one_way_as_upstream_expects() {
 
 #[test]
 fn compute_nodes_get_the_control_nodes_object_storage_through_env_only() {
-    let dir = tempfile::tempdir().unwrap();
     let (port, _) = fake_server(|path, _| match path {
         "/notify/health" => (200, "ok".into()),
         "/internal/meta/nodes/10.0.2.15" => (200, r#"{"host_ip":"10.0.2.15"}"#.into()),
         _ => (404, String::new()),
     });
-    let mut plan = plan_for(PLAIN);
-    plan.cube.role = Role::Compute;
-    plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
-    plan.cube.s3 = Some(S3Settings {
+    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+    node.plan.cube.role = Role::Compute;
+    node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
+    node.plan.cube.s3 = Some(S3Settings {
         endpoint: "http://10.0.2.9:9000".into(),
         access_key_id: "cubeminio".into(),
         secret_access_key: "s3-secret-value".into(),
@@ -1673,22 +1664,15 @@ fn compute_nodes_get_the_control_nodes_object_storage_through_env_only() {
         region: None,
         s3fs_extra_opts: Some("-ouse_path_request_style".into()),
     });
-    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
     let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = node.ctx(&mut journal);
     cube::install(&mut ctx).unwrap();
     assert!(
         ctx.journal.warnings.is_empty(),
         "{:?}",
         ctx.journal.warnings
     );
-    let env = host
-        .read_string(&format!("{TOOLBOX}/.one-click.env"))
-        .unwrap();
+    let env = node.one_click_env();
     assert!(
         env.contains("CUBE_S3_ENDPOINT=http://10.0.2.9:9000\n"),
         "{env}"
@@ -1697,9 +1681,10 @@ fn compute_nodes_get_the_control_nodes_object_storage_through_env_only() {
         env.contains("CUBE_S3_SECRET_ACCESS_KEY=s3-secret-value\n"),
         "{env}"
     );
-    let log = host.read_string(cube::INSTALL_LOG).unwrap();
+    let log = node.host.read_string(cube::INSTALL_LOG).unwrap();
     assert!(!log.contains("CUBE_S3_* not set"), "{log}");
-    assert!(host
+    assert!(node
+        .host
         .commands()
         .iter()
         .all(|c| !c.contains("s3-secret-value")));
@@ -1707,20 +1692,14 @@ fn compute_nodes_get_the_control_nodes_object_storage_through_env_only() {
 
 #[test]
 fn networkmanager_hosts_get_standalone_dnsmasq_where_the_bundle_knows_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = prereq_host(dir.path());
-    host.on_program("pgrep", CmdOutput::failed(1, ""));
-    host.on(|c| {
+    let mut prereqs = Node::for_prereqs();
+    prereqs.host.on_program("pgrep", CmdOutput::failed(1, ""));
+    prereqs.host.on(|c| {
         (c.program == "systemctl" && c.args[0] == "show").then(|| Ok(CmdOutput::ok("loaded\n")))
     });
-    let mut plan = plan_for(PLAIN);
-    plan.cube.hardening = false;
+    prereqs.plan.cube.hardening = false;
     let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = prereqs.ctx(&mut journal);
     assert_eq!(
         cube::prereqs(&mut ctx).unwrap(),
         Outcome::Done(
@@ -1735,59 +1714,43 @@ fn networkmanager_hosts_get_standalone_dnsmasq_where_the_bundle_knows_it() {
         .unwrap()
         .to_string();
 
-    let dir = tempfile::tempdir().unwrap();
-    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
+    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+    node.plan.cube.hardening = false;
     let mut journal = Journal::new("test");
     journal.facts.dnsmasq_mode = Some(fact);
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
-    cube::install(&mut ctx).unwrap();
-    let cmd = host
-        .commands()
-        .into_iter()
-        .find(|c| c.contains("timeout"))
-        .unwrap();
+    cube::install(&mut node.ctx(&mut journal)).unwrap();
+    let cmd = node.installer_command();
     assert!(cmd.contains("CUBE_PROXY_DNSMASQ_MODE=standalone "), "{cmd}");
 
     // A bundle older than the mode (no CUBE_PROXY_DNSMASQ_MODE anywhere) dies
     // on it: not passed.
-    let old = tempfile::tempdir().unwrap();
-    let host = ScriptedHost::new(old.path());
-    host.put("/b/install.sh", "#!/bin/bash\necho old installer\n");
-    assert!(!cube::install::bundle_supports_standalone_dns(&host, "/b").unwrap());
-    host.put(
+    let old = Node::empty();
+    old.host
+        .put("/b/install.sh", "#!/bin/bash\necho old installer\n");
+    assert!(!cube::install::bundle_supports_standalone_dns(&old.host, "/b").unwrap());
+    old.host.put(
         "/b/lib/common.sh",
         "case \"${CUBE_PROXY_DNSMASQ_MODE:-networkmanager}\" in standalone) ;; esac\n",
     );
-    assert!(cube::install::bundle_supports_standalone_dns(&host, "/b").unwrap());
+    assert!(cube::install::bundle_supports_standalone_dns(&old.host, "/b").unwrap());
 }
 
 #[test]
 fn snap_docker_and_a_missing_bpffs_stop_prereqs_with_clear_messages() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = prereq_host(dir.path());
-    host.put("/snap/bin/docker", "");
-    let plan = plan_for(PLAIN);
+    let node = Node::for_prereqs();
+    node.host.put("/snap/bin/docker", "");
     let mut journal = Journal::new("test");
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
-    let err = cube::prereqs(&mut ctx).unwrap_err();
+    let err = cube::prereqs(&mut node.ctx(&mut journal)).unwrap_err();
     assert_eq!(
         failure_text(&err),
         "Docker is installed from snap (/snap/bin/docker); the Cube installer refuses snap Docker"
     );
-    assert!(host.commands().is_empty());
+    assert!(node.host.commands().is_empty());
 
-    let dir = tempfile::tempdir().unwrap();
-    let host = prereq_host(dir.path());
-    host.put("/proc/self/mounts", "/dev/vda1 / ext4 rw 0 0\n");
-    host.on(|c| {
+    let node = Node::for_prereqs();
+    node.host
+        .put("/proc/self/mounts", "/dev/vda1 / ext4 rw 0 0\n");
+    node.host.on(|c| {
         (c.program == "mount").then(|| {
             Ok(CmdOutput::failed(
                 32,
@@ -1795,12 +1758,7 @@ fn snap_docker_and_a_missing_bpffs_stop_prereqs_with_clear_messages() {
             ))
         })
     });
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
-    let err = cube::prereqs(&mut ctx).unwrap_err();
+    let err = cube::prereqs(&mut node.ctx(&mut journal)).unwrap_err();
     assert_eq!(
         failure_text(&err),
         "/sys/fs/bpf is not a mounted bpf filesystem and mounting it failed: mount: /sys/fs/bpf: unknown filesystem type 'bpf'."
@@ -1811,18 +1769,11 @@ fn snap_docker_and_a_missing_bpffs_stop_prereqs_with_clear_messages() {
 fn cubelet_that_keeps_listening_everywhere_fails_harden_with_diagnostics() {
     // A Cubelet whose restart does not pick up the new binds (the services
     // model is not re-run): the listeners decide, not the edited file.
-    let dir = tempfile::tempdir().unwrap();
-    let plan = plan_for(PLAIN);
-    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
-    let mut journal = Journal::new("test");
-    journal.facts.kvm_mode = Some(KvmInUse::Pvm);
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let node = Node::with_bundle(PLAIN, IP_ADDR);
+    let mut journal = pvm_journal();
+    let mut ctx = node.ctx(&mut journal);
     cube::install(&mut ctx).unwrap();
-    host.on(|c| {
+    node.host.on(|c| {
         (c.program == "systemctl" && c.args[0] == "restart").then(|| Ok(CmdOutput::ok("")))
     });
     let err = cube::harden(&mut ctx).unwrap_err();
@@ -1838,25 +1789,10 @@ fn cubelet_that_keeps_listening_everywhere_fails_harden_with_diagnostics() {
 fn the_fixture_installer_keeps_upstreams_mode_semantics() {
     // deploy/one-click/install.sh: auto upgrades an existing install,
     // upgrade needs one, and a role change needs --allow-role-change.
-    let dir = tempfile::tempdir().unwrap();
-    let ar = std::fs::read(repo(PLAIN)).unwrap();
-    tar::Archive::new(flate2::read::GzDecoder::new(&ar[..]))
-        .unpack(dir.path())
-        .unwrap();
-    let root = dir.path().join("toolbox");
+    let bundle = UnpackedBundle::new(PLAIN);
+    let root = bundle.toolbox();
     let install = |args: &[&str], env: &[(&str, &str)]| {
-        let out = std::process::Command::new("bash")
-            .arg(
-                dir.path()
-                    .join("cube-sandbox-one-click-v0.0.0-fixture-amd64/install.sh"),
-            )
-            .arg("--node-ip=10.0.2.15")
-            .args(args)
-            .envs(env.iter().copied())
-            .env("CUBE_SANDBOX_INSTALL_ROOT", &root)
-            .env("ONE_CLICK_FIXTURE_ALLOW_NONROOT", "1")
-            .output()
-            .unwrap();
+        let out = bundle.install(args, env);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -1883,7 +1819,7 @@ fn the_fixture_installer_keeps_upstreams_mode_semantics() {
     assert!(root.join(".one-click.env.bak").exists());
     // The old runtime role beats the environment; a .env that says otherwise
     // (differing from env.example) is a role change, refused.
-    let env_file = dir.path().join("compute.env");
+    let env_file = bundle.dir.path().join("compute.env");
     std::fs::write(
         &env_file,
         "ONE_CLICK_DEPLOY_ROLE=compute\nONE_CLICK_CONTROL_PLANE_IP=10.0.2.9\n",
@@ -1906,14 +1842,13 @@ fn upgrade_runs_the_installer_in_upgrade_mode_and_rolls_the_status_forward() {
     use cubeboot::firstboot::journal::StepState;
     use cubeboot::firstboot::StepId;
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut plan = plan_for(PLAIN);
-    plan.cube.allow_from = vec!["10.0.2.0/24".into()];
-    let host = host_with_bundle(dir.path(), &plan, PLAIN, IP_ADDR);
+    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
     // The newer bundle, served from a file:// URL on the node.
     let new_bytes = std::fs::read(repo(PITFALL)).unwrap();
     let new_name = "cube-sandbox-one-click-v0.0.0-fixture-pitfall-amd64.tar.gz";
-    host.put(&format!("/srv/{new_name}"), new_bytes.clone());
+    node.host
+        .put(&format!("/srv/{new_name}"), new_bytes.clone());
     let pin: PinnedBundle = format!("file:///srv/{new_name}#{}", Sha256Digest::of(&new_bytes))
         .parse()
         .unwrap();
@@ -1921,10 +1856,11 @@ fn upgrade_runs_the_installer_in_upgrade_mode_and_rolls_the_status_forward() {
         attempts_per_mirror: 1,
         ..Default::default()
     };
-    let get = model_get(&host);
+    let get = model_get(&node.host);
 
     // Not before the first run is done.
-    let err = upgrade::run_with_probe(&host, &plan, "plan-1", &pin, &cfg, &get).unwrap_err();
+    let err =
+        upgrade::run_with_probe(&node.host, &node.plan, "plan-1", &pin, &cfg, &get).unwrap_err();
     assert_eq!(
         failure_text(&err),
         "upgrade needs a node whose first run is done (harden not complete)"
@@ -1933,25 +1869,21 @@ fn upgrade_runs_the_installer_in_upgrade_mode_and_rolls_the_status_forward() {
     // The first run: install, verify, harden, all done.
     let mut journal = Journal::new("plan-1");
     journal.facts.kvm_mode = Some(KvmInUse::Pvm);
-    let mut ctx = Ctx {
-        host: &host,
-        plan: &plan,
-        journal: &mut journal,
-    };
+    let mut ctx = node.ctx(&mut journal);
     cube::install(&mut ctx).unwrap();
     cube::verify::run_with_probe(&mut ctx, &get).unwrap();
     cube::harden(&mut ctx).unwrap();
-    journal.mark(&host, StepId::Harden, StepState::Done, "hardened");
-    journal.save(&host).unwrap();
+    journal.mark(&node.host, StepId::Harden, StepState::Done, "hardened");
+    journal.save(&node.host).unwrap();
 
-    let out = upgrade::run_with_probe(&host, &plan, "plan-1", &pin, &cfg, &get).unwrap();
+    let out = upgrade::run_with_probe(&node.host, &node.plan, "plan-1", &pin, &cfg, &get).unwrap();
     assert_eq!(
         out,
         Outcome::Done(format!(
             "upgraded to {new_name}: upgraded the control role at 10.0.2.15 (CUBE_PVM_ENABLE=1)"
         ))
     );
-    let cmds = host.commands();
+    let cmds = node.host.commands();
     let runs: Vec<&String> = cmds.iter().filter(|c| c.contains("install.sh")).collect();
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert!(runs[0].ends_with("--mode=install"), "{}", runs[0]);
@@ -1963,21 +1895,21 @@ fn upgrade_runs_the_installer_in_upgrade_mode_and_rolls_the_status_forward() {
     );
     // The installer took its upgrade path (backup, merge) and the node still
     // runs the PVM guest kernel: the pitfall .env's CUBE_PVM_ENABLE=0 lost.
-    let log = host.read_string(cube::INSTALL_LOG).unwrap();
+    let log = node.host.read_string(cube::INSTALL_LOG).unwrap();
     assert!(
         log.contains("upgrade: previous runtime config kept"),
         "{log}"
     );
-    assert!(host.exists(&format!("{TOOLBOX}/.one-click.env.bak")));
-    assert_eq!(
-        host.read_link(&format!("{TOOLBOX}/cube-kernel-scf/vmlinux"))
-            .unwrap()
-            .as_deref(),
-        Some("vmlinux-pvm")
-    );
+    assert!(node.host.exists(&format!("{TOOLBOX}/.one-click.env.bak")));
+    assert_eq!(guest_kernel(&node.host).as_deref(), Some("vmlinux-pvm"));
     // Status and journal roll forward to the new bundle.
-    let status: serde_json::Value =
-        serde_json::from_str(&host.read_string(cubeboot::firstboot::STATUS_PATH).unwrap()).unwrap();
+    let status: serde_json::Value = serde_json::from_str(
+        &node
+            .host
+            .read_string(cubeboot::firstboot::STATUS_PATH)
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(status["state"], "done");
     assert_eq!(
         status["message"],
@@ -1985,7 +1917,7 @@ fn upgrade_runs_the_installer_in_upgrade_mode_and_rolls_the_status_forward() {
             "upgraded to {new_name}: upgraded the control role at 10.0.2.15 (CUBE_PVM_ENABLE=1)"
         )
     );
-    let j = Journal::load(&host, "plan-1").unwrap();
+    let j = Journal::load(&node.host, "plan-1").unwrap();
     assert_eq!(
         j.facts.bundle_sha256.as_deref(),
         Some(pin.sha256.to_string().as_str())
@@ -1996,10 +1928,11 @@ fn upgrade_runs_the_installer_in_upgrade_mode_and_rolls_the_status_forward() {
     let bad: PinnedBundle = format!("file:///srv/{new_name}#{}", Sha256Digest::of(b"other"))
         .parse()
         .unwrap();
-    let before = host.commands().len();
-    let err = upgrade::run_with_probe(&host, &plan, "plan-1", &bad, &cfg, &get).unwrap_err();
+    let before = node.host.commands().len();
+    let err =
+        upgrade::run_with_probe(&node.host, &node.plan, "plan-1", &bad, &cfg, &get).unwrap_err();
     assert!(failure_text(&err).contains("checksum mismatch"), "{err:#}");
-    assert!(!host.commands()[before..]
+    assert!(!node.host.commands()[before..]
         .iter()
         .any(|c| c.contains("install.sh")));
 }
