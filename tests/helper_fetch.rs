@@ -377,7 +377,7 @@ fn the_bundle_downloads_in_parallel_once_the_kernel_has_shown_its_rate() {
     // Each takes a while to serve; run one after the other they could not
     // overlap in time.
     let slow = Behavior::Slow {
-        chunk: 50_000,
+        chunk: 20_000,
         pause: Duration::from_millis(60),
     };
     server.route_with_default("/kernel.deb", &kernel.bytes, vec![], slow.clone());

@@ -1134,17 +1134,30 @@ fn with_separate_limits_the_bundle_keeps_downloading_beside_the_kernel() {
 fn the_status_shows_the_bundle_download_while_the_kernel_stage_runs() {
     let server = support::server::Server::start();
     let mut t = slow_bundle_target(&server);
+    // Half the bundle, then silence: it is still downloading whenever the
+    // kernel stage starts, however loaded this machine is; the retry
+    // resumes it by Range.
+    let half = t.bundle.bytes.len() / 2;
+    server.route(
+        "/bundle.tar.gz",
+        &t.bundle.bytes,
+        vec![support::server::Behavior::StallAfter(
+            half,
+            std::time::Duration::from_secs(4),
+        )],
+    );
     let o = opts(Scope::All);
     let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
     let seen_in = seen.clone();
     let steps = stand_in_steps(&o).with(StepId::KernelInstall, move |ctx| {
-        // Some of the bundle has arrived, and the step's clock passes the
-        // publication interval: the next count is published.
+        // Some of the bundle has arrived; the step's clock passes the
+        // publication interval (again on each look: the publisher may read
+        // the clock only after the first pass) and the counts are due.
         while bundle_on_disk(ctx.host, ctx.plan).1 == 0 && !bundle_on_disk(ctx.host, ctx.plan).0 {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        ctx.host.sleep(cubeboot::firstboot::live::PUBLISH_EVERY);
         for _ in 0..500 {
+            ctx.host.sleep(cubeboot::firstboot::live::PUBLISH_EVERY);
             let status = read_json_opt(ctx.host, STATUS_PATH);
             if status["step"] == "kernel-install" && !status["download"].is_null() {
                 *seen_in.lock().unwrap() = Some(status["download"].clone());
