@@ -971,7 +971,7 @@ fn the_kernel_stage_runs_while_the_bundle_still_downloads() {
     let server = support::server::Server::start();
     let mut t = slow_bundle_target(&server);
     let o = opts(Scope::All);
-    let (plan, digest) = t.plan();
+    let (plan, _) = t.plan();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
     let seen_in = seen.clone();
     let steps = stand_in_steps(&o).with(StepId::KernelInstall, move |ctx| {
@@ -979,15 +979,7 @@ fn the_kernel_stage_runs_while_the_bundle_still_downloads() {
         ctx.journal.facts.old_kernel = Some("6.1.0-26-amd64".into());
         Ok(Outcome::Done("installed".into()))
     });
-    for _ in 0..3 {
-        match cubeboot::firstboot::runner::run_with(&t.host, &plan, &digest, &o, &steps).unwrap() {
-            RunEnd::Rebooting => t.reboot(),
-            end => {
-                assert_eq!(end, RunEnd::Done);
-                break;
-            }
-        }
-    }
+    assert_eq!(t.run_steps_to_end(&o, &steps, 3), RunEnd::Done);
     // The kernel install did not wait for the bundle (the old order fetched
     // both first); the bundle was whole before the Cube stage all the same,
     // and one request fetched it.
@@ -1168,16 +1160,7 @@ fn the_status_shows_the_bundle_download_while_the_kernel_stage_runs() {
         ctx.journal.facts.old_kernel = Some("6.1.0-26-amd64".into());
         Ok(Outcome::Done("installed".into()))
     });
-    let (plan, digest) = t.plan();
-    for _ in 0..3 {
-        match cubeboot::firstboot::runner::run_with(&t.host, &plan, &digest, &o, &steps).unwrap() {
-            RunEnd::Rebooting => t.reboot(),
-            end => {
-                assert_eq!(end, RunEnd::Done);
-                break;
-            }
-        }
-    }
+    assert_eq!(t.run_steps_to_end(&o, &steps, 3), RunEnd::Done);
     let seen = seen
         .lock()
         .unwrap()

@@ -183,8 +183,19 @@ impl Target {
     /// Start the helper, rebooting whenever it asks, until it ends (at most
     /// `max_starts` starts, so a looping machine fails the test).
     pub fn run_to_end(&mut self, opts: &RunOptions, max_starts: usize) -> RunEnd {
+        self.run_steps_to_end(opts, &stand_in_steps(opts), max_starts)
+    }
+
+    /// [`Target::run_to_end`] with these steps.
+    pub fn run_steps_to_end(
+        &mut self,
+        opts: &RunOptions,
+        steps: &Steps,
+        max_starts: usize,
+    ) -> RunEnd {
+        let (plan, digest) = self.plan();
         for _ in 0..max_starts {
-            match self.run_once(opts) {
+            match runner::run_with(&self.host, &plan, &digest, opts, steps).unwrap() {
                 RunEnd::Rebooting => self.reboot(),
                 end => return end,
             }
