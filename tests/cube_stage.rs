@@ -1585,6 +1585,78 @@ fn held_out_installer_variants_end_verified_and_hardened() {
 }
 
 #[test]
+fn upstreams_quickcheck_still_passes_on_a_hardened_node() {
+    // Newer upstream quickcheck.sh probes Cubelet's HTTP (the embedded
+    // network runtime's /v1/policies/dump) at 127.0.0.1:9998 unless
+    // CUBELET_EGRESS_DUMP_URL says otherwise; up.sh and smoke.sh re-run it
+    // on a running node. Harden moves Cubelet's HTTP to the node IP, so the
+    // node must tell quickcheck where, as it does for CubeMaster and CubeAPI.
+    for role in [Role::Control, Role::Compute] {
+        let (node, result, checks) = if role == Role::Control {
+            control_node_with(None, true)
+        } else {
+            compute_node_hardened()
+        };
+        assert!(
+            result.is_ok(),
+            "{role:?}: {:#}\n{checks:#?}",
+            result.unwrap_err()
+        );
+        let root = node.root();
+        let quickcheck = CommandSpec::new("bash").args([
+            under_root(root, &format!("{TOOLBOX}/fixture/services.sh"))
+                .display()
+                .to_string(),
+            "quickcheck".into(),
+        ]);
+        let out = run_real(&quickcheck, root, &fixture_env(root)).unwrap();
+        assert_eq!(
+            out.code,
+            Some(0),
+            "{role:?}: quickcheck after harden:\n{}{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            out.stdout
+                .contains("cubelet-egress-dump=http://10.0.2.15:9998/"),
+            "{role:?}: {}",
+            out.stdout
+        );
+    }
+}
+
+/// A compute node installed (against a model control plane), verified and
+/// hardened.
+fn compute_node_hardened() -> (Node, anyhow::Result<()>, Vec<(String, String)>) {
+    let (port, _requests) = fake_server(|path, _| match path {
+        "/notify/health" => (200, "ok".into()),
+        "/internal/meta/nodes/10.0.2.15" => (200, r#"{"host_ip":"10.0.2.15"}"#.into()),
+        _ => (404, String::new()),
+    });
+    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+    node.plan.cube.role = Role::Compute;
+    node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
+    node.plan.cube.hardening = true;
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    let mut journal = Journal::new("test");
+    let mut ctx = node.ctx(&mut journal);
+    let result = (|| {
+        cube::install(&mut ctx)?;
+        cube::verify(&mut ctx)?;
+        cube::harden(&mut ctx)?;
+        Ok(())
+    })();
+    let checks = ctx
+        .journal
+        .checks
+        .iter()
+        .map(|(k, c)| (k.clone(), c.detail.clone()))
+        .collect();
+    (node, result, checks)
+}
+
+#[test]
 fn when_our_verdict_and_the_installers_quickcheck_disagree_the_status_says_both() {
     let mut node = Node::with_bundle(PLAIN, IP_ADDR);
     node.plan.cube.hardening = false;

@@ -235,7 +235,12 @@ pub fn stage(ctx: &mut Ctx, mut prepared: Prepared) -> Result<Staged> {
             }
         }
     }
-    if had_dotenv || dotenv_values.len() > prepared.env.len() {
+    // Hardening also needs a .env: the installer keeps only .env's values
+    // (and a few keys of its own) in .one-click.env, which upstream's later
+    // runs of quickcheck and its units read (CubeSandbox:
+    // deploy/one-click/scripts/one-click/common.sh), e.g. where Cubelet's
+    // HTTP moved.
+    if had_dotenv || dotenv_values.len() > prepared.env.len() || plan.cube.hardening {
         let old = host.read_optional(&dotenv)?.unwrap_or_default();
         // The bundle's own .env may carry credentials the installer echoes.
         let shipped = envfile::parse(&old);
@@ -559,6 +564,20 @@ pub fn planned_env(
         set(
             "CUBE_API_HEALTH_ADDR",
             &format!("{node_ip}:{CUBE_API_PORT}"),
+        );
+    }
+    // Harden moves Cubelet's HTTP to the node IP on either role; newer
+    // upstream quickcheck (scripts/one-click/quickcheck.sh, re-run by
+    // up.sh and smoke.sh) probes it at 127.0.0.1:9998 unless told where.
+    // The node IP answers both before harden (":9998" is every address)
+    // and after.
+    if cube.hardening {
+        set(
+            "CUBELET_EGRESS_DUMP_URL",
+            &format!(
+                "http://{node_ip}:{}/v1/policies/dump",
+                super::harden::CUBELET_HTTP_PORT
+            ),
         );
     }
     for (k, v) in &cube.extra_env {
