@@ -1626,6 +1626,71 @@ fn upstreams_quickcheck_still_passes_on_a_hardened_node() {
     }
 }
 
+#[test]
+fn cube_egress_still_bootstraps_from_cubelet_on_a_hardened_node() {
+    // In bundles whose network agent lives in Cubelet, cube-egress fetches
+    // its policies on every start from Cubelet's HTTP at 127.0.0.1:9998,
+    // unless CUBE_EGRESS_BOOTSTRAP_URL in .one-click.env says otherwise
+    // (CubeSandbox: deploy/one-click/scripts/systemd/cube-egress-start.sh,
+    // scripts/systemd/common.sh). Harden moves Cubelet's HTTP to the node
+    // IP: after the next reboot cube-egress must still find it.
+    for role in [Role::Control, Role::Compute] {
+        let (node, result, checks) = if role == Role::Control {
+            control_node_with(None, true)
+        } else {
+            compute_node_hardened()
+        };
+        assert!(
+            result.is_ok(),
+            "{role:?}: {:#}\n{checks:#?}",
+            result.unwrap_err()
+        );
+        let root = node.root();
+        let start = CommandSpec::new("bash").arg(
+            under_root(
+                root,
+                &format!("{TOOLBOX}/scripts/systemd/cube-egress-start.sh"),
+            )
+            .display()
+            .to_string(),
+        );
+        let out = run_real(&start, root, &fixture_env(root)).unwrap();
+        assert_eq!(
+            out.code,
+            Some(0),
+            "{role:?}: cube-egress start after harden:\n{}{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            out.stdout
+                .contains("[cube-egress] bootstrap http://10.0.2.15:9998/v1/policies/dump"),
+            "{role:?}: {}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn only_bundles_whose_egress_bootstraps_from_cubelet_are_told_where_it_moved() {
+    // Older bundles bootstrap cube-egress from the network agent on
+    // 127.0.0.1:19090, which harden leaves alone: pointing them at Cubelet
+    // would break them.
+    let node = Node::empty();
+    let script = "/b/scripts/systemd/cube-egress-start.sh";
+    assert!(!cube::install::bundle_egress_bootstraps_from_cubelet(&node.host, "/b").unwrap());
+    node.host.put(
+        script,
+        "BOOTSTRAP_URL=\"${CUBE_EGRESS_BOOTSTRAP_URL:-http://127.0.0.1:19090/v1/policies/dump}\"\n",
+    );
+    assert!(!cube::install::bundle_egress_bootstraps_from_cubelet(&node.host, "/b").unwrap());
+    node.host.put(
+        script,
+        "BOOTSTRAP_URL=\"${CUBE_EGRESS_BOOTSTRAP_URL:-http://127.0.0.1:9998/v1/policies/dump}\"\n",
+    );
+    assert!(cube::install::bundle_egress_bootstraps_from_cubelet(&node.host, "/b").unwrap());
+}
+
 /// A compute node installed (against a model control plane), verified and
 /// hardened.
 fn compute_node_hardened() -> (Node, anyhow::Result<()>, Vec<(String, String)>) {

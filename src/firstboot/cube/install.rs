@@ -222,6 +222,21 @@ pub fn stage(ctx: &mut Ctx, mut prepared: Prepared) -> Result<Staged> {
         }
     }
 
+    // Harden moves Cubelet's HTTP off loopback. Where this bundle's
+    // cube-egress fetches its policies from it there, on every start, its
+    // units read where it moved from .one-click.env; older bundles fetch
+    // them from the network agent, which harden leaves alone.
+    if plan.cube.hardening && bundle_egress_bootstraps_from_cubelet(host, &bundle_dir)? {
+        prepared.env.insert(
+            "CUBE_EGRESS_BOOTSTRAP_URL".into(),
+            format!(
+                "http://{}:{}/v1/policies/dump",
+                prepared.node_ip,
+                super::harden::CUBELET_HTTP_PORT
+            ),
+        );
+    }
+
     // The same values in .env, which wins over the environment.
     let dotenv = format!("{bundle_dir}/.env");
     let had_dotenv = host.exists(&dotenv);
@@ -404,6 +419,19 @@ pub fn bundle_supports_standalone_dns(host: &dyn Host, bundle_dir: &str) -> Resu
         }
     }
     Ok(false)
+}
+
+/// Whether the extracted bundle's cube-egress unit fetches its policies
+/// from Cubelet's HTTP on loopback (CubeSandbox:
+/// deploy/one-click/scripts/systemd/cube-egress-start.sh, in bundles whose
+/// network agent lives in Cubelet; older ones use the agent's
+/// 127.0.0.1:19090).
+pub fn bundle_egress_bootstraps_from_cubelet(host: &dyn Host, bundle_dir: &str) -> Result<bool> {
+    let script = format!("{bundle_dir}/scripts/systemd/cube-egress-start.sh");
+    let loopback = format!("127.0.0.1:{}/", super::harden::CUBELET_HTTP_PORT);
+    Ok(host
+        .read_optional(&script)?
+        .is_some_and(|text| text.contains("CUBE_EGRESS_BOOTSTRAP_URL") && text.contains(&loopback)))
 }
 
 /// `ip -j addr`, `ip -j route` and resolv.conf, parsed.
