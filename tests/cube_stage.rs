@@ -1591,17 +1591,7 @@ fn upstreams_quickcheck_still_passes_on_a_hardened_node() {
     // CUBELET_EGRESS_DUMP_URL says otherwise; up.sh and smoke.sh re-run it
     // on a running node. Harden moves Cubelet's HTTP to the node IP, so the
     // node must tell quickcheck where, as it does for CubeMaster and CubeAPI.
-    for role in [Role::Control, Role::Compute] {
-        let (node, result, checks) = if role == Role::Control {
-            control_node_with(None, true)
-        } else {
-            compute_node_hardened()
-        };
-        assert!(
-            result.is_ok(),
-            "{role:?}: {:#}\n{checks:#?}",
-            result.unwrap_err()
-        );
+    for (role, node) in hardened_nodes() {
         let root = node.root();
         let quickcheck = CommandSpec::new("bash").args([
             under_root(root, &format!("{TOOLBOX}/fixture/services.sh"))
@@ -1634,17 +1624,7 @@ fn cube_egress_still_bootstraps_from_cubelet_on_a_hardened_node() {
     // (CubeSandbox: deploy/one-click/scripts/systemd/cube-egress-start.sh,
     // scripts/systemd/common.sh). Harden moves Cubelet's HTTP to the node
     // IP: after the next reboot cube-egress must still find it.
-    for role in [Role::Control, Role::Compute] {
-        let (node, result, checks) = if role == Role::Control {
-            control_node_with(None, true)
-        } else {
-            compute_node_hardened()
-        };
-        assert!(
-            result.is_ok(),
-            "{role:?}: {:#}\n{checks:#?}",
-            result.unwrap_err()
-        );
+    for (role, node) in hardened_nodes() {
         let root = node.root();
         let start = CommandSpec::new("bash").arg(
             under_root(
@@ -1689,6 +1669,26 @@ fn only_bundles_whose_egress_bootstraps_from_cubelet_are_told_where_it_moved() {
         "BOOTSTRAP_URL=\"${CUBE_EGRESS_BOOTSTRAP_URL:-http://127.0.0.1:9998/v1/policies/dump}\"\n",
     );
     assert!(cube::install::bundle_egress_bootstraps_from_cubelet(&node.host, "/b").unwrap());
+}
+
+/// A control and a compute node, each installed, verified and hardened.
+fn hardened_nodes() -> Vec<(Role, Node)> {
+    [Role::Control, Role::Compute]
+        .into_iter()
+        .map(|role| {
+            let (node, result, checks) = if role == Role::Control {
+                control_node_with(None, true)
+            } else {
+                compute_node_hardened()
+            };
+            assert!(
+                result.is_ok(),
+                "{role:?}: {:#}\n{checks:#?}",
+                result.unwrap_err()
+            );
+            (role, node)
+        })
+        .collect()
 }
 
 /// A compute node installed (against a model control plane), verified and
