@@ -24,7 +24,9 @@ pub struct Reporter<'a> {
 }
 
 impl<'a> Reporter<'a> {
-    pub fn new(host: &'a dyn Host, plan: &'a Plan) -> Self {
+    /// `beside`: what the work beside the steps reports through (its
+    /// download's link rules: `link.rs`).
+    pub fn new(host: &'a dyn Host, plan: &'a Plan, beside: live::Relay) -> Self {
         plan_secrets(plan)
             .iter()
             .for_each(|v| host.secrets().add(v));
@@ -32,15 +34,8 @@ impl<'a> Reporter<'a> {
             host,
             plan,
             webhook: Webhook::from_plan(plan),
-            beside: live::Relay::default(),
+            beside,
         }
-    }
-
-    /// With this relay for the work beside the steps (its download's link
-    /// rules: `link.rs`).
-    pub fn with_relay(mut self, relay: live::Relay) -> Self {
-        self.beside = relay;
-        self
     }
 
     /// What work beside the steps reports through: its download counts

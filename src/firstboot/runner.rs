@@ -180,7 +180,7 @@ pub fn run_with(
     steps: &Steps,
 ) -> Result<RunEnd> {
     let mut journal = Journal::load(host, &plan_digest.to_hex())?;
-    let reporter = Reporter::new(host, plan).with_relay(live::Relay::new(opts.link));
+    let reporter = Reporter::new(host, plan, live::Relay::new(opts.link));
 
     // A finished run: rebuild the status (it lives in /run, which a reboot
     // empties) and stop, unless asked to retry a failure.
