@@ -1691,10 +1691,10 @@ fn hardened_nodes() -> Vec<(Role, Node)> {
         .collect()
 }
 
-/// A compute node installed (against a model control plane), verified and
-/// hardened.
-fn compute_node_hardened() -> (Node, anyhow::Result<()>, Vec<(String, String)>) {
-    let (port, _requests) = fake_server(|path, _| match path {
+/// A compute node whose control plane (a 127.0.0.1 model of CubeMaster)
+/// is healthy and has registered it.
+fn compute_node_registered() -> Node {
+    let (port, _) = fake_server(|path, _| match path {
         "/notify/health" => (200, "ok".into()),
         "/internal/meta/nodes/10.0.2.15" => (200, r#"{"host_ip":"10.0.2.15"}"#.into()),
         _ => (404, String::new()),
@@ -1702,6 +1702,13 @@ fn compute_node_hardened() -> (Node, anyhow::Result<()>, Vec<(String, String)>) 
     let mut node = Node::with_bundle(PLAIN, IP_ADDR);
     node.plan.cube.role = Role::Compute;
     node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
+    node
+}
+
+/// A compute node installed (against a model control plane), verified and
+/// hardened.
+fn compute_node_hardened() -> (Node, anyhow::Result<()>, Vec<(String, String)>) {
+    let mut node = compute_node_registered();
     node.plan.cube.hardening = true;
     node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
     let mut journal = Journal::new("test");
@@ -1785,14 +1792,7 @@ fn the_control_plane_is_named_one_way_as_upstream_expects() {
 
 #[test]
 fn compute_nodes_get_the_control_nodes_object_storage_through_env_only() {
-    let (port, _) = fake_server(|path, _| match path {
-        "/notify/health" => (200, "ok".into()),
-        "/internal/meta/nodes/10.0.2.15" => (200, r#"{"host_ip":"10.0.2.15"}"#.into()),
-        _ => (404, String::new()),
-    });
-    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
-    node.plan.cube.role = Role::Compute;
-    node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
+    let mut node = compute_node_registered();
     node.plan.cube.s3 = Some(S3Settings {
         endpoint: "http://10.0.2.9:9000".into(),
         access_key_id: "cubeminio".into(),

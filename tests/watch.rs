@@ -2,6 +2,8 @@
 //! helper's real webhook code (signing, retries) to the real `watch` binary
 //! on 127.0.0.1, with jittered timings.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -16,6 +18,7 @@ use cubeboot::firstboot::status::{DownloadProgress, Progress, Status};
 use cubeboot::firstboot::webhook::Webhook;
 use cubeboot::plan::testing::sample_plan;
 use cubeboot::signing;
+use support::tls::self_signed;
 
 const SECRET: &str = "5ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e7";
 
@@ -492,28 +495,6 @@ fn the_secret_is_redacted_from_status_and_posts() {
     };
     status.redact(&secrets);
     assert!(!status.to_json().contains(SECRET));
-}
-
-/// A self-signed certificate for 127.0.0.1 (openssl, as an operator would
-/// make one): (cert, key).
-fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("watch.crt"), dir.join("watch.key"));
-    let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=cubeboot watch test"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl (package openssl) is needed");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    (cert, key)
 }
 
 /// POST `body` with curl over HTTPS, trusting `cert`, from source address

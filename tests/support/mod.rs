@@ -4,3 +4,4 @@
 
 pub mod server;
 pub mod target;
+pub mod tls;
