@@ -311,6 +311,19 @@ pub struct CubePlan {
     /// optional upstream, but without it a compute node has no S3 volume plugin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Settings>,
+    /// The facts `cubeboot lock` read out of the bundle; absent means a
+    /// bundle from before CubeOps (src/bundle_facts.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<crate::bundle_facts::BundleFacts>,
+    /// The cluster's ops-agent token (`CUBE_OPS_OPSAGENT_TOKEN`): one value
+    /// for the control node and every compute node. A secret like
+    /// `webhook_secret`: 0600 on the target, redacted from every output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops_token: Option<String>,
+    /// The sandbox network every node of the cluster uses
+    /// (`CUBE_SANDBOX_NETWORK_CIDR`), still checked against each host's routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_cidr: Option<String>,
 }
 
 /// Object storage settings as upstream's installer reads them
@@ -576,6 +589,9 @@ pub mod testing {
                 verify_budget_secs: DEFAULT_VERIFY_BUDGET_SECS,
                 control_plane_wait_secs: DEFAULT_CONTROL_PLANE_WAIT_SECS,
                 s3: None,
+                bundle: None,
+                ops_token: None,
+                cluster_cidr: None,
             },
             report: ReportPlan::default(),
             max_reboots: 1,

@@ -259,6 +259,9 @@ impl BuildOptions {
                 verify_budget_secs: self.budgets.verify_budget_secs,
                 control_plane_wait_secs: self.budgets.control_plane_wait_secs,
                 s3: self.s3.clone(),
+                bundle: None,
+                ops_token: None,
+                cluster_cidr: None,
             },
             report: ReportPlan {
                 webhook: self.webhook.clone(),
