@@ -403,6 +403,196 @@ fn vm_broken_kernel_rolls_back_without_a_loop() {
     );
 }
 
+/// A two-node cluster as the Terraform cluster example builds it: one lock,
+/// one ops-agent token file and one cluster CIDR for both payloads, the
+/// control node first (it stays up), then the compute node, which joins it
+/// over a private link between the two guests (qemu socket netdev on
+/// 127.0.0.1; nothing leaves this machine). Hardening on, the link admitted.
+#[test]
+#[ignore = "VM tier: needs root and qemu; CUBEBOOT_E2E=1 ... -- --include-ignored"]
+fn vm_cluster_control_then_compute_joins_through_cube_ops() {
+    if !e2e_enabled("vm_cluster_control_then_compute_joins_through_cube_ops") {
+        return;
+    }
+    let _slot = VM_SLOT.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixtures::prepare();
+    let dir = scenario_dir("cluster");
+    let release = Release::serve(&fx, &dir, &fx.kernel.good_deb);
+    let token_file = dir.join("ops-token");
+    let token_arg = token_file.to_string_lossy().into_owned();
+    let common = [
+        "--ops-token-file",
+        token_arg.as_str(),
+        "--cluster-cidr",
+        CLUSTER_SANDBOX_CIDR,
+        "--allow-from",
+        CLUSTER_LINK,
+    ];
+    let control_ud = release.build(
+        "out-control",
+        &[&["--role", "control", "--node-ip", CONTROL_IP][..], &common].concat(),
+    );
+    let compute_ud = release.build(
+        "out-compute",
+        &[
+            &[
+                "--role",
+                "compute",
+                "--control-plane-ip",
+                CONTROL_IP,
+                "--node-ip",
+                COMPUTE_IP,
+            ][..],
+            &common,
+        ]
+        .concat(),
+    );
+    let link_port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1 for the cluster link");
+    let control_dir = dir.join("control");
+    let compute_dir = dir.join("compute");
+    fs::create_dir_all(&control_dir).unwrap();
+    fs::create_dir_all(&compute_dir).unwrap();
+    let mut control = RunningVm::start(
+        &fx,
+        &control_dir,
+        &control_ud,
+        &release.http,
+        &VmSpec {
+            hostname: Some("cube-control-hold".into()),
+            cluster: Some(ClusterNic {
+                listen: true,
+                port: link_port,
+                cidr: format!("{CONTROL_IP}/24"),
+                mac: "52:54:00:77:00:10".into(),
+            }),
+        },
+    );
+    let control_up = control.wait_for("@@E2E END");
+    let compute = if control_up {
+        RunningVm::start(
+            &fx,
+            &compute_dir,
+            &compute_ud,
+            &release.http,
+            &VmSpec {
+                hostname: Some("cube-compute".into()),
+                cluster: Some(ClusterNic {
+                    listen: false,
+                    port: link_port,
+                    cidr: format!("{COMPUTE_IP}/24"),
+                    mac: "52:54:00:77:00:11".into(),
+                }),
+            },
+        )
+        .finish()
+    } else {
+        Vm {
+            log: SerialLog { lines: vec![] },
+            log_path: compute_dir.join("serial.log"),
+            peak_rss_kib: None,
+        }
+    };
+    let control = control.finish();
+    let timeline = [
+        ("GRUB, boot 1", "@@GRUB start", 1),
+        ("cloud-init final stage", "running 'modules:final'", 1),
+        ("helper: fetch starts", "step fetch: starting", 1),
+        ("GRUB, boot 2", "@@GRUB start", 2),
+        (
+            "helper: cube-install starts",
+            "step cube-install: starting",
+            1,
+        ),
+        ("helper: harden starts", "step harden: starting", 1),
+        ("status terminal", "@@E2E final-begin", 1),
+    ];
+    println!("control node:");
+    control.log.print_timeline(&timeline);
+    println!("compute node:");
+    compute.log.print_timeline(&timeline);
+
+    let mut failures = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        println!("[{}] {what}", if ok { "ok" } else { "FAIL" });
+        if !ok {
+            failures.push(what);
+        }
+    };
+    check(
+        control_up,
+        "the control node reached a terminal status".into(),
+    );
+    let token = fs::read_to_string(&token_file).unwrap_or_default();
+    let token = token.trim();
+    check(
+        !token.is_empty(),
+        "build wrote the cluster's ops-agent token".into(),
+    );
+    for (name, vm) in [("control", &control), ("compute", &compute)] {
+        let r = Report { log: &vm.log };
+        let status = r.status();
+        check(
+            status.as_ref().is_some_and(|s| s.state == RunState::Done),
+            format!(
+                "{name}: status is done (got {:?})",
+                status.as_ref().map(|s| &s.state)
+            ),
+        );
+        if let Some(s) = &status {
+            for (check_name, c) in &s.checks {
+                check(
+                    c.ok,
+                    format!("{name}: Cube check {check_name}: {}", c.detail),
+                );
+            }
+        }
+        let env = r.section("one-click-env");
+        check(
+            env.iter()
+                .any(|l| l == &format!("CUBE_OPS_OPSAGENT_TOKEN={token}")),
+            format!("{name}: .one-click.env carries the cluster's ops-agent token"),
+        );
+        check(
+            env.iter()
+                .any(|l| l == &format!("CUBE_SANDBOX_NETWORK_CIDR={CLUSTER_SANDBOX_CIDR}")),
+            format!("{name}: .one-click.env carries the cluster CIDR {CLUSTER_SANDBOX_CIDR}"),
+        );
+        check(
+            !vm.log
+                .lines
+                .iter()
+                .any(|(_, l)| l.contains("@@E2E helper") && l.contains(token)),
+            format!("{name}: the helper's log never shows the token"),
+        );
+    }
+    let compute_report = Report { log: &compute.log };
+    check(
+        compute_report
+            .section("install-log")
+            .iter()
+            .any(|l| l.contains("[quickcheck] OK")),
+        "compute: the bundle's own quickcheck passed (registration at CubeOps)".into(),
+    );
+    assert!(
+        failures.is_empty(),
+        "{} checks failed:\n  {}\nserial logs: {}, {}",
+        failures.len(),
+        failures.join("\n  "),
+        control.log_path.display(),
+        compute.log_path.display()
+    );
+}
+
+/// The private link between the cluster's guests.
+const CLUSTER_LINK: &str = "192.168.77.0/24";
+const CONTROL_IP: &str = "192.168.77.10";
+const COMPUTE_IP: &str = "192.168.77.11";
+/// One sandbox network for every node of the cluster.
+const CLUSTER_SANDBOX_CIDR: &str = "192.168.240.0/20";
+
 /// Harness self-test without the product: a hand-written user-data installs
 /// the fixture kernel, arms a GRUB one-shot, reboots, and loads kvm_pvm. It
 /// proves the image, seed, network path, GRUB switch and module on their
@@ -585,11 +775,17 @@ struct ProductRun {
     prep: Duration,
 }
 
-impl ProductRun {
-    fn boot(fx: &Fixtures, scenario: &str, kernel_deb: &str) -> Self {
+/// A release served to the guests and locked by the real `cubeboot lock`.
+struct Release {
+    dir: PathBuf,
+    http: HttpServer,
+    base: String,
+    lock: PathBuf,
+}
+
+impl Release {
+    fn serve(fx: &Fixtures, dir: &Path, kernel_deb: &str) -> Self {
         let assets = ProductAssets::prepare();
-        let t = Instant::now();
-        let dir = scenario_dir(scenario);
         // The release directory the test server serves: what a real release
         // page would hold.
         let release = dir.join("release");
@@ -604,10 +800,9 @@ impl ProductRun {
         let base = format!("http://10.0.2.2:{}/", http.port);
 
         // The real builder, as a user runs it.
-        let cubeboot = env!("CARGO_BIN_EXE_cubeboot");
         let lock = dir.join("cubeboot.lock");
         run_ok(
-            Command::new(cubeboot)
+            Command::new(env!("CARGO_BIN_EXE_cubeboot"))
                 .current_dir(repo())
                 .args(["lock", "--allow-non-pvm-kernel", "--base-url", &base])
                 .arg("--asset")
@@ -619,31 +814,49 @@ impl ProductRun {
                 .arg("--output")
                 .arg(&lock),
         );
-        let out = dir.join("out");
+        Self {
+            dir: dir.to_path_buf(),
+            http,
+            base,
+            lock,
+        }
+    }
+
+    /// `cubeboot build` for debian-12 into `out` with `extra` flags; the
+    /// user-data it wrote.
+    fn build(&self, out: &str, extra: &[&str]) -> String {
+        let out = self.dir.join(out);
         run_ok(
-            Command::new(cubeboot)
+            Command::new(env!("CARGO_BIN_EXE_cubeboot"))
                 .current_dir(repo())
-                .args(["build", "--profile", "debian-12", "--mirror", &base])
+                .args(["build", "--profile", "debian-12", "--mirror", &self.base])
                 .args(["--data-disk", "loopback", "--lock"])
-                .arg(&lock)
+                .arg(&self.lock)
                 .arg("--output")
-                .arg(&out),
+                .arg(&out)
+                .args(extra),
         );
         let user_data_path = find_file(&out, "user-data")
             .unwrap_or_else(|| panic!("cubeboot build wrote no user-data under {}", out.display()));
-        let user_data = fs::read_to_string(&user_data_path).unwrap();
+        fs::read_to_string(&user_data_path).unwrap()
+    }
+}
+
+impl ProductRun {
+    fn boot(fx: &Fixtures, scenario: &str, kernel_deb: &str) -> Self {
+        let t = Instant::now();
+        let dir = scenario_dir(scenario);
+        let release = Release::serve(fx, &dir, kernel_deb);
+        let user_data = release.build("out", &[]);
         let user_data_sha256 = sha256_hex(user_data.as_bytes());
         let prep = t.elapsed();
-        println!(
-            "release, lock and build: {prep:.1?} (user-data {})",
-            user_data_path.display()
-        );
+        println!("release, lock and build: {prep:.1?}");
 
-        let vm = Vm::boot(fx, &dir, &user_data, &http);
+        let vm = Vm::boot(fx, &dir, &user_data, &release.http);
         Self {
             log: vm.log,
             log_path: vm.log_path,
-            http,
+            http: release.http,
             user_data_sha256,
             qemu_peak_rss_kib: vm.peak_rss_kib,
             prep,
@@ -675,20 +888,77 @@ struct Vm {
     peak_rss_kib: Option<u64>,
 }
 
+/// How one guest is wired beyond the default (one restricted user-mode NIC
+/// to the test's server).
+#[derive(Default)]
+struct VmSpec {
+    /// NoCloud `local-hostname`; one containing `-hold` keeps the reporter
+    /// from powering the guest off (tests/e2e/guest/e2e-report), so a
+    /// control node stays up for its compute node.
+    hostname: Option<String>,
+    /// A second NIC on a private link between guests: qemu's socket netdev
+    /// over 127.0.0.1 (nothing leaves this machine), with its static address
+    /// from the seed's network-config.
+    cluster: Option<ClusterNic>,
+}
+
+struct ClusterNic {
+    /// `listen` on the first guest, `connect` on the second.
+    listen: bool,
+    port: u16,
+    /// The guest's address on the link, e.g. 192.168.77.10/24.
+    cidr: String,
+    mac: String,
+}
+
+/// The user-mode NIC's MAC, fixed so the network-config can match it.
+const USER_NIC_MAC: &str = "52:54:00:12:34:56";
+
 impl Vm {
     fn boot(fx: &Fixtures, dir: &Path, user_data: &str, http: &HttpServer) -> Self {
+        RunningVm::start(fx, dir, user_data, http, &VmSpec::default()).finish()
+    }
+}
+
+/// A guest still running: its serial lines so far, readable while it runs.
+struct RunningVm {
+    child: Child,
+    lines: Arc<Mutex<Vec<(f64, String)>>>,
+    reader: Option<thread::JoinHandle<()>>,
+    log_path: PathBuf,
+    start: Instant,
+}
+
+impl RunningVm {
+    fn start(fx: &Fixtures, dir: &Path, user_data: &str, http: &HttpServer, spec: &VmSpec) -> Self {
         let seed = dir.join("seed.img");
         let ud = dir.join("user-data");
         let md = dir.join("meta-data");
         fs::write(&ud, user_data).unwrap();
+        let hostname = spec.hostname.as_deref().unwrap_or("cubeboot-e2e");
         fs::write(
             &md,
             format!(
-                "instance-id: cubeboot-e2e-{}\nlocal-hostname: cubeboot-e2e\n",
+                "instance-id: cubeboot-e2e-{}-{hostname}\nlocal-hostname: {hostname}\n",
                 std::process::id()
             ),
         )
         .unwrap();
+        let mut seed_files = vec![ud.clone(), md.clone()];
+        if let Some(c) = &spec.cluster {
+            // Both NICs named by MAC: DHCP on the user-mode one as before,
+            // the private link static.
+            let nc = dir.join("network-config");
+            fs::write(
+                &nc,
+                format!(
+                    "version: 2\nethernets:\n  uplink:\n    match:\n      macaddress: \"{USER_NIC_MAC}\"\n    dhcp4: true\n  cluster:\n    match:\n      macaddress: \"{}\"\n    addresses: [{}]\n",
+                    c.mac, c.cidr
+                ),
+            )
+            .unwrap();
+            seed_files.push(nc);
+        }
         let _ = fs::remove_file(&seed);
         // vfat labelled CIDATA (tests/e2e/README.md, "Recipe notes").
         run_ok(Command::new("truncate").args(["-s", "2M"]).arg(&seed));
@@ -697,8 +967,7 @@ impl Vm {
             Command::new("mcopy")
                 .arg("-i")
                 .arg(&seed)
-                .arg(&ud)
-                .arg(&md)
+                .args(&seed_files)
                 .arg("::"),
         );
         let overlay = dir.join("run.qcow2");
@@ -715,14 +984,14 @@ impl Vm {
         // use, so the host alias moves to 10.0.2.1 (the guest's gateway).
         let port = http.port;
         let nic = format!(
-            "user,model=virtio-net-pci,net=10.0.2.0/24,host=10.0.2.1,dns=10.0.2.3,restrict=on,\
+            "user,model=virtio-net-pci,mac={USER_NIC_MAC},net=10.0.2.0/24,host=10.0.2.1,dns=10.0.2.3,restrict=on,\
              guestfwd=tcp:10.0.2.2:{port}-cmd:bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; cat <&3 & exec cat >&3'"
         );
-        let mut child = Command::new("qemu-system-x86_64")
-            // TCG: -enable-kvm aborts or hangs on these machines (notes,
-            // "Acceleration"). No svm/vmx: a cloud VM without nested
-            // virtualization, so only kvm_pvm can provide /dev/kvm.
-            .args(["-accel", "tcg,thread=multi", "-cpu", "qemu64,-svm,-vmx"])
+        let mut cmd = Command::new("qemu-system-x86_64");
+        // TCG: -enable-kvm aborts or hangs on these machines (notes,
+        // "Acceleration"). No svm/vmx: a cloud VM without nested
+        // virtualization, so only kvm_pvm can provide /dev/kvm.
+        cmd.args(["-accel", "tcg,thread=multi", "-cpu", "qemu64,-svm,-vmx"])
             // 8 GiB: the helper's preflight, like Cube's installer, refuses
             // hosts with less than 7,500,000 kB (docs/cube-installer.md; measured: with
             // `-m 2048` the run stopped at "failed: preflight").
@@ -739,77 +1008,124 @@ impl Vm {
                 "file={},if=virtio,format=raw,readonly=on",
                 seed.display()
             ))
-            .args(["-nic", &nic])
+            .args(["-nic", &nic]);
+        if let Some(c) = &spec.cluster {
+            let mode = if c.listen { "listen" } else { "connect" };
+            cmd.arg("-netdev")
+                .arg(format!("socket,id=cluster,{mode}=127.0.0.1:{}", c.port))
+                .arg("-device")
+                .arg(format!("virtio-net-pci,netdev=cluster,mac={}", c.mac));
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting qemu-system-x86_64");
         let log_path = dir.join("serial.log");
-        let (log, peak) = read_serial(&mut child, &log_path);
+        let start = Instant::now();
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::<(f64, String)>::new()));
+        let reader = {
+            let lines = Arc::clone(&lines);
+            let mut file = fs::File::create(&log_path).unwrap();
+            thread::spawn(move || {
+                let mut r = BufReader::new(stdout);
+                let mut buf = Vec::new();
+                while r
+                    .read_until(b'\n', &mut buf)
+                    .map(|n| n > 0)
+                    .unwrap_or(false)
+                {
+                    let t = start.elapsed().as_secs_f64();
+                    let text = clean_serial(&String::from_utf8_lossy(&buf));
+                    buf.clear();
+                    let _ = writeln!(file, "{t:8.2} {text}");
+                    lines.lock().unwrap().push((t, text));
+                }
+            })
+        };
         Self {
-            log,
+            child,
+            lines,
+            reader: Some(reader),
             log_path,
+            start,
+        }
+    }
+
+    fn seen(&self, needle: &str) -> bool {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, l)| l.contains(needle))
+    }
+
+    /// Waits until the serial log shows `needle`, the guest stops, or
+    /// VM_TIMEOUT passes; whether it was seen.
+    fn wait_for(&mut self, needle: &str) -> bool {
+        loop {
+            if self.seen(needle) {
+                return true;
+            }
+            if matches!(self.child.try_wait(), Ok(Some(_))) || self.start.elapsed() > VM_TIMEOUT {
+                return self.seen(needle);
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Runs the guest to its end: the reporter's END (then a moment for its
+    /// poweroff), the guest stopping by itself, or VM_TIMEOUT. A guest that
+    /// holds after END (hostname with `-hold`) is stopped 20 s after END too.
+    fn finish(mut self) -> Vm {
+        let pid = self.child.id();
+        let mut peak = None;
+        let mut ended_at = None;
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            peak = vm_hwm_kib(pid).or(peak);
+            if self.seen("@@E2E END") {
+                // The reporter powers the guest off; give it a moment, then stop.
+                let t = *ended_at.get_or_insert_with(Instant::now);
+                if t.elapsed() > Duration::from_secs(20) {
+                    let _ = self.child.kill();
+                }
+            }
+            if self.start.elapsed() > VM_TIMEOUT {
+                println!("VM timeout after {VM_TIMEOUT:?}: killing qemu");
+                let _ = self.child.kill();
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let lines = std::mem::take(&mut *self.lines.lock().unwrap());
+        println!(
+            "serial log: {} ({} lines)",
+            self.log_path.display(),
+            lines.len()
+        );
+        Vm {
+            log: SerialLog { lines },
+            log_path: self.log_path.clone(),
             peak_rss_kib: peak,
         }
     }
 }
 
-fn read_serial(child: &mut Child, log_path: &Path) -> (SerialLog, Option<u64>) {
-    let start = Instant::now();
-    let stdout = child.stdout.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::<(f64, String)>::new()));
-    let done = Arc::new(Mutex::new(false));
-    let reader = {
-        let lines = Arc::clone(&lines);
-        let done = Arc::clone(&done);
-        let mut file = fs::File::create(log_path).unwrap();
-        thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut buf = Vec::new();
-            while r
-                .read_until(b'\n', &mut buf)
-                .map(|n| n > 0)
-                .unwrap_or(false)
-            {
-                let t = start.elapsed().as_secs_f64();
-                let text = clean_serial(&String::from_utf8_lossy(&buf));
-                buf.clear();
-                let _ = writeln!(file, "{t:8.2} {text}");
-                let end = text.contains("@@E2E END");
-                lines.lock().unwrap().push((t, text));
-                if end {
-                    *done.lock().unwrap() = true;
-                }
-            }
-        })
-    };
-    let pid = child.id();
-    let mut peak = None;
-    let mut ended_at = None;
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        peak = vm_hwm_kib(pid).or(peak);
-        if *done.lock().unwrap() {
-            // The reporter powers the guest off; give it a moment, then stop.
-            let t = *ended_at.get_or_insert_with(Instant::now);
-            if t.elapsed() > Duration::from_secs(20) {
-                let _ = child.kill();
-            }
-        }
-        if start.elapsed() > VM_TIMEOUT {
-            println!("VM timeout after {VM_TIMEOUT:?}: killing qemu");
-            let _ = child.kill();
-        }
-        thread::sleep(Duration::from_millis(500));
     }
-    let _ = child.wait();
-    let _ = reader.join();
-    let lines = std::mem::take(&mut *lines.lock().unwrap());
-    println!("serial log: {} ({} lines)", log_path.display(), lines.len());
-    (SerialLog { lines }, peak)
 }
 
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
