@@ -593,3 +593,40 @@ fn one_token_file_and_one_cidr_make_control_and_compute_agree() {
     }
     let _ = std::io::stderr().flush();
 }
+
+#[test]
+fn oversized_scripts_and_broken_manifests_are_refused_by_name() {
+    let dir = tempdir();
+    let big = "#".repeat(1024 * 1024 + 1);
+    let bundle = make_bundle(
+        dir.path(),
+        "cube-sandbox-one-click-v1-amd64.tar.gz",
+        &[],
+        &[("scripts/systemd/cubeops-start.sh", &big)],
+    );
+    let err = fails(&["inspect", bundle.to_str().unwrap()]);
+    assert!(
+        err.contains("assets/package/sandbox-package.tar.gz:scripts/systemd/cubeops-start.sh: 1048577 bytes; cubeboot reads a bundle's scripts and manifests up to 1048576 bytes each"),
+        "{err}"
+    );
+    let bundle = make_bundle(
+        dir.path(),
+        "cube-sandbox-one-click-v2-amd64.tar.gz",
+        &[("release-manifest.json", "{\n  \"release_version\": v2\n}\n")],
+        &[],
+    );
+    let err = fails(&[
+        "lock",
+        "--asset",
+        bundle.to_str().unwrap(),
+        "--tag",
+        "v2",
+        "--output",
+        dir.path().join("x.lock").to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("inspecting bundle cube-sandbox-one-click-v2-amd64.tar.gz: release-manifest.json:2:22: not JSON: expected value at line 2 column 22"),
+        "{err}"
+    );
+    assert!(!dir.path().join("x.lock").exists());
+}
