@@ -236,6 +236,11 @@ fn lock_records_the_facts_of_a_cubeops_era_bundle() {
     );
     assert!(text.contains(&want), "{text}");
     assert!(!text.contains("unknown"), "{text}");
+    // Reproducible: the same assets lock to the same bytes.
+    let again = dir.path().join("again");
+    std::fs::create_dir(&again).unwrap();
+    let again = lock_with(&again, &bundle);
+    assert_eq!(text, std::fs::read_to_string(&again).unwrap());
     // A facts-bearing lock passes the strict checker.
     ok(&["check", "--strict", "--lock", lock.to_str().unwrap()]);
 }
