@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cubeboot::builder::cli::{Cli, Command};
-use cubeboot::builder::{build, check, kernel_package, lock, mirror, shell, watch};
+use cubeboot::builder::{build, bundle_inspect, check, lock, mirror, shell, watch};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Lock(args) => lock::run(args),
         Command::Build(args) => build::run(args),
-        Command::Inspect(args) => kernel_package::inspect(args),
+        Command::Inspect(args) => bundle_inspect::inspect(args),
         Command::Watch(args) => watch::run(args),
         Command::Mirror(args) => mirror::run(args),
         Command::Completions(args) => shell::completions(args),

@@ -12,13 +12,16 @@ use base64::Engine as _;
 use serde::Serialize;
 
 use super::budget::{self, Movable};
+use super::bundle_check;
 use super::cli::{BuildArgs, FormatArg};
+use super::diag::{Report, Severity};
 use super::lock::{AssetKind, Lock};
 use super::options::BuildOptions;
 use super::overlay;
 use super::profile::{self, Profile};
 use super::render::{self, Helper, HelperSource};
 use crate::digest::Sha256Digest;
+use crate::plan::Role;
 
 /// One profile's output files, by name.
 #[derive(Debug, Clone)]
@@ -27,7 +30,8 @@ pub struct Payload {
     pub files: BTreeMap<String, Vec<u8>>,
     /// Size as the chosen cloud counts it.
     pub budget_size: u64,
-    /// The plan carries the webhook secret: files holding it are written 0600.
+    /// The plan carries a secret (the webhook secret, the ops-agent token):
+    /// files holding it are written 0600.
     pub secret: bool,
 }
 
@@ -48,6 +52,8 @@ pub fn run(args: BuildArgs) -> Result<()> {
     }
     let lock = Lock::load(&args.lock)?;
     let profiles = profile::select(args.dir.profiles_dir.as_deref(), &args.profile)?;
+    options.ops_token = ops_token(&args, &options, &lock)?;
+    check_bundle(&args, &lock, &profiles, &options)?;
     // Step 2: every payload in memory; any error stops before writing.
     let payloads = match args.format {
         FormatArg::UserData => build_all(&profiles, &lock, &options)?,
@@ -128,24 +134,34 @@ pub fn run(args: BuildArgs) -> Result<()> {
 /// The fleet secret in `path`, or a new one written there (0600). Reusing the
 /// file keeps rebuilds byte-identical and every node of a fleet on one key.
 pub fn webhook_secret(path: &Path) -> Result<String> {
+    let hint = "give it to `cubeboot watch --secret-file`";
+    secret_file(path, "webhook secret", Some(hint))?
+        .context("webhook secret file missing after creation")
+}
+
+/// A secret read from `path`, checked; when the file does not exist, a new
+/// one written there (0600) if `create_hint` is given (printed with the
+/// path, never the secret), else `None`.
+pub fn secret_file(path: &Path, what: &str, create_hint: Option<&str>) -> Result<Option<String>> {
     use std::io::{Read as _, Write as _};
     use std::os::unix::fs::OpenOptionsExt as _;
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let secret = text.trim().to_string();
             crate::signing::check_secret(&secret)
-                .map_err(|e| anyhow::anyhow!("webhook secret {}: {e}", path.display()))?;
-            return Ok(secret);
+                .map_err(|e| anyhow::anyhow!("{what} {}: {e}", path.display()))?;
+            return Ok(Some(secret));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("reading webhook secret {}", path.display()))
-        }
+        Err(e) => return Err(e).with_context(|| format!("reading {what} {}", path.display())),
     }
+    let Some(hint) = create_hint else {
+        return Ok(None);
+    };
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading 32 random bytes from /dev/urandom for the webhook secret")?;
+        .with_context(|| format!("reading 32 random bytes from /dev/urandom for the {what}"))?;
     let secret = crate::signing::secret_from_entropy(&bytes);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -155,14 +171,69 @@ pub fn webhook_secret(path: &Path) -> Result<String> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("creating webhook secret {}", path.display()))?;
-    writeln!(f, "{secret}")
-        .with_context(|| format!("writing webhook secret {}", path.display()))?;
-    eprintln!(
-        "created webhook secret {} (0600): give it to `cubeboot watch --secret-file`",
-        path.display()
-    );
-    Ok(secret)
+        .with_context(|| format!("creating {what} {}", path.display()))?;
+    writeln!(f, "{secret}").with_context(|| format!("writing {what} {}", path.display()))?;
+    eprintln!("created {what} {} (0600): {hint}", path.display());
+    Ok(Some(secret))
+}
+
+/// The cluster's ops-agent token when the locked bundle requires one: a
+/// control build reads or creates the file; a compute build only reads it,
+/// since upstream's control node owns the token and every compute node must
+/// carry the same value (docs/cube-installer.md).
+fn ops_token(args: &BuildArgs, options: &BuildOptions, lock: &Lock) -> Result<Option<String>> {
+    let path = ops_token_path(args);
+    if !bundle_check::needs_ops_token(lock) {
+        if args.ops_token_file.is_some() {
+            eprintln!(
+                "note: the locked bundle uses no ops-agent token; --ops-token-file {} is not used",
+                path.display()
+            );
+        }
+        return Ok(None);
+    }
+    let hint = "build every node of the cluster with this --ops-token-file";
+    let create = (options.role == Role::Control).then_some(hint);
+    secret_file(&path, "ops-agent token", create)
+}
+
+fn ops_token_path(args: &BuildArgs) -> PathBuf {
+    args.ops_token_file
+        .clone()
+        .unwrap_or_else(|| args.output.join("ops-token"))
+}
+
+/// Refuse, before anything is written, what the locked bundle cannot do
+/// with these profiles and options; print the warnings (errors with
+/// `--strict`).
+fn check_bundle(
+    args: &BuildArgs,
+    lock: &Lock,
+    profiles: &[Profile],
+    options: &BuildOptions,
+) -> Result<()> {
+    let mut report = Report(bundle_check::diagnostics(lock, profiles));
+    let token = options.ops_token.as_deref();
+    if let Some(mut d) = bundle_check::missing_token(lock, options.role, token) {
+        d.message.push_str(&format!(
+            "; {} does not exist, and only a control build makes one",
+            ops_token_path(args).display()
+        ));
+        report.push(d);
+    }
+    let strict = args.strict;
+    if report.errors() > 0 || (strict && report.warnings() > 0) {
+        if strict {
+            for d in &mut report.0 {
+                d.severity = Severity::Error;
+            }
+        }
+        return Err(report.into());
+    }
+    if !report.is_empty() {
+        eprintln!("{report}\n");
+    }
+    Ok(())
 }
 
 /// Build every selected profile's payload in memory.
@@ -356,7 +427,7 @@ fn finish_payload(
         profile: profile.name.clone(),
         files,
         budget_size: budget_size.unwrap_or(0),
-        secret: plan.report.webhook_secret.is_some(),
+        secret: plan.report.webhook_secret.is_some() || plan.cube.ops_token.is_some(),
     })
 }
 

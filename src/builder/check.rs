@@ -106,6 +106,10 @@ pub fn run(args: CheckArgs) -> Result<()> {
             Ok(lock) => {
                 report.0.extend(lock.warnings.iter().cloned());
                 report.0.extend(lock.verify_local_copies()?);
+                // What the locked bundle cannot do on these profiles' hosts.
+                report
+                    .0
+                    .extend(super::bundle_check::diagnostics(&lock, &profiles));
                 for p in &profiles {
                     let pinned = |s: &KernelSource| match s {
                         KernelSource::Release => lock.file.assets.get(p.kernel_asset).is_some(),

@@ -29,7 +29,7 @@ pub enum Command {
     Lock(LockArgs),
     /// Build payloads for one or all profiles from a lock
     Build(BuildArgs),
-    /// List an image overlay with the same reader the tests use
+    /// Print the facts of a bundle or kernel package, or list an overlay
     Inspect(InspectArgs),
     /// Watch a fleet come up: receive the helpers' signed webhook posts
     Watch(WatchArgs),
@@ -144,6 +144,20 @@ pub struct BuildArgs {
     /// created (0600) with a new random one; default OUTPUT/webhook-secret
     #[arg(long, value_name = "FILE", requires = "webhook")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// The cluster's ops-agent token (CUBE_OPS_OPSAGENT_TOKEN), for bundles
+    /// that require one: read if the file exists, else created (0600) with a
+    /// new random one by a control build; a compute build needs the file the
+    /// control payload was built with. Default OUTPUT/ops-token
+    #[arg(long, value_name = "FILE")]
+    pub ops_token_file: Option<PathBuf>,
+    /// The sandbox network every node of the cluster uses
+    /// (CUBE_SANDBOX_NETWORK_CIDR): a private IPv4 CIDR, /16 to /24
+    #[arg(long, value_name = "CIDR")]
+    pub cluster_cidr: Option<String>,
+    /// Refuse on warnings about the locked bundle too (unknown facts, a
+    /// guest kernel that differs from the host kernel)
+    #[arg(long)]
+    pub strict: bool,
     /// Cloud whose user-data budget the payload must fit
     #[arg(long, value_name = "NAME", default_value = "aws")]
     pub cloud: String,
@@ -216,9 +230,14 @@ pub struct ManArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// Overlay archive (`overlay.tar.xz`) to list
+    /// A one-click bundle (`.tar.gz`: the facts `lock` records), a kernel
+    /// package (`.rpm`, `.deb`) or an image overlay (`.tar.xz`, listed)
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+    /// Print a bundle's or kernel package's facts as JSON (shape versioned by
+    /// its `inspect` field; docs/cube-installer.md)
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Exit codes: 0 all expected nodes done, 1 a node failed, 2 timed out.

@@ -264,6 +264,10 @@ pub struct LockedAsset {
     /// Facts read from a kernel package at lock time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<LockedKernel>,
+    /// Facts read from the one-click bundle at lock time (absent in locks
+    /// made before cubeboot read bundles: a bundle from before CubeOps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<crate::bundle_facts::BundleFacts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -411,6 +415,12 @@ impl Lock {
                     }
                 }
                 (None, None) => {}
+            }
+            if kind != AssetKind::Bundle && a.bundle.is_some() {
+                report.push(self.diag(
+                    &format!("{base}.bundle"),
+                    "only the bundle carries `bundle:` facts",
+                ));
             }
         }
         report
@@ -576,6 +586,7 @@ mod tests {
                     size: 6,
                     sha256: Some(hex),
                     kernel: None,
+                    bundle: None,
                 }),
                 ..LockAssets::default()
             },

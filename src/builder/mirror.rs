@@ -228,6 +228,7 @@ mod tests {
             size: 1,
             sha256: None,
             kernel: None,
+            bundle: None,
         }
     }
 

@@ -5,6 +5,9 @@
 
 pub mod budget;
 pub mod build;
+pub mod bundle_check;
+pub mod bundle_classify;
+pub mod bundle_inspect;
 pub mod check;
 pub mod cli;
 pub mod diag;

@@ -99,6 +99,11 @@ pub struct BuildOptions {
     pub hardening: bool,
     pub budgets: Budgets,
     pub s3: Option<S3Settings>,
+    /// The cluster's ops-agent token; set by `build` at the CLI edge from
+    /// `--ops-token-file` when the locked bundle requires one.
+    pub ops_token: Option<String>,
+    /// `--cluster-cidr`, validated.
+    pub cluster_cidr: Option<String>,
 }
 
 /// Time budgets the helper keeps (plan `cube.*_secs`).
@@ -186,6 +191,12 @@ impl BuildOptions {
                     Some(s3_settings(&text, &path.display().to_string())?)
                 }
             },
+            ops_token: None,
+            cluster_cidr: args
+                .cluster_cidr
+                .as_deref()
+                .map(cluster_cidr)
+                .transpose()?,
         })
     }
 
@@ -259,9 +270,9 @@ impl BuildOptions {
                 verify_budget_secs: self.budgets.verify_budget_secs,
                 control_plane_wait_secs: self.budgets.control_plane_wait_secs,
                 s3: self.s3.clone(),
-                bundle: None,
-                ops_token: None,
-                cluster_cidr: None,
+                bundle: bundle.asset.bundle.clone(),
+                ops_token: self.ops_token.clone(),
+                cluster_cidr: self.cluster_cidr.clone(),
             },
             report: ReportPlan {
                 webhook: self.webhook.clone(),
@@ -398,6 +409,40 @@ fn cidr(s: &str) -> Result<String> {
     Ok(s.to_string())
 }
 
+/// `--cluster-cidr`: what upstream's installer accepts for
+/// `CUBE_SANDBOX_NETWORK_CIDR` (CubeSandbox: env.example): a private IPv4
+/// network, mask /16 to /24, given by its network address.
+pub fn cluster_cidr(s: &str) -> Result<String> {
+    let bad = |why: &str| anyhow::anyhow!("--cluster-cidr: {s:?} {why}");
+    let (ip, len) = s
+        .split_once('/')
+        .ok_or_else(|| bad("is not an IPv4 CIDR such as 10.100.0.0/18"))?;
+    let ip: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| bad("is not an IPv4 CIDR such as 10.100.0.0/18"))?;
+    let len: u32 = len
+        .parse()
+        .map_err(|_| bad("is not an IPv4 CIDR such as 10.100.0.0/18"))?;
+    if !(16..=24).contains(&len) {
+        return Err(bad(
+            "has a mask outside /16 to /24, which the installer refuses",
+        ));
+    }
+    if !ip.is_private() {
+        return Err(bad(
+            "is not a private network (10/8, 172.16/12, 192.168/16)",
+        ));
+    }
+    let mask = u32::MAX << (32 - len);
+    let network = Ipv4Addr::from(u32::from(ip) & mask);
+    if network != ip {
+        return Err(bad(&format!(
+            "has host bits set; the network is {network}/{len}"
+        )));
+    }
+    Ok(format!("{ip}/{len}"))
+}
+
 /// `minimal`, `tencent`, or a quoted custom list (docs/pvm-kernel.md,
 /// "Boot parameters").
 pub fn parse_boot_params(s: &str) -> Result<(Vec<String>, String)> {
@@ -507,6 +552,7 @@ mod tests {
             size: 1,
             sha256: None,
             kernel: None,
+            bundle: None,
         };
         assert_eq!(
             Mirror::parse("cn").unwrap().order(&asset).unwrap(),

@@ -11,6 +11,7 @@ mod server;
 
 mod bootstrap;
 mod build;
+mod bundle;
 mod errors;
 mod lock;
 mod readme;

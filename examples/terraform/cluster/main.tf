@@ -1,17 +1,22 @@
 # One control node and N compute nodes on Tencent Cloud.
 #
 #   cubeboot build --lock LOCK --profile opencloudos-9 --cloud tencent --role control --output out/control \
-#     --webhook http://OPERATOR:8740/ --webhook-secret-file out/webhook-secret
+#     --webhook http://OPERATOR:8740/ --webhook-secret-file out/webhook-secret \
+#     --ops-token-file out/ops-token --cluster-cidr 10.100.0.0/18
 #   cubeboot build --lock LOCK --profile opencloudos-9 --cloud tencent --role compute \
 #     --control-plane-ip 10.0.1.10 --output out/compute \
-#     --webhook http://OPERATOR:8740/ --webhook-secret-file out/webhook-secret
+#     --webhook http://OPERATOR:8740/ --webhook-secret-file out/webhook-secret \
+#     --ops-token-file out/ops-token --cluster-cidr 10.100.0.0/18
 #   terraform -chdir=examples/terraform/cluster init
 #   terraform -chdir=examples/terraform/cluster apply -var compute_count=3 \
 #     -var webhook_url=http://OPERATOR:8740/ -var ...
 #   cubeboot watch --listen 0.0.0.0:8740 --secret-file out/webhook-secret --expect 4
 #
 # Every payload must carry the same webhook URL and secret (the module checks
-# their plans), so one `cubeboot watch` verifies the whole fleet.
+# their plans), so one `cubeboot watch` verifies the whole fleet; and the same
+# ops-agent token and sandbox CIDR (one --ops-token-file, one --cluster-cidr;
+# the control build makes the token file, so build it first), which the
+# module checks too.
 #
 # The control node's private IP is chosen here (control_private_ip), given to
 # the control instance, and baked into the compute payload at build time; the

@@ -93,6 +93,15 @@ pub fn run(args: LockArgs) -> Result<()> {
             locked.size,
             locked.sha256.map(|d| d.to_hex()).unwrap_or_default()
         );
+        if let Some(facts) = &locked.bundle {
+            for u in &facts.unknown {
+                eprintln!(
+                    "warning: {}: {} (recorded under `unknown`)",
+                    locked.name,
+                    u.escape_debug()
+                );
+            }
+        }
         *slot = Some(locked);
     }
     // Step 5: read our own output back through the strict reader, then
@@ -310,6 +319,13 @@ fn pin_one(src: &Source, kind: AssetKind) -> Result<LockedAsset> {
         }
         None => None,
     };
+    let bundle = match kind {
+        AssetKind::Bundle => Some(crate::builder::bundle_inspect::read_bundle(
+            &mut hashing,
+            &src.name,
+        )?),
+        _ => None,
+    };
     // Whatever the inspection left unread still has to be hashed.
     let mut buf = vec![0u8; 1 << 20];
     while hashing
@@ -344,6 +360,7 @@ fn pin_one(src: &Source, kind: AssetKind) -> Result<LockedAsset> {
             // check_pvm_host refused packages without a module.
             module: f.module.unwrap_or_default(),
         }),
+        bundle,
     })
 }
 

@@ -93,6 +93,14 @@ resource "tencentcloud_instance" "compute" {
       && try(local.compute_plan.report.webhook_secret, null) == var.webhook_secret))
       error_message = "The compute payload must be built with --webhook ${coalesce(var.webhook_url, "-")} and the fleet's --webhook-secret-file."
     }
+    # One cluster, one ops-agent token and one sandbox network: a compute
+    # node with another token cannot take CubeOps' pushes, and upstream's
+    # multi-node guide wants every node on the control plane's CIDR.
+    precondition {
+      condition = (try(local.compute_plan.cube.ops_token, null) == try(local.control_plan.cube.ops_token, null)
+      && try(local.compute_plan.cube.cluster_cidr, null) == try(local.control_plan.cube.cluster_cidr, null))
+      error_message = "The control and compute payloads must be built with the same --ops-token-file and --cluster-cidr."
+    }
     precondition {
       condition     = length(local.compute_user_data) <= local.user_data_limit
       error_message = "The compute payload is ${length(local.compute_user_data)} base64 bytes; Tencent Cloud accepts ${local.user_data_limit}."
