@@ -21,6 +21,7 @@ pub mod cidr;
 pub mod diagnostics;
 pub mod disk;
 pub mod envfile;
+pub mod firewall;
 pub mod harden;
 pub mod http;
 pub mod install;
