@@ -145,6 +145,7 @@ fn model_services(host: &ScriptedHost, dir: &Path) {
     });
     let loaded = Arc::new(std::sync::Mutex::new(String::new()));
     let seen = loaded.clone();
+    let probed = loaded.clone();
     host.on(move |c| {
         (c.program == "nft" && c.args.first().map(String::as_str) == Some("-f")).then(|| {
             *seen.lock().unwrap() = std::fs::read_to_string(&c.args[1]).unwrap();
@@ -155,6 +156,44 @@ fn model_services(host: &ScriptedHost, dir: &Path) {
         (c.program == "nft" && c.args.first().map(String::as_str) == Some("list"))
             .then(|| Ok(CmdOutput::ok(loaded.lock().unwrap().clone())))
     });
+    host.on(move |c| {
+        probe_ports(c).map(|ports| {
+            Ok(CmdOutput::ok(probe_answers(
+                &ports,
+                &probed.lock().unwrap(),
+            )))
+        })
+    });
+}
+
+/// The ports the harden firewall probe asks about (control port first),
+/// when `c` is that probe.
+fn probe_ports(c: &CommandSpec) -> Option<Vec<u16>> {
+    (c.program == "bash" && c.args.get(2).map(String::as_str) == Some("cubeboot-firewall-probe"))
+        .then(|| c.args[10..].iter().map(|p| p.parse().unwrap()).collect())
+}
+
+/// The probe's answer from outside allow_from, modelled on the ruleset
+/// last loaded (tests/firewall_netns.rs runs the real probe against real
+/// nft): the control port is refused; a port the prerouting chain's last
+/// rule drops is silent, any other port accepts.
+fn probe_answers(ports: &[u16], loaded: &str) -> String {
+    let drops = loaded
+        .split("chain prerouting")
+        .nth(1)
+        .and_then(|chain| chain.lines().find(|l| l.trim_end().ends_with("drop")))
+        .unwrap_or("");
+    let mut out = format!("{} refused\n", ports[0]);
+    for p in &ports[1..] {
+        let dropped = drops
+            .split(|ch: char| !ch.is_ascii_digit())
+            .any(|w| w == p.to_string());
+        out.push_str(&format!(
+            "{p} {}\n",
+            if dropped { "silent" } else { "open" }
+        ));
+    }
+    out
 }
 
 /// What the fixture needs to run in a temp root with modelled sockets.
@@ -509,7 +548,7 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
     let out = cube::harden(&mut ctx).unwrap();
     assert_eq!(
         out,
-        Outcome::Done("CubeMaster on 10.0.2.15:8089, CubeAPI on 10.0.2.15:3000; Cubelet listens on 10.0.2.15:9998,9999 and 127.0.0.1:9966; ports 8089,9999,9998,3000,12088,9000,9966 only from 10.0.2.0/24; credentials in /etc/cubeboot/credentials.env".into())
+        Outcome::Done("CubeMaster on 10.0.2.15:8089, CubeAPI on 10.0.2.15:3000; Cubelet listens on 10.0.2.15:9998,9999 and 127.0.0.1:9966; ports 8089,9999,9998,3000,12088,9000,9966 only from 10.0.2.0/24 (probed: refused from outside); credentials in /etc/cubeboot/credentials.env".into())
     );
     let cfg = node
         .host
@@ -1306,11 +1345,14 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn the_firewall_ruleset_passes_nft_check() {
     // Real nft in check mode (-c): parses and validates, changes nothing.
     let dir = tempfile::tempdir().unwrap();
-    let rules = cube::firewall::firewall_ruleset(&[
-        "10.0.2.0/24".into(),
-        "172.16.5.9".into(),
-        "fd00:1::/64".into(),
-    ])
+    let rules = cube::firewall::firewall_ruleset(
+        &[
+            "10.0.2.0/24".into(),
+            "172.16.5.9".into(),
+            "fd00:1::/64".into(),
+        ],
+        &cube::harden::RESTRICTED_PORTS,
+    )
     .unwrap();
     let file = dir.path().join("firewall.nft");
     std::fs::write(&file, &rules).unwrap();
@@ -1920,6 +1962,40 @@ fn cubelet_that_keeps_listening_everywhere_fails_harden_with_diagnostics() {
         "{text}"
     );
     assert!(ctx.journal.facts.diagnostics.is_some());
+}
+
+#[test]
+fn a_port_the_probe_reaches_from_outside_allow_from_fails_harden() {
+    // As in the held-out VM run (issue 21): the ruleset is loaded, but a
+    // port Docker publishes still answers a client outside allow_from.
+    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    let mut journal = pvm_journal();
+    let mut ctx = node.ctx(&mut journal);
+    cube::install(&mut ctx).unwrap();
+    node.host.on(|c| {
+        probe_ports(c).map(|ports| {
+            let mut out = probe_answers(&ports, "");
+            out = out.replace("8089 open", "8089 silent");
+            Ok(CmdOutput::ok(out))
+        })
+    });
+    let text = failure_text(&cube::harden(&mut ctx).unwrap_err());
+    assert!(
+        text.starts_with("firewall: port(s) 9999, 9998, 3000, 12088, 9000, 9966 of 10.0.2.15 accepted a connection from outside allow_from (diagnostics: "),
+        "{text}"
+    );
+    let cmds = node.host.commands();
+    let probe = cmds
+        .iter()
+        .find(|c| c.contains("cubeboot-firewall-probe"))
+        .unwrap();
+    // From the first /30 of 198.18.0.0/15 outside allow_from (10.0.2.0/24),
+    // to the node IP, the control port first.
+    assert!(
+        probe.ends_with(" cubeboot-probe cubeprobe0 cubeprobe1 198.19.255.253 198.19.255.254 10.0.2.15 3 9 8089 9999 9998 3000 12088 9000 9966"),
+        "{probe}"
+    );
 }
 
 #[test]

@@ -13,13 +13,10 @@ use anyhow::{Context, Result};
 
 use super::super::host::{unix_secs, CommandSpec, Host};
 use super::super::{Ctx, Outcome, StepFailure};
-use super::firewall::{
-    firewall_ruleset, firewall_unit, unguarded_ports, FIREWALL_PATH, FIREWALL_UNIT,
-    FIREWALL_UNIT_PATH,
-};
+use super::firewall::{self, ProbeVerdict};
 use super::install::{CUBEMASTER_PORT, CUBE_API_PORT};
 use super::listeners::{self, Listener};
-use super::{real, CREDENTIALS_PATH};
+use super::CREDENTIALS_PATH;
 use crate::plan::Role;
 
 /// Ports admitted only from `allow_from` (network-hardening.md: CubeMaster,
@@ -95,39 +92,38 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         host.say(&w);
         ctx.journal.warn(w);
     } else {
-        let ruleset = firewall_ruleset(&plan.cube.allow_from)?;
-        host.write_atomic(FIREWALL_PATH, ruleset.as_bytes(), 0o600)?;
-        let file = real(host, FIREWALL_PATH);
-        host.run(&CommandSpec::new("nft").args(["-c", "-f", &file]))?;
-        host.run(&CommandSpec::new("nft").args(["-f", &file]))?;
-        host.write_atomic(FIREWALL_UNIT_PATH, firewall_unit().as_bytes(), 0o644)?;
-        host.run(&CommandSpec::new("systemctl").args(["enable", FIREWALL_UNIT]))?;
-        // The rules the kernel holds now, not the file we wrote.
-        host.check_change("the loaded firewall rules", &mut || {
-            let loaded = host.run(
-                &CommandSpec::new("nft")
-                    .args(["list", "table", "inet", "cubeboot"])
-                    .read_only(),
-            )?;
-            let missing = unguarded_ports(&loaded.stdout);
-            if !missing.is_empty() {
-                return Err(StepFailure::new(format!(
-                    "firewall: nft list table inet cubeboot shows no drop rule for port(s) {}",
-                    missing
-                        .iter()
-                        .map(u16::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+        let ports = RESTRICTED_PORTS;
+        let mut loaded = firewall::load(host, &plan.cube.allow_from, &ports)?;
+        let target: Ipv4Addr = node_ip
+            .parse()
+            .with_context(|| format!("node IP {node_ip:?} for the firewall probe"))?;
+        // By behaviour: a client outside allow_from must be refused on every
+        // restricted port, those Docker publishes included (issue 21).
+        let mut inconclusive = None;
+        host.check_change("the firewall from outside allow_from", &mut || {
+            match firewall::probe(host, target, &plan.cube.allow_from, &ports)? {
+                ProbeVerdict::Closed => {
+                    loaded.push_str(" (probed: refused from outside)");
+                    Ok(())
+                }
+                ProbeVerdict::Open(open) => Err(StepFailure::new(format!(
+                    "firewall: port(s) {} of {node_ip} accepted a connection from outside allow_from",
+                    open.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
                 ))
-                .into());
+                .hint("another firewall or NAT rule admits them before the cubeboot table; see `nft list ruleset`")
+                .into()),
+                ProbeVerdict::Inconclusive(why) => {
+                    inconclusive = Some(why);
+                    Ok(())
+                }
             }
-            Ok(())
         })?;
-        done.push(format!(
-            "ports {} only from {}",
-            RESTRICTED_PORTS.map(|p| p.to_string()).join(","),
-            plan.cube.allow_from.join(", ")
-        ));
+        done.push(loaded);
+        if let Some(why) = inconclusive {
+            let w = format!("hardening: the firewall is loaded but could not be probed: {why}");
+            host.say(&w);
+            ctx.journal.warn(w);
+        }
     }
 
     // Credentials: generated at install; here only their file's safety.
