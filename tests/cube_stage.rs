@@ -121,6 +121,7 @@ fn host_with_bundle(dir: &Path, plan: &Plan, bundle_rel: &str, ip_addr: &str) ->
 /// `nft list` shows the ruleset last loaded with `nft -f`.
 fn model_services(host: &ScriptedHost, dir: &Path) {
     host.on_program("systemctl", CmdOutput::ok(""));
+    host.put("/usr/sbin/nft", "");
     host.on_program("nft", CmdOutput::ok(""));
     let root = dir.to_path_buf();
     host.on(move |c| {
@@ -1201,6 +1202,67 @@ fn apt_update_fetch_failures_fail_the_step_even_with_exit_0() {
     );
     assert_eq!(updates.load(Ordering::SeqCst), 3);
     assert!(!node.host.commands().iter().any(|c| c.contains(" install ")));
+}
+
+#[test]
+fn without_nftables_the_failure_says_allow_from_needs_it() {
+    // A host without nft whose mirror fails: the operator learns why the
+    // step wanted a package at all (issue 21).
+    let mut node = Node::for_prereqs();
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    node.host.on_program("pgrep", CmdOutput::failed(1, ""));
+    node.host.on(|c| {
+        (c.program == "apt-get" && c.args.last().map(String::as_str) == Some("update"))
+            .then(|| Ok(CmdOutput::ok("W: Failed to fetch http://deb.example/dists/bookworm/InRelease  Could not resolve 'deb.example'\n")))
+    });
+    let mut journal = Journal::new("test");
+    let mut ctx = node.ctx(&mut journal);
+    let text = failure_text(&cube::prereqs(&mut ctx).unwrap_err());
+    assert_eq!(
+        text,
+        "apt-get update failed: W: Failed to fetch http://deb.example/dists/bookworm/InRelease  Could not resolve 'deb.example'; cube.allow_from needs nftables for its firewall, and nftables is not installed"
+    );
+}
+
+#[test]
+fn the_firewall_is_loaded_before_the_installer_runs() {
+    // CubeMaster and CubeAPI answer from the installer on; the ruleset
+    // needs nothing from it, so no window is left open until harden.
+    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    let mut journal = pvm_journal();
+    let mut ctx = node.ctx(&mut journal);
+    cube::install(&mut ctx).unwrap();
+    let cmds = node.host.commands();
+    let at = |what: &str| cmds.iter().position(|c| c.contains(what));
+    let loaded = at("nft -f ").unwrap_or_else(|| panic!("no nft -f: {cmds:?}"));
+    let installer = at("install.sh --node-ip=").unwrap();
+    assert!(loaded < installer, "{cmds:?}");
+    assert!(cmds.contains(&"systemctl enable cubeboot-firewall.service".to_string()));
+    assert!(node
+        .host
+        .read_string("/etc/cubeboot/firewall.nft")
+        .unwrap()
+        .contains("tcp dport { 8089, 9999, 9998, 3000, 12088, 9000, 9966 } drop"));
+}
+
+#[test]
+fn without_nft_cube_install_stops_before_the_installer_saying_why() {
+    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    std::fs::remove_file(node.root().join("usr/sbin/nft")).unwrap();
+    let mut journal = pvm_journal();
+    let mut ctx = node.ctx(&mut journal);
+    let text = failure_text(&cube::install(&mut ctx).unwrap_err());
+    assert!(
+        text.starts_with("cube.allow_from needs nftables for its firewall, and nft is not installed (looked in /usr/sbin/nft, /sbin/nft, /usr/bin/nft) (diagnostics: "),
+        "{text}"
+    );
+    assert!(!node
+        .host
+        .commands()
+        .iter()
+        .any(|c| c.contains("install.sh")));
 }
 
 #[test]

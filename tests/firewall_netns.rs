@@ -287,3 +287,133 @@ fn every_restricted_port_is_refused_from_outside_allow_from_published_or_not() {
     // host.docker.internal, network-hardening.md).
     assert!(connects(&m.container, SocketAddr::from((NODE_IP, 3000))));
 }
+
+/// Debian's nftables.service (package nftables), which an operator may enable.
+const NFTABLES_UNIT: &str = "/lib/systemd/system/nftables.service";
+
+/// The `KEY=` lines of a unit's text, in order.
+fn directive<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .collect()
+}
+
+#[test]
+fn an_operator_starting_nftables_service_keeps_our_table() {
+    need_netns!();
+    let debian = std::fs::read_to_string(NFTABLES_UNIT)
+        .expect("nftables.service comes with the nftables package");
+    let conf = std::fs::read_to_string("/etc/nftables.conf").unwrap();
+    // What makes the case: Debian's service starts and reloads by
+    // flushing every table, ours included.
+    assert!(conf.contains("flush ruleset"), "{conf}");
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("firewall.nft");
+    std::fs::write(
+        &ours,
+        firewall::firewall_ruleset(&[ALLOW.into()], &PORTS).unwrap(),
+    )
+    .unwrap();
+    let here = |line: &str| line.replace(firewall::FIREWALL_PATH, &ours.display().to_string());
+    let dropin = firewall::nftables_dropin();
+    // systemd's order for a start: our unit at boot (After=nftables.service
+    // when both start), or ours already loaded when the operator starts
+    // nftables later; then ExecStart, then every ExecStartPost (the drop-in
+    // appends). A reload runs every ExecReload in order.
+    let start: Vec<String> = directive(&debian, "ExecStart")
+        .into_iter()
+        .chain(directive(&dropin, "ExecStartPost"))
+        .map(here)
+        .collect();
+    let reload: Vec<String> = directive(&debian, "ExecReload")
+        .into_iter()
+        .chain(directive(&dropin, "ExecReload"))
+        .map(here)
+        .collect();
+    for (what, lines) in [("start", &start), ("reload", &reload)] {
+        let ns = Netns::new("svc");
+        let unit_start = here(directive(&firewall::firewall_unit(), "ExecStart")[0]);
+        for line in std::iter::once(&unit_start).chain(lines.iter()) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let out = ns.exec(words[0]).args(&words[1..]).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{line}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let listed = ns
+            .exec("nft")
+            .args(["list", "table", "inet", "cubeboot"])
+            .output()
+            .unwrap();
+        assert!(
+            listed.status.success(),
+            "after nftables.service {what} ({lines:?}) the cubeboot table is gone: {}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+    }
+}
+
+#[test]
+fn our_unit_boots_after_nftables_service_without_a_cycle() {
+    if !std::path::Path::new(NFTABLES_UNIT).exists() {
+        eprintln!("SKIPPED: {NFTABLES_UNIT} is missing (package nftables)");
+        return;
+    }
+    // ExecStart must exist for verify; ours reads a file only the node has.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let unit = firewall::firewall_unit();
+    std::fs::write(d.join(firewall::FIREWALL_UNIT), &unit).unwrap();
+    let dropin_dir = d.join("nftables.service.d");
+    std::fs::create_dir_all(&dropin_dir).unwrap();
+    std::fs::write(
+        dropin_dir.join("cubeboot.conf"),
+        firewall::nftables_dropin(),
+    )
+    .unwrap();
+    // Both enabled: ours as its [Install] says, nftables.service as an
+    // operator's `systemctl enable nftables` does (WantedBy=sysinit.target).
+    for (target, name, path) in [
+        (
+            "multi-user.target.wants",
+            firewall::FIREWALL_UNIT,
+            d.join(firewall::FIREWALL_UNIT),
+        ),
+        (
+            "sysinit.target.wants",
+            "nftables.service",
+            NFTABLES_UNIT.into(),
+        ),
+    ] {
+        std::fs::create_dir_all(d.join(target)).unwrap();
+        std::os::unix::fs::symlink(path, d.join(target).join(name)).unwrap();
+    }
+    assert_eq!(
+        directive(&unit, "WantedBy"),
+        ["multi-user.target"],
+        "{unit}"
+    );
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "multi-user.target"])
+        // A trailing colon keeps the system's unit directories after ours.
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", d.display()))
+        .output()
+        .expect("systemd-analyze (package systemd) is needed");
+    let complaints: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| {
+            l.contains("cubeboot") || l.contains("nftables") || l.contains("ordering cycle")
+        })
+        .map(str::to_string)
+        .collect();
+    assert!(complaints.is_empty(), "{complaints:#?}");
+    // Ours loads after nftables.service's flush when both start at boot.
+    assert!(
+        directive(&unit, "After")
+            .iter()
+            .any(|a| a.split_whitespace().any(|u| u == "nftables.service")),
+        "{unit}"
+    );
+}
