@@ -167,6 +167,18 @@ fn model_services(host: &ScriptedHost, dir: &Path) {
     });
 }
 
+/// A plain control node whose plan admits 10.0.2.0/24 through the firewall.
+fn firewalled_node() -> Node {
+    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    node
+}
+
+/// Answer the firewall probe with `answers(ports)` from now on.
+fn answer_probe(host: &ScriptedHost, answers: fn(&[u16]) -> String) {
+    host.on(move |c| probe_ports(c).map(|ports| Ok(CmdOutput::ok(answers(&ports)))));
+}
+
 /// The ports the harden firewall probe asks about (control port first),
 /// when `c` is that probe.
 fn probe_ports(c: &CommandSpec) -> Option<Vec<u16>> {
@@ -1228,8 +1240,7 @@ fn without_nftables_the_failure_says_allow_from_needs_it() {
 fn the_firewall_is_loaded_before_the_installer_runs() {
     // CubeMaster and CubeAPI answer from the installer on; the ruleset
     // needs nothing from it, so no window is left open until harden.
-    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
-    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    let node = firewalled_node();
     let mut journal = pvm_journal();
     let mut ctx = node.ctx(&mut journal);
     cube::install(&mut ctx).unwrap();
@@ -1248,8 +1259,7 @@ fn the_firewall_is_loaded_before_the_installer_runs() {
 
 #[test]
 fn without_nft_cube_install_stops_before_the_installer_saying_why() {
-    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
-    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    let node = firewalled_node();
     std::fs::remove_file(node.root().join("usr/sbin/nft")).unwrap();
     let mut journal = pvm_journal();
     let mut ctx = node.ctx(&mut journal);
@@ -2030,17 +2040,12 @@ fn cubelet_that_keeps_listening_everywhere_fails_harden_with_diagnostics() {
 fn a_port_the_probe_reaches_from_outside_allow_from_fails_harden() {
     // As in the held-out VM run (issue 21): the ruleset is loaded, but a
     // port Docker publishes still answers a client outside allow_from.
-    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
-    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    let node = firewalled_node();
     let mut journal = pvm_journal();
     let mut ctx = node.ctx(&mut journal);
     cube::install(&mut ctx).unwrap();
-    node.host.on(|c| {
-        probe_ports(c).map(|ports| {
-            let mut out = probe_answers(&ports, "");
-            out = out.replace("8089 open", "8089 silent");
-            Ok(CmdOutput::ok(out))
-        })
+    answer_probe(&node.host, |ports| {
+        probe_answers(ports, "").replace("8089 open", "8089 silent")
     });
     let text = failure_text(&cube::harden(&mut ctx).unwrap_err());
     assert!(
@@ -2057,6 +2062,30 @@ fn a_port_the_probe_reaches_from_outside_allow_from_fails_harden() {
     assert!(
         probe.ends_with(" cubeboot-probe cubeprobe0 cubeprobe1 198.19.255.253 198.19.255.254 10.0.2.15 3 9 8089 9999 9998 3000 12088 9000 9966"),
         "{probe}"
+    );
+}
+
+#[test]
+fn a_probe_that_cannot_reach_the_node_warns_instead_of_passing_silently() {
+    // Another firewall drops the probe's every packet, control port included:
+    // nothing is proven either way, and the status says so.
+    let node = firewalled_node();
+    let mut journal = pvm_journal();
+    let mut ctx = node.ctx(&mut journal);
+    cube::install(&mut ctx).unwrap();
+    answer_probe(&node.host, |ports| {
+        ports.iter().map(|p| format!("{p} silent\n")).collect()
+    });
+    let Outcome::Done(done) = cube::harden(&mut ctx).unwrap() else {
+        panic!("harden did not finish")
+    };
+    assert!(
+        done.contains("ports 8089,9999,9998,3000,12088,9000,9966 only from 10.0.2.0/24; "),
+        "{done}"
+    );
+    assert_eq!(
+        ctx.journal.warnings,
+        ["hardening: the firewall is loaded but could not be probed: the node did not answer the probe on unrestricted port 9 (no answer)"]
     );
 }
 

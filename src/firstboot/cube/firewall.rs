@@ -84,6 +84,35 @@ pub fn load_before_install(ctx: &mut Ctx, ports: &[u16]) -> Result<()> {
     Ok(())
 }
 
+/// Harden's verdict on the loaded firewall, by [`probe`] of the node IP:
+/// an error naming every restricted port that accepted from outside
+/// `allow_from`, a warning when the probe could show nothing.
+pub fn prove_closed(
+    host: &dyn Host,
+    node_ip: &str,
+    allow_from: &[String],
+    ports: &[u16],
+) -> Result<Option<String>> {
+    let verdict = match node_ip.parse::<Ipv4Addr>() {
+        Ok(target) => probe(host, target, allow_from, ports)?,
+        Err(_) => ProbeVerdict::Inconclusive(format!(
+            "the probe speaks IPv4 and the node IP is {node_ip:?}"
+        )),
+    };
+    match verdict {
+        ProbeVerdict::Closed => Ok(None),
+        ProbeVerdict::Open(open) => Err(StepFailure::new(format!(
+            "firewall: port(s) {} of {node_ip} accepted a connection from outside allow_from",
+            port_list(&open)
+        ))
+        .hint("another firewall or NAT rule admits them before the cubeboot table; see `nft list ruleset`")
+        .into()),
+        ProbeVerdict::Inconclusive(why) => Ok(Some(format!(
+            "hardening: the firewall is loaded but could not be probed: {why}"
+        ))),
+    }
+}
+
 /// Probe `target` from outside `allow_from` (see [`PROBE_SCRIPT`]).
 pub fn probe(
     host: &dyn Host,

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 
 use super::super::host::{unix_secs, CommandSpec, Host};
 use super::super::{Ctx, Outcome, StepFailure};
-use super::firewall::{self, ProbeVerdict};
+use super::firewall;
 use super::install::{CUBEMASTER_PORT, CUBE_API_PORT};
 use super::listeners::{self, Listener};
 use super::CREDENTIALS_PATH;
@@ -94,33 +94,18 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     } else {
         let ports = RESTRICTED_PORTS;
         let mut loaded = firewall::load(host, &plan.cube.allow_from, &ports)?;
-        let target: Ipv4Addr = node_ip
-            .parse()
-            .with_context(|| format!("node IP {node_ip:?} for the firewall probe"))?;
         // By behaviour: a client outside allow_from must be refused on every
         // restricted port, those Docker publishes included (issue 21).
-        let mut inconclusive = None;
+        let mut warning = None;
         host.check_change("the firewall from outside allow_from", &mut || {
-            match firewall::probe(host, target, &plan.cube.allow_from, &ports)? {
-                ProbeVerdict::Closed => {
-                    loaded.push_str(" (probed: refused from outside)");
-                    Ok(())
-                }
-                ProbeVerdict::Open(open) => Err(StepFailure::new(format!(
-                    "firewall: port(s) {} of {node_ip} accepted a connection from outside allow_from",
-                    open.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
-                ))
-                .hint("another firewall or NAT rule admits them before the cubeboot table; see `nft list ruleset`")
-                .into()),
-                ProbeVerdict::Inconclusive(why) => {
-                    inconclusive = Some(why);
-                    Ok(())
-                }
+            warning = firewall::prove_closed(host, &node_ip, &plan.cube.allow_from, &ports)?;
+            if warning.is_none() {
+                loaded.push_str(" (probed: refused from outside)");
             }
+            Ok(())
         })?;
         done.push(loaded);
-        if let Some(why) = inconclusive {
-            let w = format!("hardening: the firewall is loaded but could not be probed: {why}");
+        if let Some(w) = warning {
             host.say(&w);
             ctx.journal.warn(w);
         }
