@@ -146,7 +146,7 @@ pub fn probe(
 /// own address and the port the client asked for, so one rule covers
 /// Cube's own listeners and published ports alike; traffic the node only
 /// routes (sandboxes, containers going out) is not for a local address and
-/// passes. The node's own connections never cross prerouting.
+/// passes, and the node's own connections to itself arrive on `lo`.
 pub fn firewall_ruleset(allow_from: &[String], ports: &[u16]) -> Result<String> {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
@@ -242,7 +242,8 @@ pub const PROBE_NETNS: &str = "cubeboot-probe";
 /// How long a probe waits for a port; a dropped SYN is never answered.
 pub const PROBE_WAIT: Duration = Duration::from_secs(3);
 /// A port the probe expects the node to answer (connect or refuse): it is
-/// in no restricted set, so only a path that does not work keeps it silent.
+/// in no restricted set, so only a path that does not work, or another
+/// firewall dropping everything from the probe, keeps it silent.
 pub const PROBE_CONTROL_PORT: u16 = 9;
 
 /// Probe the node as a client outside `allow_from` would: a network
