@@ -121,6 +121,7 @@ fn host_with_bundle(dir: &Path, plan: &Plan, bundle_rel: &str, ip_addr: &str) ->
 /// `nft list` shows the ruleset last loaded with `nft -f`.
 fn model_services(host: &ScriptedHost, dir: &Path) {
     host.on_program("systemctl", CmdOutput::ok(""));
+    host.put("/usr/sbin/nft", "");
     host.on_program("nft", CmdOutput::ok(""));
     let root = dir.to_path_buf();
     host.on(move |c| {
@@ -145,6 +146,7 @@ fn model_services(host: &ScriptedHost, dir: &Path) {
     });
     let loaded = Arc::new(std::sync::Mutex::new(String::new()));
     let seen = loaded.clone();
+    let probed = loaded.clone();
     host.on(move |c| {
         (c.program == "nft" && c.args.first().map(String::as_str) == Some("-f")).then(|| {
             *seen.lock().unwrap() = std::fs::read_to_string(&c.args[1]).unwrap();
@@ -155,6 +157,56 @@ fn model_services(host: &ScriptedHost, dir: &Path) {
         (c.program == "nft" && c.args.first().map(String::as_str) == Some("list"))
             .then(|| Ok(CmdOutput::ok(loaded.lock().unwrap().clone())))
     });
+    host.on(move |c| {
+        probe_ports(c).map(|ports| {
+            Ok(CmdOutput::ok(probe_answers(
+                &ports,
+                &probed.lock().unwrap(),
+            )))
+        })
+    });
+}
+
+/// A plain control node whose plan admits 10.0.2.0/24 through the firewall.
+fn firewalled_node() -> Node {
+    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    node
+}
+
+/// Answer the firewall probe with `answers(ports)` from now on.
+fn answer_probe(host: &ScriptedHost, answers: fn(&[u16]) -> String) {
+    host.on(move |c| probe_ports(c).map(|ports| Ok(CmdOutput::ok(answers(&ports)))));
+}
+
+/// The ports the harden firewall probe asks about (control port first),
+/// when `c` is that probe.
+fn probe_ports(c: &CommandSpec) -> Option<Vec<u16>> {
+    (c.program == "bash" && c.args.get(2).map(String::as_str) == Some("cubeboot-firewall-probe"))
+        .then(|| c.args[10..].iter().map(|p| p.parse().unwrap()).collect())
+}
+
+/// The probe's answer from outside allow_from, modelled on the ruleset
+/// last loaded (tests/firewall_netns.rs runs the real probe against real
+/// nft): the control port is refused; a port the prerouting chain's last
+/// rule drops is silent, any other port accepts.
+fn probe_answers(ports: &[u16], loaded: &str) -> String {
+    let drops = loaded
+        .split("chain prerouting")
+        .nth(1)
+        .and_then(|chain| chain.lines().find(|l| l.trim_end().ends_with("drop")))
+        .unwrap_or("");
+    let mut out = format!("{} refused\n", ports[0]);
+    for p in &ports[1..] {
+        let dropped = drops
+            .split(|ch: char| !ch.is_ascii_digit())
+            .any(|w| w == p.to_string());
+        out.push_str(&format!(
+            "{p} {}\n",
+            if dropped { "silent" } else { "open" }
+        ));
+    }
+    out
 }
 
 /// What the fixture needs to run in a temp root with modelled sockets.
@@ -509,7 +561,7 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
     let out = cube::harden(&mut ctx).unwrap();
     assert_eq!(
         out,
-        Outcome::Done("CubeMaster on 10.0.2.15:8089, CubeAPI on 10.0.2.15:3000; Cubelet listens on 10.0.2.15:9998,9999 and 127.0.0.1:9966; ports 8089,9999,9998,3000,12088,9000,9966 only from 10.0.2.0/24; credentials in /etc/cubeboot/credentials.env".into())
+        Outcome::Done("CubeMaster on 10.0.2.15:8089, CubeAPI on 10.0.2.15:3000; Cubelet listens on 10.0.2.15:9998,9999 and 127.0.0.1:9966; ports 8089,9999,9998,3000,12088,9000,9966 only from 10.0.2.0/24 (probed: refused from outside); credentials in /etc/cubeboot/credentials.env".into())
     );
     let cfg = node
         .host
@@ -1165,6 +1217,65 @@ fn apt_update_fetch_failures_fail_the_step_even_with_exit_0() {
 }
 
 #[test]
+fn without_nftables_the_failure_says_allow_from_needs_it() {
+    // A host without nft whose mirror fails: the operator learns why the
+    // step wanted a package at all (issue 21).
+    let mut node = Node::for_prereqs();
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    node.host.on_program("pgrep", CmdOutput::failed(1, ""));
+    node.host.on(|c| {
+        (c.program == "apt-get" && c.args.last().map(String::as_str) == Some("update"))
+            .then(|| Ok(CmdOutput::ok("W: Failed to fetch http://deb.example/dists/bookworm/InRelease  Could not resolve 'deb.example'\n")))
+    });
+    let mut journal = Journal::new("test");
+    let mut ctx = node.ctx(&mut journal);
+    let text = failure_text(&cube::prereqs(&mut ctx).unwrap_err());
+    assert_eq!(
+        text,
+        "apt-get update failed: W: Failed to fetch http://deb.example/dists/bookworm/InRelease  Could not resolve 'deb.example'; cube.allow_from needs nftables for its firewall, and nftables is not installed"
+    );
+}
+
+#[test]
+fn the_firewall_is_loaded_before_the_installer_runs() {
+    // CubeMaster and CubeAPI answer from the installer on; the ruleset
+    // needs nothing from it, so no window is left open until harden.
+    let node = firewalled_node();
+    let mut journal = pvm_journal();
+    let mut ctx = node.ctx(&mut journal);
+    cube::install(&mut ctx).unwrap();
+    let cmds = node.host.commands();
+    let at = |what: &str| cmds.iter().position(|c| c.contains(what));
+    let loaded = at("nft -f ").unwrap_or_else(|| panic!("no nft -f: {cmds:?}"));
+    let installer = at("install.sh --node-ip=").unwrap();
+    assert!(loaded < installer, "{cmds:?}");
+    assert!(cmds.contains(&"systemctl enable cubeboot-firewall.service".to_string()));
+    assert!(node
+        .host
+        .read_string("/etc/cubeboot/firewall.nft")
+        .unwrap()
+        .contains("tcp dport { 8089, 9999, 9998, 3000, 12088, 9000, 9966 } drop"));
+}
+
+#[test]
+fn without_nft_cube_install_stops_before_the_installer_saying_why() {
+    let node = firewalled_node();
+    std::fs::remove_file(node.root().join("usr/sbin/nft")).unwrap();
+    let mut journal = pvm_journal();
+    let mut ctx = node.ctx(&mut journal);
+    let text = failure_text(&cube::install(&mut ctx).unwrap_err());
+    assert!(
+        text.starts_with("cube.allow_from needs nftables for its firewall, and nft is not installed (looked in /usr/sbin/nft, /sbin/nft, /usr/bin/nft) (diagnostics: "),
+        "{text}"
+    );
+    assert!(!node
+        .host
+        .commands()
+        .iter()
+        .any(|c| c.contains("install.sh")));
+}
+
+#[test]
 fn rhel_family_gets_docker_ce_and_dnsmasq_when_no_resolver() {
     let mut node = Node::empty();
     node.host.on(|c| {
@@ -1306,11 +1417,14 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn the_firewall_ruleset_passes_nft_check() {
     // Real nft in check mode (-c): parses and validates, changes nothing.
     let dir = tempfile::tempdir().unwrap();
-    let rules = cube::harden::firewall_ruleset(&[
-        "10.0.2.0/24".into(),
-        "172.16.5.9".into(),
-        "fd00:1::/64".into(),
-    ])
+    let rules = cube::firewall::firewall_ruleset(
+        &[
+            "10.0.2.0/24".into(),
+            "172.16.5.9".into(),
+            "fd00:1::/64".into(),
+        ],
+        &cube::harden::RESTRICTED_PORTS,
+    )
     .unwrap();
     let file = dir.path().join("firewall.nft");
     std::fs::write(&file, &rules).unwrap();
@@ -1920,6 +2034,59 @@ fn cubelet_that_keeps_listening_everywhere_fails_harden_with_diagnostics() {
         "{text}"
     );
     assert!(ctx.journal.facts.diagnostics.is_some());
+}
+
+#[test]
+fn a_port_the_probe_reaches_from_outside_allow_from_fails_harden() {
+    // As in the held-out VM run (issue 21): the ruleset is loaded, but a
+    // port Docker publishes still answers a client outside allow_from.
+    let node = firewalled_node();
+    let mut journal = pvm_journal();
+    let mut ctx = node.ctx(&mut journal);
+    cube::install(&mut ctx).unwrap();
+    answer_probe(&node.host, |ports| {
+        probe_answers(ports, "").replace("8089 open", "8089 silent")
+    });
+    let text = failure_text(&cube::harden(&mut ctx).unwrap_err());
+    assert!(
+        text.starts_with("firewall: port(s) 9999, 9998, 3000, 12088, 9000, 9966 of 10.0.2.15 accepted a connection from outside allow_from (diagnostics: "),
+        "{text}"
+    );
+    let cmds = node.host.commands();
+    let probe = cmds
+        .iter()
+        .find(|c| c.contains("cubeboot-firewall-probe"))
+        .unwrap();
+    // From the first /30 of 198.18.0.0/15 outside allow_from (10.0.2.0/24),
+    // to the node IP, the control port first.
+    assert!(
+        probe.ends_with(" cubeboot-probe cubeprobe0 cubeprobe1 198.19.255.253 198.19.255.254 10.0.2.15 3 9 8089 9999 9998 3000 12088 9000 9966"),
+        "{probe}"
+    );
+}
+
+#[test]
+fn a_probe_that_cannot_reach_the_node_warns_instead_of_passing_silently() {
+    // Another firewall drops the probe's every packet, control port included:
+    // nothing is proven either way, and the status says so.
+    let node = firewalled_node();
+    let mut journal = pvm_journal();
+    let mut ctx = node.ctx(&mut journal);
+    cube::install(&mut ctx).unwrap();
+    answer_probe(&node.host, |ports| {
+        ports.iter().map(|p| format!("{p} silent\n")).collect()
+    });
+    let Outcome::Done(done) = cube::harden(&mut ctx).unwrap() else {
+        panic!("harden did not finish")
+    };
+    assert!(
+        done.contains("ports 8089,9999,9998,3000,12088,9000,9966 only from 10.0.2.0/24; "),
+        "{done}"
+    );
+    assert_eq!(
+        ctx.journal.warnings,
+        ["hardening: the firewall is loaded but could not be probed: the node did not answer the probe on unrestricted port 9 (no answer)"]
+    );
 }
 
 #[test]

@@ -13,19 +13,16 @@ use anyhow::{Context, Result};
 
 use super::super::host::{unix_secs, CommandSpec, Host};
 use super::super::{Ctx, Outcome, StepFailure};
-use super::cidr::Ipv4Net;
+use super::firewall;
 use super::install::{CUBEMASTER_PORT, CUBE_API_PORT};
 use super::listeners::{self, Listener};
-use super::{real, CREDENTIALS_PATH};
+use super::CREDENTIALS_PATH;
 use crate::plan::Role;
 
 /// Ports admitted only from `allow_from` (network-hardening.md: CubeMaster,
 /// Cubelet gRPC and HTTP, CubeAPI, WebUI, MinIO; Cubelet's debug listener).
 /// 22, 80, 443 and 9090 (cube-proxy) stay open: the policy is accept.
 pub const RESTRICTED_PORTS: [u16; 7] = [8089, 9999, 9998, 3000, 12088, 9000, 9966];
-pub const FIREWALL_PATH: &str = "/etc/cubeboot/firewall.nft";
-pub const FIREWALL_UNIT: &str = "cubeboot-firewall.service";
-pub const FIREWALL_UNIT_PATH: &str = "/etc/systemd/system/cubeboot-firewall.service";
 pub const CUBELET_UNIT: &str = "cube-sandbox-cubelet.service";
 pub const CUBELET_CONFIG: &str = "/usr/local/services/cubetoolbox/Cubelet/config/config.toml";
 /// Cubelet's TCP listeners (CubeSandbox: Cubelet/config/config.toml).
@@ -95,39 +92,23 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         host.say(&w);
         ctx.journal.warn(w);
     } else {
-        let ruleset = firewall_ruleset(&plan.cube.allow_from)?;
-        host.write_atomic(FIREWALL_PATH, ruleset.as_bytes(), 0o600)?;
-        let file = real(host, FIREWALL_PATH);
-        host.run(&CommandSpec::new("nft").args(["-c", "-f", &file]))?;
-        host.run(&CommandSpec::new("nft").args(["-f", &file]))?;
-        host.write_atomic(FIREWALL_UNIT_PATH, firewall_unit().as_bytes(), 0o644)?;
-        host.run(&CommandSpec::new("systemctl").args(["enable", FIREWALL_UNIT]))?;
-        // The rules the kernel holds now, not the file we wrote.
-        host.check_change("the loaded firewall rules", &mut || {
-            let loaded = host.run(
-                &CommandSpec::new("nft")
-                    .args(["list", "table", "inet", "cubeboot"])
-                    .read_only(),
-            )?;
-            let missing = unguarded_ports(&loaded.stdout);
-            if !missing.is_empty() {
-                return Err(StepFailure::new(format!(
-                    "firewall: nft list table inet cubeboot shows no drop rule for port(s) {}",
-                    missing
-                        .iter()
-                        .map(u16::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-                .into());
+        let ports = RESTRICTED_PORTS;
+        let mut loaded = firewall::load(host, &plan.cube.allow_from, &ports)?;
+        // By behaviour: a client outside allow_from must be refused on every
+        // restricted port, those Docker publishes included (issue 21).
+        let mut warning = None;
+        host.check_change("the firewall from outside allow_from", &mut || {
+            warning = firewall::prove_closed(host, &node_ip, &plan.cube.allow_from, &ports)?;
+            if warning.is_none() {
+                loaded.push_str(" (probed: refused from outside)");
             }
             Ok(())
         })?;
-        done.push(format!(
-            "ports {} only from {}",
-            RESTRICTED_PORTS.map(|p| p.to_string()).join(","),
-            plan.cube.allow_from.join(", ")
-        ));
+        done.push(loaded);
+        if let Some(w) = warning {
+            host.say(&w);
+            ctx.journal.warn(w);
+        }
     }
 
     // Credentials: generated at install; here only their file's safety.
@@ -264,24 +245,6 @@ fn exposed_ports(host: &dyn Host) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Restricted ports that `nft list` output does not drop.
-pub fn unguarded_ports(nft_list: &str) -> Vec<u16> {
-    let drops: Vec<&str> = nft_list
-        .lines()
-        .filter(|l| l.contains("tcp dport") && l.trim_end().ends_with("drop"))
-        .collect();
-    RESTRICTED_PORTS
-        .iter()
-        .copied()
-        .filter(|p| {
-            !drops.iter().any(|l| {
-                l.split(|c: char| !c.is_ascii_digit())
-                    .any(|w| w == p.to_string())
-            })
-        })
-        .collect()
-}
-
 /// Point Cubelet's TCP listeners that take every address (upstream writes
 /// port-only `":9998"`; `"0.0.0.0:9998"` and `"[::]:9998"` mean the same)
 /// at the node IP, and the `[debug]` listener at loopback. Unix socket
@@ -326,89 +289,6 @@ pub fn bind_cubelet(config: &str, node_ip: &str) -> String {
     out
 }
 
-/// An nftables ruleset in its own table (other rules stay untouched):
-/// accept by default, drop the restricted ports unless the source is in
-/// `allow_from`, loopback, or a Docker bridge (the WebUI container reaches
-/// CubeAPI through host.docker.internal, network-hardening.md).
-pub fn firewall_ruleset(allow_from: &[String]) -> Result<String> {
-    let mut v4 = Vec::new();
-    let mut v6 = Vec::new();
-    for (i, net) in allow_from.iter().enumerate() {
-        let (addr, prefix) = net.split_once('/').unwrap_or((net.as_str(), ""));
-        match addr.parse::<IpAddr>() {
-            Ok(IpAddr::V4(_)) => {
-                let n = Ipv4Net::parse(net)
-                    .map_err(|e| StepFailure::new(format!("cube.allow_from[{i}]: {e:#}")))?;
-                v4.push(n.network().to_string());
-            }
-            Ok(IpAddr::V6(_))
-                if prefix.is_empty() || prefix.parse::<u8>().is_ok_and(|p| p <= 128) =>
-            {
-                v6.push(net.clone());
-            }
-            _ => {
-                return Err(StepFailure::new(format!(
-                    "cube.allow_from[{i}]: {net:?} is not an IP network"
-                ))
-                .into())
-            }
-        }
-    }
-    let ports = RESTRICTED_PORTS.map(|p| p.to_string()).join(", ");
-    let mut s = String::from(
-        "# Generated by cubeboot; do not edit.\n\
-         # Cube Sandbox control ports only from the plan's allow_from (network-hardening.md).\n\
-         table inet cubeboot\n\
-         delete table inet cubeboot\n\
-         table inet cubeboot {\n",
-    );
-    if !v4.is_empty() {
-        s.push_str(&format!(
-            "  set allow_v4 {{\n    type ipv4_addr\n    flags interval\n    elements = {{ {} }}\n  }}\n",
-            v4.join(", ")
-        ));
-    }
-    if !v6.is_empty() {
-        s.push_str(&format!(
-            "  set allow_v6 {{\n    type ipv6_addr\n    flags interval\n    elements = {{ {} }}\n  }}\n",
-            v6.join(", ")
-        ));
-    }
-    s.push_str(
-        "  chain input {\n    type filter hook input priority filter - 1; policy accept;\n    iif \"lo\" accept\n    iifname { \"docker0\", \"br-*\" } accept\n",
-    );
-    if !v4.is_empty() {
-        s.push_str(&format!(
-            "    ip saddr @allow_v4 tcp dport {{ {ports} }} accept\n"
-        ));
-    }
-    if !v6.is_empty() {
-        s.push_str(&format!(
-            "    ip6 saddr @allow_v6 tcp dport {{ {ports} }} accept\n"
-        ));
-    }
-    s.push_str(&format!("    tcp dport {{ {ports} }} drop\n  }}\n}}\n"));
-    Ok(s)
-}
-
-/// Loads the ruleset at every boot, before the network comes up.
-pub fn firewall_unit() -> String {
-    format!(
-        "# Generated by cubeboot; do not edit.\n\
-         [Unit]\n\
-         Description=cubeboot: Cube Sandbox port restrictions\n\
-         DefaultDependencies=no\n\
-         Before=network-pre.target\n\
-         Wants=network-pre.target\n\n\
-         [Service]\n\
-         Type=oneshot\n\
-         RemainAfterExit=yes\n\
-         ExecStart=/usr/sbin/nft -f {FIREWALL_PATH}\n\n\
-         [Install]\n\
-         WantedBy=multi-user.target\n"
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,42 +309,6 @@ mod tests {
         assert_eq!(
             bind_cubelet(cfg, "10.0.0.5"),
             "[http]\n  address = \"10.0.0.5:9998\"\n[grpc]\n  address = \"/data/cubelet/cubelet.sock\"\n  tcp_address = \"10.0.0.5:9999\"\n[debug]\n  address = \"127.0.0.1:9966\"\n[x]\n  address = \"10.0.0.5:7\"\n"
-        );
-    }
-
-    #[test]
-    fn nft_listing_must_drop_every_internal_port() {
-        let rs = firewall_ruleset(&["10.0.0.0/24".into()]).unwrap();
-        assert!(unguarded_ports(&rs).is_empty(), "{rs}");
-        let old = "    tcp dport { 8089, 9999, 3000, 12088 } drop\n";
-        assert_eq!(unguarded_ports(old), [9998, 9000, 9966]);
-    }
-
-    #[test]
-    fn ruleset_admits_only_the_planned_networks() {
-        let rs = firewall_ruleset(&["10.0.0.7/24".into(), "fd00::/64".into()]).unwrap();
-        assert!(rs.contains("elements = { 10.0.0.0/24 }"), "{rs}");
-        assert!(rs.contains("elements = { fd00::/64 }"), "{rs}");
-        assert!(rs.contains(
-            "ip saddr @allow_v4 tcp dport { 8089, 9999, 9998, 3000, 12088, 9000, 9966 } accept"
-        ));
-        assert!(rs.ends_with(
-            "    tcp dport { 8089, 9999, 9998, 3000, 12088, 9000, 9966 } drop\n  }\n}\n"
-        ));
-        assert!(!rs.contains(" 22") && !rs.contains("443"));
-    }
-
-    #[test]
-    fn bad_networks_name_their_index() {
-        let err = firewall_ruleset(&["10.0.0.0/8".into(), "example.com".into()]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "cube.allow_from[1]: \"example.com\" is not an IP network"
-        );
-        let err = firewall_ruleset(&["10.0.0.0/40".into()]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "cube.allow_from[0]: \"10.0.0.0/40\" has an invalid prefix length"
         );
     }
 }

@@ -21,6 +21,7 @@ pub mod cidr;
 pub mod diagnostics;
 pub mod disk;
 pub mod envfile;
+pub mod firewall;
 pub mod harden;
 pub mod http;
 pub mod install;
@@ -56,6 +57,9 @@ pub fn install(ctx: &mut Ctx) -> Result<Outcome> {
         // data-disk ran before the reboot; its fstab line is `nofail`, so a
         // boot that could not mount it went on without.
         disk::remount_after_reboot(ctx.host)?;
+        // The firewall needs nothing from the install: up before CubeMaster
+        // and CubeAPI first listen, not from harden on (issue 21).
+        firewall::load_before_install(ctx, &harden::RESTRICTED_PORTS)?;
         install::run(ctx)
     })
 }

@@ -111,7 +111,8 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     let missing = missing_packages(host, pm, &wanted)?;
     if !missing.is_empty() {
         wait_for_package_manager(host, pm)?;
-        install_packages(host, pm, &missing)?;
+        install_packages(host, pm, &missing)
+            .map_err(|e| super::firewall::explain_missing_nftables(e, &missing))?;
         done.push(format!("installed {}", missing.join(" ")));
     }
 
