@@ -1306,11 +1306,14 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn the_firewall_ruleset_passes_nft_check() {
     // Real nft in check mode (-c): parses and validates, changes nothing.
     let dir = tempfile::tempdir().unwrap();
-    let rules = cube::harden::firewall_ruleset(&[
-        "10.0.2.0/24".into(),
-        "172.16.5.9".into(),
-        "fd00:1::/64".into(),
-    ])
+    let rules = cube::harden::firewall_ruleset(
+        &[
+            "10.0.2.0/24".into(),
+            "172.16.5.9".into(),
+            "fd00:1::/64".into(),
+        ],
+        &cubeboot::layout::restricted_ports([]),
+    )
     .unwrap();
     let file = dir.path().join("firewall.nft");
     std::fs::write(&file, &rules).unwrap();

@@ -14,24 +14,16 @@ use anyhow::{Context, Result};
 use super::super::host::{unix_secs, CommandSpec, Host};
 use super::super::{Ctx, Outcome, StepFailure};
 use super::cidr::Ipv4Net;
-use super::install::{CUBEMASTER_PORT, CUBE_API_PORT};
 use super::listeners::{self, Listener};
 use super::{real, CREDENTIALS_PATH};
+use crate::layout::{self, CUBELET_DEBUG, CUBELET_GRPC, CUBELET_HTTP, CUBEMASTER, CUBE_API};
 use crate::plan::Role;
 
-/// Ports admitted only from `allow_from` (network-hardening.md: CubeMaster,
-/// Cubelet gRPC and HTTP, CubeAPI, WebUI, MinIO; Cubelet's debug listener).
-/// 22, 80, 443 and 9090 (cube-proxy) stay open: the policy is accept.
-pub const RESTRICTED_PORTS: [u16; 7] = [8089, 9999, 9998, 3000, 12088, 9000, 9966];
 pub const FIREWALL_PATH: &str = "/etc/cubeboot/firewall.nft";
 pub const FIREWALL_UNIT: &str = "cubeboot-firewall.service";
 pub const FIREWALL_UNIT_PATH: &str = "/etc/systemd/system/cubeboot-firewall.service";
 pub const CUBELET_UNIT: &str = "cube-sandbox-cubelet.service";
 pub const CUBELET_CONFIG: &str = "/usr/local/services/cubetoolbox/Cubelet/config/config.toml";
-/// Cubelet's TCP listeners (CubeSandbox: Cubelet/config/config.toml).
-pub const CUBELET_HTTP_PORT: u16 = 9998;
-pub const CUBELET_GRPC_PORT: u16 = 9999;
-pub const CUBELET_DEBUG_PORT: u16 = 9966;
 /// How long a restarted Cubelet may take to listen again.
 pub const CUBELET_RESTART_BUDGET: Duration = Duration::from_secs(60);
 const LISTEN_POLL: Duration = Duration::from_secs(2);
@@ -49,6 +41,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         .as_deref()
         .map_or_else(|| plan.cube.node_ip.clone(), str::to_string);
     let mut done = Vec::new();
+    let ports = layout::restricted_ports([]);
 
     // Option A: CubeMaster and CubeAPI got their binds at install time;
     // judge by where they listen.
@@ -57,7 +50,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
             let listening = listeners::read(host)?;
             let mut open = Vec::new();
             let mut where_ = Vec::new();
-            for (name, port) in [("CubeMaster", CUBEMASTER_PORT), ("CubeAPI", CUBE_API_PORT)] {
+            for (name, port) in [(CUBEMASTER.name, CUBEMASTER.port), (CUBE_API.name, CUBE_API.port)] {
                 let here = listeners::on_port(&listening, port);
                 if here.iter().any(Listener::is_wildcard) {
                     open.push(format!("{name} listens on {}", listeners::describe(&here)));
@@ -83,7 +76,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
 
     // Option B: firewall, when the plan names the networks to admit.
     if plan.cube.allow_from.is_empty() {
-        let exposed = exposed_ports(host)?;
+        let exposed = exposed_ports(host, &ports)?;
         let w = if exposed.is_empty() {
             "hardening: no allow_from networks in the plan, so no firewall rules; none of Cube's internal ports listens beyond loopback and the node IP".to_string()
         } else {
@@ -95,7 +88,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         host.say(&w);
         ctx.journal.warn(w);
     } else {
-        let ruleset = firewall_ruleset(&plan.cube.allow_from)?;
+        let ruleset = firewall_ruleset(&plan.cube.allow_from, &ports)?;
         host.write_atomic(FIREWALL_PATH, ruleset.as_bytes(), 0o600)?;
         let file = real(host, FIREWALL_PATH);
         host.run(&CommandSpec::new("nft").args(["-c", "-f", &file]))?;
@@ -109,7 +102,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
                     .args(["list", "table", "inet", "cubeboot"])
                     .read_only(),
             )?;
-            let missing = unguarded_ports(&loaded.stdout);
+            let missing = unguarded_ports(&loaded.stdout, &ports);
             if !missing.is_empty() {
                 return Err(StepFailure::new(format!(
                     "firewall: nft list table inet cubeboot shows no drop rule for port(s) {}",
@@ -125,7 +118,11 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         })?;
         done.push(format!(
             "ports {} only from {}",
-            RESTRICTED_PORTS.map(|p| p.to_string()).join(","),
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
             plan.cube.allow_from.join(", ")
         ));
     }
@@ -205,9 +202,9 @@ fn cubelet_listening(host: &dyn Host, node_ip: &str, running: bool) -> Result<St
         .parse()
         .with_context(|| format!("node IP {node_ip:?}"))?;
     let want = [
-        (CUBELET_HTTP_PORT, ip),
-        (CUBELET_GRPC_PORT, ip),
-        (CUBELET_DEBUG_PORT, IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        (CUBELET_HTTP.port, ip),
+        (CUBELET_GRPC.port, ip),
+        (CUBELET_DEBUG.port, IpAddr::V4(Ipv4Addr::LOCALHOST)),
     ];
     // A restarted Cubelet takes a moment to listen again.
     let start = unix_secs(host.now());
@@ -216,7 +213,10 @@ fn cubelet_listening(host: &dyn Host, node_ip: &str, running: bool) -> Result<St
         let wrong = cubelet_misplaced(&listening, &want, running);
         if wrong.is_empty() {
             return Ok(if running {
-                format!("Cubelet listens on {node_ip}:{CUBELET_HTTP_PORT},{CUBELET_GRPC_PORT} and 127.0.0.1:{CUBELET_DEBUG_PORT}")
+                format!(
+                    "Cubelet listens on {node_ip}:{},{} and 127.0.0.1:{}",
+                    CUBELET_HTTP.port, CUBELET_GRPC.port, CUBELET_DEBUG.port
+                )
             } else {
                 format!("Cubelet config bound to {node_ip} (not running)")
             });
@@ -255,22 +255,22 @@ fn cubelet_misplaced(listening: &[Listener], want: &[(u16, IpAddr)], running: bo
 }
 
 /// Restricted ports that listen beyond loopback.
-fn exposed_ports(host: &dyn Host) -> Result<Vec<String>> {
+fn exposed_ports(host: &dyn Host, ports: &[u16]) -> Result<Vec<String>> {
     let listening = listeners::read(host)?;
-    Ok(RESTRICTED_PORTS
+    Ok(ports
         .iter()
         .filter(|p| !listeners::exposed(&listening, **p).is_empty())
         .map(|p| listeners::describe(&listeners::exposed(&listening, *p)))
         .collect())
 }
 
-/// Restricted ports that `nft list` output does not drop.
-pub fn unguarded_ports(nft_list: &str) -> Vec<u16> {
+/// Of `ports`, those that `nft list` output does not drop.
+pub fn unguarded_ports(nft_list: &str, ports: &[u16]) -> Vec<u16> {
     let drops: Vec<&str> = nft_list
         .lines()
         .filter(|l| l.contains("tcp dport") && l.trim_end().ends_with("drop"))
         .collect();
-    RESTRICTED_PORTS
+    ports
         .iter()
         .copied()
         .filter(|p| {
@@ -329,8 +329,9 @@ pub fn bind_cubelet(config: &str, node_ip: &str) -> String {
 /// An nftables ruleset in its own table (other rules stay untouched):
 /// accept by default, drop the restricted ports unless the source is in
 /// `allow_from`, loopback, or a Docker bridge (the WebUI container reaches
-/// CubeAPI through host.docker.internal, network-hardening.md).
-pub fn firewall_ruleset(allow_from: &[String]) -> Result<String> {
+/// CubeAPI through host.docker.internal, network-hardening.md). `ports`:
+/// the restricted set ([`layout::restricted_ports`]).
+pub fn firewall_ruleset(allow_from: &[String], ports: &[u16]) -> Result<String> {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
     for (i, net) in allow_from.iter().enumerate() {
@@ -354,7 +355,11 @@ pub fn firewall_ruleset(allow_from: &[String]) -> Result<String> {
             }
         }
     }
-    let ports = RESTRICTED_PORTS.map(|p| p.to_string()).join(", ");
+    let ports = ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut s = String::from(
         "# Generated by cubeboot; do not edit.\n\
          # Cube Sandbox control ports only from the plan's allow_from (network-hardening.md).\n\
@@ -413,6 +418,10 @@ pub fn firewall_unit() -> String {
 mod tests {
     use super::*;
 
+    fn restricted() -> Vec<u16> {
+        layout::restricted_ports([])
+    }
+
     #[test]
     fn cubelet_binds_move_to_the_node_ip() {
         let cfg = "eth_name = \"eth0\"\ntcp_address = \"0.0.0.0:9999\"\n\n[http]\naddress = \"0.0.0.0:9998\"\nother_address = \"0.0.0.0:1\"\n";
@@ -434,15 +443,16 @@ mod tests {
 
     #[test]
     fn nft_listing_must_drop_every_internal_port() {
-        let rs = firewall_ruleset(&["10.0.0.0/24".into()]).unwrap();
-        assert!(unguarded_ports(&rs).is_empty(), "{rs}");
+        let rs = firewall_ruleset(&["10.0.0.0/24".into()], &restricted()).unwrap();
+        assert!(unguarded_ports(&rs, &restricted()).is_empty(), "{rs}");
         let old = "    tcp dport { 8089, 9999, 3000, 12088 } drop\n";
-        assert_eq!(unguarded_ports(old), [9998, 9000, 9966]);
+        assert_eq!(unguarded_ports(old, &restricted()), [9998, 9000, 9966]);
     }
 
     #[test]
     fn ruleset_admits_only_the_planned_networks() {
-        let rs = firewall_ruleset(&["10.0.0.7/24".into(), "fd00::/64".into()]).unwrap();
+        let rs =
+            firewall_ruleset(&["10.0.0.7/24".into(), "fd00::/64".into()], &restricted()).unwrap();
         assert!(rs.contains("elements = { 10.0.0.0/24 }"), "{rs}");
         assert!(rs.contains("elements = { fd00::/64 }"), "{rs}");
         assert!(rs.contains(
@@ -456,12 +466,13 @@ mod tests {
 
     #[test]
     fn bad_networks_name_their_index() {
-        let err = firewall_ruleset(&["10.0.0.0/8".into(), "example.com".into()]).unwrap_err();
+        let err = firewall_ruleset(&["10.0.0.0/8".into(), "example.com".into()], &restricted())
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "cube.allow_from[1]: \"example.com\" is not an IP network"
         );
-        let err = firewall_ruleset(&["10.0.0.0/40".into()]).unwrap_err();
+        let err = firewall_ruleset(&["10.0.0.0/40".into()], &restricted()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "cube.allow_from[0]: \"10.0.0.0/40\" has an invalid prefix length"

@@ -18,13 +18,9 @@ use super::super::host::{CommandSpec, Host};
 use super::super::{cache_path, Ctx, Outcome, StepFailure};
 use super::cidr::{self, CidrChoice, HostNetwork};
 use super::{bundle, envfile, http, pvm_enabled, real, CREDENTIALS_PATH, INSTALL_LOG};
+use crate::layout::{CUBELET_HTTP, CUBEMASTER, CUBE_API};
 use crate::plan::{CubePlan, Role};
 
-/// CubeMaster's port; compute nodes talk to it (upstream fixes it at 8089
-/// for `ONE_CLICK_CONTROL_PLANE_IP`, lib/common.sh).
-pub const CUBEMASTER_PORT: u16 = 8089;
-/// CubeAPI's port (docs/guide/network-hardening.md).
-pub const CUBE_API_PORT: u16 = 3000;
 const CONTROL_PLANE_POLL: Duration = Duration::from_secs(10);
 /// Grace after the timeout's TERM before KILL, and our own backstop beyond it.
 const KILL_AFTER_SECS: u64 = 30;
@@ -231,8 +227,7 @@ pub fn stage(ctx: &mut Ctx, mut prepared: Prepared) -> Result<Staged> {
             "CUBE_EGRESS_BOOTSTRAP_URL".into(),
             format!(
                 "http://{}:{}/v1/policies/dump",
-                prepared.node_ip,
-                super::harden::CUBELET_HTTP_PORT
+                prepared.node_ip, CUBELET_HTTP.port
             ),
         );
     }
@@ -428,7 +423,7 @@ pub fn bundle_supports_standalone_dns(host: &dyn Host, bundle_dir: &str) -> Resu
 /// 127.0.0.1:19090).
 pub fn bundle_egress_bootstraps_from_cubelet(host: &dyn Host, bundle_dir: &str) -> Result<bool> {
     let script = format!("{bundle_dir}/scripts/systemd/cube-egress-start.sh");
-    let loopback = format!("127.0.0.1:{}/", super::harden::CUBELET_HTTP_PORT);
+    let loopback = format!("127.0.0.1:{}/", CUBELET_HTTP.port);
     Ok(host
         .read_optional(&script)?
         .is_some_and(|text| text.contains("CUBE_EGRESS_BOOTSTRAP_URL") && text.contains(&loopback)))
@@ -499,7 +494,7 @@ impl ControlPlane {
         };
         let (ip, port) = match s.rsplit_once(':') {
             Some((ip, port)) => (ip, port.parse::<u16>().ok()),
-            None => (s, Some(CUBEMASTER_PORT)),
+            None => (s, Some(CUBEMASTER.port)),
         };
         match (ip.parse::<Ipv4Addr>(), port) {
             (Ok(_), Some(port)) => Ok(Self {
@@ -568,7 +563,7 @@ pub fn planned_env(
     // (lib/common.sh, check_compute_control_plane_preflight) dies when both
     // are set and the address is not IP:8089.
     if let Some(cp) = control_plane {
-        if cp.port == CUBEMASTER_PORT {
+        if cp.port == CUBEMASTER.port {
             set("ONE_CLICK_CONTROL_PLANE_IP", &cp.ip);
         } else {
             set("ONE_CLICK_CONTROL_PLANE_CUBEMASTER_ADDR", &cp.addr());
@@ -587,11 +582,11 @@ pub fn planned_env(
     // bound to the node IP does not answer: point them at the node IP too.
     if cube.hardening && cube.role == Role::Control {
         set("CUBEMASTER_HTTP_BIND", node_ip);
-        set("CUBEMASTER_ADDR", &format!("{node_ip}:{CUBEMASTER_PORT}"));
-        set("CUBE_API_BIND", &format!("{node_ip}:{CUBE_API_PORT}"));
+        set("CUBEMASTER_ADDR", &format!("{node_ip}:{}", CUBEMASTER.port));
+        set("CUBE_API_BIND", &format!("{node_ip}:{}", CUBE_API.port));
         set(
             "CUBE_API_HEALTH_ADDR",
-            &format!("{node_ip}:{CUBE_API_PORT}"),
+            &format!("{node_ip}:{}", CUBE_API.port),
         );
     }
     // Harden moves Cubelet's HTTP to the node IP on either role; newer
@@ -602,10 +597,7 @@ pub fn planned_env(
     if cube.hardening {
         set(
             "CUBELET_EGRESS_DUMP_URL",
-            &format!(
-                "http://{node_ip}:{}/v1/policies/dump",
-                super::harden::CUBELET_HTTP_PORT
-            ),
+            &format!("http://{node_ip}:{}/v1/policies/dump", CUBELET_HTTP.port),
         );
     }
     for (k, v) in &cube.extra_env {

@@ -10,9 +10,10 @@ use anyhow::Result;
 
 use super::super::host::{unix_secs, Host};
 use super::super::{Ctx, Outcome, StepFailure};
-use super::install::{ControlPlane, CUBEMASTER_PORT, CUBE_API_PORT};
+use super::install::ControlPlane;
 use super::listeners::{self, Listener};
 use super::{envfile, http, pvm_enabled, INSTALL_ROOT};
+use crate::layout::{CUBEMASTER, CUBE_API};
 use crate::plan::Role;
 
 const HEALTH_POLL: Duration = Duration::from_secs(5);
@@ -49,8 +50,8 @@ impl Endpoints {
         };
         Ok(match role {
             Role::Control => Self {
-                cube_api: Some(at(CUBE_API_PORT, "/health")),
-                cube_master: Some(at(CUBEMASTER_PORT, "/notify/health")),
+                cube_api: Some(at(CUBE_API.port, "/health")),
+                cube_master: Some(at(CUBEMASTER.port, "/notify/health")),
                 registration: None,
                 node_ip: node_ip.into(),
             },
@@ -109,7 +110,7 @@ fn check_install(ctx: &mut Ctx, get: &dyn Fn(&str) -> Result<String>) -> Result<
 /// CubeMaster ports appear (services may still be starting) or `budget` ends.
 fn wait_for_listeners(host: &dyn Host, role: Role, budget: Duration) -> Result<Vec<Listener>> {
     let wanted: &[u16] = match role {
-        Role::Control => &[CUBE_API_PORT, CUBEMASTER_PORT],
+        Role::Control => &[CUBE_API.port, CUBEMASTER.port],
         Role::Compute => &[],
     };
     let found = http::poll(
