@@ -24,6 +24,8 @@ pub struct Service {
     pub bind_key: Option<&'static str>,
     /// Dropped by harden's firewall unless the source is in `allow_from`.
     pub restricted: bool,
+    /// Only in bundles with CubeOps (the plan's bundle facts say so).
+    pub cube_ops_era: bool,
 }
 
 const fn service(
@@ -39,9 +41,19 @@ const fn service(
         role,
         bind_key,
         restricted,
+        cube_ops_era: false,
     }
 }
 
+/// A row of the CubeOps era.
+const fn since_cube_ops(service: Service) -> Service {
+    Service {
+        cube_ops_era: true,
+        ..service
+    }
+}
+
+use crate::bundle_facts::BundleFacts;
 use ServiceRole::{All, Control};
 
 /// CubeMaster's HTTP; compute nodes talk to it (upstream fixes 8089 for
@@ -65,11 +77,30 @@ pub const CUBELET_DEBUG: Service =
 pub const WEBUI: Service = service("WebUI", 12088, Control, None, true);
 /// MinIO (bundled object storage; compute nodes reach it for S3).
 pub const MINIO: Service = service("MinIO", 9000, Control, None, true);
+/// CubeOps (scripts/systemd/cubeops-start.sh: `CUBE_OPS_BIND`, default
+/// 0.0.0.0:3010). It stays on every address: the WebUI container reaches it
+/// through host.docker.internal:3010 and the WebUI's start probes
+/// 127.0.0.1:3010, so harden firewalls it. Compute nodes register with it.
+pub const CUBE_OPS: Service = since_cube_ops(service(
+    "CubeOps",
+    3010,
+    Control,
+    Some("CUBE_OPS_BIND"),
+    true,
+));
+/// ops-agent on every node that runs Cubelet: prepare-compute-role.sh
+/// rewrites its config with `listen_addr: "0.0.0.0:8890"` before each
+/// Cubelet start, so only a firewall holds; CubeOps pushes to it.
+pub const OPS_AGENT: Service = since_cube_ops(service("ops-agent", 8890, All, None, true));
+/// cube-lifecycle-manager, a host-network container on the control node
+/// (`:8083`).
+pub const LIFECYCLE_MANAGER: Service =
+    since_cube_ops(service("cube-lifecycle-manager", 8083, Control, None, true));
 /// cube-proxy's port: open by design (the sandboxes' public entry).
 pub const CUBE_PROXY: Service = service("cube-proxy", 9090, Control, None, false);
 
 /// Every Cube listener cubeboot knows, in the firewall's order.
-pub const SERVICES: [Service; 8] = [
+pub const SERVICES: [Service; 11] = [
     CUBEMASTER,
     CUBELET_GRPC,
     CUBELET_HTTP,
@@ -77,12 +108,30 @@ pub const SERVICES: [Service; 8] = [
     WEBUI,
     MINIO,
     CUBELET_DEBUG,
+    CUBE_OPS,
+    OPS_AGENT,
+    LIFECYCLE_MANAGER,
     CUBE_PROXY,
 ];
 
-/// The ports harden's firewall admits only from `allow_from`, plus any
-/// further listener the bundle's facts name (a newer bundle's service
+/// The ports harden's firewall admits only from `allow_from` for a bundle
+/// with these facts (none: a bundle from before CubeOps): the table's,
+/// then each further listener the facts name (a newer bundle's service
 /// cubeboot has no row for yet), each once, in the table's order.
+pub fn restricted_ports_for(facts: Option<&BundleFacts>) -> Vec<u16> {
+    let cube_ops = facts.is_some_and(|f| f.cube_ops.is_some());
+    let mut ports = restricted_ports(
+        facts
+            .iter()
+            .flat_map(|f| f.listeners.iter().map(|l| l.port)),
+    );
+    if !cube_ops {
+        ports.retain(|p| !SERVICES.iter().any(|s| s.port == *p && s.cube_ops_era));
+    }
+    ports
+}
+
+/// [`restricted_ports_for`] a bundle with CubeOps, plus `extra`.
 pub fn restricted_ports(extra: impl IntoIterator<Item = u16>) -> Vec<u16> {
     let mut ports: Vec<u16> = SERVICES
         .iter()
@@ -116,7 +165,15 @@ mod tests {
     #[test]
     fn bundle_listeners_extend_the_restricted_set_once() {
         let base = restricted_ports([]);
-        assert_eq!(base, [8089, 9999, 9998, 3000, 12088, 9000, 9966]);
+        assert_eq!(
+            base,
+            [8089, 9999, 9998, 3000, 12088, 9000, 9966, 3010, 8890, 8083]
+        );
+        // Before CubeOps, the set harden always had.
+        assert_eq!(
+            restricted_ports_for(None),
+            [8089, 9999, 9998, 3000, 12088, 9000, 9966]
+        );
         let more = restricted_ports([9966, 8090, 9090, 8090]);
         assert_eq!(more[..base.len()], base[..]);
         assert_eq!(more[base.len()..], [8090]);

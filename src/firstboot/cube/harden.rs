@@ -41,7 +41,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         .as_deref()
         .map_or_else(|| plan.cube.node_ip.clone(), str::to_string);
     let mut done = Vec::new();
-    let ports = layout::restricted_ports([]);
+    let ports = layout::restricted_ports_for(plan.cube.bundle.as_ref());
 
     // Option A: CubeMaster and CubeAPI got their binds at install time;
     // judge by where they listen.
@@ -419,7 +419,7 @@ mod tests {
     use super::*;
 
     fn restricted() -> Vec<u16> {
-        layout::restricted_ports([])
+        layout::restricted_ports_for(None)
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod envfile;
 pub mod harden;
 pub mod http;
 pub mod install;
+pub mod join;
 pub mod listeners;
 pub mod prereqs;
 pub mod upgrade;

@@ -10,11 +10,11 @@ use anyhow::Result;
 
 use super::super::host::{unix_secs, Host};
 use super::super::{Ctx, Outcome, StepFailure};
-use super::install::ControlPlane;
+use super::join::{registration_needle, ControlPlane};
 use super::listeners::{self, Listener};
 use super::{envfile, http, pvm_enabled, INSTALL_ROOT};
 use crate::layout::{CUBEMASTER, CUBE_API};
-use crate::plan::Role;
+use crate::plan::{CubePlan, Role};
 
 const HEALTH_POLL: Duration = Duration::from_secs(5);
 
@@ -35,12 +35,7 @@ impl Endpoints {
     /// every address or on loopback, else on the address they are bound to
     /// (the node IP when hardened); the default address when nothing
     /// listens yet, so the probe fails naming it.
-    pub fn from_listeners(
-        role: Role,
-        control_plane_ip: Option<&str>,
-        node_ip: &str,
-        listening: &[Listener],
-    ) -> Result<Self> {
+    pub fn from_listeners(cube: &CubePlan, node_ip: &str, listening: &[Listener]) -> Result<Self> {
         let at = |port: u16, path: &str| {
             let host = listeners::probe_addr(listening, port).map_or_else(
                 || format!("127.0.0.1:{port}"),
@@ -48,7 +43,7 @@ impl Endpoints {
             );
             format!("http://{host}{path}")
         };
-        Ok(match role {
+        Ok(match cube.role {
             Role::Control => Self {
                 cube_api: Some(at(CUBE_API.port, "/health")),
                 cube_master: Some(at(CUBEMASTER.port, "/notify/health")),
@@ -56,14 +51,12 @@ impl Endpoints {
                 node_ip: node_ip.into(),
             },
             Role::Compute => {
-                let cp = ControlPlane::parse(control_plane_ip)?;
+                // Where the bundle's own quickcheck reads it (join.rs).
+                let (registration, _) = ControlPlane::for_plan(cube)?.registration(node_ip);
                 Self {
                     cube_api: None,
                     cube_master: None,
-                    registration: Some(format!(
-                        "http://{}/internal/meta/nodes/{node_ip}",
-                        cp.addr()
-                    )),
+                    registration: Some(registration),
                     node_ip: node_ip.into(),
                 }
             }
@@ -96,12 +89,7 @@ fn check_install(ctx: &mut Ctx, get: &dyn Fn(&str) -> Result<String>) -> Result<
     let start = unix_secs(ctx.host.now());
     let listening = wait_for_listeners(ctx.host, ctx.plan.cube.role, budget)?;
     let spent = unix_secs(ctx.host.now()).saturating_sub(start);
-    let endpoints = Endpoints::from_listeners(
-        ctx.plan.cube.role,
-        ctx.plan.cube.control_plane_ip.as_deref(),
-        &node_ip,
-        &listening,
-    )?;
+    let endpoints = Endpoints::from_listeners(&ctx.plan.cube, &node_ip, &listening)?;
     let left = Duration::from_secs(budget.as_secs().saturating_sub(spent));
     verify_with_probe(ctx, &endpoints, left, get)
 }
@@ -200,7 +188,7 @@ pub fn verify_with_probe(
         probe(
             "registered",
             url,
-            Some(format!("\"host_ip\":\"{}\"", endpoints.node_ip)),
+            Some(registration_needle(url, &endpoints.node_ip)),
         );
     }
 
