@@ -2248,7 +2248,10 @@ fn compute_joins_through_cubeops_with_the_token_and_registers_there() {
         dynamic.contains(&format!("meta_server_endpoint: \"127.0.0.1:{port}\"")),
         "{dynamic}"
     );
-    // The token stays off command lines and out of what the helper said.
+    // The token stays off command lines and out of what the helper said,
+    // and is masked wherever the helper prints it (even without a
+    // reporter, which registers the plan's secrets at its start).
+    assert_eq!(node.host.secrets().scrub(OPS_TOKEN), "***");
     assert!(node.host.commands().iter().all(|c| !c.contains(OPS_TOKEN)));
     assert!(node.host.said().iter().all(|c| !c.contains(OPS_TOKEN)));
     let log = node.host.read_string(cube::INSTALL_LOG).unwrap();

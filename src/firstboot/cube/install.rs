@@ -248,6 +248,11 @@ pub fn stage(ctx: &mut Ctx, mut prepared: Prepared) -> Result<Staged> {
     let dotenv = format!("{bundle_dir}/.env");
     let had_dotenv = host.exists(&dotenv);
     let mut dotenv_values = prepared.env.clone();
+    // Known as secrets before the installer can echo them.
+    prepared
+        .secrets
+        .values()
+        .for_each(|v| host.secrets().add(v));
     dotenv_values.extend(prepared.secrets.clone());
     if plan.cube.hardening && plan.cube.role == Role::Control {
         // Secrets go to .env only: the environment shows up in command logs.
