@@ -96,11 +96,15 @@ pub const OPS_AGENT: Service = since_cube_ops(service("ops-agent", 8890, All, No
 /// (`:8083`).
 pub const LIFECYCLE_MANAGER: Service =
     since_cube_ops(service("cube-lifecycle-manager", 8083, Control, None, true));
-/// cube-proxy's port: open by design (the sandboxes' public entry).
+/// cube-proxy's ports: open by design (the sandboxes' public entry;
+/// `CUBE_PROXY_HTTP_PORT`, `CUBE_PROXY_HTTPS_PORT` in env.example), even
+/// when a bundle's facts list them among its listeners.
 pub const CUBE_PROXY: Service = service("cube-proxy", 9090, Control, None, false);
+pub const CUBE_PROXY_HTTP: Service = service("cube-proxy HTTP", 80, Control, None, false);
+pub const CUBE_PROXY_HTTPS: Service = service("cube-proxy HTTPS", 443, Control, None, false);
 
 /// Every Cube listener cubeboot knows, in the firewall's order.
-pub const SERVICES: [Service; 11] = [
+pub const SERVICES: [Service; 13] = [
     CUBEMASTER,
     CUBELET_GRPC,
     CUBELET_HTTP,
@@ -112,6 +116,8 @@ pub const SERVICES: [Service; 11] = [
     OPS_AGENT,
     LIFECYCLE_MANAGER,
     CUBE_PROXY,
+    CUBE_PROXY_HTTP,
+    CUBE_PROXY_HTTPS,
 ];
 
 /// The ports harden's firewall admits only from `allow_from` for a bundle
@@ -174,6 +180,8 @@ mod tests {
             restricted_ports_for(None),
             [8089, 9999, 9998, 3000, 12088, 9000, 9966]
         );
+        // cube-proxy's public ports stay open whatever the facts list.
+        assert_eq!(restricted_ports([80, 443, 9090]), base);
         let more = restricted_ports([9966, 8090, 9090, 8090]);
         assert_eq!(more[..base.len()], base[..]);
         assert_eq!(more[base.len()..], [8090]);
