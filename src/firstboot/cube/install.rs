@@ -148,6 +148,7 @@ pub fn prepare(input: &Input<'_>, network: &Network) -> Result<Prepared> {
     let mut cidr = None;
     let mut cidr_note = None;
     if cube.extra_env.contains_key("CUBE_SANDBOX_NETWORK_CIDR") {
+        // The operator's own value, passed as given.
     } else if let Some(c) = &cube.cluster_cidr {
         cidr_note = Some(cluster_cidr_fits(c, &network.parsed)?);
         cidr = Some(c.clone());
