@@ -11,6 +11,7 @@ pub mod bundle_facts;
 pub mod cmdline;
 pub mod digest;
 pub mod firstboot;
+pub mod layout;
 pub mod plan;
 pub mod signing;
 pub mod transport;

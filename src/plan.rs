@@ -295,7 +295,7 @@ pub struct CubePlan {
     pub loopback_size_gib: u64,
     #[serde(default = "default_true")]
     pub hardening: bool,
-    /// Networks admitted to 8089, 9999, 3000, 12088 when hardening.
+    /// Networks admitted to the restricted Cube ports (src/layout.rs) when hardening.
     #[serde(default)]
     pub allow_from: Vec<String>,
     /// Extra environment for the installer (sorted, so plans are reproducible).

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cubeboot::bundle_facts::{BundleFacts, BundleRole, CubeOpsFacts, Listener, RequiredEnv};
 use cubeboot::digest::Sha256Digest;
 use cubeboot::firstboot::cube::{self, verify::Endpoints};
 use cubeboot::firstboot::host::{under_root, CmdOutput, CommandSpec, Host, ScriptedHost};
@@ -20,11 +21,17 @@ use cubeboot::firstboot::{Ctx, Outcome, StepFailure};
 use cubeboot::plan::testing::sample_plan;
 use cubeboot::plan::*;
 
-const PLAIN: &str = "examples/release/cube-sandbox-one-click-v0.0.0-fixture-amd64.tar.gz";
+/// The fixture bundles (tests/fixtures/bundle/README.md): PLAIN, PITFALL and
+/// HANG model a bundle with CubeOps, PRE_CUBEOPS one from before it.
+const PLAIN: &str = "tests/fixtures/bundle/cube-sandbox-one-click-v0.0.0-fixture-amd64.tar.gz";
+const PRE_CUBEOPS: &str =
+    "tests/fixtures/bundle/cube-sandbox-one-click-v0.0.0-fixture-precubeops-amd64.tar.gz";
 const PITFALL: &str =
     "tests/fixtures/bundle/cube-sandbox-one-click-v0.0.0-fixture-pitfall-amd64.tar.gz";
 const HANG: &str = "tests/fixtures/bundle/cube-sandbox-one-click-v0.0.0-fixture-hang-amd64.tar.gz";
 const TOOLBOX: &str = "/usr/local/services/cubetoolbox";
+/// The cluster's ops-agent token in these tests' plans (a secret).
+const OPS_TOKEN: &str = "opsagent-7f3c9a1e5b2d4c86";
 
 const IP_ADDR: &str = r#"[{"ifindex":1,"ifname":"lo","addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8,"scope":"host"}]},
  {"ifindex":2,"ifname":"eth0","addr_info":[{"family":"inet","local":"10.0.2.15","prefixlen":24,"scope":"global"}]}]"#;
@@ -64,7 +71,49 @@ fn plan_for(bundle_rel: &str) -> Plan {
     plan.kernel.package_version = "1".into();
     plan.cube.install_timeout_secs = 120;
     plan.cube.loopback_size_gib = 1;
+    // What `cubeboot lock` records for a bundle with CubeOps, and the
+    // cluster's token build puts beside it.
+    if bundle_rel != PRE_CUBEOPS {
+        plan.cube.bundle = Some(cubeops_facts(3010));
+        plan.cube.ops_token = Some(OPS_TOKEN.into());
+    }
     plan
+}
+
+/// The facts of the fixture bundles with CubeOps (tests/fixtures/bundle/
+/// README.md), with CubeOps on `ops_port`.
+fn cubeops_facts(ops_port: u16) -> BundleFacts {
+    let listener = |service: &str, port, role, bind_env: Option<&str>| Listener {
+        service: service.into(),
+        port,
+        role,
+        bind_env: bind_env.map(Into::into),
+    };
+    BundleFacts {
+        version: "v0.0.0-fixture".into(),
+        arch: "amd64".into(),
+        pvm_version: Some("6.6.69-opencloudos9.cubesandbox.pvm.host-gfixture1".into()),
+        cube_ops: Some(CubeOpsFacts {
+            port: ops_port,
+            registration_path: "/internal/v1/nodes/{ip}".into(),
+        }),
+        required_env: vec![RequiredEnv {
+            key: "CUBE_OPS_OPSAGENT_TOKEN".into(),
+            role: BundleRole::Compute,
+            source: "scripts/systemd/prepare-compute-role.sh".into(),
+        }],
+        listeners: vec![
+            listener(
+                "CubeOps",
+                ops_port,
+                BundleRole::Control,
+                Some("CUBE_OPS_BIND"),
+            ),
+            listener("cube-lifecycle-manager", 8083, BundleRole::Control, None),
+            listener("ops-agent", 8890, BundleRole::All, None),
+        ],
+        unknown: Vec::new(),
+    }
 }
 
 /// Run a command on this machine for real (tests may; the helper may not).
@@ -561,7 +610,7 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
     let out = cube::harden(&mut ctx).unwrap();
     assert_eq!(
         out,
-        Outcome::Done("CubeMaster on 10.0.2.15:8089, CubeAPI on 10.0.2.15:3000; Cubelet listens on 10.0.2.15:9998,9999 and 127.0.0.1:9966; ports 8089,9999,9998,3000,12088,9000,9966 only from 10.0.2.0/24 (probed: refused from outside); credentials in /etc/cubeboot/credentials.env".into())
+        Outcome::Done("CubeMaster on 10.0.2.15:8089, CubeAPI on 10.0.2.15:3000; Cubelet listens on 10.0.2.15:9998,9999 and 127.0.0.1:9966; ports 8089,9999,9998,3000,12088,9000,9966,3010,8890,8083 only from 10.0.2.0/24 (probed: refused from outside); credentials in /etc/cubeboot/credentials.env".into())
     );
     let cfg = node
         .host
@@ -608,6 +657,8 @@ fn cidr_conflict_passes_another_range_to_the_installer() {
     let lan = r#"[{"ifname":"eth0","addr_info":[{"family":"inet","local":"192.168.10.7","prefixlen":24,"scope":"global"}]}]"#;
     let mut node = Node::with_bundle(PLAIN, lan);
     node.plan.cube.hardening = false;
+    // A control node without the cluster's token: nothing secret for .env.
+    node.plan.cube.ops_token = None;
     let mut journal = Journal::new("test");
     let mut ctx = node.ctx(&mut journal);
     cube::install(&mut ctx).unwrap();
@@ -694,7 +745,8 @@ fn compute_waits_for_the_control_plane_then_installs_and_registers() {
         }
         _ => (404, String::new()),
     });
-    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+    // A bundle from before CubeOps: the node registers with CubeMaster.
+    let mut node = Node::with_bundle(PRE_CUBEOPS, IP_ADDR);
     node.plan.cube.role = Role::Compute;
     node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
     let mut journal = Journal::new("test");
@@ -1423,7 +1475,7 @@ fn the_firewall_ruleset_passes_nft_check() {
             "172.16.5.9".into(),
             "fd00:1::/64".into(),
         ],
-        &cube::harden::RESTRICTED_PORTS,
+        &cubeboot::layout::restricted_ports([]),
     )
     .unwrap();
     let file = dir.path().join("firewall.nft");
@@ -1538,7 +1590,7 @@ fn real_host_stops_a_hanging_installer_at_the_timeout() {
 
 #[test]
 fn the_committed_fixture_bundles_are_what_the_recipe_builds() {
-    // Same inputs, same bytes: rebuild all three into a temp dir and compare.
+    // Same inputs, same bytes: rebuild all four into a temp dir and compare.
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new("bash")
         .arg(repo("tests/fixtures/bundle/make.sh"))
@@ -1550,7 +1602,7 @@ fn the_committed_fixture_bundles_are_what_the_recipe_builds() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for committed in [PLAIN, PITFALL, HANG] {
+    for committed in [PLAIN, PITFALL, HANG, PRE_CUBEOPS] {
         let name = Path::new(committed).file_name().unwrap();
         let rebuilt = std::fs::read(dir.path().join(name)).unwrap();
         assert!(
@@ -1805,18 +1857,26 @@ fn hardened_nodes() -> Vec<(Role, Node)> {
         .collect()
 }
 
-/// A compute node whose control plane (a 127.0.0.1 model of CubeMaster)
-/// is healthy and has registered it.
+/// A compute node whose control plane (a 127.0.0.1 model of CubeMaster
+/// and CubeOps, both on one custom port) is healthy and has registered it.
 fn compute_node_registered() -> Node {
-    let (port, _) = fake_server(|path, _| match path {
-        "/notify/health" => (200, "ok".into()),
-        "/internal/meta/nodes/10.0.2.15" => (200, r#"{"host_ip":"10.0.2.15"}"#.into()),
-        _ => (404, String::new()),
-    });
+    let (port, _) = control_plane_model();
     let mut node = Node::with_bundle(PLAIN, IP_ADDR);
     node.plan.cube.role = Role::Compute;
     node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
+    node.plan.cube.bundle = Some(cubeops_facts(port));
     node
+}
+
+/// CubeMaster's health and node record, CubeOps' health and node record
+/// (`"IP"`, scripts/one-click/quickcheck.sh) for 10.0.2.15, on one port.
+fn control_plane_model() -> (u16, Arc<AtomicUsize>) {
+    fake_server(|path, _| match path {
+        "/notify/health" | "/health" => (200, "ok".into()),
+        "/internal/meta/nodes/10.0.2.15" => (200, r#"{"host_ip":"10.0.2.15"}"#.into()),
+        "/internal/v1/nodes/10.0.2.15" => (200, r#"{"IP":"10.0.2.15","Healthy":true}"#.into()),
+        _ => (404, String::new()),
+    })
 }
 
 /// A compute node installed (against a model control plane), verified and
@@ -2239,4 +2299,332 @@ fn upgrade_runs_the_installer_in_upgrade_mode_and_rolls_the_status_forward() {
     assert!(!node.host.commands()[before..]
         .iter()
         .any(|c| c.contains("install.sh")));
+}
+
+// ---- Bundles with CubeOps (issue 19; docs/cube-installer.md) ----
+
+#[test]
+fn the_bundles_compute_role_dies_without_the_token_in_one_click_env() {
+    // CubeSandbox: scripts/systemd/prepare-compute-role.sh, Cubelet's
+    // ExecStartPre, reads the token from .one-click.env: a token passed to
+    // the installer only through the environment does not count.
+    let bundle = UnpackedBundle::new(PLAIN);
+    let base = [
+        ("ONE_CLICK_DEPLOY_ROLE", "compute"),
+        ("ONE_CLICK_CONTROL_PLANE_IP", "10.0.2.2"),
+        ("ONE_CLICK_RUN_QUICKCHECK", "0"),
+    ];
+    let mut env = base.to_vec();
+    env.push(("CUBE_OPS_OPSAGENT_TOKEN", OPS_TOKEN));
+    let out = bundle.install(&["--mode=install"], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("ERROR: CUBE_OPS_OPSAGENT_TOKEN is required for the compute role"),
+        "{stderr}"
+    );
+    // In the bundle's .env it reaches .one-click.env, and Cubelet starts.
+    let dir = bundle.installer.parent().unwrap();
+    std::fs::write(
+        dir.join(".env"),
+        format!("CUBE_OPS_OPSAGENT_TOKEN={OPS_TOKEN}\n"),
+    )
+    .unwrap();
+    let out = bundle.install(&["--mode=install"], &base);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agent = bundle.toolbox().join("ops-agent/conf/config.yaml");
+    let text = std::fs::read_to_string(&agent).unwrap();
+    assert!(
+        text.contains(&format!("shared_token: \"{OPS_TOKEN}\"")),
+        "{text}"
+    );
+    assert!(
+        text.contains("cubeops_url: \"http://10.0.2.2:3010\""),
+        "{text}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        agent.metadata().unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn a_compute_plan_without_the_token_the_bundle_requires_stops_before_the_installer() {
+    let mut node = compute_node_registered();
+    node.plan.cube.ops_token = None;
+    let mut journal = Journal::new("test");
+    let err = cube::install(&mut node.ctx(&mut journal)).unwrap_err();
+    assert!(failure_text(&err).starts_with(
+        "this bundle's scripts/systemd/prepare-compute-role.sh requires CUBE_OPS_OPSAGENT_TOKEN for the compute role, and the plan has no cube.ops_token"
+    ), "{}", failure_text(&err));
+    assert!(!node.host.commands().iter().any(|c| c.contains("timeout")));
+}
+
+#[test]
+fn compute_joins_through_cubeops_with_the_token_and_registers_there() {
+    // Both control-plane ports custom (the model serves CubeMaster and
+    // CubeOps on one port): the installer gets CubeMaster's address and
+    // CubeOps' address (no IP to expand to <ip>:3010).
+    let node = compute_node_registered();
+    let port = node
+        .plan
+        .cube
+        .bundle
+        .as_ref()
+        .unwrap()
+        .cube_ops
+        .as_ref()
+        .unwrap()
+        .port;
+    let mut journal = Journal::new("test");
+    let mut ctx = node.ctx(&mut journal);
+    let out = cube::install(&mut ctx).unwrap();
+    assert_eq!(
+        out,
+        Outcome::Done("installed the compute role at 10.0.2.15 (CUBE_PVM_ENABLE=1)".into())
+    );
+    let env = node.one_click_env();
+    for line in [
+        format!("ONE_CLICK_CONTROL_PLANE_CUBEMASTER_ADDR=127.0.0.1:{port}\n"),
+        format!("ONE_CLICK_CONTROL_PLANE_CUBEOPS_ADDR=127.0.0.1:{port}\n"),
+        format!("CUBE_OPS_OPSAGENT_TOKEN={OPS_TOKEN}\n"),
+    ] {
+        assert!(env.contains(&line), "{line}in\n{env}");
+    }
+    assert!(!env.contains("ONE_CLICK_CONTROL_PLANE_IP"), "{env}");
+    let mode = |p: &str| node.host.metadata(p).unwrap().unwrap().mode & 0o777;
+    assert_eq!(mode(&format!("{TOOLBOX}/.one-click.env")), 0o600);
+    assert_eq!(
+        mode(&format!("{TOOLBOX}/ops-agent/conf/config.yaml")),
+        0o600
+    );
+    // Cubelet's meta server is CubeOps (prepare-compute-role.sh).
+    let dynamic = node
+        .host
+        .read_string(&format!("{TOOLBOX}/Cubelet/dynamicconf/conf.yaml"))
+        .unwrap();
+    assert!(
+        dynamic.contains(&format!("meta_server_endpoint: \"127.0.0.1:{port}\"")),
+        "{dynamic}"
+    );
+    // The token stays off command lines and out of what the helper said,
+    // and is masked wherever the helper prints it (even without a
+    // reporter, which registers the plan's secrets at its start).
+    assert_eq!(node.host.secrets().scrub(OPS_TOKEN), "***");
+    assert!(node.host.commands().iter().all(|c| !c.contains(OPS_TOKEN)));
+    assert!(node.host.said().iter().all(|c| !c.contains(OPS_TOKEN)));
+    let log = node.host.read_string(cube::INSTALL_LOG).unwrap();
+    assert!(
+        log.contains("[quickcheck] 2/2 check CubeOps node registration"),
+        "{log}"
+    );
+
+    let out = cube::verify(&mut ctx).unwrap();
+    assert_eq!(out, Outcome::Done("5 checks passed".into()));
+    assert_eq!(
+        check(ctx.journal, "registered").as_deref(),
+        Some(format!("ok: http://127.0.0.1:{port}/internal/v1/nodes/10.0.2.15 answers").as_str())
+    );
+}
+
+#[test]
+fn compute_waits_for_cubeops_and_the_control_nodes_minio_too() {
+    let (port, _) = control_plane_model();
+    // CubeOps not up yet, MinIO down: the wait names what it waits for.
+    let (ops_port, ops_requests) = fake_server(|path, n| match path {
+        "/health" if n < 1 => (503, "starting".into()),
+        "/health" => (200, "ok".into()),
+        _ => (404, String::new()),
+    });
+    let (minio_port, _) = fake_server(|_, _| (503, "down".into()));
+    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+    node.plan.cube.role = Role::Compute;
+    node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
+    node.plan.cube.bundle = Some(cubeops_facts(ops_port));
+    node.plan.cube.control_plane_wait_secs = 30;
+    node.plan.cube.s3 = Some(S3Settings {
+        endpoint: format!("http://127.0.0.1:{minio_port}"),
+        access_key_id: "cubeminio".into(),
+        secret_access_key: "s3-secret-value".into(),
+        bucket: "cube-volumes".into(),
+        region: None,
+        s3fs_extra_opts: None,
+    });
+    let mut journal = Journal::new("test");
+    let err = cube::install(&mut node.ctx(&mut journal)).unwrap_err();
+    assert!(
+        failure_text(&err).starts_with(&format!(
+            "control plane http://127.0.0.1:{minio_port}/minio/health/live did not answer within 30 s: HTTP 503"
+        )),
+        "{}",
+        failure_text(&err)
+    );
+    assert_eq!(ops_requests.load(Ordering::SeqCst), 2);
+    let said = node.host.said();
+    assert!(said.contains(&format!(
+        "control plane http://127.0.0.1:{ops_port}/health answers"
+    )));
+}
+
+#[test]
+fn cubeops_listeners_are_firewalled_after_harden_and_after_a_reboot() {
+    for (role, node) in hardened_nodes() {
+        let root = node.root();
+        let listening = cube::listeners::read(&node.host).unwrap();
+        // What listens beyond loopback of the CubeOps era's new listeners.
+        let new: Vec<u16> = [3010, 8890, 8083]
+            .into_iter()
+            .filter(|p| !cube::listeners::exposed(&listening, *p).is_empty())
+            .collect();
+        let want: &[u16] = if role == Role::Control {
+            &[3010, 8890, 8083]
+        } else {
+            &[8890]
+        };
+        assert_eq!(new, want, "{role:?}");
+        // Each is dropped unless from allow_from, in the rules nft loaded.
+        let rules = node
+            .host
+            .read_string(cube::firewall::FIREWALL_PATH)
+            .unwrap();
+        for p in want {
+            assert!(
+                rules.contains(&format!(", {p}")),
+                "{role:?}: {p} in\n{rules}"
+            );
+        }
+        let ports = cubeboot::layout::restricted_ports_for(node.plan.cube.bundle.as_ref());
+        let drop_line = rules
+            .lines()
+            .find(|l| l.contains("tcp dport") && l.trim_end().ends_with("drop"))
+            .unwrap_or_else(|| panic!("{role:?}: no drop rule in\n{rules}"));
+        for p in &ports {
+            assert!(
+                drop_line
+                    .split(|c: char| !c.is_ascii_digit())
+                    .any(|w| w == p.to_string()),
+                "{role:?}: port {p} not dropped by {drop_line:?}"
+            );
+        }
+        // A reboot: systemd starts the units again (ExecStartPre runs
+        // prepare-compute-role.sh again, from .one-click.env), then the
+        // bundle's quickcheck as up.sh runs it.
+        for action in ["restart", "quickcheck"] {
+            let cmd = CommandSpec::new("bash").args([
+                under_root(root, &format!("{TOOLBOX}/fixture/services.sh"))
+                    .display()
+                    .to_string(),
+                action.into(),
+            ]);
+            let out = run_real(&cmd, root, &fixture_env(root)).unwrap();
+            assert_eq!(
+                out.code,
+                Some(0),
+                "{role:?} {action}:\n{}{}",
+                out.stdout,
+                out.stderr
+            );
+        }
+        let after = cube::listeners::read(&node.host).unwrap();
+        for p in want {
+            assert_eq!(
+                cube::listeners::exposed(&after, *p),
+                cube::listeners::exposed(&listening, *p),
+                "{role:?}: {p}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_pre_cubeops_bundle_keeps_todays_join_and_firewall() {
+    let (port, _) = control_plane_model();
+    let mut node = Node::with_bundle(PRE_CUBEOPS, IP_ADDR);
+    assert!(node.plan.cube.bundle.is_none());
+    node.plan.cube.role = Role::Compute;
+    node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    let mut journal = Journal::new("test");
+    let mut ctx = node.ctx(&mut journal);
+    cube::install(&mut ctx).unwrap();
+    cube::verify(&mut ctx).unwrap();
+    let out = cube::harden(&mut ctx).unwrap();
+    assert!(
+        matches!(&out, Outcome::Done(d) if d.contains("ports 8089,9999,9998,3000,12088,9000,9966 only from")),
+        "{out:?}"
+    );
+    let env = node.one_click_env();
+    assert!(
+        !env.contains("CUBEOPS_ADDR") && !env.contains("OPSAGENT"),
+        "{env}"
+    );
+    assert!(!node
+        .host
+        .exists(&format!("{TOOLBOX}/ops-agent/conf/config.yaml")));
+}
+
+#[test]
+fn the_cluster_cidr_goes_to_every_role_and_is_still_checked_against_the_host() {
+    let (port, _) = control_plane_model();
+    for role in [Role::Control, Role::Compute] {
+        let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+        node.plan.cube.role = role;
+        node.plan.cube.hardening = false;
+        node.plan.cube.cluster_cidr = Some("172.31.0.0/18".into());
+        if role == Role::Compute {
+            node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
+            node.plan.cube.bundle = Some(cubeops_facts(port));
+        }
+        let mut journal = Journal::new("test");
+        let mut ctx = node.ctx(&mut journal);
+        cube::install(&mut ctx).unwrap();
+        assert_eq!(
+            ctx.journal.facts.network_cidr.as_deref(),
+            Some("172.31.0.0/18")
+        );
+        let env = node.one_click_env();
+        assert!(
+            env.contains("CUBE_SANDBOX_NETWORK_CIDR=172.31.0.0/18\n"),
+            "{role:?}: {env}"
+        );
+    }
+    // A cluster CIDR this host's network overlaps: refused, not replaced.
+    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+    node.plan.cube.cluster_cidr = Some("10.0.0.0/16".into());
+    let mut journal = Journal::new("test");
+    let err = cube::install(&mut node.ctx(&mut journal)).unwrap_err();
+    assert!(
+        failure_text(&err).starts_with(
+            "cube.cluster_cidr 10.0.0.0/16 overlaps address 10.0.2.15/24, route 10.0.2.2/32, route 10.0.2.0/24, nameserver 10.0.2.3 on this host"
+        ),
+        "{}",
+        failure_text(&err)
+    );
+}
+
+#[test]
+fn the_control_node_keeps_the_planned_token_for_cubeops() {
+    // install.sh neither generates nor replaces CUBE_OPS_OPSAGENT_TOKEN:
+    // the bundle .env's value is what CubeOps reads from .one-click.env.
+    let (node, result, checks) = control_node_with(None, true);
+    assert!(result.is_ok(), "{:#}\n{checks:#?}", result.unwrap_err());
+    let env = node.one_click_env();
+    assert!(
+        env.contains(&format!("CUBE_OPS_OPSAGENT_TOKEN={OPS_TOKEN}\n")),
+        "{env}"
+    );
+    let agent = node
+        .host
+        .read_string(&format!("{TOOLBOX}/ops-agent/conf/config.yaml"))
+        .unwrap();
+    assert!(
+        agent.contains(&format!("shared_token: \"{OPS_TOKEN}\"")),
+        "{agent}"
+    );
+    assert!(node.host.commands().iter().all(|c| !c.contains(OPS_TOKEN)));
 }

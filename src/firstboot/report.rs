@@ -8,7 +8,6 @@ use super::host::Host;
 use super::journal::Journal;
 use super::live;
 use super::run_state::RunState;
-use super::secrets::is_secret_key;
 use super::status::{DownloadProgress, Status};
 use super::webhook::Webhook;
 use super::StepId;
@@ -101,17 +100,4 @@ impl<'a> Reporter<'a> {
     }
 }
 
-/// Planned values that are secrets: installer environment whose name says
-/// it is a credential, and the object storage key a compute node gets.
-pub fn plan_secrets(plan: &Plan) -> Vec<String> {
-    plan.cube
-        .extra_env
-        .iter()
-        .filter(|(k, _)| is_secret_key(k))
-        .map(|(_, v)| v.clone())
-        // The compute node's copy of the control node's object storage key.
-        .chain(plan.cube.s3.iter().map(|s| s.secret_access_key.clone()))
-        // The webhook signing secret stays in the plan (src/signing.rs).
-        .chain(plan.report.webhook_secret.clone())
-        .collect()
-}
+pub use super::secrets::plan_secrets;

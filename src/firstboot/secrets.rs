@@ -4,10 +4,13 @@
 //! webhook, diagnostics) can be scrubbed of them by value. Scrubbing by key
 //! name alone misses the same value quoted in an installer's output.
 //!
-//! A leaf: the host seam holds one set, so every channel sees the same one.
+//! A leaf (only the plan's types below it): the host seam holds one set,
+//! so every channel sees the same one.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::plan::Plan;
 
 /// What a secret value becomes in outgoing text.
 pub const MASK: &str = "***";
@@ -106,6 +109,24 @@ impl Secrets {
     }
 }
 
+/// Planned values that are secrets: installer environment whose name says
+/// it is a credential, the object storage key a compute node gets, the
+/// cluster's ops-agent token and the webhook signing secret.
+pub fn plan_secrets(plan: &Plan) -> Vec<String> {
+    plan.cube
+        .extra_env
+        .iter()
+        .filter(|(k, _)| is_secret_key(k))
+        .map(|(_, v)| v.clone())
+        // The compute node's copy of the control node's object storage key.
+        .chain(plan.cube.s3.iter().map(|s| s.secret_access_key.clone()))
+        // CUBE_OPS_OPSAGENT_TOKEN, shared by every node of the cluster.
+        .chain(plan.cube.ops_token.clone())
+        // The webhook signing secret stays in the plan (src/signing.rs).
+        .chain(plan.report.webhook_secret.clone())
+        .collect()
+}
+
 /// Whether an environment key's name says its value is a credential.
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_uppercase();
@@ -137,6 +158,18 @@ mod tests {
         }
         assert!(s.is_empty());
         assert_eq!(s.scrub("true 8080 abc"), "true 8080 abc");
+    }
+
+    #[test]
+    fn the_clusters_ops_agent_token_is_a_planned_secret() {
+        let mut plan = crate::plan::testing::sample_plan();
+        plan.cube.ops_token = Some("opsagent-7f3c9a1e5b2d4c86".into());
+        let s = Secrets::new();
+        plan_secrets(&plan).iter().for_each(|v| s.add(v));
+        assert_eq!(
+            s.scrub("shared_token: \"opsagent-7f3c9a1e5b2d4c86\""),
+            "shared_token: \"***\""
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::super::host::Host;
 use super::super::StepFailure;
 use crate::archive_path::{normal_parts, Links};
 use crate::digest::{hash_reader, HashingReader, Sha256Digest};
+use crate::layout::CUBELET_HTTP;
 
 /// Hash a file under the host's root and compare with the pinned digest.
 pub fn verify(host: &dyn Host, target: &str, expected: &Sha256Digest) -> Result<()> {
@@ -177,6 +178,37 @@ pub fn stem(asset_name: &str) -> &str {
 /// Where a bundle with this digest is extracted.
 pub fn extract_dir(sha: &Sha256Digest) -> String {
     format!("{}/bundle-{}", super::super::STATE_DIR, sha.to_hex())
+}
+
+/// Whether the extracted bundle's installer knows `CUBE_PROXY_DNSMASQ_MODE`
+/// (upstream added the standalone mode later, CubeSandbox PR #740).
+pub fn bundle_supports_standalone_dns(host: &dyn Host, bundle_dir: &str) -> Result<bool> {
+    for rel in [
+        "install.sh",
+        "lib/common.sh",
+        "scripts/one-click/common.sh",
+        "scripts/one-click/up-dns.sh",
+    ] {
+        if let Some(text) = host.read_optional(&format!("{bundle_dir}/{rel}"))? {
+            if text.contains("CUBE_PROXY_DNSMASQ_MODE") && text.contains("standalone") {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Whether the extracted bundle's cube-egress unit fetches its policies
+/// from Cubelet's HTTP on loopback (CubeSandbox:
+/// deploy/one-click/scripts/systemd/cube-egress-start.sh, in bundles whose
+/// network agent lives in Cubelet; older ones use the agent's
+/// 127.0.0.1:19090).
+pub fn bundle_egress_bootstraps_from_cubelet(host: &dyn Host, bundle_dir: &str) -> Result<bool> {
+    let script = format!("{bundle_dir}/scripts/systemd/cube-egress-start.sh");
+    let loopback = format!("127.0.0.1:{}/", CUBELET_HTTP.port);
+    Ok(host
+        .read_optional(&script)?
+        .is_some_and(|text| text.contains("CUBE_EGRESS_BOOTSTRAP_URL") && text.contains(&loopback)))
 }
 
 #[cfg(test)]

@@ -14,21 +14,12 @@ use anyhow::{Context, Result};
 use super::super::host::{unix_secs, CommandSpec, Host};
 use super::super::{Ctx, Outcome, StepFailure};
 use super::firewall;
-use super::install::{CUBEMASTER_PORT, CUBE_API_PORT};
 use super::listeners::{self, Listener};
 use super::CREDENTIALS_PATH;
+use crate::layout::{self, CUBELET_DEBUG, CUBELET_GRPC, CUBELET_HTTP, CUBEMASTER, CUBE_API};
 use crate::plan::Role;
-
-/// Ports admitted only from `allow_from` (network-hardening.md: CubeMaster,
-/// Cubelet gRPC and HTTP, CubeAPI, WebUI, MinIO; Cubelet's debug listener).
-/// 22, 80, 443 and 9090 (cube-proxy) stay open: the policy is accept.
-pub const RESTRICTED_PORTS: [u16; 7] = [8089, 9999, 9998, 3000, 12088, 9000, 9966];
 pub const CUBELET_UNIT: &str = "cube-sandbox-cubelet.service";
 pub const CUBELET_CONFIG: &str = "/usr/local/services/cubetoolbox/Cubelet/config/config.toml";
-/// Cubelet's TCP listeners (CubeSandbox: Cubelet/config/config.toml).
-pub const CUBELET_HTTP_PORT: u16 = 9998;
-pub const CUBELET_GRPC_PORT: u16 = 9999;
-pub const CUBELET_DEBUG_PORT: u16 = 9966;
 /// How long a restarted Cubelet may take to listen again.
 pub const CUBELET_RESTART_BUDGET: Duration = Duration::from_secs(60);
 const LISTEN_POLL: Duration = Duration::from_secs(2);
@@ -46,6 +37,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         .as_deref()
         .map_or_else(|| plan.cube.node_ip.clone(), str::to_string);
     let mut done = Vec::new();
+    let ports = layout::restricted_ports_for(plan.cube.bundle.as_ref());
 
     // Option A: CubeMaster and CubeAPI got their binds at install time;
     // judge by where they listen.
@@ -54,7 +46,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
             let listening = listeners::read(host)?;
             let mut open = Vec::new();
             let mut where_ = Vec::new();
-            for (name, port) in [("CubeMaster", CUBEMASTER_PORT), ("CubeAPI", CUBE_API_PORT)] {
+            for (name, port) in [(CUBEMASTER.name, CUBEMASTER.port), (CUBE_API.name, CUBE_API.port)] {
                 let here = listeners::on_port(&listening, port);
                 if here.iter().any(Listener::is_wildcard) {
                     open.push(format!("{name} listens on {}", listeners::describe(&here)));
@@ -80,7 +72,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
 
     // Option B: firewall, when the plan names the networks to admit.
     if plan.cube.allow_from.is_empty() {
-        let exposed = exposed_ports(host)?;
+        let exposed = exposed_ports(host, &ports)?;
         let w = if exposed.is_empty() {
             "hardening: no allow_from networks in the plan, so no firewall rules; none of Cube's internal ports listens beyond loopback and the node IP".to_string()
         } else {
@@ -92,7 +84,6 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         host.say(&w);
         ctx.journal.warn(w);
     } else {
-        let ports = RESTRICTED_PORTS;
         let mut loaded = firewall::load(host, &plan.cube.allow_from, &ports)?;
         // By behaviour: a client outside allow_from must be refused on every
         // restricted port, those Docker publishes included (issue 21).
@@ -186,9 +177,9 @@ fn cubelet_listening(host: &dyn Host, node_ip: &str, running: bool) -> Result<St
         .parse()
         .with_context(|| format!("node IP {node_ip:?}"))?;
     let want = [
-        (CUBELET_HTTP_PORT, ip),
-        (CUBELET_GRPC_PORT, ip),
-        (CUBELET_DEBUG_PORT, IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        (CUBELET_HTTP.port, ip),
+        (CUBELET_GRPC.port, ip),
+        (CUBELET_DEBUG.port, IpAddr::V4(Ipv4Addr::LOCALHOST)),
     ];
     // A restarted Cubelet takes a moment to listen again.
     let start = unix_secs(host.now());
@@ -197,7 +188,10 @@ fn cubelet_listening(host: &dyn Host, node_ip: &str, running: bool) -> Result<St
         let wrong = cubelet_misplaced(&listening, &want, running);
         if wrong.is_empty() {
             return Ok(if running {
-                format!("Cubelet listens on {node_ip}:{CUBELET_HTTP_PORT},{CUBELET_GRPC_PORT} and 127.0.0.1:{CUBELET_DEBUG_PORT}")
+                format!(
+                    "Cubelet listens on {node_ip}:{},{} and 127.0.0.1:{}",
+                    CUBELET_HTTP.port, CUBELET_GRPC.port, CUBELET_DEBUG.port
+                )
             } else {
                 format!("Cubelet config bound to {node_ip} (not running)")
             });
@@ -236,9 +230,9 @@ fn cubelet_misplaced(listening: &[Listener], want: &[(u16, IpAddr)], running: bo
 }
 
 /// Restricted ports that listen beyond loopback.
-fn exposed_ports(host: &dyn Host) -> Result<Vec<String>> {
+fn exposed_ports(host: &dyn Host, ports: &[u16]) -> Result<Vec<String>> {
     let listening = listeners::read(host)?;
-    Ok(RESTRICTED_PORTS
+    Ok(ports
         .iter()
         .filter(|p| !listeners::exposed(&listening, **p).is_empty())
         .map(|p| listeners::describe(&listeners::exposed(&listening, *p)))

@@ -16,16 +16,13 @@ use anyhow::{Context, Result};
 
 use super::super::host::{CommandSpec, Host};
 use super::super::{cache_path, Ctx, Outcome, StepFailure};
+pub use super::bundle::{bundle_egress_bootstraps_from_cubelet, bundle_supports_standalone_dns};
 use super::cidr::{self, CidrChoice, HostNetwork};
-use super::{bundle, envfile, http, pvm_enabled, real, CREDENTIALS_PATH, INSTALL_LOG};
+use super::join::{cluster_cidr_fits, ops_token, wait_for_control_plane, ControlPlane};
+use super::{bundle, envfile, pvm_enabled, real, CREDENTIALS_PATH, INSTALL_LOG};
+use crate::layout::{CUBELET_HTTP, CUBEMASTER, CUBE_API};
 use crate::plan::{CubePlan, Role};
 
-/// CubeMaster's port; compute nodes talk to it (upstream fixes it at 8089
-/// for `ONE_CLICK_CONTROL_PLANE_IP`, lib/common.sh).
-pub const CUBEMASTER_PORT: u16 = 8089;
-/// CubeAPI's port (docs/guide/network-hardening.md).
-pub const CUBE_API_PORT: u16 = 3000;
-const CONTROL_PLANE_POLL: Duration = Duration::from_secs(10);
 /// Grace after the timeout's TERM before KILL, and our own backstop beyond it.
 const KILL_AFTER_SECS: u64 = 30;
 /// Keys of the generated credentials (network-hardening.md), control role only.
@@ -90,7 +87,11 @@ pub fn run_mode(ctx: &mut Ctx, mode: Mode) -> Result<Outcome> {
             host.say(&format!("dry run: would wait for {}", cp.health_url()));
         } else {
             let budget = Duration::from_secs(plan.cube.control_plane_wait_secs);
-            wait_for_control_plane(host, cp, budget)?;
+            let s3 = prepared
+                .secrets
+                .get(S3_ENDPOINT_KEY)
+                .or(prepared.env.get(S3_ENDPOINT_KEY));
+            wait_for_control_plane(host, cp, s3.map(String::as_str), budget)?;
         }
     }
 
@@ -128,28 +129,33 @@ pub fn prepare(input: &Input<'_>, network: &Network) -> Result<Prepared> {
     let node_ip = resolve_node_ip(&cube.node_ip, network)?;
     let control_plane = match cube.role {
         Role::Control => None,
-        Role::Compute => Some(ControlPlane::parse(cube.control_plane_ip.as_deref())?),
+        Role::Compute => Some(ControlPlane::for_plan(cube)?),
     };
     let mut warnings = Vec::new();
-    let mut secrets = BTreeMap::new();
+    let mut secrets = ops_token(cube)?;
     if control_plane.is_some() {
         match &cube.s3 {
             Some(s3) => secrets.extend(s3.env()),
-            None if !cube.extra_env.contains_key("CUBE_S3_ENDPOINT") => warnings.push(
+            None if !cube.extra_env.contains_key(S3_ENDPOINT_KEY) => warnings.push(
                 "compute role without the control node's CUBE_S3_* (optional upstream): this node will have no S3 volume plugin (cubeboot build --s3-env)".to_string(),
             ),
             None => {}
         }
     }
 
-    // A sandbox CIDR that overlaps nothing on the host.
+    // A sandbox CIDR that overlaps nothing on the host: the cluster's, or
+    // one picked here.
     let mut cidr = None;
     let mut cidr_note = None;
-    if !cube.extra_env.contains_key("CUBE_SANDBOX_NETWORK_CIDR") {
-        if let CidrChoice::Alternative { cidr: c, reason } = cidr::choose_cidr(&network.parsed)? {
-            cidr_note = Some(format!("sandbox network: {reason}; using {c}"));
-            cidr = Some(c.to_string());
-        }
+    if cube.extra_env.contains_key("CUBE_SANDBOX_NETWORK_CIDR") {
+        // The operator's own value, passed as given.
+    } else if let Some(c) = &cube.cluster_cidr {
+        cidr_note = Some(cluster_cidr_fits(c, &network.parsed)?);
+        cidr = Some(c.clone());
+    } else if let CidrChoice::Alternative { cidr: c, reason } = cidr::choose_cidr(&network.parsed)?
+    {
+        cidr_note = Some(format!("sandbox network: {reason}; using {c}"));
+        cidr = Some(c.to_string());
     }
     let env = planned_env(input, &node_ip, control_plane.as_ref(), cidr.as_deref());
     Ok(Prepared {
@@ -161,6 +167,9 @@ pub fn prepare(input: &Input<'_>, network: &Network) -> Result<Prepared> {
         warnings,
     })
 }
+
+/// The installer's key for the object storage endpoint (`CUBE_S3_*`).
+const S3_ENDPOINT_KEY: &str = "CUBE_S3_ENDPOINT";
 
 /// The bundle extracted and its `.env` written: ready to run.
 #[derive(Debug)]
@@ -231,8 +240,7 @@ pub fn stage(ctx: &mut Ctx, mut prepared: Prepared) -> Result<Staged> {
             "CUBE_EGRESS_BOOTSTRAP_URL".into(),
             format!(
                 "http://{}:{}/v1/policies/dump",
-                prepared.node_ip,
-                super::harden::CUBELET_HTTP_PORT
+                prepared.node_ip, CUBELET_HTTP.port
             ),
         );
     }
@@ -241,6 +249,11 @@ pub fn stage(ctx: &mut Ctx, mut prepared: Prepared) -> Result<Staged> {
     let dotenv = format!("{bundle_dir}/.env");
     let had_dotenv = host.exists(&dotenv);
     let mut dotenv_values = prepared.env.clone();
+    // Known as secrets before the installer can echo them.
+    prepared
+        .secrets
+        .values()
+        .for_each(|v| host.secrets().add(v));
     dotenv_values.extend(prepared.secrets.clone());
     if plan.cube.hardening && plan.cube.role == Role::Control {
         // Secrets go to .env only: the environment shows up in command logs.
@@ -403,37 +416,6 @@ pub const DNSMASQ_REQUIRED: &str = "standalone";
 /// NetworkManager mode has failed in the field (CubeSandbox #519).
 pub const DNSMASQ_PREFERRED: &str = "prefer-standalone";
 
-/// Whether the extracted bundle's installer knows `CUBE_PROXY_DNSMASQ_MODE`
-/// (upstream added the standalone mode later, CubeSandbox PR #740).
-pub fn bundle_supports_standalone_dns(host: &dyn Host, bundle_dir: &str) -> Result<bool> {
-    for rel in [
-        "install.sh",
-        "lib/common.sh",
-        "scripts/one-click/common.sh",
-        "scripts/one-click/up-dns.sh",
-    ] {
-        if let Some(text) = host.read_optional(&format!("{bundle_dir}/{rel}"))? {
-            if text.contains("CUBE_PROXY_DNSMASQ_MODE") && text.contains("standalone") {
-                return Ok(true);
-            }
-        }
-    }
-    Ok(false)
-}
-
-/// Whether the extracted bundle's cube-egress unit fetches its policies
-/// from Cubelet's HTTP on loopback (CubeSandbox:
-/// deploy/one-click/scripts/systemd/cube-egress-start.sh, in bundles whose
-/// network agent lives in Cubelet; older ones use the agent's
-/// 127.0.0.1:19090).
-pub fn bundle_egress_bootstraps_from_cubelet(host: &dyn Host, bundle_dir: &str) -> Result<bool> {
-    let script = format!("{bundle_dir}/scripts/systemd/cube-egress-start.sh");
-    let loopback = format!("127.0.0.1:{}/", super::harden::CUBELET_HTTP_PORT);
-    Ok(host
-        .read_optional(&script)?
-        .is_some_and(|text| text.contains("CUBE_EGRESS_BOOTSTRAP_URL") && text.contains(&loopback)))
-}
-
 /// `ip -j addr`, `ip -j route` and resolv.conf, parsed.
 pub struct Network {
     pub addrs: Vec<(String, cidr::Ipv4Net)>,
@@ -482,73 +464,6 @@ pub fn resolve_node_ip(planned: &str, net: &Network) -> Result<String> {
         })
 }
 
-/// Where a compute node's CubeMaster is: the plan's `control_plane_ip`, as
-/// `IP` (port 8089) or `IP:PORT`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControlPlane {
-    pub ip: String,
-    pub port: u16,
-}
-
-impl ControlPlane {
-    pub fn parse(planned: Option<&str>) -> Result<Self> {
-        let Some(s) = planned.filter(|s| !s.is_empty()) else {
-            return Err(
-                StepFailure::new("cube.control_plane_ip is required for the compute role").into(),
-            );
-        };
-        let (ip, port) = match s.rsplit_once(':') {
-            Some((ip, port)) => (ip, port.parse::<u16>().ok()),
-            None => (s, Some(CUBEMASTER_PORT)),
-        };
-        match (ip.parse::<Ipv4Addr>(), port) {
-            (Ok(_), Some(port)) => Ok(Self {
-                ip: ip.to_string(),
-                port,
-            }),
-            _ => Err(StepFailure::new(format!(
-                "cube.control_plane_ip {s:?} is not an IPv4 address (optionally with :port)"
-            ))
-            .into()),
-        }
-    }
-
-    pub fn addr(&self) -> String {
-        format!("{}:{}", self.ip, self.port)
-    }
-
-    pub fn health_url(&self) -> String {
-        format!("http://{}/notify/health", self.addr())
-    }
-}
-
-/// Wait (bounded, reported) until CubeMaster on the control plane answers.
-pub fn wait_for_control_plane(host: &dyn Host, cp: &ControlPlane, budget: Duration) -> Result<()> {
-    let url = cp.health_url();
-    host.say(&format!("waiting for the control plane at {url}"));
-    http::poll(
-        host,
-        budget,
-        CONTROL_PLANE_POLL,
-        |e, waited| {
-            host.say(&format!(
-                "control plane not answering yet ({e:#}); waited {waited} s of {} s",
-                budget.as_secs()
-            ));
-        },
-        || http::get(&url),
-    )
-    .map_err(|e| {
-        StepFailure::new(format!(
-            "control plane {url} did not answer within {} s: {e:#}",
-            budget.as_secs()
-        ))
-        .hint("install the control node first; compute nodes need 8089/tcp to it")
-    })?;
-    host.say(&format!("control plane {url} answers"));
-    Ok(())
-}
-
 /// What the installer must see, in the environment and in `.env`.
 pub fn planned_env(
     input: &Input<'_>,
@@ -564,15 +479,9 @@ pub fn planned_env(
     set("CUBE_PVM_ENABLE", if input.pvm { "1" } else { "0" });
     set("ONE_CLICK_DEPLOY_ROLE", cube.role.as_str());
     set("CUBE_SANDBOX_NODE_IP", node_ip);
-    // Exactly one name for the control plane: upstream's compute preflight
-    // (lib/common.sh, check_compute_control_plane_preflight) dies when both
-    // are set and the address is not IP:8089.
-    if let Some(cp) = control_plane {
-        if cp.port == CUBEMASTER_PORT {
-            set("ONE_CLICK_CONTROL_PLANE_IP", &cp.ip);
-        } else {
-            set("ONE_CLICK_CONTROL_PLANE_CUBEMASTER_ADDR", &cp.addr());
-        }
+    // The control plane's names (join.rs: exactly what the preflight takes).
+    for (k, v) in control_plane.map(ControlPlane::env).unwrap_or_default() {
+        set(&k, &v);
     }
     if let Some(m) = &cube.mirror {
         set("MIRROR", m);
@@ -587,11 +496,11 @@ pub fn planned_env(
     // bound to the node IP does not answer: point them at the node IP too.
     if cube.hardening && cube.role == Role::Control {
         set("CUBEMASTER_HTTP_BIND", node_ip);
-        set("CUBEMASTER_ADDR", &format!("{node_ip}:{CUBEMASTER_PORT}"));
-        set("CUBE_API_BIND", &format!("{node_ip}:{CUBE_API_PORT}"));
+        set("CUBEMASTER_ADDR", &format!("{node_ip}:{}", CUBEMASTER.port));
+        set("CUBE_API_BIND", &format!("{node_ip}:{}", CUBE_API.port));
         set(
             "CUBE_API_HEALTH_ADDR",
-            &format!("{node_ip}:{CUBE_API_PORT}"),
+            &format!("{node_ip}:{}", CUBE_API.port),
         );
     }
     // Harden moves Cubelet's HTTP to the node IP on either role; newer
@@ -602,10 +511,7 @@ pub fn planned_env(
     if cube.hardening {
         set(
             "CUBELET_EGRESS_DUMP_URL",
-            &format!(
-                "http://{node_ip}:{}/v1/policies/dump",
-                super::harden::CUBELET_HTTP_PORT
-            ),
+            &format!("http://{node_ip}:{}/v1/policies/dump", CUBELET_HTTP.port),
         );
     }
     for (k, v) in &cube.extra_env {

@@ -25,6 +25,7 @@ pub mod firewall;
 pub mod harden;
 pub mod http;
 pub mod install;
+pub mod join;
 pub mod listeners;
 pub mod prereqs;
 pub mod upgrade;
@@ -59,7 +60,8 @@ pub fn install(ctx: &mut Ctx) -> Result<Outcome> {
         disk::remount_after_reboot(ctx.host)?;
         // The firewall needs nothing from the install: up before CubeMaster
         // and CubeAPI first listen, not from harden on (issue 21).
-        firewall::load_before_install(ctx, &harden::RESTRICTED_PORTS)?;
+        let ports = crate::layout::restricted_ports_for(ctx.plan.cube.bundle.as_ref());
+        firewall::load_before_install(ctx, &ports)?;
         install::run(ctx)
     })
 }

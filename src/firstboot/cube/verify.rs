@@ -10,10 +10,11 @@ use anyhow::Result;
 
 use super::super::host::{unix_secs, Host};
 use super::super::{Ctx, Outcome, StepFailure};
-use super::install::{ControlPlane, CUBEMASTER_PORT, CUBE_API_PORT};
+use super::join::{registration_needle, ControlPlane};
 use super::listeners::{self, Listener};
 use super::{envfile, http, pvm_enabled, INSTALL_ROOT};
-use crate::plan::Role;
+use crate::layout::{CUBEMASTER, CUBE_API};
+use crate::plan::{CubePlan, Role};
 
 const HEALTH_POLL: Duration = Duration::from_secs(5);
 
@@ -34,12 +35,7 @@ impl Endpoints {
     /// every address or on loopback, else on the address they are bound to
     /// (the node IP when hardened); the default address when nothing
     /// listens yet, so the probe fails naming it.
-    pub fn from_listeners(
-        role: Role,
-        control_plane_ip: Option<&str>,
-        node_ip: &str,
-        listening: &[Listener],
-    ) -> Result<Self> {
+    pub fn from_listeners(cube: &CubePlan, node_ip: &str, listening: &[Listener]) -> Result<Self> {
         let at = |port: u16, path: &str| {
             let host = listeners::probe_addr(listening, port).map_or_else(
                 || format!("127.0.0.1:{port}"),
@@ -47,22 +43,20 @@ impl Endpoints {
             );
             format!("http://{host}{path}")
         };
-        Ok(match role {
+        Ok(match cube.role {
             Role::Control => Self {
-                cube_api: Some(at(CUBE_API_PORT, "/health")),
-                cube_master: Some(at(CUBEMASTER_PORT, "/notify/health")),
+                cube_api: Some(at(CUBE_API.port, "/health")),
+                cube_master: Some(at(CUBEMASTER.port, "/notify/health")),
                 registration: None,
                 node_ip: node_ip.into(),
             },
             Role::Compute => {
-                let cp = ControlPlane::parse(control_plane_ip)?;
+                // Where the bundle's own quickcheck reads it (join.rs).
+                let (registration, _) = ControlPlane::for_plan(cube)?.registration(node_ip);
                 Self {
                     cube_api: None,
                     cube_master: None,
-                    registration: Some(format!(
-                        "http://{}/internal/meta/nodes/{node_ip}",
-                        cp.addr()
-                    )),
+                    registration: Some(registration),
                     node_ip: node_ip.into(),
                 }
             }
@@ -95,12 +89,7 @@ fn check_install(ctx: &mut Ctx, get: &dyn Fn(&str) -> Result<String>) -> Result<
     let start = unix_secs(ctx.host.now());
     let listening = wait_for_listeners(ctx.host, ctx.plan.cube.role, budget)?;
     let spent = unix_secs(ctx.host.now()).saturating_sub(start);
-    let endpoints = Endpoints::from_listeners(
-        ctx.plan.cube.role,
-        ctx.plan.cube.control_plane_ip.as_deref(),
-        &node_ip,
-        &listening,
-    )?;
+    let endpoints = Endpoints::from_listeners(&ctx.plan.cube, &node_ip, &listening)?;
     let left = Duration::from_secs(budget.as_secs().saturating_sub(spent));
     verify_with_probe(ctx, &endpoints, left, get)
 }
@@ -109,7 +98,7 @@ fn check_install(ctx: &mut Ctx, get: &dyn Fn(&str) -> Result<String>) -> Result<
 /// CubeMaster ports appear (services may still be starting) or `budget` ends.
 fn wait_for_listeners(host: &dyn Host, role: Role, budget: Duration) -> Result<Vec<Listener>> {
     let wanted: &[u16] = match role {
-        Role::Control => &[CUBE_API_PORT, CUBEMASTER_PORT],
+        Role::Control => &[CUBE_API.port, CUBEMASTER.port],
         Role::Compute => &[],
     };
     let found = http::poll(
@@ -199,7 +188,7 @@ pub fn verify_with_probe(
         probe(
             "registered",
             url,
-            Some(format!("\"host_ip\":\"{}\"", endpoints.node_ip)),
+            Some(registration_needle(url, &endpoints.node_ip)),
         );
     }
 
