@@ -1306,7 +1306,7 @@ fn the_firewall_is_loaded_before_the_installer_runs() {
         .host
         .read_string("/etc/cubeboot/firewall.nft")
         .unwrap()
-        .contains("tcp dport { 8089, 9999, 9998, 3000, 12088, 9000, 9966 } drop"));
+        .contains("tcp dport { 8089, 9999, 9998, 3000, 12088, 9000, 9966, 3010, 8890, 8083 } drop"));
 }
 
 #[test]
@@ -2109,7 +2109,7 @@ fn a_port_the_probe_reaches_from_outside_allow_from_fails_harden() {
     });
     let text = failure_text(&cube::harden(&mut ctx).unwrap_err());
     assert!(
-        text.starts_with("firewall: port(s) 9999, 9998, 3000, 12088, 9000, 9966 of 10.0.2.15 accepted a connection from outside allow_from (diagnostics: "),
+        text.starts_with("firewall: port(s) 9999, 9998, 3000, 12088, 9000, 9966, 3010, 8890, 8083 of 10.0.2.15 accepted a connection from outside allow_from (diagnostics: "),
         "{text}"
     );
     let cmds = node.host.commands();
@@ -2120,7 +2120,7 @@ fn a_port_the_probe_reaches_from_outside_allow_from_fails_harden() {
     // From the first /30 of 198.18.0.0/15 outside allow_from (10.0.2.0/24),
     // to the node IP, the control port first.
     assert!(
-        probe.ends_with(" cubeboot-probe cubeprobe0 cubeprobe1 198.19.255.253 198.19.255.254 10.0.2.15 3 9 8089 9999 9998 3000 12088 9000 9966"),
+        probe.ends_with(" cubeboot-probe cubeprobe0 cubeprobe1 198.19.255.253 198.19.255.254 10.0.2.15 3 9 8089 9999 9998 3000 12088 9000 9966 3010 8890 8083"),
         "{probe}"
     );
 }
@@ -2140,7 +2140,7 @@ fn a_probe_that_cannot_reach_the_node_warns_instead_of_passing_silently() {
         panic!("harden did not finish")
     };
     assert!(
-        done.contains("ports 8089,9999,9998,3000,12088,9000,9966 only from 10.0.2.0/24; "),
+        done.contains("ports 8089,9999,9998,3000,12088,9000,9966,3010,8890,8083 only from 10.0.2.0/24; "),
         "{done}"
     );
     assert_eq!(
