@@ -1306,7 +1306,9 @@ fn the_firewall_is_loaded_before_the_installer_runs() {
         .host
         .read_string("/etc/cubeboot/firewall.nft")
         .unwrap()
-        .contains("tcp dport { 8089, 9999, 9998, 3000, 12088, 9000, 9966, 3010, 8890, 8083 } drop"));
+        .contains(
+            "tcp dport { 8089, 9999, 9998, 3000, 12088, 9000, 9966, 3010, 8890, 8083 } drop"
+        ));
 }
 
 #[test]
@@ -2140,7 +2142,9 @@ fn a_probe_that_cannot_reach_the_node_warns_instead_of_passing_silently() {
         panic!("harden did not finish")
     };
     assert!(
-        done.contains("ports 8089,9999,9998,3000,12088,9000,9966,3010,8890,8083 only from 10.0.2.0/24; "),
+        done.contains(
+            "ports 8089,9999,9998,3000,12088,9000,9966,3010,8890,8083 only from 10.0.2.0/24; "
+        ),
         "{done}"
     );
     assert_eq!(

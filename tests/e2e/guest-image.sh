@@ -20,13 +20,14 @@ cache="${E2E_CACHE:-$here/cache}"
 # test's own server on 10.0.2.2). profiles/debian-12.yaml lists curl, tar,
 # gawk, xfsprogs, iproute2, python3, docker.io, docker-compose; the Cube
 # prereq step also wants resolvectl (systemd-resolved) on a control node, or
-# it installs dnsmasq.
+# it installs dnsmasq; nftables for hardening with allow_from (the cluster
+# scenario).
 packages=(
   systemd-sysv udev dbus linux-image-amd64 grub-pc cloud-init ifupdown
   isc-dhcp-client curl ca-certificates e2fsprogs kmod initramfs-tools zstd
   sudo locales
   python3 xfsprogs iproute2 tar gawk sed grep procps util-linux
-  docker.io docker-compose systemd-resolved
+  docker.io docker-compose systemd-resolved nftables
 )
 
 key_inputs() {
