@@ -175,7 +175,11 @@ pub fn build_all(
     let helper = Helper {
         sha256: pinned.sha256,
         source: if options.embed_helper {
-            HelperSource::Embedded(lock.read_local(&pinned)?)
+            let binary = lock.read_local(&pinned)?;
+            let gz_b64 = render::gzip_base64(&binary)?;
+            budget::check_embedded_helper(&options.cloud, binary.len() as u64, &gz_b64)
+                .map_err(anyhow::Error::msg)?;
+            HelperSource::Embedded { gz_b64 }
         } else {
             HelperSource::Urls(options.mirror.order(pinned.asset)?)
         },

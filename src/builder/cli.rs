@@ -147,7 +147,8 @@ pub struct BuildArgs {
     /// Cloud whose user-data budget the payload must fit
     #[arg(long, value_name = "NAME", default_value = "aws")]
     pub cloud: String,
-    /// Inline the helper binary as gz+b64 instead of downloading it
+    /// Inline the helper binary as gz+b64 instead of downloading it: only
+    /// with --cloud none (a NoCloud seed); it fits no cloud's budget
     #[arg(long)]
     pub embed_helper: bool,
     /// Payload format

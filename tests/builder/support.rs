@@ -1,5 +1,5 @@
 //! Shared fixtures: a small but real release (a .deb built by dpkg-deb, an
-//! .rpm built by rpmbuild, a one-click-shaped tar.gz, a helper stand-in),
+//! .rpm built by rpmbuild, a one-click-shaped tar.gz, the real helper),
 //! locked by the real `cubeboot lock`; plus a 127.0.0.1 HTTP server.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -125,19 +125,6 @@ pub fn make_rpm(dir: &Path, kver: &str, payload: &str) -> PathBuf {
     out
 }
 
-/// Deterministic incompressible bytes (a stand-in for a static binary).
-pub fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 pub fn release() -> &'static Release {
     static RELEASE: OnceLock<Release> = OnceLock::new();
     RELEASE.get_or_init(|| {
@@ -151,9 +138,10 @@ pub fn release() -> &'static Release {
         std::fs::create_dir_all(dir.join(stem)).unwrap();
         std::fs::write(dir.join(stem).join("install.sh"), "#!/bin/sh\nexit 0\n").unwrap();
         sh(&format!("tar -czf {BUNDLE} {stem} && rm -r {stem}"), &dir);
-        // 12 KiB: small enough for gcp when embedded, too big for aws.
+        // The real static helper (examples/release, ~2.7 MB): its size is
+        // what decides where it fits (embedding, budgets, mirrors).
         let helper = dir.join("cube-firstboot");
-        std::fs::write(&helper, noise(12 * 1024)).unwrap();
+        std::fs::copy(repo().join("examples/release/cube-firstboot"), &helper).unwrap();
         let lock = dir.join("cubeboot.lock");
         ok(&[
             "lock",
