@@ -25,6 +25,9 @@ pub struct Cloud {
     pub source: &'static str,
 }
 
+/// The cloud a build is budgeted for when `--cloud` is not given.
+pub const DEFAULT_CLOUD: &str = "aws";
+
 /// The budget table. Where docs disagree the smaller figure wins.
 pub const CLOUDS: &[Cloud] = &[
     Cloud {

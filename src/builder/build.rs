@@ -46,6 +46,9 @@ pub fn run(args: BuildArgs) -> Result<()> {
     if args.offline && args.format != FormatArg::Overlay {
         bail!("--offline only applies to --format overlay (user-data cannot carry the assets)");
     }
+    if let (FormatArg::Overlay, Some(cloud)) = (args.format, &args.cloud) {
+        eprintln!("note: --cloud {cloud}: an image overlay is not user-data, so no user-data budget applies to it");
+    }
     let lock = Lock::load(&args.lock)?;
     let profiles = profile::select(args.dir.profiles_dir.as_deref(), &args.profile)?;
     // Step 2: every payload in memory; any error stops before writing.

@@ -86,16 +86,39 @@ fn export_profiles(dir: &Path) -> Result<()> {
 pub fn run(args: CheckArgs) -> Result<()> {
     // Step 1: every profile, all problems collected.
     let (profiles, mut report) = profile::load(args.dir.profiles_dir.as_deref())?;
+    let dir_label = args
+        .dir
+        .profiles_dir
+        .as_deref()
+        .map_or(profile::BUILT_IN_LABEL.into(), |d| d.display().to_string());
+    // A one-distro fleet checks the lock against its own profile only.
+    let selected: Vec<_> = if args.profile == "all" {
+        profiles.iter().collect()
+    } else {
+        match profiles.iter().find(|p| p.name == args.profile) {
+            Some(p) => vec![p],
+            None => anyhow::bail!(
+                "no profile named {:?} in {dir_label}; available: all, {}",
+                args.profile,
+                profiles
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    };
     // Step 2: the lock, its pins against any local copies, and whether it
-    // has the kernel each profile needs.
-    let mut checked = format!(
-        "{} valid profiles in {}",
-        profiles.len(),
-        args.dir
-            .profiles_dir
-            .as_deref()
-            .map_or(profile::BUILT_IN_LABEL.into(), |d| d.display().to_string())
-    );
+    // has the kernel each selected profile needs.
+    let mut checked = if args.profile == "all" {
+        format!("{} valid profiles in {dir_label}", profiles.len())
+    } else {
+        format!(
+            "profile {} of {} valid profiles in {dir_label}",
+            args.profile,
+            profiles.len()
+        )
+    };
     if let Some(path) = &args.lock {
         checked.push_str(&format!(" and {}", path.display()));
         match Lock::load(path) {
@@ -106,7 +129,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
             Ok(lock) => {
                 report.0.extend(lock.warnings.iter().cloned());
                 report.0.extend(lock.verify_local_copies()?);
-                for p in &profiles {
+                for p in &selected {
                     let pinned = |s: &KernelSource| match s {
                         KernelSource::Release => lock.file.assets.get(p.kernel_asset).is_some(),
                         KernelSource::Repo => lock.file.kernel_repo.is_some(),

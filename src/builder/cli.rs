@@ -73,6 +73,9 @@ pub struct CheckArgs {
     /// Treat warnings as errors
     #[arg(long)]
     pub strict: bool,
+    /// Check the lock against this profile only (a one-distro fleet), or `all`
+    #[arg(long, value_name = "NAME", default_value = "all")]
+    pub profile: String,
 }
 
 #[derive(Debug, Args)]
@@ -144,9 +147,9 @@ pub struct BuildArgs {
     /// created (0600) with a new random one; default OUTPUT/webhook-secret
     #[arg(long, value_name = "FILE", requires = "webhook")]
     pub webhook_secret_file: Option<PathBuf>,
-    /// Cloud whose user-data budget the payload must fit
-    #[arg(long, value_name = "NAME", default_value = "aws")]
-    pub cloud: String,
+    /// Cloud whose user-data budget the payload must fit [default: aws]
+    #[arg(long, value_name = "NAME")]
+    pub cloud: Option<String>,
     /// Inline the helper binary as gz+b64 instead of downloading it: only
     /// with --cloud none (a NoCloud seed); it fits no cloud's budget
     #[arg(long)]

@@ -13,5 +13,6 @@ mod bootstrap;
 mod build;
 mod errors;
 mod lock;
+mod operator;
 mod readme;
 mod schema;

@@ -36,6 +36,17 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Run and require success; returns stderr (where cubeboot reports).
+pub fn ok_stderr(args: &[&str]) -> String {
+    let out = cubeboot(args);
+    assert!(
+        out.status.success(),
+        "cubeboot {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Run and require failure; returns stderr.
 pub fn fails(args: &[&str]) -> String {
     let out = cubeboot(args);
