@@ -16,3 +16,4 @@ mod lock;
 mod operator;
 mod readme;
 mod schema;
+mod shell;
