@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::budget::{self, Movable};
 use super::cli::{BuildArgs, FormatArg};
+use super::json;
 use super::lock::{AssetKind, Lock};
 use super::options::BuildOptions;
 use super::overlay;
@@ -33,8 +34,54 @@ pub struct Payload {
 
 /// The `build` verb.
 pub fn run(args: BuildArgs) -> Result<()> {
+    let built = build(&args);
+    if args.json {
+        let (fields, outcome) = match built {
+            Ok(b) => (json_fields(&args, &b), Ok(())),
+            Err(e) => {
+                let mut fields = serde_json::Map::new();
+                fields.insert("output".into(), serde_json::json!(args.output));
+                fields.insert("webhook_secret_file".into(), serde_json::Value::Null);
+                fields.insert("payloads".into(), serde_json::json!([]));
+                (fields, Err(e))
+            }
+        };
+        return json::emit("build", fields, Vec::new(), outcome);
+    }
+    let built = built?;
+    for p in &built.payloads {
+        if args.format == FormatArg::Overlay {
+            eprintln!(
+                "built {}/{}/overlay.tar.xz",
+                args.output.display(),
+                p.profile
+            );
+            continue;
+        }
+        let cloud = &built.options.cloud;
+        eprintln!(
+            "built {}/{}/user-data ({} bytes {}, {} budget {})",
+            args.output.display(),
+            p.profile,
+            p.budget_size,
+            cloud.measure,
+            cloud.name,
+            cloud.limit.map_or("none".to_string(), |l| l.to_string())
+        );
+    }
+    Ok(())
+}
+
+/// What one `build` wrote.
+struct Built {
+    options: BuildOptions,
+    secret_file: Option<PathBuf>,
+    payloads: Vec<Payload>,
+}
+
+fn build(args: &BuildArgs) -> Result<Built> {
     // Step 1: inputs, validated (flags, lock, profiles).
-    let mut options = BuildOptions::from_args(&args)?;
+    let mut options = BuildOptions::from_args(args)?;
     let secret_file = options.webhook.as_ref().map(|_| {
         args.webhook_secret_file
             .clone()
@@ -62,70 +109,51 @@ pub fn run(args: BuildArgs) -> Result<()> {
     };
     // Step 3: write to a temp dir, rename into place.
     write_payloads(&args.output, &payloads)?;
-    if args.json {
-        let written: Vec<_> = payloads
-            .iter()
-            .map(|p| {
-                let files: BTreeMap<&str, _> = p
-                    .files
-                    .iter()
-                    .map(|(name, bytes)| {
-                        let f = serde_json::json!({
-                            "size": bytes.len(),
-                            "sha256": Sha256Digest::of(bytes).to_hex(),
-                        });
-                        (name.as_str(), f)
-                    })
-                    .collect();
-                let budget = (args.format == FormatArg::UserData).then(|| {
-                    serde_json::json!({
-                        "cloud": options.cloud.name,
-                        "measured_on": options.cloud.measure.to_string(),
-                        "limit": options.cloud.limit,
-                        "size": p.budget_size,
-                    })
-                });
-                serde_json::json!({
-                    "profile": p.profile,
-                    "directory": args.output.join(&p.profile),
-                    "files": files,
-                    "budget": budget,
+    Ok(Built {
+        options,
+        secret_file,
+        payloads,
+    })
+}
+
+/// `build --json`'s own keys (docs/json.md).
+fn json_fields(args: &BuildArgs, built: &Built) -> serde_json::Map<String, serde_json::Value> {
+    let written: Vec<_> = built
+        .payloads
+        .iter()
+        .map(|p| {
+            let files: BTreeMap<&str, _> = p
+                .files
+                .iter()
+                .map(|(name, bytes)| {
+                    let f = serde_json::json!({
+                        "size": bytes.len(),
+                        "sha256": Sha256Digest::of(bytes).to_hex(),
+                    });
+                    (name.as_str(), f)
                 })
+                .collect();
+            let budget = (args.format == FormatArg::UserData).then(|| {
+                serde_json::json!({
+                    "cloud": built.options.cloud.name,
+                    "measured_on": built.options.cloud.measure.to_string(),
+                    "limit": built.options.cloud.limit,
+                    "size": p.budget_size,
+                })
+            });
+            serde_json::json!({
+                "profile": p.profile,
+                "directory": args.output.join(&p.profile),
+                "files": files,
+                "budget": budget,
             })
-            .collect();
-        let out = serde_json::json!({
-            "output": args.output,
-            "webhook_secret_file": secret_file,
-            "payloads": written,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
-    }
-    if args.format == FormatArg::Overlay {
-        for p in &payloads {
-            eprintln!(
-                "built {}/{}/overlay.tar.xz",
-                args.output.display(),
-                p.profile
-            );
-        }
-        return Ok(());
-    }
-    for p in &payloads {
-        eprintln!(
-            "built {}/{}/user-data ({} bytes {}, {} budget {})",
-            args.output.display(),
-            p.profile,
-            p.budget_size,
-            options.cloud.measure,
-            options.cloud.name,
-            options
-                .cloud
-                .limit
-                .map_or("none".to_string(), |l| l.to_string())
-        );
-    }
-    Ok(())
+        })
+        .collect();
+    json::object(serde_json::json!({
+        "output": args.output,
+        "webhook_secret_file": built.secret_file,
+        "payloads": written,
+    }))
 }
 
 /// The fleet secret in `path`, or a new one written there (0600). Reusing the

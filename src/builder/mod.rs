@@ -8,6 +8,7 @@ pub mod build;
 pub mod check;
 pub mod cli;
 pub mod diag;
+pub mod json;
 pub mod kernel_package;
 pub mod lock;
 pub mod mirror;

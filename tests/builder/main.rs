@@ -12,6 +12,7 @@ mod server;
 mod bootstrap;
 mod build;
 mod errors;
+mod json;
 mod lock;
 mod operator;
 mod readme;
