@@ -46,9 +46,12 @@ resource "tencentcloud_instance" "control" {
     }
     precondition {
       condition = (var.webhook_url == null
-        || (try(local.control_plan.report.webhook, null) == var.webhook_url
+        ? try(local.control_plan.report.webhook, null) == null
+        : (try(local.control_plan.report.webhook, null) == var.webhook_url
       && try(local.control_plan.report.webhook_secret, null) == var.webhook_secret))
-      error_message = "The control payload must be built with --webhook ${coalesce(var.webhook_url, "-")} and the fleet's --webhook-secret-file."
+      error_message = (var.webhook_url == null
+        ? "The control payload reports to a webhook, but webhook_url is null: pass the URL it was built with."
+      : "The control payload must be built with --webhook ${var.webhook_url} and the fleet's --webhook-secret-file.")
     }
     precondition {
       condition     = length(local.control_user_data) <= local.user_data_limit
@@ -89,9 +92,12 @@ resource "tencentcloud_instance" "compute" {
     }
     precondition {
       condition = (var.webhook_url == null
-        || (try(local.compute_plan.report.webhook, null) == var.webhook_url
+        ? try(local.compute_plan.report.webhook, null) == null
+        : (try(local.compute_plan.report.webhook, null) == var.webhook_url
       && try(local.compute_plan.report.webhook_secret, null) == var.webhook_secret))
-      error_message = "The compute payload must be built with --webhook ${coalesce(var.webhook_url, "-")} and the fleet's --webhook-secret-file."
+      error_message = (var.webhook_url == null
+        ? "The compute payload reports to a webhook, but webhook_url is null: pass the URL it was built with."
+      : "The compute payload must be built with --webhook ${var.webhook_url} and the fleet's --webhook-secret-file.")
     }
     precondition {
       condition     = length(local.compute_user_data) <= local.user_data_limit
