@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::host::{unix_secs, Host};
 pub use super::journal::CheckResult;
-use super::journal::Journal;
+use super::journal::{Journal, StepState};
 use super::run_state::RunState;
 use super::secrets::Secrets;
 use super::{StepId, JOURNAL_PATH, STATUS_PATH};
@@ -100,6 +100,15 @@ impl Status {
             .iter()
             .map(|s| {
                 let (state, detail) = match journal.steps.get(s) {
+                    // The journal keeps kernel-boot's reboot-requested (the
+                    // trial-boot logic reads it); once the reboot step is
+                    // done, the reboot it asked for came: show it done.
+                    Some(r)
+                        if r.state == StepState::RebootRequested
+                            && journal.state(StepId::Reboot) == Some(StepState::Done) =>
+                    {
+                        (StepState::Done.name().to_string(), r.detail.clone())
+                    }
                     Some(r) => (r.state.name().to_string(), r.detail.clone()),
                     None => ("pending".to_string(), String::new()),
                 };
