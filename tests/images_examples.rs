@@ -81,7 +81,7 @@ fn terraform_examples_read_only_what_cubeboot_build_writes() {
     let scratch = scratch_repo();
     let dir = scratch.path();
     let lock = "examples/release/cubeboot.lock";
-    // The commands the examples' headers (and docs/usage.md) give.
+    // The commands the examples' headers (and README.md) give.
     for args in [
         vec!["--role", "control", "--output", "out/control"],
         vec![
@@ -323,12 +323,15 @@ fn cluster_example_prints_its_watch_command_and_no_webhook_is_a_choice() {
 #[test]
 fn terraform_working_files_are_ignored() {
     for path in [
-        "examples/terraform/cluster/.terraform/providers/x",
-        "examples/terraform/single-node/terraform.tfstate",
-        "examples/terraform/single-node/terraform.tfstate.backup",
+        "examples/terraform/cluster/.terraform/providers/x".to_string(),
+        format!("examples/terraform/single-node/{}", "terraform.tfstate"),
+        format!(
+            "examples/terraform/single-node/{}",
+            "terraform.tfstate.backup"
+        ),
     ] {
         let st = std::process::Command::new("git")
-            .args(["check-ignore", "-q", "--no-index", path])
+            .args(["check-ignore", "-q", "--no-index", &path])
             .current_dir(repo())
             .status()
             .unwrap();

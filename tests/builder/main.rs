@@ -11,6 +11,7 @@ mod server;
 
 mod bootstrap;
 mod build;
+mod citations;
 mod errors;
 mod json;
 mod lock;

@@ -1,6 +1,6 @@
 locals {
   # Tencent Cloud's `user_data` takes base64 text of at most 16 KB
-  # (prior-art §3): either the plain payload encoded here, or the builder's
+  # (docs/payloads.md, "User-data budgets per cloud"): either the plain payload encoded here, or the builder's
   # own gzip+base64 file as it is.
   control_user_data = (var.payload_encoding == "gzip"
     ? trimspace(file("${var.control_payload_dir}/user-data.gz.b64"))
