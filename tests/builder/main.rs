@@ -19,3 +19,4 @@ mod operator;
 mod readme;
 mod schema;
 mod shell;
+mod troubleshooting;
