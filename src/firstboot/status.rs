@@ -266,6 +266,12 @@ impl Status {
             let mut lines = e.lines();
             out.push(format!("error:    {}", lines.next().unwrap_or("")));
             out.extend(lines.map(|l| format!("          {l}")));
+            if let Some(row) = super::troubleshooting::row_for(e) {
+                out.push(format!(
+                    "help:     docs/troubleshooting.md, \"{}\"",
+                    row.symptom
+                ));
+            }
         }
         out.extend(self.hints.iter().map(|h| format!("hint:     {h}")));
         out.extend(self.warnings.iter().map(|w| format!("warning:  {w}")));
@@ -451,6 +457,27 @@ mod tests {
             text.contains("download: bundle+kernel 3.0 of 12.0 MiB (25%)\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_failure_points_at_its_troubleshooting_row() {
+        let s = Status {
+            last_error: Some(
+                "cube installer timed out after 3600 s; log: /var/log/cubeboot/install.log".into(),
+            ),
+            ..Status::default()
+        };
+        assert!(
+            s.human()
+                .contains("\nhelp:     docs/troubleshooting.md, \"the Cube installer hangs\"\n"),
+            "{}",
+            s.human()
+        );
+        let s = Status {
+            last_error: Some("something no row knows".into()),
+            ..Status::default()
+        };
+        assert!(!s.human().contains("help:"));
     }
 
     #[test]

@@ -4,37 +4,19 @@
 
 use std::path::Path;
 
+use cubeboot::firstboot::troubleshooting::{parse, Row};
+
 use crate::support::*;
 
-struct Row {
-    message: String,
-    test_file: String,
-    test_fn: String,
-}
-
-/// The table rows: `| symptom | `message` | `file` `fn` | … |`.
-fn rows(doc: &str) -> Vec<Row> {
-    doc.lines()
-        .filter(|l| l.starts_with("| ") && !l.starts_with("| symptom") && !l.starts_with("|---"))
-        .map(|l| {
-            let cells: Vec<&str> = l.split(" | ").collect();
-            let ticked = |cell: &str| -> Vec<String> {
-                cell.split('`')
-                    .skip(1)
-                    .step_by(2)
-                    .map(str::to_string)
-                    .collect()
-            };
-            let message = ticked(cells[1]);
-            let test = ticked(cells[2]);
-            assert!(message.len() == 1 && test.len() == 2, "bad row: {l}");
-            Row {
-                message: message[0].clone(),
-                test_file: test[0].clone(),
-                test_fn: test[1].clone(),
-            }
-        })
-        .collect()
+/// Every table row, each checked to have the row shape.
+fn rows(doc: &str) -> Vec<Row<'_>> {
+    let table = doc
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| symptom"))
+        .count();
+    let rows = parse(doc);
+    assert_eq!(rows.len(), table, "a row without `message` and `file` `fn`");
+    rows
 }
 
 /// The text of `fn name` in `source`, to the next item.
@@ -56,16 +38,16 @@ fn source_contains(root: &Path, needle: &str) -> bool {
 fn stale_rows(root: &Path, doc: &str) -> Vec<String> {
     let mut stale = Vec::new();
     for row in rows(doc) {
-        let test = std::fs::read_to_string(root.join(&row.test_file)).unwrap_or_default();
-        match function(&test, &row.test_fn) {
+        let test = std::fs::read_to_string(root.join(row.test_file)).unwrap_or_default();
+        match function(&test, row.test_fn) {
             None => stale.push(format!("{} has no fn {}", row.test_file, row.test_fn)),
-            Some(body) if !body.contains(&row.message) => stale.push(format!(
+            Some(body) if !body.contains(row.message) => stale.push(format!(
                 "{}::{} does not produce {:?}",
                 row.test_file, row.test_fn, row.message
             )),
             Some(_) => {}
         }
-        if !source_contains(root, &row.message) {
+        if !source_contains(root, row.message) {
             stale.push(format!("no source under src/ prints {:?}", row.message));
         }
     }
