@@ -2,7 +2,7 @@
 //! then one pass that hashes while it unpacks with every entry checked)
 //! against the standard tools doing the same job (`sha256sum` then
 //! `tar -xzf`), on the same synthetic ~300 MB bundle (the size of v0.7.2's
-//! amd64 bundle, facts §7), in the same run.
+//! amd64 bundle, docs/cube-installer.md "Time budgets"), in the same run.
 //!
 //! Run: `cargo bench --bench bundle_extract` (writes into a temp dir).
 

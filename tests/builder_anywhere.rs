@@ -99,9 +99,9 @@ fn profiles_and_check_print_json() {
     let (ok, out, err) = cubeboot(tmp.path(), &["profiles", "--json"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v.as_array().unwrap().len(), 9);
-    assert_eq!(v[2]["name"], "debian-12");
-    assert_eq!(v[2]["family"], "deb");
+    assert_eq!(v["profiles"].as_array().unwrap().len(), 9);
+    assert_eq!(v["profiles"][2]["name"], "debian-12");
+    assert_eq!(v["profiles"][2]["family"], "deb");
 
     let lock = repo().join("examples/release/cubeboot.lock");
     let (ok, out, err) = cubeboot(

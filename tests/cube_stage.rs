@@ -1667,7 +1667,7 @@ fn hardening_off_skips_and_without_allow_from_warns() {
     );
     assert_eq!(
         ctx.journal.warnings,
-        vec!["hardening: no allow_from networks in the plan, so 10.0.2.15:8089, 0.0.0.0:12088 (all interfaces) stay open to every network (CubeMaster and Cubelet have no auth)"]
+        vec!["hardening: no allow_from networks in the plan, so CubeMaster on 10.0.2.15:8089, WebUI on 0.0.0.0:12088 (all interfaces) stay open to every network (no auth: CubeMaster, WebUI)"]
     );
     assert!(!node.host.exists("/etc/cubeboot/firewall.nft"));
 

@@ -110,9 +110,18 @@ fn the_journal_is_a_leaf_and_the_status_is_built_from_it() {
     assert_eq!(deps("live"), ["link"]);
     assert_eq!(deps("link"), Vec::<&str>::new());
     assert_eq!(deps("journal"), ["host", "run_state"]);
+    // troubleshooting: the table status points failures at; a leaf.
+    assert_eq!(deps("troubleshooting"), Vec::<&str>::new());
     assert_eq!(
         deps("status"),
-        ["host", "journal", "live", "run_state", "secrets"]
+        [
+            "host",
+            "journal",
+            "live",
+            "run_state",
+            "secrets",
+            "troubleshooting"
+        ]
     );
     for low in ["journal", "status", "report", "webhook"] {
         assert!(!g[low].contains("runner"), "{low} imports the runner");

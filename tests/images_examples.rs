@@ -81,7 +81,7 @@ fn terraform_examples_read_only_what_cubeboot_build_writes() {
     let scratch = scratch_repo();
     let dir = scratch.path();
     let lock = "examples/release/cubeboot.lock";
-    // The commands the examples' headers (and docs/usage.md) give.
+    // The commands the examples' headers (and README.md) give.
     for args in [
         vec!["--role", "control", "--output", "out/control"],
         vec![
@@ -245,4 +245,96 @@ fn cluster_tf_default_secret(dir: &std::path::Path) -> String {
                 p
             });
     normal.display().to_string()
+}
+
+/// A Terraform file as python-hcl2 reads it (block names keep their quotes).
+fn hcl_json(python: &Path, file: &Path) -> serde_json::Value {
+    let out = run(std::process::Command::new(python).args([
+        "-c",
+        "import hcl2, json, sys; print(json.dumps(hcl2.load(open(sys.argv[1]))))",
+        file.to_str().unwrap(),
+    ]));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The block `"name"` among a file's `kind` blocks.
+fn hcl_block<'a>(doc: &'a serde_json::Value, kind: &str, name: &str) -> &'a serde_json::Value {
+    let quoted = format!("\"{name}\"");
+    doc[kind]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|b| b.get(&quoted))
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn cluster_example_prints_its_watch_command_and_no_webhook_is_a_choice() {
+    let Some(python) = hcl_python() else { return };
+    let tf = repo().join("examples/terraform/cluster/main.tf");
+    let doc = hcl_json(&python, &tf);
+    // No default: a user says "none" to go without progress reports.
+    let var = hcl_block(&doc, "variable", "webhook_url");
+    assert!(var.get("default").is_none(), "{var}");
+    let validation = var["validation"].to_string();
+    assert!(
+        validation.contains("var.webhook_url == \\\"none\\\""),
+        "{validation}"
+    );
+    // The watch command the output prints, with the values terraform would
+    // put in for compute_count=3 and http://203.0.113.7:8740/.
+    let value = hcl_block(&doc, "output", "watch_command")["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let template = value
+        .split("\"cubeboot watch ")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap_or_else(|| panic!("watch_command prints no cubeboot watch: {value}"));
+    let secret = repo().join("out/webhook-secret");
+    let command = format!("cubeboot watch {template}")
+        .replace("${local.watch_port}", "8740")
+        .replace(
+            "${abspath(var.webhook_secret_file)}",
+            secret.to_str().unwrap(),
+        )
+        .replace("${var.compute_count + 1}", "4");
+    assert!(!command.contains("${"), "{command}");
+    assert_eq!(
+        command,
+        format!(
+            "cubeboot watch --listen 0.0.0.0:8740 --secret-file {} --expect 4",
+            secret.display()
+        )
+    );
+    // cubeboot's own parser takes it (--help stops before listening).
+    let mut args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    args.push("--help");
+    run(std::process::Command::new(cubeboot()).args(&args));
+    // The port comes from the URL the payloads were built with.
+    let locals = doc["locals"].to_string();
+    assert!(
+        locals.contains("regex(\\\"^https?://[^/]*:([0-9]+)\\\", local.webhook_url)"),
+        "{locals}"
+    );
+}
+
+#[test]
+fn terraform_working_files_are_ignored() {
+    for path in [
+        "examples/terraform/cluster/.terraform/providers/x".to_string(),
+        format!("examples/terraform/single-node/{}", "terraform.tfstate"),
+        format!(
+            "examples/terraform/single-node/{}",
+            "terraform.tfstate.backup"
+        ),
+    ] {
+        let st = std::process::Command::new("git")
+            .args(["check-ignore", "-q", "--no-index", &path])
+            .current_dir(repo())
+            .status()
+            .unwrap();
+        assert!(st.success(), "{path} is not ignored by .gitignore");
+    }
 }

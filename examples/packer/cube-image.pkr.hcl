@@ -72,8 +72,9 @@ source "tencentcloud-cvm" "cube" {
 build {
   sources = ["source.tencentcloud-cvm.cube"]
 
-  # Let the base image's own first boot finish before touching packages
-  # (prior-art §5 and §8: dpkg/rpm lock races with cloud-init).
+  # Let the base image's own first boot finish before touching packages:
+  # cloud-init, unattended-upgrades and apt-daily holding the dpkg/rpm lock
+  # are the most reported first-boot package failure (docs/payloads.md, "Images").
   provisioner "shell" {
     inline = ["cloud-init status --wait || true"]
   }

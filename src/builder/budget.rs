@@ -25,6 +25,9 @@ pub struct Cloud {
     pub source: &'static str,
 }
 
+/// The cloud a build is budgeted for when `--cloud` is not given.
+pub const DEFAULT_CLOUD: &str = "aws";
+
 /// The budget table. Where docs disagree the smaller figure wins.
 pub const CLOUDS: &[Cloud] = &[
     Cloud {
@@ -170,6 +173,24 @@ pub fn check(
         }
     }
     Err(msg)
+}
+
+/// Refuse an inlined helper that alone is over `cloud`'s whole budget,
+/// before any profile is rendered: the static helper is ~2.7 MB (about
+/// 1.9 MB as gz+b64), past every cloud's user-data limit, so inlining is for
+/// NoCloud seeds (`none`); images carry it in an overlay (docs/payloads.md).
+pub fn check_embedded_helper(cloud: &Cloud, helper_bytes: u64, gz_b64: &str) -> Result<(), String> {
+    let Some(limit) = cloud.limit else {
+        return Ok(());
+    };
+    let cost = cloud.measure(gz_b64.as_bytes());
+    if cost <= limit {
+        return Ok(());
+    }
+    Err(format!(
+        "--embed-helper: the helper is {helper_bytes} bytes, {cost} bytes inlined as gz+b64 ({}), over the whole {} user-data budget of {limit} bytes ({}); no cloud's user-data holds the helper: drop --embed-helper (the target downloads it by URL and checks the pinned SHA-256), bake it into an image with --format overlay, or embed it in a NoCloud seed with --cloud none, which has no limit",
+        cloud.measure, cloud.name, cloud.source
+    ))
 }
 
 #[cfg(test)]

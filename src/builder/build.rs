@@ -15,6 +15,7 @@ use super::budget::{self, Movable};
 use super::bundle_check;
 use super::cli::{BuildArgs, FormatArg};
 use super::diag::{Report, Severity};
+use super::json;
 use super::lock::{AssetKind, Lock};
 use super::options::BuildOptions;
 use super::overlay;
@@ -37,8 +38,54 @@ pub struct Payload {
 
 /// The `build` verb.
 pub fn run(args: BuildArgs) -> Result<()> {
+    let built = build(&args);
+    if args.json {
+        let (fields, outcome) = match built {
+            Ok(b) => (json_fields(&args, &b), Ok(())),
+            Err(e) => {
+                let mut fields = serde_json::Map::new();
+                fields.insert("output".into(), serde_json::json!(args.output));
+                fields.insert("webhook_secret_file".into(), serde_json::Value::Null);
+                fields.insert("payloads".into(), serde_json::json!([]));
+                (fields, Err(e))
+            }
+        };
+        return json::emit("build", fields, Vec::new(), outcome);
+    }
+    let built = built?;
+    for p in &built.payloads {
+        if args.format == FormatArg::Overlay {
+            eprintln!(
+                "built {}/{}/overlay.tar.xz",
+                args.output.display(),
+                p.profile
+            );
+            continue;
+        }
+        let cloud = &built.options.cloud;
+        eprintln!(
+            "built {}/{}/user-data ({} bytes {}, {} budget {})",
+            args.output.display(),
+            p.profile,
+            p.budget_size,
+            cloud.measure,
+            cloud.name,
+            cloud.limit.map_or("none".to_string(), |l| l.to_string())
+        );
+    }
+    Ok(())
+}
+
+/// What one `build` wrote.
+struct Built {
+    options: BuildOptions,
+    secret_file: Option<PathBuf>,
+    payloads: Vec<Payload>,
+}
+
+fn build(args: &BuildArgs) -> Result<Built> {
     // Step 1: inputs, validated (flags, lock, profiles).
-    let mut options = BuildOptions::from_args(&args)?;
+    let mut options = BuildOptions::from_args(args)?;
     let secret_file = options.webhook.as_ref().map(|_| {
         args.webhook_secret_file
             .clone()
@@ -49,6 +96,9 @@ pub fn run(args: BuildArgs) -> Result<()> {
     }
     if args.offline && args.format != FormatArg::Overlay {
         bail!("--offline only applies to --format overlay (user-data cannot carry the assets)");
+    }
+    if let (FormatArg::Overlay, Some(cloud)) = (args.format, &args.cloud) {
+        eprintln!("note: --cloud {cloud}: an image overlay is not user-data, so no user-data budget applies to it");
     }
     let lock = Lock::load(&args.lock)?;
     let profiles = profile::select(args.dir.profiles_dir.as_deref(), &args.profile)?;
@@ -65,70 +115,51 @@ pub fn run(args: BuildArgs) -> Result<()> {
     };
     // Step 3: write to a temp dir, rename into place.
     write_payloads(&args.output, &payloads)?;
-    if args.json {
-        let written: Vec<_> = payloads
-            .iter()
-            .map(|p| {
-                let files: BTreeMap<&str, _> = p
-                    .files
-                    .iter()
-                    .map(|(name, bytes)| {
-                        let f = serde_json::json!({
-                            "size": bytes.len(),
-                            "sha256": Sha256Digest::of(bytes).to_hex(),
-                        });
-                        (name.as_str(), f)
-                    })
-                    .collect();
-                let budget = (args.format == FormatArg::UserData).then(|| {
-                    serde_json::json!({
-                        "cloud": options.cloud.name,
-                        "measured_on": options.cloud.measure.to_string(),
-                        "limit": options.cloud.limit,
-                        "size": p.budget_size,
-                    })
-                });
-                serde_json::json!({
-                    "profile": p.profile,
-                    "directory": args.output.join(&p.profile),
-                    "files": files,
-                    "budget": budget,
+    Ok(Built {
+        options,
+        secret_file,
+        payloads,
+    })
+}
+
+/// `build --json`'s own keys (docs/json.md).
+fn json_fields(args: &BuildArgs, built: &Built) -> serde_json::Map<String, serde_json::Value> {
+    let written: Vec<_> = built
+        .payloads
+        .iter()
+        .map(|p| {
+            let files: BTreeMap<&str, _> = p
+                .files
+                .iter()
+                .map(|(name, bytes)| {
+                    let f = serde_json::json!({
+                        "size": bytes.len(),
+                        "sha256": Sha256Digest::of(bytes).to_hex(),
+                    });
+                    (name.as_str(), f)
                 })
+                .collect();
+            let budget = (args.format == FormatArg::UserData).then(|| {
+                serde_json::json!({
+                    "cloud": built.options.cloud.name,
+                    "measured_on": built.options.cloud.measure.to_string(),
+                    "limit": built.options.cloud.limit,
+                    "size": p.budget_size,
+                })
+            });
+            serde_json::json!({
+                "profile": p.profile,
+                "directory": args.output.join(&p.profile),
+                "files": files,
+                "budget": budget,
             })
-            .collect();
-        let out = serde_json::json!({
-            "output": args.output,
-            "webhook_secret_file": secret_file,
-            "payloads": written,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
-    }
-    if args.format == FormatArg::Overlay {
-        for p in &payloads {
-            eprintln!(
-                "built {}/{}/overlay.tar.xz",
-                args.output.display(),
-                p.profile
-            );
-        }
-        return Ok(());
-    }
-    for p in &payloads {
-        eprintln!(
-            "built {}/{}/user-data ({} bytes {}, {} budget {})",
-            args.output.display(),
-            p.profile,
-            p.budget_size,
-            options.cloud.measure,
-            options.cloud.name,
-            options
-                .cloud
-                .limit
-                .map_or("none".to_string(), |l| l.to_string())
-        );
-    }
-    Ok(())
+        })
+        .collect();
+    json::object(serde_json::json!({
+        "output": args.output,
+        "webhook_secret_file": built.secret_file,
+        "payloads": written,
+    }))
 }
 
 /// The fleet secret in `path`, or a new one written there (0600). Reusing the
@@ -212,7 +243,10 @@ fn check_bundle(
     profiles: &[Profile],
     options: &BuildOptions,
 ) -> Result<()> {
-    let mut report = Report(bundle_check::diagnostics(lock, profiles));
+    let mut report = Report(bundle_check::diagnostics(
+        lock,
+        &profiles.iter().collect::<Vec<_>>(),
+    ));
     let token = options.ops_token.as_deref();
     if let Some(mut d) = bundle_check::missing_token(lock, options.role, token) {
         d.message.push_str(&format!(
@@ -246,7 +280,11 @@ pub fn build_all(
     let helper = Helper {
         sha256: pinned.sha256,
         source: if options.embed_helper {
-            HelperSource::Embedded(lock.read_local(&pinned)?)
+            let binary = lock.read_local(&pinned)?;
+            let gz_b64 = render::gzip_base64(&binary)?;
+            budget::check_embedded_helper(&options.cloud, binary.len() as u64, &gz_b64)
+                .map_err(anyhow::Error::msg)?;
+            HelperSource::Embedded { gz_b64 }
         } else {
             HelperSource::Urls(options.mirror.order(pinned.asset)?)
         },

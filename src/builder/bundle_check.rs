@@ -62,7 +62,7 @@ fn is_kernel_release(v: &str) -> bool {
 }
 
 /// Diagnostics for the locked bundle against the profiles to be built.
-pub fn diagnostics(lock: &Lock, profiles: &[Profile]) -> Vec<Diagnostic> {
+pub fn diagnostics(lock: &Lock, profiles: &[&Profile]) -> Vec<Diagnostic> {
     let Some((name, facts)) = locked_facts(lock) else {
         return Vec::new();
     };

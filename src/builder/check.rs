@@ -4,8 +4,11 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use serde_json::Map;
+
 use super::cli::{CheckArgs, ProfilesArgs};
-use super::diag::{Diagnostic, Report, Severity};
+use super::diag::{Diagnostic, Report};
+use super::json;
 use super::lock::Lock;
 use super::profile::{self, KernelSource};
 
@@ -15,8 +18,12 @@ pub fn list_profiles(args: ProfilesArgs) -> Result<()> {
     if let Some(dir) = &args.export {
         return export_profiles(dir);
     }
-    let (profiles, report) = profile::load(args.dir.profiles_dir.as_deref())?;
+    let loaded = profile::load(args.dir.profiles_dir.as_deref());
     if args.json {
+        let (profiles, report) = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => return json::emit("profiles", Map::new(), Vec::new(), Err(e)),
+        };
         let list: Vec<_> = profiles
             .iter()
             .map(|p| {
@@ -32,15 +39,23 @@ pub fn list_profiles(args: ProfilesArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
-    } else {
-        println!(
-            "{:<16} {:<4} {:<14} DESCRIPTION",
-            "PROFILE", "PKG", "BOOTLOADER"
-        );
-        for p in &profiles {
-            println!("{}", p.summary());
-        }
+        let mut fields = Map::new();
+        fields.insert("profiles".into(), list.into());
+        let diagnostics = report.0.iter().map(json::diagnostic).collect();
+        let outcome = if report.errors() > 0 {
+            Err(report.into())
+        } else {
+            Ok(())
+        };
+        return json::emit("profiles", fields, diagnostics, outcome);
+    }
+    let (profiles, report) = loaded?;
+    println!(
+        "{:<16} {:<4} {:<14} DESCRIPTION",
+        "PROFILE", "PKG", "BOOTLOADER"
+    );
+    for p in &profiles {
+        println!("{}", p.summary());
     }
     if report.errors() > 0 {
         return Err(report.into());
@@ -84,18 +99,90 @@ fn export_profiles(dir: &Path) -> Result<()> {
 /// `cubeboot check [--strict] [--lock FILE]`: profiles, then the lock, then
 /// local copies of locked assets. Warnings fail only with --strict.
 pub fn run(args: CheckArgs) -> Result<()> {
+    let checked = check(&args);
+    if !args.json {
+        let checked = checked?;
+        if !checked.report.is_empty() {
+            eprintln!("{}\n", checked.report);
+        }
+        return checked.outcome();
+    }
+    match checked {
+        Ok(c) => {
+            let fields = serde_json::json!({
+                "checked": c.label,
+                "profiles": c.profiles,
+                "errors": c.report.errors(),
+                "warnings": c.report.warnings(),
+            });
+            let diagnostics = c.report.0.iter().map(json::diagnostic).collect();
+            json::emit("check", json::object(fields), diagnostics, c.outcome())
+        }
+        Err(e) => json::emit("check", Map::new(), Vec::new(), Err(e)),
+    }
+}
+
+/// What `check` found: the profiles and the lock, and every diagnostic.
+struct Checked {
+    label: String,
+    profiles: usize,
+    report: Report,
+    strict: bool,
+}
+
+impl Checked {
+    /// The summary line; an error with errors (or warnings with --strict).
+    fn outcome(&self) -> Result<()> {
+        let (errors, warnings) = (self.report.errors(), self.report.warnings());
+        let summary = format!(
+            "checked {}: {errors} errors, {warnings} warnings",
+            self.label
+        );
+        if errors > 0 || (self.strict && warnings > 0) {
+            let strict = if errors == 0 { " (--strict)" } else { "" };
+            anyhow::bail!("{summary}{strict}");
+        }
+        eprintln!("{summary}");
+        Ok(())
+    }
+}
+
+fn check(args: &CheckArgs) -> Result<Checked> {
     // Step 1: every profile, all problems collected.
     let (profiles, mut report) = profile::load(args.dir.profiles_dir.as_deref())?;
+    let dir_label = args
+        .dir
+        .profiles_dir
+        .as_deref()
+        .map_or(profile::BUILT_IN_LABEL.into(), |d| d.display().to_string());
+    // A one-distro fleet checks the lock against its own profile only.
+    let selected: Vec<_> = if args.profile == "all" {
+        profiles.iter().collect()
+    } else {
+        match profiles.iter().find(|p| p.name == args.profile) {
+            Some(p) => vec![p],
+            None => anyhow::bail!(
+                "no profile named {:?} in {dir_label}; available: all, {}",
+                args.profile,
+                profiles
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    };
     // Step 2: the lock, its pins against any local copies, and whether it
-    // has the kernel each profile needs.
-    let mut checked = format!(
-        "{} valid profiles in {}",
-        profiles.len(),
-        args.dir
-            .profiles_dir
-            .as_deref()
-            .map_or(profile::BUILT_IN_LABEL.into(), |d| d.display().to_string())
-    );
+    // has the kernel each selected profile needs.
+    let mut checked = if args.profile == "all" {
+        format!("{} valid profiles in {dir_label}", profiles.len())
+    } else {
+        format!(
+            "profile {} of {} valid profiles in {dir_label}",
+            args.profile,
+            profiles.len()
+        )
+    };
     if let Some(path) = &args.lock {
         checked.push_str(&format!(" and {}", path.display()));
         match Lock::load(path) {
@@ -109,8 +196,8 @@ pub fn run(args: CheckArgs) -> Result<()> {
                 // What the locked bundle cannot do on these profiles' hosts.
                 report
                     .0
-                    .extend(super::bundle_check::diagnostics(&lock, &profiles));
-                for p in &profiles {
+                    .extend(super::bundle_check::diagnostics(&lock, &selected));
+                for p in &selected {
                     let pinned = |s: &KernelSource| match s {
                         KernelSource::Release => lock.file.assets.get(p.kernel_asset).is_some(),
                         KernelSource::Repo => lock.file.kernel_repo.is_some(),
@@ -140,41 +227,10 @@ pub fn run(args: CheckArgs) -> Result<()> {
             }
         }
     }
-    // Step 3: report; exit status from errors (and warnings with --strict).
-    let (errors, warnings) = (report.errors(), report.warnings());
-    let failed = errors > 0 || (args.strict && warnings > 0);
-    if args.json {
-        let diagnostics: Vec<_> = report
-            .0
-            .iter()
-            .map(|d| {
-                serde_json::json!({
-                    "severity": if d.severity == Severity::Error { "error" } else { "warning" },
-                    "file": d.file,
-                    "key": d.key,
-                    "line": d.position.map(|p| p.0),
-                    "column": d.position.map(|p| p.1),
-                    "message": d.message,
-                })
-            })
-            .collect();
-        let out = serde_json::json!({
-            "ok": !failed,
-            "checked": checked,
-            "profiles": profiles.len(),
-            "errors": errors,
-            "warnings": warnings,
-            "diagnostics": diagnostics,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else if !report.is_empty() {
-        eprintln!("{report}\n");
-    }
-    let summary = format!("checked {checked}: {errors} errors, {warnings} warnings");
-    if failed {
-        let strict = if errors == 0 { " (--strict)" } else { "" };
-        anyhow::bail!("{summary}{strict}");
-    }
-    eprintln!("{summary}");
-    Ok(())
+    Ok(Checked {
+        label: checked,
+        profiles: profiles.len(),
+        report,
+        strict: args.strict,
+    })
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, StringValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -73,6 +74,9 @@ pub struct CheckArgs {
     /// Treat warnings as errors
     #[arg(long)]
     pub strict: bool,
+    /// Check the lock against this profile only (a one-distro fleet), or `all`
+    #[arg(long, value_name = "NAME", default_value = "all", value_parser = ProfileName, hide_possible_values = true)]
+    pub profile: String,
 }
 
 #[derive(Debug, Args)]
@@ -118,7 +122,7 @@ pub struct BuildArgs {
     #[arg(long, value_name = "FILE", default_value = "cubeboot.lock")]
     pub lock: PathBuf,
     /// Profile name, or `all`
-    #[arg(long, value_name = "NAME", default_value = "all")]
+    #[arg(long, value_name = "NAME", default_value = "all", value_parser = ProfileName, hide_possible_values = true)]
     pub profile: String,
     /// Node role
     #[arg(long, value_enum, default_value_t = RoleArg::Control)]
@@ -158,10 +162,11 @@ pub struct BuildArgs {
     /// guest kernel that differs from the host kernel)
     #[arg(long)]
     pub strict: bool,
-    /// Cloud whose user-data budget the payload must fit
-    #[arg(long, value_name = "NAME", default_value = "aws")]
-    pub cloud: String,
-    /// Inline the helper binary as gz+b64 instead of downloading it
+    /// Cloud whose user-data budget the payload must fit [default: aws]
+    #[arg(long, value_name = "NAME", value_parser = cloud_names(), hide_possible_values = true)]
+    pub cloud: Option<String>,
+    /// Inline the helper binary as gz+b64 instead of downloading it: only
+    /// with --cloud none (a NoCloud seed); it fits no cloud's budget
     #[arg(long)]
     pub embed_helper: bool,
     /// Payload format
@@ -273,6 +278,45 @@ pub struct WatchArgs {
     /// Print post handling times at the end (for scripts/bench-watch.sh)
     #[arg(long, hide = true)]
     pub stats: bool,
+}
+
+/// The clouds of the budget table (docs/payloads.md), for completion and
+/// for a clap error that lists them.
+fn cloud_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        super::budget::CLOUDS
+            .iter()
+            .map(|c| PossibleValue::new(c.name).help(c.source)),
+    )
+}
+
+/// Any profile name (a --profiles-dir brings its own), offering `all` and
+/// the built-in names to shell completion.
+#[derive(Debug, Clone, Copy)]
+pub struct ProfileName;
+
+impl TypedValueParser for ProfileName {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        StringValueParser::new().parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        let built_in = super::profile::BUILT_IN
+            .iter()
+            .map(|(file, _)| file.trim_end_matches(".yaml"));
+        Some(Box::new(
+            std::iter::once("all")
+                .chain(built_in)
+                .map(PossibleValue::new),
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -11,6 +11,7 @@ pub mod bundle_inspect;
 pub mod check;
 pub mod cli;
 pub mod diag;
+pub mod json;
 pub mod kernel_package;
 pub mod lock;
 pub mod mirror;

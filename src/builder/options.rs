@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{bail, Context, Result};
 
-use super::budget::Cloud;
+use super::budget::{Cloud, DEFAULT_CLOUD};
 use super::cli::{BuildArgs, KvmArg, OnOff, RoleArg};
 use super::lock::{AssetKind, Lock, LockedAsset, LockedKernel, LockedKernelRepo, Url};
 use super::profile::{KernelSource, Profile};
@@ -170,7 +170,8 @@ impl BuildOptions {
             boot_params_label,
             webhook,
             webhook_secret: None,
-            cloud: Cloud::by_name(&args.cloud).map_err(|e| anyhow::anyhow!("--cloud: {e}"))?,
+            cloud: Cloud::by_name(args.cloud.as_deref().unwrap_or(DEFAULT_CLOUD))
+                .map_err(|e| anyhow::anyhow!("--cloud: {e}"))?,
             embed_helper: args.embed_helper,
             kvm: match args.kvm {
                 KvmArg::Auto => KvmMode::Auto,

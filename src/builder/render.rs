@@ -28,8 +28,9 @@ pub const UNIT: &str = include_str!("../../templates/cube-firstboot.service");
 pub enum HelperSource {
     /// Downloaded from these URLs, in order.
     Urls(Vec<String>),
-    /// Inlined (the raw binary; rendered gz+b64).
-    Embedded(Vec<u8>),
+    /// Inlined: the binary as gz+b64 text ([`gzip_base64`]), encoded once
+    /// for every profile of a build.
+    Embedded { gz_b64: String },
 }
 
 #[derive(Debug, Clone)]
@@ -66,7 +67,7 @@ pub fn user_data(plan: &Plan, helper: &Helper) -> Result<Rendered> {
     let plan_json = plan.to_json();
     let (helper_urls, helper_gz_b64) = match &helper.source {
         HelperSource::Urls(urls) => (urls.clone(), String::new()),
-        HelperSource::Embedded(bytes) => (Vec::new(), gzip_base64(bytes)?),
+        HelperSource::Embedded { gz_b64 } => (Vec::new(), gz_b64.clone()),
     };
     let ctx = Context_ {
         generator: plan.generator.clone(),
@@ -173,7 +174,13 @@ fn verify(user_data: &str, ctx: &Context_) -> Result<()> {
     if !user_data.starts_with("#cloud-config\n") {
         bail!("does not start with #cloud-config");
     }
-    let doc = yaml::to_json_value(user_data, std::path::Path::new("user-data"))?;
+    // An inlined helper is the one part that may take the user-data past
+    // the parser's input bound (a NoCloud seed has no budget).
+    let doc = yaml::to_json_value_with_extra(
+        user_data,
+        std::path::Path::new("user-data"),
+        ctx.helper_gz_b64.len(),
+    )?;
     let files = doc["write_files"]
         .as_array()
         .context("write_files is not a list")?;
@@ -305,7 +312,9 @@ mod tests {
         let bytes = b"\x7fELF fake helper".to_vec();
         let h = Helper {
             sha256: Sha256Digest::of(&bytes),
-            source: HelperSource::Embedded(bytes.clone()),
+            source: HelperSource::Embedded {
+                gz_b64: gzip_base64(&bytes).unwrap(),
+            },
         };
         let r = user_data(&sample_plan(), &h).unwrap();
         assert!(r.user_data.contains("encoding: gz+b64"));

@@ -32,8 +32,12 @@ pub fn from_str<T: DeserializeOwned>(text: &str, file: &Path) -> Result<T, Diagn
 /// Refuse a document over [`MAX_BYTES`] (at the line crossing the limit) or
 /// nested deeper than [`MAX_DEPTH`] (at the opening that crosses it).
 pub fn check_bounds(text: &str, file: &Path) -> Result<(), Diagnostic> {
-    if text.len() > MAX_BYTES {
-        let line = text.as_bytes()[..=MAX_BYTES]
+    check_bounds_within(text, file, MAX_BYTES)
+}
+
+fn check_bounds_within(text: &str, file: &Path, max_bytes: usize) -> Result<(), Diagnostic> {
+    if text.len() > max_bytes {
+        let line = text.as_bytes()[..=max_bytes]
             .iter()
             .filter(|&&b| b == b'\n')
             .count()
@@ -42,9 +46,13 @@ pub fn check_bounds(text: &str, file: &Path) -> Result<(), Diagnostic> {
             file,
             "$",
             format!(
-                "YAML document is {} bytes, more than the {} MiB limit",
+                "YAML document is {} bytes, more than the {} limit",
                 text.len(),
-                MAX_BYTES >> 20
+                if max_bytes % (1 << 20) == 0 {
+                    format!("{} MiB", max_bytes >> 20)
+                } else {
+                    format!("{max_bytes} bytes")
+                }
             ),
         )
         .at(text, Some((line, 1))));
@@ -137,6 +145,18 @@ fn deepest(text: &str) -> Option<(usize, usize)> {
 /// and for peeking at a `version:` before choosing a schema).
 pub fn to_json_value(text: &str, file: &Path) -> Result<serde_json::Value, Diagnostic> {
     from_str(text, file)
+}
+
+/// [`to_json_value`] for a document the builder wrote itself and knows to
+/// be `extra` bytes over [`MAX_BYTES`] (a helper inlined into a NoCloud
+/// seed's user-data); the depth bound still applies.
+pub fn to_json_value_with_extra(
+    text: &str,
+    file: &Path,
+    extra: usize,
+) -> Result<serde_json::Value, Diagnostic> {
+    check_bounds_within(text, file, MAX_BYTES + extra)?;
+    serde_yaml::from_str(text).map_err(|e| to_diagnostic(&e, text, file))
 }
 
 /// Serialize `value` as a block-style YAML document.

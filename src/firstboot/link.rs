@@ -7,7 +7,7 @@
 //! Whether two connections share one bottleneck is a fact of the network,
 //! not of the plan. A cloud server's bandwidth cap splits between its
 //! connections, so a second one halves the first; a long lossy path (a
-//! GitHub download from mainland China, docs/cube-sandbox-facts.md) limits
+//! GitHub download from mainland China, docs/helper.md "Downloads") limits
 //! each connection on its own, so a second one adds to the total. So it is
 //! measured, once per run: the foreground runs alone for `probe`, then the
 //! background joins; when the foreground's rate over the next `window`

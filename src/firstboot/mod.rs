@@ -13,6 +13,7 @@ pub mod run_state;
 pub mod runner;
 pub mod secrets;
 pub mod status;
+pub mod troubleshooting;
 pub mod units;
 pub mod webhook;
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::host::{unix_secs, Host};
 pub use super::journal::CheckResult;
-use super::journal::Journal;
+use super::journal::{Journal, StepState};
 use super::run_state::RunState;
 use super::secrets::Secrets;
 use super::{StepId, JOURNAL_PATH, STATUS_PATH};
@@ -100,6 +100,15 @@ impl Status {
             .iter()
             .map(|s| {
                 let (state, detail) = match journal.steps.get(s) {
+                    // The journal keeps kernel-boot's reboot-requested (the
+                    // trial-boot logic reads it); once the reboot step is
+                    // done, the reboot it asked for came: show it done.
+                    Some(r)
+                        if r.state == StepState::RebootRequested
+                            && journal.state(StepId::Reboot) == Some(StepState::Done) =>
+                    {
+                        (StepState::Done.name().to_string(), r.detail.clone())
+                    }
                     Some(r) => (r.state.name().to_string(), r.detail.clone()),
                     None => ("pending".to_string(), String::new()),
                 };
@@ -257,6 +266,12 @@ impl Status {
             let mut lines = e.lines();
             out.push(format!("error:    {}", lines.next().unwrap_or("")));
             out.extend(lines.map(|l| format!("          {l}")));
+            if let Some(row) = super::troubleshooting::row_for(e) {
+                out.push(format!(
+                    "help:     docs/troubleshooting.md, \"{}\"",
+                    row.symptom
+                ));
+            }
         }
         out.extend(self.hints.iter().map(|h| format!("hint:     {h}")));
         out.extend(self.warnings.iter().map(|w| format!("warning:  {w}")));
@@ -442,6 +457,27 @@ mod tests {
             text.contains("download: bundle+kernel 3.0 of 12.0 MiB (25%)\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_failure_points_at_its_troubleshooting_row() {
+        let s = Status {
+            last_error: Some(
+                "cube installer timed out after 3600 s; log: /var/log/cubeboot/install.log".into(),
+            ),
+            ..Status::default()
+        };
+        assert!(
+            s.human()
+                .contains("\nhelp:     docs/troubleshooting.md, \"the Cube installer hangs\"\n"),
+            "{}",
+            s.human()
+        );
+        let s = Status {
+            last_error: Some("something no row knows".into()),
+            ..Status::default()
+        };
+        assert!(!s.human().contains("help:"));
     }
 
     #[test]

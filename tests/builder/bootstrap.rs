@@ -187,7 +187,8 @@ fn bootstrap_installs_nothing_when_the_hash_differs() {
 #[test]
 fn bootstrap_verifies_an_embedded_helper_before_installing() {
     let s = served();
-    let doc = user_data(&s.lock, &["--embed-helper", "--cloud", "gcp"]);
+    // The real helper inlined: only a NoCloud seed has room for it.
+    let doc = user_data(&s.lock, &["--embed-helper", "--cloud", "none"]);
     let inline = gunzip_b64(
         doc["write_files"][2]["content"]
             .as_str()

@@ -5,14 +5,17 @@
 
 use crate::support::*;
 
-#[test]
-fn readme_first_command_builds_every_profile() {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let block = readme
+fn first_sh_block(markdown: &str) -> Option<&str> {
+    markdown
         .split("```sh\n")
         .nth(1)
         .and_then(|b| b.split("```").next())
-        .expect("README has a ```sh block");
+}
+
+#[test]
+fn readme_first_command_builds_every_profile() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let block = first_sh_block(&readme).expect("README has a ```sh block");
     let lines: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(
         lines.len(),
@@ -38,4 +41,71 @@ fn readme_first_command_builds_every_profile() {
         "--lock",
         "examples/release/cubeboot.lock",
     ]);
+}
+
+/// The README's install step. Running `cargo install` itself here would
+/// rebuild the crate over the binaries the other tests are running (its
+/// build and the test build invalidate each other), so this checks what
+/// makes it work: cargo accepts every flag, `--locked` holds (Cargo.lock is
+/// current, checked offline), the package installs both binaries, and the
+/// built `cubeboot` works outside the repository.
+#[test]
+fn readme_install_step_installs_a_working_cubeboot() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## Installing cubeboot\n")
+        .nth(1)
+        .expect("README has a `## Installing cubeboot` section");
+    let block = first_sh_block(section).expect("the install section has a ```sh block");
+    let install = block
+        .lines()
+        .find(|l| l.starts_with("cargo install "))
+        .expect("the install block runs `cargo install`");
+    assert_eq!(install, "cargo install --locked --path .");
+    let cargo = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO"))
+            .args(args)
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cargo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let help = cargo(&["install", "--help"]);
+    for flag in install.split_whitespace().filter(|w| w.starts_with("--")) {
+        assert!(
+            help.contains(&format!("{flag} ")),
+            "cargo install has no {flag}"
+        );
+    }
+    let meta: serde_json::Value = serde_json::from_str(&cargo(&[
+        "metadata",
+        "--locked",
+        "--offline",
+        "--no-deps",
+        "--format-version",
+        "1",
+    ]))
+    .unwrap();
+    let mut bins: Vec<&str> = meta["packages"][0]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"][0] == "bin")
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    bins.sort();
+    assert_eq!(bins, ["cube-firstboot", "cubeboot"]);
+    let elsewhere = tempdir();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cubeboot"))
+        .arg("profiles")
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ubuntu-24.04"));
 }

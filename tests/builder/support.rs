@@ -1,5 +1,5 @@
 //! Shared fixtures: a small but real release (a .deb built by dpkg-deb, an
-//! .rpm built by rpmbuild, a one-click-shaped tar.gz, a helper stand-in),
+//! .rpm built by rpmbuild, a one-click-shaped tar.gz, the real helper),
 //! locked by the real `cubeboot lock`; plus a 127.0.0.1 HTTP server.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,6 +34,17 @@ pub fn ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run and require success; returns stderr (where cubeboot reports).
+pub fn ok_stderr(args: &[&str]) -> String {
+    let out = cubeboot(args);
+    assert!(
+        out.status.success(),
+        "cubeboot {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Run and require failure; returns stderr.
@@ -125,7 +136,8 @@ pub fn make_rpm(dir: &Path, kver: &str, payload: &str) -> PathBuf {
     out
 }
 
-/// Deterministic incompressible bytes (a stand-in for a static binary).
+/// Deterministic incompressible bytes (a bundle's payload in the bundle
+/// tests).
 pub fn noise(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     (0..len)
@@ -151,9 +163,10 @@ pub fn release() -> &'static Release {
         std::fs::create_dir_all(dir.join(stem)).unwrap();
         std::fs::write(dir.join(stem).join("install.sh"), "#!/bin/sh\nexit 0\n").unwrap();
         sh(&format!("tar -czf {BUNDLE} {stem} && rm -r {stem}"), &dir);
-        // 12 KiB: small enough for gcp when embedded, too big for aws.
+        // The real static helper (examples/release, ~2.7 MB): its size is
+        // what decides where it fits (embedding, budgets, mirrors).
         let helper = dir.join("cube-firstboot");
-        std::fs::write(&helper, noise(12 * 1024)).unwrap();
+        std::fs::copy(repo().join("examples/release/cube-firstboot"), &helper).unwrap();
         let lock = dir.join("cubeboot.lock");
         ok(&[
             "lock",

@@ -9,8 +9,8 @@
 #     --ops-token-file out/ops-token --cluster-cidr 10.100.0.0/18
 #   terraform -chdir=examples/terraform/cluster init
 #   terraform -chdir=examples/terraform/cluster apply -var compute_count=3 \
-#     -var webhook_url=http://OPERATOR:8740/ -var ...
-#   cubeboot watch --listen 0.0.0.0:8740 --secret-file out/webhook-secret --expect 4
+#     -var webhook_url=http://OPERATOR:8740/ -var ...     (or webhook_url=none)
+#   $(terraform -chdir=examples/terraform/cluster output -raw watch_command)
 #
 # Every payload must carry the same webhook URL and secret (the module checks
 # their plans), so one `cubeboot watch` verifies the whole fleet; and the same
@@ -68,9 +68,13 @@ variable "control_private_ip" {
 }
 
 variable "webhook_url" {
-  description = "The --webhook URL both payloads were built with; null when they were built without one"
+  description = "The --webhook URL both payloads were built with, or \"none\" when they were built without one (then nothing reports progress and there is nothing to watch)"
   type        = string
-  default     = null
+  # No default: going without progress reports is a choice made on the command line.
+  validation {
+    condition     = var.webhook_url == "none" || can(regex("^https?://", var.webhook_url))
+    error_message = "Set webhook_url to the http(s) URL given to cubeboot build --webhook, or to \"none\" for payloads built without --webhook."
+  }
 }
 
 variable "webhook_secret_file" {
@@ -118,8 +122,17 @@ module "cube" {
   vpc_id              = var.vpc_id
   subnet_id           = var.subnet_id
   security_group_ids  = var.security_group_ids
-  webhook_url         = var.webhook_url
-  webhook_secret      = var.webhook_url == null ? null : trimspace(file(var.webhook_secret_file))
+  webhook_url         = local.webhook_url
+  webhook_secret      = local.webhook_url == null ? null : trimspace(file(var.webhook_secret_file))
+}
+
+locals {
+  webhook_url = var.webhook_url == "none" ? null : var.webhook_url
+  # The port cubeboot watch listens on: the webhook URL's, else http's 80 or https's 443.
+  watch_port = local.webhook_url == null ? null : try(
+    regex("^https?://[^/]*:([0-9]+)", local.webhook_url)[0],
+    startswith(local.webhook_url, "https:") ? "443" : "80"
+  )
 }
 
 output "control_private_ip" {
@@ -140,4 +153,11 @@ output "compute_private_ips" {
 output "compute_public_ips" {
   description = "Public IPs of the compute nodes"
   value       = module.cube.compute_public_ips
+}
+
+output "watch_command" {
+  description = "The command that watches this fleet come up (1 control + compute_count nodes)"
+  value = (local.webhook_url == null
+    ? "none: webhook_url is \"none\", so the nodes report to no one; rebuild both payloads with --webhook URL to watch them"
+  : "cubeboot watch --listen 0.0.0.0:${local.watch_port} --secret-file ${abspath(var.webhook_secret_file)} --expect ${var.compute_count + 1}")
 }

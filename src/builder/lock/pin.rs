@@ -112,6 +112,12 @@ pub fn run(args: LockArgs) -> Result<()> {
     crate::atomic_write::write_atomic(&args.output, text.as_bytes(), 0o644)
         .with_context(|| format!("writing lock {}", args.output.display()))?;
     eprintln!("wrote {}", args.output.display());
+    if file.assets.helper.is_none() {
+        eprintln!(
+            "warning: {} pins no helper (cube-firstboot): `cubeboot build` will refuse it; lock again with --asset PATH/cube-firstboot (scripts/build-helper.sh builds it)",
+            args.output.display()
+        );
+    }
     Ok(())
 }
 

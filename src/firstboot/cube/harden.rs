@@ -76,10 +76,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         let w = if exposed.is_empty() {
             "hardening: no allow_from networks in the plan, so no firewall rules; none of Cube's internal ports listens beyond loopback and the node IP".to_string()
         } else {
-            format!(
-                "hardening: no allow_from networks in the plan, so {} stay open to every network (CubeMaster and Cubelet have no auth)",
-                exposed.join(", ")
-            )
+            open_ports_warning(&exposed)
         };
         host.say(&w);
         ctx.journal.warn(w);
@@ -230,13 +227,49 @@ fn cubelet_misplaced(listening: &[Listener], want: &[(u16, IpAddr)], running: bo
 }
 
 /// Restricted ports that listen beyond loopback.
-fn exposed_ports(host: &dyn Host, ports: &[u16]) -> Result<Vec<String>> {
+fn exposed_ports(host: &dyn Host, ports: &[u16]) -> Result<Vec<(u16, String)>> {
     let listening = listeners::read(host)?;
     Ok(ports
         .iter()
         .filter(|p| !listeners::exposed(&listening, **p).is_empty())
-        .map(|p| listeners::describe(&listeners::exposed(&listening, *p)))
+        .map(|p| (*p, listeners::describe(&listeners::exposed(&listening, *p))))
         .collect())
+}
+
+/// Who listens on a restricted port, and when it takes requests without
+/// credentials (CubeSandbox: docs/guide/network-hardening.md; CubeAPI
+/// checks none unless AUTH_CALLBACK_URL is set, MinIO wants its keys).
+fn restricted_service(port: u16) -> (&'static str, Option<&'static str>) {
+    let name = layout::SERVICES
+        .iter()
+        .find(|s| s.port == port)
+        .map_or("a Cube service", |s| s.name);
+    let no_auth = match port {
+        3000 => Some("CubeAPI unless AUTH_CALLBACK_URL is set"),
+        8089 | 9999 | 9998 | 9966 | 12088 => Some(name),
+        _ => None,
+    };
+    (name, no_auth)
+}
+
+/// The warning for restricted ports left open, each named by its service.
+fn open_ports_warning(exposed: &[(u16, String)]) -> String {
+    let named: Vec<String> = exposed
+        .iter()
+        .map(|(port, at)| format!("{} on {at}", restricted_service(*port).0))
+        .collect();
+    let no_auth: Vec<&str> = exposed
+        .iter()
+        .filter_map(|(port, _)| restricted_service(*port).1)
+        .collect();
+    let mut w = format!(
+        "hardening: no allow_from networks in the plan, so {} stay open to every network",
+        named.join(", ")
+    );
+    if !no_auth.is_empty() {
+        w.push_str(&format!(" (no auth: {})", no_auth.join(", ")));
+    }
+    w
 }
 
 /// Point Cubelet's TCP listeners that take every address (upstream writes
@@ -286,6 +319,19 @@ pub fn bind_cubelet(config: &str, node_ip: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_ports_are_named_by_their_service() {
+        // Port 3000 is CubeAPI's, not Cubelet's (issue 22 §12).
+        assert_eq!(
+            open_ports_warning(&[(3000, "10.0.2.15:3000".into())]),
+            "hardening: no allow_from networks in the plan, so CubeAPI on 10.0.2.15:3000 stay open to every network (no auth: CubeAPI unless AUTH_CALLBACK_URL is set)"
+        );
+        assert_eq!(
+            open_ports_warning(&[(9998, "10.0.2.15:9998".into()), (9000, "10.0.2.15:9000".into())]),
+            "hardening: no allow_from networks in the plan, so Cubelet HTTP on 10.0.2.15:9998, MinIO on 10.0.2.15:9000 stay open to every network (no auth: Cubelet HTTP)"
+        );
+    }
 
     #[test]
     fn cubelet_binds_move_to_the_node_ip() {

@@ -1,6 +1,6 @@
 locals {
   # Tencent Cloud's `user_data` takes base64 text of at most 16 KB
-  # (prior-art §3): either the plain payload encoded here, or the builder's
+  # (docs/payloads.md, "User-data budgets per cloud"): either the plain payload encoded here, or the builder's
   # own gzip+base64 file as it is.
   control_user_data = (var.payload_encoding == "gzip"
     ? trimspace(file("${var.control_payload_dir}/user-data.gz.b64"))
@@ -46,9 +46,12 @@ resource "tencentcloud_instance" "control" {
     }
     precondition {
       condition = (var.webhook_url == null
-        || (try(local.control_plan.report.webhook, null) == var.webhook_url
+        ? try(local.control_plan.report.webhook, null) == null
+        : (try(local.control_plan.report.webhook, null) == var.webhook_url
       && try(local.control_plan.report.webhook_secret, null) == var.webhook_secret))
-      error_message = "The control payload must be built with --webhook ${coalesce(var.webhook_url, "-")} and the fleet's --webhook-secret-file."
+      error_message = (var.webhook_url == null
+        ? "The control payload reports to a webhook, but webhook_url is null: pass the URL it was built with."
+      : "The control payload must be built with --webhook ${var.webhook_url} and the fleet's --webhook-secret-file.")
     }
     precondition {
       condition     = length(local.control_user_data) <= local.user_data_limit
@@ -89,9 +92,12 @@ resource "tencentcloud_instance" "compute" {
     }
     precondition {
       condition = (var.webhook_url == null
-        || (try(local.compute_plan.report.webhook, null) == var.webhook_url
+        ? try(local.compute_plan.report.webhook, null) == null
+        : (try(local.compute_plan.report.webhook, null) == var.webhook_url
       && try(local.compute_plan.report.webhook_secret, null) == var.webhook_secret))
-      error_message = "The compute payload must be built with --webhook ${coalesce(var.webhook_url, "-")} and the fleet's --webhook-secret-file."
+      error_message = (var.webhook_url == null
+        ? "The compute payload reports to a webhook, but webhook_url is null: pass the URL it was built with."
+      : "The compute payload must be built with --webhook ${var.webhook_url} and the fleet's --webhook-secret-file.")
     }
     # One cluster, one ops-agent token and one sandbox network: a compute
     # node with another token cannot take CubeOps' pushes, and upstream's

@@ -86,7 +86,7 @@ variable "public_ip" {
 }
 
 variable "webhook_url" {
-  description = "The URL both payloads were built with (`cubeboot build --webhook URL`); null skips the check"
+  description = "The URL both payloads were built with (`cubeboot build --webhook URL`); null when they were built without one, which the module checks too"
   type        = string
   default     = null
 }
