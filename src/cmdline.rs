@@ -250,6 +250,36 @@ mod tests {
         assert!(missing(&once, &tencent).is_empty());
     }
 
+    /// docs/pvm-kernel.md's table names every upstream parameter once, and
+    /// its "default" column is what the `pvm` preset holds.
+    #[test]
+    fn the_docs_table_matches_the_default_set() {
+        let doc = include_str!("../docs/pvm-kernel.md");
+        let rows: Vec<Vec<&str>> = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("| Parameter | What it does |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+            .collect();
+        assert!(!rows.is_empty(), "no parameter table in docs/pvm-kernel.md");
+        let mut keys: Vec<&str> = boot_params::TENCENT.iter().map(|p| key(p)).collect();
+        keys.dedup();
+        for k in keys {
+            let row = rows
+                .iter()
+                .find(|r| r[0].contains(&format!("`{k}=")) || r[0].contains(&format!("`{k}`")))
+                .unwrap_or_else(|| panic!("docs/pvm-kernel.md has no row for {k}"));
+            let in_default = boot_params::pvm().iter().any(|p| key(p) == k);
+            assert_eq!(
+                row[3].starts_with("yes"),
+                in_default,
+                "{k}: the table says {:?}",
+                row[3]
+            );
+        }
+    }
+
     #[test]
     fn displaced_lists_only_replaced_values() {
         assert_eq!(

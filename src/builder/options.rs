@@ -85,7 +85,7 @@ pub struct BuildOptions {
     pub node_ip: String,
     pub mirror: Mirror,
     pub boot_params: Vec<String>,
-    /// `minimal`, `tencent` or `custom`, for the manifest.
+    /// `pvm`, `minimal`, `tencent` or `custom`, for the manifest.
     pub boot_params_label: String,
     pub webhook: Option<String>,
     /// The fleet's webhook signing key; set by `build` at the CLI edge from
@@ -398,18 +398,19 @@ fn cidr(s: &str) -> Result<String> {
     Ok(s.to_string())
 }
 
-/// `minimal`, `tencent`, or a quoted custom list (docs/pvm-kernel.md,
-/// "Boot parameters").
+/// `pvm` (the default), `minimal`, `tencent`, or a quoted custom list
+/// (docs/pvm-kernel.md, "Boot parameters").
 pub fn parse_boot_params(s: &str) -> Result<(Vec<String>, String)> {
     let owned = |set: &[&str]| set.iter().map(|p| p.to_string()).collect();
     match s {
+        "pvm" => return Ok((boot_params::pvm(), "pvm".into())),
         "minimal" => return Ok((owned(boot_params::MINIMAL), "minimal".into())),
         "tencent" => return Ok((owned(boot_params::TENCENT), "tencent".into())),
         _ => {}
     }
     let params: Vec<String> = s.split_whitespace().map(str::to_string).collect();
     if params.is_empty() {
-        bail!("--boot-params: empty list; use minimal, tencent or a quoted list");
+        bail!("--boot-params: empty list; use pvm, minimal, tencent or a quoted list");
     }
     for p in &params {
         if let Some(why) = crate::cmdline::unsafe_param(p) {
@@ -463,6 +464,17 @@ mod tests {
             ["nopti", "pti=off"]
         );
         assert_eq!(parse_boot_params("tencent").unwrap().0.len(), 26);
+        // The default preset: upstream's PVM parameters, a subset of its list
+        // plus the Helm chart's `nopti`.
+        let (pvm, label) = parse_boot_params("pvm").unwrap();
+        assert_eq!(label, "pvm");
+        assert!(pvm.len() > 2, "{pvm:?}");
+        for p in &pvm {
+            assert!(
+                p == "nopti" || boot_params::TENCENT.contains(&p.as_str()),
+                "{p} is not upstream's"
+            );
+        }
         assert_eq!(
             parse_boot_params("pti=off  console=ttyS0,115200")
                 .unwrap()

@@ -80,8 +80,9 @@ fn builds_every_profile_with_all_files() {
             "{p}"
         );
         let ud = &tree[&format!("{p}/user-data")];
-        // Target: plain user-data within 4 KiB with default options.
-        assert!(ud.len() <= 4096, "{p}: user-data is {} bytes", ud.len());
+        // Target: plain user-data within 5 KiB with default options (4 KiB
+        // until upstream's PVM boot parameters became the default).
+        assert!(ud.len() <= 5120, "{p}: user-data is {} bytes", ud.len());
         assert!(ud.starts_with(b"#cloud-config\n"));
         // gz+b64 decodes to the identical document.
         assert_eq!(
@@ -108,7 +109,37 @@ fn builds_every_profile_with_all_files() {
         let plan = cubeboot::plan::Plan::from_json(&plan_text).unwrap();
         assert_eq!(plan.target.profile, p);
         assert_eq!(plan.kernel.kver, KVER);
-        assert_eq!(plan.kernel.boot_params, ["nopti", "pti=off"]);
+        // The default is the PVM part of upstream's host_grub_config.sh
+        // (docs/pvm-kernel.md, "Boot parameters"), console and cloud ones left out.
+        let params = plan.kernel.boot_params.join(" ");
+        for wanted in [
+            "nopti",
+            "pti=off",
+            "kvm.nx_huge_pages=never",
+            "mitigations=on",
+            "clocksource=tsc",
+            "tsc=reliable",
+            "no5lvl",
+        ] {
+            assert!(
+                plan.kernel.boot_params.iter().any(|p| p == wanted),
+                "{wanted} not in {params}"
+            );
+        }
+        assert!(params.contains(" clearcpuid=27,28,54,"), "{params}");
+        for opt_in in [
+            "console=",
+            "net.ifnames=",
+            "biosdevname=",
+            "ipv6.disable=",
+            "crashkernel=",
+            "quiet",
+        ] {
+            assert!(
+                !params.contains(opt_in),
+                "{opt_in} is opt-in (tencent) but in {params}"
+            );
+        }
         let doc: serde_json::Value = serde_yaml::from_slice(ud).unwrap();
         assert_eq!(doc["write_files"][0]["encoding"], "gz+b64");
         let written = gunzip_b64(
@@ -252,8 +283,13 @@ fn embedded_helper_fits_gcp_but_not_aws_with_exact_overage() {
     // No URL after the digest: the bootstrap verifies the inline copy.
     assert_eq!(doc["runcmd"][0].as_array().unwrap().len(), 5);
 
-    // Same build for aws: over by an exact figure, with advice.
+    // Same build for aws: over by an exact figure, with advice (the default
+    // `pvm` list counts its bytes plus YAML/JSON quoting, 8 a parameter).
     let size = ud.len();
+    let params_len: usize = cubeboot::plan::boot_params::pvm()
+        .iter()
+        .map(|p| p.len() + 8)
+        .sum();
     let b64_len = inline["content"].as_str().unwrap().len();
     let err = fails(&[
         "build",
@@ -270,7 +306,7 @@ fn embedded_helper_fits_gcp_but_not_aws_with_exact_overage() {
     assert_eq!(
         err.trim_end(),
         format!(
-            "error: building profile debian-12: user-data for debian-12 is {size} bytes (raw), over the aws budget of 16384 bytes by {} bytes (EC2: 16 KB raw, before base64); move something out:\n  - the embedded helper ({b64_len} bytes): drop --embed-helper; the target downloads it by URL and checks the pinned SHA-256",
+            "error: building profile debian-12: user-data for debian-12 is {size} bytes (raw), over the aws budget of 16384 bytes by {} bytes (EC2: 16 KB raw, before base64); move something out:\n  - the embedded helper ({b64_len} bytes): drop --embed-helper; the target downloads it by URL and checks the pinned SHA-256\n  - the boot parameter list ({params_len} bytes): use --boot-params minimal (nopti pti=off)",
             size - 16384
         )
     );
