@@ -405,3 +405,33 @@ fn a_dry_run_names_the_entry_kernel_install_would_make() {
     assert!(!one_shot.contains('<'), "{one_shot}");
     assert!(!exists(root, &format!("/boot/vmlinuz-{KVER}")));
 }
+
+/// Issue 21 item 3 on a BLS target: the PVM entry's options (from
+/// /etc/kernel/cmdline, with an operator's long parameter) merged with the
+/// plan's go over x86's 2,047 bytes: nothing is armed, the old kernel stays
+/// the default and the status says by how much.
+#[test]
+fn bls_options_over_the_command_line_limit_are_refused_before_arming() {
+    let t = Target::rocky();
+    let root = t.root();
+    let cmdline = read(root, "/etc/kernel/cmdline");
+    put(
+        root,
+        "/etc/kernel/cmdline",
+        format!("{} x={}\n", cmdline.trim_end(), "a".repeat(1990)),
+    );
+    let status = t.run_refused_at_boot();
+    assert!(
+        status.contains("refusing to arm the trial boot"),
+        "{status}"
+    );
+    assert!(
+        status.contains("over x86's 2047-byte limit by "),
+        "{status}"
+    );
+    assert!(!t.ran("grub2-reboot"));
+    assert_eq!(
+        grubby_default(root),
+        format!("/boot/vmlinuz-{OLD_RPM_KERNEL}")
+    );
+}

@@ -19,6 +19,7 @@ use cubeboot::digest::Sha256Digest;
 use cubeboot::firstboot::host::{CmdOutput, CommandSpec, DryRunHost, Host, ScriptedHost};
 use cubeboot::firstboot::journal::{Journal, StepState};
 use cubeboot::firstboot::kernel::grubcfg;
+use cubeboot::firstboot::run_state::Failure;
 use cubeboot::firstboot::runner::{self, RunEnd, Scope};
 use cubeboot::firstboot::{cache_path, Ctx, StepId};
 use cubeboot::plan::testing::sample_plan;
@@ -1148,6 +1149,16 @@ impl Target {
         let host = ScriptedHost::new(dir.path());
         rocky_responders_with(&host, dir.path(), scriptlets);
         Self { dir, plan, host }
+    }
+
+    /// One run from a fresh journal that must stop at kernel-boot, refusing
+    /// to reboot; the status it left.
+    pub fn run_refused_at_boot(&self) -> String {
+        let digest = self.seed_journal();
+        let end = self.run(&digest, Scope::All);
+        assert_eq!(end, RunEnd::Failed(Failure::Step(StepId::KernelBoot)));
+        assert_eq!(self.host.reboots(), 0);
+        self.status()
     }
 
     /// Whether a command line starting with `prefix` has run on this target.
