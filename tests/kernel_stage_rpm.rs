@@ -435,3 +435,44 @@ fn bls_options_over_the_command_line_limit_are_refused_before_arming() {
         format!("/boot/vmlinuz-{OLD_RPM_KERNEL}")
     );
 }
+
+/// Issue 21 item 8 on a BLS target: the PVM kernel panics on its trial boot
+/// and panic=30 brings back the old default. The rollback leaves the machine
+/// as it was: the exclude this run added is gone from dnf.conf, the package
+/// is erased (the old kernel runs) and its BLS entry with it.
+#[test]
+fn a_rolled_back_kernel_is_unheld_and_removed() {
+    let mut t = Target::rocky();
+    t.plan.target.packages.hold = KernelHold::DnfExclude;
+    let root = t.root();
+    put(root, "/etc/dnf/dnf.conf", "[main]\ngpgcheck=1\n");
+    let digest = t.seed_journal();
+    assert_eq!(t.run(&digest, Scope::All), RunEnd::Rebooting);
+    assert!(read(root, "/etc/dnf/dnf.conf").contains("exclude=kernel\n"));
+    assert_eq!(bls_boot(root, true), OLD_RPM_KERNEL);
+
+    let end = t.run(&digest, Scope::All);
+    assert_eq!(
+        end,
+        RunEnd::Failed(Failure::RolledBack {
+            to: OLD_RPM_KERNEL.to_string()
+        })
+    );
+    let status = t.status();
+    assert!(status.contains("kernel unheld and removed"), "{status}");
+    assert_eq!(read(root, "/etc/dnf/dnf.conf"), "[main]\ngpgcheck=1\n");
+    assert!(
+        rpm_installed(root).contains("is not installed"),
+        "{}",
+        rpm_installed(root)
+    );
+    assert!(!exists(root, &format!("/boot/vmlinuz-{KVER}")));
+    assert!(!std::fs::read_dir(root.join("boot/loader/entries"))
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().contains(KVER)));
+    assert_eq!(
+        grubby_default(root),
+        format!("/boot/vmlinuz-{OLD_RPM_KERNEL}")
+    );
+    assert_eq!(t.host.reboots(), 1);
+}

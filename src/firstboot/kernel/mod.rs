@@ -22,6 +22,7 @@ pub mod grubcfg;
 pub(crate) mod grubenv;
 mod kvm;
 mod package;
+mod undo;
 
 use anyhow::{bail, Context, Result};
 
@@ -249,7 +250,8 @@ fn not_on_trial_kernel(ctx: &Ctx) -> Result<Option<String>> {
     Ok((running != *kver).then(|| {
         format!(
             "the machine restarted during the trial boot and came back on {running}, not {kver} \
-             (a crash after the kernel came up, e.g. while loading kvm_pvm)"
+             (the journal says: {})",
+            undo::trial_crash_point(ctx)
         )
     }))
 }
@@ -269,7 +271,10 @@ fn roll_back_trial(ctx: &mut Ctx, why: &str, hint: &str) -> anyhow::Error {
     let (ending, message) = match rolled {
         Ok(()) => (
             Failure::RolledBack { to: old.clone() },
-            format!("{why}; {old} is the default boot entry again (no further reboot)"),
+            format!(
+                "{why}; {old} is the default boot entry again (no further reboot); {}",
+                undo::release_failed_kernel(ctx)
+            ),
         ),
         Err(e) => (
             Failure::RollBackFailed { to: old.clone() },

@@ -19,7 +19,7 @@ const DPKG_LOCK_POLL: Duration = Duration::from_secs(5);
 /// A kernel package install takes about 3 minutes (docs/pvm-kernel.md).
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-const DNF_CONF: &str = "/etc/dnf/dnf.conf";
+pub(super) const DNF_CONF: &str = "/etc/dnf/dnf.conf";
 /// The repository id the helper gives the plan's kernel repository.
 const REPO_ID: &str = "cubeboot-kernel";
 /// Where dnf downloads the repository kernel's packages for verification.
@@ -179,7 +179,7 @@ fn install_from_repo(ctx: &mut Ctx, repo: &KernelRepo) -> Result<()> {
 
 /// `rpm`, pointed at the target's database with `--root` unless the
 /// target is this machine (rpm then stays inside the root by itself).
-fn rpm(host: &dyn Host) -> CommandSpec {
+pub(super) fn rpm(host: &dyn Host) -> CommandSpec {
     let cmd = CommandSpec::new("rpm");
     if is_live_root(host) {
         return cmd;
@@ -269,15 +269,19 @@ fn installed(host: &dyn Host, family: PackageFamily, package: &str, version: &st
     }))
 }
 
+/// dpkg on the target, never asking.
+pub(super) fn dpkg(host: &dyn Host) -> CommandSpec {
+    let cmd = CommandSpec::new("dpkg").env("DEBIAN_FRONTEND", "noninteractive");
+    if is_live_root(host) {
+        return cmd;
+    }
+    cmd.arg(format!("--root={}", host.root().to_string_lossy()))
+        .within_root()
+}
+
 /// `dpkg -i`, waiting for the lock another frontend holds.
 fn dpkg_install(host: &dyn Host, deb: &str) -> Result<()> {
-    let mut cmd = CommandSpec::new("dpkg").env("DEBIAN_FRONTEND", "noninteractive");
-    if !is_live_root(host) {
-        cmd = cmd
-            .arg(format!("--root={}", host.root().to_string_lossy()))
-            .within_root();
-    }
-    let cmd = cmd
+    let cmd = dpkg(host)
         .args(["-i", deb])
         .timeout(INSTALL_TIMEOUT)
         .allow_failure();
