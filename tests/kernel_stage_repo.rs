@@ -1,4 +1,4 @@
-//! The OpenCloudOS 9 repository kernel (`kernel-6.6.69-1.1.cubesandbox.oc9`,
+//! The OpenCloudOS 9 repository kernel (`kernel-6.6.69-1.2.cubesandbox.oc9`,
 //! split into kernel, kernel-core, kernel-modules) through the kernel stage
 //! in a temporary root: a real dnf repository made by createrepo_c from the
 //! committed fixture packages (tests/fixtures/kernel/repo), real
@@ -22,8 +22,8 @@ use cubeboot::firstboot::StepId;
 use cubeboot::plan::{KernelHold, KernelRepo, Plan, RepoPackage};
 use kernel_common::*;
 
-const REPO_KVER: &str = "6.6.69-1.1.cubesandbox.oc9.x86_64";
-const REPO_VR: &str = "6.6.69-1.1.cubesandbox.oc9";
+const REPO_KVER: &str = "6.6.69-1.2.cubesandbox.oc9.x86_64";
+const REPO_VR: &str = "6.6.69-1.2.cubesandbox.oc9";
 const SUBS: [&str; 3] = ["kernel", "kernel-core", "kernel-modules"];
 
 fn file_of(sub: &str) -> String {
