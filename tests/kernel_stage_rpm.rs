@@ -148,14 +148,21 @@ fn rpm_rollback_restores_the_old_default() {
             to: OLD_RPM_KERNEL.to_string()
         })
     );
-    assert_eq!(t.host.reboots(), 1);
+    // The trial kernel was running: one journaled reboot into the old
+    // default follows the rollback (docs/bootloader.md, "After a rollback").
+    assert_eq!(t.host.reboots(), 2);
     assert_eq!(
         grubby_default(root),
         format!("/boot/vmlinuz-{OLD_RPM_KERNEL}")
     );
+    assert_eq!(bls_boot(root, false), OLD_RPM_KERNEL);
     let status = t.status();
     assert!(
         status.contains(&format!("{KVER} is running without nopti pti=off panic=30")),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("one reboot into {OLD_RPM_KERNEL} follows")),
         "{status}"
     );
 }

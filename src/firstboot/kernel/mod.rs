@@ -257,7 +257,8 @@ fn not_on_trial_kernel(ctx: &Ctx) -> Result<Option<String>> {
 }
 
 /// Put the old default back after a failed trial boot; the error ends the
-/// run as `failed: rolled back to <old>` without another reboot.
+/// run as `failed: rolled back to <old>`, with one reboot into it when the
+/// trial kernel still runs (docs/bootloader.md, "After a rollback").
 fn roll_back_trial(ctx: &mut Ctx, why: &str, hint: &str) -> anyhow::Error {
     let old = ctx
         .journal
@@ -268,20 +269,29 @@ fn roll_back_trial(ctx: &mut Ctx, why: &str, hint: &str) -> anyhow::Error {
         .to_string();
     ctx.say(&format!("{why}; rolling back to {old}"));
     let rolled = bootloader(ctx.plan.target.bootloader.kind).roll_back(ctx);
-    let (ending, message) = match rolled {
-        Ok(()) => (
-            Failure::RolledBack { to: old.clone() },
-            format!(
-                "{why}; {old} is the default boot entry again (no further reboot); {}",
-                undo::release_failed_kernel(ctx)
-            ),
-        ),
+    let (ending, message, reboot) = match rolled {
+        Ok(()) => {
+            let released = undo::release_failed_kernel(ctx, &old);
+            (
+                Failure::RolledBack { to: old.clone() },
+                format!(
+                    "{why}; {old} is the default boot entry again; {}",
+                    released.what
+                ),
+                released.reboot,
+            )
+        }
         Err(e) => (
             Failure::RollBackFailed { to: old.clone() },
             format!("{why}; rolling back to {old} failed: {e:#}"),
+            false,
         ),
     };
-    StepFailure::new(message).ends_as(ending).hint(hint).into()
+    StepFailure::new(message)
+        .ends_as(ending)
+        .hint(hint)
+        .reboot_after(reboot)
+        .into()
 }
 
 /// Refuse, before anything is armed, a command line the kernel would not

@@ -43,30 +43,40 @@ pub(super) fn trial_crash_point(ctx: &Ctx) -> String {
     }
 }
 
+/// What became of the failed kernel package after a rollback.
+pub(super) struct Released {
+    pub what: String,
+    /// The trial kernel still runs: one reboot into the old default follows.
+    pub reboot: bool,
+}
+
 /// Unhold the failed kernel package and remove it where that is safe: not
 /// while it is the running kernel, and only when this run installed it.
-/// Returns what it did, for the rollback's message; a failure here is
-/// reported, not fatal: the old default is back already.
-pub(super) fn release_failed_kernel(ctx: &mut Ctx) -> String {
+/// A failure here is reported, not fatal: the old default is back already.
+pub(super) fn release_failed_kernel(ctx: &mut Ctx, old: &str) -> Released {
     let kver = ctx.plan.kernel.kver.clone();
     let names = installed_names(ctx.plan);
     let list = names.join(" ");
-    if let Err(e) = unhold(ctx, &names) {
-        return format!("unholding {list} failed: {e:#}");
-    }
     let running = running_kernel(ctx.host).ok().flatten();
-    if running.as_deref() == Some(kver.as_str()) {
-        return format!(
-            "{list} unheld; {kver}, the trial kernel, is still running until the next reboot \
-             (the old default boots then; remove {list} after it)"
-        );
-    }
-    if !installed_by_this_run(ctx) {
-        return format!("{list} unheld; kept, as it was installed before this run");
-    }
-    match remove(ctx, &names) {
-        Ok(()) => format!("{list} unheld and removed"),
-        Err(e) => format!("{list} unheld; removing it failed: {e:#}"),
+    let on_trial = running.as_deref() == Some(kver.as_str());
+    let what = if let Err(e) = unhold(ctx, &names) {
+        format!("unholding {list} failed: {e:#}")
+    } else if on_trial {
+        format!(
+            "{list} unheld; {kver}, the trial kernel, was still running: one reboot into {old} \
+             follows (remove {list} after it)"
+        )
+    } else if !installed_by_this_run(ctx) {
+        format!("{list} unheld; kept, as it was installed before this run")
+    } else {
+        match remove(ctx, &names) {
+            Ok(()) => format!("{list} unheld and removed"),
+            Err(e) => format!("{list} unheld; removing it failed: {e:#}"),
+        }
+    };
+    Released {
+        what,
+        reboot: on_trial,
     }
 }
 
