@@ -141,10 +141,112 @@ pub fn unsafe_param(param: &str) -> Option<String> {
             "{param:?} contains `{c}`, which GRUB and the kernel quote differently"
         ));
     }
-    if param.chars().any(char::is_control) {
-        return Some(format!("{param:?} contains a control character"));
+    non_printing(param)
+}
+
+/// Why `param` holds a character that is not printable ASCII, if it does:
+/// control and bidi characters (U+202E) make what an operator reads differ
+/// from what the kernel gets, and nothing on a kernel command line needs
+/// more than ASCII.
+fn non_printing(param: &str) -> Option<String> {
+    let c = param.chars().find(|c| !matches!(c, '!'..='~'))?;
+    let what = if c.is_control() {
+        "a control character"
+    } else if c.is_ascii() || c.is_whitespace() {
+        "whitespace inside a parameter"
+    } else {
+        "a non-printing or non-ASCII character (bidi controls such as U+202E included)"
+    };
+    Some(format!(
+        "{} contains U+{:04X}, {what}; parameters are printable ASCII",
+        param.escape_default(),
+        c as u32
+    ))
+}
+
+/// The longest command line x86 passes on: `COMMAND_LINE_SIZE` is 2,048
+/// bytes with the final NUL, and the kernel cuts what is longer silently.
+pub const COMMAND_LINE_MAX: usize = 2047;
+
+/// Whether the kernel will run with kernel page-table isolation, reading
+/// `params` as it does (arch/x86/mm/pti.c in Linux): `nopti`, `pti=off`,
+/// `pti=on` and `pti=auto` each set the mode and the last one wins (another
+/// `pti=` value is rejected and changes nothing); the last valid
+/// `mitigations=` (`off`, `auto`, `auto,nosmt`) of `off` turns it off
+/// whatever the mode. Without either it is up to the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kpti {
+    Off,
+    On,
+    /// `pti=auto` or nothing: on wherever the CPU has Meltdown.
+    Auto,
+}
+
+pub fn kpti<S: AsRef<str>>(params: &[S]) -> Kpti {
+    let mut mode = Kpti::Auto;
+    let mut mitigations_off = false;
+    for p in params.iter().map(AsRef::as_ref) {
+        match p {
+            "nopti" | "pti=off" => mode = Kpti::Off,
+            "pti=on" => mode = Kpti::On,
+            "pti=auto" => mode = Kpti::Auto,
+            "mitigations=off" => mitigations_off = true,
+            "mitigations=auto" | "mitigations=auto,nosmt" => mitigations_off = false,
+            _ => {}
+        }
     }
-    None
+    if mitigations_off {
+        Kpti::Off
+    } else {
+        mode
+    }
+}
+
+/// Why the kernel will not leave KPTI off with `params`, if it will not.
+pub fn kpti_problem<S: AsRef<str>>(params: &[S]) -> Option<String> {
+    let last = params
+        .iter()
+        .map(AsRef::as_ref)
+        .rfind(|p| *p == "nopti" || key(p) == "pti");
+    match (kpti(params), last) {
+        (Kpti::Off, _) => None,
+        (Kpti::On, Some(p)) => Some(format!(
+            "KPTI stays on: the last of the KPTI parameters is `{p}`, and the kernel honours the \
+             last one; kvm_pvm does not support KPTI (use pti=off or nopti, last)"
+        )),
+        (_, Some(p)) => Some(format!(
+            "KPTI is left to the CPU by `{p}`, the last of the KPTI parameters; kvm_pvm does \
+             not support KPTI (use pti=off or nopti, last)"
+        )),
+        (_, None) => Some(
+            "nothing turns KPTI off (pti=off or nopti): kvm_pvm does not support KPTI".to_string(),
+        ),
+    }
+}
+
+/// Why `line` is over x86's command-line limit, if it is.
+pub fn over_limit(line: &str) -> Option<String> {
+    (line.len() > COMMAND_LINE_MAX).then(|| {
+        format!(
+            "the kernel command line would be {} bytes, over x86's {COMMAND_LINE_MAX}-byte limit \
+             by {} (the kernel cuts the rest silently): `{}…`",
+            line.len(),
+            line.len() - COMMAND_LINE_MAX,
+            line.chars().take(80).collect::<String>().escape_default()
+        )
+    })
+}
+
+/// Why the kernel would not honour `configured` on `line`, the whole command
+/// line it will be handed after the merge: a configured parameter that is
+/// not printable ASCII, KPTI not off as the kernel reads it, or over the
+/// length limit.
+pub fn refusal<S: AsRef<str>>(line: &str, configured: &[S]) -> Option<String> {
+    configured
+        .iter()
+        .find_map(|p| non_printing(p.as_ref()))
+        .or_else(|| kpti_problem(&split(line)))
+        .or_else(|| over_limit(line))
 }
 
 /// The `panic=` a trial boot runs with. The operator's own `panic=N` with
@@ -248,6 +350,85 @@ mod tests {
         ));
         assert_eq!(once.matches("console=").count(), 2);
         assert!(missing(&once, &tencent).is_empty());
+    }
+
+    /// docs/pvm-kernel.md's table names every upstream parameter once, and
+    /// its "default" column is what the `pvm` preset holds.
+    #[test]
+    fn the_docs_table_matches_the_default_set() {
+        let doc = include_str!("../docs/pvm-kernel.md");
+        let rows: Vec<Vec<&str>> = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("| Parameter | What it does |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+            .collect();
+        assert!(!rows.is_empty(), "no parameter table in docs/pvm-kernel.md");
+        let mut keys: Vec<&str> = boot_params::TENCENT.iter().map(|p| key(p)).collect();
+        keys.dedup();
+        for k in keys {
+            let row = rows
+                .iter()
+                .find(|r| r[0].contains(&format!("`{k}=")) || r[0].contains(&format!("`{k}`")))
+                .unwrap_or_else(|| panic!("docs/pvm-kernel.md has no row for {k}"));
+            let in_default = boot_params::pvm().iter().any(|p| key(p) == k);
+            assert_eq!(
+                row[3].starts_with("yes"),
+                in_default,
+                "{k}: the table says {:?}",
+                row[3]
+            );
+        }
+    }
+
+    #[test]
+    fn kpti_is_read_as_the_kernel_reads_it() {
+        for (line, want) in [
+            ("", Kpti::Auto),
+            ("nopti", Kpti::Off),
+            ("pti=off", Kpti::Off),
+            // The last of nopti/pti= wins.
+            ("nopti pti=on", Kpti::On),
+            ("pti=on nopti", Kpti::Off),
+            ("pti=off pti=auto", Kpti::Auto),
+            // An unknown pti= value is rejected and changes nothing.
+            ("nopti pti=maybe", Kpti::Off),
+            // mitigations=off turns KPTI off whatever pti= says; the last
+            // valid mitigations= counts; `on` is not a value 6.6 accepts.
+            ("pti=on mitigations=off", Kpti::Off),
+            ("mitigations=off mitigations=auto pti=on", Kpti::On),
+            ("mitigations=off mitigations=on pti=on", Kpti::Off),
+            ("nopti mitigations=auto,nosmt", Kpti::Off),
+        ] {
+            assert_eq!(kpti(&v(line)), want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn refusal_names_what_the_kernel_would_not_honour() {
+        let ok = "BOOT_IMAGE=/boot/vmlinuz-6.6 root=/dev/vda1 ro nopti pti=off panic=30";
+        assert_eq!(refusal(ok, &v("nopti pti=off")), None);
+        // The node's own pti=on after ours (GRUB_CMDLINE_LINUX_DEFAULT).
+        assert!(refusal("ro nopti pti=on", &v("nopti"))
+            .unwrap()
+            .starts_with("KPTI stays on: the last of the KPTI parameters is `pti=on`"));
+        let long = format!("{ok} x={}", "a".repeat(2047 - ok.len() - 3));
+        assert_eq!(long.len(), 2047);
+        assert_eq!(refusal(&long, &v("nopti")), None);
+        let over = format!("{long}b");
+        assert!(refusal(&over, &v("nopti")).unwrap().starts_with(
+            "the kernel command line would be 2048 bytes, over x86's 2047-byte limit by 1"
+        ));
+        assert_eq!(
+            refusal(ok, &["nopti", "a\u{202e}b"]).unwrap(),
+            "a\\u{202e}b contains U+202E, a non-printing or non-ASCII character (bidi controls \
+             such as U+202E included); parameters are printable ASCII"
+        );
+        assert!(unsafe_param("a\tb")
+            .unwrap()
+            .contains("U+0009, a control character"));
+        assert!(unsafe_param("a\u{a0}b").unwrap().contains("U+00A0"));
     }
 
     #[test]

@@ -483,6 +483,34 @@ pub mod boot_params {
     /// What the Helm chart uses: kvm_pvm does not support KPTI yet.
     pub const MINIMAL: &[&str] = &["nopti", "pti=off"];
 
+    /// The keys of the default set: the PVM part of [`TENCENT`], which
+    /// upstream's `deploy/pvm/pvm_setup.sh` says the PVM host kernel needs
+    /// before its first boot. docs/pvm-kernel.md ("Boot parameters") gives
+    /// each parameter and why it is in or out.
+    pub const PVM_KEYS: &[&str] = &[
+        "clearcpuid",
+        "clocksource",
+        "pti",
+        "no5lvl",
+        "mitigations",
+        "spec_store_bypass_disable",
+        "retbleed",
+        "kvm.nx_huge_pages",
+        "tsc",
+    ];
+
+    /// The default set: the chart's `nopti`, then upstream's values of
+    /// [`PVM_KEYS`] in upstream's order.
+    pub fn pvm() -> Vec<String> {
+        let upstream = TENCENT
+            .iter()
+            .filter(|p| PVM_KEYS.contains(&crate::cmdline::key(p)));
+        std::iter::once(&"nopti")
+            .chain(upstream)
+            .map(|p| p.to_string())
+            .collect()
+    }
+
     /// Tencent's production set from `deploy/pvm/grub/host_grub_config.sh`.
     pub const TENCENT: &[&str] = &[
         "quiet",

@@ -1,4 +1,4 @@
-//! The OpenCloudOS 9 repository kernel (`kernel-6.6.69-1.1.cubesandbox.oc9`,
+//! The OpenCloudOS 9 repository kernel (`kernel-6.6.69-1.2.cubesandbox.oc9`,
 //! split into kernel, kernel-core, kernel-modules) through the kernel stage
 //! in a temporary root: a real dnf repository made by createrepo_c from the
 //! committed fixture packages (tests/fixtures/kernel/repo), real
@@ -22,8 +22,8 @@ use cubeboot::firstboot::StepId;
 use cubeboot::plan::{KernelHold, KernelRepo, Plan, RepoPackage};
 use kernel_common::*;
 
-const REPO_KVER: &str = "6.6.69-1.1.cubesandbox.oc9.x86_64";
-const REPO_VR: &str = "6.6.69-1.1.cubesandbox.oc9";
+const REPO_KVER: &str = "6.6.69-1.2.cubesandbox.oc9.x86_64";
+const REPO_VR: &str = "6.6.69-1.2.cubesandbox.oc9";
 const SUBS: [&str; 3] = ["kernel", "kernel-core", "kernel-modules"];
 
 fn file_of(sub: &str) -> String {
@@ -53,6 +53,32 @@ fn make_repo(dir: &Path, swap: Option<&Path>) -> PathBuf {
         .unwrap();
     assert!(out.status.success(), "createrepo_c: {out:?}");
     r
+}
+
+/// An empty noarch package built by the real rpmbuild under `dir`.
+fn noarch_rpm(dir: &Path, name: &str, version: &str, release: &str) -> PathBuf {
+    let top = dir.join(format!("rpmbuild-{name}"));
+    std::fs::create_dir_all(top.join("SPECS")).unwrap();
+    let spec = top.join("SPECS/p.spec");
+    std::fs::write(
+        &spec,
+        format!(
+            "Name: {name}\nVersion: {version}\nRelease: {release}\nSummary: fixture\n\
+             License: GPL-2.0-only\nBuildArch: noarch\n%description\nfixture\n%files\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new("rpmbuild")
+        .arg("--define")
+        .arg(format!("_topdir {}", top.display()))
+        .arg("--define")
+        .arg(format!("_dbpath {}", top.join("db").display()))
+        .args(["--quiet", "-bb"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rpmbuild: {out:?}");
+    top.join(format!("RPMS/noarch/{name}-{version}-{release}.noarch.rpm"))
 }
 
 /// What `rpm -qp` says about a package file (with a throwaway database:
@@ -126,7 +152,9 @@ fn repo_kernel_installs_with_dnf_verified_before_the_trial_boot() {
     let dir = tempfile::tempdir().unwrap();
     let srv = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let baseurl = format!("file://{}", make_repo(srv.path(), None).display());
+    // The distribution's kernel-headers sits in the same repository.
+    let headers = noarch_rpm(srv.path(), "kernel-headers", "6.6.69", "1.oc9");
+    let baseurl = format!("file://{}", make_repo(srv.path(), Some(&headers)).display());
     let plan = repo_plan(&baseurl);
     rocky_root(root, &plan);
     let host = ScriptedHost::new(root);
@@ -190,8 +218,38 @@ fn repo_kernel_installs_with_dnf_verified_before_the_trial_boot() {
         grubby_default(root),
         format!("/boot/vmlinuz-{OLD_RPM_KERNEL}")
     );
-    // Held as a set: exclude=kernel* covers kernel-core and kernel-modules.
-    assert!(read(root, "/etc/dnf/dnf.conf").contains("exclude=kernel*\n"));
+    // Held by exactly the names installed (issue 19 item 5): dnf on the node
+    // hides kernel-core from the repository, but kernel-headers (which
+    // `dnf install gcc` pulls in through glibc-devel) stays installable.
+    assert!(read(root, "/etc/dnf/dnf.conf").contains("exclude=kernel kernel-core kernel-modules\n"));
+    let available = |name: &str| {
+        let out = real(
+            &cubeboot::firstboot::host::CommandSpec::new("dnf")
+                .arg(format!("--installroot={}", root.display()))
+                .arg(format!(
+                    "--config={}",
+                    root.join("etc/dnf/dnf.conf").display()
+                ))
+                .arg(format!(
+                    "--setopt=cachedir={}",
+                    root.join("var/cache/dnf").display()
+                ))
+                .args(["-q", "--releasever=9", "--setopt=reposdir=/nonexistent"])
+                .arg(format!("--repofrompath=node,{baseurl}"))
+                .args([
+                    "--setopt=node.gpgcheck=0",
+                    "repoquery",
+                    "--qf",
+                    "%{name}",
+                    name,
+                ]),
+        )
+        .unwrap();
+        assert!(out.success(), "dnf repoquery {name}: {}", out.stderr);
+        out.stdout.trim().to_string()
+    };
+    assert_eq!(available("kernel-headers"), "kernel-headers");
+    assert_eq!(available("kernel-core"), "");
 
     // The trial boot comes up; kvm_pvm is proven, then the stage commits it.
     assert_eq!(bls_boot(root, false), REPO_KVER);

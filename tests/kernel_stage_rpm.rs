@@ -148,14 +148,21 @@ fn rpm_rollback_restores_the_old_default() {
             to: OLD_RPM_KERNEL.to_string()
         })
     );
-    assert_eq!(t.host.reboots(), 1);
+    // The trial kernel was running: one journaled reboot into the old
+    // default follows the rollback (docs/bootloader.md, "After a rollback").
+    assert_eq!(t.host.reboots(), 2);
     assert_eq!(
         grubby_default(root),
         format!("/boot/vmlinuz-{OLD_RPM_KERNEL}")
     );
+    assert_eq!(bls_boot(root, false), OLD_RPM_KERNEL);
     let status = t.status();
     assert!(
         status.contains(&format!("{KVER} is running without nopti pti=off panic=30")),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("one reboot into {OLD_RPM_KERNEL} follows")),
         "{status}"
     );
 }
@@ -198,7 +205,7 @@ fn dnf_exclude_hold_edits_dnf_conf_with_a_backup() {
     t.run(&digest, Scope::StopAfter(StepId::KernelInstall));
     assert_eq!(
         read(root, "/etc/dnf/dnf.conf"),
-        "[main]\nexclude=kernel*\ngpgcheck=1\ninstallonly_limit=3\n"
+        "[main]\nexclude=kernel\ngpgcheck=1\ninstallonly_limit=3\n"
     );
     assert_eq!(
         read(root, "/etc/dnf/dnf.conf.cubeboot.bak"),
@@ -404,4 +411,75 @@ fn a_dry_run_names_the_entry_kernel_install_would_make() {
     assert!(one_shot.contains(&pvm_bls_id()), "{one_shot}");
     assert!(!one_shot.contains('<'), "{one_shot}");
     assert!(!exists(root, &format!("/boot/vmlinuz-{KVER}")));
+}
+
+/// Issue 21 item 3 on a BLS target: the PVM entry's options (from
+/// /etc/kernel/cmdline, with an operator's long parameter) merged with the
+/// plan's go over x86's 2,047 bytes: nothing is armed, the old kernel stays
+/// the default and the status says by how much.
+#[test]
+fn bls_options_over_the_command_line_limit_are_refused_before_arming() {
+    let t = Target::rocky();
+    let root = t.root();
+    let cmdline = read(root, "/etc/kernel/cmdline");
+    put(
+        root,
+        "/etc/kernel/cmdline",
+        format!("{} x={}\n", cmdline.trim_end(), "a".repeat(1990)),
+    );
+    let status = t.run_refused_at_boot();
+    assert!(
+        status.contains("refusing to arm the trial boot"),
+        "{status}"
+    );
+    assert!(
+        status.contains("over x86's 2047-byte limit by "),
+        "{status}"
+    );
+    assert!(!t.ran("grub2-reboot"));
+    assert_eq!(
+        grubby_default(root),
+        format!("/boot/vmlinuz-{OLD_RPM_KERNEL}")
+    );
+}
+
+/// Issue 21 item 8 on a BLS target: the PVM kernel panics on its trial boot
+/// and panic=30 brings back the old default. The rollback leaves the machine
+/// as it was: the exclude this run added is gone from dnf.conf, the package
+/// is erased (the old kernel runs) and its BLS entry with it.
+#[test]
+fn a_rolled_back_kernel_is_unheld_and_removed() {
+    let mut t = Target::rocky();
+    t.plan.target.packages.hold = KernelHold::DnfExclude;
+    let root = t.root();
+    put(root, "/etc/dnf/dnf.conf", "[main]\ngpgcheck=1\n");
+    let digest = t.seed_journal();
+    assert_eq!(t.run(&digest, Scope::All), RunEnd::Rebooting);
+    assert!(read(root, "/etc/dnf/dnf.conf").contains("exclude=kernel\n"));
+    assert_eq!(bls_boot(root, true), OLD_RPM_KERNEL);
+
+    let end = t.run(&digest, Scope::All);
+    assert_eq!(
+        end,
+        RunEnd::Failed(Failure::RolledBack {
+            to: OLD_RPM_KERNEL.to_string()
+        })
+    );
+    let status = t.status();
+    assert!(status.contains("kernel unheld and removed"), "{status}");
+    assert_eq!(read(root, "/etc/dnf/dnf.conf"), "[main]\ngpgcheck=1\n");
+    assert!(
+        rpm_installed(root).contains("is not installed"),
+        "{}",
+        rpm_installed(root)
+    );
+    assert!(!exists(root, &format!("/boot/vmlinuz-{KVER}")));
+    assert!(!std::fs::read_dir(root.join("boot/loader/entries"))
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().contains(KVER)));
+    assert_eq!(
+        grubby_default(root),
+        format!("/boot/vmlinuz-{OLD_RPM_KERNEL}")
+    );
+    assert_eq!(t.host.reboots(), 1);
 }

@@ -137,8 +137,9 @@ pub struct BuildArgs {
     /// `cubeboot mirror` directory (each asset under its URL's path)
     #[arg(long, value_name = "MIRROR", default_value = "github")]
     pub mirror: String,
-    /// Boot parameters: minimal, tencent, or a quoted custom list
-    #[arg(long, value_name = "SET", default_value = "minimal")]
+    /// Boot parameters: pvm (upstream's PVM parameters), minimal (nopti
+    /// pti=off), tencent (upstream's whole list), or a quoted custom list
+    #[arg(long, value_name = "SET", default_value = "pvm")]
     pub boot_params: String,
     /// URL that receives a signed JSON POST on each step change
     /// (`cubeboot watch` listens for them)

@@ -85,7 +85,7 @@ pub struct BuildOptions {
     pub node_ip: String,
     pub mirror: Mirror,
     pub boot_params: Vec<String>,
-    /// `minimal`, `tencent` or `custom`, for the manifest.
+    /// `pvm`, `minimal`, `tencent` or `custom`, for the manifest.
     pub boot_params_label: String,
     pub webhook: Option<String>,
     /// The fleet's webhook signing key; set by `build` at the CLI edge from
@@ -240,7 +240,7 @@ impl BuildOptions {
                 repo_kernel(r)?
             }
         };
-        Ok(Plan {
+        let plan = Plan {
             version: PLAN_VERSION,
             generator: crate::generator(),
             target: profile.target.clone(),
@@ -281,7 +281,19 @@ impl BuildOptions {
             },
             max_reboots: 1,
             download: Default::default(),
-        })
+        };
+        // What the build knows the kernel will be handed: its image path and
+        // the list with the trial boot's panic=; the node's own parameters
+        // are added and judged on the target (docs/pvm-kernel.md).
+        let known = format!(
+            "BOOT_IMAGE=/boot/vmlinuz-{} {}",
+            plan.kernel.kver,
+            crate::firstboot::kernel::required_params(&plan).join(" ")
+        );
+        if let Some(why) = crate::cmdline::over_limit(&known) {
+            bail!("--boot-params: {why}");
+        }
+        Ok(plan)
     }
 }
 
@@ -444,18 +456,19 @@ pub fn cluster_cidr(s: &str) -> Result<String> {
     Ok(format!("{ip}/{len}"))
 }
 
-/// `minimal`, `tencent`, or a quoted custom list (docs/pvm-kernel.md,
-/// "Boot parameters").
+/// `pvm` (the default), `minimal`, `tencent`, or a quoted custom list
+/// (docs/pvm-kernel.md, "Boot parameters").
 pub fn parse_boot_params(s: &str) -> Result<(Vec<String>, String)> {
     let owned = |set: &[&str]| set.iter().map(|p| p.to_string()).collect();
     match s {
+        "pvm" => return Ok((boot_params::pvm(), "pvm".into())),
         "minimal" => return Ok((owned(boot_params::MINIMAL), "minimal".into())),
         "tencent" => return Ok((owned(boot_params::TENCENT), "tencent".into())),
         _ => {}
     }
     let params: Vec<String> = s.split_whitespace().map(str::to_string).collect();
     if params.is_empty() {
-        bail!("--boot-params: empty list; use minimal, tencent or a quoted list");
+        bail!("--boot-params: empty list; use pvm, minimal, tencent or a quoted list");
     }
     for p in &params {
         if let Some(why) = crate::cmdline::unsafe_param(p) {
@@ -463,8 +476,12 @@ pub fn parse_boot_params(s: &str) -> Result<(Vec<String>, String)> {
         }
     }
     // kvm_pvm does not support KPTI: boot fails with it on (docs/pvm-kernel.md).
-    if !params.iter().any(|p| p == "pti=off" || p == "nopti") {
-        bail!("--boot-params: the list must turn KPTI off (pti=off or nopti): kvm_pvm does not support KPTI");
+    // The list goes after the node's own parameters, so the kernel reads it
+    // last; the node's line is judged again on the target.
+    if let Some(why) = crate::cmdline::kpti_problem(&params)
+        .or_else(|| crate::cmdline::over_limit(&params.join(" ")))
+    {
+        bail!("--boot-params: {why}");
     }
     Ok((params, "custom".into()))
 }
@@ -509,6 +526,17 @@ mod tests {
             ["nopti", "pti=off"]
         );
         assert_eq!(parse_boot_params("tencent").unwrap().0.len(), 26);
+        // The default preset: upstream's PVM parameters, a subset of its list
+        // plus the Helm chart's `nopti`.
+        let (pvm, label) = parse_boot_params("pvm").unwrap();
+        assert_eq!(label, "pvm");
+        assert!(pvm.len() > 2, "{pvm:?}");
+        for p in &pvm {
+            assert!(
+                p == "nopti" || boot_params::TENCENT.contains(&p.as_str()),
+                "{p} is not upstream's"
+            );
+        }
         assert_eq!(
             parse_boot_params("pti=off  console=ttyS0,115200")
                 .unwrap()
@@ -517,7 +545,7 @@ mod tests {
         );
         assert_eq!(
             parse_boot_params("quiet").unwrap_err().to_string(),
-            "--boot-params: the list must turn KPTI off (pti=off or nopti): kvm_pvm does not support KPTI"
+            "--boot-params: nothing turns KPTI off (pti=off or nopti): kvm_pvm does not support KPTI"
         );
         assert!(parse_boot_params("pti=off a;reboot").is_err());
         // GRUB metacharacters are refused with the token that has them.
@@ -538,6 +566,41 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// Issue 21 item 3: what the kernel will not honour is refused at build
+    /// time, judged as the kernel reads the list.
+    #[test]
+    fn boot_params_the_kernel_would_not_honour_are_refused() {
+        // The later pti=on wins in the kernel.
+        assert_eq!(
+            parse_boot_params("nopti pti=on").unwrap_err().to_string(),
+            "--boot-params: KPTI stays on: the last of the KPTI parameters is `pti=on`, and the \
+             kernel honours the last one; kvm_pvm does not support KPTI (use pti=off or nopti, last)"
+        );
+        assert!(parse_boot_params("pti=on nopti").is_ok());
+        assert!(parse_boot_params("pti=off pti=auto").is_err());
+        // mitigations=off turns KPTI off in the kernel too.
+        assert!(parse_boot_params("pti=on mitigations=off").is_ok());
+        // Bidi and other non-printing characters.
+        assert_eq!(
+            parse_boot_params("nopti x=\u{202e}ffo")
+                .unwrap_err()
+                .to_string(),
+            "--boot-params: x=\\u{202e}ffo contains U+202E, a non-printing or non-ASCII \
+             character (bidi controls such as U+202E included); parameters are printable ASCII"
+        );
+        assert!(parse_boot_params("nopti a\u{7f}").is_err());
+        assert!(parse_boot_params("nopti x=\u{200b}").is_err());
+        // One long parameter, or many: over x86's 2,047 bytes.
+        let long = format!("nopti x={}", "a".repeat(70_000));
+        let err = parse_boot_params(&long).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--boot-params: the kernel command line would be 70008 bytes, over x86's 2047-byte limit by 67961"),
+            "{err}"
+        );
+        let many: Vec<String> = (0..5000).map(|i| format!("p{i}")).collect();
+        assert!(parse_boot_params(&format!("nopti {}", many.join(" "))).is_err());
     }
 
     #[test]

@@ -161,6 +161,9 @@ pub struct StepFailure {
     /// (e.g. a `fetch::FetchError`). Not a `source()`: the message already
     /// says what it says, and `{:#}` would print it twice.
     pub cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// Reboot once after recording the failure: a rollback that left the
+    /// trial kernel running (docs/bootloader.md, "After a rollback").
+    pub reboot_after: bool,
 }
 
 impl StepFailure {
@@ -170,7 +173,14 @@ impl StepFailure {
             hint: None,
             ends_as: None,
             cause: None,
+            reboot_after: false,
         }
+    }
+
+    /// See [`StepFailure::reboot_after`].
+    pub fn reboot_after(mut self, reboot: bool) -> Self {
+        self.reboot_after = reboot;
+        self
     }
 
     /// Keep the typed error this failure explains.

@@ -548,6 +548,14 @@ fn fail(
     host.say(&format!(
         "{terminal}; details in {STATUS_PATH} and `cube-firstboot status`"
     ));
+    // A rollback that left the trial kernel running: one reboot into the old
+    // default, journaled first. Bounded: the run is finished before it is
+    // asked for, so the next boot does nothing (docs/bootloader.md).
+    if failure.is_some_and(|f| f.reboot_after) {
+        journal.reboots += 1;
+        journal.save(host)?;
+        host.request_reboot()?;
+    }
     Ok(RunEnd::Failed(ending))
 }
 

@@ -80,8 +80,9 @@ fn builds_every_profile_with_all_files() {
             "{p}"
         );
         let ud = &tree[&format!("{p}/user-data")];
-        // Target: plain user-data within 4 KiB with default options.
-        assert!(ud.len() <= 4096, "{p}: user-data is {} bytes", ud.len());
+        // Target: plain user-data within 5 KiB with default options (4 KiB
+        // until upstream's PVM boot parameters became the default).
+        assert!(ud.len() <= 5120, "{p}: user-data is {} bytes", ud.len());
         assert!(ud.starts_with(b"#cloud-config\n"));
         // gz+b64 decodes to the identical document.
         assert_eq!(
@@ -108,7 +109,37 @@ fn builds_every_profile_with_all_files() {
         let plan = cubeboot::plan::Plan::from_json(&plan_text).unwrap();
         assert_eq!(plan.target.profile, p);
         assert_eq!(plan.kernel.kver, KVER);
-        assert_eq!(plan.kernel.boot_params, ["nopti", "pti=off"]);
+        // The default is the PVM part of upstream's host_grub_config.sh
+        // (docs/pvm-kernel.md, "Boot parameters"), console and cloud ones left out.
+        let params = plan.kernel.boot_params.join(" ");
+        for wanted in [
+            "nopti",
+            "pti=off",
+            "kvm.nx_huge_pages=never",
+            "mitigations=on",
+            "clocksource=tsc",
+            "tsc=reliable",
+            "no5lvl",
+        ] {
+            assert!(
+                plan.kernel.boot_params.iter().any(|p| p == wanted),
+                "{wanted} not in {params}"
+            );
+        }
+        assert!(params.contains(" clearcpuid=27,28,54,"), "{params}");
+        for opt_in in [
+            "console=",
+            "net.ifnames=",
+            "biosdevname=",
+            "ipv6.disable=",
+            "crashkernel=",
+            "quiet",
+        ] {
+            assert!(
+                !params.contains(opt_in),
+                "{opt_in} is opt-in (tencent) but in {params}"
+            );
+        }
         let doc: serde_json::Value = serde_yaml::from_slice(ud).unwrap();
         assert_eq!(doc["write_files"][0]["encoding"], "gz+b64");
         let written = gunzip_b64(

@@ -336,3 +336,33 @@ fn long_values_are_cut_in_error_messages() {
         "{err}"
     );
 }
+
+/// Issue 21 item 3: a list that fits x86's 2,047 bytes alone but not with
+/// what the build knows the kernel is handed too (the image path and the
+/// trial boot's `panic=`) is refused, naming the length and the limit.
+#[test]
+fn boot_params_over_the_command_line_limit_with_the_image_path() {
+    let rel = release();
+    let out = tempdir();
+    let list = format!("nopti x={}", "a".repeat(2030));
+    assert_eq!(list.len(), 2038);
+    let err = build_fails(
+        &[
+            "--lock",
+            rel.lock.to_str().unwrap(),
+            "--profile",
+            "debian-12",
+            "--boot-params",
+            &list,
+        ],
+        &out.path().join("payload"),
+    );
+    let line = 2038 + format!("BOOT_IMAGE=/boot/vmlinuz-{KVER}  panic=30").len();
+    assert!(
+        err.contains(&format!(
+            "the kernel command line would be {line} bytes, over x86's 2047-byte limit by {}",
+            line - 2047
+        )),
+        "{err}"
+    );
+}

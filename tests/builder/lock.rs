@@ -171,7 +171,7 @@ fn kernels_are_judged_by_their_module_not_their_name() {
     let dir = tempdir();
     // A release string without `pvm.host`, but the package carries
     // kvm-pvm.ko for its KVER: accepted, and nothing is recorded.
-    let plain = make_deb(dir.path(), "6.6.69-1.1.cubesandbox.oc9", true);
+    let plain = make_deb(dir.path(), "6.6.69-1.2.cubesandbox.oc9", true);
     let lock = dir.path().join("k.lock");
     ok(&[
         "lock",
@@ -246,9 +246,9 @@ fn fixture_repo(dir: &std::path::Path, swap: Option<&str>) -> std::path::PathBuf
 }
 
 const SPLIT: [&str; 3] = [
-    "kernel-6.6.69-1.1.cubesandbox.oc9.x86_64.rpm",
-    "kernel-core-6.6.69-1.1.cubesandbox.oc9.x86_64.rpm",
-    "kernel-modules-6.6.69-1.1.cubesandbox.oc9.x86_64.rpm",
+    "kernel-6.6.69-1.2.cubesandbox.oc9.x86_64.rpm",
+    "kernel-core-6.6.69-1.2.cubesandbox.oc9.x86_64.rpm",
+    "kernel-modules-6.6.69-1.2.cubesandbox.oc9.x86_64.rpm",
 ];
 
 #[test]
@@ -276,7 +276,7 @@ fn repo_kernel_is_pinned_package_by_package() {
     }
     ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let text = std::fs::read_to_string(&lock).unwrap();
-    let kver = "6.6.69-1.1.cubesandbox.oc9.x86_64";
+    let kver = "6.6.69-1.2.cubesandbox.oc9.x86_64";
     // What rpm itself says each header digest is.
     for f in SPLIT {
         let db = tempdir();
@@ -300,7 +300,7 @@ fn repo_kernel_is_pinned_package_by_package() {
         text.contains(&format!("kernel-repo:\n  baseurl: {base}\n  packages:\n")),
         "{text}"
     );
-    assert!(text.contains(&format!("  kernel:\n    kver: {kver}\n    package: kernel\n    version: 6.6.69-1.1.cubesandbox.oc9\n    module: lib/modules/{kver}/kernel/arch/x86/kvm/kvm-pvm.ko\n")), "{text}");
+    assert!(text.contains(&format!("  kernel:\n    kver: {kver}\n    package: kernel\n    version: 6.6.69-1.2.cubesandbox.oc9\n    module: lib/modules/{kver}/kernel/arch/x86/kvm/kvm-pvm.ko\n")), "{text}");
     // The lock reads back; opencloudos-9 (kernel-sources: [repo, release])
     // can be built from it, the release-only RPM profiles cannot.
     let out = cubeboot(&["check", "--lock", lock.to_str().unwrap()]);
@@ -334,7 +334,7 @@ fn repo_kernel_is_pinned_package_by_package() {
     let bad = tempdir();
     let r = fixture_repo(
         bad.path(),
-        Some("tests/fixtures/kernel/repo-nokvmpvm/kernel-modules-6.6.69-1.1.cubesandbox.oc9.x86_64.rpm"),
+        Some("tests/fixtures/kernel/repo-nokvmpvm/kernel-modules-6.6.69-1.2.cubesandbox.oc9.x86_64.rpm"),
     );
     let base = format!("file://{}", r.display());
     let mut args = vec![

@@ -19,6 +19,7 @@ use cubeboot::digest::Sha256Digest;
 use cubeboot::firstboot::host::{CmdOutput, CommandSpec, DryRunHost, Host, ScriptedHost};
 use cubeboot::firstboot::journal::{Journal, StepState};
 use cubeboot::firstboot::kernel::grubcfg;
+use cubeboot::firstboot::run_state::Failure;
 use cubeboot::firstboot::runner::{self, RunEnd, Scope};
 use cubeboot::firstboot::{cache_path, Ctx, StepId};
 use cubeboot::plan::testing::sample_plan;
@@ -373,10 +374,10 @@ pub fn debian_responders(host: &ScriptedHost, root: &Path, abstraction: &'static
     let r = root.to_path_buf();
     let r2 = root.to_path_buf();
     host.on(move |c| match c.program.as_str() {
-        "dpkg" if c.args.iter().any(|a| a == "-i") => {
-            // A real linux-image package's postinst runs
-            // /etc/kernel/postinst.d/zz-update-grub; the fixture has no
-            // scripts, so the test runs update-grub after it the same way.
+        "dpkg" if c.args.iter().any(|a| a == "-i" || a == "--purge") => {
+            // A real linux-image package's postinst (and postrm) runs
+            // /etc/kernel/postinst.d/zz-update-grub (postrm.d); the fixture
+            // has no scripts, so the test runs update-grub after it the same way.
             let out = real(c);
             if matches!(&out, Ok(o) if o.success()) {
                 if let Err(e) = update_grub(&r2) {
@@ -394,10 +395,21 @@ pub fn debian_responders(host: &ScriptedHost, root: &Path, abstraction: &'static
         let inner = chrooted(&r, c)?;
         match inner.program.as_str() {
             "update-grub" => Some(update_grub(&r)),
-            "apt-mark" if inner.args.first().map(String::as_str) == Some("hold") => {
+            "apt-mark"
+                if matches!(
+                    inner.args.first().map(String::as_str),
+                    Some("hold" | "unhold")
+                ) =>
+            {
+                // apt-mark (un)hold is dpkg's selection: hold, or install.
+                let want = if inner.args[0] == "hold" {
+                    "hold"
+                } else {
+                    "install"
+                };
                 let sel: String = inner.args[1..]
                     .iter()
-                    .map(|p| format!("{p} hold\n"))
+                    .map(|p| format!("{p} {want}\n"))
                     .collect();
                 Some(real_with_stdin(
                     &CommandSpec::new("dpkg")
@@ -504,9 +516,20 @@ pub fn rocky_responders_with(host: &ScriptedHost, root: &Path, scriptlets: Scrip
         "rpm" => {
             let before = boot_kernels(&r);
             let out = real(c);
-            if c.args.iter().any(|a| a == "-ivh") && matches!(&out, Ok(o) if o.success()) {
+            let ok = matches!(&out, Ok(o) if o.success());
+            if c.args.iter().any(|a| a == "-ivh") && ok {
                 if let Err(e) = run_scriptlets(&r, scriptlets, &before) {
                     return Some(Err(e));
+                }
+            }
+            // A kernel package's %preun: `kernel-install remove KVER` for
+            // each kernel the erase took away.
+            if c.args.iter().any(|a| a == "-e") && ok && scriptlets != Scriptlets::None {
+                let after = boot_kernels(&r);
+                for kver in before.iter().filter(|k| !after.contains(k)) {
+                    if let Err(e) = kernel_install(&r, &["remove".into(), kver.clone()]) {
+                        return Some(Err(e));
+                    }
                 }
             }
             Some(out)
@@ -1148,6 +1171,16 @@ impl Target {
         let host = ScriptedHost::new(dir.path());
         rocky_responders_with(&host, dir.path(), scriptlets);
         Self { dir, plan, host }
+    }
+
+    /// One run from a fresh journal that must stop at kernel-boot, refusing
+    /// to reboot; the status it left.
+    pub fn run_refused_at_boot(&self) -> String {
+        let digest = self.seed_journal();
+        let end = self.run(&digest, Scope::All);
+        assert_eq!(end, RunEnd::Failed(Failure::Step(StepId::KernelBoot)));
+        assert_eq!(self.host.reboots(), 0);
+        self.status()
     }
 
     /// Whether a command line starting with `prefix` has run on this target.

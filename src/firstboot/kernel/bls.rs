@@ -76,6 +76,7 @@ impl Bootloader for Bls {
             Ok(())
         })?;
 
+        super::refuse_unhonoured(ctx, &cmdline::merge_line(entry.options(), params), params)?;
         record_old_default(ctx)?;
         if ctx.journal.facts.old_default_entry.as_deref() == Some(path.as_str()) {
             bail!("refusing to reboot: {path} already is the default before its trial boot");

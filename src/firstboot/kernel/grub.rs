@@ -68,6 +68,8 @@ impl Bootloader for Grub {
             .filter(|p| !keys.contains(&cmdline::key(p)))
             .collect::<Vec<_>>()
             .join(" ");
+        let args = format!("{} {linux} {default}", super::root_args(ctx.host)?);
+        super::refuse_unhonoured(ctx, &args, params)?;
 
         // The fallback, pinned by id before anything else changes, so every
         // failure below leaves the old kernel as the default.

@@ -22,6 +22,7 @@ pub mod grubcfg;
 pub(crate) mod grubenv;
 mod kvm;
 mod package;
+mod undo;
 
 use anyhow::{bail, Context, Result};
 
@@ -249,13 +250,15 @@ fn not_on_trial_kernel(ctx: &Ctx) -> Result<Option<String>> {
     Ok((running != *kver).then(|| {
         format!(
             "the machine restarted during the trial boot and came back on {running}, not {kver} \
-             (a crash after the kernel came up, e.g. while loading kvm_pvm)"
+             (the journal says: {})",
+            undo::trial_crash_point(ctx)
         )
     }))
 }
 
 /// Put the old default back after a failed trial boot; the error ends the
-/// run as `failed: rolled back to <old>` without another reboot.
+/// run as `failed: rolled back to <old>`, with one reboot into it when the
+/// trial kernel still runs (docs/bootloader.md, "After a rollback").
 fn roll_back_trial(ctx: &mut Ctx, why: &str, hint: &str) -> anyhow::Error {
     let old = ctx
         .journal
@@ -266,17 +269,76 @@ fn roll_back_trial(ctx: &mut Ctx, why: &str, hint: &str) -> anyhow::Error {
         .to_string();
     ctx.say(&format!("{why}; rolling back to {old}"));
     let rolled = bootloader(ctx.plan.target.bootloader.kind).roll_back(ctx);
-    let (ending, message) = match rolled {
-        Ok(()) => (
-            Failure::RolledBack { to: old.clone() },
-            format!("{why}; {old} is the default boot entry again (no further reboot)"),
-        ),
+    let (ending, message, reboot) = match rolled {
+        Ok(()) => {
+            let released = undo::release_failed_kernel(ctx, &old);
+            (
+                Failure::RolledBack { to: old.clone() },
+                format!(
+                    "{why}; {old} is the default boot entry again; {}",
+                    released.what
+                ),
+                released.reboot,
+            )
+        }
         Err(e) => (
             Failure::RollBackFailed { to: old.clone() },
             format!("{why}; rolling back to {old} failed: {e:#}"),
+            false,
         ),
     };
-    StepFailure::new(message).ends_as(ending).hint(hint).into()
+    StepFailure::new(message)
+        .ends_as(ending)
+        .hint(hint)
+        .reboot_after(reboot)
+        .into()
+}
+
+/// Refuse, before anything is armed, a command line the kernel would not
+/// honour (docs/pvm-kernel.md, "What the kernel honours"): `args` is what
+/// the bootloader puts after the PVM kernel's image, merged with the node's
+/// own parameters; GRUB hands the kernel `BOOT_IMAGE=<image>` before it.
+fn refuse_unhonoured(ctx: &Ctx, args: &str, params: &[String]) -> Result<()> {
+    let kver = &ctx.plan.kernel.kver;
+    let running = proc_cmdline(ctx.host)?;
+    // The running kernel's BOOT_IMAGE, for the PVM kernel: same device and
+    // directory, as the old entry and the new one sit side by side.
+    let image = cmdline::split(&running)
+        .into_iter()
+        .find_map(|p| p.strip_prefix("BOOT_IMAGE=").map(str::to_string))
+        .zip(ctx.journal.facts.old_kernel.as_deref())
+        .filter(|(image, old)| image.ends_with(&format!("vmlinuz-{old}")))
+        .map(|(image, old)| format!("{}{kver}", image.strip_suffix(old).unwrap_or_default()))
+        .unwrap_or_else(|| format!("/boot/vmlinuz-{kver}"));
+    let line = format!("BOOT_IMAGE={image} {args}");
+    let Some(why) = cmdline::refusal(&line, params) else {
+        return Ok(());
+    };
+    let old = ctx
+        .journal
+        .facts
+        .old_kernel
+        .as_deref()
+        .unwrap_or("the previous kernel");
+    Err(StepFailure::new(format!(
+        "refusing to arm the trial boot of {kver}: {why}; {old} stays the default"
+    ))
+    .hint(
+        "the PVM kernel would not run as configured: change the node's own command line \
+         (/etc/default/grub and its drop-ins, or the BLS entry's options) or the payload's \
+         --boot-params, then run cube-firstboot again",
+    )
+    .into())
+}
+
+/// `root=` and `ro`/`rw` of the running command line: what grub-mkconfig's
+/// 10_linux puts before GRUB_CMDLINE_LINUX for every kernel on this root.
+fn root_args(host: &dyn Host) -> Result<String> {
+    Ok(cmdline::split(&proc_cmdline(host)?)
+        .into_iter()
+        .filter(|p| cmdline::key(p) == "root" || p == "ro" || p == "rw")
+        .collect::<Vec<_>>()
+        .join(" "))
 }
 
 /// Why the boot/verify steps have nothing to do, if they have not.

@@ -10,7 +10,7 @@ use crate::digest::HashingReader;
 use crate::firstboot::host::{describe_exit, tail, CommandSpec, Host};
 use crate::firstboot::status::run_with_progress;
 use crate::firstboot::StepFailure;
-use crate::plan::{KernelHold, KernelRepo, PackageFamily};
+use crate::plan::{KernelHold, KernelRepo, PackageFamily, Plan};
 
 /// How long to wait for the dpkg lock (cloud-init and unattended-upgrades
 /// hold it at first boot; docs/payloads.md, "cloud-init"), and how often to look.
@@ -19,7 +19,7 @@ const DPKG_LOCK_POLL: Duration = Duration::from_secs(5);
 /// A kernel package install takes about 3 minutes (docs/pvm-kernel.md).
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-const DNF_CONF: &str = "/etc/dnf/dnf.conf";
+pub(super) const DNF_CONF: &str = "/etc/dnf/dnf.conf";
 /// The repository id the helper gives the plan's kernel repository.
 const REPO_ID: &str = "cubeboot-kernel";
 /// Where dnf downloads the repository kernel's packages for verification.
@@ -179,7 +179,7 @@ fn install_from_repo(ctx: &mut Ctx, repo: &KernelRepo) -> Result<()> {
 
 /// `rpm`, pointed at the target's database with `--root` unless the
 /// target is this machine (rpm then stays inside the root by itself).
-fn rpm(host: &dyn Host) -> CommandSpec {
+pub(super) fn rpm(host: &dyn Host) -> CommandSpec {
     let cmd = CommandSpec::new("rpm");
     if is_live_root(host) {
         return cmd;
@@ -269,15 +269,19 @@ fn installed(host: &dyn Host, family: PackageFamily, package: &str, version: &st
     }))
 }
 
+/// dpkg on the target, never asking.
+pub(super) fn dpkg(host: &dyn Host) -> CommandSpec {
+    let cmd = CommandSpec::new("dpkg").env("DEBIAN_FRONTEND", "noninteractive");
+    if is_live_root(host) {
+        return cmd;
+    }
+    cmd.arg(format!("--root={}", host.root().to_string_lossy()))
+        .within_root()
+}
+
 /// `dpkg -i`, waiting for the lock another frontend holds.
 fn dpkg_install(host: &dyn Host, deb: &str) -> Result<()> {
-    let mut cmd = CommandSpec::new("dpkg").env("DEBIAN_FRONTEND", "noninteractive");
-    if !is_live_root(host) {
-        cmd = cmd
-            .arg(format!("--root={}", host.root().to_string_lossy()))
-            .within_root();
-    }
-    let cmd = cmd
+    let cmd = dpkg(host)
         .args(["-i", deb])
         .timeout(INSTALL_TIMEOUT)
         .allow_failure();
@@ -350,25 +354,50 @@ pub(super) fn hold(ctx: &mut Ctx) -> Result<String> {
             );
             ctx.say(&format!("warning: {w}"));
             ctx.journal.warn(w);
-            dnf_exclude(host, &k.package)
+            dnf_exclude(host, ctx.plan)
         }
         KernelHold::DnfExclude => {
             keep_default_on_updates(host)?;
-            dnf_exclude(host, &k.package)
+            dnf_exclude(host, ctx.plan)
         }
     }
 }
 
-fn dnf_exclude(host: &dyn Host, package: &str) -> Result<String> {
+/// The names of the packages this stage installs: the repository set's
+/// (`kernel`, `kernel-core`, `kernel-modules`) or the one release package.
+/// The hold names exactly these: a `kernel*` pattern would also hide the
+/// distribution's kernel-headers, -devel and -tools, and a later
+/// `dnf install gcc` (glibc-devel needs kernel-headers) would fail.
+pub(super) fn installed_names(plan: &Plan) -> Vec<String> {
+    match &plan.kernel.repo {
+        Some(r) => r.packages.iter().map(|p| rpm_name(&p.nevra)).collect(),
+        None => vec![plan.kernel.package.clone()],
+    }
+}
+
+/// `name` of `name-[epoch:]version-release.arch`.
+fn rpm_name(nevra: &str) -> String {
+    let nevr = nevra.rsplit_once('.').map_or(nevra, |(n, _)| n);
+    let nev = nevr.rsplit_once('-').map_or(nevr, |(n, _)| n);
+    nev.rsplit_once('-').map_or(nev, |(n, _)| n).to_string()
+}
+
+fn dnf_exclude(host: &dyn Host, plan: &Plan) -> Result<String> {
+    let names = installed_names(plan);
     let text = host
         .read_optional(DNF_CONF)?
         .unwrap_or_else(|| "[main]\n".into());
-    let edited = add_dnf_exclude(&text, &format!("{package}*"));
+    let edited = names
+        .iter()
+        .fold(text.clone(), |t, n| add_dnf_exclude(&t, n));
     if edited != text {
         backup_once(host, DNF_CONF)?;
         host.write_atomic(DNF_CONF, edited.as_bytes(), 0o644)?;
     }
-    Ok(format!("held with exclude={package}* in {DNF_CONF}"))
+    Ok(format!(
+        "held with exclude={} in {DNF_CONF}",
+        names.join(" ")
+    ))
 }
 
 /// RHEL's kernel packages make each new kernel the default when
@@ -436,6 +465,15 @@ pub fn add_dnf_exclude(conf: &str, pattern: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rpm_names_come_from_nevras() {
+        assert_eq!(
+            rpm_name("kernel-core-6.6.69-1.2.cubesandbox.oc9.x86_64"),
+            "kernel-core"
+        );
+        assert_eq!(rpm_name("kernel-0:6.6.69-1.2.oc9.x86_64"), "kernel");
+    }
 
     #[test]
     fn dnf_exclude_is_added_extended_and_idempotent() {
