@@ -13,6 +13,7 @@ pub mod digest;
 pub mod firstboot;
 pub mod plan;
 pub mod signing;
+pub mod status_schema;
 pub mod transport;
 
 #[cfg(feature = "builder")]

@@ -5,7 +5,7 @@
 mod support;
 
 use cubeboot::firstboot::host::{Action, Host};
-use cubeboot::firstboot::journal::Journal;
+use cubeboot::firstboot::journal::{Journal, StepState};
 use cubeboot::firstboot::run_state::Failure;
 use cubeboot::firstboot::runner::{RunEnd, Scope};
 use cubeboot::firstboot::status::Status;
@@ -466,10 +466,10 @@ fn stand_in_steps_cover_every_step_but_the_reboot() {
     assert_eq!(t.run_to_end(&opts(Scope::All), 3), RunEnd::Done);
     let status = Status::current(&t.host).unwrap().unwrap();
     for s in status.steps {
-        let fine = s.state == "done"
-            || s.state == "skipped"
-            || (s.name == "kernel-boot" && s.state == "reboot-requested");
-        assert!(fine, "{} is {}", s.name, s.state);
+        let fine = s.state == Some(StepState::Done)
+            || s.state == Some(StepState::Skipped)
+            || (s.name == StepId::KernelBoot && s.state == Some(StepState::RebootRequested));
+        assert!(fine, "{} is {:?}", s.name, s.state);
     }
     let _ = Outcome::Done(String::new());
 }

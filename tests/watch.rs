@@ -18,6 +18,7 @@ use cubeboot::firstboot::status::{DownloadProgress, Progress, Status};
 use cubeboot::firstboot::webhook::Webhook;
 use cubeboot::plan::testing::sample_plan;
 use cubeboot::signing;
+use cubeboot::status_schema::{CheckResult, StepId, StepState, StepView};
 use support::tls::self_signed;
 
 const SECRET: &str = "5ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e7";
@@ -33,6 +34,9 @@ struct Watch {
     child: Child,
     addr: String,
     stderr: Arc<Mutex<String>>,
+    /// Read as it comes, as a consumer of the JSON lines would: a pipe
+    /// left unread would stall watch once it is full.
+    stdout: thread::JoinHandle<String>,
 }
 
 impl Watch {
@@ -67,10 +71,17 @@ impl Watch {
             let _ = err.read_to_string(&mut rest);
             sink.lock().unwrap().push_str(&rest);
         });
+        let mut out = child.stdout.take().unwrap();
+        let stdout = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text);
+            text
+        });
         Self {
             child,
             addr,
             stderr,
+            stdout,
         }
     }
 
@@ -83,13 +94,7 @@ impl Watch {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let mut out = String::new();
-                self.child
-                    .stdout
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut out)
-                    .unwrap();
+                let out = self.stdout.join().unwrap();
                 thread::sleep(Duration::from_millis(50));
                 let err = self.stderr.lock().unwrap().clone();
                 return (status.code().unwrap_or(-1), out, err);
@@ -108,7 +113,7 @@ fn script(name: &str, role: &str, fails: bool) -> Vec<Status> {
     let base = |state: &str, step: &str, done: usize| Status {
         version: 1,
         state: state.parse().unwrap(),
-        step: step.into(),
+        step: StepId::from_name(step),
         progress: Progress { done, total: 13 },
         hostname: name.into(),
         role: role.into(),
@@ -205,7 +210,8 @@ fn fifty_helpers_json_lines_match_each_last_post() {
         let seen = last_by_node[&posted.hostname];
         assert_eq!(seen["state"], posted.state.to_string(), "{seen}");
         assert_eq!(seen["role"], posted.role.as_str(), "{seen}");
-        assert_eq!(seen["step"], posted.step.as_str(), "{seen}");
+        let step = posted.step.map_or("", StepId::name);
+        assert_eq!(seen["step"], step, "{seen}");
         assert_eq!(seen["progress"]["done"], posted.progress.done, "{seen}");
         assert_eq!(seen["ip"], "127.0.0.1");
         if posted.state.to_string().starts_with("failed") {
@@ -643,4 +649,91 @@ fn raw_post_result(addr: &str, body: &[u8]) -> Option<String> {
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).ok()?;
     line.starts_with("HTTP/").then_some(line)
+}
+
+/// Every field of the helper's status, none left at its default: listed
+/// without `..Default::default()`, so a field added to the schema fails to
+/// compile here until this test sets it too.
+fn every_field_set(name: &str) -> Status {
+    Status {
+        version: 1,
+        state: "failed: cube-verify".parse().unwrap(),
+        step: Some(StepId::CubeVerify),
+        progress: Progress {
+            done: 11,
+            total: 15,
+        },
+        last_error: Some("cubemaster did not answer\nsecond line".into()),
+        hints: vec!["see /var/log/cube-install.log".into(), "second hint".into()],
+        checks: [(
+            "cubemaster".to_string(),
+            CheckResult {
+                ok: false,
+                detail: "no answer on :8089".into(),
+            },
+        )]
+        .into(),
+        warnings: vec!["net.ifnames=0 renames NICs".into()],
+        generator: "cubeboot test".into(),
+        profile: "debian-12".into(),
+        updated_at: unix_now(),
+        message: "failed: cube-verify: cubemaster did not answer".into(),
+        steps: vec![
+            StepView {
+                name: StepId::Preflight,
+                state: Some(StepState::Done),
+                detail: "ok".into(),
+            },
+            StepView {
+                name: StepId::CubeVerify,
+                state: Some(StepState::Failed),
+                detail: "cubemaster".into(),
+            },
+            StepView {
+                name: StepId::Harden,
+                state: None,
+                detail: String::new(),
+            },
+        ],
+        hostname: name.into(),
+        role: "control".into(),
+        download: Some(DownloadProgress {
+            asset: "bundle".into(),
+            bytes: 1,
+            total: 2,
+        }),
+        phase: "checking services".into(),
+    }
+}
+
+#[test]
+fn the_whole_status_reaches_the_fleet_view_typed_as_the_helper_wrote_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let watch = Watch::start(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--json", "--expect", "1", "--timeout", "60"],
+    );
+    let posted = every_field_set("node-whole");
+    let root = dir.path().join("node");
+    std::fs::create_dir_all(&root).unwrap();
+    run_helper(watch.url(), root, 7, vec![posted.clone()]);
+    let (code, out, err) = watch.finish(Duration::from_secs(20));
+    assert_eq!(code, 1, "{err}");
+    let evs = events(&out);
+    let node = evs
+        .iter()
+        .find(|e| e["event"] == "node")
+        .expect("a node event");
+    // The helper's JSON, whole: nothing the helper wrote is missing.
+    let mut expect = serde_json::to_value(&posted).unwrap();
+    expect["updated_at"] = node["status"]["updated_at"].clone();
+    assert_eq!(node["status"], expect, "{node}");
+    let back: Status = serde_json::from_value(node["status"].clone()).unwrap();
+    assert_eq!(back.state, posted.state);
+    assert_eq!(back.steps, posted.steps);
+    // The flat fields of version 1 of the event stay as they were.
+    assert_eq!(node["state"], "failed: cube-verify");
+    assert_eq!(node["step"], "cube-verify");
+    assert_eq!(node["hint"], "see /var/log/cube-install.log");
 }

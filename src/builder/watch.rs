@@ -16,11 +16,10 @@ use std::io::{self, IsTerminal as _, Read as _};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
-
 use super::cli::WatchArgs;
 use crate::signing::{self, Rejection};
+use crate::status_schema::Status;
+use anyhow::{bail, Context, Result};
 
 mod view;
 use view::{Table, View};
@@ -229,58 +228,6 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// What a helper posts, read leniently: a newer helper may add fields, an
-/// older one may lack some, and a receiver shows what it can.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct Post {
-    pub hostname: String,
-    pub role: String,
-    pub profile: String,
-    pub state: String,
-    pub step: String,
-    pub progress: StepsDone,
-    pub download: Option<Download>,
-    pub phase: String,
-    pub last_error: Option<String>,
-    pub hints: Vec<String>,
-    pub message: String,
-    pub updated_at: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct StepsDone {
-    pub done: usize,
-    pub total: usize,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Download {
-    pub asset: String,
-    pub bytes: u64,
-    pub total: u64,
-}
-
-impl Post {
-    fn is_done(&self) -> bool {
-        self.state == "done"
-    }
-    fn is_failed(&self) -> bool {
-        self.state.starts_with("failed")
-    }
-    /// What a person should read first about a failure.
-    fn hint(&self) -> Option<String> {
-        self.hints.first().cloned().or_else(|| {
-            self.last_error
-                .as_deref()
-                .and_then(|e| e.lines().next())
-                .map(str::to_string)
-        })
-    }
-}
-
 /// Verifies posts: size, signature, freshness, no repeats.
 pub struct Receiver {
     secret: String,
@@ -306,7 +253,7 @@ impl Receiver {
         mut request: tiny_http::Request,
         now: u64,
         discard: &mpsc::Sender<tiny_http::Request>,
-    ) -> Result<Post, String> {
+    ) -> Result<Status, String> {
         let answer = |request: tiny_http::Request, code: u16, text: &str| {
             let _ = request.respond(tiny_http::Response::from_string(text).with_status_code(code));
         };
@@ -368,7 +315,7 @@ impl Receiver {
                 return Err(self.refuse(rejection.to_string()));
             }
         };
-        let post: Post = match serde_json::from_slice(&body) {
+        let post: Status = match serde_json::from_slice(&body) {
             Ok(p) => p,
             Err(e) => {
                 answer(request, 400, "not a cubeboot status\n");
@@ -416,7 +363,8 @@ impl Expect {
 pub struct Node {
     pub name: String,
     pub ip: String,
-    pub post: Post,
+    /// The node's last accepted status, as its helper wrote it.
+    pub post: Status,
     pub first_seen: Instant,
     pub last_seen: Instant,
 }
@@ -439,7 +387,7 @@ impl Fleet {
 
     /// Record a post. None when it is older than what the node already said
     /// (a delayed retry): the newest status stays.
-    pub fn update(&mut self, peer: &str, post: Post, now: Instant) -> Option<&Node> {
+    pub fn update(&mut self, peer: &str, post: Status, now: Instant) -> Option<&Node> {
         let name = if post.hostname.is_empty() {
             peer.to_string()
         } else {
@@ -483,7 +431,7 @@ impl Fleet {
                         first.post.state,
                         first
                             .post
-                            .hint()
+                            .first_hint()
                             .map(|h| format!(" ({h})"))
                             .unwrap_or_default()
                     ),
@@ -560,13 +508,14 @@ impl Fleet {
 mod tests {
     use super::view::table_lines;
     use super::*;
+    use crate::status_schema::DownloadProgress;
 
-    fn post(host: &str, state: &str, at: u64) -> Post {
-        Post {
+    fn post(host: &str, state: &str, at: u64) -> Status {
+        Status {
             hostname: host.into(),
-            state: state.into(),
+            state: state.parse().unwrap(),
             updated_at: at,
-            ..Post::default()
+            ..Status::default()
         }
     }
 
@@ -609,7 +558,7 @@ mod tests {
         let mut f = Fleet::new(Expect::Nothing, false);
         assert!(f.update("ip", post("a", "done", 10), t).is_some());
         assert!(f.update("ip", post("a", "running", 9), t).is_none());
-        assert_eq!(f.nodes["a"].post.state, "done");
+        assert!(f.nodes["a"].post.is_done());
     }
 
     #[test]
@@ -618,7 +567,7 @@ mod tests {
         let mut f = Fleet::new(Expect::Count(50), false);
         for i in 0..50 {
             let mut p = post(&format!("node-{i:02}\x1b[2J"), "running", 1);
-            p.download = Some(Download {
+            p.download = Some(DownloadProgress {
                 asset: "bundle".into(),
                 bytes: 5 << 20,
                 total: 10 << 20,

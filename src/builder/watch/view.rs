@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{Download, Expect, Fleet, Node, Receiver, StepsDone, REDRAW_EVERY};
+use super::{Expect, Fleet, Node, Receiver, REDRAW_EVERY};
+use crate::status_schema::{DownloadProgress, Progress, Status, StepId};
 
 /// One JSON line per event (docs/watch.md). Field names are a stable
 /// interface: add, never rename.
@@ -20,16 +21,19 @@ enum Event<'a> {
         ip: &'a str,
         role: &'a str,
         profile: &'a str,
-        state: &'a str,
+        state: String,
         step: &'a str,
-        progress: &'a StepsDone,
-        download: Option<&'a Download>,
+        progress: &'a Progress,
+        download: Option<&'a DownloadProgress>,
         phase: &'a str,
         elapsed_secs: u64,
         last_error: Option<&'a str>,
-        hint: Option<String>,
+        hint: Option<&'a str>,
         message: &'a str,
         updated_at: u64,
+        /// The node's whole status, as its helper posted it (the fields
+        /// above are kept for the scripts that read them).
+        status: &'a Status,
     },
     Rejected {
         peer: &'a str,
@@ -60,16 +64,17 @@ fn node_event(n: &Node) -> Event<'_> {
         ip: &n.ip,
         role: &n.post.role,
         profile: &n.post.profile,
-        state: &n.post.state,
-        step: &n.post.step,
+        state: n.post.state.to_string(),
+        step: n.post.step.map_or("", StepId::name),
         progress: &n.post.progress,
         download: n.post.download.as_ref(),
         phase: &n.post.phase,
         elapsed_secs: n.last_seen.duration_since(n.first_seen).as_secs(),
         last_error: n.post.last_error.as_deref(),
-        hint: n.post.is_failed().then(|| n.post.hint()).flatten(),
+        hint: n.post.is_failed().then(|| n.post.first_hint()).flatten(),
         message: &n.post.message,
         updated_at: n.post.updated_at,
+        status: &n.post,
     }
 }
 
@@ -294,14 +299,14 @@ fn node_line(n: &Node, now: Instant) -> String {
     // goes in the last column, whose width is free: in STEP it would push
     // the columns after it out of line.
     let status = if p.is_failed() {
-        match p.hint() {
+        match p.first_hint() {
             Some(h) => format!("{}: {h}", p.state),
-            None => p.state.clone(),
+            None => p.state.to_string(),
         }
     } else if !p.phase.is_empty() && !p.is_done() {
         format!("{}: {}", p.state, p.phase)
     } else {
-        p.state.clone()
+        p.state.to_string()
     };
     // A node still working shows the time it has taken so far.
     let until = if p.is_done() || p.is_failed() {
@@ -314,7 +319,7 @@ fn node_line(n: &Node, now: Instant) -> String {
         n.name,
         n.ip,
         p.role,
-        p.step,
+        p.step.map_or("", StepId::name),
         progress,
         clock(until.duration_since(n.first_seen)),
         status
@@ -346,22 +351,21 @@ fn cut(line: &str, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builder::watch::Post;
-
-    fn node(step: &str, phase: &str, download: Option<Download>) -> Node {
+    use crate::status_schema::RunState;
+    fn node(step: &str, phase: &str, download: Option<DownloadProgress>) -> Node {
         let now = Instant::now();
         Node {
             name: "node-01".into(),
             ip: "10.0.1.21".into(),
-            post: Post {
+            post: Status {
                 hostname: "node-01".into(),
                 role: "compute".into(),
-                state: "running".into(),
-                step: step.into(),
+                state: RunState::Running,
+                step: StepId::from_name(step),
                 phase: phase.into(),
                 download,
-                progress: StepsDone { done: 4, total: 15 },
-                ..Post::default()
+                progress: Progress { done: 4, total: 15 },
+                ..Status::default()
             },
             first_seen: now,
             last_seen: now,
@@ -370,7 +374,7 @@ mod tests {
 
     #[test]
     fn every_long_install_shows_its_phase_and_the_columns_stay_in_line() {
-        let bundle = Download {
+        let bundle = DownloadProgress {
             asset: "bundle".into(),
             bytes: 150 << 20,
             total: 300 << 20,
