@@ -12,6 +12,7 @@ pub mod cmdline;
 pub mod digest;
 pub mod firstboot;
 pub mod plan;
+pub mod printable;
 pub mod signing;
 pub mod status_schema;
 pub mod transport;

@@ -737,3 +737,64 @@ fn the_whole_status_reaches_the_fleet_view_typed_as_the_helper_wrote_it() {
     assert_eq!(node["step"], "cube-verify");
     assert_eq!(node["hint"], "see /var/log/cube-install.log");
 }
+
+/// What a node may put in its strings to take over a terminal: clear the
+/// screen, set the title, move to the line start, a NUL, C1 CSI, DEL and
+/// the bidi overrides and isolates that reorder what is shown.
+const HOSTILE: &str =
+    "evil\x1b[2J\x1b]0;owned\x07\r\nfake-line\0\u{9b}31m\u{7f}\u{202e}gnp.exe\u{2066}\u{2069}\u{200e}\u{200f}\u{61c}\u{2028}end";
+
+fn assert_inert(what: &str, text: &str) {
+    for c in text.chars() {
+        let bad = (c.is_control() && c != '\n')
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{61c}' | '\u{2028}' | '\u{2029}');
+        assert!(!bad, "{what} holds U+{:04X} raw: {text:?}", c as u32);
+    }
+}
+
+#[test]
+fn a_signed_hostile_post_reaches_no_terminal_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let watch = Watch::start(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--json", "--expect", "1", "--timeout", "60"],
+    );
+    let mut posted = script(HOSTILE, "control", true).pop().unwrap();
+    posted.hints = vec![format!("hint {HOSTILE}")];
+    posted.last_error = Some(format!("error {HOSTILE}"));
+    posted.message = format!("message {HOSTILE}");
+    posted.phase = format!("phase {HOSTILE}");
+    posted.state = format!("failed: rolled back to {HOSTILE}").parse().unwrap();
+    posted.updated_at = unix_now();
+    let body = posted.to_json().into_bytes();
+    let addr = watch.addr.clone();
+    // A step name this watch does not know, quoted in the refusal.
+    let unknown = posted.to_json().replace(
+        "\"step\": \"cube-install\"",
+        &format!("\"step\": {:?}", HOSTILE),
+    );
+    let unknown = unknown.into_bytes();
+    assert_eq!(
+        raw_post(&addr, &signed(SECRET, unix_now() + 1, &unknown), &unknown),
+        400
+    );
+    assert_eq!(
+        raw_post(&addr, &signed(SECRET, unix_now(), &body), &body),
+        204
+    );
+    let (code, out, err) = watch.finish(Duration::from_secs(20));
+    assert_ne!(code, 0, "{err}");
+    // The summary line on stderr names the node, escaped.
+    assert_inert("stderr", &err);
+    assert!(err.contains("evil\\u{1b}[2J"), "{err}");
+    // JSON lines are printable ASCII, and still carry the exact text.
+    for line in out.lines() {
+        assert!(line.bytes().all(|b| (0x20..0x7f).contains(&b)), "{line:?}");
+    }
+    let evs = events(&out);
+    let node = evs.iter().find(|e| e["event"] == "node").unwrap();
+    assert_eq!(node["node"], HOSTILE);
+    assert_eq!(node["status"]["phase"], format!("phase {HOSTILE}"));
+    assert!(evs.iter().any(|e| e["event"] == "rejected"), "{out}");
+}

@@ -17,6 +17,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::cli::WatchArgs;
+use crate::printable::escape;
 use crate::signing::{self, Rejection};
 use crate::status_schema::Status;
 use anyhow::{bail, Context, Result};
@@ -427,12 +428,12 @@ impl Fleet {
                     1,
                     format!(
                         "{} failed: {}{}",
-                        first.name,
-                        first.post.state,
+                        escape(&first.name),
+                        escape(&first.post.state.to_string()),
                         first
                             .post
                             .first_hint()
-                            .map(|h| format!(" ({h})"))
+                            .map(|h| format!(" ({})", escape(h)))
                             .unwrap_or_default()
                     ),
                 ));
@@ -453,7 +454,7 @@ impl Fleet {
         if failed.is_empty() {
             Some((0, format!("all {done} expected nodes are done")))
         } else {
-            let names: Vec<&str> = failed.iter().map(|n| n.name.as_str()).collect();
+            let names: Vec<_> = failed.iter().map(|n| escape(&n.name)).collect();
             Some((
                 1,
                 format!("{done} done, {} failed: {}", failed.len(), names.join(", ")),
@@ -473,13 +474,13 @@ impl Fleet {
             Expect::Names(names) => names
                 .iter()
                 .filter(|n| !self.find(n).is_some_and(|x| x.post.is_done()))
-                .cloned()
+                .map(|n| escape(n).into_owned())
                 .collect(),
             _ => self
                 .nodes
                 .values()
                 .filter(|n| !n.post.is_done())
-                .map(|n| n.name.clone())
+                .map(|n| escape(&n.name).into_owned())
                 .collect(),
         };
         let done = self.nodes.values().filter(|n| n.post.is_done()).count();
@@ -562,6 +563,34 @@ mod tests {
     }
 
     #[test]
+    fn no_node_string_reaches_the_table_or_the_verdict_raw() {
+        let t = Instant::now();
+        let hostile = "n\x1b]0;x\x07\r\n\0\u{9b}\u{202e}\u{2066}\u{200f}\u{61c}";
+        let mut f = Fleet::new(Expect::Count(2), false);
+        let mut p = post(hostile, "failed: fetch", 1);
+        p.hints = vec![format!("hint {hostile}")];
+        p.phase = hostile.into();
+        f.update("10.0.0.1", p, t);
+        let mut p = post("b", &format!("failed: rolled back to {hostile}"), 1);
+        p.last_error = Some(hostile.into());
+        f.update("10.0.0.2", p, t);
+        let mut r = Receiver::new("x".repeat(32));
+        r.rejected = 1;
+        let reason = format!("signed, but not a status: unknown step {hostile:?}");
+        let lines = table_lines(&f, &r, "127.0.0.1:1", &reason, Duration::ZERO, 60, 200, t);
+        let (_, verdict) = f.verdict().unwrap();
+        let timeout = f.timeout_message(Duration::from_secs(1));
+        for text in lines.iter().chain([&verdict, &timeout]) {
+            assert!(
+                !text.chars().any(|c| c.is_control()
+                    || matches!(c, '\u{202e}' | '\u{2066}' | '\u{200f}' | '\u{61c}')),
+                "{text:?}"
+            );
+        }
+        assert!(verdict.contains("n\\u{1b}]0;x"), "{verdict}");
+    }
+
+    #[test]
     fn table_lines_fit_the_terminal() {
         let t = Instant::now();
         let mut f = Fleet::new(Expect::Count(50), false);
@@ -583,6 +612,9 @@ mod tests {
             assert!(!l.contains('\x1b'), "{l:?}");
         }
         let lines = table_lines(&f, &r, "127.0.0.1:1", "", Duration::ZERO, 60, 200, t);
+        for l in &lines {
+            assert!(!l.contains('\x1b'), "{l:?}");
+        }
         assert_eq!(lines.len(), 52);
         assert!(lines[2].contains("[#####-----]  50% 10M"), "{}", lines[2]);
     }

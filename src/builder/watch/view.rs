@@ -9,6 +9,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{Expect, Fleet, Node, Receiver, REDRAW_EVERY};
+use crate::printable::escape;
 use crate::status_schema::{DownloadProgress, Progress, Status, StepId};
 
 /// One JSON line per event (docs/watch.md). Field names are a stable
@@ -52,10 +53,36 @@ enum Event<'a> {
 
 fn json_line(event: &Event) -> Result<()> {
     let mut out = io::stdout().lock();
-    serde_json::to_writer(&mut out, event)?;
+    let mut json = serde_json::Serializer::with_formatter(&mut out, PrintableAscii);
+    event.serialize(&mut json)?;
     out.write_all(b"\n")?;
     out.flush()?;
     Ok(())
+}
+
+/// Compact JSON in printable ASCII: every other character of a string
+/// (a node's ESC, U+202E, ...) as a `\uXXXX` escape, so the lines are safe
+/// on a terminal and still carry the exact text.
+struct PrintableAscii;
+
+impl serde_json::ser::Formatter for PrintableAscii {
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        let mut rest = fragment;
+        while let Some(at) = rest.find(|c: char| !c.is_ascii() || c.is_ascii_control()) {
+            writer.write_all(&rest.as_bytes()[..at])?;
+            let c = rest[at..].chars().next().unwrap_or_default();
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                write!(writer, "\\u{unit:04x}")?;
+            }
+            rest = &rest[at + c.len_utf8()..];
+        }
+        writer.write_all(rest.as_bytes())
+    }
 }
 
 fn node_event(n: &Node) -> Event<'_> {
@@ -98,7 +125,7 @@ impl View {
         match self {
             Self::Json => json_line(&Event::Rejected { peer, reason }),
             Self::Table(t) => {
-                t.last_rejection = format!("{peer}: {reason}");
+                t.last_rejection = escape(&format!("{peer}: {reason}")).into_owned();
                 t.dirty = true;
                 Ok(())
             }
@@ -316,13 +343,13 @@ fn node_line(n: &Node, now: Instant) -> String {
     };
     format!(
         "{:<20} {:<15} {:<8} {:<14} {:<24} {:>7}  {}",
-        n.name,
-        n.ip,
-        p.role,
+        escape(&n.name),
+        escape(&n.ip),
+        escape(&p.role),
         p.step.map_or("", StepId::name),
         progress,
         clock(until.duration_since(n.first_seen)),
-        status
+        escape(&status)
     )
 }
 
@@ -342,10 +369,7 @@ fn clock(d: Duration) -> String {
 /// At most `width` characters, with no control characters (a hostname or
 /// error text must not move the cursor).
 fn cut(line: &str, width: usize) -> String {
-    line.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(width)
-        .collect()
+    escape(line).chars().take(width).collect()
 }
 
 #[cfg(test)]
