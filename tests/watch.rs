@@ -85,6 +85,16 @@ impl Watch {
         }
     }
 
+    /// The threads the watch process has now (Linux /proc).
+    fn threads(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    }
+
     fn url(&self) -> String {
         format!("http://{}/cubeboot", self.addr)
     }
@@ -797,4 +807,79 @@ fn a_signed_hostile_post_reaches_no_terminal_raw() {
     assert_eq!(node["node"], HOSTILE);
     assert_eq!(node["status"]["phase"], format!("phase {HOSTILE}"));
     assert!(evs.iter().any(|e| e["event"] == "rejected"), "{out}");
+}
+
+#[test]
+fn slow_connections_cost_no_thread_are_closed_and_delay_no_post() {
+    let dir = tempfile::tempdir().unwrap();
+    let watch = Watch::start(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--json", "--expect", "1", "--timeout", "60"],
+    );
+    let addr = watch.addr.clone();
+    // 200 clients that start a request and never finish it.
+    let mut slow: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(b"POST /cubeboot HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    let threads = watch.threads();
+    assert!(
+        threads <= 8,
+        "watch runs {threads} threads for 200 slow connections"
+    );
+    // A helper's post is answered while they hang on.
+    let mut posted = script("node-1", "compute", false).pop().unwrap();
+    posted.updated_at = unix_now();
+    let body = posted.to_json().into_bytes();
+    // Kept going by --expect 1: the first post says running.
+    let mut early = posted.clone();
+    early.state = "running".parse().unwrap();
+    let early = early.to_json().into_bytes();
+    assert_eq!(
+        raw_post(&addr, &signed(SECRET, unix_now(), &early), &early),
+        204
+    );
+    // Trickling a byte a second does not keep a connection: each is closed
+    // once its request is not whole 10 s after it was opened.
+    let opened = Instant::now();
+    let mut closed = vec![false; slow.len()];
+    while closed.iter().any(|c| !c) && opened.elapsed() < Duration::from_secs(16) {
+        for (s, gone) in slow.iter_mut().zip(closed.iter_mut()) {
+            *gone = *gone || s.write_all(b"X").is_err() || closed_by_peer(s);
+        }
+        thread::sleep(Duration::from_secs(1));
+    }
+    let open = closed.iter().filter(|c| !**c).count();
+    assert_eq!(
+        open,
+        0,
+        "{open} slow connections still open after {:?}",
+        opened.elapsed()
+    );
+    assert_eq!(
+        raw_post(&addr, &signed(SECRET, unix_now(), &body), &body),
+        204
+    );
+    let (code, _, err) = watch.finish(Duration::from_secs(20));
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Whether the other end closed `s` (EOF or reset), without blocking.
+fn closed_by_peer(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    let mut b = [0u8; 256];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
 }

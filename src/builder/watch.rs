@@ -12,7 +12,8 @@
 //! them (table or JSON lines).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, IsTerminal as _, Read as _};
+use std::io::{self, IsTerminal as _};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +23,9 @@ use crate::signing::{self, Rejection};
 use crate::status_schema::Status;
 use anyhow::{bail, Context, Result};
 
+mod server;
 mod view;
+use server::{Incoming, Limits, Request};
 use view::{Table, View};
 
 /// Largest post accepted. A status is a few KiB; anything near this is not
@@ -31,6 +34,15 @@ pub const MAX_BODY: usize = 1 << 20;
 
 /// How often the terminal view is redrawn at most.
 const REDRAW_EVERY: Duration = Duration::from_millis(100);
+
+/// Open connections at most; one more closes the one that has waited
+/// longest for its request (docs/watch.md, "Slow and idle connections").
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// A request must arrive whole within this time of its connection's accept
+/// or previous answer. A helper sends its few KiB at once, and its own
+/// client gives up after 10 s without progress (src/firstboot/webhook.rs).
+pub const REQUEST_TIME: Duration = Duration::from_secs(10);
 
 /// How long an exiting `watch` waits for TLS connections to finish.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -61,31 +73,37 @@ pub fn run(args: WatchArgs) -> Result<()> {
         _ => bail!("give --tls-cert and --tls-key together"),
     };
     let mut fleet = Fleet::new(expect, args.keep_going);
-    // Step 2: listen. tiny_http reads requests on its own threads; this one
-    // verifies, updates the fleet and draws, so the view needs no locks.
-    // With TLS, tiny_http listens on loopback behind the TLS relay
-    // (src/builder/watch_tls.rs), which listens where asked.
+    // Step 2: listen. One thread reads requests off every connection
+    // (watch/server.rs); this one verifies, answers, updates the fleet and
+    // draws, so the view needs no locks. With TLS, the HTTP side listens on
+    // loopback behind the TLS relay (src/builder/watch_tls.rs), which
+    // listens where asked.
     let http_listen = if tls.is_some() {
         "127.0.0.1:0"
     } else {
         args.listen.as_str()
     };
-    let server = tiny_http::Server::http(http_listen)
-        .map_err(|e| anyhow::anyhow!("listening on {http_listen}: {e}"))?;
+    let listener =
+        TcpListener::bind(http_listen).with_context(|| format!("listening on {http_listen}"))?;
+    let http_addr = listener.local_addr().context("watch's listening address")?;
+    let incoming = server::start(
+        listener,
+        Limits {
+            connections: MAX_CONNECTIONS,
+            request_time: REQUEST_TIME,
+            max_body: MAX_BODY,
+        },
+    )?;
     let mut receiver = Receiver::new(secret);
-    let http_addr = server.server_addr().to_ip();
     let front = match tls {
-        Some(config) => {
-            let backend = http_addr.context("watch's HTTP server has no IP address")?;
-            Some(super::watch_tls::start(&args.listen, config, backend)?)
-        }
+        Some(config) => Some(super::watch_tls::start(&args.listen, config, http_addr)?),
         None => None,
     };
     let peers = front.as_ref().map(|f| f.peers.clone());
     // The bound address (port 0 picks one), so scripts can read it back.
     let bound = match &front {
         Some(f) => f.addr.to_string(),
-        None => http_addr.map_or_else(|| args.listen.clone(), |a| a.to_string()),
+        None => http_addr.to_string(),
     };
     // Before exiting: the TLS relay may still hold the last answers.
     let settle = || {
@@ -104,20 +122,6 @@ pub fn run(args: WatchArgs) -> Result<()> {
     } else {
         View::Json
     };
-    // Requests refused for their size are dropped on this thread: tiny_http
-    // reads what is left of a body when its request is dropped, and a client
-    // that never sends it must not stall the view.
-    let (discard, discarded) = mpsc::channel::<tiny_http::Request>();
-    std::thread::spawn(move || {
-        for request in discarded {
-            let response = tiny_http::Response::from_string("too large\n").with_status_code(413);
-            let response = match tiny_http::Header::from_bytes("Connection", "close") {
-                Ok(h) => response.with_header(h),
-                Err(()) => response,
-            };
-            let _ = request.respond(response);
-        }
-    });
     // Step 3: receive until the fleet is finished or the time is up.
     let deadline = Instant::now() + timeout;
     let mut handling: Vec<Duration> = Vec::new();
@@ -131,30 +135,36 @@ pub fn run(args: WatchArgs) -> Result<()> {
             return Err(Finished { code: 2, message }.into());
         }
         let wait = (deadline - now).min(REDRAW_EVERY);
-        if let Some(request) = server.recv_timeout(wait).context("receiving a post")? {
-            let received = Instant::now();
-            // Behind the TLS relay, the sender it relays for.
-            let peer = request
-                .remote_addr()
-                .map(|a| {
-                    peers
-                        .as_ref()
-                        .and_then(|p| p.get(a.port()))
-                        .unwrap_or(a.ip())
-                        .to_string()
-                })
-                .unwrap_or_else(|| "unknown".into());
-            match receiver.receive(request, unix_now(), &discard) {
-                Ok(post) => {
-                    if let Some(node) = fleet.update(&peer, post, Instant::now()) {
-                        view.node(node)?;
+        // Behind the TLS relay, the sender it relays for.
+        let sender = |a: SocketAddr| {
+            peers
+                .as_ref()
+                .and_then(|p| p.get(a.port()))
+                .unwrap_or(a.ip())
+                .to_string()
+        };
+        match incoming.recv_timeout(wait) {
+            Ok(Incoming::Request(request)) => {
+                let received = Instant::now();
+                let peer = sender(request.peer);
+                match receiver.receive(request, unix_now()) {
+                    Ok(post) => {
+                        if let Some(node) = fleet.update(&peer, post, Instant::now()) {
+                            view.node(node)?;
+                        }
                     }
+                    Err(reason) => view.rejected(&peer, &reason)?,
                 }
-                Err(reason) => view.rejected(&peer, &reason)?,
+                if args.stats {
+                    handling.push(received.elapsed());
+                }
             }
-            if args.stats {
-                handling.push(received.elapsed());
+            Ok(Incoming::Refused(from, reason)) => {
+                let reason = receiver.refuse(reason);
+                view.rejected(&sender(from), &reason)?;
             }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("watch's receiver stopped"),
         }
         view.tick(&fleet, &receiver, false)?;
         if let Some((code, message)) = fleet.verdict() {
@@ -248,57 +258,26 @@ impl Receiver {
         }
     }
 
-    /// Read, verify and answer one request. Err is the reason it was refused.
-    fn receive(
-        &mut self,
-        mut request: tiny_http::Request,
-        now: u64,
-        discard: &mpsc::Sender<tiny_http::Request>,
-    ) -> Result<Status, String> {
-        let answer = |request: tiny_http::Request, code: u16, text: &str| {
-            let _ = request.respond(tiny_http::Response::from_string(text).with_status_code(code));
-        };
-        if *request.method() != tiny_http::Method::Post {
-            let reason = format!("{} instead of POST", request.method());
-            answer(request, 405, "POST only\n");
+    /// Verify and answer one request. Err is the reason it was refused.
+    fn receive(&mut self, request: Request, now: u64) -> Result<Status, String> {
+        if request.method != "POST" {
+            let reason = format!("{} instead of POST", request.method);
+            request.respond(405, "POST only\n");
             return Err(self.refuse(reason));
         }
-        // Refused from its Content-Length: the body is never read here. The
-        // answer and the drop happen on the discard thread, because tiny_http
-        // drains an unread body when its request is dropped.
-        if let Some(len) = request.body_length().filter(|l| *l > MAX_BODY) {
-            let _ = discard.send(request);
-            return Err(self.refuse(format!(
-                "too large: {len} bytes announced (limit {MAX_BODY}); not read"
-            )));
-        }
-        let timestamp = header(&request, signing::TIMESTAMP_HEADER);
-        let signature = header(&request, signing::SIGNATURE_HEADER);
-        let mut body = Vec::new();
-        let read = request
-            .as_reader()
-            .take(MAX_BODY as u64 + 1)
-            .read_to_end(&mut body);
-        if let Err(e) = read {
-            answer(request, 400, "unreadable body\n");
-            return Err(self.refuse(format!("unreadable body: {e}")));
-        }
-        if body.len() > MAX_BODY {
-            answer(request, 413, "too large\n");
-            return Err(self.refuse(format!("too large: over {MAX_BODY} bytes (chunked)")));
-        }
+        let signature = request.header(signing::SIGNATURE_HEADER);
         let verified = signing::verify(
             &self.secret,
-            timestamp.as_deref(),
-            signature.as_deref(),
-            &body,
+            request.header(signing::TIMESTAMP_HEADER),
+            signature,
+            &request.body,
             now,
         )
         .and_then(|ts| {
             // Forget what can no longer pass the freshness check anyway.
             self.seen
                 .retain(|_, t| now.abs_diff(*t) <= signing::MAX_SKEW_SECS);
-            let sig = signature.clone().unwrap_or_default();
+            let sig = signature.unwrap_or_default().to_string();
             if self.seen.contains_key(&sig) {
                 return Err(Rejection::Replayed);
             }
@@ -312,19 +291,19 @@ impl Receiver {
                 } else {
                     401
                 };
-                answer(request, code, &format!("{rejection}\n"));
+                request.respond(code, &format!("{rejection}\n"));
                 return Err(self.refuse(rejection.to_string()));
             }
         };
-        let post: Status = match serde_json::from_slice(&body) {
+        let post: Status = match serde_json::from_slice(&request.body) {
             Ok(p) => p,
             Err(e) => {
-                answer(request, 400, "not a cubeboot status\n");
+                request.respond(400, "not a cubeboot status\n");
                 return Err(self.refuse(format!("signed, but not a status: {e}")));
             }
         };
         self.seen.insert(sig, ts);
-        let _ = request.respond(tiny_http::Response::empty(204));
+        request.respond(204, "");
         Ok(post)
     }
 
@@ -333,14 +312,6 @@ impl Receiver {
         self.last_rejection = Some(reason.clone());
         reason
     }
-}
-
-fn header(request: &tiny_http::Request, name: &'static str) -> Option<String> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str().to_string())
 }
 
 /// What the operator waits for.
