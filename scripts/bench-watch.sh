@@ -69,7 +69,7 @@ report="$work/report"
 echo "== bench-watch: $nodes nodes, $rate posts/s, ${seconds}s, ${BENCH_SLOW:+${BENCH_SLOW} slow connections, }$(nproc) cores, ${ca:+TLS, }$(date -u +%FT%TZ)" > "$report"
 echo "binary: $bin" >> "$report"
 BENCH_SLOW=${BENCH_SLOW:-0} python3 scripts/bench-watch.py "$addr" "$work/secret" "$nodes" "$rate" "$seconds" "$procs" $ca >> "$report"
-# watch ends on its timeout (exit 2: no --expect) and prints its stats.
+# watch ends on its timeout (exit 3: no --expect) and prints its stats.
 wait "$watch_pid" || true
 watch_pid=
 wait "$sampler_pid" 2>/dev/null || true

@@ -272,7 +272,7 @@ fn exit_codes_all_done_one_failed_and_timeout() {
     );
     run_fleet(&watch.url(), dir.path(), 2, |_| false);
     let (code, out, err) = watch.finish(Duration::from_secs(20));
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 3, "{err}");
     assert!(err.contains("not done: node-07"), "{err}");
     assert_eq!(events(&out).last().unwrap()["outcome"], "timeout");
 }
@@ -881,5 +881,86 @@ fn closed_by_peer(s: &mut TcpStream) -> bool {
             e.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
         ),
+    }
+}
+
+/// `cubeboot watch ARGS` with the test secret; (exit code, stderr).
+fn watch_exit(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cubeboot"));
+    cmd.arg("watch");
+    if !args.contains(&"--secret-file") {
+        cmd.arg("--secret-file").arg(&secret);
+    }
+    let out = cmd.args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn each_exit_code_means_one_thing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Usage: 2, whatever is wrong with the command line.
+    for args in [
+        &["--listen", "127.0.0.1:0", "--no-such-flag"][..],
+        &["--listen", "127.0.0.1:0", "--timeout", "2d"],
+        &["--listen", "127.0.0.1:0", "--expect", "0"],
+        &["--listen", "127.0.0.1:0", "--expect", "2", "node-a"],
+    ] {
+        let (code, err) = watch_exit(d, args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+    }
+    // I/O: 4, for a missing secret file and a port in use.
+    let (code, err) = watch_exit(
+        d,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--secret-file",
+            "/nonexistent/secret",
+        ],
+    );
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("/nonexistent/secret"), "{err}");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let (code, err) = watch_exit(d, &["--listen", &busy_addr, "--timeout", "1"]);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains(&busy_addr), "{err}");
+    // Timeout with nothing failed: 3. With --keep-going and a failed node,
+    // the failure wins (1) and the message names it.
+    let watch = Watch::start(
+        d,
+        "127.0.0.1:0",
+        &["--expect", "3", "--keep-going", "--timeout", "3"],
+    );
+    run_fleet(&watch.url(), d, 2, |i| i == 1);
+    let (code, _, err) = watch.finish(Duration::from_secs(20));
+    assert_eq!(code, 1, "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("timed out after 3s"), "{err}");
+    assert!(last.contains("failed: node-01"), "{err}");
+    // The man page says all of it.
+    let man = d.join("man");
+    let out = Command::new(env!("CARGO_BIN_EXE_cubeboot"))
+        .args(["man", "--to"])
+        .arg(&man)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let page = std::fs::read_to_string(man.join("cubeboot-watch.1")).unwrap();
+    let section = page
+        .split(".SH \"EXIT STATUS\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{page}"));
+    for code in ["0", "1", "2", "3", "4"] {
+        assert!(
+            section.contains(&format!(".IP {code}")),
+            "{code}: {section}"
+        );
     }
 }

@@ -4,9 +4,7 @@
 //! change; the last accepted post from a node is the truth about it, so a
 //! restarted `watch` catches up with the next post of each node. On a
 //! terminal the view is one line per node, redrawn in place; otherwise one
-//! JSON line per event (schema in docs/watch.md). Exit codes: 0 when every
-//! expected node is done, 1 as soon as one failed (or, with `--keep-going`,
-//! when the rest finished), 2 on timeout.
+//! JSON line per event (schema in docs/watch.md). Exit codes: [`exit`].
 //!
 //! This file is the receiver and the fleet's state; `watch/view.rs` renders
 //! them (table or JSON lines).
@@ -47,6 +45,42 @@ pub const REQUEST_TIME: Duration = Duration::from_secs(10);
 /// How long an exiting `watch` waits for TLS connections to finish.
 const SETTLE: Duration = Duration::from_secs(2);
 
+/// `watch`'s exit codes, one meaning each (docs/watch.md, the man page's
+/// EXIT STATUS).
+pub mod exit {
+    /// Every expected node is done.
+    pub const DONE: u8 = 0;
+    /// A node failed: at once, or with `--keep-going` when the rest finished
+    /// or the time ran out (a failure outranks the timeout).
+    pub const NODE_FAILED: u8 = 1;
+    /// The command line is wrong (clap's code for every verb).
+    pub const USAGE: u8 = 2;
+    /// `--timeout` passed and no node had failed.
+    pub const TIMEOUT: u8 = 3;
+    /// Reading the secret or TLS files, listening (a port in use), writing
+    /// the view.
+    pub const IO: u8 = 4;
+
+    /// Each code and its meaning, for `--help` and the man page.
+    pub const ALL: [(u8, &str); 5] = [
+        (DONE, "every expected node (--expect N, or the names given) is done"),
+        (NODE_FAILED, "a node failed: at once, or with --keep-going when the rest finished or the time ran out; the message names the failed nodes"),
+        (USAGE, "the command line is wrong (unknown flag, bad --timeout, --expect 0, --expect with names)"),
+        (TIMEOUT, "--timeout passed with no node failed; the message names the nodes not done"),
+        (IO, "the secret or TLS files could not be read, the address could not be listened on (e.g. a port in use), or the output could not be written"),
+    ];
+}
+
+/// `watch --help`'s closing text: the exit codes (the man page renders it
+/// as EXIT STATUS, src/builder/shell.rs).
+pub fn exit_status_help() -> String {
+    let mut text = String::from("Exit status:\n");
+    for (code, meaning) in exit::ALL {
+        text.push_str(&format!("  {code}  {meaning}\n"));
+    }
+    text
+}
+
 /// Ends `watch` with an exit code other than 0 or a plain error (main maps it).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -55,22 +89,32 @@ pub struct Finished {
     pub message: String,
 }
 
-/// The `watch` verb.
+/// The `watch` verb. Every error ends it with one of the [`exit`] codes.
 pub fn run(args: WatchArgs) -> Result<()> {
-    // Step 1: the secret and what to wait for.
+    watch(args).map_err(|e| match e.downcast::<Finished>() {
+        Ok(end) => end.into(),
+        // What is left once clap has checked the command line: files,
+        // sockets, the terminal.
+        Err(e) => Finished {
+            code: exit::IO,
+            message: format!("error: {e:#}"),
+        }
+        .into(),
+    })
+}
+
+fn watch(args: WatchArgs) -> Result<()> {
+    // Step 1: the secret and what to wait for (clap checked the flags).
     let secret = read_secret(&args.secret_file)?;
-    let timeout = parse_duration(&args.timeout).context("--timeout")?;
+    let timeout = args.timeout;
     let expect = match (args.expect, args.nodes.is_empty()) {
-        (Some(_), false) => bail!("give --expect N or node names, not both"),
-        (Some(0), _) => bail!("--expect must be at least 1"),
-        (Some(n), true) => Expect::Count(n),
+        (Some(n), _) => Expect::Count(usize::try_from(n).unwrap_or(usize::MAX)),
         (None, false) => Expect::Names(args.nodes.clone()),
         (None, true) => Expect::Nothing,
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(super::watch_tls::load_config(cert, key)?),
-        (None, None) => None,
-        _ => bail!("give --tls-cert and --tls-key together"),
+        _ => None,
     };
     let mut fleet = Fleet::new(expect, args.keep_going);
     // Step 2: listen. One thread reads requests off every connection
@@ -129,10 +173,15 @@ pub fn run(args: WatchArgs) -> Result<()> {
         let now = Instant::now();
         if now >= deadline {
             let message = fleet.timeout_message(timeout);
-            view.finish(&fleet, &receiver, "timeout", 2, &message)?;
+            let code = if fleet.counts().1 > 0 {
+                exit::NODE_FAILED
+            } else {
+                exit::TIMEOUT
+            };
+            view.finish(&fleet, &receiver, "timeout", code, &message)?;
             report_stats(&mut handling);
             settle();
-            return Err(Finished { code: 2, message }.into());
+            return Err(Finished { code, message }.into());
         }
         let wait = (deadline - now).min(REDRAW_EVERY);
         // Behind the TLS relay, the sender it relays for.
@@ -396,7 +445,7 @@ impl Fleet {
         if let Some(first) = failed.first() {
             if !self.keep_going {
                 return Some((
-                    1,
+                    exit::NODE_FAILED,
                     format!(
                         "{} failed: {}{}",
                         escape(&first.name),
@@ -423,11 +472,11 @@ impl Fleet {
         }
         let done = self.nodes.values().filter(|n| n.post.is_done()).count();
         if failed.is_empty() {
-            Some((0, format!("all {done} expected nodes are done")))
+            Some((exit::DONE, format!("all {done} expected nodes are done")))
         } else {
             let names: Vec<_> = failed.iter().map(|n| escape(&n.name)).collect();
             Some((
-                1,
+                exit::NODE_FAILED,
                 format!("{done} done, {} failed: {}", failed.len(), names.join(", ")),
             ))
         }
@@ -444,22 +493,35 @@ impl Fleet {
         let waiting: Vec<String> = match &self.expect {
             Expect::Names(names) => names
                 .iter()
-                .filter(|n| !self.find(n).is_some_and(|x| x.post.is_done()))
+                .filter(|n| {
+                    !self
+                        .find(n)
+                        .is_some_and(|x| x.post.is_done() || x.post.is_failed())
+                })
                 .map(|n| escape(n).into_owned())
                 .collect(),
             _ => self
                 .nodes
                 .values()
-                .filter(|n| !n.post.is_done())
+                .filter(|n| !n.post.is_done() && !n.post.is_failed())
                 .map(|n| escape(&n.name).into_owned())
                 .collect(),
         };
         let done = self.nodes.values().filter(|n| n.post.is_done()).count();
+        let failed: Vec<_> = self
+            .nodes
+            .values()
+            .filter(|n| n.post.is_failed())
+            .map(|n| escape(&n.name))
+            .collect();
         let mut m = format!(
             "timed out after {}s: {done} done, {} heard from",
             timeout.as_secs(),
             self.nodes.len()
         );
+        if !failed.is_empty() {
+            m.push_str(&format!(", {} failed: {}", failed.len(), failed.join(", ")));
+        }
         if let Expect::Count(n) = self.expect {
             m.push_str(&format!(", {n} expected"));
         }
