@@ -407,94 +407,222 @@ fn a_helper_retries_until_a_restarted_watch_hears_it() {
     assert_eq!(evs[0]["state"], "done");
 }
 
-#[test]
-fn terminal_view_under_tmux_has_one_line_per_node() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        panic!("tmux is needed for this test (.ci/run installs it)");
+/// `cubeboot watch` on a tmux pane of its own size, on a port picked here.
+struct Tmux {
+    socket: PathBuf,
+    addr: String,
+    /// Where the shell writes watch's exit code.
+    done_file: PathBuf,
+}
+
+impl Tmux {
+    fn start(dir: &Path, cols: u16, rows: u16, watch_args: &str) -> Self {
+        if Command::new("tmux").arg("-V").output().is_err() {
+            panic!("tmux is needed for this test (.ci/run installs it)");
+        }
+        let secret = dir.join("secret");
+        std::fs::write(&secret, SECRET).unwrap();
+        // Pick a port: bind, read it, release.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let t = Self {
+            socket: dir.join("tmux.sock"),
+            addr: format!("127.0.0.1:{port}"),
+            done_file: dir.join("exit-code"),
+        };
+        let cmd = format!(
+            "{} watch --listen {} --secret-file {} {watch_args}; echo $? > {}; sleep 600",
+            env!("CARGO_BIN_EXE_cubeboot"),
+            t.addr,
+            secret.display(),
+            t.done_file.display()
+        );
+        let (x, y) = (cols.to_string(), rows.to_string());
+        t.run(&["new-session", "-d", "-x", &x, "-y", &y, "sh", "-c", &cmd]);
+        let started = Instant::now();
+        while TcpStream::connect(&t.addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "watch never listened"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        t
     }
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, SECRET).unwrap();
-    // Pick a port: bind, read it, release.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let socket = dir.path().join("tmux.sock");
-    let tmux = |args: &[&str]| {
+
+    fn run(&self, args: &[&str]) -> String {
         let out = Command::new("tmux")
             .arg("-S")
-            .arg(&socket)
+            .arg(&self.socket)
             .args(args)
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).to_string()
-    };
-    let done_file = dir.path().join("exit-code");
-    let cmd = format!(
-        "{} watch --listen {addr} --secret-file {} --expect 50 --keep-going --timeout 120; echo $? > {}; sleep 600",
-        env!("CARGO_BIN_EXE_cubeboot"),
-        secret.display(),
-        done_file.display()
-    );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-x",
-        "160",
-        "-y",
-        "60",
-        "sh",
-        "-c",
-        &cmd,
-    ]);
-    // Wait until it listens.
-    let started = Instant::now();
-    while TcpStream::connect(&addr).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "watch never listened"
-        );
-        thread::sleep(Duration::from_millis(50));
     }
-    let lasts = run_fleet(&format!("http://{addr}/"), dir.path(), 50, |i| i % 8 == 3);
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p"])
+    }
+
+    fn resize(&self, cols: u16, rows: u16) {
+        let (x, y) = (cols.to_string(), rows.to_string());
+        self.run(&["resize-window", "-x", &x, "-y", &y]);
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.run(&["kill-server"]);
+    }
+}
+
+#[test]
+fn terminal_view_under_tmux_has_one_line_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmux = Tmux::start(
+        dir.path(),
+        160,
+        70,
+        "--expect 50 --keep-going --timeout 120",
+    );
+    let lasts = run_fleet(&format!("http://{}/", tmux.addr), dir.path(), 50, |i| {
+        i % 8 == 3
+    });
     let started = Instant::now();
-    while !done_file.exists() {
+    while !tmux.done_file.exists() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "watch did not exit"
         );
         thread::sleep(Duration::from_millis(50));
     }
-    let screen = tmux(&["capture-pane", "-p", "-J"]);
-    tmux(&["kill-server"]);
-    assert_eq!(std::fs::read_to_string(&done_file).unwrap().trim(), "1");
+    let screen = tmux.run(&["capture-pane", "-p", "-J"]);
+    assert_eq!(
+        std::fs::read_to_string(&tmux.done_file).unwrap().trim(),
+        "1"
+    );
     // The header says the totals; each node is on exactly one line, with its
-    // final state, and no line holds two nodes.
+    // final state, and no line holds two nodes; a failed node's hint is on
+    // the line below it.
     assert!(
         screen.contains("44 done, 6 failed, 0 in progress of 50 expected"),
         "{screen}"
     );
+    let lines: Vec<&str> = screen.lines().collect();
     for posted in &lasts {
-        let lines: Vec<&str> = screen
-            .lines()
-            .filter(|l| l.starts_with(&format!("{} ", posted.hostname)))
+        let at: Vec<usize> = (0..lines.len())
+            .filter(|i| lines[*i].starts_with(&format!("{} ", posted.hostname)))
             .collect();
-        assert_eq!(lines.len(), 1, "{}:\n{screen}", posted.hostname);
-        let line = lines[0];
+        assert_eq!(at.len(), 1, "{}:\n{screen}", posted.hostname);
+        let line = lines[at[0]];
         assert_eq!(line.matches("node-").count(), 1, "{line}");
-        if posted.state.to_string().starts_with("failed") {
+        if posted.is_failed() {
+            assert!(line.contains(" cube-install "), "{line}");
             assert!(
-                line.contains("failed: cube-install: see /var/log/cube-install.log"),
+                line.trim_end().ends_with("  failed: cube-install"),
                 "{line}"
             );
+            assert_eq!(lines[at[0] + 1], "  hint: see /var/log/cube-install.log");
         } else {
             assert!(line.trim_end().ends_with(" done"), "{line}");
         }
     }
     assert!(!screen.contains('\x1b'));
+}
+
+#[test]
+fn the_view_reads_at_80_100_and_160_columns_and_after_a_resize() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmux = Tmux::start(dir.path(), 80, 30, "--expect 10 --keep-going --timeout 120");
+    let url = format!("http://{}/", tmux.addr);
+    run_fleet(&url, dir.path(), 4, |i| i == 2);
+    let mut long = script("compute-node-with-a-long-name-07", "compute", true)
+        .pop()
+        .unwrap();
+    long.updated_at = unix_now();
+    let body = long.to_json().into_bytes();
+    assert_eq!(
+        raw_post(&tmux.addr, &signed(SECRET, unix_now(), &body), &body),
+        204
+    );
+    let mut running = script("node-running", "compute", false).remove(1);
+    running.updated_at = unix_now();
+    let body = running.to_json().into_bytes();
+    assert_eq!(
+        raw_post(&tmux.addr, &signed(SECRET, unix_now(), &body), &body),
+        204
+    );
+    let check = |cols: usize, screen: &str| {
+        let lines: Vec<&str> = screen.lines().collect();
+        let header = lines
+            .iter()
+            .position(|l| l.starts_with("cubeboot watch 127.0.0.1"))
+            .unwrap_or_else(|| panic!("{cols}: no header\n{screen}"));
+        // Nothing of a frame above the header (a resize left none behind).
+        for l in &lines[..header] {
+            assert!(
+                !l.contains("node-") && !l.contains("STEP"),
+                "{cols}: stale {l:?}\n{screen}"
+            );
+        }
+        assert_eq!(screen.matches("STEP").count(), 1, "{cols}:\n{screen}");
+        for l in &lines {
+            assert!(l.chars().count() <= cols, "{cols}: {l:?}");
+        }
+        let row = |start: &str| {
+            let i = lines
+                .iter()
+                .position(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("{cols}: no {start}\n{screen}"));
+            (i, lines[i])
+        };
+        for (name, state) in [
+            ("node-00 ", "done"),
+            ("node-01 ", "done"),
+            ("node-03 ", "done"),
+        ] {
+            let (_, l) = row(name);
+            assert!(
+                l.trim_end().ends_with(&format!("  {state}")),
+                "{cols}: {l:?}\n{screen}"
+            );
+        }
+        let (i, l) = row("node-running ");
+        assert!(
+            l.contains(" fetch ") && l.contains("  running"),
+            "{cols}: {l:?}\n{screen}"
+        );
+        assert!(!lines[i + 1].starts_with("  hint"), "{cols}\n{screen}");
+        for failed in ["node-02 ", "compute-node"] {
+            let (i, l) = row(failed);
+            assert!(l.contains(" cube-install "), "{cols}: {l:?}\n{screen}");
+            assert!(l.contains("  failed"), "{cols}: {l:?}\n{screen}");
+            assert!(
+                lines[i + 1].starts_with("  hint: see /var/log/cube-install.log"),
+                "{cols}:\n{screen}"
+            );
+        }
+        if cols >= 160 {
+            assert!(
+                screen.contains("compute-node-with-a-long-name-07 127.0.0.1"),
+                "{screen}"
+            );
+            assert!(screen.contains("[###-------]  30% 1000M"), "{screen}");
+        }
+    };
+    // Each capture after the view's next once-a-second redraw.
+    let settle = || thread::sleep(Duration::from_millis(1500));
+    settle();
+    check(80, &tmux.screen());
+    for cols in [100, 160, 80] {
+        tmux.resize(cols, 30);
+        settle();
+        check(usize::from(cols), &tmux.screen());
+    }
+    assert!(!tmux.done_file.exists(), "watch ended early");
 }
 
 #[test]

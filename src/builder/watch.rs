@@ -21,6 +21,7 @@ use crate::signing::{self, Rejection};
 use crate::status_schema::Status;
 use anyhow::{bail, Context, Result};
 
+mod layout;
 mod server;
 mod view;
 use server::{Incoming, Limits, Request};
