@@ -1092,3 +1092,103 @@ fn each_exit_code_means_one_thing() {
         );
     }
 }
+
+/// The code block in docs/watch.md that opens with "```LANG" after the
+/// "Verifying a post yourself" heading.
+fn doc_example(lang: &str) -> String {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/watch.md")).unwrap();
+    let section = doc.split("### Verifying a post yourself").nth(1).unwrap();
+    let start = section.find(&format!("```{lang}\n")).unwrap() + lang.len() + 4;
+    let len = section[start..].find("```").unwrap();
+    section[start..start + len].to_string()
+}
+
+/// One request the helper's real webhook code sends: (headers, body).
+fn capture_a_real_post(dir: &Path) -> (Vec<(String, String)>, Vec<u8>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let root = dir.join("node");
+    std::fs::create_dir_all(&root).unwrap();
+    let posts = vec![script("node-doc", "compute", false).pop().unwrap()];
+    let helper = thread::spawn(move || run_helper(url, root, 3, posts));
+    let (mut s, _) = listener.accept().unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map(|(_, v)| v.parse().unwrap())
+        .expect("the helper sends Content-Length");
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    drop(s);
+    helper.join().unwrap();
+    (headers, body)
+}
+
+#[test]
+fn the_documented_verifications_accept_a_real_post_and_refuse_a_changed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    // As build writes it: the hex text and a newline.
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let (headers, body) = capture_a_real_post(dir.path());
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    let (ts, sig) = (
+        get(signing::TIMESTAMP_HEADER),
+        get(signing::SIGNATURE_HEADER),
+    );
+    let python = dir.path().join("verify.py");
+    std::fs::write(&python, doc_example("python")).unwrap();
+    let shell = dir.path().join("verify.sh");
+    std::fs::write(&shell, doc_example("sh")).unwrap();
+    let examples = [("python3", &python), ("sh", &shell)];
+    for (interpreter, script) in examples {
+        assert!(std::fs::read_to_string(script).unwrap().lines().count() <= 10);
+        let run = |body: &[u8]| {
+            let mut child = Command::new(interpreter)
+                .arg(script)
+                .arg(&secret)
+                .arg(&ts)
+                .arg(&sig)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(body).unwrap();
+            let out = child.wait_with_output().unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            )
+        };
+        let (code, said) = run(&body);
+        assert_eq!((code, said.trim()), (Some(0), "ok"), "{interpreter}");
+        let mut changed = body.clone();
+        changed[5] ^= 1;
+        let (code, said) = run(&changed);
+        assert_eq!((code, said.trim()), (Some(1), "forged"), "{interpreter}");
+    }
+}
