@@ -1192,3 +1192,68 @@ fn the_documented_verifications_accept_a_real_post_and_refuse_a_changed_one() {
         assert_eq!((code, said.trim()), (Some(1), "forged"), "{interpreter}");
     }
 }
+
+/// A POST on an open keep-alive connection; the status code of its answer.
+fn post_on(s: &mut TcpStream, body: &[u8], ts: u64) -> u16 {
+    let mut head = format!(
+        "POST /cubeboot HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in signed(SECRET, ts, body) {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // A 204 is a status line and headers, no body.
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => answer.push(byte[0]),
+            _ => return 0,
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_flood_of_slow_connections_closes_them_not_a_helpers_kept_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let watch = Watch::start(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--json", "--expect", "1", "--timeout", "60"],
+    );
+    let addr = watch.addr.clone();
+    let mut status = script("node-kept", "compute", false).remove(0);
+    status.updated_at = unix_now();
+    let mut kept = TcpStream::connect(&addr).unwrap();
+    assert_eq!(
+        post_on(&mut kept, &status.to_json().into_bytes(), unix_now()),
+        204
+    );
+    // More unfinished requests than watch keeps connections (512).
+    let slow: Vec<TcpStream> = (0..600)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(b"POST / HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(1000));
+    let mut done = script("node-kept", "compute", false).pop().unwrap();
+    done.updated_at = unix_now() + 1;
+    assert_eq!(
+        post_on(&mut kept, &done.to_json().into_bytes(), unix_now() + 1),
+        204
+    );
+    drop(slow);
+    let (code, _, err) = watch.finish(Duration::from_secs(20));
+    assert_eq!(code, 0, "{err}");
+}

@@ -4,7 +4,9 @@
 //!
 //! - at most [`Limits::connections`] open connections; one more evicts the
 //!   one that has waited longest without finishing a request (a slowloris
-//!   holds its connections open; a helper's post arrives whole at once);
+//!   holds its connections open; a helper's post arrives whole at once),
+//!   sparing keep-alive connections that delivered an accepted post until
+//!   no other is left;
 //! - a request must arrive whole within [`Limits::request_time`] of the
 //!   connection's accept or its previous answer, however slowly its bytes
 //!   trickle, else the connection is closed;
@@ -74,7 +76,9 @@ impl Request {
     }
 
     /// Answer; a keep-alive connection goes back to the receiving thread.
+    /// A 204 (accepted) proves the connection a real sender's.
     pub fn respond(mut self, code: u16, text: &str) {
+        self.conn.proven |= code == 204;
         let keep = self.keep_alive;
         let written = self.conn.stream.set_nonblocking(false).and_then(|()| {
             self.conn.stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
@@ -124,6 +128,8 @@ struct Conn {
     since: Instant,
     /// 100 Continue already sent for the request in `buf`.
     continued: bool,
+    /// A post on it was accepted: evicted only when no other is left.
+    proven: bool,
 }
 
 /// Start receiving on `listener`; complete requests arrive on the channel.
@@ -254,6 +260,7 @@ impl Receiving {
                         buf: Vec::new(),
                         since: Instant::now(),
                         continued: false,
+                        proven: false,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -263,12 +270,13 @@ impl Receiving {
         }
     }
 
-    /// Close the connection that has waited longest for its request.
+    /// Close the connection that has waited longest for its request,
+    /// unproven ones first.
     fn evict_oldest(&mut self) {
         if let Some(id) = self
             .conns
             .iter()
-            .min_by_key(|(_, c)| c.since)
+            .min_by_key(|(_, c)| (c.proven, c.since))
             .map(|(id, _)| *id)
         {
             self.drop_conn(id);
