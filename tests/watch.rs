@@ -1195,6 +1195,12 @@ fn the_documented_verifications_accept_a_real_post_and_refuse_a_changed_one() {
 
 /// A POST on an open keep-alive connection; the status code of its answer.
 fn post_on(s: &mut TcpStream, body: &[u8], ts: u64) -> u16 {
+    s.write_all(&request_bytes(body, ts)).unwrap();
+    answer_on(s)
+}
+
+/// A signed POST of `body`, as bytes on the wire.
+fn request_bytes(body: &[u8], ts: u64) -> Vec<u8> {
     let mut head = format!(
         "POST /cubeboot HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
         body.len()
@@ -1203,8 +1209,13 @@ fn post_on(s: &mut TcpStream, body: &[u8], ts: u64) -> u16 {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// The status code of the next answer on `s` (0: none within 10 s).
+fn answer_on(s: &mut TcpStream) -> u16 {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // A 204 is a status line and headers, no body.
     let mut answer = Vec::new();
@@ -1254,6 +1265,28 @@ fn a_flood_of_slow_connections_closes_them_not_a_helpers_kept_one() {
         204
     );
     drop(slow);
+    let (code, _, err) = watch.finish(Duration::from_secs(20));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn two_posts_sent_back_to_back_on_one_connection_are_both_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let watch = Watch::start(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--json", "--expect", "1", "--timeout", "60"],
+    );
+    let mut first = script("node-piped", "compute", false).remove(0);
+    first.updated_at = unix_now();
+    let mut last = script("node-piped", "compute", false).pop().unwrap();
+    last.updated_at = unix_now() + 1;
+    let mut bytes = request_bytes(&first.to_json().into_bytes(), unix_now());
+    bytes.extend(request_bytes(&last.to_json().into_bytes(), unix_now() + 1));
+    let mut s = TcpStream::connect(&watch.addr).unwrap();
+    s.write_all(&bytes).unwrap();
+    assert_eq!(answer_on(&mut s), 204);
+    assert_eq!(answer_on(&mut s), 204);
     let (code, _, err) = watch.finish(Duration::from_secs(20));
     assert_eq!(code, 0, "{err}");
 }

@@ -245,8 +245,14 @@ impl Receiving {
         if self.conns.len() >= self.limits.connections {
             self.evict_oldest();
         }
-        self.conns.insert(self.next_id, conn);
+        let id = self.next_id;
+        let pending = !conn.buf.is_empty();
+        self.conns.insert(id, conn);
         self.next_id += 1;
+        // A request sent right behind the last (pipelined) is already here.
+        if pending {
+            self.advance(id);
+        }
     }
 
     fn accept(&mut self) {
@@ -264,7 +270,10 @@ impl Receiving {
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                // EMFILE and the like: try again on the next round.
+                // Out of file descriptors (a low `ulimit -n`): make room as
+                // a full house does, else the listener stays ready and
+                // nothing is ever accepted.
+                Err(_) if !self.conns.is_empty() => self.evict_oldest(),
                 Err(_) => return,
             }
         }
@@ -314,6 +323,14 @@ impl Receiving {
         };
         conn.buf.extend_from_slice(&scratch[..n]);
         self.buffered += n;
+        self.advance(id);
+    }
+
+    /// Act on what a connection has sent so far.
+    fn advance(&mut self, id: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         match parse(conn, self.limits.max_body) {
             Read::More => {
                 while self.buffered > BUFFER_BUDGET && !self.conns.is_empty() {
