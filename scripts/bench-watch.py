@@ -3,13 +3,20 @@
 signed statuses (as src/signing.rs signs them) to a running `cubeboot watch`
 at RATE posts/s in total for SECONDS, over keep-alive connections, and
 report the achieved rate and the round-trip latency percentiles. With a
-seventh argument, a CA file, the posts go over HTTPS trusting it."""
+seventh argument, a CA file, the posts go over HTTPS trusting it.
+
+BENCH_SLOW=N (environment) adds a slowloris beside them: N connections
+that each start a request and then send one byte a second, reconnecting
+whenever watch closes one, so N stay open for the whole run (loopback
+only; bounded by N and SECONDS)."""
 import hashlib
 import hmac
 import http.client
 import json
 import multiprocessing
+import os
 import random
+import socket
 import ssl
 import sys
 import threading
@@ -75,6 +82,46 @@ def node_worker(addr, secret, names, rate_per_node, seconds, out, cafile):
     out.put((lat, codes))
 
 
+def slowloris(host, port, count, seconds, out):
+    """Hold `count` unfinished requests open for `seconds`, one byte a second."""
+    def opened():
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.setblocking(False)
+        s.send(b"POST /cubeboot HTTP/1.1\r\nHost: slow\r\nContent-Length: 100\r\n")
+        return s
+
+    conns, reopened, failed = [], 0, 0
+    for _ in range(count):
+        try:
+            conns.append(opened())
+        except OSError:
+            failed += 1
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for i, s in enumerate(conns):
+            try:
+                if s.recv(256) == b"":
+                    raise ConnectionError("closed by watch")
+            except BlockingIOError:
+                pass
+            except OSError:
+                s.close()
+                try:
+                    conns[i] = opened()
+                    reopened += 1
+                except OSError:
+                    failed += 1
+                continue
+            try:
+                s.send(b"X")
+            except OSError:
+                pass
+        time.sleep(1)
+    for s in conns:
+        s.close()
+    out.put((count, reopened, failed))
+
+
 def main():
     addr, secret_file, nodes, rate, seconds, procs = sys.argv[1:7]
     cafile = sys.argv[7] if len(sys.argv) > 7 else None
@@ -82,6 +129,15 @@ def main():
     nodes, rate, seconds, procs = int(nodes), float(rate), float(seconds), int(procs)
     names = [f"bench-{i:04d}" for i in range(nodes)]
     out = multiprocessing.Queue()
+    slow_n = int(os.environ.get("BENCH_SLOW", "0"))
+    slow_out = multiprocessing.Queue()
+    slow = None
+    if slow_n:
+        host, port = addr.rsplit(":", 1)
+        slow = multiprocessing.Process(target=slowloris, args=(host, port, slow_n, seconds + 2, slow_out))
+        slow.start()
+        # Let the slow connections open before the timed posts begin.
+        time.sleep(min(10.0, 1 + slow_n / 500))
     workers = []
     t0 = time.monotonic()
     for p in range(procs):
@@ -104,6 +160,11 @@ def main():
           f"answers: {codes}")
     print(f"round trip ms: p50 {pct(0.50):.2f}  p90 {pct(0.90):.2f}  "
           f"p99 {pct(0.99):.2f}  max {lat[-1] * 1000:.2f}")
+    if slow:
+        held, reopened, failed = slow_out.get()
+        slow.join()
+        print(f"slowloris: {held} connections held open, {reopened} reopened after watch "
+              f"closed them, {failed} connects failed")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@
 # 10 ms. Reports the client's round trips and watch's own handling times
 # (`--stats`: from receiving a request to having answered it).
 # Usage: scripts/bench-watch.sh [NODES] [RATE] [SECONDS] [CLIENT_PROCS].
+# BENCH_SLOW=N holds N slow connections open beside the posts (a slowloris,
+# scripts/bench-watch.py) and samples watch's peak RSS and threads; e.g.
+# BENCH_SLOW=2000 scripts/bench-watch.sh 50 100 30.
 # BENCH_TLS=1 serves HTTPS (`--tls-cert/--tls-key`, a self-signed
 # certificate made here with openssl) and posts over it.
 # Results also go to out/bench-watch.txt (out/bench-watch-tls.txt with TLS).
@@ -40,21 +43,38 @@ if [ "${BENCH_TLS:-0}" = 1 ]; then
   result=out/bench-watch-tls.txt
 fi
 "$bin" watch --listen 127.0.0.1:0 --secret-file "$work/secret" --json --stats \
-  "${tls_args[@]}" --timeout $((seconds + 5)) > "$work/events" 2> "$work/stderr" &
+  "${tls_args[@]}" --timeout $((seconds + 5 + ${BENCH_SLOW:-0} / 200)) > "$work/events" 2> "$work/stderr" &
 watch_pid=$!
 for _ in $(seq 100); do
   grep -q "listening on" "$work/stderr" 2>/dev/null && break
   sleep 0.1
 done
 addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$work/stderr" | head -1)
+# Peak resident memory and threads of watch, sampled every 0.2 s.
+(
+  peak_rss=0 peak_threads=0
+  while [ -r "/proc/$watch_pid/status" ]; do
+    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$watch_pid/status" 2>/dev/null || echo 0)
+    th=$(awk '/^Threads:/ {print $2}' "/proc/$watch_pid/status" 2>/dev/null || echo 0)
+    [ "${rss:-0}" -gt "$peak_rss" ] && peak_rss=$rss
+    [ "${th:-0}" -gt "$peak_threads" ] && peak_threads=$th
+    echo "$peak_rss $peak_threads" > "$work/peak"
+    sleep 0.2
+  done
+) &
+sampler_pid=$!
+ulimit -n 8192 2>/dev/null || true
 mkdir -p out
 report="$work/report"
-echo "== bench-watch: $nodes nodes, $rate posts/s, ${seconds}s, $(nproc) cores, ${ca:+TLS, }$(date -u +%FT%TZ)" > "$report"
+echo "== bench-watch: $nodes nodes, $rate posts/s, ${seconds}s, ${BENCH_SLOW:+${BENCH_SLOW} slow connections, }$(nproc) cores, ${ca:+TLS, }$(date -u +%FT%TZ)" > "$report"
 echo "binary: $bin" >> "$report"
-python3 scripts/bench-watch.py "$addr" "$work/secret" "$nodes" "$rate" "$seconds" "$procs" $ca >> "$report"
-# watch ends on its timeout (exit 2: no --expect) and prints its stats.
+BENCH_SLOW=${BENCH_SLOW:-0} python3 scripts/bench-watch.py "$addr" "$work/secret" "$nodes" "$rate" "$seconds" "$procs" $ca >> "$report"
+# watch ends on its timeout (exit 3: no --expect) and prints its stats.
 wait "$watch_pid" || true
 watch_pid=
+wait "$sampler_pid" 2>/dev/null || true
+read -r peak_rss peak_threads < "$work/peak"
+echo "watch peak: RSS $((peak_rss / 1024)) MiB, $peak_threads threads" >> "$report"
 grep "handled" "$work/stderr" >> "$report" || { cat "$work/stderr"; exit 1; }
 echo "node events written: $(grep -c '"event":"node"' "$work/events")" >> "$report"
 rejected=$(grep -c '"event":"rejected"' "$work/events" || true)

@@ -13,7 +13,9 @@ pub mod digest;
 pub mod firstboot;
 pub mod layout;
 pub mod plan;
+pub mod printable;
 pub mod signing;
+pub mod status_schema;
 pub mod transport;
 
 #[cfg(feature = "builder")]

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // `watch` ends with its own exit codes (1 failed, 2 timed out).
+            // `watch` ends with its own exit codes (watch::exit).
             if let Some(end) = err.downcast_ref::<watch::Finished>() {
                 eprintln!("{}", end.message);
                 return ExitCode::from(end.code);

@@ -135,7 +135,7 @@ fn status_exit_codes_and_json() {
     let host = ScriptedHost::new(dir.path());
     let mut s = cubeboot::firstboot::status::Status {
         state: RunState::Running,
-        step: "fetch".into(),
+        step: Some(cubeboot::firstboot::StepId::Fetch),
         ..Default::default()
     };
     s.write(&host).unwrap();

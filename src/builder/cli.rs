@@ -246,8 +246,8 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
-/// Exit codes: 0 all expected nodes done, 1 a node failed, 2 timed out.
 #[derive(Debug, Args)]
+#[command(after_long_help = super::watch::exit_status_help())]
 pub struct WatchArgs {
     /// Address and port to listen on (e.g. 0.0.0.0:8740 for a fleet)
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8740")]
@@ -262,17 +262,20 @@ pub struct WatchArgs {
     #[arg(long, value_name = "FILE", default_value = "out/webhook-secret")]
     pub secret_file: PathBuf,
     /// Exit 0 once this many nodes report done
-    #[arg(long, value_name = "N")]
-    pub expect: Option<usize>,
+    #[arg(long, value_name = "N", conflicts_with = "nodes",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub expect: Option<u64>,
     /// Exit 0 once these nodes (hostnames or IPs) report done
     #[arg(value_name = "NODE")]
     pub nodes: Vec<String>,
     /// Keep watching after a node fails; exit 1 when the rest are finished
+    /// (or the time is up)
     #[arg(long)]
     pub keep_going: bool,
-    /// Give up (exit 2) after this long: seconds, or with s, m or h
-    #[arg(long, value_name = "DURATION", default_value = "2h")]
-    pub timeout: String,
+    /// Give up (exit 3) after this long: seconds, or with s, m or h
+    #[arg(long, value_name = "DURATION", default_value = "2h",
+          value_parser = super::watch::parse_duration)]
+    pub timeout: std::time::Duration,
     /// One JSON line per event even on a terminal
     #[arg(long)]
     pub json: bool,

@@ -57,6 +57,17 @@ fn page(cmd: &clap::Command, verb: &str) -> Result<Vec<u8>> {
     let mut roff = Vec::new();
     clap_mangen::Man::new(cmd.clone()).render(&mut roff)?;
     let roff = String::from_utf8(roff).context("clap_mangen wrote non-UTF-8")?;
+    // watch's exit codes come from `watch --help`'s closing text, which
+    // clap_mangen renders as EXTRA: EXIT STATUS below says them instead.
+    let roff = match (verb, roff.find(".SH EXTRA\n")) {
+        ("watch", Some(start)) => {
+            let end = roff[start + 1..]
+                .find("\n.SH ")
+                .map_or(roff.len(), |i| start + 1 + i + 1);
+            format!("{}{}", &roff[..start], &roff[end..])
+        }
+        _ => roff,
+    };
     let extras = extra_sections(verb);
     let at = roff.find(".SH VERSION").unwrap_or(roff.len());
     Ok(format!("{}{extras}{}", &roff[..at], &roff[at..]).into_bytes())
@@ -187,8 +198,7 @@ fn page_extras(verb: &str) -> PageExtras {
     };
     PageExtras {
         examples,
-        // watch's exit codes are its owner's to document (issue 22 §2): the
-        // hook is here, filled from watch's own table when it has one.
+        // watch's codes are its own (src/builder/watch.rs, `exit::ALL`).
         exit_status: (verb != "watch").then_some(EXIT_STATUS),
         files,
     }
@@ -207,7 +217,17 @@ fn extra_sections(verb: &str) -> String {
         }
     };
     section("EXAMPLES", extras.examples);
-    section("\"EXIT STATUS\"", extras.exit_status.unwrap_or(&[]));
+    match extras.exit_status {
+        Some(rows) => section("\"EXIT STATUS\"", rows),
+        None => {
+            let rows: Vec<(String, &str)> = super::watch::exit::ALL
+                .iter()
+                .map(|(code, meaning)| (code.to_string(), *meaning))
+                .collect();
+            let rows: Vec<(&str, &str)> = rows.iter().map(|(c, m)| (c.as_str(), *m)).collect();
+            section("\"EXIT STATUS\"", &rows);
+        }
+    }
     let files: &[(&str, &str)] = if extras.files.is_empty() {
         &[("(none)", "This verb reads and writes no file of its own.")]
     } else {

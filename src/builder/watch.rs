@@ -4,25 +4,27 @@
 //! change; the last accepted post from a node is the truth about it, so a
 //! restarted `watch` catches up with the next post of each node. On a
 //! terminal the view is one line per node, redrawn in place; otherwise one
-//! JSON line per event (schema in docs/watch.md). Exit codes: 0 when every
-//! expected node is done, 1 as soon as one failed (or, with `--keep-going`,
-//! when the rest finished), 2 on timeout.
+//! JSON line per event (schema in docs/watch.md). Exit codes: [`exit`].
 //!
 //! This file is the receiver and the fleet's state; `watch/view.rs` renders
 //! them (table or JSON lines).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, IsTerminal as _, Read as _};
+use std::io::{self, IsTerminal as _};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
-
 use super::cli::WatchArgs;
+use crate::printable::escape;
 use crate::signing::{self, Rejection};
+use crate::status_schema::Status;
+use anyhow::{bail, Context, Result};
 
+mod layout;
+mod server;
 mod view;
+use server::{Incoming, Limits, Request};
 use view::{Table, View};
 
 /// Largest post accepted. A status is a few KiB; anything near this is not
@@ -32,8 +34,53 @@ pub const MAX_BODY: usize = 1 << 20;
 /// How often the terminal view is redrawn at most.
 const REDRAW_EVERY: Duration = Duration::from_millis(100);
 
+/// Open connections at most; one more closes the one that has waited
+/// longest for its request (docs/watch.md, "Slow and idle connections").
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// A request must arrive whole within this time of its connection's accept
+/// or previous answer. A helper sends its few KiB at once, and its own
+/// client gives up after 10 s without progress (src/firstboot/webhook.rs).
+pub const REQUEST_TIME: Duration = Duration::from_secs(10);
+
 /// How long an exiting `watch` waits for TLS connections to finish.
 const SETTLE: Duration = Duration::from_secs(2);
+
+/// `watch`'s exit codes, one meaning each (docs/watch.md, the man page's
+/// EXIT STATUS).
+pub mod exit {
+    /// Every expected node is done.
+    pub const DONE: u8 = 0;
+    /// A node failed: at once, or with `--keep-going` when the rest finished
+    /// or the time ran out (a failure outranks the timeout).
+    pub const NODE_FAILED: u8 = 1;
+    /// The command line is wrong (clap's code for every verb).
+    pub const USAGE: u8 = 2;
+    /// `--timeout` passed and no node had failed.
+    pub const TIMEOUT: u8 = 3;
+    /// Reading the secret or TLS files, listening (a port in use), writing
+    /// the view.
+    pub const IO: u8 = 4;
+
+    /// Each code and its meaning, for `--help` and the man page.
+    pub const ALL: [(u8, &str); 5] = [
+        (DONE, "every expected node (--expect N, or the names given) is done"),
+        (NODE_FAILED, "a node failed: at once, or with --keep-going when the rest finished or the time ran out; the message names the failed nodes"),
+        (USAGE, "the command line is wrong (unknown flag, bad --timeout, --expect 0, --expect with names)"),
+        (TIMEOUT, "--timeout passed with no node failed; the message names the nodes not done"),
+        (IO, "the secret or TLS files could not be read, the address could not be listened on (e.g. a port in use), or the output could not be written"),
+    ];
+}
+
+/// `watch --help`'s closing text: the exit codes (the man page renders it
+/// as EXIT STATUS, src/builder/shell.rs).
+pub fn exit_status_help() -> String {
+    let mut text = String::from("Exit status:\n");
+    for (code, meaning) in exit::ALL {
+        text.push_str(&format!("  {code}  {meaning}\n"));
+    }
+    text
+}
 
 /// Ends `watch` with an exit code other than 0 or a plain error (main maps it).
 #[derive(Debug, thiserror::Error)]
@@ -43,49 +90,65 @@ pub struct Finished {
     pub message: String,
 }
 
-/// The `watch` verb.
+/// The `watch` verb. Every error ends it with one of the [`exit`] codes.
 pub fn run(args: WatchArgs) -> Result<()> {
-    // Step 1: the secret and what to wait for.
+    watch(args).map_err(|e| match e.downcast::<Finished>() {
+        Ok(end) => end.into(),
+        // What is left once clap has checked the command line: files,
+        // sockets, the terminal.
+        Err(e) => Finished {
+            code: exit::IO,
+            message: format!("error: {e:#}"),
+        }
+        .into(),
+    })
+}
+
+fn watch(args: WatchArgs) -> Result<()> {
+    // Step 1: the secret and what to wait for (clap checked the flags).
     let secret = read_secret(&args.secret_file)?;
-    let timeout = parse_duration(&args.timeout).context("--timeout")?;
+    let timeout = args.timeout;
     let expect = match (args.expect, args.nodes.is_empty()) {
-        (Some(_), false) => bail!("give --expect N or node names, not both"),
-        (Some(0), _) => bail!("--expect must be at least 1"),
-        (Some(n), true) => Expect::Count(n),
+        (Some(n), _) => Expect::Count(usize::try_from(n).unwrap_or(usize::MAX)),
         (None, false) => Expect::Names(args.nodes.clone()),
         (None, true) => Expect::Nothing,
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(super::watch_tls::load_config(cert, key)?),
-        (None, None) => None,
-        _ => bail!("give --tls-cert and --tls-key together"),
+        _ => None,
     };
     let mut fleet = Fleet::new(expect, args.keep_going);
-    // Step 2: listen. tiny_http reads requests on its own threads; this one
-    // verifies, updates the fleet and draws, so the view needs no locks.
-    // With TLS, tiny_http listens on loopback behind the TLS relay
-    // (src/builder/watch_tls.rs), which listens where asked.
+    // Step 2: listen. One thread reads requests off every connection
+    // (watch/server.rs); this one verifies, answers, updates the fleet and
+    // draws, so the view needs no locks. With TLS, the HTTP side listens on
+    // loopback behind the TLS relay (src/builder/watch_tls.rs), which
+    // listens where asked.
     let http_listen = if tls.is_some() {
         "127.0.0.1:0"
     } else {
         args.listen.as_str()
     };
-    let server = tiny_http::Server::http(http_listen)
-        .map_err(|e| anyhow::anyhow!("listening on {http_listen}: {e}"))?;
+    let listener =
+        TcpListener::bind(http_listen).with_context(|| format!("listening on {http_listen}"))?;
+    let http_addr = listener.local_addr().context("watch's listening address")?;
+    let incoming = server::start(
+        listener,
+        Limits {
+            connections: MAX_CONNECTIONS,
+            request_time: REQUEST_TIME,
+            max_body: MAX_BODY,
+        },
+    )?;
     let mut receiver = Receiver::new(secret);
-    let http_addr = server.server_addr().to_ip();
     let front = match tls {
-        Some(config) => {
-            let backend = http_addr.context("watch's HTTP server has no IP address")?;
-            Some(super::watch_tls::start(&args.listen, config, backend)?)
-        }
+        Some(config) => Some(super::watch_tls::start(&args.listen, config, http_addr)?),
         None => None,
     };
     let peers = front.as_ref().map(|f| f.peers.clone());
     // The bound address (port 0 picks one), so scripts can read it back.
     let bound = match &front {
         Some(f) => f.addr.to_string(),
-        None => http_addr.map_or_else(|| args.listen.clone(), |a| a.to_string()),
+        None => http_addr.to_string(),
     };
     // Before exiting: the TLS relay may still hold the last answers.
     let settle = || {
@@ -104,20 +167,6 @@ pub fn run(args: WatchArgs) -> Result<()> {
     } else {
         View::Json
     };
-    // Requests refused for their size are dropped on this thread: tiny_http
-    // reads what is left of a body when its request is dropped, and a client
-    // that never sends it must not stall the view.
-    let (discard, discarded) = mpsc::channel::<tiny_http::Request>();
-    std::thread::spawn(move || {
-        for request in discarded {
-            let response = tiny_http::Response::from_string("too large\n").with_status_code(413);
-            let response = match tiny_http::Header::from_bytes("Connection", "close") {
-                Ok(h) => response.with_header(h),
-                Err(()) => response,
-            };
-            let _ = request.respond(response);
-        }
-    });
     // Step 3: receive until the fleet is finished or the time is up.
     let deadline = Instant::now() + timeout;
     let mut handling: Vec<Duration> = Vec::new();
@@ -125,36 +174,47 @@ pub fn run(args: WatchArgs) -> Result<()> {
         let now = Instant::now();
         if now >= deadline {
             let message = fleet.timeout_message(timeout);
-            view.finish(&fleet, &receiver, "timeout", 2, &message)?;
+            let code = if fleet.counts().1 > 0 {
+                exit::NODE_FAILED
+            } else {
+                exit::TIMEOUT
+            };
+            view.finish(&fleet, &receiver, "timeout", code, &message)?;
             report_stats(&mut handling);
             settle();
-            return Err(Finished { code: 2, message }.into());
+            return Err(Finished { code, message }.into());
         }
         let wait = (deadline - now).min(REDRAW_EVERY);
-        if let Some(request) = server.recv_timeout(wait).context("receiving a post")? {
-            let received = Instant::now();
-            // Behind the TLS relay, the sender it relays for.
-            let peer = request
-                .remote_addr()
-                .map(|a| {
-                    peers
-                        .as_ref()
-                        .and_then(|p| p.get(a.port()))
-                        .unwrap_or(a.ip())
-                        .to_string()
-                })
-                .unwrap_or_else(|| "unknown".into());
-            match receiver.receive(request, unix_now(), &discard) {
-                Ok(post) => {
-                    if let Some(node) = fleet.update(&peer, post, Instant::now()) {
-                        view.node(node)?;
+        // Behind the TLS relay, the sender it relays for.
+        let sender = |a: SocketAddr| {
+            peers
+                .as_ref()
+                .and_then(|p| p.get(a.port()))
+                .unwrap_or(a.ip())
+                .to_string()
+        };
+        match incoming.recv_timeout(wait) {
+            Ok(Incoming::Request(request)) => {
+                let received = Instant::now();
+                let peer = sender(request.peer);
+                match receiver.receive(request, unix_now()) {
+                    Ok(post) => {
+                        if let Some(node) = fleet.update(&peer, post, Instant::now()) {
+                            view.node(node)?;
+                        }
                     }
+                    Err(reason) => view.rejected(&peer, &reason)?,
                 }
-                Err(reason) => view.rejected(&peer, &reason)?,
+                if args.stats {
+                    handling.push(received.elapsed());
+                }
             }
-            if args.stats {
-                handling.push(received.elapsed());
+            Ok(Incoming::Refused(from, reason)) => {
+                let reason = receiver.refuse(reason);
+                view.rejected(&sender(from), &reason)?;
             }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("watch's receiver stopped"),
         }
         view.tick(&fleet, &receiver, false)?;
         if let Some((code, message)) = fleet.verdict() {
@@ -229,58 +289,6 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// What a helper posts, read leniently: a newer helper may add fields, an
-/// older one may lack some, and a receiver shows what it can.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct Post {
-    pub hostname: String,
-    pub role: String,
-    pub profile: String,
-    pub state: String,
-    pub step: String,
-    pub progress: StepsDone,
-    pub download: Option<Download>,
-    pub phase: String,
-    pub last_error: Option<String>,
-    pub hints: Vec<String>,
-    pub message: String,
-    pub updated_at: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct StepsDone {
-    pub done: usize,
-    pub total: usize,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Download {
-    pub asset: String,
-    pub bytes: u64,
-    pub total: u64,
-}
-
-impl Post {
-    fn is_done(&self) -> bool {
-        self.state == "done"
-    }
-    fn is_failed(&self) -> bool {
-        self.state.starts_with("failed")
-    }
-    /// What a person should read first about a failure.
-    fn hint(&self) -> Option<String> {
-        self.hints.first().cloned().or_else(|| {
-            self.last_error
-                .as_deref()
-                .and_then(|e| e.lines().next())
-                .map(str::to_string)
-        })
-    }
-}
-
 /// Verifies posts: size, signature, freshness, no repeats.
 pub struct Receiver {
     secret: String,
@@ -300,57 +308,26 @@ impl Receiver {
         }
     }
 
-    /// Read, verify and answer one request. Err is the reason it was refused.
-    fn receive(
-        &mut self,
-        mut request: tiny_http::Request,
-        now: u64,
-        discard: &mpsc::Sender<tiny_http::Request>,
-    ) -> Result<Post, String> {
-        let answer = |request: tiny_http::Request, code: u16, text: &str| {
-            let _ = request.respond(tiny_http::Response::from_string(text).with_status_code(code));
-        };
-        if *request.method() != tiny_http::Method::Post {
-            let reason = format!("{} instead of POST", request.method());
-            answer(request, 405, "POST only\n");
+    /// Verify and answer one request. Err is the reason it was refused.
+    fn receive(&mut self, request: Request, now: u64) -> Result<Status, String> {
+        if request.method != "POST" {
+            let reason = format!("{} instead of POST", request.method);
+            request.respond(405, "POST only\n");
             return Err(self.refuse(reason));
         }
-        // Refused from its Content-Length: the body is never read here. The
-        // answer and the drop happen on the discard thread, because tiny_http
-        // drains an unread body when its request is dropped.
-        if let Some(len) = request.body_length().filter(|l| *l > MAX_BODY) {
-            let _ = discard.send(request);
-            return Err(self.refuse(format!(
-                "too large: {len} bytes announced (limit {MAX_BODY}); not read"
-            )));
-        }
-        let timestamp = header(&request, signing::TIMESTAMP_HEADER);
-        let signature = header(&request, signing::SIGNATURE_HEADER);
-        let mut body = Vec::new();
-        let read = request
-            .as_reader()
-            .take(MAX_BODY as u64 + 1)
-            .read_to_end(&mut body);
-        if let Err(e) = read {
-            answer(request, 400, "unreadable body\n");
-            return Err(self.refuse(format!("unreadable body: {e}")));
-        }
-        if body.len() > MAX_BODY {
-            answer(request, 413, "too large\n");
-            return Err(self.refuse(format!("too large: over {MAX_BODY} bytes (chunked)")));
-        }
+        let signature = request.header(signing::SIGNATURE_HEADER);
         let verified = signing::verify(
             &self.secret,
-            timestamp.as_deref(),
-            signature.as_deref(),
-            &body,
+            request.header(signing::TIMESTAMP_HEADER),
+            signature,
+            &request.body,
             now,
         )
         .and_then(|ts| {
             // Forget what can no longer pass the freshness check anyway.
             self.seen
                 .retain(|_, t| now.abs_diff(*t) <= signing::MAX_SKEW_SECS);
-            let sig = signature.clone().unwrap_or_default();
+            let sig = signature.unwrap_or_default().to_string();
             if self.seen.contains_key(&sig) {
                 return Err(Rejection::Replayed);
             }
@@ -364,19 +341,19 @@ impl Receiver {
                 } else {
                     401
                 };
-                answer(request, code, &format!("{rejection}\n"));
+                request.respond(code, &format!("{rejection}\n"));
                 return Err(self.refuse(rejection.to_string()));
             }
         };
-        let post: Post = match serde_json::from_slice(&body) {
+        let post: Status = match serde_json::from_slice(&request.body) {
             Ok(p) => p,
             Err(e) => {
-                answer(request, 400, "not a cubeboot status\n");
+                request.respond(400, "not a cubeboot status\n");
                 return Err(self.refuse(format!("signed, but not a status: {e}")));
             }
         };
         self.seen.insert(sig, ts);
-        let _ = request.respond(tiny_http::Response::empty(204));
+        request.respond(204, "");
         Ok(post)
     }
 
@@ -385,14 +362,6 @@ impl Receiver {
         self.last_rejection = Some(reason.clone());
         reason
     }
-}
-
-fn header(request: &tiny_http::Request, name: &'static str) -> Option<String> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str().to_string())
 }
 
 /// What the operator waits for.
@@ -416,7 +385,8 @@ impl Expect {
 pub struct Node {
     pub name: String,
     pub ip: String,
-    pub post: Post,
+    /// The node's last accepted status, as its helper wrote it.
+    pub post: Status,
     pub first_seen: Instant,
     pub last_seen: Instant,
 }
@@ -439,7 +409,7 @@ impl Fleet {
 
     /// Record a post. None when it is older than what the node already said
     /// (a delayed retry): the newest status stays.
-    pub fn update(&mut self, peer: &str, post: Post, now: Instant) -> Option<&Node> {
+    pub fn update(&mut self, peer: &str, post: Status, now: Instant) -> Option<&Node> {
         let name = if post.hostname.is_empty() {
             peer.to_string()
         } else {
@@ -476,15 +446,15 @@ impl Fleet {
         if let Some(first) = failed.first() {
             if !self.keep_going {
                 return Some((
-                    1,
+                    exit::NODE_FAILED,
                     format!(
                         "{} failed: {}{}",
-                        first.name,
-                        first.post.state,
+                        escape(&first.name),
+                        escape(&first.post.state.to_string()),
                         first
                             .post
-                            .hint()
-                            .map(|h| format!(" ({h})"))
+                            .first_hint()
+                            .map(|h| format!(" ({})", escape(h)))
                             .unwrap_or_default()
                     ),
                 ));
@@ -503,11 +473,11 @@ impl Fleet {
         }
         let done = self.nodes.values().filter(|n| n.post.is_done()).count();
         if failed.is_empty() {
-            Some((0, format!("all {done} expected nodes are done")))
+            Some((exit::DONE, format!("all {done} expected nodes are done")))
         } else {
-            let names: Vec<&str> = failed.iter().map(|n| n.name.as_str()).collect();
+            let names: Vec<_> = failed.iter().map(|n| escape(&n.name)).collect();
             Some((
-                1,
+                exit::NODE_FAILED,
                 format!("{done} done, {} failed: {}", failed.len(), names.join(", ")),
             ))
         }
@@ -524,22 +494,35 @@ impl Fleet {
         let waiting: Vec<String> = match &self.expect {
             Expect::Names(names) => names
                 .iter()
-                .filter(|n| !self.find(n).is_some_and(|x| x.post.is_done()))
-                .cloned()
+                .filter(|n| {
+                    !self
+                        .find(n)
+                        .is_some_and(|x| x.post.is_done() || x.post.is_failed())
+                })
+                .map(|n| escape(n).into_owned())
                 .collect(),
             _ => self
                 .nodes
                 .values()
-                .filter(|n| !n.post.is_done())
-                .map(|n| n.name.clone())
+                .filter(|n| !n.post.is_done() && !n.post.is_failed())
+                .map(|n| escape(&n.name).into_owned())
                 .collect(),
         };
         let done = self.nodes.values().filter(|n| n.post.is_done()).count();
+        let failed: Vec<_> = self
+            .nodes
+            .values()
+            .filter(|n| n.post.is_failed())
+            .map(|n| escape(&n.name))
+            .collect();
         let mut m = format!(
             "timed out after {}s: {done} done, {} heard from",
             timeout.as_secs(),
             self.nodes.len()
         );
+        if !failed.is_empty() {
+            m.push_str(&format!(", {} failed: {}", failed.len(), failed.join(", ")));
+        }
         if let Expect::Count(n) = self.expect {
             m.push_str(&format!(", {n} expected"));
         }
@@ -560,13 +543,14 @@ impl Fleet {
 mod tests {
     use super::view::table_lines;
     use super::*;
+    use crate::status_schema::DownloadProgress;
 
-    fn post(host: &str, state: &str, at: u64) -> Post {
-        Post {
+    fn post(host: &str, state: &str, at: u64) -> Status {
+        Status {
             hostname: host.into(),
-            state: state.into(),
+            state: state.parse().unwrap(),
             updated_at: at,
-            ..Post::default()
+            ..Status::default()
         }
     }
 
@@ -609,7 +593,35 @@ mod tests {
         let mut f = Fleet::new(Expect::Nothing, false);
         assert!(f.update("ip", post("a", "done", 10), t).is_some());
         assert!(f.update("ip", post("a", "running", 9), t).is_none());
-        assert_eq!(f.nodes["a"].post.state, "done");
+        assert!(f.nodes["a"].post.is_done());
+    }
+
+    #[test]
+    fn no_node_string_reaches_the_table_or_the_verdict_raw() {
+        let t = Instant::now();
+        let hostile = "n\x1b]0;x\x07\r\n\0\u{9b}\u{202e}\u{2066}\u{200f}\u{61c}";
+        let mut f = Fleet::new(Expect::Count(2), false);
+        let mut p = post(hostile, "failed: fetch", 1);
+        p.hints = vec![format!("hint {hostile}")];
+        p.phase = hostile.into();
+        f.update("10.0.0.1", p, t);
+        let mut p = post("b", &format!("failed: rolled back to {hostile}"), 1);
+        p.last_error = Some(hostile.into());
+        f.update("10.0.0.2", p, t);
+        let mut r = Receiver::new("x".repeat(32));
+        r.rejected = 1;
+        let reason = format!("signed, but not a status: unknown step {hostile:?}");
+        let lines = table_lines(&f, &r, "127.0.0.1:1", &reason, Duration::ZERO, 60, 200, t);
+        let (_, verdict) = f.verdict().unwrap();
+        let timeout = f.timeout_message(Duration::from_secs(1));
+        for text in lines.iter().chain([&verdict, &timeout]) {
+            assert!(
+                !text.chars().any(|c| c.is_control()
+                    || matches!(c, '\u{202e}' | '\u{2066}' | '\u{200f}' | '\u{61c}')),
+                "{text:?}"
+            );
+        }
+        assert!(verdict.contains("n\\u{1b}]0;x"), "{verdict}");
     }
 
     #[test]
@@ -618,7 +630,7 @@ mod tests {
         let mut f = Fleet::new(Expect::Count(50), false);
         for i in 0..50 {
             let mut p = post(&format!("node-{i:02}\x1b[2J"), "running", 1);
-            p.download = Some(Download {
+            p.download = Some(DownloadProgress {
                 asset: "bundle".into(),
                 bytes: 5 << 20,
                 total: 10 << 20,
@@ -634,6 +646,9 @@ mod tests {
             assert!(!l.contains('\x1b'), "{l:?}");
         }
         let lines = table_lines(&f, &r, "127.0.0.1:1", "", Duration::ZERO, 60, 200, t);
+        for l in &lines {
+            assert!(!l.contains('\x1b'), "{l:?}");
+        }
         assert_eq!(lines.len(), 52);
         assert!(lines[2].contains("[#####-----]  50% 10M"), "{}", lines[2]);
     }

@@ -1,8 +1,8 @@
 //! `cubeboot watch --tls-cert C --tls-key K`: HTTPS in front of watch's
 //! HTTP server.
 //!
-//! tiny_http's own TLS feature needs rustls 0.20, a series left without the
-//! fix for RUSTSEC-2024-0336, so watch terminates TLS itself with the rustls
+//! watch terminates TLS itself (tiny_http's TLS, which watch used before,
+//! needed rustls 0.20, left without the fix for RUSTSEC-2024-0336) with the rustls
 //! the HTTP client already links: each connection's handshake and records
 //! are handled here, and its plaintext is relayed to the HTTP server on a
 //! loopback port. That server sees the relay's address, so [`Peers`] maps
@@ -108,6 +108,37 @@ impl Active {
     }
 }
 
+/// The TLS connections open now, oldest first, so one over
+/// [`MAX_TLS_CONNECTIONS`] closes the oldest (as the HTTP side does, see
+/// watch/server.rs): each holds two threads, so their number is bounded.
+#[derive(Clone, Default)]
+struct Open(Arc<Mutex<(u64, std::collections::BTreeMap<u64, TcpStream>)>>);
+
+/// TLS connections open at most (two threads each).
+pub const MAX_TLS_CONNECTIONS: usize = 256;
+
+impl Open {
+    /// Register `tcp`, closing the oldest when full; the id for [`Open::close`].
+    fn add(&self, tcp: &TcpStream) -> Option<u64> {
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        while open.1.len() >= MAX_TLS_CONNECTIONS {
+            if let Some((_, oldest)) = open.1.pop_first() {
+                // Its relay threads see the end and finish.
+                let _ = oldest.shutdown(Shutdown::Both);
+            }
+        }
+        let id = open.0;
+        open.0 += 1;
+        open.1.insert(id, tcp.try_clone().ok()?);
+        Some(id)
+    }
+
+    fn close(&self, id: u64) {
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        open.1.remove(&id);
+    }
+}
+
 /// The listening TLS side.
 pub struct TlsFront {
     pub addr: SocketAddr,
@@ -145,14 +176,18 @@ pub fn start(listen: &str, config: Arc<ServerConfig>, backend: SocketAddr) -> Re
     let peers = Peers::default();
     let active = Active::default();
     let (shared, counted) = (peers.clone(), active.clone());
+    let open = Open::default();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(tcp) = stream else { continue };
+            let Some(id) = open.add(&tcp) else { continue };
             let (config, peers, active) = (config.clone(), shared.clone(), counted.clone());
+            let open = open.clone();
             std::thread::spawn(move || {
                 let _counted = active.enter();
                 // A failed handshake or a dropped connection ends only itself.
                 let _ = relay(tcp, &config, backend, &peers);
+                open.close(id);
             });
         }
     });
@@ -196,8 +231,10 @@ fn relay(
     std::thread::scope(|s| {
         s.spawn(|| {
             let _ = answers(&inner, &tcp, &conn);
-            // Nothing more to say to the client.
-            let _ = tcp.shutdown(Shutdown::Write);
+            // Nothing more to say to the client, and nothing more will be
+            // answered (the HTTP side closed, e.g. a request too slow):
+            // this also ends the read waiting on the client.
+            let _ = tcp.shutdown(Shutdown::Both);
         });
         let result = requests(&tcp, &inner, &conn);
         // Tells the HTTP server the client is done.

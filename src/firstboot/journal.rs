@@ -62,37 +62,8 @@ pub struct StepRecord {
     pub boots: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StepState {
-    /// Started; a crash here means the step runs again (steps are idempotent).
-    Started,
-    Done,
-    Skipped,
-    /// The step armed a reboot; the reboot is next.
-    RebootRequested,
-    Failed,
-}
-
-impl StepState {
-    /// The name the journal and the status file use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Started => "started",
-            Self::Done => "done",
-            Self::Skipped => "skipped",
-            Self::RebootRequested => "reboot-requested",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-/// A named check's result (e.g. from the Cube verification).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckResult {
-    pub ok: bool,
-    pub detail: String,
-}
+/// A step's state and a check's result are part of the status schema too.
+pub use crate::status_schema::{CheckResult, StepState};
 
 /// Facts recorded by steps for later steps, under the keys version 1 used.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,10 +22,6 @@ pub mod fetch;
 pub mod kernel;
 pub mod preflight;
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
 use crate::plan::{Asset, Plan};
 use host::Host;
 use journal::Journal;
@@ -43,96 +39,9 @@ pub const UNIT_NAME: &str = "cube-firstboot.service";
 /// /etc/systemd/system/cube-firstboot.service (why each line: see the file).
 pub const UNIT_FILE: &str = include_str!("../../templates/cube-firstboot.service");
 
-/// The steps, in the order the runner takes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StepId {
-    /// Root, x86_64, RAM, disk, distro matches the plan, cloud-init finished.
-    Preflight,
-    /// The kernel package, verified into the SHA-256-named cache (the
-    /// bundle downloads beside the steps that follow, see `Bundle`).
-    Fetch,
-    /// Host packages the Cube installer needs (before the reboot).
-    CubePrereqs,
-    /// /data/cubelet on XFS, mounted from /etc/fstab. Before the kernel
-    /// stage: it needs nothing from the new kernel, so it does not wait for
-    /// the reboot, and a disk it must refuse stops the run before the
-    /// kernel is touched. cube-install checks the mount again after the
-    /// reboot.
-    DataDisk,
-    /// Install the PVM kernel package and hold it.
-    KernelInstall,
-    /// Boot parameters, entry chosen by identity, one-shot trial boot armed.
-    KernelBoot,
-    /// The one planned reboot.
-    Reboot,
-    /// After the reboot: running KVER with the parameters, else roll back.
-    KernelVerify,
-    /// modprobe kvm_pvm, verified by /proc/modules and a /dev/kvm that answers
-    /// KVM_GET_API_VERSION; autoload persisted. Still in the trial boot: a
-    /// failure (or a crash) rolls back.
-    KvmLoad,
-    /// Only now: the PVM entry becomes the default.
-    KernelCommit,
-    /// The one-click bundle verified in the cache: its download started
-    /// with `Fetch` and ran beside the kernel stage; this waits for it, or
-    /// resumes it by Range when a reboot cut it.
-    Bundle,
-    /// The one-click installer from the verified bundle.
-    CubeInstall,
-    /// Success by state, not log text.
-    CubeVerify,
-    /// Binds, firewall, credentials.
-    Harden,
-    /// Final message, webhook, unit disabled.
-    Report,
-}
-
-impl StepId {
-    pub const ALL: [Self; 15] = [
-        Self::Preflight,
-        Self::Fetch,
-        Self::CubePrereqs,
-        Self::DataDisk,
-        Self::KernelInstall,
-        Self::KernelBoot,
-        Self::Reboot,
-        Self::KernelVerify,
-        Self::KvmLoad,
-        Self::KernelCommit,
-        Self::Bundle,
-        Self::CubeInstall,
-        Self::CubeVerify,
-        Self::Harden,
-        Self::Report,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Preflight => "preflight",
-            Self::Fetch => "fetch",
-            Self::CubePrereqs => "cube-prereqs",
-            Self::KernelInstall => "kernel-install",
-            Self::KernelBoot => "kernel-boot",
-            Self::Reboot => "reboot",
-            Self::KernelVerify => "kernel-verify",
-            Self::KvmLoad => "kvm-load",
-            Self::KernelCommit => "kernel-commit",
-            Self::DataDisk => "data-disk",
-            Self::Bundle => "bundle",
-            Self::CubeInstall => "cube-install",
-            Self::CubeVerify => "cube-verify",
-            Self::Harden => "harden",
-            Self::Report => "report",
-        }
-    }
-}
-
-impl fmt::Display for StepId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// The steps, in the order the runner takes them (the status schema
+/// names them, so they live there).
+pub use crate::status_schema::StepId;
 
 /// What a step reports back to the runner.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,21 +3,20 @@
 //! status` prints it; the webhook posts it. It is rebuilt from the journal
 //! whenever the helper starts, because /run does not survive the reboot.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 
 use super::host::{unix_secs, Host};
-pub use super::journal::CheckResult;
 use super::journal::{Journal, StepState};
 use super::run_state::RunState;
 use super::secrets::Secrets;
 use super::{StepId, JOURNAL_PATH, STATUS_PATH};
 use crate::plan::Plan;
-
-pub const STATUS_VERSION: u32 = 1;
+// The status's types are the schema the receiver reads too.
+pub use crate::status_schema::{
+    CheckResult, DownloadProgress, Progress, Status, StepView, STATUS_VERSION,
+};
 
 /// Exit codes shared by `run` and `status` (docs/helper.md).
 pub mod exit {
@@ -26,65 +25,6 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     pub const RUNNING: i32 = 3;
     pub const REBOOTING: i32 = 10;
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Status {
-    pub version: u32,
-    /// `pending`, `running`, `rebooting`, `stopped`, `done` or `failed: …`.
-    pub state: RunState,
-    pub step: String,
-    /// Steps finished out of all steps.
-    pub progress: Progress,
-    pub last_error: Option<String>,
-    pub hints: Vec<String>,
-    /// Named checks (e.g. from the Cube verification) with their results.
-    pub checks: BTreeMap<String, CheckResult>,
-    /// Warnings worth a human's attention (e.g. a boot parameter renames NICs).
-    pub warnings: Vec<String>,
-    pub generator: String,
-    pub profile: String,
-    pub updated_at: u64,
-    /// One line for people: what happened, or what is happening.
-    #[serde(default)]
-    pub message: String,
-    /// Every step with its journal state, in order.
-    #[serde(default)]
-    pub steps: Vec<StepView>,
-    /// The machine's hostname, so a webhook receiver can tell nodes apart.
-    #[serde(default)]
-    pub hostname: String,
-    /// `control` or `compute`, from the plan (empty when no plan was read).
-    #[serde(default)]
-    pub role: String,
-    /// The download under way, if any (bytes so far of the asset's size).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub download: Option<DownloadProgress>,
-    /// The installer's current phase, as it last announced it.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub phase: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DownloadProgress {
-    pub asset: String,
-    pub bytes: u64,
-    pub total: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Progress {
-    pub done: usize,
-    pub total: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StepView {
-    pub name: String,
-    /// `pending`, `started`, `done`, `skipped`, `reboot-requested`, `failed`.
-    pub state: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub detail: String,
 }
 
 impl Status {
@@ -99,30 +39,29 @@ impl Status {
         let steps: Vec<StepView> = StepId::ALL
             .iter()
             .map(|s| {
-                let (state, detail) = match journal.steps.get(s) {
-                    // The journal keeps kernel-boot's reboot-requested (the
-                    // trial-boot logic reads it); once the reboot step is
-                    // done, the reboot it asked for came: show it done.
-                    Some(r)
-                        if r.state == StepState::RebootRequested
-                            && journal.state(StepId::Reboot) == Some(StepState::Done) =>
+                let record = journal.steps.get(s);
+                // The journal keeps kernel-boot's reboot-requested (the
+                // trial-boot logic reads it); once the reboot step is done,
+                // the reboot it asked for came: show it done.
+                let state = record.map(|r| match r.state {
+                    StepState::RebootRequested
+                        if journal.state(StepId::Reboot) == Some(StepState::Done) =>
                     {
-                        (StepState::Done.name().to_string(), r.detail.clone())
+                        StepState::Done
                     }
-                    Some(r) => (r.state.name().to_string(), r.detail.clone()),
-                    None => ("pending".to_string(), String::new()),
-                };
+                    other => other,
+                });
                 StepView {
-                    name: s.name().into(),
+                    name: *s,
                     state,
-                    detail,
+                    detail: record.map(|r| r.detail.clone()).unwrap_or_default(),
                 }
             })
             .collect();
         Self {
             version: STATUS_VERSION,
             state,
-            step: step.map(|s| s.name().to_string()).unwrap_or_default(),
+            step,
             progress: Progress {
                 done: StepId::ALL
                     .iter()
@@ -237,8 +176,8 @@ impl Status {
     pub fn human(&self) -> String {
         let mut out = Vec::new();
         out.push(format!("state:    {}", self.state));
-        if !self.step.is_empty() {
-            out.push(format!("step:     {}", self.step));
+        if let Some(step) = self.step {
+            out.push(format!("step:     {step}"));
         }
         out.push(format!(
             "progress: {} of {} steps",
@@ -285,7 +224,8 @@ impl Status {
             } else {
                 format!(" ({})", s.detail.lines().next().unwrap_or(""))
             };
-            out.push(format!("  {:<16} {}{detail}", s.name, s.state));
+            let state = s.state.map_or("pending", |st| st.name());
+            out.push(format!("  {:<16} {state}{detail}", s.name.name()));
         }
         let mut text = out.join("\n");
         text.push('\n');
@@ -528,7 +468,7 @@ mod tests {
         j.save(&host).unwrap();
         let s = Status::current(&host).unwrap().unwrap();
         assert_eq!(s.state, RunState::Stopped);
-        assert_eq!(s.step, "fetch");
+        assert_eq!(s.step, Some(StepId::Fetch));
         assert_eq!(s.progress.done, 1);
         assert_eq!(s.exit_code(), exit::RUNNING);
         j.finished = Some(RunState::Done);
