@@ -465,6 +465,7 @@ fn vm_cluster_control_then_compute_joins_through_cube_ops() {
             cluster: Some(ClusterNic {
                 listen: true,
                 port: link_port,
+                cidr: format!("{CONTROL_IP}/24"),
                 mac: "52:54:00:77:00:0a".into(),
             }),
         },
@@ -481,6 +482,7 @@ fn vm_cluster_control_then_compute_joins_through_cube_ops() {
                 cluster: Some(ClusterNic {
                     listen: false,
                     port: link_port,
+                    cidr: format!("{COMPUTE_IP}/24"),
                     mac: "52:54:00:77:00:0b".into(),
                 }),
             },
@@ -902,9 +904,8 @@ struct VmSpec {
     /// control node stays up for its compute node.
     hostname: Option<String>,
     /// A second NIC on a private link between guests: qemu's socket netdev
-    /// over 127.0.0.1 (nothing leaves this machine). The image gives it
-    /// 192.168.77.NN/24 from its MAC 52:54:00:77:00:NN
-    /// (tests/e2e/guest/e2e-cluster-link).
+    /// over 127.0.0.1 (nothing leaves this machine), its static address from
+    /// the seed's network-config.
     cluster: Option<ClusterNic>,
 }
 
@@ -912,8 +913,13 @@ struct ClusterNic {
     /// `listen` on the first guest, `connect` on the second.
     listen: bool,
     port: u16,
+    /// The guest's address on the link, e.g. 192.168.77.10/24.
+    cidr: String,
     mac: String,
 }
+
+/// The user-mode NIC's MAC, fixed so a network-config can name it.
+const USER_NIC_MAC: &str = "52:54:00:12:34:56";
 
 impl Vm {
     fn boot(fx: &Fixtures, dir: &Path, user_data: &str, http: &HttpServer) -> Self {
@@ -945,7 +951,23 @@ impl RunningVm {
             ),
         )
         .unwrap();
-        let seed_files = [ud.clone(), md.clone()];
+        let mut seed_files = vec![ud.clone(), md.clone()];
+        if let Some(c) = &spec.cluster {
+            // Without it cloud-init's fallback takes one NIC only, and may
+            // take the private link. The names are the ones the kernel gives
+            // these two PCI slots (`set-name` keeps them), both NICs matched
+            // by MAC.
+            let nc = dir.join("network-config");
+            fs::write(
+                &nc,
+                format!(
+                    "version: 2\nethernets:\n  ens2:\n    match:\n      macaddress: \"{USER_NIC_MAC}\"\n    set-name: ens2\n    dhcp4: true\n  ens3:\n    match:\n      macaddress: \"{}\"\n    set-name: ens3\n    addresses: [{}]\n",
+                    c.mac, c.cidr
+                ),
+            )
+            .unwrap();
+            seed_files.push(nc);
+        }
         let _ = fs::remove_file(&seed);
         // vfat labelled CIDATA (tests/e2e/README.md, "Recipe notes").
         run_ok(Command::new("truncate").args(["-s", "2M"]).arg(&seed));
@@ -971,7 +993,7 @@ impl RunningVm {
         // use, so the host alias moves to 10.0.2.1 (the guest's gateway).
         let port = http.port;
         let nic = format!(
-            "user,model=virtio-net-pci,net=10.0.2.0/24,host=10.0.2.1,dns=10.0.2.3,restrict=on,\
+            "user,model=virtio-net-pci,mac={USER_NIC_MAC},net=10.0.2.0/24,host=10.0.2.1,dns=10.0.2.3,restrict=on,\
              guestfwd=tcp:10.0.2.2:{port}-cmd:bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; cat <&3 & exec cat >&3'"
         );
         let mut cmd = Command::new("qemu-system-x86_64");

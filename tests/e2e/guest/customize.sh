@@ -52,9 +52,6 @@ mkdir -p "$root/var/log/journal"
 install -m 0755 "$here/e2e-report" "$root/usr/local/sbin/e2e-report"
 install -m 0644 "$here/e2e-report.service" "$root/etc/systemd/system/e2e-report.service"
 ln -sf /etc/systemd/system/e2e-report.service "$root/etc/systemd/system/multi-user.target.wants/e2e-report.service"
-install -m 0755 "$here/e2e-cluster-link" "$root/usr/local/sbin/e2e-cluster-link"
-install -m 0644 "$here/e2e-cluster-link.service" "$root/etc/systemd/system/e2e-cluster-link.service"
-ln -sf /etc/systemd/system/e2e-cluster-link.service "$root/etc/systemd/system/multi-user.target.wants/e2e-cluster-link.service"
 
 # A clean first boot: no machine-id (systemd makes one), no cloud-init state.
 : > "$root/etc/machine-id"
