@@ -824,3 +824,23 @@ fn dev_fetch_dest_does_not_write_through_a_planted_partial_link() {
     );
     assert_confined(root.path(), &asset, &victim, &file.bytes);
 }
+
+/// Issue 21 item 2: a body that is not a download (a health probe's
+/// answer) past its 1 MiB limit is refused, not cut and read as if whole.
+#[test]
+fn an_oversized_probe_answer_is_refused() {
+    let server = Server::start();
+    let big = vec![b'{'; (1 << 20) + 10];
+    server.route("/health", &big, vec![]);
+    server.route("/ok", b"{\"ok\": true}", vec![]);
+    let url = server.url("/health");
+    let err =
+        cubeboot::transport::get_text(&cubeboot::transport::Process, &url, &cfg()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("{url}: response body larger than the limit of 1 MiB; not read further")
+    );
+    let ok =
+        cubeboot::transport::get_text(&cubeboot::transport::Process, &server.url("/ok"), &cfg());
+    assert_eq!(ok.unwrap(), "{\"ok\": true}");
+}

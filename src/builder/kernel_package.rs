@@ -347,8 +347,8 @@ fn read_deb<R: Read>(reader: R, limits: &Limits, budget: &Budget) -> Result<Cont
                 let mut file = file.context("reading control.tar")?;
                 let path = file.path()?.to_string_lossy().into_owned();
                 if path.trim_start_matches("./") == "control" {
-                    let mut text = String::new();
-                    file.read_to_string(&mut text)
+                    // A control file is a few KiB; 1 MiB is far past any.
+                    let text = crate::bounded_read::read_text_limited(&mut file, 1 << 20)
                         .context("reading the control file")?;
                     for line in text.lines() {
                         if let Some(v) = line.strip_prefix("Package:") {

@@ -29,6 +29,32 @@ pub fn from_str<T: DeserializeOwned>(text: &str, file: &Path) -> Result<T, Diagn
     serde_yaml::from_str(text).map_err(|e| to_diagnostic(&e, text, file))
 }
 
+/// Read the YAML document at `path`, never more than [`MAX_BYTES`] + 1
+/// bytes (a FIFO or a 200 MiB file alike): over the limit is a diagnostic
+/// at the line where the limit is crossed.
+pub fn read_document(path: &Path) -> anyhow::Result<Result<String, Diagnostic>> {
+    use anyhow::Context as _;
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let (bytes, over) = crate::bounded_read::read_up_to(file, MAX_BYTES as u64)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if over {
+        let line = bytes.iter().filter(|&&b| b == b'\n').count() + 1;
+        let seen = String::from_utf8_lossy(&bytes);
+        return Ok(Err(Diagnostic::error(
+            path,
+            "$",
+            format!(
+                "YAML document is more than the {} MiB limit (not read past it)",
+                MAX_BYTES >> 20
+            ),
+        )
+        .at(&seen, Some((line, 1)))));
+    }
+    String::from_utf8(bytes)
+        .map(Ok)
+        .map_err(|_| anyhow::anyhow!("reading {}: not UTF-8 text", path.display()))
+}
+
 /// Refuse a document over [`MAX_BYTES`] (at the line crossing the limit) or
 /// nested deeper than [`MAX_DEPTH`] (at the opening that crosses it).
 pub fn check_bounds(text: &str, file: &Path) -> Result<(), Diagnostic> {

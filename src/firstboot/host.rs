@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 
 use super::secrets::{is_secret_key, Secrets};
+use crate::bounded_read;
 #[macro_use]
 mod beneath;
 mod devices;
@@ -273,6 +274,13 @@ impl From<&fs::Metadata> for FileInfo {
     }
 }
 
+/// The most [`Host::read`] reads: the largest file read whole is a kernel
+/// image (`vmlinux`, compared in `cube/verify.rs`), tens of MiB.
+pub const READ_LIMIT: u64 = 512 << 20;
+/// The most [`Host::read_string`] reads: configuration files, the journal
+/// and the status file are KiBs.
+pub const TEXT_LIMIT: u64 = 16 << 20;
+
 /// The target machine as the helper sees it.
 ///
 /// Reads have default implementations beneath [`Host::root`]; writes have
@@ -341,17 +349,19 @@ pub trait Host: Send + Sync {
         fs::symlink_metadata(self.path(target)).is_ok()
     }
 
+    /// A whole file, up to [`READ_LIMIT`] bytes (read no further).
     fn read(&self, target: &str) -> Result<Vec<u8>> {
-        let mut bytes = Vec::new();
         self.open(target)
-            .and_then(|mut f| io::Read::read_to_end(&mut f, &mut bytes))
-            .with_context(|| format!("reading {target}"))?;
-        Ok(bytes)
+            .and_then(|f| bounded_read::read_limited(f, READ_LIMIT))
+            .with_context(|| format!("reading {target}"))
     }
 
+    /// A whole text file (a configuration, the journal, the status), up
+    /// to [`TEXT_LIMIT`] bytes (read no further).
     fn read_string(&self, target: &str) -> Result<String> {
-        String::from_utf8(self.read(target)?)
-            .map_err(|_| anyhow::anyhow!("reading {target}: not UTF-8 text"))
+        self.open(target)
+            .and_then(|f| bounded_read::read_text_limited(f, TEXT_LIMIT))
+            .with_context(|| format!("reading {target}"))
     }
 
     /// Read a file that may be absent.

@@ -600,3 +600,50 @@ fn an_rpm_header_digest_mismatch_is_named() {
         "{err}"
     );
 }
+
+/// Issue 21 item 2: a lock, a profile or a release listing that is a FIFO
+/// (or a huge file) is refused having read no more than its limit + 1
+/// bytes; a 300 MB FIFO used to take 1.47 GB before being refused.
+#[test]
+fn inputs_read_whole_are_read_no_further_than_their_limit() {
+    use cubeboot::bounded_read::feed_fifo;
+    let dir = tempdir();
+    let lock = dir.path().join("big.lock");
+    let fed = feed_fifo(&lock, 64 << 20);
+    let err = fails(&[
+        "build",
+        "--lock",
+        lock.to_str().unwrap(),
+        "--output",
+        dir.path().join("out").to_str().unwrap(),
+    ]);
+    assert!(err.contains("more than the 1 MiB limit"), "{err}");
+    fed.assert_stopped_early(3 << 20);
+
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    let fed = feed_fifo(&profiles.join("big.yaml"), 64 << 20);
+    let err = fails(&[
+        "build",
+        "--profiles-dir",
+        profiles.to_str().unwrap(),
+        "--lock",
+        release().lock.to_str().unwrap(),
+        "--output",
+        dir.path().join("out").to_str().unwrap(),
+    ]);
+    assert!(err.contains("more than the 1 MiB limit"), "{err}");
+    fed.assert_stopped_early(3 << 20);
+
+    let listing = dir.path().join("release.json");
+    let fed = feed_fifo(&listing, 64 << 20);
+    let err = fails(&[
+        "lock",
+        "--release-json",
+        listing.to_str().unwrap(),
+        "--output",
+        dir.path().join("r.lock").to_str().unwrap(),
+    ]);
+    assert!(err.contains("larger than the limit of 16 MiB"), "{err}");
+    fed.assert_stopped_early(18 << 20);
+}

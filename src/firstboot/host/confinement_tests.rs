@@ -199,3 +199,22 @@ fn links_inside_the_root_resolve_as_under_chroot() {
     host.create_dir_all("/up/made").unwrap();
     assert!(root.path().join("cubeboot-target/made").is_dir());
 }
+
+/// Issue 21 item 2: a status file (or any text the helper reads whole)
+/// that is a FIFO is read no further than the limit.
+#[test]
+fn a_text_file_that_is_a_fifo_is_read_no_further_than_the_limit() {
+    let root = tempfile::tempdir().unwrap();
+    fs::create_dir_all(root.path().join("var/lib/cubeboot")).unwrap();
+    let fed =
+        crate::bounded_read::feed_fifo(&root.path().join("var/lib/cubeboot/status.json"), 64 << 20);
+    let host = RealHost::new(root.path());
+    let err = host
+        .read_optional("/var/lib/cubeboot/status.json")
+        .unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        "reading /var/lib/cubeboot/status.json: larger than the limit of 16 MiB; not read further"
+    );
+    fed.assert_stopped_early(super::TEXT_LIMIT + (2 << 20));
+}
