@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use crate::digest::Sha256Digest;
 
 mod deb;
+mod entries;
 mod rpm;
 use deb::read_deb;
 use rpm::read_rpm;

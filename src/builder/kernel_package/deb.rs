@@ -6,7 +6,43 @@ use std::io::{self, Read};
 
 use anyhow::{bail, Context, Result};
 
+use super::entries::{Entries, Kind};
 use super::{decompressor, to_end, Budget, Contents, Limits};
+
+/// The members dpkg reads, in the order it requires them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Start,
+    Binary,
+    Control,
+    Data,
+}
+
+/// A malformed archive says so (a flipped byte in a member name is not a
+/// missing kernel).
+fn malformed(why: String) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the .deb is malformed: {why} (dpkg reads debian-binary, then control.tar.*, then data.tar.*)"
+    )
+}
+
+/// `debian-binary` holds the format version; dpkg reads `2.N` and refuses
+/// anything else ("invalid format version") on the target.
+fn check_debian_binary(member: &mut impl Read) -> Result<()> {
+    let bytes = crate::bounded_read::read_limited(member, 64).context("reading debian-binary")?;
+    let text = String::from_utf8_lossy(&bytes);
+    let first = text.lines().next().unwrap_or("");
+    let ok = text.ends_with('\n')
+        && first
+            .strip_prefix("2.")
+            .is_some_and(|minor| !minor.is_empty() && minor.bytes().all(|b| b.is_ascii_digit()));
+    if !ok {
+        bail!(
+            "debian-binary says {text:?}, not a format version dpkg reads (2.N): dpkg would refuse it with \"invalid format version\""
+        );
+    }
+    Ok(())
+}
 
 pub(super) fn read_deb<R: Read>(reader: R, limits: &Limits, budget: &Budget) -> Result<Contents> {
     let mut contents = Contents::default();
@@ -14,7 +50,8 @@ pub(super) fn read_deb<R: Read>(reader: R, limits: &Limits, budget: &Budget) -> 
         inner: reader,
         n: 0,
     });
-    let mut saw_magic = false;
+    let mut stage = Stage::Start;
+    let mut entries = Entries::default();
     // The archive's length by its own headers: magic, then each member's
     // header, data and padding to an even offset.
     let mut expected = 8u64;
@@ -27,8 +64,27 @@ pub(super) fn read_deb<R: Read>(reader: R, limits: &Limits, budget: &Budget) -> 
         // Count what the member really holds: a file cut short gives fewer
         // bytes than the ar header promises, and the ar reader does not say.
         let mut member = Counted { inner: entry, n: 0 };
+        let next = match id.as_str() {
+            "debian-binary" => Some(Stage::Binary),
+            _ if id.starts_with("control.tar") => Some(Stage::Control),
+            _ if id.starts_with("data.tar") => Some(Stage::Data),
+            // dpkg skips members named `_…` after debian-binary.
+            _ if id.starts_with('_') && stage > Stage::Start => None,
+            _ => return Err(malformed(format!("unexpected ar member {id:?}"))),
+        };
+        if let Some(next) = next {
+            let expected = match stage {
+                Stage::Start => Stage::Binary,
+                Stage::Binary => Stage::Control,
+                Stage::Control | Stage::Data => Stage::Data,
+            };
+            if next != expected || stage == Stage::Data {
+                return Err(malformed(format!("ar member {id:?} out of order")));
+            }
+            stage = next;
+        }
         if id == "debian-binary" {
-            saw_magic = true;
+            check_debian_binary(&mut member)?;
         } else if let Some(comp) = id.strip_prefix("control.tar") {
             let comp = comp.trim_start_matches('.');
             let mut tar = tar::Archive::new(decompressor(comp, &mut member, &id, limits, budget)?);
@@ -54,7 +110,26 @@ pub(super) fn read_deb<R: Read>(reader: R, limits: &Limits, budget: &Budget) -> 
             let mut tar = tar::Archive::new(decompressor(comp, &mut member, &id, limits, budget)?);
             for file in tar.entries().with_context(|| format!("reading {id}"))? {
                 let file = file.with_context(|| format!("reading {id}"))?;
-                contents.note_path(&file.path()?.to_string_lossy());
+                let header = file.header();
+                let path = String::from_utf8_lossy(&file.path_bytes()).into_owned();
+                let link = header
+                    .link_name_bytes()
+                    .map(|l| String::from_utf8_lossy(&l).into_owned());
+                let kind = match header.entry_type() {
+                    tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
+                    tar::EntryType::Directory => Kind::Dir,
+                    tar::EntryType::Symlink => Kind::Symlink,
+                    tar::EntryType::Link => Kind::HardLink,
+                    tar::EntryType::Char | tar::EntryType::Block => Kind::Device,
+                    tar::EntryType::Fifo => Kind::Fifo,
+                    // Extended headers are folded into the entry they describe.
+                    other => bail!("{id} holds {path:?} of tar type {other:?}, which a kernel package never does"),
+                };
+                let mode = header
+                    .mode()
+                    .with_context(|| format!("reading {id}: {path:?}"))?;
+                entries.check(&id, &path, kind, mode, link.as_deref())?;
+                contents.note_path(&path);
             }
             to_end(tar.into_inner(), &id)?;
         }
@@ -67,8 +142,11 @@ pub(super) fn read_deb<R: Read>(reader: R, limits: &Limits, budget: &Budget) -> 
             );
         }
     }
-    if !saw_magic {
-        bail!("not a .deb: no debian-binary member");
+    match stage {
+        Stage::Start => bail!("not a .deb: no debian-binary member"),
+        Stage::Binary => return Err(malformed("no control.tar member".into())),
+        Stage::Control => return Err(malformed("no data.tar member".into())),
+        Stage::Data => {}
     }
     let mut rest = archive.into_inner().context("reading the .deb")?;
     io::copy(&mut rest, &mut io::sink()).context("reading the .deb")?;

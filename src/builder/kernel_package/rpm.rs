@@ -6,6 +6,7 @@ use std::io::{self, BufReader, Read};
 
 use anyhow::{bail, Context, Result};
 
+use super::entries::{Entries, Kind};
 use super::{decompressor, to_end, Budget, Contents, Limits};
 use crate::digest::{HashingReader, Sha256Digest};
 
@@ -26,11 +27,148 @@ const TAG_PAYLOADDIGEST: u32 = 5092;
 const TAG_PAYLOADDIGESTALGO: u32 = 5093;
 const PGPHASHALGO_SHA256: u32 = 8;
 
+/// Signature header tags rpm checks besides SHA-256 (rpm's `rpmtag.h`,
+/// `RPMSIGTAG_*`): the SHA-1 (hex) of the main header, the size of main
+/// header plus payload, the MD5 of both, and the space kept for signing.
+const SIGTAG_SHA1: u32 = 269;
+const SIGTAG_SIZE: u32 = 1000;
+const SIGTAG_MD5: u32 = 1004;
+
+/// Header data types (rpm's `rpmTagType`).
+const RPM_INT16: u32 = 3;
+const RPM_INT32: u32 = 4;
+const RPM_INT64: u32 = 5;
+const RPM_STRING: u32 = 6;
+const RPM_BIN: u32 = 7;
+
+/// The signature tags rpm knows, with the one type and (where fixed) count
+/// it accepts for each: anything else is "signature tag[N]: BAD" in
+/// `rpm -K` and a refused install.
+const SIGNATURE_TAGS: &[(u32, &str, u32, Option<u32>)] = &[
+    (62, "HEADERSIGNATURES", RPM_BIN, Some(16)),
+    (267, "DSA", RPM_BIN, None),
+    (268, "RSA", RPM_BIN, None),
+    (SIGTAG_SHA1, "SHA1", RPM_STRING, Some(1)),
+    (270, "LONGSIZE", RPM_INT64, Some(1)),
+    (271, "LONGARCHIVESIZE", RPM_INT64, Some(1)),
+    (SIGTAG_SHA256, "SHA256", RPM_STRING, Some(1)),
+    (SIGTAG_SIZE, "SIZE", RPM_INT32, Some(1)),
+    (1002, "PGP", RPM_BIN, None),
+    (SIGTAG_MD5, "MD5", RPM_BIN, Some(16)),
+    (1005, "GPG", RPM_BIN, None),
+    (1007, "PAYLOADSIZE", RPM_INT32, Some(1)),
+    (1008, "RESERVEDSPACE", RPM_BIN, None),
+];
+
 /// The tags of one RPM header we care about.
 #[derive(Debug, Default)]
 struct RpmHeader {
     strings: Vec<(u32, String)>,
     ints: Vec<(u32, u32)>,
+    bins: Vec<(u32, Vec<u8>)>,
+    /// SHA-1 (hex) of the header's bytes, what SIGTAG_SHA1 holds.
+    sha1: String,
+}
+
+/// What one header's bytes hash to (magic included, as rpm hashes them).
+struct HeaderBytes {
+    sha256: Sha256Digest,
+    len: usize,
+    /// MD5 over the header so far; SIGTAG_MD5 covers it and the payload.
+    md5: md5::Md5,
+}
+
+/// A reader that feeds what it passes on to an MD5.
+struct Md5Tee<R> {
+    inner: R,
+    md5: md5::Md5,
+}
+
+impl<R: Read> Read for Md5Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        md5::Digest::update(&mut self.md5, &buf[..n]);
+        Ok(n)
+    }
+}
+
+/// How many data bytes an entry of `kind` with `count` elements takes at
+/// `offset`, and the alignment its type needs; `None` for an unknown type
+/// or strings that do not end inside the data.
+fn entry_len(data: &[u8], kind: u32, offset: usize, count: u32) -> Option<(usize, usize)> {
+    let count = count as usize;
+    let strings = |n: usize| {
+        let mut at = offset;
+        for _ in 0..n {
+            at += data.get(at..)?.iter().position(|b| *b == 0)? + 1;
+        }
+        Some(at - offset)
+    };
+    match kind {
+        0 => Some((0, 1)),
+        1 | 2 | RPM_BIN => Some((count, 1)),
+        RPM_INT16 => Some((count.checked_mul(2)?, 2)),
+        RPM_INT32 => Some((count.checked_mul(4)?, 4)),
+        RPM_INT64 => Some((count.checked_mul(8)?, 8)),
+        RPM_STRING if count == 1 => Some((strings(1)?, 1)),
+        8 | 9 => Some((strings(count)?, 1)),
+        _ => None,
+    }
+}
+
+/// A header index's entries: (tag, type, offset, count).
+fn index_entries(index: &[u8]) -> impl Iterator<Item = (u32, u32, usize, u32)> + '_ {
+    index.chunks_exact(16).map(|e| {
+        (
+            read_u32(e, 0),
+            read_u32(e, 4),
+            read_u32(e, 8) as usize,
+            read_u32(e, 12),
+        )
+    })
+}
+
+/// Check every index entry's shape as rpm does before trusting a header:
+/// a known type, aligned, inside the data, not overlapping another; in the
+/// signature header, each known tag with the type and count rpm expects.
+fn check_entries(index: &[u8], data: &[u8], what: &str) -> Result<()> {
+    let mut spans = Vec::new();
+    for (tag, kind, offset, count) in index_entries(index) {
+        let known = (what == "signature")
+            .then(|| SIGNATURE_TAGS.iter().find(|(t, ..)| *t == tag))
+            .flatten();
+        let name = known.map_or_else(|| tag.to_string(), |(_, n, ..)| format!("{n} ({tag})"));
+        let bad = |why: &str| {
+            anyhow::anyhow!(
+                "the rpm {what} header's tag {name} is malformed ({why}: type {kind}, count {count}, offset {offset}, in {} bytes of data); rpm -K reports it BAD",
+                data.len()
+            )
+        };
+        if let Some((_, _, want_kind, want_count)) = known {
+            if kind != *want_kind || want_count.is_some_and(|c| c != count) {
+                return Err(bad("not the type and count rpm expects"));
+            }
+        }
+        let (len, align) = entry_len(data, kind, offset, count).ok_or_else(|| bad("unreadable"))?;
+        if offset % align != 0 {
+            return Err(bad("misaligned"));
+        }
+        if offset.checked_add(len).is_none_or(|end| end > data.len()) {
+            return Err(bad("past the end of the data"));
+        }
+        spans.push((offset, offset + len, name));
+    }
+    spans.sort();
+    for pair in spans.windows(2) {
+        if pair[0].1 > pair[1].0 {
+            bail!(
+                "the rpm {what} header's tag {} overlaps tag {}; rpm -K reports it BAD",
+                pair[0].2,
+                pair[1].2
+            );
+        }
+    }
+    Ok(())
 }
 
 impl RpmHeader {
@@ -53,7 +191,7 @@ fn read_u32(buf: &[u8], at: usize) -> u32 {
 
 /// Read one header structure (signature or main). Returns it, its size and
 /// the SHA-256 of its bytes (magic included, as rpm computes SHA256HEADER).
-fn read_rpm_header<R: Read>(r: &mut R, what: &str) -> Result<(RpmHeader, usize, Sha256Digest)> {
+fn read_rpm_header<R: Read>(r: &mut R, what: &str) -> Result<(RpmHeader, HeaderBytes)> {
     let mut intro = [0u8; 16];
     r.read_exact(&mut intro)
         .with_context(|| format!("reading the rpm {what} header"))?;
@@ -72,6 +210,7 @@ fn read_rpm_header<R: Read>(r: &mut R, what: &str) -> Result<(RpmHeader, usize, 
     let mut data = vec![0u8; data_len];
     r.read_exact(&mut data)
         .with_context(|| format!("reading the rpm {what} header: the file is truncated"))?;
+    check_entries(&index, &data, what)?;
     let digest = {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
@@ -80,14 +219,30 @@ fn read_rpm_header<R: Read>(r: &mut R, what: &str) -> Result<(RpmHeader, usize, 
         h.update(&data);
         Sha256Digest::from_bytes(h.finalize().into())
     };
-    let mut header = RpmHeader::default();
-    for entry in index.chunks_exact(16) {
-        let (tag, kind, offset, n) = (
-            read_u32(entry, 0),
-            read_u32(entry, 4),
-            read_u32(entry, 8) as usize,
-            read_u32(entry, 12),
-        );
+    let md5 = {
+        use md5::Digest;
+        let mut h = md5::Md5::new();
+        h.update(intro);
+        h.update(&index);
+        h.update(&data);
+        h
+    };
+    let sha1 = {
+        use sha1::{Digest, Sha1};
+        let mut h = Sha1::new();
+        h.update(intro);
+        h.update(&index);
+        h.update(&data);
+        h.finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let mut header = RpmHeader {
+        sha1,
+        ..RpmHeader::default()
+    };
+    for (tag, kind, offset, n) in index_entries(&index) {
         match kind {
             // STRING, I18NSTRING (first entry), STRING_ARRAY (first entry).
             6 | 8 | 9 if offset < data.len() => {
@@ -103,10 +258,18 @@ fn read_rpm_header<R: Read>(r: &mut R, what: &str) -> Result<(RpmHeader, usize, 
             4 if n >= 1 && offset + 4 <= data.len() => {
                 header.ints.push((tag, read_u32(&data, offset)))
             }
+            RPM_BIN if offset + n as usize <= data.len() => header
+                .bins
+                .push((tag, data[offset..offset + n as usize].to_vec())),
             _ => {}
         }
     }
-    Ok((header, 16 + count * 16 + data_len, digest))
+    let bytes = HeaderBytes {
+        sha256: digest,
+        len: 16 + count * 16 + data_len,
+        md5,
+    };
+    Ok((header, bytes))
 }
 
 pub(super) fn read_rpm<R: Read>(reader: R, limits: &Limits, budget: &Budget) -> Result<Contents> {
@@ -117,12 +280,13 @@ pub(super) fn read_rpm<R: Read>(reader: R, limits: &Limits, budget: &Budget) -> 
         bail!("not an rpm: bad lead magic");
     }
     // The signature header is padded to a multiple of 8 bytes.
-    let (signature, sig_len, _) = read_rpm_header(&mut r, "signature")?;
-    let pad = (8 - sig_len % 8) % 8;
+    let (signature, sig_bytes) = read_rpm_header(&mut r, "signature")?;
+    let pad = (8 - sig_bytes.len % 8) % 8;
     let mut skip = vec![0u8; pad];
     r.read_exact(&mut skip)
         .context("reading the rpm signature header: the file is truncated")?;
-    let (header, _, header_sha256) = read_rpm_header(&mut r, "main")?;
+    let (header, main_bytes) = read_rpm_header(&mut r, "main")?;
+    let header_sha256 = main_bytes.sha256;
 
     // The package's own digests, checked before anything is pinned: a bit
     // flipped anywhere in the main header or the payload changes one.
@@ -133,6 +297,14 @@ pub(super) fn read_rpm<R: Read>(reader: R, limits: &Limits, budget: &Budget) -> 
         bail!(
             "the rpm main header does not match its SHA-256 digest: the signature header says {want_header}, computed {header_sha256}; the package is corrupted"
         );
+    }
+    if let Some(want) = signature.string(SIGTAG_SHA1) {
+        if !want.eq_ignore_ascii_case(&header.sha1) {
+            bail!(
+                "the rpm main header does not match the signature header's SHA1 digest: it says {want}, computed {}; rpm -K reports it BAD",
+                header.sha1
+            );
+        }
     }
     let want_payload = header.string(TAG_PAYLOADDIGEST).context(
         "the rpm header carries no payload digest (RPMTAG_PAYLOADDIGEST, rpm 4.14 and later); refusing to pin an unverifiable package",
@@ -164,24 +336,64 @@ pub(super) fn read_rpm<R: Read>(reader: R, limits: &Limits, budget: &Budget) -> 
     }
     let compressor = header.string(TAG_PAYLOADCOMPRESSOR).unwrap_or("gzip");
     // The payload digest covers the compressed bytes to the end of the file.
-    let mut raw = HashingReader::new(&mut r);
+    let mut raw = Md5Tee {
+        inner: HashingReader::new(&mut r),
+        md5: main_bytes.md5,
+    };
     let mut payload = decompressor(compressor, &mut raw, "the rpm payload", limits, budget)?;
+    let mut entries = Entries::default();
     loop {
-        let entry = cpio::NewcReader::new(&mut payload).context("reading the rpm cpio payload")?;
+        let mut entry =
+            cpio::NewcReader::new(&mut payload).context("reading the rpm cpio payload")?;
         if entry.entry().is_trailer() {
             break;
         }
-        contents.note_path(entry.entry().name());
+        let name = entry.entry().name().to_string();
+        let mode = entry.entry().mode();
+        let kind = Kind::from_mode(mode).with_context(|| {
+            format!("the rpm payload holds {name:?} of unknown file type {mode:o}")
+        })?;
+        // A symlink's target is its data (a path, far below 4 KiB).
+        let target = match kind {
+            Kind::Symlink => Some(
+                crate::bounded_read::read_text_limited(&mut entry, 4096)
+                    .with_context(|| format!("reading the link {name:?}"))?,
+            ),
+            _ => None,
+        };
+        entries.check("the rpm payload", &name, kind, mode, target.as_deref())?;
+        contents.note_path(&name);
         entry.finish().context("reading the rpm cpio payload")?;
     }
     to_end(payload, "the rpm payload")?;
     // Leave nothing unread for the caller's hash: consume the rest.
     io::copy(&mut raw, &mut io::sink())?;
-    let (payload_digest, _) = raw.finish();
+    let Md5Tee {
+        inner: raw,
+        md5: md5_state,
+    } = raw;
+    let (payload_digest, payload_len) = raw.finish();
     if !want_payload.eq_ignore_ascii_case(&payload_digest.to_hex()) {
         bail!(
             "the rpm payload does not match its SHA-256 digest: the header says {want_payload}, computed {payload_digest}; the package is corrupted or truncated"
         );
+    }
+    // SIZE is main header plus payload, as rpm counts them.
+    if let Some(size) = signature.int(SIGTAG_SIZE) {
+        let real = main_bytes.len as u64 + payload_len;
+        if u64::from(size) != real {
+            bail!(
+                "the rpm signature header's SIZE says {size} bytes of header and payload, but there are {real}; the package is corrupted"
+            );
+        }
+    }
+    if let Some((_, want)) = signature.bins.iter().find(|(t, _)| *t == SIGTAG_MD5) {
+        let got = md5::Digest::finalize(md5_state).to_vec();
+        if *want != got {
+            bail!(
+                "the rpm header and payload do not match the signature header's MD5 digest; rpm -K reports it BAD"
+            );
+        }
     }
     Ok(contents)
 }
