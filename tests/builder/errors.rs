@@ -341,3 +341,52 @@ fn long_values_are_cut_in_error_messages() {
         "{err}"
     );
 }
+
+/// Issue 21 item 7: a key given twice (`version:` at the top of a lock, a
+/// field of an asset, a key of a profile) used to be last-wins; it is
+/// refused, naming both lines.
+#[test]
+fn duplicate_keys_are_refused_naming_both_lines() {
+    let dir = tempdir();
+    let (lock, text) = lock_with(dir.path(), |t| {
+        t.replacen("version: 1\n", "version: 1\nversion: 2\n", 1)
+    });
+    let first = line_of(&text, "version: 1");
+    let err = fails(&["check", "--lock", lock.to_str().unwrap()]);
+    assert_eq!(
+        err.lines().take(2).collect::<Vec<_>>().join("\n"),
+        format!(
+            "error[$]: duplicate key `version` at lines {first} and {}: YAML would keep only the second; remove one\n  --> {}:{}:1",
+            first + 1,
+            lock.display(),
+            first + 1
+        )
+    );
+    // Nested: an asset's size given twice.
+    let (lock, text) = lock_with(dir.path(), |t| {
+        t.replacen("    size: ", "    size: 1\n    size: ", 1)
+    });
+    let first = line_of(&text, "    size: 1");
+    let err = fails(&["check", "--lock", lock.to_str().unwrap()]);
+    assert!(
+        err.contains(&format!(
+            "duplicate key `size` at lines {first} and {}",
+            first + 1
+        )),
+        "{err}"
+    );
+    // A profile.
+    let p = profiles_with(dir.path(), |t| {
+        t.replacen("family: deb\n", "family: deb\nfamily: rpm\n", 1)
+    });
+    let text = std::fs::read_to_string(p.join("debian-12.yaml")).unwrap();
+    let first = line_of(&text, "family: deb");
+    let err = profile_build_fails(&p, dir.path());
+    assert!(
+        err.contains(&format!(
+            "duplicate key `family` at lines {first} and {}",
+            first + 1
+        )),
+        "{err}"
+    );
+}
