@@ -247,3 +247,29 @@ fn two_assets_on_one_path_are_refused_before_anything_is_written() {
     );
     assert!(!mirror.exists(), "the mirror directory was created");
 }
+
+/// Issue 21 item 7: when a later asset fails verification, the earlier
+/// good ones are not copied either: every asset is fetched and verified
+/// before any takes its place, and a failure leaves the directory empty.
+#[test]
+fn a_bad_later_asset_leaves_no_earlier_one_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = serve(repo().join("examples/release"), RELEASE_PATH, false);
+    let lock = lock_pointing_at(tmp.path(), &origin);
+    // The helper (mirrored last) pinned to other bytes.
+    let text = std::fs::read_to_string(&lock).unwrap();
+    let helper_pin = "4c386725aa3b589e9bef340c026df501b3aa779f4768ecd0349ad1cee1ba50a8";
+    assert!(text.contains(helper_pin));
+    std::fs::write(&lock, text.replace(helper_pin, &"ab".repeat(32))).unwrap();
+    let mirror = tmp.path().join("mirror");
+    let (ok, said) = cubeboot(&[
+        "mirror",
+        "--lock",
+        lock.to_str().unwrap(),
+        "--to",
+        mirror.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{said}");
+    assert!(said.contains("mirroring cube-firstboot (helper)"), "{said}");
+    assert_eq!(files_under(&mirror), Vec::<String>::new());
+}
