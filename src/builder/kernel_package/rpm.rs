@@ -34,6 +34,11 @@ const SIGTAG_SHA1: u32 = 269;
 const SIGTAG_SIZE: u32 = 1000;
 const SIGTAG_MD5: u32 = 1004;
 
+/// The tags whose data is a region trailer (rpm's `RPMTAG_HEADERSIGNATURES`
+/// in the signature header, `RPMTAG_HEADERIMMUTABLE` in the main one).
+const REGION_SIGNATURES: u32 = 62;
+const REGION_IMMUTABLE: u32 = 63;
+
 /// Header data types (rpm's `rpmTagType`).
 const RPM_INT16: u32 = 3;
 const RPM_INT32: u32 = 4;
@@ -45,7 +50,7 @@ const RPM_BIN: u32 = 7;
 /// it accepts for each: anything else is "signature tag[N]: BAD" in
 /// `rpm -K` and a refused install.
 const SIGNATURE_TAGS: &[(u32, &str, u32, Option<u32>)] = &[
-    (62, "HEADERSIGNATURES", RPM_BIN, Some(16)),
+    (REGION_SIGNATURES, "HEADERSIGNATURES", RPM_BIN, Some(16)),
     (267, "DSA", RPM_BIN, None),
     (268, "RSA", RPM_BIN, None),
     (SIGTAG_SHA1, "SHA1", RPM_STRING, Some(1)),
@@ -155,6 +160,20 @@ fn check_entries(index: &[u8], data: &[u8], what: &str) -> Result<()> {
         }
         if offset.checked_add(len).is_none_or(|end| end > data.len()) {
             return Err(bad("past the end of the data"));
+        }
+        // A region tag's data is a trailer naming the tag again and, as a
+        // negative offset, how many index entries the region covers.
+        if matches!(tag, REGION_SIGNATURES | REGION_IMMUTABLE) && len == 16 {
+            let trailer = &data[offset..offset + 16];
+            let covered = (read_u32(trailer, 8) as i32).checked_neg().map(|o| o / 16);
+            let shaped = read_u32(trailer, 0) == tag
+                && read_u32(trailer, 4) == RPM_BIN
+                && read_u32(trailer, 12) == 16
+                && covered.is_some_and(|n| n > 0 && n as usize <= index.len() / 16)
+                && read_u32(trailer, 8) as i32 % 16 == 0;
+            if !shaped {
+                return Err(bad("its region trailer does not name the region"));
+            }
         }
         spans.push((offset, offset + len, name));
     }
