@@ -134,7 +134,7 @@ fn index_entries(index: &[u8]) -> impl Iterator<Item = (u32, u32, usize, u32)> +
 }
 
 /// Check every index entry's shape as rpm does before trusting a header:
-/// a known type, aligned, inside the data, not overlapping another; in the
+/// a known type, aligned, inside the data, after the one before it; in the
 /// signature header, each known tag with the type and count rpm expects.
 fn check_entries(index: &[u8], data: &[u8], what: &str) -> Result<()> {
     let mut spans = Vec::new();
@@ -175,15 +175,37 @@ fn check_entries(index: &[u8], data: &[u8], what: &str) -> Result<()> {
                 return Err(bad("its region trailer does not name the region"));
             }
         }
-        spans.push((offset, offset + len, name));
+        let region = matches!(tag, REGION_SIGNATURES | REGION_IMMUTABLE);
+        spans.push((offset, offset + len, name, region, tag));
     }
-    spans.sort();
-    for pair in spans.windows(2) {
-        if pair[0].1 > pair[1].0 {
+    // In index order (after a leading region entry, whose trailer ends the
+    // data), each entry's data starts where the previous one's ended or
+    // later, as rpm lays them out and checks.
+    let leading_region = spans.first().is_some_and(|(_, _, _, region, _)| *region);
+    if let (true, Some((trailer, _, region, _, _)), Some(last)) =
+        (leading_region, spans.first(), spans.last())
+    {
+        if spans.len() > 1 && last.1 > *trailer {
             bail!(
-                "the rpm {what} header's tag {} overlaps tag {}; rpm -K reports it BAD",
-                pair[0].2,
-                pair[1].2
+                "the rpm {what} header's tag {} runs into the trailer of region {region}; rpm -K reports it BAD",
+                last.2
+            );
+        }
+    }
+    for pair in spans.windows(2).skip(usize::from(leading_region)) {
+        // rpm sorts the index by tag and finds tags by binary search.
+        if pair[1].4 <= pair[0].4 || pair[1].4 as i32 <= 0 {
+            bail!(
+                "the rpm {what} header's tags are not in ascending order ({} after {}); rpm -K reports it BAD",
+                pair[1].2,
+                pair[0].2
+            );
+        }
+        if pair[1].0 < pair[0].1 {
+            bail!(
+                "the rpm {what} header's tag {} overlaps or precedes tag {} in its data; rpm -K reports it BAD",
+                pair[1].2,
+                pair[0].2
             );
         }
     }
