@@ -7,6 +7,7 @@
 
 pub mod archive_path;
 pub mod atomic_write;
+pub mod bounded_read;
 pub mod bundle_facts;
 pub mod cmdline;
 pub mod digest;

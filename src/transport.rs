@@ -296,7 +296,8 @@ pub fn post_json(
 }
 
 /// GET a small body (a health probe's JSON): the text on 2xx, the classified
-/// failure otherwise. Bodies past 1 MiB are cut: no probe answer is that long.
+/// failure otherwise. A body past 1 MiB is refused after reading 1 MiB + 1
+/// byte: no probe answer is that long.
 pub fn get_text(
     env: &dyn Surroundings,
     url: &str,
@@ -304,12 +305,15 @@ pub fn get_text(
 ) -> Result<String, DownloadError> {
     const LIMIT: u64 = 1 << 20;
     let opened = open(env, url, 0, cfg)?;
-    let mut body = Vec::new();
-    opened
-        .body
-        .take(LIMIT)
-        .read_to_end(&mut body)
-        .map_err(|e| classify_body_error(url, e))?;
+    let body = match crate::bounded_read::read_limited(opened.body, LIMIT) {
+        Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
+            return Err(DownloadError::Fatal {
+                url: url.into(),
+                reason: format!("response body {e}"),
+            })
+        }
+        other => other.map_err(|e| classify_body_error(url, e))?,
+    };
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 

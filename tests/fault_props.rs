@@ -1,6 +1,8 @@
 //! Property tests over the parsers that read input we do not control
 //! (issue 11 item 14): grub.cfg, the kernel command-line merge, profile and
-//! lock YAML, the .deb/.rpm kernel package reader and bundle tar paths.
+//! lock YAML, the .deb/.rpm kernel package reader and bundle tar paths;
+//! issue 21's hostile set: writes through links planted under `--root`,
+//! rpm signature headers `rpm -K` rejects, keys given twice.
 //! Each property: no panic, and the parser's own invariant.
 //!
 //! `cargo test --test fault_props` runs 128 cases per property;
@@ -675,6 +677,85 @@ proptest! {
         })?;
     }
 
+    /// Issue 21 item 4: a flipped bit in the signature header (index or
+    /// data) that makes `rpm -K` report BAD is refused at lock time too.
+    #[test]
+    fn rpm_signature_header_flips_rpm_rejects_are_refused(at in any::<usize>(), bit in 0u8..8) {
+        let good = fixture("kernel-", ".rpm");
+        let be = |i: usize| u32::from_be_bytes(good[i..i + 4].try_into().unwrap()) as usize;
+        let sig_end = 96 + 16 + 16 * be(96 + 8) + be(96 + 12);
+        let at = 96 + 16 + at % (sig_end - 96 - 16);
+        let mut bytes = good.clone();
+        bytes[at] ^= 1 << bit;
+        case("rpm_signature_flips", || {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("k.rpm");
+            std::fs::write(&path, &bytes).unwrap();
+            let Ok(out) = std::process::Command::new("rpm").arg("-Kv").arg(&path).output() else {
+                return Ok(()); // no rpm here: nothing to agree with
+            };
+            let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let rpm_refuses = !out.status.success() || said.contains("BAD");
+            let got = read_kernel_package(&bytes[..], PackageFormat::Rpm);
+            prop_assert!(
+                !rpm_refuses || got.is_err(),
+                "flip at byte {} bit {}: rpm -K says {:?}, but it was pinned", at, bit, said
+            );
+            Ok(())
+        })?;
+    }
+
+    /// Issue 21 item 1: whatever links an image holds (absolute, relative,
+    /// chains), no write the host seam makes changes anything outside the
+    /// root.
+    #[test]
+    fn host_writes_stay_beneath_the_root(
+        links in proptest::collection::vec((0usize..6, 0usize..6), 1..6),
+        ops in proptest::collection::vec((0usize..11, 0usize..6, 0usize..6), 1..12),
+    ) {
+        case("root_confinement", || root_confinement_holds(&links, &ops))?;
+    }
+
+    /// Issue 21 item 7: a mapping naming a key twice is refused; one that
+    /// does not is read.
+    #[test]
+    fn duplicate_yaml_keys_are_refused(keys in proptest::collection::vec((0usize..6, 0usize..3, any::<bool>()), 1..12)) {
+        // Each key at the top, or inside `nested:` (indented).
+        let names = ["version", "name", "url", "size", "sha256", "family"];
+        let mut top = Vec::new();
+        let mut inner = Vec::new();
+        for (k, v, nested) in &keys {
+            if *nested { inner.push((names[*k], v)) } else { top.push((names[*k], v)) }
+        }
+        let mut text = String::new();
+        for (k, v) in &top {
+            text.push_str(&format!("{k}: {v}\n"));
+        }
+        if !inner.is_empty() {
+            text.push_str("nested:\n");
+            for (k, v) in &inner {
+                text.push_str(&format!("  {k}: {v}\n"));
+            }
+        }
+        let dup = |l: &[(&str, &usize)]| {
+            let mut seen: Vec<&str> = l.iter().map(|(k, _)| *k).collect();
+            seen.sort();
+            seen.windows(2).any(|w| w[0] == w[1])
+        };
+        let has_dup = dup(&top) || dup(&inner);
+        case("yaml_duplicate_keys", || {
+            let got = cubeboot::builder::yaml::from_str::<serde_json::Value>(&text, Path::new("x.yaml"));
+            match got {
+                Ok(_) => prop_assert!(!has_dup, "a duplicate was read:\n{}", text),
+                Err(d) => {
+                    prop_assert!(has_dup, "refused without a duplicate: {}\n{}", d.message, text);
+                    prop_assert!(d.message.starts_with("duplicate key `"), "{}", d.message);
+                }
+            }
+            Ok(())
+        })?;
+    }
+
     /// Bundle extraction (issue 11 item 13): nothing lands or points outside
     /// the destination, through any chain of links; no setuid/setgid file
     /// and no world-writable directory comes out.
@@ -732,4 +813,85 @@ fn extracts_inside(entries: &[TarEntry]) -> Result<(), TestCaseError> {
         }
     }
     Ok(())
+}
+
+/// Plant `links` (name index, target index: absolute or relative, out of
+/// the root or inside it) in a fresh root, run `ops` (write kind, path,
+/// second path) through the real host, and compare the outside directory.
+fn root_confinement_holds(
+    links: &[(usize, usize)],
+    ops: &[(usize, usize, usize)],
+) -> Result<(), TestCaseError> {
+    use cubeboot::firstboot::host::RealHost;
+    use std::io::Write;
+    let names = ["a", "b", "a/b", "c", "a/b/c", "d"];
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("x"), b"outside").unwrap();
+    std::fs::create_dir(outside.path().join("a")).unwrap();
+    let out = outside.path().to_string_lossy().into_owned();
+    let up = "../".repeat(root.path().components().count() + 2);
+    let targets = [
+        out.clone(),
+        format!("{out}/x"),
+        format!("{up}{}", out.trim_start_matches('/')),
+        "/".to_string(),
+        "../../../..".to_string(),
+        "a".to_string(),
+    ];
+    for (n, t) in links {
+        let at = root.path().join(names[*n]);
+        if let Some(parent) = at.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let _ = std::os::unix::fs::symlink(&targets[*t], &at);
+    }
+    let before = tree_with_contents(outside.path());
+    let host = RealHost::new(root.path());
+    for (kind, p, q) in ops {
+        let (p, q) = (format!("/{}/x", names[*p]), format!("/{}", names[*q]));
+        let _ = match kind {
+            0 => host
+                .create(&p, 0o644)
+                .and_then(|mut w| Ok(w.write_all(b"w")?)),
+            1 => host.append(&p).and_then(|mut w| Ok(w.write_all(b"w")?)),
+            2 => host.write_atomic(&p, b"w", 0o644),
+            3 => host.create_dir_all(&p),
+            4 => host.set_mode(&q, 0o4777),
+            5 => host.symlink("/etc/passwd", &p),
+            6 => host.hard_link(&q, &p),
+            7 => host.rename(&p, &q),
+            8 => host.remove_file(&p),
+            9 => host.remove_dir_all(&q),
+            _ => host.write_in_place(&p, b"w"),
+        };
+    }
+    let after = tree_with_contents(outside.path());
+    prop_assert_eq!(after, before, "links {:?}, ops {:?}", links, ops);
+    Ok(())
+}
+
+/// Every path under `dir` with its mode and content (or link target).
+fn tree_with_contents(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut paths = tree(dir);
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let full = dir.join(&p);
+            let m = std::fs::symlink_metadata(&full).unwrap();
+            let content = if m.file_type().is_symlink() {
+                std::fs::read_link(&full)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
+            } else if m.is_file() {
+                std::fs::read(&full).unwrap()
+            } else {
+                Vec::new()
+            };
+            (p, m.permissions().mode(), content)
+        })
+        .collect()
 }

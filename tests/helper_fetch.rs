@@ -759,3 +759,88 @@ fn the_fetch_step_reports_growing_download_counts_at_most_every_two_seconds() {
         progress.len()
     );
 }
+
+/// Issue 21 item 1: `R/var/lib/cubeboot/cache/<sha>.partial -> /outside`,
+/// planted by whoever prepared the image, must not carry the download out
+/// of the root, and the final cache name must not become a link out of it.
+fn planted_partial(asset: &Asset) -> (tempfile::TempDir, tempfile::TempDir, std::path::PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let partial_at = root.path().join(partial(asset).trim_start_matches('/'));
+    std::fs::create_dir_all(partial_at.parent().unwrap()).unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::symlink(&victim, &partial_at).unwrap();
+    (root, outside, victim)
+}
+
+fn assert_confined(root: &std::path::Path, asset: &Asset, victim: &std::path::Path, bytes: &[u8]) {
+    assert_eq!(
+        std::fs::read(victim).unwrap(),
+        b"precious",
+        "written outside the root"
+    );
+    let cached = root.join(cache_path(asset).trim_start_matches('/'));
+    let m = std::fs::symlink_metadata(&cached).unwrap();
+    assert!(m.is_file(), "the cache name is not a plain file: {m:?}");
+    assert_eq!(std::fs::read(&cached).unwrap(), bytes);
+}
+
+#[test]
+fn a_planted_partial_link_does_not_carry_the_download_out_of_the_root() {
+    let server = Server::start();
+    let file = AssetFile::new("k.deb", 300_000, 9);
+    server.route("/k.deb", &file.bytes, vec![]);
+    let asset = asset_for(&file, vec![server.url("/k.deb")]);
+    let (root, _outside, victim) = planted_partial(&asset);
+    // The host `run --root R` uses.
+    let host = cubeboot::firstboot::host::RealHost::new(root.path());
+    fetch_asset(&host, "kernel", &asset, &cfg()).unwrap();
+    assert_confined(root.path(), &asset, &victim, &file.bytes);
+}
+
+#[test]
+fn dev_fetch_dest_does_not_write_through_a_planted_partial_link() {
+    let server = Server::start();
+    let file = AssetFile::new("k.deb", 300_000, 10);
+    server.route("/k.deb", &file.bytes, vec![]);
+    let asset = asset_for(&file, vec![server.url("/k.deb")]);
+    let (root, _outside, victim) = planted_partial(&asset);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cube-firstboot"))
+        .args([
+            "dev",
+            "fetch",
+            &server.url("/k.deb"),
+            &file.sha256().to_hex(),
+        ])
+        .args(["--size", &file.bytes.len().to_string(), "--dest"])
+        .arg(root.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_confined(root.path(), &asset, &victim, &file.bytes);
+}
+
+/// Issue 21 item 2: a body that is not a download (a health probe's
+/// answer) past its 1 MiB limit is refused, not cut and read as if whole.
+#[test]
+fn an_oversized_probe_answer_is_refused() {
+    let server = Server::start();
+    let big = vec![b'{'; (1 << 20) + 10];
+    server.route("/health", &big, vec![]);
+    server.route("/ok", b"{\"ok\": true}", vec![]);
+    let url = server.url("/health");
+    let err =
+        cubeboot::transport::get_text(&cubeboot::transport::Process, &url, &cfg()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("{url}: response body larger than the limit of 1 MiB; not read further")
+    );
+    let ok =
+        cubeboot::transport::get_text(&cubeboot::transport::Process, &server.url("/ok"), &cfg());
+    assert_eq!(ok.unwrap(), "{\"ok\": true}");
+}

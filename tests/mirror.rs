@@ -62,6 +62,17 @@ fn cubeboot(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `cubeboot mirror --lock LOCK --to DIR`.
+fn mirror_to(lock: &Path, dir: &Path) -> (bool, String) {
+    cubeboot(&[
+        "mirror",
+        "--lock",
+        lock.to_str().unwrap(),
+        "--to",
+        dir.to_str().unwrap(),
+    ])
+}
+
 /// The example lock, alone in `dir` (no local copies beside it), its
 /// primary URLs moved to `origin` (same paths) and its cn mirrors dropped.
 fn lock_pointing_at(dir: &Path, origin: &str) -> PathBuf {
@@ -93,13 +104,7 @@ fn mirror_serve_build_and_fetch_round_trip() {
     std::fs::create_dir_all(&lock_dir).unwrap();
     let lock = lock_pointing_at(&lock_dir, &origin);
     let mirror = tmp.path().join("mirror");
-    let (ok, said) = cubeboot(&[
-        "mirror",
-        "--lock",
-        lock.to_str().unwrap(),
-        "--to",
-        mirror.to_str().unwrap(),
-    ]);
+    let (ok, said) = mirror_to(&lock, &mirror);
     assert!(ok, "{said}");
     assert_eq!(
         said.matches(": downloaded from http://127.0.0.1").count(),
@@ -120,13 +125,7 @@ fn mirror_serve_build_and_fetch_round_trip() {
         );
     }
     // Again: nothing to do.
-    let (ok, said) = cubeboot(&[
-        "mirror",
-        "--lock",
-        lock.to_str().unwrap(),
-        "--to",
-        mirror.to_str().unwrap(),
-    ]);
+    let (ok, said) = mirror_to(&lock, &mirror);
     assert!(ok, "{said}");
     assert_eq!(said.matches(": up to date").count(), 4, "{said}");
 
@@ -177,13 +176,7 @@ fn a_mirror_source_with_wrong_bytes_leaves_nothing() {
     let origin = serve(repo().join("examples/release"), RELEASE_PATH, true);
     let lock = lock_pointing_at(tmp.path(), &origin);
     let mirror = tmp.path().join("mirror");
-    let (ok, said) = cubeboot(&[
-        "mirror",
-        "--lock",
-        lock.to_str().unwrap(),
-        "--to",
-        mirror.to_str().unwrap(),
-    ]);
+    let (ok, said) = mirror_to(&lock, &mirror);
     assert!(!ok, "{said}");
     assert!(
         said.contains("the lock pins 7432 bytes with sha256 98f055ca"),
@@ -229,13 +222,7 @@ fn two_assets_on_one_path_are_refused_before_anything_is_written() {
     let lock = tmp.path().join("cubeboot.lock");
     std::fs::write(&lock, text).unwrap();
     let mirror = tmp.path().join("mirror");
-    let (ok, said) = cubeboot(&[
-        "mirror",
-        "--lock",
-        lock.to_str().unwrap(),
-        "--to",
-        mirror.to_str().unwrap(),
-    ]);
+    let (ok, said) = mirror_to(&lock, &mirror);
     assert!(!ok, "{said}");
     assert!(
         said.contains(&format!(
@@ -246,4 +233,24 @@ fn two_assets_on_one_path_are_refused_before_anything_is_written() {
         "{said}"
     );
     assert!(!mirror.exists(), "the mirror directory was created");
+}
+
+/// Issue 21 item 7: when a later asset fails verification, the earlier
+/// good ones are not copied either: every asset is fetched and verified
+/// before any takes its place, and a failure leaves the directory empty.
+#[test]
+fn a_bad_later_asset_leaves_no_earlier_one_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = serve(repo().join("examples/release"), RELEASE_PATH, false);
+    let lock = lock_pointing_at(tmp.path(), &origin);
+    // The helper (mirrored last) pinned to other bytes.
+    let text = std::fs::read_to_string(&lock).unwrap();
+    let helper_pin = "4c386725aa3b589e9bef340c026df501b3aa779f4768ecd0349ad1cee1ba50a8";
+    assert!(text.contains(helper_pin));
+    std::fs::write(&lock, text.replace(helper_pin, &"ab".repeat(32))).unwrap();
+    let mirror = tmp.path().join("mirror");
+    let (ok, said) = mirror_to(&lock, &mirror);
+    assert!(!ok, "{said}");
+    assert!(said.contains("mirroring cube-firstboot (helper)"), "{said}");
+    assert_eq!(files_under(&mirror), Vec::<String>::new());
 }

@@ -176,7 +176,8 @@ pub fn webhook_secret(path: &Path) -> Result<String> {
 pub fn secret_file(path: &Path, what: &str, create_hint: Option<&str>) -> Result<Option<String>> {
     use std::io::{Read as _, Write as _};
     use std::os::unix::fs::OpenOptionsExt as _;
-    match std::fs::read_to_string(path) {
+    match crate::bounded_read::read_text_file_limited(path, crate::bounded_read::SECRET_FILE_LIMIT)
+    {
         Ok(text) => {
             let secret = text.trim().to_string();
             crate::signing::check_secret(&secret)

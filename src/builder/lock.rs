@@ -301,8 +301,9 @@ pub struct Pinned<'a> {
 impl Lock {
     /// Read and validate a lock file; every problem becomes a diagnostic.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading lock {}", path.display()))?;
+        let text = yaml::read_document(path)
+            .with_context(|| format!("reading lock {}", path.display()))?
+            .map_err(|d| Report(vec![d]))?;
         Self::parse(&text, path).map_err(|r| r.into())
     }
 
@@ -500,7 +501,8 @@ impl Lock {
     /// match the pin: used to embed the helper.
     pub fn read_local(&self, pinned: &Pinned<'_>) -> Result<Vec<u8>> {
         let path = self.local_path(pinned.asset);
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = crate::bounded_read::read_file_limited(&path, pinned.asset.size)
+            .with_context(|| format!("reading {}", path.display()))?;
         let computed = Sha256Digest::of(&bytes);
         if computed != pinned.sha256 {
             return Err(self

@@ -13,8 +13,8 @@
 //! is written. Each asset comes from its local copy next to the lock when
 //! that matches the pin, else from its URLs through the shared transport
 //! (retries, resume, a progress bar). Bytes go to `.<name>.partial` beside
-//! their place and are renamed into it only after their SHA-256 and size
-//! match the lock; a mismatch removes them.
+//! their place; only when every asset's SHA-256 and size match the lock are
+//! they renamed into place, and any failure removes them all.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
@@ -52,8 +52,10 @@ pub fn run(args: MirrorArgs) -> Result<()> {
         }
     }
     check_places(&places).with_context(|| format!("{}", args.lock.display()))?;
-    // Step 2: fill DIR.
+    // Step 2: every asset fetched and verified beside its place; a failure
+    // removes what was staged, so DIR gains nothing unless all are good.
     std::fs::create_dir_all(&args.to).with_context(|| format!("creating {}", args.to.display()))?;
+    let mut staged: Vec<(PathBuf, Mirrored, Option<PathBuf>)> = Vec::new();
     let mut total = 0u64;
     for (i, (kind, asset, rel)) in places.iter().enumerate() {
         // The same bytes on the same path (checked above): once is enough.
@@ -61,9 +63,23 @@ pub fn run(args: MirrorArgs) -> Result<()> {
             continue;
         }
         let dest = args.to.join(rel);
-        let how = mirror_one(&lock, asset, &dest)
-            .with_context(|| format!("mirroring {} ({})", asset.name, kind.key()))?;
+        match stage_one(&lock, asset, &dest) {
+            Ok((how, partial)) => staged.push((dest, how, partial)),
+            Err(e) => {
+                for partial in staged.iter().filter_map(|(_, _, p)| p.as_ref()) {
+                    let _ = std::fs::remove_file(partial);
+                }
+                return Err(e.context(format!("mirroring {} ({})", asset.name, kind.key())));
+            }
+        }
         total += asset.size;
+    }
+    // Step 3: all verified; each into its place.
+    for (dest, how, partial) in staged {
+        if let Some(partial) = partial {
+            std::fs::rename(&partial, &dest)
+                .with_context(|| format!("renaming into {}", dest.display()))?;
+        }
         let said = match how {
             Mirrored::UpToDate => "up to date".to_string(),
             Mirrored::Copied => "copied from the lock's directory".to_string(),
@@ -143,8 +159,10 @@ fn check_places(places: &[(AssetKind, &LockedAsset, PathBuf)]) -> Result<()> {
     Ok(())
 }
 
-/// Put one asset at `dest`, verified.
-pub fn mirror_one(lock: &Lock, asset: &LockedAsset, dest: &Path) -> Result<Mirrored> {
+/// Get one asset's verified bytes for `dest`: how, and the staged file
+/// beside it (`None` when `dest` already holds them) for the caller to
+/// rename into place once every asset is staged.
+fn stage_one(lock: &Lock, asset: &LockedAsset, dest: &Path) -> Result<(Mirrored, Option<PathBuf>)> {
     let Some(pin) = asset.sha256 else {
         bail!("the lock has no sha256 for it");
     };
@@ -154,23 +172,23 @@ pub fn mirror_one(lock: &Lock, asset: &LockedAsset, dest: &Path) -> Result<Mirro
         let (sha, size) = digest::hash_reader(BufReader::new(f))
             .with_context(|| format!("hashing {}", dest.display()))?;
         if sha == pin && size == asset.size {
-            return Ok(Mirrored::UpToDate);
+            return Ok((Mirrored::UpToDate, None));
         }
     }
     // Step 2: the local copy next to the lock, when it matches the pin.
     let local = lock.local_path(asset);
     if let Ok(f) = File::open(&local) {
-        match copy_verified(BufReader::new(f), asset, pin, &dest) {
-            Ok(()) => return Ok(Mirrored::Copied),
+        match stage_verified(BufReader::new(f), asset, pin, &dest) {
+            Ok(staged) => return Ok((Mirrored::Copied, Some(staged))),
             Err(e) => eprintln!("{}: not used ({e:#}); downloading instead", local.display()),
         }
     }
     // Step 3: its URLs in the lock's order, each verified.
     let mut failures = Vec::new();
     for url in std::iter::once(&asset.url).chain(asset.mirrors.values()) {
-        let result = lock::open_url(url).and_then(|body| copy_verified(body, asset, pin, &dest));
+        let result = lock::open_url(url).and_then(|body| stage_verified(body, asset, pin, &dest));
         match result {
-            Ok(()) => return Ok(Mirrored::Downloaded(url.to_string())),
+            Ok(staged) => return Ok((Mirrored::Downloaded(url.to_string()), Some(staged))),
             Err(e) => failures.push(format!("{url}: {e:#}")),
         }
     }
@@ -181,13 +199,13 @@ pub fn mirror_one(lock: &Lock, asset: &LockedAsset, dest: &Path) -> Result<Mirro
 }
 
 /// Stream `body` into `.<name>.partial` beside `dest`, hashing as it goes;
-/// rename to `dest` only when hash and size match.
-fn copy_verified(
+/// keep it (and return its path) only when hash and size match.
+fn stage_verified(
     body: impl Read,
     asset: &LockedAsset,
     pin: Sha256Digest,
     dest: &Path,
-) -> Result<()> {
+) -> Result<PathBuf> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let partial = dir.join(format!(".{}.partial", asset.name));
@@ -206,9 +224,7 @@ fn copy_verified(
                 asset.size
             );
         }
-        std::fs::rename(&partial, dest)
-            .with_context(|| format!("renaming into {}", dest.display()))?;
-        Ok(())
+        Ok(partial.clone())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&partial);

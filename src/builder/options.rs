@@ -187,8 +187,11 @@ impl BuildOptions {
                     "--s3-env only applies to --role compute (a control node fills CUBE_S3_* from its own MinIO)"
                 ),
                 Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("reading {}", path.display()))?;
+                    let text = crate::bounded_read::read_text_file_limited(
+                        path,
+                        crate::bounded_read::SECRET_FILE_LIMIT,
+                    )
+                    .with_context(|| format!("reading {}", path.display()))?;
                     Some(s3_settings(&text, &path.display().to_string())?)
                 }
             },

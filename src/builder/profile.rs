@@ -135,12 +135,20 @@ pub fn load_dir(dir: &Path) -> Result<(Vec<Profile>, Report)> {
         anyhow::bail!("no profiles (*.yaml) in {}", dir.display());
     }
     let mut files = Vec::new();
+    let mut oversized = Vec::new();
     for path in paths {
-        let text = std::fs::read_to_string(&path)
+        let text = yaml::read_document(&path)
             .with_context(|| format!("reading profile {}", path.display()))?;
-        files.push((path, text));
+        match text {
+            Ok(text) => files.push((path, text)),
+            Err(d) => oversized.push(d),
+        }
     }
-    Ok(load_texts(files.into_iter()))
+    let (profiles, mut report) = load_texts(files.into_iter());
+    for d in oversized {
+        report.push(d);
+    }
+    Ok((profiles, report))
 }
 
 /// Load profiles and fail on any error; returns the selected ones

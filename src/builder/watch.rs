@@ -252,7 +252,8 @@ fn report_stats(handling: &mut [Duration]) {
 }
 
 fn read_secret(path: &std::path::Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| {
+    let limit = crate::bounded_read::SECRET_FILE_LIMIT;
+    let text = crate::bounded_read::read_text_file_limited(path, limit).with_context(|| {
         format!(
             "reading webhook secret {} (cubeboot build --webhook writes it; pass --secret-file)",
             path.display()

@@ -26,7 +26,174 @@ pub const MAX_DEPTH: usize = 64;
 /// documents are refused before the parser sees them.
 pub fn from_str<T: DeserializeOwned>(text: &str, file: &Path) -> Result<T, Diagnostic> {
     check_bounds(text, file)?;
+    serde_yaml::from_str::<UniqueKeys>(text).map_err(|e| duplicate_key(&e, text, file))?;
     serde_yaml::from_str(text).map_err(|e| to_diagnostic(&e, text, file))
+}
+
+/// A document walked only to refuse a mapping that names a key twice:
+/// YAML readers keep the last silently (`version:` twice in a lock would
+/// pin whichever came second).
+struct UniqueKeys;
+
+const DUPLICATE: &str = "duplicate key ";
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_none<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<UniqueKeys, D::Error> {
+        serde::Deserialize::deserialize(d)
+    }
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> Result<UniqueKeys, D::Error> {
+        serde::Deserialize::deserialize(d)
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, a: A) -> Result<UniqueKeys, A::Error> {
+        use serde::de::VariantAccess;
+        let (UniqueKeys, v) = a.variant::<UniqueKeys>()?;
+        v.newtype_variant::<UniqueKeys>()
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<UniqueKeys, A::Error> {
+        while a.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(key) = a.next_key::<serde_yaml::Value>()? {
+            let shown = match &key {
+                serde_yaml::Value::String(s) => s.clone(),
+                other => serde_yaml::to_string(other)
+                    .unwrap_or_default()
+                    .trim_end()
+                    .to_string(),
+            };
+            if !seen.insert(shown.clone()) {
+                return Err(serde::de::Error::custom(format!("{DUPLICATE}`{shown}`")));
+            }
+            a.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
+}
+
+/// A duplicate key, named with both lines; any other error is the real
+/// parse's to report.
+fn duplicate_key(err: &serde_yaml::Error, text: &str, file: &Path) -> Diagnostic {
+    let message = err.to_string();
+    let Some(at) = message.find(DUPLICATE) else {
+        return to_diagnostic(err, text, file);
+    };
+    let key = message[at + DUPLICATE.len()..]
+        .split(" at line ")
+        .next()
+        .unwrap_or("")
+        .trim_matches('`')
+        .to_string();
+    // serde_yaml places the error at the start of the mapping holding the
+    // key twice: the pair is the first, from there, of two lines naming the
+    // key at one indentation with nothing between that closes the mapping
+    // (a line less indented, or a new `- ` item at that indentation).
+    let from = err.location().map_or(0, |l| l.line().saturating_sub(1));
+    let mut open: Vec<(usize, usize)> = Vec::new();
+    let mut pair = None;
+    for (i, l) in text.lines().enumerate().skip(from) {
+        let body = l.trim_start_matches([' ', '-']);
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        let indent = l.len() - body.len();
+        let item = l.trim_start().starts_with('-');
+        open.retain(|&(_, d)| d < indent || (d == indent && !item));
+        let names_key = [
+            format!("{key}:"),
+            format!("\"{key}\":"),
+            format!("'{key}':"),
+        ]
+        .iter()
+        .any(|k| body.starts_with(k.as_str()));
+        if !names_key {
+            continue;
+        }
+        if let Some(&(first, _)) = open.iter().find(|&&(_, d)| d == indent) {
+            pair = Some((first, i + 1, indent));
+            break;
+        }
+        open.push((i + 1, indent));
+    }
+    let base = to_diagnostic(err, text, file);
+    match pair {
+        Some((first, second, indent)) => Diagnostic::error(
+            file,
+            base.key.clone(),
+            format!(
+                "duplicate key `{key}` at lines {first} and {second}: YAML would keep only the second; remove one"
+            ),
+        )
+        .at(text, Some((second, indent + 1))),
+        None => base,
+    }
+}
+
+/// Read the YAML document at `path`, never more than [`MAX_BYTES`] + 1
+/// bytes (a FIFO or a 200 MiB file alike): over the limit is a diagnostic
+/// at the line where the limit is crossed.
+pub fn read_document(path: &Path) -> anyhow::Result<Result<String, Diagnostic>> {
+    use anyhow::Context as _;
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let (bytes, over) = crate::bounded_read::read_up_to(file, MAX_BYTES as u64)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if over {
+        let line = bytes.iter().filter(|&&b| b == b'\n').count() + 1;
+        let seen = String::from_utf8_lossy(&bytes);
+        return Ok(Err(Diagnostic::error(
+            path,
+            "$",
+            format!(
+                "YAML document is more than the {} MiB limit (not read past it)",
+                MAX_BYTES >> 20
+            ),
+        )
+        .at(&seen, Some((line, 1)))));
+    }
+    String::from_utf8(bytes)
+        .map(Ok)
+        .map_err(|_| anyhow::anyhow!("reading {}: not UTF-8 text", path.display()))
 }
 
 /// Refuse a document over [`MAX_BYTES`] (at the line crossing the limit) or

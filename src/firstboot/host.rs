@@ -9,8 +9,8 @@
 //! Layout: this file holds the [`Host`] trait, commands and their output;
 //! `host/real.rs` the real machine ([`RealHost`]), `host/dry_run.rs` the dry
 //! run ([`DryRunHost`]), `host/scripted.rs` the scripted host tests use.
-//! The trait's default methods are the file operations every host shares
-//! (they map target paths under the root), which is most of this file.
+//! Every file operation resolves its path beneath the root and follows no
+//! link out of it (`host/beneath.rs`).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -23,8 +23,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 
 use super::secrets::{is_secret_key, Secrets};
+use crate::bounded_read;
+#[macro_use]
+mod beneath;
+mod devices;
+use devices::{kvm_api_version_at, statvfs_free};
 mod dry_run;
 mod real;
+pub use beneath::{Beneath, Resolution};
+#[cfg(test)]
+mod confinement_tests;
 #[cfg(any(test, feature = "testing"))]
 mod scripted;
 pub use dry_run::DryRunHost;
@@ -266,10 +274,17 @@ impl From<&fs::Metadata> for FileInfo {
     }
 }
 
+/// The most [`Host::read`] reads: the largest file read whole is a kernel
+/// image (`vmlinux`, compared in `cube/verify.rs`), tens of MiB.
+pub const READ_LIMIT: u64 = 512 << 20;
+/// The most [`Host::read_string`] reads: configuration files, the journal
+/// and the status file are KiBs.
+pub const TEXT_LIMIT: u64 = 16 << 20;
+
 /// The target machine as the helper sees it.
 ///
-/// File methods have default implementations on top of [`Host::path`]; the
-/// dry-run host overrides the mutating ones to record instead of act.
+/// Reads have default implementations beneath [`Host::root`]; writes have
+/// none (see `confined_writes!`).
 pub trait Host: Send + Sync {
     /// The directory that stands for `/` on the target.
     fn root(&self) -> &Path;
@@ -334,20 +349,26 @@ pub trait Host: Send + Sync {
         fs::symlink_metadata(self.path(target)).is_ok()
     }
 
+    /// A whole file, up to [`READ_LIMIT`] bytes (read no further).
     fn read(&self, target: &str) -> Result<Vec<u8>> {
-        fs::read(self.path(target)).with_context(|| format!("reading {target}"))
+        self.open(target)
+            .and_then(|f| bounded_read::read_limited(f, READ_LIMIT))
+            .with_context(|| format!("reading {target}"))
     }
 
+    /// A whole text file (a configuration, the journal, the status), up
+    /// to [`TEXT_LIMIT`] bytes (read no further).
     fn read_string(&self, target: &str) -> Result<String> {
-        fs::read_to_string(self.path(target)).with_context(|| format!("reading {target}"))
+        self.open(target)
+            .and_then(|f| bounded_read::read_text_limited(f, TEXT_LIMIT))
+            .with_context(|| format!("reading {target}"))
     }
 
     /// Read a file that may be absent.
     fn read_optional(&self, target: &str) -> Result<Option<String>> {
-        match fs::read_to_string(self.path(target)) {
-            Ok(s) => Ok(Some(s)),
+        match self.open(target) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {target}")),
+            _ => self.read_string(target).map(Some),
         }
     }
 
@@ -377,63 +398,49 @@ pub trait Host: Send + Sync {
         }
     }
 
-    /// Open a file for a streaming read (hashing, unpacking). The error
-    /// keeps its kind, so callers can tell a missing file apart.
+    /// Open a file for a streaming read (hashing, unpacking), resolved
+    /// beneath the root. The error keeps its kind, so callers can tell a
+    /// missing file apart.
     fn open(&self, target: &str) -> io::Result<fs::File> {
-        fs::File::open(self.path(target))
+        Beneath::new(self.root()).open(target)
     }
 
-    /// Create (or truncate) a file for a streaming write, with exactly `mode`.
-    fn create(&self, target: &str, mode: u32) -> Result<Box<dyn Write + Send>> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        self.record(Action::Stream(target.into()));
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(self.path(target))
-            .with_context(|| format!("creating {target}"))?;
-        // `mode` on open is masked by the umask; set it exactly.
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .with_context(|| format!("setting the mode of {target}"))?;
-        Ok(Box::new(f))
-    }
+    // The writes have no default body: a host that writes says how (the
+    // real and scripted hosts through `confined_writes!`, the dry run by
+    // recording), so a new write cannot slip past the dry run.
+
+    /// Create (or truncate) a file for a streaming write, with exactly
+    /// `mode`; a link at `target` is replaced, not followed.
+    fn create(&self, target: &str, mode: u32) -> Result<Box<dyn Write + Send>>;
 
     /// Open a file to add to its end (a resumed download), creating it
-    /// (mode 0644) when absent.
-    fn append(&self, target: &str) -> Result<Box<dyn Write + Send>> {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.record(Action::Stream(target.into()));
-        let f = fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o644)
-            .open(self.path(target))
-            .with_context(|| format!("opening {target}"))?;
-        Ok(Box::new(f))
-    }
+    /// (mode 0644) when absent; a link at `target` is refused.
+    fn append(&self, target: &str) -> Result<Box<dyn Write + Send>>;
 
-    /// Set the permission bits of `target` (following a symlink).
-    fn set_mode(&self, target: &str, mode: u32) -> Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        self.record(Action::Chmod {
-            path: target.into(),
-            mode,
-        });
-        fs::set_permissions(self.path(target), fs::Permissions::from_mode(mode))
-            .with_context(|| format!("setting the mode of {target}"))
-    }
+    /// Set the permission bits of the file or directory at `target` (a
+    /// link there is refused).
+    fn set_mode(&self, target: &str, mode: u32) -> Result<()>;
 
     /// A second name `target` for the existing file `existing`.
-    fn hard_link(&self, existing: &str, target: &str) -> Result<()> {
-        self.record(Action::HardLink {
-            path: target.into(),
-            target: existing.into(),
-        });
-        fs::hard_link(self.path(existing), self.path(target))
-            .with_context(|| format!("linking {target} to {existing}"))
-    }
+    fn hard_link(&self, existing: &str, target: &str) -> Result<()>;
+
+    fn create_dir_all(&self, target: &str) -> Result<()>;
+
+    /// Write a file atomically: temp file, fsync, rename, fsync the directory.
+    /// A crash leaves either the old or the new content, never a mix.
+    fn write_atomic(&self, target: &str, bytes: &[u8], mode: u32) -> Result<()>;
+
+    fn remove_file(&self, target: &str) -> Result<()>;
+
+    fn remove_dir_all(&self, target: &str) -> Result<()>;
+
+    fn rename(&self, from: &str, to: &str) -> Result<()>;
+
+    fn symlink(&self, link_target: &str, target: &str) -> Result<()>;
+
+    /// Write into an existing kernel file (sysfs, procfs) in place: these
+    /// cannot be replaced by rename, so `write_atomic` does not apply.
+    fn write_in_place(&self, target: &str, bytes: &[u8]) -> Result<()>;
 
     fn read_link(&self, target: &str) -> Result<Option<String>> {
         match fs::read_link(self.path(target)) {
@@ -448,77 +455,6 @@ pub trait Host: Send + Sync {
             }
             Err(e) => Err(e).with_context(|| format!("reading link {target}")),
         }
-    }
-
-    fn create_dir_all(&self, target: &str) -> Result<()> {
-        self.record(Action::Mkdir(target.into()));
-        fs::create_dir_all(self.path(target)).with_context(|| format!("creating {target}"))
-    }
-
-    /// Write a file atomically: temp file, fsync, rename, fsync the directory.
-    /// A crash leaves either the old or the new content, never a mix.
-    fn write_atomic(&self, target: &str, bytes: &[u8], mode: u32) -> Result<()> {
-        self.record(Action::Write {
-            path: target.into(),
-            bytes: bytes.len(),
-        });
-        crate::atomic_write::write_atomic(&self.path(target), bytes, mode)
-            .with_context(|| format!("writing {target}"))
-    }
-
-    fn remove_file(&self, target: &str) -> Result<()> {
-        self.record(Action::Remove(target.into()));
-        match fs::remove_file(self.path(target)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("removing {target}")),
-        }
-    }
-
-    fn remove_dir_all(&self, target: &str) -> Result<()> {
-        self.record(Action::Remove(target.into()));
-        match fs::remove_dir_all(self.path(target)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("removing {target}")),
-        }
-    }
-
-    fn rename(&self, from: &str, to: &str) -> Result<()> {
-        self.record(Action::Rename {
-            from: from.into(),
-            to: to.into(),
-        });
-        fs::rename(self.path(from), self.path(to))
-            .with_context(|| format!("renaming {from} to {to}"))
-    }
-
-    fn symlink(&self, link_target: &str, target: &str) -> Result<()> {
-        self.record(Action::Symlink {
-            path: target.into(),
-            target: link_target.into(),
-        });
-        let p = self.path(target);
-        let _ = fs::remove_file(&p);
-        std::os::unix::fs::symlink(link_target, &p)
-            .with_context(|| format!("linking {target} -> {link_target}"))
-    }
-
-    /// Write into an existing kernel file (sysfs, procfs) in place: these
-    /// cannot be replaced by rename, so `write_atomic` does not apply.
-    fn write_in_place(&self, target: &str, bytes: &[u8]) -> Result<()> {
-        self.record(Action::Write {
-            path: target.into(),
-            bytes: bytes.len(),
-        });
-        // Like `echo +cpu > file`: O_TRUNC, no create (sysfs ignores the truncation).
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(self.path(target))
-            .with_context(|| format!("opening {target}"))?;
-        f.write_all(bytes)
-            .with_context(|| format!("writing {target}"))
     }
 
     /// Random bytes from the kernel (for generated credentials). Always the
@@ -563,37 +499,6 @@ pub trait Host: Send + Sync {
     fn euid(&self) -> u32 {
         rustix::process::geteuid().as_raw()
     }
-}
-
-/// `KVM_GET_API_VERSION` (`_IO(KVMIO, 0x00)`, KVMIO 0xAE; linux/kvm.h) on
-/// the device at `path`, opened read-write as QEMU opens it.
-fn kvm_api_version_at(path: &Path) -> io::Result<i32> {
-    use rustix::ioctl::{ioctl, opcode, Ioctl, IoctlOutput, Opcode};
-
-    struct GetApiVersion;
-    // SAFETY: the ioctl takes no argument (a null pointer is passed and never
-    // read) and writes no user memory; its result is the return value.
-    unsafe impl Ioctl for GetApiVersion {
-        type Output = IoctlOutput;
-        const IS_MUTATING: bool = false;
-        fn opcode(&self) -> Opcode {
-            opcode::none(0xAE, 0x00)
-        }
-        fn as_ptr(&mut self) -> *mut core::ffi::c_void {
-            core::ptr::null_mut()
-        }
-        unsafe fn output_from_ptr(
-            out: IoctlOutput,
-            _: *mut core::ffi::c_void,
-        ) -> rustix::io::Result<IoctlOutput> {
-            Ok(out)
-        }
-    }
-
-    let dev = fs::OpenOptions::new().read(true).write(true).open(path)?;
-    // SAFETY: `dev` is an open file and GetApiVersion matches the kernel's
-    // definition of the request (no argument, result in the return value).
-    Ok(unsafe { ioctl(&dev, GetApiVersion) }?)
 }
 
 /// Join a target path under a root, refusing `..` so nothing escapes it.
@@ -656,22 +561,6 @@ pub fn describe_exit(out: &CmdOutput) -> String {
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Free bytes on the filesystem that holds `path`, or will hold it: a
-/// directory not made yet (a dry run) lives on its nearest existing parent.
-fn statvfs_free(path: &Path) -> io::Result<u64> {
-    let mut p = path;
-    loop {
-        match rustix::fs::statvfs(p) {
-            Ok(st) => return Ok(st.f_bavail * st.f_frsize),
-            Err(rustix::io::Errno::NOENT) => match p.parent() {
-                Some(parent) => p = parent,
-                None => return Err(io::ErrorKind::NotFound.into()),
-            },
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

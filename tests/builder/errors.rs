@@ -280,7 +280,7 @@ fn deeply_nested_profile_yaml_is_refused_before_parsing() {
 }
 
 /// Documents over 1 MiB are refused before parsing, at the line where the
-/// limit is crossed.
+/// limit is crossed, having read no further (so the size is not known).
 #[test]
 fn oversized_profile_yaml_is_refused_before_parsing() {
     let dir = tempdir();
@@ -304,8 +304,7 @@ fn oversized_profile_yaml_is_refused_before_parsing() {
     let err = profile_build_fails(&p, dir.path());
     assert!(
         err.starts_with(&format!(
-            "error[$]: YAML document is {} bytes, more than the 1 MiB limit\n  --> {}:{line}:1\n",
-            text.len(),
+            "error[$]: YAML document is more than the 1 MiB limit (not read past it)\n  --> {}:{line}:1\n",
             file.display()
         )),
         "{err}"
@@ -362,6 +361,55 @@ fn boot_params_over_the_command_line_limit_with_the_image_path() {
         err.contains(&format!(
             "the kernel command line would be {line} bytes, over x86's 2047-byte limit by {}",
             line - 2047
+        )),
+        "{err}"
+    );
+}
+
+/// Issue 21 item 7: a key given twice (`version:` at the top of a lock, a
+/// field of an asset, a key of a profile) used to be last-wins; it is
+/// refused, naming both lines.
+#[test]
+fn duplicate_keys_are_refused_naming_both_lines() {
+    let dir = tempdir();
+    let (lock, text) = lock_with(dir.path(), |t| {
+        t.replacen("version: 1\n", "version: 1\nversion: 2\n", 1)
+    });
+    let first = line_of(&text, "version: 1");
+    let err = fails(&["check", "--lock", lock.to_str().unwrap()]);
+    assert_eq!(
+        err.lines().take(2).collect::<Vec<_>>().join("\n"),
+        format!(
+            "error[$]: duplicate key `version` at lines {first} and {}: YAML would keep only the second; remove one\n  --> {}:{}:1",
+            first + 1,
+            lock.display(),
+            first + 1
+        )
+    );
+    // Nested: an asset's size given twice.
+    let (lock, text) = lock_with(dir.path(), |t| {
+        t.replacen("    size: ", "    size: 1\n    size: ", 1)
+    });
+    let first = line_of(&text, "    size: 1");
+    let err = fails(&["check", "--lock", lock.to_str().unwrap()]);
+    assert!(
+        err.contains(&format!(
+            "duplicate key `size` at lines {first} and {}",
+            first + 1
+        )),
+        "{err}"
+    );
+    // A profile.
+    let p = profiles_with(dir.path(), |t| {
+        t.replacen("family: deb\n", "family: deb\nfamily: rpm\n", 1)
+    });
+    let text = std::fs::read_to_string(p.join("debian-12.yaml")).unwrap();
+    let first = line_of(&text, "family: deb");
+    let err = profile_build_fails(&p, dir.path());
+    assert!(
+        err.contains(&format!(
+            "duplicate key `family` at lines {first} and {}",
+            first + 1
         )),
         "{err}"
     );

@@ -600,3 +600,349 @@ fn an_rpm_header_digest_mismatch_is_named() {
         "{err}"
     );
 }
+
+/// Issue 21 item 2: a lock, a profile or a release listing that is a FIFO
+/// (or a huge file) is refused having read no more than its limit + 1
+/// bytes; a 300 MB FIFO used to take 1.47 GB before being refused.
+#[test]
+fn inputs_read_whole_are_read_no_further_than_their_limit() {
+    use cubeboot::bounded_read::feed_fifo;
+    let dir = tempdir();
+    let lock = dir.path().join("big.lock");
+    let fed = feed_fifo(&lock, 64 << 20);
+    let err = fails(&[
+        "build",
+        "--lock",
+        lock.to_str().unwrap(),
+        "--output",
+        dir.path().join("out").to_str().unwrap(),
+    ]);
+    assert!(err.contains("more than the 1 MiB limit"), "{err}");
+    fed.assert_stopped_early(3 << 20);
+
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    let fed = feed_fifo(&profiles.join("big.yaml"), 64 << 20);
+    let err = fails(&[
+        "build",
+        "--profiles-dir",
+        profiles.to_str().unwrap(),
+        "--lock",
+        release().lock.to_str().unwrap(),
+        "--output",
+        dir.path().join("out").to_str().unwrap(),
+    ]);
+    assert!(err.contains("more than the 1 MiB limit"), "{err}");
+    fed.assert_stopped_early(3 << 20);
+
+    let listing = dir.path().join("release.json");
+    let fed = feed_fifo(&listing, 64 << 20);
+    let err = fails(&[
+        "lock",
+        "--release-json",
+        listing.to_str().unwrap(),
+        "--output",
+        dir.path().join("r.lock").to_str().unwrap(),
+    ]);
+    assert!(err.contains("larger than the limit of 16 MiB"), "{err}");
+    fed.assert_stopped_early(18 << 20);
+}
+
+/// The release fixture .deb rebuilt with `debian_binary` as that member
+/// and `hostile` appended to its data.tar (re-compressed as gzip): each
+/// hostile package below is the real one plus one entry.
+fn deb_with(debian_binary: &[u8], hostile: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+    let bytes = std::fs::read(&release().deb).unwrap();
+    let member = |name: &str| {
+        let (at, size) = ar_member(&bytes, name);
+        bytes[at..at + size].to_vec()
+    };
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(
+        &mut xz2::read::XzDecoder::new(&member("data.tar.xz")[..]),
+        &mut data,
+    )
+    .unwrap();
+    let mut out = tar::Builder::new(Vec::new());
+    let mut tar = tar::Archive::new(&data[..]);
+    for e in tar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let h = e.header().clone();
+        out.append(&h, &mut e).unwrap();
+    }
+    hostile(&mut out);
+    let data = out.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &data).unwrap();
+    let mut ar = ar::Builder::new(Vec::new());
+    for (name, body) in [
+        ("debian-binary", debian_binary.to_vec()),
+        ("control.tar.xz", member("control.tar.xz")),
+        ("data.tar.gz", gz.finish().unwrap()),
+    ] {
+        let h = ar::Header::new(name.as_bytes().to_vec(), body.len() as u64);
+        ar.append(&h, &body[..]).unwrap();
+    }
+    ar.into_inner().unwrap()
+}
+
+/// A tar header of `kind` at raw `path` (no checks: `..` and `/` stay).
+fn raw_entry(
+    kind: tar::EntryType,
+    path: &str,
+    mode: u32,
+    link: Option<&str>,
+) -> (tar::Header, Vec<u8>) {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+    if let Some(l) = link {
+        h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+    }
+    h.set_mode(mode);
+    h.set_mtime(1_700_000_000);
+    let body = if kind == tar::EntryType::Regular {
+        b"x\n".to_vec()
+    } else {
+        Vec::new()
+    };
+    h.set_size(body.len() as u64);
+    h.set_cksum();
+    (h, body)
+}
+
+/// Issue 21 item 4: what dpkg would refuse on the target, or what a kernel
+/// package never carries, is refused at lock time, naming the entry.
+#[test]
+fn hostile_debs_are_refused_at_lock_time_naming_the_entry() {
+    use tar::EntryType as T;
+    let dir = tempdir();
+    /// The entry appended: kind, raw path, mode, link target.
+    type Hostile<'a> = Option<(T, &'a str, u32, Option<&'a str>)>;
+    let cases: Vec<(&str, &[u8], Hostile, &str)> = vec![
+        ("binary", b"2.x\x00\n", None, "debian-binary"),
+        ("binary3", b"3.0\n", None, "debian-binary"),
+        (
+            "dotdot",
+            b"2.0\n",
+            Some((T::Regular, "./../../etc/cron.d/x", 0o644, None)),
+            "./../../etc/cron.d/x",
+        ),
+        (
+            "absolute",
+            b"2.0\n",
+            Some((T::Regular, "/etc/passwd", 0o644, None)),
+            "/etc/passwd",
+        ),
+        (
+            "setuid",
+            b"2.0\n",
+            Some((T::Regular, "./boot/su", 0o4755, None)),
+            "./boot/su",
+        ),
+        (
+            "setgid",
+            b"2.0\n",
+            Some((T::Regular, "./boot/sg", 0o2755, None)),
+            "./boot/sg",
+        ),
+        (
+            "device",
+            b"2.0\n",
+            Some((T::Char, "./boot/mem", 0o600, None)),
+            "./boot/mem",
+        ),
+        (
+            "fifo",
+            b"2.0\n",
+            Some((T::Fifo, "./boot/fifo", 0o600, None)),
+            "./boot/fifo",
+        ),
+        (
+            "hardlink",
+            b"2.0\n",
+            Some((T::Link, "./boot/pw", 0o644, Some("/etc/passwd"))),
+            "./boot/pw",
+        ),
+        (
+            "hardlink2",
+            b"2.0\n",
+            Some((T::Link, "./boot/pw", 0o644, Some("./etc/passwd"))),
+            "./boot/pw",
+        ),
+        (
+            "symlink",
+            b"2.0\n",
+            Some((T::Symlink, "./lib/modules", 0o777, Some("/"))),
+            "./lib/modules",
+        ),
+        (
+            "symlink2",
+            b"2.0\n",
+            Some((T::Symlink, "./boot/up", 0o777, Some("../../.."))),
+            "./boot/up",
+        ),
+    ];
+    for (name, binary, entry, named) in cases {
+        let deb = deb_with(binary, |b| {
+            if let Some((kind, path, mode, link)) = entry {
+                let (h, body) = raw_entry(kind, path, mode, link);
+                b.append(&h, &body[..]).unwrap();
+            }
+        });
+        let path = dir
+            .path()
+            .join(format!("linux-image-{KVER}-{name}_amd64.deb"));
+        std::fs::write(&path, &deb).unwrap();
+        let err = lock_refuses(&path);
+        assert!(err.contains(named), "{name}: {err}");
+        if name.starts_with("binary") {
+            // dpkg agrees: the format version is what it refuses.
+            let out = std::process::Command::new("dpkg-deb")
+                .arg("--info")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "dpkg-deb accepted {name}");
+        }
+    }
+    // The same rebuild with nothing hostile still locks.
+    let path = dir
+        .path()
+        .join(format!("linux-image-{KVER}-plain_amd64.deb"));
+    std::fs::write(&path, deb_with(b"2.0\n", |_| {})).unwrap();
+    let out = dir.path().join("ok.lock");
+    ok(&[
+        "lock",
+        "--asset",
+        path.to_str().unwrap(),
+        "--tag",
+        TAG,
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+}
+
+/// Where tag `tag` of the rpm's signature header sits: (index entry
+/// offset, value offset, type, count).
+fn sig_tag(rpm: &[u8], tag: u32) -> (usize, usize, u32, u32) {
+    let be = |at: usize| u32::from_be_bytes(rpm[at..at + 4].try_into().unwrap());
+    let count = be(96 + 8) as usize;
+    let data = 96 + 16 + 16 * count;
+    (0..count)
+        .map(|i| 96 + 16 + 16 * i)
+        .find(|&e| be(e) == tag)
+        .map(|e| (e, data + be(e + 8) as usize, be(e + 4), be(e + 12)))
+        .unwrap_or_else(|| panic!("no signature tag {tag}"))
+}
+
+/// Issue 21 item 4: signature headers `rpm -K` reports BAD (a SHA-1 or MD5
+/// digest that does not match, RESERVEDSPACE of the wrong shape), and a
+/// SIZE that is not the real header + payload size, are refused at lock
+/// time, naming the tag.
+#[test]
+fn rpms_whose_signature_header_rpm_k_reports_bad_are_refused() {
+    let rel = release();
+    let dir = tempdir();
+    let bytes = std::fs::read(&rel.rpm).unwrap();
+    type Edit = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: Vec<(&str, Edit, &str, bool)> = vec![
+        (
+            "size",
+            Box::new(|b: &mut Vec<u8>| {
+                let (_, v, _, _) = sig_tag(b, 1000);
+                b[v + 3] ^= 1;
+            }),
+            "SIZE",
+            false,
+        ),
+        (
+            "sha1",
+            Box::new(|b: &mut Vec<u8>| {
+                let (_, v, _, _) = sig_tag(b, 269);
+                b[v] = if b[v] == b'0' { b'1' } else { b'0' };
+            }),
+            "SHA1",
+            true,
+        ),
+        (
+            "md5",
+            Box::new(|b: &mut Vec<u8>| {
+                let (_, v, _, _) = sig_tag(b, 1004);
+                b[v] ^= 1;
+            }),
+            "MD5",
+            true,
+        ),
+        (
+            "reserved-type",
+            Box::new(|b: &mut Vec<u8>| {
+                let (e, _, _, _) = sig_tag(b, 1008);
+                b[e + 4..e + 8].copy_from_slice(&4u32.to_be_bytes());
+            }),
+            "RESERVEDSPACE",
+            true,
+        ),
+        (
+            "reserved-count",
+            Box::new(|b: &mut Vec<u8>| {
+                let (e, _, _, n) = sig_tag(b, 1008);
+                b[e + 12..e + 16].copy_from_slice(&(n + 8).to_be_bytes());
+            }),
+            "RESERVEDSPACE",
+            true,
+        ),
+    ];
+    for (name, edit, tag, rpm_says_bad) in cases {
+        let mut b = bytes.clone();
+        edit(&mut b);
+        let path = dir.path().join(format!("kernel-6.6.69-{name}.x86_64.rpm"));
+        std::fs::write(&path, &b).unwrap();
+        let err = lock_refuses(&path);
+        assert!(err.contains(tag), "{name}: {err}");
+        if rpm_says_bad {
+            let out = std::process::Command::new("rpm")
+                .arg("-Kv")
+                .arg(&path)
+                .output()
+                .unwrap();
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                said.contains("BAD"),
+                "rpm -K did not say BAD for {name}: {said}"
+            );
+        }
+    }
+}
+
+/// Issue 21 item 7: a flipped byte in a .deb member name says the archive
+/// is malformed (it used to say "no /boot/vmlinuz-KVER").
+#[test]
+fn a_flipped_byte_in_a_deb_member_name_says_the_archive_is_malformed() {
+    let rel = release();
+    let dir = tempdir();
+    let bytes = std::fs::read(&rel.deb).unwrap();
+    for (member, flipped) in [
+        ("data.tar.xz", "dbta.tar.xz"),
+        ("control.tar.xz", "control.tbr.xz"),
+    ] {
+        let (at, _) = ar_member(&bytes, member);
+        let mut b = bytes.clone();
+        b[at - 60..at - 60 + member.len()].copy_from_slice(flipped.as_bytes());
+        let path = dir
+            .path()
+            .join(format!("linux-image-{KVER}-{flipped}_amd64.deb"));
+        std::fs::write(&path, &b).unwrap();
+        let err = lock_refuses(&path);
+        assert!(
+            err.contains(&format!(
+                "the .deb is malformed: unexpected ar member \"{flipped}\""
+            )),
+            "{err}"
+        );
+    }
+}

@@ -93,8 +93,9 @@ fn run_on(host: &dyn Host, args: &RunArgs) -> i32 {
 
 fn load_plan_file(path: &Path) -> anyhow::Result<(Plan, cubeboot::digest::Sha256Digest)> {
     use anyhow::Context;
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("loading plan {}", path.display()))?;
+    let text =
+        cubeboot::bounded_read::read_text_file_limited(path, cubeboot::bounded_read::PLAN_LIMIT)
+            .with_context(|| format!("loading plan {}", path.display()))?;
     let plan =
         Plan::from_json(&text).with_context(|| format!("loading plan {}", path.display()))?;
     Ok((plan, cubeboot::digest::Sha256Digest::of(text.as_bytes())))

@@ -245,8 +245,11 @@ struct ListedAsset {
 
 /// Assets of ours in a GitHub-style release listing; others are skipped.
 fn release_sources(json: &Path, tag: Option<&str>) -> Result<Vec<Source>> {
-    let text =
-        std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
+    let text = crate::bounded_read::read_text_file_limited(
+        json,
+        crate::bounded_read::RELEASE_LISTING_LIMIT,
+    )
+    .with_context(|| format!("reading {}", json.display()))?;
     let listing: ReleaseListing = serde_json::from_str(&text)
         .with_context(|| format!("parsing release listing {}", json.display()))?;
     let tag = tag.map(str::to_string).or(listing.tag_name);

@@ -80,6 +80,8 @@ impl Host for RealHost {
         &self.secrets
     }
 
+    confined_writes!();
+
     fn run(&self, cmd: &CommandSpec) -> Result<CmdOutput> {
         self.check_confined(cmd)?;
         self.say(&format!("$ {}", cmd.display()));

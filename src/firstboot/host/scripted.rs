@@ -127,6 +127,8 @@ impl Host for ScriptedHost {
         &self.secrets
     }
 
+    confined_writes!();
+
     fn run(&self, cmd: &CommandSpec) -> Result<CmdOutput> {
         self.record(Action::Run(cmd.display()));
         let answer = {
