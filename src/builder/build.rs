@@ -102,8 +102,8 @@ fn build(args: &BuildArgs) -> Result<Built> {
     }
     let lock = Lock::load(&args.lock)?;
     let profiles = profile::select(args.dir.profiles_dir.as_deref(), &args.profile)?;
-    options.ops_token = ops_token(&args, &options, &lock)?;
-    check_bundle(&args, &lock, &profiles, &options)?;
+    options.ops_token = ops_token(args, &options, &lock)?;
+    check_bundle(args, &lock, &profiles, &options)?;
     // Step 2: every payload in memory; any error stops before writing.
     let payloads = match args.format {
         FormatArg::UserData => build_all(&profiles, &lock, &options)?,
