@@ -105,12 +105,17 @@ fn terraform_examples_read_only_what_cubeboot_build_writes() {
                 "tencent",
             ])
             .args(&args)
-            // One webhook and secret for the fleet, as the cluster header says.
+            // One webhook and secret, one ops-agent token and one sandbox
+            // CIDR for the fleet, as the cluster header says.
             .args([
                 "--webhook",
                 "http://203.0.113.7:8740/",
                 "--webhook-secret-file",
                 "out/webhook-secret",
+                "--ops-token-file",
+                "out/ops-token",
+                "--cluster-cidr",
+                "10.100.0.0/18",
             ]));
     }
 

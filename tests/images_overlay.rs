@@ -62,8 +62,24 @@ fn rebuilds_are_byte_identical_and_inspect_lists_with_the_reader() {
     let b_dir = dir.path().join("b/c");
     fs::create_dir_all(&a_dir).unwrap();
     fs::create_dir_all(&b_dir).unwrap();
-    ok(build(&a_dir, &lock, "out", &["--offline"], None));
-    ok(build(&b_dir, &lock, "elsewhere", &["--offline"], None));
+    // One cluster token file for both (a secret is an input: the first
+    // build makes it, the second reads it).
+    let token = dir.path().join("ops-token");
+    let token = token.to_str().unwrap();
+    ok(build(
+        &a_dir,
+        &lock,
+        "out",
+        &["--offline", "--ops-token-file", token],
+        None,
+    ));
+    ok(build(
+        &b_dir,
+        &lock,
+        "elsewhere",
+        &["--offline", "--ops-token-file", token],
+        None,
+    ));
     let a = a_dir.join("out/debian-12");
     let b = b_dir.join("elsewhere/debian-12");
     for name in ["overlay.tar.xz", "plan.json", "SHA256SUMS"] {

@@ -245,8 +245,20 @@ fn a_bad_later_asset_leaves_no_earlier_one_behind() {
     let lock = lock_pointing_at(tmp.path(), &origin);
     // The helper (mirrored last) pinned to other bytes.
     let text = std::fs::read_to_string(&lock).unwrap();
-    let helper_pin = "4c386725aa3b589e9bef340c026df501b3aa779f4768ecd0349ad1cee1ba50a8";
-    assert!(text.contains(helper_pin));
+    // The helper's sha256 is the lock's last one (it is pinned last).
+    let helper_pin = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("sha256: "))
+        .last()
+        .unwrap()
+        .to_string();
+    let helper_pin = helper_pin.as_str();
+    assert!(text.contains(&format!(
+        "size: {}\n    sha256: {helper_pin}",
+        std::fs::metadata(repo().join("examples/release/cube-firstboot"))
+            .unwrap()
+            .len()
+    )));
     std::fs::write(&lock, text.replace(helper_pin, &"ab".repeat(32))).unwrap();
     let mirror = tmp.path().join("mirror");
     let (ok, said) = mirror_to(&lock, &mirror);

@@ -1087,7 +1087,7 @@ fn each_exit_code_means_one_thing() {
         .unwrap_or_else(|| panic!("{page}"));
     for code in ["0", "1", "2", "3", "4"] {
         assert!(
-            section.contains(&format!(".IP {code}")),
+            section.contains(&format!(".TP\n{code}\n")),
             "{code}: {section}"
         );
     }

@@ -91,8 +91,11 @@ fn build(args: &BuildArgs) -> Result<Built> {
             .clone()
             .unwrap_or_else(|| args.output.join("webhook-secret"))
     });
+    let mut secrets = Vec::new();
     if let Some(path) = &secret_file {
-        options.webhook_secret = Some(webhook_secret(path)?);
+        let secret = webhook_secret(path)?;
+        options.webhook_secret = Some(secret.value.clone());
+        secrets.push(secret);
     }
     if args.offline && args.format != FormatArg::Overlay {
         bail!("--offline only applies to --format overlay (user-data cannot carry the assets)");
@@ -102,7 +105,10 @@ fn build(args: &BuildArgs) -> Result<Built> {
     }
     let lock = Lock::load(&args.lock)?;
     let profiles = profile::select(args.dir.profiles_dir.as_deref(), &args.profile)?;
-    options.ops_token = ops_token(args, &options, &lock)?;
+    if let Some(token) = ops_token(args, &options, &lock)? {
+        options.ops_token = Some(token.value.clone());
+        secrets.push(token);
+    }
     check_bundle(args, &lock, &profiles, &options)?;
     // Step 2: every payload in memory; any error stops before writing.
     let payloads = match args.format {
@@ -115,6 +121,10 @@ fn build(args: &BuildArgs) -> Result<Built> {
     };
     // Step 3: write to a temp dir, rename into place.
     write_payloads(&args.output, &payloads)?;
+    // New secrets last: a build refused above leaves no file behind.
+    for secret in &secrets {
+        secret.persist()?;
+    }
     Ok(Built {
         options,
         secret_file,
@@ -164,25 +174,64 @@ fn json_fields(args: &BuildArgs, built: &Built) -> serde_json::Map<String, serde
 
 /// The fleet secret in `path`, or a new one written there (0600). Reusing the
 /// file keeps rebuilds byte-identical and every node of a fleet on one key.
-pub fn webhook_secret(path: &Path) -> Result<String> {
+pub fn webhook_secret(path: &Path) -> Result<Secret> {
     let hint = "give it to `cubeboot watch --secret-file`";
     secret_file(path, "webhook secret", Some(hint))?
         .context("webhook secret file missing after creation")
 }
 
+/// A secret a build uses: read from its file, or new and written there only
+/// once the payloads are ([`Secret::persist`]), so a build that fails
+/// leaves no new file behind.
+pub struct Secret {
+    pub value: String,
+    new_file: Option<(PathBuf, &'static str, &'static str)>,
+}
+
+impl Secret {
+    /// Write a new secret's file (0600, never overwriting one), printing
+    /// its path and what to do with it, never the secret.
+    pub fn persist(&self) -> Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let Some((path, what, hint)) = &self.new_file else {
+            return Ok(());
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("creating {what} {}", path.display()))?;
+        writeln!(f, "{}", self.value)
+            .with_context(|| format!("writing {what} {}", path.display()))?;
+        eprintln!("created {what} {} (0600): {hint}", path.display());
+        Ok(())
+    }
+}
+
 /// A secret read from `path`, checked; when the file does not exist, a new
-/// one written there (0600) if `create_hint` is given (printed with the
-/// path, never the secret), else `None`.
-pub fn secret_file(path: &Path, what: &str, create_hint: Option<&str>) -> Result<Option<String>> {
-    use std::io::{Read as _, Write as _};
-    use std::os::unix::fs::OpenOptionsExt as _;
+/// one (written by [`Secret::persist`]) if `create_hint` is given, else
+/// `None`.
+pub fn secret_file(
+    path: &Path,
+    what: &'static str,
+    create_hint: Option<&'static str>,
+) -> Result<Option<Secret>> {
+    use std::io::Read as _;
     match crate::bounded_read::read_text_file_limited(path, crate::bounded_read::SECRET_FILE_LIMIT)
     {
         Ok(text) => {
             let secret = text.trim().to_string();
             crate::signing::check_secret(&secret)
                 .map_err(|e| anyhow::anyhow!("{what} {}: {e}", path.display()))?;
-            return Ok(Some(secret));
+            return Ok(Some(Secret {
+                value: secret,
+                new_file: None,
+            }));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {what} {}", path.display())),
@@ -194,26 +243,17 @@ pub fn secret_file(path: &Path, what: &str, create_hint: Option<&str>) -> Result
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
         .with_context(|| format!("reading 32 random bytes from /dev/urandom for the {what}"))?;
-    let secret = crate::signing::secret_from_entropy(&bytes);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {what} {}", path.display()))?;
-    writeln!(f, "{secret}").with_context(|| format!("writing {what} {}", path.display()))?;
-    eprintln!("created {what} {} (0600): {hint}", path.display());
-    Ok(Some(secret))
+    Ok(Some(Secret {
+        value: crate::signing::secret_from_entropy(&bytes),
+        new_file: Some((path.to_path_buf(), what, hint)),
+    }))
 }
 
 /// The cluster's ops-agent token when the locked bundle requires one: a
 /// control build reads or creates the file; a compute build only reads it,
 /// since upstream's control node owns the token and every compute node must
 /// carry the same value (docs/cube-installer.md).
-fn ops_token(args: &BuildArgs, options: &BuildOptions, lock: &Lock) -> Result<Option<String>> {
+fn ops_token(args: &BuildArgs, options: &BuildOptions, lock: &Lock) -> Result<Option<Secret>> {
     let path = ops_token_path(args);
     if !bundle_check::needs_ops_token(lock) {
         if args.ops_token_file.is_some() {
