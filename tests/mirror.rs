@@ -248,8 +248,8 @@ fn a_bad_later_asset_leaves_no_earlier_one_behind() {
     // The helper's sha256 is the lock's last one (it is pinned last).
     let helper_pin = text
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("sha256: "))
-        .last()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("sha256: "))
         .unwrap()
         .to_string();
     let helper_pin = helper_pin.as_str();
