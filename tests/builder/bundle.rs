@@ -169,23 +169,7 @@ fn cubeops_bundle(dir: &Path, name: &str, pvm: &str, extra_manifest: &str) -> Pa
 /// The release's kernels and helper with `bundle`, locked into `dir`.
 fn lock_with(dir: &Path, bundle: &Path) -> PathBuf {
     let rel = release();
-    let lock = dir.join("cubeboot.lock");
-    ok(&[
-        "lock",
-        "--asset",
-        rel.deb.to_str().unwrap(),
-        "--asset",
-        rel.rpm.to_str().unwrap(),
-        "--asset",
-        bundle.to_str().unwrap(),
-        "--asset",
-        rel.helper.to_str().unwrap(),
-        "--tag",
-        TAG,
-        "--output",
-        lock.to_str().unwrap(),
-    ]);
-    lock
+    lock_assets(dir, &[&rel.deb, &rel.rpm, bundle, &rel.helper])
 }
 
 /// The PVM kernel release the test kernels carry (support.rs KVER).

@@ -9,21 +9,7 @@ use crate::support::*;
 /// A lock of the test release without the rpm kernel (a Debian-only fleet).
 fn deb_only_lock(dir: &std::path::Path) -> PathBuf {
     let rel = release();
-    let lock = dir.join("cubeboot.lock");
-    ok(&[
-        "lock",
-        "--asset",
-        rel.deb.to_str().unwrap(),
-        "--asset",
-        rel.bundle.to_str().unwrap(),
-        "--asset",
-        rel.helper.to_str().unwrap(),
-        "--tag",
-        TAG,
-        "--output",
-        lock.to_str().unwrap(),
-    ]);
-    lock
+    lock_assets(dir, &[&rel.deb, &rel.bundle, &rel.helper])
 }
 
 #[test]

@@ -136,6 +136,19 @@ pub fn make_rpm(dir: &Path, kver: &str, payload: &str) -> PathBuf {
     out
 }
 
+/// `cubeboot lock` of `assets` (with the test release's tag) into
+/// DIR/cubeboot.lock.
+pub fn lock_assets(dir: &Path, assets: &[&Path]) -> PathBuf {
+    let lock = dir.join("cubeboot.lock");
+    let mut args = vec!["lock"];
+    for a in assets {
+        args.extend(["--asset", a.to_str().unwrap()]);
+    }
+    args.extend(["--tag", TAG, "--output", lock.to_str().unwrap()]);
+    ok(&args);
+    lock
+}
+
 /// Deterministic incompressible bytes (a bundle's payload in the bundle
 /// tests).
 pub fn noise(len: usize) -> Vec<u8> {
