@@ -940,21 +940,10 @@ fn a_signed_hostile_post_reaches_no_terminal_raw() {
 #[test]
 fn slow_connections_cost_no_thread_are_closed_and_delay_no_post() {
     let dir = tempfile::tempdir().unwrap();
-    let watch = Watch::start(
-        dir.path(),
-        "127.0.0.1:0",
-        &["--json", "--expect", "1", "--timeout", "60"],
-    );
+    let watch = watch_for_one_node(dir.path());
     let addr = watch.addr.clone();
     // 200 clients that start a request and never finish it.
-    let mut slow: Vec<TcpStream> = (0..200)
-        .map(|_| {
-            let mut s = TcpStream::connect(&addr).unwrap();
-            s.write_all(b"POST /cubeboot HTTP/1.1\r\nHost: x\r\n")
-                .unwrap();
-            s
-        })
-        .collect();
+    let mut slow = unfinished_requests(&addr, 200, b"POST /cubeboot HTTP/1.1\r\nHost: x\r\n");
     thread::sleep(Duration::from_millis(500));
     let threads = watch.threads();
     assert!(
@@ -996,6 +985,26 @@ fn slow_connections_cost_no_thread_are_closed_and_delay_no_post() {
     );
     let (code, _, err) = watch.finish(Duration::from_secs(20));
     assert_eq!(code, 0, "{err}");
+}
+
+/// `watch --json --expect 1 --timeout 60` on a free loopback port.
+fn watch_for_one_node(dir: &std::path::Path) -> Watch {
+    Watch::start(
+        dir,
+        "127.0.0.1:0",
+        &["--json", "--expect", "1", "--timeout", "60"],
+    )
+}
+
+/// `n` connections to `addr` that each send `head` and never finish it.
+fn unfinished_requests(addr: &str, n: usize, head: &[u8]) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(head).unwrap();
+            s
+        })
+        .collect()
 }
 
 /// Whether the other end closed `s` (EOF or reset), without blocking.
@@ -1236,11 +1245,7 @@ fn answer_on(s: &mut TcpStream) -> u16 {
 #[test]
 fn a_flood_of_slow_connections_closes_them_not_a_helpers_kept_one() {
     let dir = tempfile::tempdir().unwrap();
-    let watch = Watch::start(
-        dir.path(),
-        "127.0.0.1:0",
-        &["--json", "--expect", "1", "--timeout", "60"],
-    );
+    let watch = watch_for_one_node(dir.path());
     let addr = watch.addr.clone();
     let mut status = script("node-kept", "compute", false).remove(0);
     status.updated_at = unix_now();
@@ -1250,13 +1255,7 @@ fn a_flood_of_slow_connections_closes_them_not_a_helpers_kept_one() {
         204
     );
     // More unfinished requests than watch keeps connections (512).
-    let slow: Vec<TcpStream> = (0..600)
-        .map(|_| {
-            let mut s = TcpStream::connect(&addr).unwrap();
-            s.write_all(b"POST / HTTP/1.1\r\n").unwrap();
-            s
-        })
-        .collect();
+    let slow = unfinished_requests(&addr, 600, b"POST / HTTP/1.1\r\n");
     thread::sleep(Duration::from_millis(1000));
     let mut done = script("node-kept", "compute", false).pop().unwrap();
     done.updated_at = unix_now() + 1;
