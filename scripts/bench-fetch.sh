@@ -125,7 +125,8 @@ for i in $(seq "$rounds"); do
   rm -f "$work/curl.bin"
   read -r secs _ cpu < <(timed sh -c "curl -sS -o '$work/curl.bin' '$base/big.bin' && sha256sum '$work/curl.bin'")
   echo "$secs" >> "$work/curl"; echo "$cpu" >> "$work/curl-cpu"; rm -f "$work/curl.bin"
-  rm -rf "$work/dest"
+  # The root the helper writes beneath must exist (host/beneath.rs opens it).
+  rm -rf "$work/dest"; mkdir "$work/dest"
   read -r secs rss cpu < <(timed "$helper" dev fetch "$base/big.bin" "$big_sha" --size "$big_size" --dest "$work/dest")
   echo "$secs" >> "$work/helper"; echo "$rss" >> "$work/rss"; echo "$cpu" >> "$work/helper-cpu"
   rm -rf "$work/dest"

@@ -20,14 +20,19 @@ import sys
 from xml.sax.saxutils import escape
 
 MARK = re.compile(r"^\s*([0-9]+\.[0-9])\s+\(\+\s*[0-9.]+\)\s+(.+?)\s*$")
+# A mark this run did not reach (e.g. GRUB's second start after a kexec):
+# part of the block, not a mark.
+UNSEEN = re.compile(r"^\s+-\s+.+\(not seen\)\s*$")
 
 # The stretches drawn as bars: (label, from mark, to mark).
 PHASES = [
     ("firmware, GRUB, kernel A, cloud-init", "GRUB, boot 1", "cloud-init final stage"),
     ("preflight, fetch, prereqs, data disk", "helper: fetch starts", "helper: kernel-install starts"),
     ("kernel package + initramfs", "helper: kernel-install starts", "helper: kernel-boot starts"),
-    ("arm trial boot, reboot", "helper: kernel-boot starts", "GRUB, boot 2"),
-    ("GRUB, kernel B, to the resume unit", "GRUB, boot 2", "helper: kernel-verify starts"),
+    # Kernel B's first console line: after GRUB (firmware reboot) or right
+    # after kernel A hands over (kexec), so both trial boots draw alike.
+    ("arm trial boot, reboot", "helper: kernel-boot starts", "kernel B starts"),
+    ("kernel B to the resume unit", "kernel B starts", "helper: kernel-verify starts"),
     ("verify, kvm_pvm, commit", "helper: kernel-verify starts", "helper: cube-install starts"),
     ("Cube install", "helper: cube-install starts", "helper: cube-verify starts"),
     ("verify, harden, report", "helper: cube-verify starts", "status terminal"),
@@ -51,6 +56,8 @@ def first_boot_lines(log):
     for line in log:
         if MARK.match(line):
             block.append(line.rstrip("\n"))
+        elif UNSEEN.match(line):
+            continue
         elif block:
             blocks.append(block)
             block = []

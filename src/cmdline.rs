@@ -7,6 +7,9 @@
 //! (`console=ttyS0,115200 console=tty0` both stay), and merging twice gives the
 //! same line as merging once.
 
+use std::fmt;
+use std::str::FromStr;
+
 /// The key of a parameter: the part before the first `=` (`console` for
 /// `console=tty0`), or the whole token for a flag (`nopti`).
 pub fn key(param: &str) -> &str {
@@ -249,21 +252,99 @@ pub fn refusal<S: AsRef<str>>(line: &str, configured: &[S]) -> Option<String> {
         .or_else(|| over_limit(line))
 }
 
-/// The `panic=` a trial boot runs with. The operator's own `panic=N` with
-/// N > 0 on `line` (the running command line) is kept, the last one winning
-/// as in the kernel's parser; otherwise `panic=default_secs`. Either way a
-/// panicking kernel reboots by itself. Returns the parameter and whether it
-/// is the operator's.
-pub fn trial_panic(line: &str, default_secs: u32) -> (String, bool) {
-    let operator = split(line)
-        .into_iter()
-        .rfind(|p| key(p) == "panic")
-        .and_then(|p| p.strip_prefix("panic=")?.parse::<i64>().ok());
-    match operator {
-        Some(n) if n > 0 => (format!("panic={n}"), true),
-        _ => (format!("panic={default_secs}"), false),
+/// The `panic=` a trial boot runs with when the plan sets none, and whose
+/// it is. Either way a panicking kernel reboots by itself. The journal
+/// keeps it (fact `kernel.trial-panic`) as the sentence [`fmt::Display`]
+/// writes, e.g. `panic=10 in force (the operator's, from the running
+/// command line)`, so later steps check what was armed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TrialPanic {
+    pub secs: u64,
+    pub whose: PanicSource,
+}
+
+/// Where a trial boot's `panic=` comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanicSource {
+    /// The operator's own `panic=N` (N > 0) on the running command line.
+    Operator,
+    /// The plan's `panic_seconds`.
+    Default,
+}
+
+const OPERATORS: &str = " in force (the operator's, from the running command line)";
+const DEFAULT: &str = " in force (cubeboot's default)";
+
+impl TrialPanic {
+    /// The plan's default, `panic=default_secs`.
+    pub fn default_secs(default_secs: u32) -> Self {
+        Self {
+            secs: u64::from(default_secs),
+            whose: PanicSource::Default,
+        }
+    }
+
+    /// The operator's own `panic=N` with N > 0 on `line` (the running
+    /// command line), the last one winning as in the kernel's parser;
+    /// otherwise `panic=default_secs`.
+    pub fn decide(line: &str, default_secs: u32) -> Self {
+        let operator = split(line)
+            .into_iter()
+            .rfind(|p| key(p) == "panic")
+            .and_then(|p| p.strip_prefix("panic=")?.parse::<i64>().ok());
+        match operator.and_then(|n| u64::try_from(n).ok()) {
+            Some(secs) if secs > 0 => Self {
+                secs,
+                whose: PanicSource::Operator,
+            },
+            _ => Self::default_secs(default_secs),
+        }
+    }
+
+    /// The parameter itself, `panic=N`.
+    pub fn param(&self) -> String {
+        format!("panic={}", self.secs)
+    }
+
+    pub fn is_operators(&self) -> bool {
+        self.whose == PanicSource::Operator
     }
 }
+
+impl fmt::Display for TrialPanic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let whose = match self.whose {
+            PanicSource::Operator => OPERATORS,
+            PanicSource::Default => DEFAULT,
+        };
+        write!(f, "{}{whose}", self.param())
+    }
+}
+
+impl FromStr for TrialPanic {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!("kernel.trial-panic: {s:?} is not `panic=N{DEFAULT}` or `panic=N{OPERATORS}`")
+        };
+        let (param, whose) = if let Some(p) = s.strip_suffix(OPERATORS) {
+            (p, PanicSource::Operator)
+        } else if let Some(p) = s.strip_suffix(DEFAULT) {
+            (p, PanicSource::Default)
+        } else {
+            return Err(bad());
+        };
+        let secs = param
+            .strip_prefix("panic=")
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(bad)?;
+        Ok(Self { secs, whose })
+    }
+}
+
+serde_as_text!(TrialPanic);
 
 /// Human warnings for parameters with side effects a user should know about
 /// before the reboot (docs/pvm-kernel.md, "Boot parameters").
@@ -500,6 +581,10 @@ mod tests {
 
     #[test]
     fn trial_panic_keeps_the_operators_positive_value() {
+        let trial_panic = |line: &str, secs: u32| {
+            let p = TrialPanic::decide(line, secs);
+            (p.param(), p.is_operators())
+        };
         assert_eq!(trial_panic("ro quiet", 30), ("panic=30".into(), false));
         assert_eq!(
             trial_panic("ro panic=10 quiet", 30),
@@ -515,6 +600,38 @@ mod tests {
         assert_eq!(trial_panic("panic=0", 30), ("panic=30".into(), false));
         assert_eq!(trial_panic("panic=-1", 30), ("panic=30".into(), false));
         assert_eq!(trial_panic("panic=soon", 30), ("panic=30".into(), false));
+    }
+
+    /// The journal's `kernel.trial-panic` reads back as the value written,
+    /// in the sentence earlier helpers wrote; anything else names the key.
+    #[test]
+    fn trial_panic_round_trips_through_its_sentence() {
+        for (text, want) in [
+            (
+                "\"panic=10 in force (the operator's, from the running command line)\"",
+                TrialPanic {
+                    secs: 10,
+                    whose: PanicSource::Operator,
+                },
+            ),
+            (
+                "\"panic=30 in force (cubeboot's default)\"",
+                TrialPanic::default_secs(30),
+            ),
+        ] {
+            let read: TrialPanic = serde_json::from_str(text).unwrap();
+            assert_eq!(read, want);
+            assert_eq!(serde_json::to_string(&read).unwrap(), text);
+        }
+        let err = serde_json::from_str::<TrialPanic>("\"panic=10 because\"").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("kernel.trial-panic: \"panic=10 because\" is not"),
+            "{err}"
+        );
+        assert!("panic=x in force (cubeboot's default)"
+            .parse::<TrialPanic>()
+            .is_err());
     }
 
     #[test]

@@ -31,11 +31,7 @@ impl Sha256Digest {
     }
 
     pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
+        hex::encode(self.0)
     }
 
     /// Hash all of `data`.
@@ -59,11 +55,7 @@ impl FromStr for Sha256Digest {
             return Err(DigestParseError::NotHex { ch, shown });
         }
         let mut out = [0u8; 32];
-        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-            // Both bytes are ASCII hex digits (checked above), so this cannot fail.
-            let pair = std::str::from_utf8(chunk).unwrap_or("00");
-            out[i] = u8::from_str_radix(pair, 16).unwrap_or(0);
-        }
+        hex::decode_to_slice(s, &mut out).expect("64 hex digits, checked above");
         Ok(Self(out))
     }
 }
@@ -108,10 +100,6 @@ impl<R: Read> HashingReader<R> {
             hasher: Sha256::new(),
             bytes: 0,
         }
-    }
-
-    pub fn bytes_read(&self) -> u64 {
-        self.bytes
     }
 
     /// Finish hashing; returns the digest and byte count.

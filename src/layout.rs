@@ -1,8 +1,88 @@
-//! Where Cube's services listen: one table, read by the helper's install
-//! (what to pass the installer), verify (where to probe) and harden (what
-//! to bind or firewall). Adding a Cube port is a row here.
-//! docs/cube-installer.md ("Services, binds and the installer's own
-//! checks") names the upstream file behind each row.
+//! Where things live on the target, and where Cube's services listen: one
+//! leaf module both halves read, so `plan.json` and this file are the whole
+//! contract between the builder and the helper.
+//!
+//! - Paths: where the builder's user-data and overlay put the plan, the
+//!   helper and its unit, and where the helper keeps its state, cache, log
+//!   and status (docs/payloads.md, "cloud-init").
+//! - Units: the names and templates of the systemd units that start the
+//!   helper, and the links `systemctl enable` makes for them.
+//! - Ports: one table, read by the helper's install (what to pass the
+//!   installer), verify (where to probe) and harden (what to bind or
+//!   firewall). Adding a Cube port is a row here. docs/cube-installer.md
+//!   ("Services, binds and the installer's own checks") names the upstream
+//!   file behind each row.
+
+/// Where the builder's user-data (or an image overlay) puts the plan.
+pub const PLAN_PATH: &str = "/etc/cubeboot/plan.json";
+/// The helper binary; the unit's `ExecStart=` runs it.
+pub const HELPER_PATH: &str = "/usr/local/sbin/cube-firstboot";
+/// Where the bootstrap downloads the helper (or user-data writes an inline
+/// one) before checking its SHA-256 and installing it at [`HELPER_PATH`].
+pub const HELPER_DOWNLOAD_PATH: &str = "/var/lib/cubeboot/cube-firstboot.download";
+
+/// Where the helper keeps durable state on the target.
+pub const STATE_DIR: &str = "/var/lib/cubeboot";
+pub const JOURNAL_PATH: &str = "/var/lib/cubeboot/state.json";
+/// Verified downloads, each named by its SHA-256 (an overlay built with
+/// `--offline` fills it).
+pub const CACHE_DIR: &str = "/var/lib/cubeboot/cache";
+pub const STATUS_PATH: &str = "/run/cubeboot/status.json";
+pub const LOG_DIR: &str = "/var/log/cubeboot";
+
+/// Where unit files and their enable links go.
+pub const SYSTEMD_DIR: &str = "/etc/systemd/system";
+
+/// The unit that runs the helper after cloud-init on the first boot.
+pub const UNIT_NAME: &str = "cube-firstboot.service";
+pub const UNIT_PATH: &str = "/etc/systemd/system/cube-firstboot.service";
+/// Its file, as user-data and overlays install it (why each line: see the
+/// file).
+pub const UNIT_FILE: &str = include_str!("../templates/cube-firstboot.service");
+/// Where its `WantedBy=cloud-init.target` links it (the builder's overlay
+/// and `systemctl enable` make this link).
+pub const MAIN_LINK: &str = "/etc/systemd/system/cloud-init.target.wants/cube-firstboot.service";
+
+/// The unit the helper hands over to right before its reboot: it starts
+/// the helper as soon as the network is up.
+pub const RESUME_UNIT_NAME: &str = "cube-firstboot-resume.service";
+pub const RESUME_UNIT_PATH: &str = "/etc/systemd/system/cube-firstboot-resume.service";
+pub const RESUME_UNIT_FILE: &str = include_str!("../templates/cube-firstboot-resume.service");
+pub const RESUME_LINK: &str =
+    "/etc/systemd/system/multi-user.target.wants/cube-firstboot-resume.service";
+
+/// The links `systemctl enable` would create for `unit_name`, from the unit's
+/// `[Install]` section: `WantedBy=` → `<target>.wants/`, `RequiredBy=` →
+/// `<target>.requires/`, each in [`SYSTEMD_DIR`].
+pub fn wants_links(unit: &str, unit_name: &str) -> Vec<String> {
+    let mut links = Vec::new();
+    let mut in_install = false;
+    for line in unit.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_install = line == "[Install]";
+            continue;
+        }
+        if !in_install || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let suffix = match key.trim() {
+            "WantedBy" => "wants",
+            "RequiredBy" => "requires",
+            _ => continue,
+        };
+        for target in value.split_whitespace() {
+            let link = format!("{SYSTEMD_DIR}/{target}.{suffix}/{unit_name}");
+            if !links.contains(&link) {
+                links.push(link);
+            }
+        }
+    }
+    links
+}
 
 /// Which nodes run a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +236,61 @@ pub fn restricted_ports(extra: impl IntoIterator<Item = u16>) -> Vec<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unit_paths_and_links_agree_with_their_parts() {
+        assert_eq!(UNIT_PATH, format!("{SYSTEMD_DIR}/{UNIT_NAME}"));
+        assert_eq!(
+            RESUME_UNIT_PATH,
+            format!("{SYSTEMD_DIR}/{RESUME_UNIT_NAME}")
+        );
+        assert_eq!(wants_links(UNIT_FILE, UNIT_NAME), [MAIN_LINK]);
+        assert_eq!(
+            wants_links(RESUME_UNIT_FILE, RESUME_UNIT_NAME),
+            [RESUME_LINK]
+        );
+        for dir in [JOURNAL_PATH, CACHE_DIR, HELPER_DOWNLOAD_PATH] {
+            assert!(dir.starts_with(&format!("{STATE_DIR}/")), "{dir}");
+        }
+    }
+
+    #[test]
+    fn unit_templates_run_the_helper_where_the_builder_puts_it() {
+        for unit in [UNIT_FILE, RESUME_UNIT_FILE] {
+            let line = |key: &str| {
+                unit.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            assert_eq!(line("ExecStart="), format!("{HELPER_PATH} run"));
+            assert_eq!(line("ConditionPathExists="), PLAN_PATH);
+        }
+    }
+
+    #[test]
+    fn wants_links_follow_the_install_section_only() {
+        let unit = "[Unit]\nWantedBy=ignored.target\n[Service]\nExecStart=/x\n\n[Install]\n# WantedBy=commented.target\nWantedBy=cloud-init.target multi-user.target\nRequiredBy = other.target\nWantedBy=cloud-init.target\n";
+        assert_eq!(
+            wants_links(unit, "cube-firstboot.service"),
+            vec![
+                "/etc/systemd/system/cloud-init.target.wants/cube-firstboot.service",
+                "/etc/systemd/system/multi-user.target.wants/cube-firstboot.service",
+                "/etc/systemd/system/other.target.requires/cube-firstboot.service",
+            ]
+        );
+        assert!(wants_links("[Service]\nExecStart=/x\n", "u.service").is_empty());
+    }
+
+    #[test]
+    fn shipped_unit_is_enabled_for_cloud_init_target() {
+        // The unit the builder embeds starts after cloud-init (docs/payloads.md,
+        // "cloud-init").
+        assert_eq!(
+            wants_links(UNIT_FILE, UNIT_NAME),
+            vec!["/etc/systemd/system/cloud-init.target.wants/cube-firstboot.service"]
+        );
+    }
 
     #[test]
     fn each_port_is_one_row() {

@@ -1,9 +1,9 @@
 //! The status a helper writes to /run/cubeboot/status.json and posts to
 //! `cubeboot watch`: one typed definition for both halves (the helper
 //! writes it, the receiver reads it), so a field the helper adds reaches
-//! the fleet view, and neither side compares state text. A leaf: it imports
-//! nothing from the crate, so the builder reads it without the helper's
-//! engine. The JSON is documented in docs/watch.md and docs/helper.md.
+//! the fleet view, and neither side compares state text. A leaf beside the
+//! plan: it imports only the plan's [`Role`], so the builder reads it
+//! without the helper's engine. The JSON is documented in docs/watch.md and docs/helper.md.
 //!
 //! `state` and `finished` stay on the wire as the plain strings operators
 //! and receivers already read (`running`, `done`, `failed: kernel-install`,
@@ -18,13 +18,16 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::plan::Role;
+
 pub const STATUS_VERSION: u32 = 1;
 
 /// The steps, in the order the runner takes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StepId {
-    /// Root, x86_64, RAM, disk, distro matches the plan, cloud-init finished.
+    /// Root, the plan's architecture (and on aarch64 a working /dev/kvm), RAM,
+    /// disk, distro matches the plan, cloud-init finished.
     Preflight,
     /// The kernel package, verified into the SHA-256-named cache (the
     /// bundle downloads beside the steps that follow, see `Bundle`).
@@ -152,6 +155,52 @@ impl StepState {
         ]
         .into_iter()
         .find(|s| s.name() == name)
+    }
+}
+
+/// The checks cube-verify runs (src/firstboot/cube/verify.rs). Declared in
+/// the order of their names, so a map keyed by them lists them as it did
+/// when the keys were strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckName {
+    CubeApi,
+    CubeMaster,
+    DevKvm,
+    GuestKernel,
+    KvmModule,
+    OneClickEnv,
+    Registered,
+}
+
+impl CheckName {
+    pub const ALL: [Self; 7] = [
+        Self::CubeApi,
+        Self::CubeMaster,
+        Self::DevKvm,
+        Self::GuestKernel,
+        Self::KvmModule,
+        Self::OneClickEnv,
+        Self::Registered,
+    ];
+
+    /// The check's name on the wire and on the console.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CubeApi => "cube-api",
+            Self::CubeMaster => "cube-master",
+            Self::DevKvm => "dev-kvm",
+            Self::GuestKernel => "guest-kernel",
+            Self::KvmModule => "kvm-module",
+            Self::OneClickEnv => "one-click-env",
+            Self::Registered => "registered",
+        }
+    }
+}
+
+impl std::fmt::Display for CheckName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -320,14 +369,14 @@ pub struct Status {
     /// `pending`, `running`, `rebooting`, `stopped`, `done` or `failed: …`.
     pub state: RunState,
     /// The step under way (`""` on the wire when none).
-    #[serde(with = "no_step_is_empty")]
+    #[serde(with = "none_is_empty")]
     pub step: Option<StepId>,
     /// Steps finished out of all steps.
     pub progress: Progress,
     pub last_error: Option<String>,
     pub hints: Vec<String>,
     /// Named checks (e.g. from the Cube verification) with their results.
-    pub checks: BTreeMap<String, CheckResult>,
+    pub checks: BTreeMap<CheckName, CheckResult>,
     /// Warnings worth a human's attention (e.g. a boot parameter renames NICs).
     pub warnings: Vec<String>,
     pub generator: String,
@@ -339,8 +388,9 @@ pub struct Status {
     pub steps: Vec<StepView>,
     /// The machine's hostname, so a webhook receiver can tell nodes apart.
     pub hostname: String,
-    /// `control` or `compute`, from the plan (empty when no plan was read).
-    pub role: String,
+    /// From the plan (`""` on the wire when no plan was read).
+    #[serde(with = "none_is_empty")]
+    pub role: Option<Role>,
     /// The download under way, if any (bytes so far of the asset's size).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub download: Option<DownloadProgress>,
@@ -391,26 +441,55 @@ impl Status {
     }
 }
 
-/// `step`: no step is the empty string, as version 1 wrote it.
-mod no_step_is_empty {
-    use super::StepId;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+/// A value of a closed set written by its name (`step`, `role`).
+trait Named: Sized + Copy {
+    /// The key it is written under, for errors.
+    const KEY: &'static str;
+    fn name(self) -> &'static str;
+    fn from_name(name: &str) -> Option<Self>;
+}
 
-    pub fn serialize<S: Serializer>(step: &Option<StepId>, s: S) -> Result<S::Ok, S::Error> {
-        match step {
-            Some(id) => id.serialize(s),
-            None => s.serialize_str(""),
-        }
+impl Named for StepId {
+    const KEY: &'static str = "step";
+
+    fn name(self) -> &'static str {
+        StepId::name(self)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StepId>, D::Error> {
+    fn from_name(name: &str) -> Option<Self> {
+        StepId::from_name(name)
+    }
+}
+
+impl Named for Role {
+    const KEY: &'static str = "role";
+
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        Role::from_name(name)
+    }
+}
+
+/// `step` and `role`: none is the empty string, as version 1 wrote them.
+mod none_is_empty {
+    use super::Named;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer, T: Named>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.map_or("", T::name))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Named>(d: D) -> Result<Option<T>, D::Error> {
         let name = String::deserialize(d)?;
         if name.is_empty() {
             return Ok(None);
         }
-        StepId::from_name(&name)
+        T::from_name(&name)
             .map(Some)
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown step {name:?}")))
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown {} {name:?}", T::KEY)))
     }
 }
 
@@ -488,6 +567,33 @@ mod tests {
                 Err(UnknownRunState(bad.to_string())),
                 "{bad:?}"
             );
+        }
+    }
+
+    /// `step` and `role` are typed in code and the same text on the wire:
+    /// `""` for none, else the name; an unknown name is refused naming it.
+    #[test]
+    fn step_and_role_keep_their_text_and_refuse_unknown_names() {
+        let none = Status::default();
+        let json = serde_json::to_value(&none).unwrap();
+        assert_eq!((&json["step"], &json["role"]), (&"".into(), &"".into()));
+        let some = Status {
+            step: Some(StepId::CubeInstall),
+            role: Some(Role::Compute),
+            ..Status::default()
+        };
+        let text = serde_json::to_string(&some).unwrap();
+        assert!(text.contains(r#""step":"cube-install""#), "{text}");
+        assert!(text.contains(r#""role":"compute""#), "{text}");
+        assert_eq!(serde_json::from_str::<Status>(&text).unwrap(), some);
+        for (key, bad, why) in [
+            ("role", "worker", "unknown role \"worker\""),
+            ("step", "kernel", "unknown step \"kernel\""),
+        ] {
+            let mut v = serde_json::to_value(&some).unwrap();
+            v[key] = bad.into();
+            let err = serde_json::from_value::<Status>(v).unwrap_err().to_string();
+            assert!(err.starts_with(why), "{err}");
         }
     }
 }

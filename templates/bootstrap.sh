@@ -1,5 +1,10 @@
 set -eu
-want=$1; shift
+arch=$1; want=$2; shift 2
+machine=$(uname -m)
+if [ "$machine" != "$arch" ]; then
+  echo "cubeboot: this machine is $machine, but this payload was built for $arch: build it with cubeboot build --arch $machine" >&2
+  exit 1
+fi
 part=/var/lib/cubeboot/cube-firstboot.download
 mkdir -p /var/lib/cubeboot
 fetch() {

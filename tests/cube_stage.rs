@@ -16,7 +16,7 @@ use cubeboot::bundle_facts::{BundleFacts, BundleRole, CubeOpsFacts, Listener, Re
 use cubeboot::digest::Sha256Digest;
 use cubeboot::firstboot::cube::{self, verify::Endpoints};
 use cubeboot::firstboot::host::{under_root, CmdOutput, CommandSpec, Host, ScriptedHost};
-use cubeboot::firstboot::journal::{Journal, KvmInUse};
+use cubeboot::firstboot::journal::{DnsmasqMode, Journal, KvmInUse, Quickcheck};
 use cubeboot::firstboot::{Ctx, Outcome, StepFailure};
 use cubeboot::plan::testing::sample_plan;
 use cubeboot::plan::*;
@@ -219,7 +219,7 @@ fn model_services(host: &ScriptedHost, dir: &Path) {
 /// A plain control node whose plan admits 10.0.2.0/24 through the firewall.
 fn firewalled_node() -> Node {
     let mut node = Node::with_bundle(PLAIN, IP_ADDR);
-    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".parse().unwrap()];
     node
 }
 
@@ -338,8 +338,9 @@ fn fake_server(
 fn check(journal: &Journal, name: &str) -> Option<String> {
     journal
         .checks
-        .get(name)
-        .map(|c| format!("{}: {}", if c.ok { "ok" } else { "fail" }, c.detail))
+        .iter()
+        .find(|(k, _)| k.as_str() == name)
+        .map(|(_, c)| format!("{}: {}", if c.ok { "ok" } else { "fail" }, c.detail))
 }
 
 fn failure_text(err: &anyhow::Error) -> String {
@@ -438,11 +439,7 @@ impl Node {
 
 /// What a step function takes, to run one step on `host`.
 fn ctx_on<'a>(host: &'a dyn Host, plan: &'a Plan, journal: &'a mut Journal) -> Ctx<'a> {
-    Ctx {
-        host,
-        plan,
-        journal,
-    }
+    Ctx::new(host, plan, journal)
 }
 
 /// A fixture bundle unpacked into a temporary directory, for running its
@@ -504,7 +501,7 @@ fn pvm_journal() -> Journal {
 #[test]
 fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
     let mut node = Node::with_bundle(PITFALL, IP_ADDR);
-    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".parse().unwrap()];
     let mut journal = pvm_journal();
     let mut ctx = node.ctx(&mut journal);
 
@@ -536,12 +533,9 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
     // The installer's own quickcheck probes ${CUBEMASTER_ADDR:-127.0.0.1:8089};
     // a CubeMaster bound to the node IP only answers there if it is set too.
     assert!(env.contains("CUBEMASTER_ADDR=10.0.2.15:8089\n"), "{env}");
-    assert_eq!(
-        ctx.journal.facts.installer_quickcheck.as_deref(),
-        Some("ok")
-    );
+    assert_eq!(ctx.journal.facts.installer_quickcheck, Some(Quickcheck::Ok));
     assert_eq!(guest_kernel(&node.host).as_deref(), Some("vmlinux-pvm"));
-    assert_eq!(ctx.journal.facts.node_ip.as_deref(), Some("10.0.2.15"));
+    assert_eq!(ctx.journal.facts.node_ip, "10.0.2.15".parse().ok());
     let log = node.host.read_string(cube::INSTALL_LOG).unwrap();
     assert!(
         log.contains("[one-click] install complete (role=control)"),
@@ -575,7 +569,13 @@ fn env_pitfall_bundle_still_ends_pvm_enabled_and_verified() {
         registration: None,
         node_ip: "10.0.2.15".into(),
     };
-    let out = cube::verify::verify_with(&mut ctx, &endpoints, Duration::from_secs(30)).unwrap();
+    let out = cube::verify::verify_with_probe(
+        &mut ctx,
+        &endpoints,
+        Duration::from_secs(30),
+        &cube::http::get,
+    )
+    .unwrap();
     assert_eq!(out, Outcome::Done("6 checks passed".into()));
     assert_eq!(
         check(ctx.journal, "one-click-env").as_deref(),
@@ -663,10 +663,10 @@ fn cidr_conflict_passes_another_range_to_the_installer() {
     let mut ctx = node.ctx(&mut journal);
     cube::install(&mut ctx).unwrap();
     assert_eq!(
-        ctx.journal.facts.network_cidr.as_deref(),
-        Some("192.168.64.0/18")
+        ctx.journal.facts.network_cidr,
+        "192.168.64.0/18".parse().ok()
     );
-    assert_eq!(ctx.journal.facts.node_ip.as_deref(), Some("192.168.10.7"));
+    assert_eq!(ctx.journal.facts.node_ip, "192.168.10.7".parse().ok());
     let env = node.one_click_env();
     assert!(
         env.contains("CUBE_SANDBOX_NETWORK_CIDR=192.168.64.0/18\n"),
@@ -748,7 +748,7 @@ fn compute_waits_for_the_control_plane_then_installs_and_registers() {
     // A bundle from before CubeOps: the node registers with CubeMaster.
     let mut node = Node::with_bundle(PRE_CUBEOPS, IP_ADDR);
     node.plan.cube.role = Role::Compute;
-    node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
+    node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}").parse().unwrap());
     let mut journal = Journal::new("test");
     let mut ctx = node.ctx(&mut journal);
 
@@ -804,7 +804,7 @@ fn compute_gives_up_when_the_control_plane_never_answers() {
     let (port, requests) = fake_server(|_, _| (503, "down".into()));
     let mut node = Node::with_bundle(PLAIN, IP_ADDR);
     node.plan.cube.role = Role::Compute;
-    node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
+    node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}").parse().unwrap());
     let mut journal = Journal::new("test");
     let mut ctx = node.ctx(&mut journal);
     let err = cube::install(&mut ctx).unwrap_err();
@@ -854,7 +854,7 @@ fn verification_fails_by_state_and_names_each_check() {
         node_ip: "10.0.2.15".into(),
     };
     let err = cube::with_diagnostics(&mut ctx, |ctx| {
-        cube::verify::verify_with(ctx, &endpoints, Duration::from_secs(20))
+        cube::verify::verify_with_probe(ctx, &endpoints, Duration::from_secs(20), &cube::http::get)
     })
     .unwrap_err();
     assert_eq!(
@@ -884,7 +884,7 @@ fn verification_fails_by_state_and_names_each_check() {
 fn native_kvm_installs_with_pvm_off() {
     let mut node = Node::with_bundle(PLAIN, IP_ADDR);
     node.plan.cube.hardening = false;
-    node.plan.cube.mirror = Some("cn".into());
+    node.plan.cube.mirror = Some(cubeboot::plan::InstallerMirror::Cn);
     let mut journal = Journal::new("test");
     journal.facts.kvm_mode = Some(KvmInUse::Native);
     let mut ctx = node.ctx(&mut journal);
@@ -1273,7 +1273,7 @@ fn without_nftables_the_failure_says_allow_from_needs_it() {
     // A host without nft whose mirror fails: the operator learns why the
     // step wanted a package at all (issue 21).
     let mut node = Node::for_prereqs();
-    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".parse().unwrap()];
     node.host.on_program("pgrep", CmdOutput::failed(1, ""));
     node.host.on(|c| {
         (c.program == "apt-get" && c.args.last().map(String::as_str) == Some("update"))
@@ -1377,8 +1377,8 @@ fn rhel_family_gets_docker_ce_and_dnsmasq_when_no_resolver() {
         .commands()
         .contains(&"mount -t bpf bpf /sys/fs/bpf".to_string()));
     assert_eq!(
-        ctx.journal.facts.dnsmasq_mode.as_deref(),
-        Some("standalone")
+        ctx.journal.facts.dnsmasq_mode,
+        Some(DnsmasqMode::Standalone)
     );
     let cmds = node.host.commands();
     assert!(
@@ -1402,7 +1402,7 @@ fn rhel_family_gets_docker_ce_and_dnsmasq_when_no_resolver() {
 fn a_dry_run_of_the_whole_stage_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut plan = plan_for(PITFALL);
-    plan.cube.allow_from = vec!["10.0.0.0/8".into()];
+    plan.cube.allow_from = vec!["10.0.0.0/8".parse().unwrap()];
     plan.target.quirks.multipathd_cgroup_fix = true;
     let host = ScriptedHost::new(dir.path()).dry_run();
     // A dry run still runs queries: here they answer as on a fresh machine
@@ -1473,13 +1473,12 @@ fn the_firewall_ruleset_passes_nft_check() {
     let dir = tempfile::tempdir().unwrap();
     let rules = cube::firewall::firewall_ruleset(
         &[
-            "10.0.2.0/24".into(),
-            "172.16.5.9".into(),
-            "fd00:1::/64".into(),
+            "10.0.2.0/24".parse().unwrap(),
+            "172.16.5.9".parse().unwrap(),
+            "fd00:1::/64".parse().unwrap(),
         ],
         &cubeboot::layout::restricted_ports([]),
-    )
-    .unwrap();
+    );
     let file = dir.path().join("firewall.nft");
     std::fs::write(&file, &rules).unwrap();
     let out = std::process::Command::new("nft")
@@ -1509,7 +1508,7 @@ fn the_firewall_ruleset_passes_nft_check() {
 fn real_host_plan(bundle_rel: &str, root: &Path) -> (cubeboot::firstboot::host::RealHost, Plan) {
     let mut plan = plan_for(bundle_rel);
     // Independent of this machine's addresses and routes.
-    plan.cube.node_ip = "10.0.2.15".into();
+    plan.cube.node_ip = "10.0.2.15".parse().unwrap();
     let extra = [
         (
             "CUBE_SANDBOX_INSTALL_ROOT",
@@ -1656,7 +1655,7 @@ fn hardening_off_skips_and_without_allow_from_warns() {
     )
     .unwrap();
     let mut journal = Journal::new("test");
-    journal.facts.node_ip = Some("10.0.2.15".into());
+    journal.facts.node_ip = "10.0.2.15".parse().ok();
     let mut ctx = node.ctx(&mut journal);
     assert_eq!(
         cube::harden(&mut ctx).unwrap(),
@@ -1696,7 +1695,7 @@ fn control_node_with(
 ) -> (Node, anyhow::Result<()>, Vec<(String, String)>) {
     let mut node = Node::with_bundle(PLAIN, IP_ADDR);
     node.plan.cube.hardening = hardening;
-    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".parse().unwrap()];
     if let Some(k) = knob {
         node.plan.cube.extra_env.insert(k.into(), "1".into());
     }
@@ -1716,7 +1715,7 @@ fn control_node_with(
         .iter()
         .map(|(k, c)| {
             (
-                k.clone(),
+                k.to_string(),
                 format!("{}: {}", if c.ok { "ok" } else { "fail" }, c.detail),
             )
         })
@@ -1865,7 +1864,7 @@ fn compute_node_registered() -> Node {
     let (port, _) = control_plane_model();
     let mut node = Node::with_bundle(PLAIN, IP_ADDR);
     node.plan.cube.role = Role::Compute;
-    node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
+    node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}").parse().unwrap());
     node.plan.cube.bundle = Some(cubeops_facts(port));
     node
 }
@@ -1886,7 +1885,7 @@ fn control_plane_model() -> (u16, Arc<AtomicUsize>) {
 fn compute_node_hardened() -> (Node, anyhow::Result<()>, Vec<(String, String)>) {
     let mut node = compute_node_registered();
     node.plan.cube.hardening = true;
-    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".parse().unwrap()];
     let mut journal = Journal::new("test");
     let mut ctx = node.ctx(&mut journal);
     let result = (|| {
@@ -1899,7 +1898,7 @@ fn compute_node_hardened() -> (Node, anyhow::Result<()>, Vec<(String, String)>) 
         .journal
         .checks
         .iter()
-        .map(|(k, c)| (k.clone(), c.detail.clone()))
+        .map(|(k, c)| (k.to_string(), c.detail.clone()))
         .collect();
     (node, result, checks)
 }
@@ -1912,10 +1911,7 @@ fn when_our_verdict_and_the_installers_quickcheck_disagree_the_status_says_both(
     let mut journal = Journal::new("test");
     let mut ctx = node.ctx(&mut journal);
     cube::install(&mut ctx).unwrap();
-    assert_eq!(
-        ctx.journal.facts.installer_quickcheck.as_deref(),
-        Some("ok")
-    );
+    assert_eq!(ctx.journal.facts.installer_quickcheck, Some(Quickcheck::Ok));
     // CubeAPI stops answering after the installer's quickcheck.
     let get = |url: &str| -> anyhow::Result<String> {
         if url.ends_with("/health") && !url.contains("notify") {
@@ -1946,7 +1942,7 @@ fn the_control_plane_is_named_one_way_as_upstream_expects() {
     plan.cube.role = Role::Compute;
     let env_for = |cp: &str| {
         let mut cube = plan.cube.clone();
-        cube.control_plane_ip = Some(cp.into());
+        cube.control_plane_ip = Some(cp.parse().unwrap());
         let input = cube::install::Input {
             cube: &cube,
             pvm: true,
@@ -2019,13 +2015,7 @@ fn networkmanager_hosts_get_standalone_dnsmasq_where_the_bundle_knows_it() {
             "dnsmasq (NetworkManager host: standalone DNS mode); installed dnsmasq xfsprogs".into()
         )
     );
-    let fact = ctx
-        .journal
-        .facts
-        .dnsmasq_mode
-        .as_deref()
-        .unwrap()
-        .to_string();
+    let fact = ctx.journal.facts.dnsmasq_mode.unwrap();
 
     let mut node = Node::with_bundle(PLAIN, IP_ADDR);
     node.plan.cube.hardening = false;
@@ -2211,7 +2201,7 @@ fn upgrade_runs_the_installer_in_upgrade_mode_and_rolls_the_status_forward() {
     use cubeboot::firstboot::StepId;
 
     let mut node = Node::with_bundle(PLAIN, IP_ADDR);
-    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".parse().unwrap()];
     // The newer bundle, served from a file:// URL on the node.
     let new_bytes = std::fs::read(repo(PITFALL)).unwrap();
     let new_name = "cube-sandbox-one-click-v0.0.0-fixture-pitfall-amd64.tar.gz";
@@ -2303,6 +2293,30 @@ fn upgrade_runs_the_installer_in_upgrade_mode_and_rolls_the_status_forward() {
     assert!(!node.host.commands()[before..]
         .iter()
         .any(|c| c.contains("install.sh")));
+}
+
+#[test]
+fn a_node_rolled_onto_a_new_plan_gets_the_installer_in_upgrade_mode_from_the_standard_step() {
+    let node = Node::with_bundle(PLAIN, IP_ADDR);
+    let mut first = Journal::new("plan-1");
+    first.facts.kvm_mode = Some(KvmInUse::Pvm);
+    cube::install(&mut node.ctx(&mut first)).unwrap();
+    // The journal `cube-firstboot upgrade --to` seeds for the next plan
+    // (src/firstboot/upgrade.rs): the facts, and the plan it came from.
+    let mut next = Journal::new("plan-2");
+    next.facts = first.facts.clone();
+    next.facts.upgrade_from = Some("plan-1".into());
+    cube::install(&mut node.ctx(&mut next)).unwrap();
+    let cmds = node.host.commands();
+    let runs: Vec<&String> = cmds.iter().filter(|c| c.contains("install.sh")).collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs[0].ends_with("--mode=install"), "{}", runs[0]);
+    assert!(runs[1].ends_with("--mode=upgrade"), "{}", runs[1]);
+    let log = node.host.read_string(cube::INSTALL_LOG).unwrap();
+    assert!(
+        log.contains("upgrade: previous runtime config kept"),
+        "{log}"
+    );
 }
 
 // ---- Bundles with CubeOps (issue 19; docs/cube-installer.md) ----
@@ -2448,7 +2462,7 @@ fn compute_waits_for_cubeops_and_the_control_nodes_minio_too() {
     let (minio_port, _) = fake_server(|_, _| (503, "down".into()));
     let mut node = Node::with_bundle(PLAIN, IP_ADDR);
     node.plan.cube.role = Role::Compute;
-    node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
+    node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}").parse().unwrap());
     node.plan.cube.bundle = Some(cubeops_facts(ops_port));
     node.plan.cube.control_plane_wait_secs = 30;
     node.plan.cube.s3 = Some(S3Settings {
@@ -2551,8 +2565,8 @@ fn the_pre_cubeops_bundle_keeps_todays_join_and_firewall() {
     let mut node = Node::with_bundle(PRE_CUBEOPS, IP_ADDR);
     assert!(node.plan.cube.bundle.is_none());
     node.plan.cube.role = Role::Compute;
-    node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
-    node.plan.cube.allow_from = vec!["10.0.2.0/24".into()];
+    node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    node.plan.cube.allow_from = vec!["10.0.2.0/24".parse().unwrap()];
     let mut journal = Journal::new("test");
     let mut ctx = node.ctx(&mut journal);
     cube::install(&mut ctx).unwrap();
@@ -2579,18 +2593,15 @@ fn the_cluster_cidr_goes_to_every_role_and_is_still_checked_against_the_host() {
         let mut node = Node::with_bundle(PLAIN, IP_ADDR);
         node.plan.cube.role = role;
         node.plan.cube.hardening = false;
-        node.plan.cube.cluster_cidr = Some("172.31.0.0/18".into());
+        node.plan.cube.cluster_cidr = Some("172.31.0.0/18".parse().unwrap());
         if role == Role::Compute {
-            node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}"));
+            node.plan.cube.control_plane_ip = Some(format!("127.0.0.1:{port}").parse().unwrap());
             node.plan.cube.bundle = Some(cubeops_facts(port));
         }
         let mut journal = Journal::new("test");
         let mut ctx = node.ctx(&mut journal);
         cube::install(&mut ctx).unwrap();
-        assert_eq!(
-            ctx.journal.facts.network_cidr.as_deref(),
-            Some("172.31.0.0/18")
-        );
+        assert_eq!(ctx.journal.facts.network_cidr, "172.31.0.0/18".parse().ok());
         let env = node.one_click_env();
         assert!(
             env.contains("CUBE_SANDBOX_NETWORK_CIDR=172.31.0.0/18\n"),
@@ -2599,7 +2610,7 @@ fn the_cluster_cidr_goes_to_every_role_and_is_still_checked_against_the_host() {
     }
     // A cluster CIDR this host's network overlaps: refused, not replaced.
     let mut node = Node::with_bundle(PLAIN, IP_ADDR);
-    node.plan.cube.cluster_cidr = Some("10.0.0.0/16".into());
+    node.plan.cube.cluster_cidr = Some("10.0.0.0/16".parse().unwrap());
     let mut journal = Journal::new("test");
     let err = cube::install(&mut node.ctx(&mut journal)).unwrap_err();
     assert!(

@@ -30,6 +30,11 @@ const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 const CONTAINER_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
 const ALLOW: &str = "192.0.2.0/24";
 
+/// The plan's `allow_from`: [`ALLOW`].
+fn allow() -> Vec<cubeboot::net::Cidr> {
+    vec![ALLOW.parse().unwrap()]
+}
+
 /// Why this machine cannot run the namespace tests, if it cannot.
 fn cannot_run() -> Option<String> {
     if !rustix::process::geteuid().is_root() {
@@ -240,7 +245,7 @@ fn connects(ns: &Netns, to: SocketAddr) -> bool {
 fn every_restricted_port_is_refused_from_outside_allow_from_published_or_not() {
     need_netns!();
     let m = node_with_published_ports();
-    let outside = firewall::probe_source(&[ALLOW.into()]).unwrap().unwrap();
+    let outside = firewall::probe_source(&allow()).unwrap();
     let inside = ProbeSource {
         gateway: Ipv4Addr::new(192, 0, 2, 1),
         source: Ipv4Addr::new(192, 0, 2, 2),
@@ -256,8 +261,7 @@ fn every_restricted_port_is_refused_from_outside_allow_from_published_or_not() {
         "{before:?}"
     );
 
-    m.node
-        .load(&firewall::firewall_ruleset(&[ALLOW.into()], &PORTS).unwrap());
+    m.node.load(&firewall::firewall_ruleset(&allow(), &PORTS));
 
     let after = m.node.probe(&probe_ns, outside);
     assert_eq!(
@@ -309,11 +313,7 @@ fn an_operator_starting_nftables_service_keeps_our_table() {
     assert!(conf.contains("flush ruleset"), "{conf}");
     let dir = tempfile::tempdir().unwrap();
     let ours = dir.path().join("firewall.nft");
-    std::fs::write(
-        &ours,
-        firewall::firewall_ruleset(&[ALLOW.into()], &PORTS).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(&ours, firewall::firewall_ruleset(&allow(), &PORTS)).unwrap();
     let here = |line: &str| line.replace(firewall::FIREWALL_PATH, &ours.display().to_string());
     let dropin = firewall::nftables_dropin();
     // systemd's order for a start: our unit at boot (After=nftables.service

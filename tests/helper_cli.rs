@@ -533,3 +533,41 @@ fn dry_run_of_the_example_plan_prints_real_values_not_placeholders() {
     assert!(stderr.contains("already cached"), "{stderr}");
     assert!(stderr.contains("dry run: would load kvm_pvm"), "{stderr}");
 }
+
+#[test]
+fn upgrade_needs_a_new_plan_or_a_bundle_and_refuses_a_node_with_no_run() {
+    // Neither --to nor --bundle, or --helper without --to: usage.
+    for args in [
+        vec!["upgrade"],
+        vec!["upgrade", "--bundle", "x", "--helper", "/x#y"],
+    ] {
+        let out = helper(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // A root with no run yet: refused with the reason and a hint, exit 1,
+    // nothing written under the root.
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.next.json");
+    std::fs::write(&plan, cubeboot::plan::testing::sample_plan().to_json()).unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let out = helper(&[
+        "upgrade",
+        "--root",
+        root.to_str().unwrap(),
+        "--to",
+        plan.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        "cube-firstboot: upgrade refused: no run on this node yet: an upgrade starts from a node whose first run is done\n\
+         hint: provision the node with the user-data payload first (docs/upgrades.md)\n"
+    );
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+}

@@ -631,11 +631,7 @@ fn the_kernel_stages_own_fetch_applies_the_plans_minimum_rate() {
     let h = host.clone();
     std::thread::spawn(move || {
         let mut journal = Journal::new("test");
-        let ctx = Ctx {
-            host: &*h,
-            plan: &plan,
-            journal: &mut journal,
-        };
+        let ctx = Ctx::new(&*h, &plan, &mut journal);
         let got = verified_asset(&ctx, "kernel", &plan.assets.kernel).map_err(|e| format!("{e:#}"));
         let _ = tx.send((got, plan.assets.kernel.clone()));
     });

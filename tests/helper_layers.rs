@@ -110,6 +110,8 @@ fn the_journal_is_a_leaf_and_the_status_is_built_from_it() {
     assert_eq!(deps("live"), ["link"]);
     assert_eq!(deps("link"), Vec::<&str>::new());
     assert_eq!(deps("journal"), ["host", "run_state"]);
+    // What a step is (its name, outcome and failure): a leaf too.
+    assert_eq!(deps("step"), Vec::<&str>::new());
     // troubleshooting: the table status points failures at; a leaf.
     assert_eq!(deps("troubleshooting"), Vec::<&str>::new());
     assert_eq!(

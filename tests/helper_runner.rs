@@ -9,8 +9,9 @@ use cubeboot::firstboot::journal::{Journal, StepState};
 use cubeboot::firstboot::run_state::Failure;
 use cubeboot::firstboot::runner::{RunEnd, Scope};
 use cubeboot::firstboot::status::Status;
-use cubeboot::firstboot::units::{RESUME_LINK, RESUME_UNIT_FILE};
 use cubeboot::firstboot::{cache_path, Outcome, StepId, JOURNAL_PATH, STATUS_PATH};
+use cubeboot::layout::{RESUME_LINK, RESUME_UNIT_FILE};
+use cubeboot::plan::Plan;
 use support::target::{opts, read_json, stand_in_steps, tree, Target, UNIT_LINK};
 
 #[test]
@@ -45,7 +46,7 @@ fn uninterrupted_run_reboots_once_and_finishes() {
     let status = read_json(&t.host, STATUS_PATH);
     assert_eq!(status["state"], "done");
     assert_eq!(status["progress"]["done"], StepId::ALL.len());
-    assert_eq!(status["checks"]["cube-api-health"]["ok"], true);
+    assert_eq!(status["checks"]["cube-api"]["ok"], true);
     assert_eq!(status["hostname"], "node-1");
     let message = status["message"].as_str().unwrap();
     assert!(
@@ -525,7 +526,7 @@ fn each_installer_phase_is_posted_at_once_and_shown_by_status() {
     // rule that a phase change is posted at once.
     let steps = stand_in_steps(&o).with(StepId::CubeInstall, |ctx| {
         for phase in ["checking the host", "installing services"] {
-            cubeboot::firstboot::status::set_phase(ctx.host, phase)?;
+            cubeboot::firstboot::status::set_phase(ctx.host, &ctx.progress, phase)?;
         }
         // What `cube-firstboot status` shows a person meanwhile.
         for _ in 0..200 {
@@ -773,7 +774,7 @@ fn secret_values_never_leave_the_helper_whatever_key_or_text_carries_them() {
             ctx.host.say(&format!("install | {line}"));
         }
         ctx.journal.warn(format!("installer said: {}", output.lines().next().unwrap()));
-        ctx.journal.record_check("mysql", false, output.lines().last().unwrap());
+        ctx.journal.record_check(cubeboot::status_schema::CheckName::CubeApi, false, output.lines().last().unwrap());
         cubeboot::firstboot::cube::diagnostics::collect(ctx, &output)?;
         Err(anyhow::anyhow!("install.sh failed:\n{output}"))
     });
@@ -876,10 +877,28 @@ fn served_auto_target(server: &support::server::Server) -> Target {
     t
 }
 
+/// One start with the real kernel steps on a native-KVM machine: it must
+/// end `done` without a reboot and without asking for the kernel package.
+fn run_native_without_reboot(t: &Target, server: &support::server::Server) -> Plan {
+    use cubeboot::firstboot::kernel;
+    let o = opts(Scope::All);
+    let (plan, digest) = t.plan();
+    let steps = support::target::stand_in_steps(&o)
+        .with(StepId::KernelInstall, kernel::install)
+        .with(StepId::KernelBoot, kernel::boot)
+        .with(StepId::KernelVerify, kernel::verify)
+        .with(StepId::KernelCommit, kernel::commit)
+        .with(StepId::KvmLoad, kernel::load_kvm);
+    let end = cubeboot::firstboot::runner::run_with(&t.host, &plan, &digest, &o, &steps).unwrap();
+    assert_eq!(end, RunEnd::Done);
+    assert_eq!(t.host.reboots(), 0);
+    assert_eq!(server.requests_to("/kernel.deb").len(), 0);
+    plan
+}
+
 #[test]
 fn native_kvm_with_kvm_auto_never_downloads_the_kernel_package() {
     use cubeboot::firstboot::journal::KvmInUse;
-    use cubeboot::firstboot::kernel;
     let server = support::server::Server::start();
     let t = served_auto_target(&server);
     // A machine whose hardware KVM works: kvm_intel loaded, /dev/kvm there.
@@ -889,17 +908,7 @@ fn native_kvm_with_kvm_auto_never_downloads_the_kernel_package() {
     );
     t.host.put("/dev/kvm", "");
     t.host.put("/proc/sys/kernel/osrelease", "6.1.0-26-amd64\n");
-    let o = opts(Scope::All);
-    let (plan, digest) = t.plan();
-    let steps = support::target::stand_in_steps(&o)
-        .with(StepId::KernelInstall, kernel::install)
-        .with(StepId::KernelBoot, kernel::boot)
-        .with(StepId::KernelVerify, kernel::verify)
-        .with(StepId::KvmLoad, kernel::load_kvm);
-    let end = cubeboot::firstboot::runner::run_with(&t.host, &plan, &digest, &o, &steps).unwrap();
-    assert_eq!(end, RunEnd::Done);
-    assert_eq!(t.host.reboots(), 0);
-    assert_eq!(server.requests_to("/kernel.deb").len(), 0);
+    let plan = run_native_without_reboot(&t, &server);
     assert!(!server.requests_to("/bundle.tar.gz").is_empty());
     assert!(!t.host.exists(&cache_path(&plan.assets.kernel)));
     let j: Journal = serde_json::from_value(read_json(&t.host, JOURNAL_PATH)).unwrap();
@@ -1182,4 +1191,143 @@ fn read_json_opt(host: &dyn Host, path: &str) -> serde_json::Value {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
+}
+
+/// An aarch64 target (docs/arm64.md): the plan built with `--arch aarch64`,
+/// the machine saying `aarch64`, assets served from 127.0.0.1.
+fn served_aarch64_target(server: &support::server::Server) -> Target {
+    let t = Target::with_plan_edit(|p| {
+        p["target"]["arch"] = serde_json::json!("aarch64");
+        p["kernel"]["kvm"] = serde_json::json!("auto");
+        p["assets"]["kernel"]["urls"] = serde_json::json!([server.url("/kernel.deb")]);
+        p["assets"]["bundle"]["urls"] = serde_json::json!([server.url("/bundle.tar.gz")]);
+    });
+    server.route("/kernel.deb", &t.kernel.bytes, vec![]);
+    server.route("/bundle.tar.gz", &t.bundle.bytes, vec![]);
+    t.host.set_arch("aarch64");
+    // No vendor module on arm64: KVM is part of the kernel.
+    t.host.put("/proc/modules", "");
+    t.host.put("/proc/sys/kernel/osrelease", "6.1.0-26-arm64\n");
+    t
+}
+
+#[test]
+fn aarch64_with_kvm_runs_every_stage_but_the_kernel_without_a_reboot() {
+    use cubeboot::firstboot::journal::KvmInUse;
+    let server = support::server::Server::start();
+    let t = served_aarch64_target(&server);
+    t.host.put("/dev/kvm", "");
+    t.host.set_kvm_api_version(Ok(12));
+    let plan = run_native_without_reboot(&t, &server);
+    assert!(!t.host.exists(&cache_path(&plan.assets.kernel)));
+    let j: Journal = serde_json::from_value(read_json(&t.host, JOURNAL_PATH)).unwrap();
+    assert_eq!(j.facts.kvm_mode, Some(KvmInUse::Native));
+    let status = read_json(&t.host, STATUS_PATH);
+    let detail = |name: &str| {
+        status["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no step {name}: {status}"))
+            .clone()
+    };
+    assert_eq!(detail("kernel-install")["state"], "skipped");
+    assert_eq!(
+        detail("kernel-install")["detail"],
+        "aarch64: /dev/kvm from the kernel's own KVM answers API version 12; the PVM kernel is \
+         x86_64 only and not needed (Cube installs with CUBE_PVM_ENABLE=0)"
+    );
+    for step in [
+        "kernel-boot",
+        "reboot",
+        "kernel-verify",
+        "kvm-load",
+        "kernel-commit",
+    ] {
+        assert_eq!(detail(step)["state"], "skipped", "{step}: {status}");
+    }
+    // The stand-in stages after the kernel ran as on x86_64.
+    for step in ["data-disk", "cube-install", "cube-verify"] {
+        assert_eq!(detail(step)["state"], "done", "{step}: {status}");
+    }
+    // No kernel command was run: no package, no bootloader.
+    let commands = t.host.commands().join("\n");
+    assert!(!commands.contains("grub"), "{commands}");
+    assert!(!commands.contains("dpkg"), "{commands}");
+}
+
+#[test]
+fn aarch64_without_a_working_dev_kvm_fails_preflight_before_fetching() {
+    let server = support::server::Server::start();
+    for (device, answer, why) in [
+        (
+            false,
+            None,
+            "KVM_GET_API_VERSION on /dev/kvm failed: cannot open it: No such file or directory",
+        ),
+        (
+            true,
+            Some(7),
+            "KVM_GET_API_VERSION on /dev/kvm answered 7, not 12",
+        ),
+    ] {
+        let t = served_aarch64_target(&server);
+        if device {
+            t.host.put("/dev/kvm", "");
+        }
+        if let Some(a) = answer {
+            t.host.set_kvm_api_version(Ok(a));
+        }
+        let end = t.run_once(&opts(Scope::All));
+        assert_eq!(end, RunEnd::Failed(Failure::Step(StepId::Preflight)));
+        let status = read_json(&t.host, STATUS_PATH);
+        assert_eq!(
+            status["last_error"],
+            format!(
+                "preflight: this aarch64 machine has no working /dev/kvm ({why}); PVM is x86_64 \
+                 only, so an aarch64 host needs the kernel's own KVM"
+            )
+        );
+        assert!(
+            status["hints"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("use an aarch64 instance with KVM"),
+            "{status}"
+        );
+    }
+    assert!(server.requests_to("/kernel.deb").is_empty());
+    assert!(server.requests_to("/bundle.tar.gz").is_empty());
+}
+
+#[test]
+fn a_plan_for_the_other_architecture_fails_preflight_naming_both() {
+    // An x86_64 plan on an aarch64 machine, and the other way round.
+    let t = Target::new();
+    t.host.set_arch("aarch64");
+    t.host.put("/dev/kvm", "");
+    assert_eq!(
+        t.run_once(&opts(Scope::All)),
+        RunEnd::Failed(Failure::Step(StepId::Preflight))
+    );
+    let status = read_json(&t.host, STATUS_PATH);
+    assert_eq!(
+        status["last_error"],
+        "preflight: this machine is aarch64 (uname -m), the plan was built for x86_64"
+    );
+    assert_eq!(
+        status["hints"][0],
+        "build the payload with `cubeboot build --arch aarch64`, or boot an x86_64 instance"
+    );
+    let t = Target::with_plan_edit(|p| p["target"]["arch"] = serde_json::json!("aarch64"));
+    assert_eq!(
+        t.run_once(&opts(Scope::All)),
+        RunEnd::Failed(Failure::Step(StepId::Preflight))
+    );
+    assert_eq!(
+        read_json(&t.host, STATUS_PATH)["last_error"],
+        "preflight: this machine is x86_64 (uname -m), the plan was built for aarch64"
+    );
+    assert!(t.host.commands().is_empty());
 }

@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use cubeboot::firstboot::image::wants_links;
 use cubeboot::firstboot::status::exit;
-use cubeboot::firstboot::units::{MAIN_LINK, RESUME_LINK, RESUME_UNIT_FILE, RESUME_UNIT_NAME};
 use cubeboot::firstboot::{UNIT_FILE, UNIT_NAME};
+use cubeboot::layout::wants_links;
+use cubeboot::layout::{MAIN_LINK, RESUME_LINK, RESUME_UNIT_FILE, RESUME_UNIT_NAME};
 
 fn directive<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
     unit.lines()

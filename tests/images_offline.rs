@@ -26,7 +26,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cubeboot::digest::Sha256Digest;
-use cubeboot::firstboot::cube::verify::{verify_with, Endpoints};
+use cubeboot::firstboot::cube::http;
+use cubeboot::firstboot::cube::verify::{verify_with_probe, Endpoints};
 use cubeboot::firstboot::host::{under_root, CmdOutput, CommandSpec, Host, ScriptedHost};
 use cubeboot::firstboot::image::{self, ResetOptions, Stage};
 use cubeboot::firstboot::journal::{Journal, StepState};
@@ -196,7 +197,7 @@ fn first_boot(host: &ScriptedHost, plan: &Plan, digest: &Sha256Digest, port: u16
             registration: None,
             node_ip: "10.0.2.15".into(),
         };
-        verify_with(ctx, &endpoints, Duration::from_secs(30))
+        verify_with_probe(ctx, &endpoints, Duration::from_secs(30), &http::get)
     });
     let end = runner::run_with(host, plan, digest, &opts, &steps).unwrap();
     if matches!(end, RunEnd::Failed(_)) {

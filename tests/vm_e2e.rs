@@ -31,7 +31,11 @@ use cubeboot::firstboot::journal::{Journal, StepState};
 use cubeboot::firstboot::run_state::{Failure, RunState};
 use cubeboot::firstboot::status::Status;
 use cubeboot::firstboot::StepId;
-use cubeboot::plan::Plan;
+use cubeboot::plan::{Plan, RebootMode};
+
+/// The aarch64 guest with native KVM (issue 23).
+#[path = "vm_e2e/arm64.rs"]
+mod arm64;
 
 /// Overall limit for one VM run (tests/e2e/README.md, "Recipe notes").
 const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -76,6 +80,12 @@ fn vm_first_boot_switches_kernel_and_installs_cube() {
             1,
         ),
         ("GRUB, boot 2", "@@GRUB start", 2),
+        (
+            "kexec: kernel A hands over",
+            "kexec_core: Starting new kernel",
+            1,
+        ),
+        ("kernel B starts", "Linux version ", 2),
         ("kernel B up (reporter)", "@@E2E boot ", 2),
         (
             "helper: kernel-verify starts",
@@ -141,18 +151,34 @@ fn vm_first_boot_switches_kernel_and_installs_cube() {
         format!("cloud-init's final message names {generator}"),
     );
 
-    // Exactly one reboot, into the fixture kernel, chosen once by GRUB.
+    // Exactly one reboot, into the fixture kernel: by kexec (the default
+    // payload) GRUB runs once and kernel A hands over to the fixture; through
+    // the firmware GRUB chooses the fixture once.
+    let by_kexec = plan.as_ref().map(Plan::reboot_mode) == Some(RebootMode::Kexec);
     let kernels = r.log.grub_kernels();
+    let (grub_starts, want_kernels) = if by_kexec {
+        (1, vec![fx.guest.default_kver.clone()])
+    } else {
+        (2, vec![fx.guest.default_kver.clone(), kver.clone()])
+    };
     check(
-        r.log.count("@@GRUB start") == 2,
+        r.log.count("@@GRUB start") == grub_starts && r.log.count("@@E2E boot ") == 2,
         format!(
-            "exactly one reboot: GRUB started {} times",
-            r.log.count("@@GRUB start")
+            "exactly one reboot: GRUB started {} times (want {grub_starts}), the kernel {} times",
+            r.log.count("@@GRUB start"),
+            r.log.count("@@E2E boot ")
         ),
     );
     check(
-        kernels == vec![fx.guest.default_kver.clone(), kver.clone()],
-        format!("GRUB loaded [old, fixture] kernels, got {kernels:?}"),
+        kernels == want_kernels,
+        format!("GRUB loaded {want_kernels:?}, got {kernels:?}"),
+    );
+    check(
+        (r.log.count("kexec_core: Starting new kernel") == 1) == by_kexec,
+        format!(
+            "the trial boot came by kexec: {by_kexec} (plan reboot: {:?})",
+            plan.as_ref().map(|p| p.reboot)
+        ),
     );
     check(
         r.single("uname").as_deref() == Some(kver.as_str()),
@@ -334,8 +360,14 @@ fn vm_broken_kernel_rolls_back_without_a_loop() {
             "step kernel-install: starting",
             1,
         ),
-        ("GRUB, boot 2 (trial)", "@@GRUB start", 2),
+        (
+            "kexec: kernel A hands over",
+            "kexec_core: Starting new kernel",
+            1,
+        ),
         ("kernel panic", "Kernel panic", 1),
+        ("GRUB, boot 2 (trial)", "@@GRUB start", 2),
+        ("kernel panic again (one-shot)", "Kernel panic", 2),
         ("GRUB, boot 3 (fallback)", "@@GRUB start", 3),
         ("kernel A up again (reporter)", "@@E2E boot ", 2),
         ("status terminal", "@@E2E final-begin", 1),
@@ -360,6 +392,20 @@ fn vm_broken_kernel_rolls_back_without_a_loop() {
         r.log.count("Kernel panic") >= 1,
         "the broken kernel panicked".into(),
     );
+    // By kexec (the default payload) the broken kernel panics once kexec'd
+    // and once more through GRUB's one-shot, which kexec left armed; then
+    // the old default (docs/bootloader.md, "Trial boot by kexec").
+    if r.plan().map(|p| p.reboot_mode()) == Some(RebootMode::Kexec) {
+        check(
+            r.log.count("kexec_core: Starting new kernel") == 1
+                && r.log.count("Kernel panic - not syncing") == 2,
+            format!(
+                "kexec'd once, then the firmware trial: {} kexec, {} panics",
+                r.log.count("kexec_core: Starting new kernel"),
+                r.log.count("Kernel panic - not syncing")
+            ),
+        );
+    }
     check(
         r.log.count("@@GRUB start") == 3,
         format!(
@@ -430,7 +476,14 @@ fn vm_cluster_control_then_compute_joins_through_cube_ops() {
     ];
     let control_ud = release.build(
         "out-control",
-        &[&["--role", "control", "--node-ip", CONTROL_IP][..], &common].concat(),
+        // The firmware trial boot stays proven here; the compute node and
+        // the other scenarios take the default, kexec.
+        &[
+            &["--role", "control", "--node-ip", CONTROL_IP][..],
+            &["--reboot", "firmware"],
+            &common,
+        ]
+        .concat(),
     );
     let compute_ud = release.build(
         "out-compute",
@@ -524,6 +577,21 @@ fn vm_cluster_control_then_compute_joins_through_cube_ops() {
     check(
         control_up,
         "the control node reached a terminal status".into(),
+    );
+    let reboots = |log: &SerialLog| {
+        (
+            log.count("@@GRUB start"),
+            log.count("kexec_core: Starting new kernel"),
+        )
+    };
+    check(
+        reboots(&control.log) == (2, 0) && reboots(&compute.log) == (1, 1),
+        format!(
+            "control rebooted through the firmware, compute by kexec: (GRUB starts, kexecs) \
+             {:?} and {:?}",
+            reboots(&control.log),
+            reboots(&compute.log)
+        ),
     );
     let token = fs::read_to_string(&token_file).unwrap_or_default();
     let token = token.trim();
@@ -854,7 +922,11 @@ impl ProductRun {
         let t = Instant::now();
         let dir = scenario_dir(scenario);
         let release = Release::serve(fx, &dir, kernel_deb);
-        let user_data = release.build("out", &[]);
+        // CUBEBOOT_E2E_BUILD_FLAGS (e.g. `--reboot firmware`): the same
+        // scenario with other build flags, for measurements.
+        let flags = std::env::var("CUBEBOOT_E2E_BUILD_FLAGS").unwrap_or_default();
+        let flags: Vec<&str> = flags.split_whitespace().collect();
+        let user_data = release.build("out", &flags);
         let user_data_sha256 = sha256_hex(user_data.as_bytes());
         let prep = t.elapsed();
         println!("release, lock and build: {prep:.1?}");
@@ -938,6 +1010,26 @@ struct RunningVm {
 
 impl RunningVm {
     fn start(fx: &Fixtures, dir: &Path, user_data: &str, http: &HttpServer, spec: &VmSpec) -> Self {
+        // TCG: -enable-kvm aborts or hangs on these machines (notes,
+        // "Acceleration"). No svm/vmx: a cloud VM without nested
+        // virtualization, so only kvm_pvm can provide /dev/kvm.
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args(["-accel", "tcg,thread=multi", "-cpu", "qemu64,-svm,-vmx"]);
+        Self::start_machine(qemu, &fx.guest.disk, dir, user_data, http, spec)
+    }
+
+    /// Boots `disk` on the machine `qemu` names (binary, accelerator, CPU,
+    /// firmware); everything else (seed, overlay, memory, drives, network,
+    /// console) is the same for every guest. The aarch64 guest uses it too
+    /// (tests/vm_e2e/arm64.rs).
+    fn start_machine(
+        qemu: Command,
+        disk: &Path,
+        dir: &Path,
+        user_data: &str,
+        http: &HttpServer,
+        spec: &VmSpec,
+    ) -> Self {
         let seed = dir.join("seed.img");
         let ud = dir.join("user-data");
         let md = dir.join("meta-data");
@@ -984,7 +1076,7 @@ impl RunningVm {
         run_ok(
             Command::new("qemu-img")
                 .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-                .arg(&fx.guest.disk)
+                .arg(disk)
                 .arg(&overlay),
         );
         // User-mode network, restricted: the guest reaches nothing but the
@@ -996,11 +1088,8 @@ impl RunningVm {
             "user,model=virtio-net-pci,mac={USER_NIC_MAC},net=10.0.2.0/24,host=10.0.2.1,dns=10.0.2.3,restrict=on,\
              guestfwd=tcp:10.0.2.2:{port}-cmd:bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; cat <&3 & exec cat >&3'"
         );
-        let mut cmd = Command::new("qemu-system-x86_64");
-        // TCG: -enable-kvm aborts or hangs on these machines (notes,
-        // "Acceleration"). No svm/vmx: a cloud VM without nested
-        // virtualization, so only kvm_pvm can provide /dev/kvm.
-        cmd.args(["-accel", "tcg,thread=multi", "-cpu", "qemu64,-svm,-vmx"])
+        let mut cmd = qemu;
+        cmd
             // 8 GiB: the helper's preflight, like Cube's installer, refuses
             // hosts with less than 7,500,000 kB (docs/cube-installer.md; measured: with
             // `-m 2048` the run stopped at "failed: preflight").
@@ -1030,7 +1119,7 @@ impl RunningVm {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("starting qemu-system-x86_64");
+            .unwrap_or_else(|e| panic!("starting {:?}: {e}", cmd.get_program()));
         let log_path = dir.join("serial.log");
         let start = Instant::now();
         let stdout = child.stdout.take().unwrap();

@@ -17,6 +17,7 @@ use cubeboot::firstboot::host::RealHost;
 use cubeboot::firstboot::status::{DownloadProgress, Progress, Status};
 use cubeboot::firstboot::webhook::Webhook;
 use cubeboot::plan::testing::sample_plan;
+use cubeboot::plan::Role;
 use cubeboot::signing;
 use cubeboot::status_schema::{CheckResult, StepId, StepState, StepView};
 use support::tls::self_signed;
@@ -126,7 +127,7 @@ fn script(name: &str, role: &str, fails: bool) -> Vec<Status> {
         step: StepId::from_name(step),
         progress: Progress { done, total: 13 },
         hostname: name.into(),
-        role: role.into(),
+        role: Role::from_name(role),
         profile: "debian-12".into(),
         generator: "cubeboot test".into(),
         ..Status::default()
@@ -219,7 +220,7 @@ fn fifty_helpers_json_lines_match_each_last_post() {
     for posted in &lasts {
         let seen = last_by_node[&posted.hostname];
         assert_eq!(seen["state"], posted.state.to_string(), "{seen}");
-        assert_eq!(seen["role"], posted.role.as_str(), "{seen}");
+        assert_eq!(seen["role"], posted.role.map_or("", Role::as_str), "{seen}");
         let step = posted.step.map_or("", StepId::name);
         assert_eq!(seen["step"], step, "{seen}");
         assert_eq!(seen["progress"]["done"], posted.progress.done, "{seen}");
@@ -804,7 +805,7 @@ fn every_field_set(name: &str) -> Status {
         last_error: Some("cubemaster did not answer\nsecond line".into()),
         hints: vec!["see /var/log/cube-install.log".into(), "second hint".into()],
         checks: [(
-            "cubemaster".to_string(),
+            cubeboot::status_schema::CheckName::CubeMaster,
             CheckResult {
                 ok: false,
                 detail: "no answer on :8089".into(),
@@ -834,7 +835,7 @@ fn every_field_set(name: &str) -> Status {
             },
         ],
         hostname: name.into(),
-        role: "control".into(),
+        role: Some(Role::Control),
         download: Some(DownloadProgress {
             asset: "bundle".into(),
             bytes: 1,

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
-use serde::Serialize;
 
 use super::budget::{self, Movable};
 use super::bundle_check;
@@ -17,24 +16,16 @@ use super::cli::{BuildArgs, FormatArg};
 use super::diag::{Report, Severity};
 use super::json;
 use super::lock::{AssetKind, Lock};
+use super::manifest::finish_payload;
 use super::options::BuildOptions;
 use super::overlay;
 use super::profile::{self, Profile};
 use super::render::{self, Helper, HelperSource};
+use super::upgrade::{self, HelperPin};
 use crate::digest::Sha256Digest;
 use crate::plan::Role;
 
-/// One profile's output files, by name.
-#[derive(Debug, Clone)]
-pub struct Payload {
-    pub profile: String,
-    pub files: BTreeMap<String, Vec<u8>>,
-    /// Size as the chosen cloud counts it.
-    pub budget_size: u64,
-    /// The plan carries a secret (the webhook secret, the ops-agent token):
-    /// files holding it are written 0600.
-    pub secret: bool,
-}
+pub use super::manifest::Payload;
 
 /// The `build` verb.
 pub fn run(args: BuildArgs) -> Result<()> {
@@ -100,11 +91,14 @@ fn build(args: &BuildArgs) -> Result<Built> {
     if args.offline && args.format != FormatArg::Overlay {
         bail!("--offline only applies to --format overlay (user-data cannot carry the assets)");
     }
+    if args.upgrade && args.format == FormatArg::Overlay {
+        bail!("--upgrade writes upgrade.sh for running nodes beside the user-data; an image overlay is for new machines (build without --format overlay)");
+    }
     if let (FormatArg::Overlay, Some(cloud)) = (args.format, &args.cloud) {
         eprintln!("note: --cloud {cloud}: an image overlay is not user-data, so no user-data budget applies to it");
     }
     let lock = Lock::load(&args.lock)?;
-    let profiles = profile::select(args.dir.profiles_dir.as_deref(), &args.profile)?;
+    let profiles = profile::select_arch(args.dir.get(), &args.profile, args.arch)?;
     if let Some(token) = ops_token(args, &options, &lock)? {
         options.ops_token = Some(token.value.clone());
         secrets.push(token);
@@ -112,7 +106,7 @@ fn build(args: &BuildArgs) -> Result<Built> {
     check_bundle(args, &lock, &profiles, &options)?;
     // Step 2: every payload in memory; any error stops before writing.
     let payloads = match args.format {
-        FormatArg::UserData => build_all(&profiles, &lock, &options)?,
+        FormatArg::UserData => build_all(&profiles, &lock, &options, args.upgrade)?,
         FormatArg::Overlay => {
             // SOURCE_DATE_EPOCH is read here, at the CLI edge.
             let mtime = overlay::mtime_from_env()?;
@@ -287,6 +281,7 @@ fn check_bundle(
     let mut report = Report(bundle_check::diagnostics(
         lock,
         &profiles.iter().collect::<Vec<_>>(),
+        options.arch,
     ));
     let token = options.ops_token.as_deref();
     if let Some(mut d) = bundle_check::missing_token(lock, options.role, token) {
@@ -311,13 +306,24 @@ fn check_bundle(
     Ok(())
 }
 
-/// Build every selected profile's payload in memory.
+/// Build every selected profile's payload in memory; `with_upgrade` adds
+/// each profile's upgrade.sh (src/builder/upgrade.rs).
 pub fn build_all(
     profiles: &[Profile],
     lock: &Lock,
     options: &BuildOptions,
+    with_upgrade: bool,
 ) -> Result<Vec<Payload>> {
-    let pinned = lock.pinned(AssetKind::Helper, "the user-data bootstrap")?;
+    let pinned = lock.pinned(AssetKind::helper(options.arch), "the user-data bootstrap")?;
+    // A running node downloads the helper by URL, embedded or not.
+    let upgrade = with_upgrade
+        .then(|| -> Result<HelperPin> {
+            Ok(HelperPin {
+                sha256: pinned.sha256,
+                urls: options.mirror.order(pinned.asset)?,
+            })
+        })
+        .transpose()?;
     let helper = Helper {
         sha256: pinned.sha256,
         source: if options.embed_helper {
@@ -334,7 +340,7 @@ pub fn build_all(
     profiles
         .iter()
         .map(|p| {
-            build_one(p, lock, lock_sha, options, &helper)
+            build_one(p, lock, lock_sha, options, &helper, upgrade.as_ref())
                 .with_context(|| format!("building profile {}", p.name))
         })
         .collect()
@@ -349,7 +355,7 @@ pub fn build_overlays(
     offline: bool,
     mtime: u64,
 ) -> Result<Vec<Payload>> {
-    let pinned = lock.pinned(AssetKind::Helper, "an image overlay")?;
+    let pinned = lock.pinned(AssetKind::helper(options.arch), "an image overlay")?;
     // The helper goes into the image, so its local copy must match the pin.
     let helper = lock.read_local(&pinned)?;
     let lock_sha = Sha256Digest::of(lock.text.as_bytes());
@@ -365,7 +371,8 @@ pub fn build_overlays(
                         profile.name
                     );
                 }
-                for kind in [profile.kernel_asset, AssetKind::Bundle] {
+                let pvm_kernel = Some(profile.kernel_asset).filter(|_| plan.target.arch.is_x86_64());
+                for kind in pvm_kernel.into_iter().chain([AssetKind::Bundle]) {
                     let p = lock.pinned(kind, &format!("profile {}", profile.name))?;
                     let path = lock.local_path(p.asset);
                     if !path.is_file() {
@@ -389,7 +396,7 @@ pub fn build_overlays(
             let composed = overlay::compose(overlay::OverlayInputs {
                 plan_json: plan_json.clone(),
                 helper: overlay::Content::Bytes(helper.clone()),
-                unit: render::UNIT.to_string(),
+                unit: crate::layout::UNIT_FILE.to_string(),
                 cached_assets,
                 mtime,
             })?;
@@ -409,6 +416,7 @@ fn build_one(
     lock_sha: Sha256Digest,
     options: &BuildOptions,
     helper: &Helper,
+    upgrade: Option<&HelperPin>,
 ) -> Result<Payload> {
     // Plan, then user-data.
     let plan = options.plan(profile, lock)?;
@@ -447,97 +455,11 @@ fn build_one(
     files.insert("plan.json".to_string(), rendered.plan_json.into_bytes());
     files.insert("user-data.gz.b64".to_string(), gz_b64);
     files.insert("user-data".to_string(), user_data);
+    if let Some(pin) = upgrade {
+        let script = upgrade::script(&plan, pin).into_bytes();
+        files.insert(upgrade::FILE.to_string(), script);
+    }
     finish_payload(profile, &plan, options, lock_sha, files, Some(budget_size))
-}
-
-/// Add manifest.json and SHA256SUMS to a profile's files.
-fn finish_payload(
-    profile: &Profile,
-    plan: &crate::plan::Plan,
-    options: &BuildOptions,
-    lock_sha: Sha256Digest,
-    mut files: BTreeMap<String, Vec<u8>>,
-    budget_size: Option<u64>,
-) -> Result<Payload> {
-    let manifest = Manifest {
-        generator: crate::generator(),
-        profile: profile.name.clone(),
-        role: plan.cube.role.as_str().to_string(),
-        boot_params: options.boot_params_label.clone(),
-        helper: if files.contains_key("overlay.tar.xz") {
-            "in-overlay"
-        } else if options.embed_helper {
-            "embedded"
-        } else {
-            "url"
-        }
-        .to_string(),
-        first_url: plan.assets.bundle.urls.first().cloned().unwrap_or_default(),
-        lock_sha256: lock_sha.to_hex(),
-        cloud: budget_size.map(|size| ManifestCloud {
-            name: options.cloud.name.to_string(),
-            measured_on: options.cloud.measure.to_string(),
-            limit: options.cloud.limit,
-            size,
-        }),
-        files: files
-            .iter()
-            .map(|(name, bytes)| {
-                (
-                    name.clone(),
-                    ManifestFile {
-                        sha256: Sha256Digest::of(bytes).to_hex(),
-                        size: bytes.len() as u64,
-                    },
-                )
-            })
-            .collect(),
-    };
-    let mut manifest_json = serde_json::to_string_pretty(&manifest)?;
-    manifest_json.push('\n');
-    files.insert("manifest.json".to_string(), manifest_json.into_bytes());
-    // SHA256SUMS last, sorted by name (BTreeMap order), in sha256sum format.
-    let sums: String = files
-        .iter()
-        .map(|(name, bytes)| format!("{}  {name}\n", Sha256Digest::of(bytes)))
-        .collect();
-    files.insert("SHA256SUMS".to_string(), sums.into_bytes());
-    Ok(Payload {
-        profile: profile.name.clone(),
-        files,
-        budget_size: budget_size.unwrap_or(0),
-        secret: plan.report.webhook_secret.is_some() || plan.cube.ops_token.is_some(),
-    })
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "kebab-case")]
-struct Manifest {
-    generator: String,
-    profile: String,
-    role: String,
-    boot_params: String,
-    helper: String,
-    first_url: String,
-    lock_sha256: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cloud: Option<ManifestCloud>,
-    files: BTreeMap<String, ManifestFile>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "kebab-case")]
-struct ManifestCloud {
-    name: String,
-    measured_on: String,
-    limit: Option<u64>,
-    size: u64,
-}
-
-#[derive(Serialize)]
-struct ManifestFile {
-    sha256: String,
-    size: u64,
 }
 
 /// Write payloads under `out`: all into `out/.cubeboot-tmp-<pid>/`, then one

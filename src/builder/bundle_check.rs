@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use super::diag::{Diagnostic, Severity};
 use super::lock::{Lock, LockedKernel};
 use super::profile::{KernelSource, Profile};
+use crate::arch::Arch;
 use crate::bundle_facts::{BundleFacts, BundleRole};
 use crate::plan::Role;
 
@@ -16,10 +17,6 @@ use crate::plan::Role;
 pub const OPS_TOKEN_KEY: &str = "CUBE_OPS_OPSAGENT_TOKEN";
 
 const FACTS: &str = "$.assets.bundle.bundle";
-
-/// Every profile installs an x86_64 PVM host kernel (PVM is x86_64 only,
-/// docs/pvm-kernel.md), so every profile needs an amd64 bundle.
-const PROFILE_ARCH: &str = "amd64";
 
 /// The bundle's name and the facts the lock records for it.
 pub fn locked_facts(lock: &Lock) -> Option<(&str, &BundleFacts)> {
@@ -61,30 +58,37 @@ fn is_kernel_release(v: &str) -> bool {
     v.as_bytes().first().is_some_and(u8::is_ascii_digit) && v.contains('.')
 }
 
-/// Diagnostics for the locked bundle against the profiles to be built.
-pub fn diagnostics(lock: &Lock, profiles: &[&Profile]) -> Vec<Diagnostic> {
+/// Diagnostics for the locked bundle against the profiles to be built for
+/// `arch` (one payload per architecture, docs/arm64.md).
+pub fn diagnostics(lock: &Lock, profiles: &[&Profile], arch: Arch) -> Vec<Diagnostic> {
     let Some((name, facts)) = locked_facts(lock) else {
         return Vec::new();
     };
     let name = name.escape_debug().to_string();
     let mut out = Vec::new();
-    // An arm64 bundle cannot run on the x86_64 hosts every profile makes.
-    if facts.arch != PROFILE_ARCH && facts.arch != "unknown" && !profiles.is_empty() {
+    // The bundle's binaries run on the nodes: its arch is the build's.
+    let want = arch.bundle();
+    if facts.arch != want && facts.arch != "unknown" && !profiles.is_empty() {
         let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
+        let nodes = match arch {
+            Arch::X86_64 => "installs an x86_64 PVM host kernel".to_string(),
+            Arch::Aarch64 => "is built for aarch64 nodes (--arch aarch64)".to_string(),
+        };
         out.push(lock.diag(
             &format!("{FACTS}.arch"),
             format!(
-                "bundle {name}: arch {}, but profile {} installs an x86_64 PVM host kernel; lock the -{PROFILE_ARCH} bundle of the same release",
+                "bundle {name}: arch {}, but profile {} {nodes}; lock the -{want} bundle of the same release",
                 facts.arch.escape_debug(),
                 names.join(", ")
             ),
         ));
     }
-    // The guest kernel and the host kernel move together upstream.
+    // The guest kernel and the host kernel move together upstream; an
+    // aarch64 node boots no PVM host kernel, so there is nothing to compare.
     if let Some(pvm) = facts
         .pvm_version
         .as_deref()
-        .filter(|v| is_kernel_release(v))
+        .filter(|v| is_kernel_release(v) && arch == Arch::X86_64)
     {
         let mut seen = BTreeSet::new();
         for p in profiles {

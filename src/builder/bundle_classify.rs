@@ -4,11 +4,26 @@
 //! looks like a fact but matches no model goes into `unknown`, so `check`
 //! can say what this cubeboot does not know about a newer bundle.
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Result};
 use serde_json::Value;
 
-use super::bundle_inspect::{BundleFiles, TextFile};
 use crate::bundle_facts::{BundleFacts, BundleRole, CubeOpsFacts, Listener, RequiredEnv};
+
+/// A text file read out of the bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextFile {
+    /// Where it is, for messages: its path in the bundle, or
+    /// `assets/package/sandbox-package.tar.gz:<path>` for the nested package.
+    pub source: String,
+    pub text: String,
+}
+
+/// The files kept, by their path under the bundle's (or the nested
+/// package's) top directory: `scripts/systemd/cubeops-start.sh`. A file in
+/// both places is taken from the bundle itself.
+pub type BundleFiles = BTreeMap<String, TextFile>;
 
 const MANIFEST: &str = "release-manifest.json";
 const QUICKCHECK: &str = "scripts/one-click/quickcheck.sh";

@@ -7,13 +7,13 @@
 //! docs/cube-installer.md, "What lock reads out of a bundle".
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::Path;
 use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
 
+use super::bundle_classify::{BundleFiles, TextFile};
 use crate::archive_path::normal_parts;
 use crate::bundle_facts::BundleFacts;
 
@@ -30,20 +30,6 @@ pub const MAX_ENTRIES: u64 = 1_000_000;
 /// Bytes unpacked, outer and nested together: a release bundle is a few GiB
 /// unpacked; anything far past that is a decompression bomb.
 pub const MAX_UNPACKED: u64 = 64 << 30;
-
-/// A text file read out of the bundle.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TextFile {
-    /// Where it is, for messages: its path in the bundle, or
-    /// `assets/package/sandbox-package.tar.gz:<path>` for the nested package.
-    pub source: String,
-    pub text: String,
-}
-
-/// The files kept, by their path under the bundle's (or the nested
-/// package's) top directory: `scripts/systemd/cubeops-start.sh`. A file in
-/// both places is taken from the bundle itself.
-pub type BundleFiles = BTreeMap<String, TextFile>;
 
 /// Whether a file at `rel` says something about the bundle.
 fn wanted(rel: &str) -> bool {
@@ -216,7 +202,7 @@ pub fn inspect(args: super::cli::InspectArgs) -> Result<()> {
     if args.json {
         return kernel_json(&args.file, &name);
     }
-    super::kernel_package::inspect(args)
+    super::kernel_package::inspect(&args.file)
 }
 
 /// `inspect --json` of a kernel package, in the same envelope.

@@ -193,10 +193,16 @@ fn check(args: &CheckArgs) -> Result<Checked> {
             Ok(lock) => {
                 report.0.extend(lock.warnings.iter().cloned());
                 report.0.extend(lock.verify_local_copies()?);
-                // What the locked bundle cannot do on these profiles' hosts.
-                report
-                    .0
-                    .extend(super::bundle_check::diagnostics(&lock, &selected));
+                // What the locked bundle cannot do on these profiles' hosts
+                // of `--arch` (docs/arm64.md).
+                let for_arch: Vec<_> = selected
+                    .iter()
+                    .copied()
+                    .filter(|p| p.supports(args.arch))
+                    .collect();
+                report.0.extend(super::bundle_check::diagnostics(
+                    &lock, &for_arch, args.arch,
+                ));
                 for p in &selected {
                     let pinned = |s: &KernelSource| match s {
                         KernelSource::Release => lock.file.assets.get(p.kernel_asset).is_some(),

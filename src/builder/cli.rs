@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::builder::{PossibleValue, PossibleValuesParser, StringValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::arch::Arch;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "cubeboot",
@@ -49,6 +51,13 @@ pub struct ProfileDirArgs {
     pub profiles_dir: Option<PathBuf>,
 }
 
+impl ProfileDirArgs {
+    /// `--profiles-dir`, or `None` for the built-in profiles.
+    pub fn get(&self) -> Option<&std::path::Path> {
+        self.profiles_dir.as_deref()
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ProfilesArgs {
     #[command(flatten)]
@@ -77,6 +86,9 @@ pub struct CheckArgs {
     /// Check the lock against this profile only (a one-distro fleet), or `all`
     #[arg(long, value_name = "NAME", default_value = "all", value_parser = ProfileName, hide_possible_values = true)]
     pub profile: String,
+    /// Check the locked bundle as `build --arch` would use it
+    #[arg(long, value_enum, default_value_t = Arch::X86_64)]
+    pub arch: Arch,
 }
 
 #[derive(Debug, Args)]
@@ -176,9 +188,21 @@ pub struct BuildArgs {
     /// With --format overlay: put every pinned asset in the overlay's cache
     #[arg(long)]
     pub offline: bool,
+    /// Also write OUTPUT/<profile>/upgrade.sh: rolls a running node onto
+    /// this lock (`ssh root@NODE sh -s < upgrade.sh`; docs/upgrades.md)
+    #[arg(long)]
+    pub upgrade: bool,
     /// `auto` uses native /dev/kvm when present; `pvm` always switches kernel
     #[arg(long, value_enum, default_value_t = KvmArg::Auto)]
     pub kvm: KvmArg,
+    /// Machine architecture of the nodes: one payload per architecture,
+    /// aarch64 ones in OUTPUT/<profile>-aarch64 (docs/arm64.md)
+    #[arg(long, value_enum, default_value_t = Arch::X86_64)]
+    pub arch: Arch,
+    /// How the trial boot starts the PVM kernel: kexec (the firmware reboot
+    /// when kexec is missing or refuses) or firmware (docs/bootloader.md)
+    #[arg(long, value_enum, default_value_t = RebootArg::Kexec)]
+    pub reboot: RebootArg,
     /// Data disk for /data/cubelet: auto, loopback, or a device path
     #[arg(long, value_name = "DISK", default_value = "auto")]
     pub data_disk: String,
@@ -247,7 +271,7 @@ pub struct InspectArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_long_help = super::watch::exit_status_help())]
+#[command(after_long_help = super::watch::args::exit_status_help())]
 pub struct WatchArgs {
     /// Address and port to listen on (e.g. 0.0.0.0:8740 for a fleet)
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8740")]
@@ -274,7 +298,7 @@ pub struct WatchArgs {
     pub keep_going: bool,
     /// Give up (exit 3) after this long: seconds, or with s, m or h
     #[arg(long, value_name = "DURATION", default_value = "2h",
-          value_parser = super::watch::parse_duration)]
+          value_parser = super::watch::args::parse_duration)]
     pub timeout: std::time::Duration,
     /// One JSON line per event even on a terminal
     #[arg(long)]
@@ -337,6 +361,14 @@ pub enum FormatArg {
     UserData,
     /// An image overlay (`overlay.tar.xz`)
     Overlay,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RebootArg {
+    /// kexec into the PVM entry, skipping firmware and GRUB
+    Kexec,
+    /// Reboot through the firmware and GRUB
+    Firmware,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -12,6 +12,7 @@
 //! same pass (`digest::HashingReader`).
 
 use std::io::{self, BufReader, Read};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
@@ -335,18 +336,18 @@ fn to_end(mut stream: impl Read, what: &str) -> Result<()> {
 
 /// `cubeboot inspect FILE`: for a kernel package, what the lock would record;
 /// anything else is listed as an image overlay by the overlay reader.
-pub fn inspect(args: super::cli::InspectArgs) -> Result<()> {
-    let name = args.file.display().to_string();
+pub fn inspect(path: &Path) -> Result<()> {
+    let name = path.display().to_string();
     let format = if name.ends_with(".rpm") {
         PackageFormat::Rpm
     } else if name.ends_with(".deb") {
         PackageFormat::Deb
     } else if name.ends_with(".tar.xz") {
-        return super::overlay::inspect(args);
+        return super::overlay::inspect(path);
     } else {
         bail!("{name}: inspect reads overlays (.tar.xz) and .rpm and .deb kernel packages");
     };
-    let file = std::fs::File::open(&args.file).with_context(|| format!("opening {name}"))?;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {name}"))?;
     let facts = read_kernel_package(BufReader::new(file), format)
         .with_context(|| format!("inspecting {name}"))?;
     println!("package: {}", facts.package);

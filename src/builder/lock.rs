@@ -10,10 +10,8 @@
 //! are this file.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -21,10 +19,13 @@ use serde::{Deserialize, Serialize};
 use super::diag::{Diagnostic, Report};
 use super::kernel_package::{self, KernelFacts, PackageFormat};
 use super::yaml;
+use crate::arch::Arch;
 use crate::digest::Sha256Digest;
 
 mod pin;
+mod url;
 pub use pin::{open_url, run};
+pub use url::Url;
 
 /// Lock schema versions this build reads.
 pub const SUPPORTED_LOCK_VERSIONS: &[u32] = &[1];
@@ -41,11 +42,29 @@ pub enum AssetKind {
     KernelRpm,
     KernelDeb,
     Bundle,
+    /// The x86_64 helper (the key older locks have).
     Helper,
+    /// The aarch64 helper: which slot a helper takes is read from its ELF
+    /// header at lock time, not from its name (docs/arm64.md).
+    HelperAarch64,
 }
 
 impl AssetKind {
-    pub const ALL: [Self; 4] = [Self::KernelRpm, Self::KernelDeb, Self::Bundle, Self::Helper];
+    pub const ALL: [Self; 5] = [
+        Self::KernelRpm,
+        Self::KernelDeb,
+        Self::Bundle,
+        Self::Helper,
+        Self::HelperAarch64,
+    ];
+
+    /// The helper slot of a machine architecture.
+    pub fn helper(arch: Arch) -> Self {
+        match arch {
+            Arch::X86_64 => Self::Helper,
+            Arch::Aarch64 => Self::HelperAarch64,
+        }
+    }
 
     pub fn key(self) -> &'static str {
         match self {
@@ -53,6 +72,7 @@ impl AssetKind {
             Self::KernelDeb => "kernel-deb",
             Self::Bundle => "bundle",
             Self::Helper => "helper",
+            Self::HelperAarch64 => "helper-aarch64",
         }
     }
 
@@ -65,7 +85,8 @@ impl AssetKind {
     }
 
     /// Tell an asset's kind from its released file name (docs/pvm-kernel.md).
-    /// Headers, debug and other side packages are not ours.
+    /// Headers, debug and other side packages are not ours. A helper is
+    /// `Helper` here; its ELF header decides its slot when it is pinned.
     pub fn classify(name: &str) -> Option<Self> {
         let after = |prefix: &str| {
             name.strip_prefix(prefix)
@@ -83,84 +104,6 @@ impl AssetKind {
         } else {
             None
         }
-    }
-}
-
-/// A download URL: `https://`, `http://` or `file://`, checked while parsing.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Url(String);
-
-impl Url {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_https(&self) -> bool {
-        self.0.starts_with("https://")
-    }
-
-    /// The path after the host (after `file://` for a file URL), without
-    /// its leading slash, query or fragment, still percent-encoded:
-    /// `releases/download/v1/b.tar.gz`. A mirror serves each asset there
-    /// (`cubeboot mirror`, `build --mirror URL`).
-    pub fn path(&self) -> &str {
-        let rest = ["https://", "http://", "file://"]
-            .iter()
-            .find_map(|p| self.0.strip_prefix(p))
-            .unwrap_or(&self.0);
-        let path = if self.0.starts_with("file://") {
-            rest
-        } else {
-            rest.find('/').map_or("", |i| &rest[i..])
-        };
-        let end = path.find(['?', '#']).unwrap_or(path.len());
-        path[..end].trim_start_matches('/')
-    }
-
-    /// `<base>/<name>` with exactly one slash between.
-    pub fn join(base: &str, name: &str) -> Result<Self, String> {
-        format!("{}/{}", base.trim_end_matches('/'), name).parse()
-    }
-}
-
-impl FromStr for Url {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let rest = ["https://", "http://", "file://"]
-            .iter()
-            .find_map(|p| s.strip_prefix(p));
-        let Some(rest) = rest else {
-            return Err(format!(
-                "expected an https://, http:// or file:// URL, got {s:?}"
-            ));
-        };
-        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!("URL {s:?} contains whitespace"));
-        }
-        if !s.starts_with("file://") && rest.split('/').next().unwrap_or("").is_empty() {
-            return Err(format!("URL {s:?} has no host"));
-        }
-        Ok(Self(s.to_string()))
-    }
-}
-
-impl TryFrom<String> for Url {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Url> for String {
-    fn from(u: Url) -> Self {
-        u.0
-    }
-}
-
-impl fmt::Display for Url {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -224,6 +167,8 @@ pub struct LockAssets {
     pub bundle: Option<LockedAsset>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub helper: Option<LockedAsset>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helper_aarch64: Option<LockedAsset>,
 }
 
 impl LockAssets {
@@ -233,6 +178,7 @@ impl LockAssets {
             AssetKind::KernelDeb => self.kernel_deb.as_ref(),
             AssetKind::Bundle => self.bundle.as_ref(),
             AssetKind::Helper => self.helper.as_ref(),
+            AssetKind::HelperAarch64 => self.helper_aarch64.as_ref(),
         }
     }
 
@@ -242,6 +188,7 @@ impl LockAssets {
             AssetKind::KernelDeb => &mut self.kernel_deb,
             AssetKind::Bundle => &mut self.bundle,
             AssetKind::Helper => &mut self.helper,
+            AssetKind::HelperAarch64 => &mut self.helper_aarch64,
         }
     }
 }
@@ -366,6 +313,7 @@ impl Lock {
         if let Some(repo) = &self.file.kernel_repo {
             self.validate_kernel_repo(repo, &mut report);
         }
+        self.validate_helper_names(&mut report);
         for kind in AssetKind::ALL {
             let Some(a) = self.file.assets.get(kind) else {
                 continue;
@@ -425,6 +373,23 @@ impl Lock {
             }
         }
         report
+    }
+
+    /// Both helpers are served side by side (a release, a mirror, the
+    /// directory of the lock): one file name cannot be both.
+    fn validate_helper_names(&self, report: &mut Report) {
+        let a = &self.file.assets;
+        if let (Some(x86), Some(arm)) = (&a.helper, &a.helper_aarch64) {
+            if x86.name == arm.name {
+                report.push(self.diag(
+                    "$.assets.helper-aarch64.name",
+                    format!(
+                        "{:?} is also the x86_64 helper's name; release the aarch64 helper under its own name (e.g. cube-firstboot-aarch64)",
+                        arm.name
+                    ),
+                ));
+            }
+        }
     }
 
     fn validate_kernel_repo(&self, repo: &LockedKernelRepo, report: &mut Report) {

@@ -7,12 +7,16 @@ use std::net::Ipv4Addr;
 use anyhow::{bail, Context, Result};
 
 use super::budget::{Cloud, DEFAULT_CLOUD};
-use super::cli::{BuildArgs, KvmArg, OnOff, RoleArg};
+use super::cli::{BuildArgs, KvmArg, OnOff, RebootArg, RoleArg};
 use super::lock::{AssetKind, Lock, LockedAsset, LockedKernel, LockedKernelRepo, Url};
 use super::profile::{KernelSource, Profile};
+use crate::arch::Arch;
+use crate::cmdline::TrialPanic;
+use crate::net::{Cidr, Ipv4Net};
 use crate::plan::{
-    boot_params, Asset, Assets, CubePlan, DataDisk, KernelPlan, KernelRepo, KvmMode, Plan,
-    RepoPackage, ReportPlan, Role, S3Settings, PLAN_VERSION,
+    boot_params, Asset, Assets, ControlPlaneAddr, CubePlan, DataDisk, InstallerMirror, KernelPlan,
+    KernelRepo, KvmMode, NodeIp, Plan, RebootMode, RepoPackage, ReportPlan, Role, S3Settings,
+    PLAN_VERSION,
 };
 
 /// Which download channel goes first.
@@ -81,8 +85,8 @@ impl Mirror {
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub role: Role,
-    pub control_plane_ip: Option<String>,
-    pub node_ip: String,
+    pub control_plane_ip: Option<ControlPlaneAddr>,
+    pub node_ip: NodeIp,
     pub mirror: Mirror,
     pub boot_params: Vec<String>,
     /// `pvm`, `minimal`, `tencent` or `custom`, for the manifest.
@@ -94,8 +98,11 @@ pub struct BuildOptions {
     pub cloud: Cloud,
     pub embed_helper: bool,
     pub kvm: KvmMode,
+    /// `--arch`: the nodes' machine architecture (docs/arm64.md).
+    pub arch: Arch,
+    pub reboot: RebootMode,
     pub data_disk: DataDisk,
-    pub allow_from: Vec<String>,
+    pub allow_from: Vec<Cidr>,
     pub hardening: bool,
     pub budgets: Budgets,
     pub s3: Option<S3Settings>,
@@ -103,7 +110,7 @@ pub struct BuildOptions {
     /// `--ops-token-file` when the locked bundle requires one.
     pub ops_token: Option<String>,
     /// `--cluster-cidr`, validated.
-    pub cluster_cidr: Option<String>,
+    pub cluster_cidr: Option<Ipv4Net>,
 }
 
 /// Time budgets the helper keeps (plan `cube.*_secs`).
@@ -127,13 +134,16 @@ impl BuildOptions {
             (Role::Control, Some(_)) => {
                 bail!("--control-plane-ip only applies to --role compute")
             }
-            (_, Some(ip)) => Some(ipv4(ip, "--control-plane-ip")?),
+            (_, Some(ip)) => Some(ControlPlaneAddr {
+                ip: ipv4(ip, "--control-plane-ip")?,
+                port: None,
+            }),
             (_, None) => None,
         };
         let node_ip = if args.node_ip == "auto" {
-            "auto".to_string()
+            NodeIp::Auto
         } else {
-            ipv4(&args.node_ip, "--node-ip")?
+            NodeIp::Addr(ipv4(&args.node_ip, "--node-ip")?)
         };
         let (boot_params, boot_params_label) = parse_boot_params(&args.boot_params)?;
         let webhook = match &args.webhook {
@@ -156,6 +166,13 @@ impl BuildOptions {
             }
             other => bail!("--data-disk must be auto, loopback or a /dev/ path, got {other:?}"),
         };
+        // PVM is x86_64 only (docs/pvm-kernel.md): there is no kernel to
+        // force on aarch64, whose nodes run on their own KVM.
+        if args.arch == Arch::Aarch64 && args.kvm == KvmArg::Pvm {
+            bail!(
+                "--kvm pvm: PVM is x86_64 only, and --arch aarch64 payloads run Cube on the node's own KVM; drop --kvm pvm (aarch64 uses --kvm auto)"
+            );
+        }
         let allow_from = args
             .allow_from
             .iter()
@@ -176,6 +193,11 @@ impl BuildOptions {
             kvm: match args.kvm {
                 KvmArg::Auto => KvmMode::Auto,
                 KvmArg::Pvm => KvmMode::Pvm,
+            },
+            arch: args.arch,
+            reboot: match args.reboot {
+                RebootArg::Kexec => RebootMode::Kexec,
+                RebootArg::Firmware => RebootMode::Firmware,
             },
             data_disk,
             allow_from,
@@ -246,7 +268,10 @@ impl BuildOptions {
         let plan = Plan {
             version: PLAN_VERSION,
             generator: crate::generator(),
-            target: profile.target.clone(),
+            target: crate::plan::Target {
+                arch: self.arch,
+                ..profile.target.clone()
+            },
             assets: Assets {
                 kernel: kernel_asset,
                 bundle: asset(&bundle)?,
@@ -262,9 +287,9 @@ impl BuildOptions {
             },
             cube: CubePlan {
                 role: self.role,
-                control_plane_ip: self.control_plane_ip.clone(),
-                node_ip: self.node_ip.clone(),
-                mirror: (self.mirror == Mirror::Cn).then(|| "cn".to_string()),
+                control_plane_ip: self.control_plane_ip,
+                node_ip: self.node_ip,
+                mirror: (self.mirror == Mirror::Cn).then_some(InstallerMirror::Cn),
                 install_timeout_secs: self.budgets.install_timeout_secs,
                 data_disk: self.data_disk.clone(),
                 loopback_size_gib: 50,
@@ -276,7 +301,7 @@ impl BuildOptions {
                 s3: self.s3.clone(),
                 bundle: bundle.asset.bundle.clone(),
                 ops_token: self.ops_token.clone(),
-                cluster_cidr: self.cluster_cidr.clone(),
+                cluster_cidr: self.cluster_cidr,
             },
             report: ReportPlan {
                 webhook: self.webhook.clone(),
@@ -284,14 +309,19 @@ impl BuildOptions {
             },
             max_reboots: 1,
             download: Default::default(),
+            // Firmware is what a plan without the field means: left out,
+            // so such a plan is byte-identical to one from before it.
+            reboot: (self.reboot == RebootMode::Kexec).then_some(RebootMode::Kexec),
         };
         // What the build knows the kernel will be handed: its image path and
-        // the list with the trial boot's panic=; the node's own parameters
-        // are added and judged on the target (docs/pvm-kernel.md).
+        // the list with the trial boot's default panic=; the node's own
+        // parameters (an operator's panic= among them) are added and judged
+        // on the target (docs/pvm-kernel.md).
+        let panic = TrialPanic::default_secs(plan.kernel.panic_seconds);
         let known = format!(
             "BOOT_IMAGE=/boot/vmlinuz-{} {}",
             plan.kernel.kver,
-            crate::firstboot::kernel::required_params(&plan).join(" ")
+            plan.kernel.trial_params(panic).join(" ")
         );
         if let Some(why) = crate::cmdline::over_limit(&known) {
             bail!("--boot-params: {why}");
@@ -406,29 +436,28 @@ fn repo_kernel(r: &LockedKernelRepo) -> Result<(Asset, LockedKernel, Option<Kern
     Ok((asset, r.kernel.clone(), Some(repo)))
 }
 
-fn ipv4(s: &str, flag: &str) -> Result<String> {
+fn ipv4(s: &str, flag: &str) -> Result<Ipv4Addr> {
     let ip: Ipv4Addr = s
         .parse()
         .map_err(|_| anyhow::anyhow!("{flag}: {s:?} is not an IPv4 address"))?;
     if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
         bail!("{flag}: {s} cannot be a node address");
     }
-    Ok(ip.to_string())
+    Ok(ip)
 }
 
-fn cidr(s: &str) -> Result<String> {
-    let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
-    let ok = ip.parse::<Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|n| n <= 32);
-    if !ok {
-        bail!("--allow-from: {s:?} is not an IPv4 CIDR such as 10.0.0.0/24");
+/// `--allow-from`: an IPv4 network (a plan may also name IPv6 ones).
+fn cidr(s: &str) -> Result<Cidr> {
+    match Cidr::parse(s) {
+        Ok(c) if c.v4().is_some() => Ok(c),
+        _ => bail!("--allow-from: {s:?} is not an IPv4 CIDR such as 10.0.0.0/24"),
     }
-    Ok(s.to_string())
 }
 
 /// `--cluster-cidr`: what upstream's installer accepts for
 /// `CUBE_SANDBOX_NETWORK_CIDR` (CubeSandbox: env.example): a private IPv4
 /// network, mask /16 to /24, given by its network address.
-pub fn cluster_cidr(s: &str) -> Result<String> {
+pub fn cluster_cidr(s: &str) -> Result<Ipv4Net> {
     let bad = |why: &str| anyhow::anyhow!("--cluster-cidr: {s:?} {why}");
     let (ip, len) = s
         .split_once('/')
@@ -449,14 +478,15 @@ pub fn cluster_cidr(s: &str) -> Result<String> {
             "is not a private network (10/8, 172.16/12, 192.168/16)",
         ));
     }
-    let mask = u32::MAX << (32 - len);
-    let network = Ipv4Addr::from(u32::from(ip) & mask);
-    if network != ip {
+    // 16..=24 fits a u8.
+    let net = Ipv4Net::new(ip, u8::try_from(len).unwrap_or(24));
+    if net.network() != net {
         return Err(bad(&format!(
-            "has host bits set; the network is {network}/{len}"
+            "has host bits set; the network is {}",
+            net.network()
         )));
     }
-    Ok(format!("{ip}/{len}"))
+    Ok(net)
 }
 
 /// `pvm` (the default), `minimal`, `tencent`, or a quoted custom list

@@ -1,6 +1,6 @@
 //! Image overlays: a deterministic `overlay.tar.xz` holding the helper, its
-//! enabled unit, the plan and (with `--offline`) every pinned asset, plus the
-//! one reader that `cubeboot inspect`, extraction and the tests share.
+//! enabled unit, the plan and (with `--offline`) every pinned asset; the
+//! one reader that `cubeboot inspect` and the tests share is [`read`].
 //!
 //! The writer is a function of an in-memory [`Overlay`] (a sorted map of
 //! target path → entry), so the same description always gives the same bytes:
@@ -10,26 +10,22 @@
 //! `coreos/coreos-installer: src/io/initrd.rs`, `Initrd::to_bytes`, and
 //! docs/payloads.md, "Reproducible archives".)
 //!
-//! One file on purpose: the writer and the reader are the two halves of one
-//! format, and the tests (about a third of the lines) write with one and read
-//! back with the other.
+//! The writer and the reader are the two halves of one format: the tests
+//! (below) write with one and read back with the other.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use xz2::stream::{Check, Stream};
 
-use crate::builder::cli::InspectArgs;
 use crate::digest::{HashingReader, Sha256Digest};
-use crate::firstboot::image::wants_links;
-/// Where the overlay puts the helper and its unit (docs/payloads.md).
-pub use crate::firstboot::image::{HELPER_PATH, UNIT_PATH};
-use crate::firstboot::{CACHE_DIR, UNIT_NAME};
-use crate::plan::PLAN_PATH;
+use crate::layout::{wants_links, CACHE_DIR, HELPER_PATH, PLAN_PATH, UNIT_NAME, UNIT_PATH};
+
+pub mod read;
+pub use read::{inspect, read_overlay, read_overlay_from, Kind, Listed};
 
 /// mtime of every entry when `SOURCE_DATE_EPOCH` is unset: the value tar-rs's
 /// `HeaderMode::Deterministic` uses (2006-07-24), not 0, because some tools
@@ -81,31 +77,6 @@ impl Content {
             Self::Pinned { size, .. } => *size,
         }
     }
-}
-
-/// One entry as read back from an archive.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listed {
-    /// Absolute target path, e.g. `/etc/cubeboot/plan.json`.
-    pub path: String,
-    pub kind: Kind,
-    /// Permission bits (`0o7777` mask).
-    pub mode: u32,
-    pub size: u64,
-    /// Of the content, for regular files.
-    pub sha256: Option<Sha256Digest>,
-    /// For symlinks.
-    pub link_target: Option<String>,
-    pub uid: u64,
-    pub gid: u64,
-    pub mtime: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Dir,
-    File,
-    Symlink,
 }
 
 /// What the build stage hands over to make the standard overlay.
@@ -248,82 +219,6 @@ pub fn write_overlay_to<W: Write>(overlay: &Overlay, out: W) -> Result<()> {
     Ok(())
 }
 
-/// List an overlay from its bytes.
-pub fn read_overlay(bytes: &[u8]) -> Result<Vec<Listed>> {
-    read_overlay_from(bytes)
-}
-
-/// List an overlay from a stream, hashing file contents as they pass.
-pub fn read_overlay_from<R: Read>(input: R) -> Result<Vec<Listed>> {
-    let mut listed = Vec::new();
-    visit(input, |item, _data| {
-        listed.push(item);
-        Ok(())
-    })?;
-    Ok(listed)
-}
-
-/// Extract an overlay under `root`, refusing entries that would land outside
-/// it: absolute paths, `..`, and writes through a symlink already under root.
-/// Every file is written to a temporary name and renamed, so a failure never
-/// leaves a half-written file. Ownership is left to the caller (it is 0:0 in
-/// the archive); modes are applied exactly.
-pub fn extract_overlay<R: Read>(input: R, root: &Path) -> Result<Vec<Listed>> {
-    let mut listed = Vec::new();
-    let mut dir_modes = Vec::new();
-    visit(input, |item, data| {
-        let dest = root.join(item.path.trim_start_matches('/'));
-        refuse_symlinked_parents(root, &dest)
-            .with_context(|| format!("extracting {}", item.path))?;
-        match item.kind {
-            Kind::Dir => {
-                fs::create_dir_all(&dest)
-                    .with_context(|| format!("creating {}", dest.display()))?;
-                // Applied at the end, so a read-only directory can still be filled.
-                dir_modes.push((dest, item.mode));
-            }
-            Kind::File => {
-                let bytes = data.unwrap_or_default();
-                crate::atomic_write::write_atomic(&dest, &bytes, item.mode)
-                    .with_context(|| format!("writing {}", dest.display()))?;
-            }
-            Kind::Symlink => {
-                let target = item.link_target.clone().unwrap_or_default();
-                match fs::symlink_metadata(&dest) {
-                    Ok(m) if m.is_dir() => bail!("{} is a directory, not a link", item.path),
-                    Ok(_) => fs::remove_file(&dest)
-                        .with_context(|| format!("replacing {}", dest.display()))?,
-                    Err(_) => {}
-                }
-                std::os::unix::fs::symlink(&target, &dest)
-                    .with_context(|| format!("linking {} -> {target}", dest.display()))?;
-            }
-        }
-        listed.push(item);
-        Ok(())
-    })?;
-    for (dir, mode) in dir_modes.into_iter().rev() {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
-            .with_context(|| format!("setting mode of {}", dir.display()))?;
-    }
-    Ok(listed)
-}
-
-/// `cubeboot inspect FILE`: one line per entry, from the same reader.
-pub fn inspect(args: InspectArgs) -> Result<()> {
-    let file = fs::File::open(&args.file)
-        .with_context(|| format!("reading overlay {}", args.file.display()))?;
-    let listed = read_overlay_from(io::BufReader::new(file))
-        .with_context(|| format!("reading overlay {}", args.file.display()))?;
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
-    for item in &listed {
-        writeln!(out, "{item}")?;
-    }
-    Ok(())
-}
-
 /// The mtime to stamp: `SOURCE_DATE_EPOCH` when set (reproducible-builds.org
 /// convention), else [`FALLBACK_MTIME`]. Read at the CLI edge only.
 pub fn mtime_from_env() -> Result<u64> {
@@ -337,51 +232,6 @@ pub fn parse_source_date_epoch(value: Option<&str>) -> Result<u64> {
         }),
         None => Ok(FALLBACK_MTIME),
     }
-}
-
-impl fmt::Display for Listed {
-    /// `-rw------- root:root       812 <sha256> /etc/cubeboot/plan.json`
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let digest = self
-            .sha256
-            .map(|d| d.to_hex())
-            .unwrap_or_else(|| "-".repeat(64));
-        write!(
-            f,
-            "{}{} {}:{} {:>10} {digest} {}",
-            self.kind.letter(),
-            perms(self.mode),
-            self.uid,
-            self.gid,
-            self.size,
-            self.path
-        )?;
-        if let Some(t) = &self.link_target {
-            write!(f, " -> {t}")?;
-        }
-        Ok(())
-    }
-}
-
-impl Kind {
-    fn letter(self) -> char {
-        match self {
-            Self::Dir => 'd',
-            Self::File => '-',
-            Self::Symlink => 'l',
-        }
-    }
-}
-
-fn perms(mode: u32) -> String {
-    let mut s = String::with_capacity(9);
-    for shift in [6, 3, 0] {
-        let bits = (mode >> shift) & 0o7;
-        s.push(if bits & 4 != 0 { 'r' } else { '-' });
-        s.push(if bits & 2 != 0 { 'w' } else { '-' });
-        s.push(if bits & 1 != 0 { 'x' } else { '-' });
-    }
-    s
 }
 
 /// A target path in canonical form: absolute, no `.`/`..`/empty components,
@@ -512,105 +362,9 @@ fn append<W: Write>(
     Ok(())
 }
 
-/// Walk an archive, checking every entry's path and type; `f` gets the listed
-/// entry and, for files, its content.
-fn visit<R: Read>(
-    input: R,
-    mut f: impl FnMut(Listed, Option<Vec<u8>>) -> Result<()>,
-) -> Result<()> {
-    let xz = xz2::read::XzDecoder::new(input);
-    let mut archive = tar::Archive::new(xz);
-    let mut seen = std::collections::BTreeSet::new();
-    for entry in archive.entries().context("reading tar stream")? {
-        let mut entry = entry.context("reading tar entry")?;
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let path = entry_path(&raw)?;
-        ensure!(seen.insert(path.clone()), "entry {path} appears twice");
-        let h = entry.header();
-        let mode = h
-            .mode()
-            .with_context(|| format!("reading mode of {path}"))?
-            & 0o7777;
-        let uid = h.uid().with_context(|| format!("reading uid of {path}"))?;
-        let gid = h.gid().with_context(|| format!("reading gid of {path}"))?;
-        let mtime = h
-            .mtime()
-            .with_context(|| format!("reading mtime of {path}"))?;
-        let kind = match h.entry_type() {
-            tar::EntryType::Directory => Kind::Dir,
-            tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
-            tar::EntryType::Symlink => Kind::Symlink,
-            other => bail!("entry {path} has unsupported type {other:?}"),
-        };
-        let link_target = match kind {
-            Kind::Symlink => Some(
-                entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .with_context(|| format!("symlink {path} has no target"))?,
-            ),
-            _ => None,
-        };
-        let size = entry.size();
-        let (sha256, data) = if kind == Kind::File {
-            let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 20));
-            let mut hashing = HashingReader::new(&mut entry);
-            hashing
-                .read_to_end(&mut data)
-                .with_context(|| format!("reading {path}"))?;
-            let (digest, _) = hashing.finish();
-            (Some(digest), Some(data))
-        } else {
-            (None, None)
-        };
-        f(
-            Listed {
-                path,
-                kind,
-                mode,
-                size,
-                sha256,
-                link_target,
-                uid,
-                gid,
-                mtime,
-            },
-            data,
-        )?;
-    }
-    Ok(())
-}
-
-/// An archive member name as a target path; refuses absolute names and `..`
-/// (after `coreos/coreos-installer: src/live/mod.rs`).
-fn entry_path(raw: &str) -> Result<String> {
-    let parts = crate::archive_path::normal_parts(Path::new(raw))
-        .map_err(|e| anyhow!("entry {raw:?} {e}"))?;
-    ensure!(!parts.is_empty(), "entry {raw:?} names no path");
-    Ok(format!("/{}", parts.join("/")))
-}
-
-/// Refuse to write through a symlink that an earlier entry (or the existing
-/// tree) put on the way: `etc -> /` followed by `etc/passwd` must not escape.
-fn refuse_symlinked_parents(root: &Path, dest: &Path) -> Result<()> {
-    let rel = dest.strip_prefix(root).unwrap_or(dest);
-    let mut cur = root.to_path_buf();
-    let comps: Vec<_> = rel.components().collect();
-    for comp in comps.iter().take(comps.len().saturating_sub(1)) {
-        cur.push(comp);
-        if let Ok(m) = fs::symlink_metadata(&cur) {
-            ensure!(
-                !m.file_type().is_symlink(),
-                "{} is a symlink; refusing to write through it",
-                cur.display()
-            );
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use super::read::perms;
     use super::*;
 
     const UNIT: &str = "[Unit]\nDescription=x\n\n[Service]\nType=oneshot\nExecStart=/usr/local/sbin/cube-firstboot run\n\n[Install]\nWantedBy=cloud-init.target\n";
@@ -859,59 +613,12 @@ mod tests {
             let bytes = hostile(name, tar::EntryType::Regular, None);
             let err = read_overlay(&bytes).unwrap_err();
             assert_eq!(err.to_string(), msg, "{name}");
-            let root = tempfile::tempdir().unwrap();
-            let err = extract_overlay(&bytes[..], root.path()).unwrap_err();
-            assert_eq!(err.to_string(), msg, "{name}");
-            assert_eq!(fs::read_dir(root.path()).unwrap().count(), 0);
         }
         let dev = hostile("dev/sda", tar::EntryType::Block, Some(""));
         assert_eq!(
             read_overlay(&dev).unwrap_err().to_string(),
             "entry /dev/sda has unsupported type Block"
         );
-    }
-
-    #[test]
-    fn extraction_refuses_to_write_through_a_symlink() {
-        let root = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(outside.path(), root.path().join("etc")).unwrap();
-        let bytes = write_overlay(&sample(1, false)).unwrap();
-        let err = extract_overlay(&bytes[..], root.path()).unwrap_err();
-        assert_eq!(
-            format!("{err:#}"),
-            format!(
-                "extracting /etc/cubeboot: {}/etc is a symlink; refusing to write through it",
-                root.path().display()
-            )
-        );
-        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn extraction_round_trips_content_modes_and_links() {
-        use std::os::unix::fs::PermissionsExt;
-        let root = tempfile::tempdir().unwrap();
-        let bytes = write_overlay(&sample(1, true)).unwrap();
-        let listed = extract_overlay(&bytes[..], root.path()).unwrap();
-        assert_eq!(listed, read_overlay(&bytes).unwrap());
-        let plan = root.path().join("etc/cubeboot/plan.json");
-        assert_eq!(fs::read(&plan).unwrap(), b"{\"version\": 1}\n");
-        assert_eq!(
-            fs::metadata(&plan).unwrap().permissions().mode() & 0o7777,
-            0o600
-        );
-        let helper = root.path().join("usr/local/sbin/cube-firstboot");
-        assert_eq!(
-            fs::metadata(helper).unwrap().permissions().mode() & 0o7777,
-            0o755
-        );
-        let link = root
-            .path()
-            .join("etc/systemd/system/cloud-init.target.wants/cube-firstboot.service");
-        assert_eq!(fs::read_link(link).unwrap(), PathBuf::from(UNIT_PATH));
-        // Extracting again over the first result is fine (links replaced).
-        extract_overlay(&bytes[..], root.path()).unwrap();
     }
 
     #[test]

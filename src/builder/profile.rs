@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::diag::{Diagnostic, Report};
 use super::lock::AssetKind;
 use super::yaml;
+use crate::arch::Arch;
 use crate::plan::{
     Bootloader, BootloaderKind, DockerSource, HostPackages, KernelHold, PackageFamily,
     PackageManager, Quirks, Target,
@@ -47,6 +48,9 @@ pub struct Profile {
     /// Kernel sources in order of preference; the build takes the first
     /// the lock pins.
     pub kernel_sources: Vec<KernelSource>,
+    /// Machine architectures this distro's payload is built for
+    /// (`build --arch`); x86_64 alone unless the profile says more.
+    pub arches: Vec<Arch>,
     pub target: Target,
 }
 
@@ -174,21 +178,59 @@ pub fn select(dir: Option<&Path>, which: &str) -> Result<Vec<Profile>> {
     }
 }
 
+/// [`select`] for a build of `arch` (docs/arm64.md): `all` means every
+/// profile that supports it; a named profile that does not is refused.
+pub fn select_arch(dir: Option<&Path>, which: &str, arch: Arch) -> Result<Vec<Profile>> {
+    let selected = select(dir, which)?;
+    if which != "all" {
+        if let Some(p) = selected.iter().find(|p| !p.supports(arch)) {
+            let arches: Vec<&str> = p.arches.iter().map(|a| a.uname()).collect();
+            anyhow::bail!(
+                "--arch {arch}: profile {} is built for {} only (its `arch:` list, {})",
+                p.name,
+                arches.join(", "),
+                p.path.display()
+            );
+        }
+        return Ok(selected);
+    }
+    let fit: Vec<Profile> = selected.into_iter().filter(|p| p.supports(arch)).collect();
+    if fit.is_empty() {
+        anyhow::bail!("--arch {arch}: no profile lists {arch} in its `arch:`");
+    }
+    Ok(fit)
+}
+
 /// Parse one profile: version first, then the schema; then cross-field checks.
 /// Returns the profile and its warnings, or every error found.
 pub fn parse(text: &str, path: &Path) -> Result<(Profile, Vec<Diagnostic>), Vec<Diagnostic>> {
     // Step 1: the version decides the schema.
     let version = peek_version(text, path).map_err(|d| vec![d])?;
-    // Step 2: strict parse of that version's schema (v2 only adds a key,
-    // which validate refuses in a v1 file; peek_version refused the rest).
-    let spec: v1::ProfileSpec = yaml::from_str(text, path).map_err(|d| vec![d])?;
+    // Step 2: strict parse of that version's schema, read up into the
+    // newest (a v1 file means what it meant: no `kernel-sources`, x86_64).
+    let spec = match version {
+        1 => {
+            // Keys of later versions, named as such.
+            for key in ["$.kernel-sources", "$.arch"] {
+                if let Some(at) = yaml::locate(text, key) {
+                    let msg = format!("`{}` needs `version: 2`", &key[2..]);
+                    return Err(vec![Diagnostic::error(path, key, msg).at(text, Some(at))]);
+                }
+            }
+            v2::ProfileSpec::from(
+                yaml::from_str::<v1::ProfileSpec>(text, path).map_err(|d| vec![d])?,
+            )
+        }
+        _ => yaml::from_str::<v2::ProfileSpec>(text, path).map_err(|d| vec![d])?,
+    };
     // Step 3: cross-field checks, all collected.
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut diags = v1::validate(&spec, &name, text, path);
-    diags.extend(v2::validate(&spec, version, text, path));
+    diags.extend(v2::validate(&spec, text, path));
+    diags.extend(v2::validate_arch(&spec, text, path));
     if diags.iter().any(Diagnostic::is_error) {
         return Err(diags);
     }
@@ -236,279 +278,25 @@ fn peek_version(text: &str, path: &Path) -> Result<u32, Diagnostic> {
     }
 }
 
-/// Version 1 of the profile schema (frozen once released).
-pub mod v1 {
-    use super::*;
-
-    #[derive(Debug, Clone, Deserialize)]
-    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-    pub struct ProfileSpec {
-        pub version: u32,
-        /// Human name, shown by `cubeboot profiles`.
-        pub description: String,
-        /// `ID` values from /etc/os-release this profile accepts.
-        pub os_ids: Vec<String>,
-        /// `VERSION_ID` prefix, e.g. `"12"`.
-        pub version_id: String,
-        pub family: PackageFamily,
-        /// `kernel-rpm` or `kernel-deb`: which locked kernel package fits.
-        pub kernel_asset: AssetKind,
-        pub bootloader: BootloaderSpec,
-        pub packages: PackagesSpec,
-        #[serde(default)]
-        pub quirks: QuirksSpec,
-        /// Version 2: where the kernel comes from, in order of preference.
-        #[serde(default)]
-        pub kernel_sources: Option<Vec<KernelSource>>,
-    }
-
-    #[derive(Debug, Clone, Deserialize)]
-    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-    pub struct BootloaderSpec {
-        pub kind: BootloaderKind,
-        pub mkconfig: Vec<String>,
-        pub reboot_once: String,
-        pub set_default: String,
-        pub editenv: String,
-        pub grub_cfg: String,
-        pub grubenv: String,
-        #[serde(default)]
-        pub dropin_dir: Option<String>,
-    }
-
-    #[derive(Debug, Clone, Deserialize)]
-    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-    pub struct PackagesSpec {
-        pub manager: PackageManager,
-        pub install: Vec<String>,
-        #[serde(default)]
-        pub docker: DockerSource,
-        pub hold: KernelHold,
-    }
-
-    #[derive(Debug, Clone, Default, Deserialize)]
-    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-    pub struct QuirksSpec {
-        /// CubeSandbox #366: multipathd blocks cgroup v2 `cpu` delegation.
-        #[serde(default)]
-        pub multipathd_cgroup_fix: bool,
-        /// Control role needs resolvectl or NetworkManager (docs/cube-installer.md).
-        #[serde(default)]
-        pub needs_resolver: bool,
-    }
-
-    impl ProfileSpec {
-        pub fn into_profile(self, name: String, path: &Path) -> Profile {
-            let b = self.bootloader;
-            Profile {
-                target: Target {
-                    profile: name.clone(),
-                    os_ids: self.os_ids,
-                    version_id: self.version_id,
-                    family: self.family,
-                    bootloader: Bootloader {
-                        kind: b.kind,
-                        mkconfig: b.mkconfig,
-                        reboot_once: b.reboot_once,
-                        set_default: b.set_default,
-                        editenv: b.editenv,
-                        grub_cfg: b.grub_cfg,
-                        grubenv: b.grubenv,
-                        dropin_dir: b.dropin_dir,
-                    },
-                    packages: HostPackages {
-                        manager: self.packages.manager,
-                        install: self.packages.install,
-                        docker: self.packages.docker,
-                        hold: self.packages.hold,
-                    },
-                    quirks: Quirks {
-                        multipathd_cgroup_fix: self.quirks.multipathd_cgroup_fix,
-                        needs_resolver: self.quirks.needs_resolver,
-                    },
-                },
-                name,
-                path: path.to_path_buf(),
-                description: self.description,
-                kernel_asset: self.kernel_asset,
-                kernel_sources: self
-                    .kernel_sources
-                    .unwrap_or_else(|| vec![KernelSource::Release]),
-            }
-        }
-    }
-
-    /// Cross-field rules a type cannot express.
-    pub fn validate(spec: &ProfileSpec, name: &str, text: &str, path: &Path) -> Vec<Diagnostic> {
-        let mut out = Vec::new();
-        let mut err = |key: &str, msg: String| {
-            out.push(Diagnostic::error(path, key, msg).at(text, yaml::locate_or_parent(text, key)));
-        };
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        {
-            err(
-                "$",
-                format!(
-                    "profile file name {name:?} must be lowercase letters, digits, '-' and '.'"
-                ),
-            );
-        }
-        let (want_asset, want_manager) = match spec.family {
-            PackageFamily::Rpm => (AssetKind::KernelRpm, PackageManager::Dnf),
-            PackageFamily::Deb => (AssetKind::KernelDeb, PackageManager::Apt),
-        };
-        if spec.kernel_asset != want_asset {
-            err(
-                "$.kernel-asset",
-                format!(
-                    "family {} installs {}, not {}",
-                    family_name(spec.family),
-                    want_asset.key(),
-                    spec.kernel_asset.key()
-                ),
-            );
-        }
-        if spec.packages.manager != want_manager {
-            err(
-                "$.packages.manager",
-                format!(
-                    "family {} is driven by {}",
-                    family_name(spec.family),
-                    manager_name(want_manager)
-                ),
-            );
-        }
-        let hold_ok = matches!(
-            (spec.packages.manager, spec.packages.hold),
-            (PackageManager::Apt, KernelHold::AptMarkHold)
-                | (
-                    PackageManager::Dnf,
-                    KernelHold::DnfVersionlock | KernelHold::DnfExclude
-                )
-        );
-        if !hold_ok {
-            err(
-                "$.packages.hold",
-                format!(
-                    "this hold does not work with {}",
-                    manager_name(spec.packages.manager)
-                ),
-            );
-        }
-        if spec.os_ids.is_empty() {
-            err("$.os-ids", "at least one os-release ID is needed".into());
-        }
-        if spec.version_id.is_empty() {
-            err("$.version-id", "must not be empty".into());
-        }
-        if spec.bootloader.mkconfig.is_empty() {
-            err(
-                "$.bootloader.mkconfig",
-                "needs the grub.cfg regeneration command".into(),
-            );
-        }
-        let b = &spec.bootloader;
-        let mut paths = vec![
-            ("grub-cfg", Some(&b.grub_cfg)),
-            ("grubenv", Some(&b.grubenv)),
-        ];
-        paths.push(("dropin-dir", b.dropin_dir.as_ref()));
-        for (key, value) in paths {
-            if let Some(v) = value {
-                if !v.starts_with('/') {
-                    err(
-                        &format!("$.bootloader.{key}"),
-                        format!("{v:?} must be an absolute path on the target"),
-                    );
-                }
-            }
-        }
-        for (i, p) in spec.packages.install.iter().enumerate() {
-            if p.is_empty() || p.starts_with('-') || p.contains(char::is_whitespace) {
-                err(
-                    &format!("$.packages.install[{i}]"),
-                    format!("{p:?} is not a package name"),
-                );
-            }
-        }
-        // Warnings: what the Cube installer needs but does not install itself
-        // (docs/cube-installer.md, "What the host must bring"). Fatal under
-        // `check --strict`.
-        for needed in ["curl", "tar", "xfsprogs", "python3"] {
-            if !spec.packages.install.iter().any(|p| p == needed) {
-                out.push(
-                    Diagnostic::warning(
-                        path,
-                        "$.packages.install",
-                        format!("{needed} is not listed; the Cube installer expects it (docs/cube-installer.md)"),
-                    )
-                    .at(text, yaml::locate_or_parent(text, "$.packages.install")),
-                );
-            }
-        }
-        out
-    }
-
-    fn family_name(f: PackageFamily) -> &'static str {
-        match f {
-            PackageFamily::Rpm => "rpm",
-            PackageFamily::Deb => "deb",
-        }
-    }
-
-    fn manager_name(m: PackageManager) -> &'static str {
-        match m {
-            PackageManager::Apt => "apt",
-            PackageManager::Dnf => "dnf",
-        }
-    }
-}
-
-/// Version 2 of the profile schema: version 1 plus `kernel-sources`.
-pub mod v2 {
-    use super::*;
-
-    /// Rules for `kernel-sources`; a v1 file must not use it.
-    pub fn validate(
-        spec: &v1::ProfileSpec,
-        version: u32,
-        text: &str,
-        path: &Path,
-    ) -> Vec<Diagnostic> {
-        let mut out = Vec::new();
-        let key = "$.kernel-sources";
-        let mut err = |msg: String| {
-            out.push(Diagnostic::error(path, key, msg).at(text, yaml::locate_or_parent(text, key)));
-        };
-        let Some(sources) = &spec.kernel_sources else {
-            return out;
-        };
-        if version < 2 {
-            err("`kernel-sources` needs `version: 2`".into());
-            return out;
-        }
-        if sources.is_empty() {
-            err("name at least one of `release`, `repo`".into());
-        }
-        for (i, s) in sources.iter().enumerate() {
-            if sources[..i].contains(s) {
-                err(format!("{s:?} is listed twice").to_lowercase());
-            }
-        }
-        if sources.contains(&KernelSource::Repo) && spec.packages.manager != PackageManager::Dnf {
-            err(
-                "`repo` kernels are installed with dnf; this profile's packages.manager is not dnf"
-                    .into(),
-            );
-        }
-        out
-    }
-}
+/// The schema versions, each frozen once released.
+pub mod v1;
+pub mod v2;
 
 impl Profile {
+    /// The directory a build of `arch` writes this profile's payload to:
+    /// `debian-12`, `debian-12-aarch64`.
+    pub fn out_dir(&self, arch: Arch) -> String {
+        match arch {
+            Arch::X86_64 => self.name.clone(),
+            other => format!("{}-{other}", self.name),
+        }
+    }
+
+    /// Whether a payload for `arch` can be built from this profile.
+    pub fn supports(&self, arch: Arch) -> bool {
+        self.arches.contains(&arch)
+    }
+
     /// One line for `cubeboot profiles`.
     pub fn summary(&self) -> String {
         let family = match self.target.family {
@@ -611,6 +399,18 @@ packages:
     }
 
     #[test]
+    fn a_v1_file_is_read_by_the_frozen_v1_schema() {
+        // A v1 file's unknown key is answered with v1's own keys, not with
+        // keys of a later version.
+        let text = GOOD.replace("family: deb", "family: deb\nkernel-source: [release]");
+        let msg = parse_err(&text);
+        assert!(
+            msg.starts_with("error[$]: unknown field `kernel-source`, expected one of `version`, `description`, `os-ids`, `version-id`, `family`, `kernel-asset`, `bootloader`, `packages`, `quirks`\n"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn kernel_sources_need_version_2() {
         let text = format!("{GOOD}kernel-sources: [release]\n");
         assert_eq!(
@@ -633,6 +433,34 @@ packages:
             parse_err(&unknown).starts_with("error[$.kernel-sources[0]]: unknown variant `mirror`, expected `release` or `repo`"),
             "{}",
             parse_err(&unknown)
+        );
+    }
+
+    #[test]
+    fn arch_lists_need_version_2_and_default_to_x86_64() {
+        let (p, _) = parse(GOOD, Path::new("profiles/debian-12.yaml")).unwrap();
+        assert_eq!(p.arches, vec![Arch::X86_64]);
+        let text = format!("{GOOD}arch: [x86_64, aarch64]\n");
+        assert_eq!(
+            parse_err(&text).lines().next().unwrap(),
+            "error[$.arch]: `arch` needs `version: 2`"
+        );
+        let v2 = text.replace("version: 1", "version: 2");
+        let (p, _) = parse(&v2, Path::new("profiles/debian-12.yaml")).unwrap();
+        assert_eq!(p.arches, vec![Arch::X86_64, Arch::Aarch64]);
+        assert!(p.supports(Arch::Aarch64));
+        let twice = v2.replace("[x86_64, aarch64]", "[aarch64, aarch64]");
+        assert_eq!(
+            parse_err(&twice).lines().next().unwrap(),
+            "error[$.arch]: an architecture is listed twice"
+        );
+        let arm = v2.replace("[x86_64, aarch64]", "[arm64]");
+        assert!(
+            parse_err(&arm).starts_with(
+                "error[$.arch[0]]: unknown variant `arm64`, expected `x86_64` or `aarch64`"
+            ),
+            "{}",
+            parse_err(&arm)
         );
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Rules (docs/payloads.md, "cloud-init"): the template fails on any undefined
 //! variable; values reach YAML only through the `yaml_quote` / `yaml_block`
-//! filters (never pasted); values reach the shell only as positional
+//! / `yaml_path` filters (never pasted), the target paths from
+//! `crate::layout`; values reach the shell only as positional
 //! arguments of the bootstrap; nothing reboots from runcmd. The result is
 //! parsed back and compared with what we meant to write.
 
@@ -15,13 +16,14 @@ use serde::Serialize;
 
 use super::yaml;
 use crate::digest::Sha256Digest;
+use crate::layout::{HELPER_DOWNLOAD_PATH, PLAN_PATH, UNIT_FILE, UNIT_PATH};
 use crate::plan::Plan;
 
 const USER_DATA_TEMPLATE: &str = include_str!("../../templates/user-data.yaml.j2");
-/// The bootstrap runcmd runs; it takes `SHA256 [URL...]` as arguments.
+/// The bootstrap runcmd runs; it takes `ARCH SHA256 [URL...]` as arguments
+/// and refuses a machine whose `uname -m` is not ARCH before fetching
+/// anything (one payload per architecture, docs/arm64.md).
 pub const BOOTSTRAP: &str = include_str!("../../templates/bootstrap.sh");
-/// The unit cube-firstboot runs under (written by the engine team).
-pub const UNIT: &str = include_str!("../../templates/cube-firstboot.service");
 
 /// How the target gets the helper binary.
 #[derive(Debug, Clone)]
@@ -51,10 +53,14 @@ pub struct Rendered {
 #[derive(Serialize)]
 struct Context_ {
     generator: String,
+    plan_path: &'static str,
+    unit_path: &'static str,
+    helper_download_path: &'static str,
     plan_json: String,
     plan_gz_b64: String,
     unit: String,
     bootstrap: String,
+    arch: String,
     helper_sha256: String,
     helper_urls: Vec<String>,
     helper_gz_b64: String,
@@ -71,12 +77,16 @@ pub fn user_data(plan: &Plan, helper: &Helper) -> Result<Rendered> {
     };
     let ctx = Context_ {
         generator: plan.generator.clone(),
+        plan_path: PLAN_PATH,
+        unit_path: UNIT_PATH,
+        helper_download_path: HELPER_DOWNLOAD_PATH,
         plan_json: plan_json.clone(),
         // Encoded for size (the plain plan is out/<profile>/plan.json);
         // cloud-init writes the decoded bytes, Plan::to_json exactly.
         plan_gz_b64: gzip_base64(plan_json.as_bytes())?,
-        unit: compact_unit(UNIT),
+        unit: compact_unit(UNIT_FILE),
         bootstrap: BOOTSTRAP.to_string(),
+        arch: plan.target.arch.uname().to_string(),
         helper_sha256: helper.sha256.to_hex(),
         helper_urls,
         helper_gz_b64: helper_gz_b64.clone(),
@@ -128,6 +138,23 @@ fn environment() -> Result<Environment<'static>> {
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(true);
     env.add_filter("yaml_quote", |s: String| yaml::quote(&s));
+    env.add_filter(
+        "yaml_path",
+        |s: String| -> Result<String, minijinja::Error> {
+            // An absolute path of these characters is a YAML plain scalar as
+            // it stands (unquoted, the user-data keeps its bytes).
+            let plain = s.starts_with('/')
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
+            if !plain {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    format!("{s:?} is not a plain absolute path"),
+                ));
+            }
+            Ok(s)
+        },
+    );
     env.add_filter(
         "yaml_block",
         |s: String, indent: usize| -> Result<String, minijinja::Error> {
@@ -190,14 +217,14 @@ fn verify(user_data: &str, ctx: &Context_) -> Result<()> {
             .find(|f| f["path"] == path)
             .and_then(|f| f["content"].as_str())
     };
-    let plan = content("/etc/cubeboot/plan.json").context("no plan in write_files")?;
+    let plan = content(PLAN_PATH).context("no plan in write_files")?;
     let plan = base64::engine::general_purpose::STANDARD.decode(plan)?;
     let mut decoded = String::new();
     std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&plan[..]), &mut decoded)?;
     if decoded != ctx.plan_json {
         bail!("the plan does not read back byte-for-byte");
     }
-    if content("/etc/systemd/system/cube-firstboot.service") != Some(ctx.unit.as_str()) {
+    if content(UNIT_PATH) != Some(ctx.unit.as_str()) {
         bail!("the unit does not read back byte-for-byte");
     }
     let run = doc["runcmd"][0]
@@ -208,6 +235,7 @@ fn verify(user_data: &str, ctx: &Context_) -> Result<()> {
         "-c".to_string(),
         ctx.bootstrap.clone(),
         "cube-bootstrap".to_string(),
+        ctx.arch.clone(),
         ctx.helper_sha256.clone(),
     ];
     want.extend(ctx.helper_urls.iter().cloned());
@@ -217,7 +245,7 @@ fn verify(user_data: &str, ctx: &Context_) -> Result<()> {
         bail!("the runcmd bootstrap does not read back as written");
     }
     if !ctx.helper_gz_b64.is_empty()
-        && content("/var/lib/cubeboot/cube-firstboot.download") != Some(ctx.helper_gz_b64.as_str())
+        && content(HELPER_DOWNLOAD_PATH) != Some(ctx.helper_gz_b64.as_str())
     {
         bail!("the embedded helper does not read back");
     }
@@ -233,6 +261,28 @@ fn verify(user_data: &str, ctx: &Context_) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::HELPER_PATH;
+
+    #[test]
+    fn bootstrap_installs_the_helper_where_the_unit_runs_it() {
+        assert!(BOOTSTRAP.contains(&format!("part={HELPER_DOWNLOAD_PATH}\n")));
+        assert!(BOOTSTRAP.contains(&format!("install -m 0755 \"$part\" {HELPER_PATH}\n")));
+    }
+
+    #[test]
+    fn a_path_that_is_not_plain_yaml_is_refused() {
+        let env = environment().unwrap();
+        let render = |p: &str| env.render_str("{{ p | yaml_path }}", minijinja::context! { p });
+        assert_eq!(render(PLAN_PATH).unwrap(), PLAN_PATH);
+        for bad in [
+            "relative/x",
+            "/etc/a b",
+            "/etc/x\n  - path: /etc/shadow",
+            "/x: y",
+        ] {
+            assert!(render(bad).is_err(), "{bad}");
+        }
+    }
     use crate::plan::tests::sample_plan;
 
     fn helper() -> Helper {

@@ -116,12 +116,16 @@ fn page_extras(verb: &str) -> PageExtras {
                     "cubeboot build --lock cubeboot.lock --profile all --format overlay --offline",
                     "Image overlays carrying the helper, the plan and the pinned assets.",
                 ),
+                (
+                    "cubeboot build --lock NEW.lock --profile debian-12 --upgrade; ssh root@NODE sh -s < out/debian-12/upgrade.sh",
+                    "A new lock over a running node, one node at a time with cubeboot watch (docs/upgrades.md).",
+                ),
             ],
             &[
                 LOCK_FILE,
                 (
                     "out/PROFILE/",
-                    "user-data, user-data.gz.b64, plan.json, manifest.json, SHA256SUMS (or overlay.tar.xz).",
+                    "user-data, user-data.gz.b64, plan.json, manifest.json, SHA256SUMS (or overlay.tar.xz); upgrade.sh with --upgrade.",
                 ),
                 (
                     "out/webhook-secret",

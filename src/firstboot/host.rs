@@ -146,16 +146,8 @@ impl CommandSpec {
     }
 }
 
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
+/// One shell word (shared with the builder's upgrade payload).
+pub use crate::shell_word::quote as shell_quote;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CmdOutput {
@@ -217,6 +209,8 @@ pub enum Action {
         target: String,
     },
     Reboot,
+    /// A reboot into the kernel staged with `kexec --load`.
+    Kexec,
 }
 
 impl std::fmt::Display for Action {
@@ -232,6 +226,7 @@ impl std::fmt::Display for Action {
             Self::Chmod { path, mode } => write!(f, "chmod   {mode:04o} {path}"),
             Self::HardLink { path, target } => write!(f, "link    {path} => {target}"),
             Self::Reboot => write!(f, "reboot"),
+            Self::Kexec => write!(f, "reboot  by kexec"),
         }
     }
 }
@@ -307,6 +302,11 @@ pub trait Host: Send + Sync {
 
     /// Ask for a reboot. The helper's main loop is the only caller.
     fn request_reboot(&self) -> Result<()>;
+
+    /// Ask for a reboot into the kernel `kexec --load` staged: services stop
+    /// as for a reboot, then that kernel starts without the firmware
+    /// (`systemctl kexec`). The helper's main loop is the only caller.
+    fn request_kexec(&self) -> Result<()>;
 
     fn env(&self, key: &str) -> Option<String>;
 

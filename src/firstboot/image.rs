@@ -23,18 +23,13 @@ use super::host::{FileKind, Host};
 use super::journal::{Journal, StepState};
 use super::run_state::RunState;
 use super::runner::{self, RunEnd, Scope};
-use super::{
-    fetch, kernel, preflight, StepId, CACHE_DIR, JOURNAL_PATH, LOG_DIR, STATE_DIR, STATUS_PATH,
-    UNIT_NAME,
-};
+use super::{fetch, kernel, preflight, StepId};
 use crate::digest::{hash_reader, Sha256Digest};
+use crate::layout::{
+    wants_links, CACHE_DIR, JOURNAL_PATH, LOG_DIR, STATE_DIR, STATUS_PATH, UNIT_NAME, UNIT_PATH,
+};
 use crate::plan::KvmMode;
 use crate::transport::FetchConfig;
-
-/// Where the helper and its unit live on the target (docs/payloads.md, "cloud-init").
-pub const HELPER_PATH: &str = "/usr/local/sbin/cube-firstboot";
-pub const UNIT_PATH: &str = "/etc/systemd/system/cube-firstboot.service";
-const UNIT_DIR: &str = "/etc/systemd/system";
 
 /// What `apply` can pre-install into an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +53,13 @@ pub fn apply(host: &dyn Host, stage: Stage, fetch_cfg: &FetchConfig) -> Result<A
     let Stage::Kernel = stage;
     // The plan the overlay (or user-data) put into the image.
     let (mut plan, plan_digest) = runner::load_plan(host)?;
+    if plan.target.arch != crate::arch::Arch::X86_64 {
+        bail!(
+            "apply --stage kernel: the plan is for {} nodes, which run Cube on their own KVM; \
+             there is no PVM kernel to put into the image (docs/arm64.md)",
+            plan.target.arch
+        );
+    }
     let kver = plan.kernel.kver.clone();
 
     // A Debian plan must not install into a Rocky image: same rule as the
@@ -301,39 +303,6 @@ impl fmt::Display for ResetReport {
     }
 }
 
-/// The links `systemctl enable` would create for `unit_name`, from the unit's
-/// `[Install]` section: `WantedBy=` → `<target>.wants/`, `RequiredBy=` →
-/// `<target>.requires/`, each pointing at the unit in /etc/systemd/system.
-pub fn wants_links(unit: &str, unit_name: &str) -> Vec<String> {
-    let mut links = Vec::new();
-    let mut in_install = false;
-    for line in unit.lines() {
-        let line = line.trim();
-        if line.starts_with('[') {
-            in_install = line == "[Install]";
-            continue;
-        }
-        if !in_install || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
-        };
-        let suffix = match key.trim() {
-            "WantedBy" => "wants",
-            "RequiredBy" => "requires",
-            _ => continue,
-        };
-        for target in value.split_whitespace() {
-            let link = format!("{UNIT_DIR}/{target}.{suffix}/{unit_name}");
-            if !links.contains(&link) {
-                links.push(link);
-            }
-        }
-    }
-    links
-}
-
 fn remove(host: &dyn Host, path: &str, report: &mut ResetReport) -> Result<()> {
     let is_dir = matches!(host.metadata(path), Ok(Some(m)) if m.kind == FileKind::Dir);
     if is_dir {
@@ -368,31 +337,7 @@ fn cache_file_is_verified(host: &dyn Host, name: &str, path: &str) -> Result<boo
 mod tests {
     use super::*;
     use crate::firstboot::host::ScriptedHost;
-
-    #[test]
-    fn wants_links_follow_the_install_section_only() {
-        let unit = "[Unit]\nWantedBy=ignored.target\n[Service]\nExecStart=/x\n\n[Install]\n# WantedBy=commented.target\nWantedBy=cloud-init.target multi-user.target\nRequiredBy = other.target\nWantedBy=cloud-init.target\n";
-        assert_eq!(
-            wants_links(unit, "cube-firstboot.service"),
-            vec![
-                "/etc/systemd/system/cloud-init.target.wants/cube-firstboot.service",
-                "/etc/systemd/system/multi-user.target.wants/cube-firstboot.service",
-                "/etc/systemd/system/other.target.requires/cube-firstboot.service",
-            ]
-        );
-        assert!(wants_links("[Service]\nExecStart=/x\n", "u.service").is_empty());
-    }
-
-    #[test]
-    fn shipped_unit_is_enabled_for_cloud_init_target() {
-        // The unit the builder embeds starts after cloud-init (docs/payloads.md,
-        // "cloud-init").
-        let unit = include_str!("../../templates/cube-firstboot.service");
-        assert_eq!(
-            wants_links(unit, UNIT_NAME),
-            vec!["/etc/systemd/system/cloud-init.target.wants/cube-firstboot.service"]
-        );
-    }
+    use crate::layout::HELPER_PATH;
 
     fn lived_in_root(host: &ScriptedHost) -> Sha256Digest {
         let bundle = b"bundle".to_vec();
@@ -426,6 +371,24 @@ mod tests {
         host.put("/var/lib/systemd/random-seed", "seed");
         host.put("/etc/ssh/ssh_host_ed25519_key", "key");
         good
+    }
+
+    #[test]
+    fn an_aarch64_plan_has_no_kernel_stage_to_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = ScriptedHost::new(dir.path());
+        let mut plan = crate::plan::testing::sample_plan();
+        plan.target.arch = crate::arch::Arch::Aarch64;
+        host.put("/etc/cubeboot/plan.json", plan.to_json());
+        host.put("/etc/os-release", "ID=debian\nVERSION_ID=\"12\"\n");
+        let err = apply(&host, Stage::Kernel, &FetchConfig::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "apply --stage kernel: the plan is for aarch64 nodes, which run Cube on their own \
+             KVM; there is no PVM kernel to put into the image (docs/arm64.md)"
+        );
+        assert!(host.commands().is_empty());
+        assert!(!host.exists(CACHE_DIR));
     }
 
     #[test]

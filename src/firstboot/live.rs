@@ -6,17 +6,19 @@
 //! receiver never keeps a stale count; a quick step adds no post).
 //!
 //! A leaf: the runner opens [`during`] around each step with a publisher
-//! (`report::Reporter::during`: status file and webhook); the step's code
-//! reports through [`download`] and [`phase`], which find it through the
-//! thread (threads a step spawns carry it along with [`Handle::enter`]).
-//! Publishing runs on a thread of its own, so a slow webhook receiver never
-//! slows a download, and each publication is in order.
+//! (`report::Reporter::during`: status file and webhook) and hands the step
+//! the channel, a [`Handle`], in its `Ctx`; the step's code reports through
+//! [`Handle::download`] and [`Handle::phase`], and passes the handle to the
+//! threads it spawns. Nothing is found through the thread: whatever
+//! reports progress takes a `Handle` in its signature. Publishing runs on a
+//! thread of its own, so a slow webhook receiver never slows a download,
+//! and each publication is in order.
 //!
 //! Work beside the steps (the bundle's download during the kernel stage)
-//! reports through the run's [`Relay`] instead: its counts join whichever
-//! step runs, and its download gives way to the step's downloads as
-//! `link.rs` decides ([`wait_turn`], [`check_turn`]).
-use std::cell::RefCell;
+//! reports through the run's [`Relay`] instead ([`Relay::handle`]): its
+//! counts join whichever step runs, and its download gives way to the
+//! step's downloads as `link.rs` decides ([`Handle::wait_turn`],
+//! [`Handle::check_turn`]).
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -231,112 +233,99 @@ enum Channel {
     Beside(Relay),
 }
 
-thread_local! {
-    static CURRENT: RefCell<Option<Channel>> = const { RefCell::new(None) };
-}
-
-/// The progress channel as this thread sees it (none outside a step or
-/// the relay): hand it to threads the step spawns.
+/// The progress channel a step (or the work beside the steps) reports
+/// through; the default one goes nowhere (outside a step and the relay).
+/// Clones share the channel.
 #[derive(Clone, Default)]
 pub struct Handle(Option<Channel>);
 
-pub fn current() -> Handle {
-    Handle(CURRENT.with(|c| c.borrow().clone()))
-}
-
 impl Handle {
-    /// Run `f` with this channel as the thread's.
-    pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
-        let before = CURRENT.with(|c| c.replace(self.0.clone()));
-        // Put back even when `f` panics (a scoped thread's panic is caught).
-        struct Restore(Option<Option<Channel>>);
-        impl Drop for Restore {
-            fn drop(&mut self) {
-                let before = self.0.take().flatten();
-                CURRENT.with(|c| *c.borrow_mut() = before);
-            }
-        }
-        let _restore = Restore(Some(before));
-        f()
+    /// A channel that goes nowhere: for work outside a step (an image
+    /// build's fetch, `dev fetch`, a direct call in a test).
+    pub fn none() -> Self {
+        Self(None)
     }
-}
 
-/// An asset's download has `bytes` of `total` (a no-op outside a step and
-/// the relay).
-pub fn download(label: &str, bytes: u64, total: u64) {
-    match current().0 {
-        Some(Channel::Step(shared)) => {
-            let mut st = shared.lock();
-            st.downloads.insert(label.to_string(), (bytes, total));
-            st.counts_changed = true;
-        }
-        Some(Channel::Beside(relay)) => {
-            let mut st = relay.lock();
-            // A whole download shows to the end of this step, not in the next.
-            if bytes >= total {
-                st.downloads.remove(label);
-            } else {
+    /// An asset's download has `bytes` of `total`.
+    pub fn download(&self, label: &str, bytes: u64, total: u64) {
+        match &self.0 {
+            Some(Channel::Step(shared)) => {
+                let mut st = shared.lock();
                 st.downloads.insert(label.to_string(), (bytes, total));
+                st.counts_changed = true;
             }
-            if let Some(step) = &st.step {
-                let mut s = step.lock();
-                s.downloads.insert(label.to_string(), (bytes, total));
-                s.counts_changed = true;
+            Some(Channel::Beside(relay)) => {
+                let mut st = relay.lock();
+                // A whole download shows to the end of this step, not in the next.
+                if bytes >= total {
+                    st.downloads.remove(label);
+                } else {
+                    st.downloads.insert(label.to_string(), (bytes, total));
+                }
+                if let Some(step) = &st.step {
+                    let mut s = step.lock();
+                    s.downloads.insert(label.to_string(), (bytes, total));
+                    s.counts_changed = true;
+                }
             }
+            None => {}
         }
-        None => {}
+    }
+
+    /// Before a download connects: beside the steps, wait until the step's
+    /// downloads leave it the link (at once on any other channel).
+    pub fn wait_turn(&self) {
+        let Some(Channel::Beside(relay)) = &self.0 else {
+            return;
+        };
+        while relay.turn() == Turn::Wait {
+            std::thread::sleep(TURN_POLL);
+        }
+    }
+
+    /// While a download transfers: beside the steps, the link measurement's
+    /// verdict when it is reached, with the labels of the step's downloads
+    /// it concerns (once per run; `None` on any other channel). On `Yield`
+    /// the download closes its connection and calls [`Handle::wait_turn`]
+    /// before resuming.
+    pub fn check_turn(&self) -> Option<(Verdict, String)> {
+        match &self.0 {
+            Some(Channel::Beside(relay)) => relay.check(),
+            _ => None,
+        }
+    }
+
+    /// A long install entered `phase`. False when no step is listening (the
+    /// caller then writes the status itself).
+    pub fn phase(&self, phase: &str) -> bool {
+        let Some(Channel::Step(shared)) = &self.0 else {
+            return false;
+        };
+        let mut st = shared.lock();
+        if st.ended {
+            return false;
+        }
+        st.phase = phase.to_string();
+        let now = st.overlay();
+        st.changes.push(now);
+        drop(st);
+        shared.wake.notify_all();
+        true
     }
 }
 
 /// How often a background download waiting for its turn looks again.
 const TURN_POLL: Duration = Duration::from_millis(20);
 
-/// Before a download connects: on a thread beside the steps, wait until
-/// the step's downloads leave it the link (at once anywhere else).
-pub fn wait_turn() {
-    let Some(Channel::Beside(relay)) = current().0 else {
-        return;
-    };
-    while relay.turn() == Turn::Wait {
-        std::thread::sleep(TURN_POLL);
-    }
-}
-
-/// While a download transfers: on a thread beside the steps, the link
-/// measurement's verdict when it is reached, with the labels of the step's
-/// downloads it concerns (once per run; `None` anywhere else). On `Yield`
-/// the download closes its connection and calls [`wait_turn`] before
-/// resuming.
-pub fn check_turn() -> Option<(Verdict, String)> {
-    match current().0 {
-        Some(Channel::Beside(relay)) => relay.check(),
-        _ => None,
-    }
-}
-
-/// A long install entered `phase`. False when no step is listening (the
-/// caller then writes the status itself).
-pub fn phase(phase: &str) -> bool {
-    let Some(Channel::Step(shared)) = current().0 else {
-        return false;
-    };
-    let mut st = shared.lock();
-    st.phase = phase.to_string();
-    let now = st.overlay();
-    st.changes.push(now);
-    drop(st);
-    shared.wake.notify_all();
-    true
-}
-
-/// Run the step `f` with a progress channel; `publish` gets what to add to
-/// the status, on a thread of its own, as the rules above say. `clock` is
-/// the host's. What reports through `relay` meanwhile joins the step's.
+/// Run the step `f` with a progress channel, which it gets; `publish` gets
+/// what to add to the status, on a thread of its own, as the rules above
+/// say. `clock` is the host's. What reports through `relay` meanwhile
+/// joins the step's.
 pub fn during<R>(
     clock: &(dyn Fn() -> SystemTime + Sync),
     publish: &mut (dyn FnMut(Overlay) + Send),
     relay: &Relay,
-    f: impl FnOnce() -> R,
+    f: impl FnOnce(&Handle) -> R,
 ) -> R {
     /// Tells the publisher and the relay the step ended, also when it
     /// panicked (the scope waits for the publisher before passing the
@@ -354,7 +343,7 @@ pub fn during<R>(
     std::thread::scope(|s| {
         let publisher = s.spawn(|| publisher(clock, publish, &shared));
         let end = End(&shared, relay);
-        let result = Handle(Some(Channel::Step(shared.clone()))).enter(f);
+        let result = f(&Handle(Some(Channel::Step(shared.clone()))));
         drop(end);
         // A publisher that panicked lost only progress lines.
         let _ = publisher.join();
@@ -500,13 +489,15 @@ mod tests {
     fn a_step_that_panics_ends_the_publisher_too() {
         let clock = SystemTime::now;
         let mut publish = |_: Overlay| {};
+        let kept = Mutex::new(Handle::none());
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            during(&clock, &mut publish, &Relay::default(), || {
+            during(&clock, &mut publish, &Relay::default(), |progress| {
+                *kept.lock().unwrap() = progress.clone();
                 panic!("power cut")
             })
         }));
         assert!(r.is_err());
-        assert!(!phase("after the step"));
+        assert!(!kept.into_inner().unwrap().phase("after the step"));
     }
 
     #[test]
@@ -514,14 +505,14 @@ mod tests {
         let got = Mutex::new(Vec::new());
         let clock = SystemTime::now;
         let mut publish = |o: Overlay| got.lock().unwrap().push(o);
-        during(&clock, &mut publish, &Relay::default(), || {
-            assert!(phase("unpacking"));
-            let handle = current();
+        let step = during(&clock, &mut publish, &Relay::default(), |progress| {
+            assert!(progress.phase("unpacking"));
             std::thread::scope(|s| {
-                s.spawn(|| handle.enter(|| download("bundle", 7, 9)));
+                s.spawn(|| progress.download("bundle", 7, 9));
             });
+            progress.clone()
         });
-        assert!(!phase("outside a step"));
+        assert!(!step.phase("outside a step"));
         let got = got.into_inner().unwrap();
         // The phase at once; the counts were never due, but as the step
         // published something, its last counts follow at the end.
@@ -537,17 +528,18 @@ mod tests {
         let clock = SystemTime::now;
         let mut publish = |o: Overlay| got.lock().unwrap().push(o);
         let beside = relay.handle();
-        beside.enter(|| download("bundle", 5, 50));
-        assert!(!beside.enter(|| phase("a phase has no step here")));
+        beside.download("bundle", 5, 50);
+        assert!(!beside.phase("a phase has no step here"));
         // The next step shows them from its start, with its own.
-        during(&clock, &mut publish, &relay, || {
-            assert!(phase("unpacking"));
-            beside.enter(|| download("bundle", 20, 50));
+        during(&clock, &mut publish, &relay, |progress| {
+            assert!(progress.phase("unpacking"));
+            beside.download("bundle", 20, 50);
         });
         // And the step after it, until the download ends.
-        during(&clock, &mut publish, &relay, || {
-            assert!(phase("configuring"));
+        let step = during(&clock, &mut publish, &relay, |progress| {
+            assert!(progress.phase("configuring"));
             relay.finished("bundle");
+            progress.clone()
         });
         let got = got.into_inner().unwrap();
         let shown: Vec<(String, Option<u64>)> = got
@@ -565,8 +557,8 @@ mod tests {
             "{got:?}"
         );
         // Outside a step, a relay thread's counts wait for the next one.
-        beside.enter(|| download("bundle", 1, 2));
-        assert!(!phase("outside"));
+        beside.download("bundle", 1, 2);
+        assert!(!step.phase("outside"));
     }
 
     #[test]
@@ -576,12 +568,12 @@ mod tests {
         let clock = SystemTime::now;
         let mut publish = |o: Overlay| got.lock().unwrap().push(o);
         let beside = relay.handle();
-        during(&clock, &mut publish, &relay, || {
-            assert!(phase("unpacking"));
-            beside.enter(|| download("bundle", 50, 50));
+        during(&clock, &mut publish, &relay, |progress| {
+            assert!(progress.phase("unpacking"));
+            beside.download("bundle", 50, 50);
         });
-        during(&clock, &mut publish, &relay, || {
-            assert!(phase("configuring"));
+        during(&clock, &mut publish, &relay, |progress| {
+            assert!(progress.phase("configuring"));
         });
         let got = got.into_inner().unwrap();
         assert_eq!(got.len(), 3, "{got:?}");
@@ -601,31 +593,34 @@ mod tests {
         let order = Mutex::new(Vec::new());
         let clock = SystemTime::now;
         let mut publish = |_: Overlay| {};
-        std::thread::scope(|s| {
+        let step = std::thread::scope(|s| {
             let beside = relay.handle();
             let order = &order;
             s.spawn(move || {
-                beside.enter(wait_turn);
+                beside.wait_turn();
                 order.lock().unwrap().push("background connects");
             });
             // Not before the step's first bytes plus the probe.
             std::thread::sleep(Duration::from_millis(100));
-            during(&clock, &mut publish, &relay, || {
+            during(&clock, &mut publish, &relay, |progress| {
                 std::thread::sleep(Duration::from_millis(100));
                 order.lock().unwrap().push("step's first bytes");
                 for i in 1..=10 {
-                    download("kernel", i * 1000, 100_000);
+                    progress.download("kernel", i * 1000, 100_000);
                     std::thread::sleep(Duration::from_millis(30));
                 }
                 order.lock().unwrap().push("probe over");
-            });
+                progress.clone()
+            })
         });
         assert_eq!(
             order.into_inner().unwrap(),
             ["step's first bytes", "background connects", "probe over"]
         );
         // Anywhere but beside the steps, nothing waits or measures.
-        wait_turn();
-        assert_eq!(check_turn(), None);
+        for elsewhere in [step, Handle::none()] {
+            elsewhere.wait_turn();
+            assert_eq!(elsewhere.check_turn(), None);
+        }
     }
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::host::Host;
-use super::{Ctx, Outcome, StepFailure};
+use super::{kernel, Ctx, Outcome, StepFailure};
+use crate::arch::Arch;
 use crate::plan::Target;
 
 /// The one-click installer refuses less (`CUBE_MIN_MEMORY_KB` default,
@@ -67,13 +68,10 @@ pub fn run_with(ctx: &mut Ctx, cfg: &PreflightConfig) -> Result<Outcome> {
         ));
     }
 
-    // PVM exists for x86_64 only (docs/pvm-kernel.md).
-    let arch = host.arch();
-    if arch != "x86_64" {
-        problems.push(Problem::new(
-            format!("this machine is {arch}; the PVM host kernel is x86_64 only"),
-            "use an x86_64 instance",
-        ));
+    match arch_problem(host, ctx.plan.target.arch) {
+        Ok(Some(fact)) => found.push(fact),
+        Ok(None) => {}
+        Err(p) => problems.push(p),
     }
 
     match memory_kb(host) {
@@ -163,6 +161,42 @@ impl Problem {
         Self {
             message: message.into(),
             hint: hint.into(),
+        }
+    }
+}
+
+/// One payload per architecture (docs/arm64.md): the machine must be the
+/// plan's. PVM exists for x86_64 only (docs/pvm-kernel.md), so an aarch64
+/// machine must bring a /dev/kvm that answers, and nothing is fetched
+/// before that is known. Ok carries what to report, if anything.
+fn arch_problem(host: &dyn Host, want: Arch) -> Result<Option<String>, Problem> {
+    let arch = host.arch();
+    if arch != want.uname() {
+        let shown = crate::printable::escape(&arch);
+        let hint = match arch.parse::<Arch>() {
+            Ok(a) => format!(
+                "build the payload with `cubeboot build --arch {a}`, or boot an {want} instance"
+            ),
+            Err(_) => format!("boot an {want} instance"),
+        };
+        return Err(Problem::new(
+            format!("this machine is {shown} (uname -m), the plan was built for {want}"),
+            hint,
+        ));
+    }
+    if want != Arch::Aarch64 {
+        return Ok(None);
+    }
+    match kernel::kvm_device_answers(host) {
+        Ok(()) => Ok(Some(
+            "aarch64 with /dev/kvm answering API version 12".into(),
+        )),
+        Err(why) => {
+            let refusal = kernel::aarch64_without_kvm(&why);
+            Err(Problem::new(
+                refusal.message,
+                refusal.hint.unwrap_or_default(),
+            ))
         }
     }
 }

@@ -61,13 +61,14 @@ impl<'a> Reporter<'a> {
         status.write(self.host)
     }
 
-    /// Run a step (`f`) with its progress channel open (src/firstboot/live.rs):
+    /// Run a step (`f`) with its progress channel open, which it gets
+    /// (src/firstboot/live.rs):
     /// phases and download counts it reports go onto `base`, the status
     /// published as it started, into the status file and to the webhook.
-    pub fn during<R>(&self, base: &Status, f: impl FnOnce() -> R) -> R {
+    pub fn during<R>(&self, base: &Status, f: impl FnOnce(&live::Handle) -> R) -> R {
         // Stays: every progress phase would be one more status write in the listing.
         if self.host.is_dry_run() {
-            return f();
+            return f(&live::Handle::none());
         }
         let host = self.host;
         let webhook = self.webhook.as_ref();

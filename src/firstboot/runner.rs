@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
+use super::fetch::beside::{self, BundleBeside};
 use super::fetch::FetchError;
 use super::host::Host;
 use super::journal::{Journal, StepState};
@@ -94,48 +95,24 @@ impl Default for RunOptions {
 /// A step's function, as the kernel and Cube teams write them.
 pub type StepFn = Arc<dyn Fn(&mut Ctx) -> Result<Outcome> + Send + Sync>;
 
-/// Which function runs for which step. Production uses [`Steps::standard`];
-/// tests replace entries to drive the whole loop with stand-ins.
+/// Which function runs for which step. Production uses [`Steps::standard`]:
+/// the `match` in [`Steps::call`], which names every step, so a step added
+/// to `StepId` without its function does not compile. Tests replace
+/// entries with [`Steps::with`] to drive the whole loop with stand-ins.
 #[derive(Clone)]
 pub struct Steps {
-    table: BTreeMap<StepId, StepFn>,
+    fetch: FetchConfig,
+    preflight: PreflightConfig,
+    replaced: BTreeMap<StepId, StepFn>,
 }
 
 impl Steps {
     pub fn standard(opts: &RunOptions) -> Self {
-        let fetch_cfg = opts.fetch.clone();
-        let preflight_cfg = opts.preflight.clone();
-        let mut table: BTreeMap<StepId, StepFn> = BTreeMap::new();
-        table.insert(
-            StepId::Preflight,
-            Arc::new(move |ctx: &mut Ctx| preflight::run_with(ctx, &preflight_cfg)),
-        );
-        table.insert(
-            StepId::Fetch,
-            Arc::new(move |ctx: &mut Ctx| {
-                // Decided before the first byte: fetch only what that path needs.
-                ctx.journal.facts.kvm_mode = Some(kernel::decide_kvm(ctx.host, ctx.plan)?);
-                fetch::run_without_bundle(ctx, &fetch_cfg)
-            }),
-        );
-        let bundle_cfg = opts.fetch.clone();
-        table.insert(
-            StepId::Bundle,
-            Arc::new(move |ctx: &mut Ctx| fetch::bundle_step(ctx, &bundle_cfg)),
-        );
-        table.insert(StepId::CubePrereqs, Arc::new(cube::prereqs));
-        table.insert(StepId::KernelInstall, Arc::new(kernel::install));
-        table.insert(StepId::KernelBoot, Arc::new(kernel::boot));
-        table.insert(StepId::Reboot, Arc::new(reboot));
-        table.insert(StepId::KernelVerify, Arc::new(kernel::verify));
-        table.insert(StepId::KvmLoad, Arc::new(kernel::load_kvm));
-        table.insert(StepId::KernelCommit, Arc::new(kernel::commit));
-        table.insert(StepId::DataDisk, Arc::new(cube::data_disk));
-        table.insert(StepId::CubeInstall, Arc::new(cube::install));
-        table.insert(StepId::CubeVerify, Arc::new(cube::verify));
-        table.insert(StepId::Harden, Arc::new(cube::harden));
-        table.insert(StepId::Report, Arc::new(units::disable_all));
-        Self { table }
+        Self {
+            fetch: opts.fetch.clone(),
+            preflight: opts.preflight.clone(),
+            replaced: BTreeMap::new(),
+        }
     }
 
     /// Replace one step's function.
@@ -143,8 +120,37 @@ impl Steps {
     where
         F: Fn(&mut Ctx) -> Result<Outcome> + Send + Sync + 'static,
     {
-        self.table.insert(step, Arc::new(f));
+        self.replaced.insert(step, Arc::new(f));
         self
+    }
+
+    /// Run `step`'s function.
+    fn call(&self, step: StepId, ctx: &mut Ctx) -> Result<Outcome> {
+        if let Some(f) = self.replaced.get(&step) {
+            return f(ctx);
+        }
+        match step {
+            StepId::Preflight => preflight::run_with(ctx, &self.preflight),
+            StepId::Fetch => {
+                // Native KVM or PVM, decided before the first byte (the
+                // kernel stage's call): fetch only what that path needs.
+                ctx.journal.facts.kvm_mode = Some(kernel::decide_kvm(ctx.host, ctx.plan)?);
+                fetch::run_without_bundle(ctx, &self.fetch)
+            }
+            StepId::CubePrereqs => cube::prereqs(ctx),
+            StepId::DataDisk => cube::data_disk(ctx),
+            StepId::KernelInstall => kernel::install(ctx),
+            StepId::KernelBoot => kernel::boot(ctx),
+            StepId::Reboot => reboot(ctx),
+            StepId::KernelVerify => kernel::verify(ctx),
+            StepId::KvmLoad => kernel::load_kvm(ctx),
+            StepId::KernelCommit => kernel::commit(ctx),
+            StepId::Bundle => fetch::bundle_step(ctx, &self.fetch),
+            StepId::CubeInstall => cube::install(ctx),
+            StepId::CubeVerify => cube::verify(ctx),
+            StepId::Harden => cube::harden(ctx),
+            StepId::Report => units::disable_all(ctx),
+        }
     }
 }
 
@@ -179,23 +185,78 @@ pub fn run_with(
     opts: &RunOptions,
     steps: &Steps,
 ) -> Result<RunEnd> {
-    let mut journal = Journal::load(host, &plan_digest.to_hex())?;
+    let journal = Journal::load(host, &plan_digest.to_hex())?;
     let reporter = Reporter::new(host, plan, live::Relay::new(opts.link));
+    let mut run = Run {
+        host,
+        plan,
+        opts,
+        steps,
+        reporter,
+        journal,
+    };
+    if let Some(ended) = run.reenter()? {
+        return Ok(ended);
+    }
 
-    // A finished run: rebuild the status (it lives in /run, which a reboot
-    // empties) and stop, unless asked to retry a failure.
-    if let Some(done) = journal.finished.clone() {
-        if !(opts.retry_failed && done.failure().is_some()) {
+    // The bundle downloads beside the steps that do not need it; the scope
+    // ends only when that download has ended too (a reboot or a kill ends
+    // it sooner, and the `bundle` step resumes it by Range).
+    std::thread::scope(|s| {
+        let settings = beside::Settings {
+            fetch: opts.fetch.clone(),
+            wanted: opts.scope.includes(StepId::Bundle),
+            reboot_takes: opts.reboot_estimate,
+        };
+        let relay = run.reporter.relay().clone();
+        let mut bundle = BundleBeside::new(s, host, plan, settings, relay);
+        let end = run.take_steps(&mut bundle);
+        // Stopped or failed with the download still going: what it brought
+        // is recorded. A reboot that did not wait for it ends it (here the
+        // scope still joins it); the next boot resumes it by Range.
+        if !matches!(end, Ok(RunEnd::Rebooting)) {
+            bundle.wait(&mut run.journal)?;
+        }
+        end
+    })
+}
+
+/// About how long a reboot takes, boot to network (the VM tier's figure
+/// was under a minute).
+pub const REBOOT_ESTIMATE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// One run: what it works on, how, and where it reports; the journal is
+/// its record, written by this thread alone.
+struct Run<'a> {
+    host: &'a dyn Host,
+    plan: &'a Plan,
+    opts: &'a RunOptions,
+    steps: &'a Steps,
+    reporter: Reporter<'a>,
+    journal: Journal,
+}
+
+impl Run<'_> {
+    /// A finished run: rebuild the status (it lives in /run, which a reboot
+    /// empties) and end here, unless asked to retry a failure; then the
+    /// failed step and the downloads run again.
+    fn reenter(&mut self) -> Result<Option<RunEnd>> {
+        let (host, journal) = (self.host, &mut self.journal);
+        let Some(done) = journal.finished.clone() else {
+            return Ok(None);
+        };
+        if !(self.opts.retry_failed && done.failure().is_some()) {
             host.say(&format!(
                 "nothing to do: this plan already finished ({done})"
             ));
-            let message = finished_message(&journal, &done);
+            let message = finished_message(journal, &done);
             let ended = match &done {
                 RunState::Failed(f) => RunEnd::Failed(f.clone()),
                 _ => RunEnd::Done,
             };
-            reporter.write(&mut reporter.status(&journal, done, None, message))?;
-            return Ok(ended);
+            let reporter = &self.reporter;
+            reporter.write(&mut reporter.status(journal, done, None, message))?;
+            return Ok(Some(ended));
         }
         host.say(&format!("retrying a run that ended {done}"));
         journal.finished = None;
@@ -208,355 +269,192 @@ pub fn run_with(
         journal.steps.remove(&StepId::Fetch);
         journal.steps.remove(&StepId::Bundle);
         journal.save(host)?;
+        Ok(None)
     }
 
-    // The bundle downloads beside the steps that do not need it; the scope
-    // ends only when that download has ended too (a reboot or a kill ends
-    // it sooner, and the `bundle` step resumes it by Range).
-    std::thread::scope(|s| {
-        let mut beside = Beside {
-            worker: None,
-            started: None,
-            relay: reporter.relay().clone(),
-        };
-        let end = take_steps(
-            host,
-            plan,
-            opts,
-            steps,
-            &reporter,
-            &mut journal,
-            s,
-            &mut beside,
-        );
-        // Stopped or failed with the download still going: what it brought
-        // is recorded. A reboot that did not wait for it ends it (here the
-        // scope still joins it); the next boot resumes it by Range.
-        if !matches!(end, Ok(RunEnd::Rebooting)) {
-            beside.wait(host, &mut journal)?;
-        }
-        end
-    })
-}
-
-/// The bundle's download beside the steps: started with the fetch step (or
-/// at the first step of a later start, after a reboot or a kill), waited
-/// for before the `bundle` step and, when it is nearly done, before the
-/// reboot.
-struct Beside<'scope> {
-    worker: Option<std::thread::ScopedJoinHandle<'scope, Result<String>>>,
-    started: Option<(std::time::Instant, u64)>,
-    /// The download reports and takes its turn on the link through it.
-    relay: live::Relay,
-}
-
-/// About how long a reboot takes, boot to network (the VM tier's figure
-/// was under a minute).
-pub const REBOOT_ESTIMATE: std::time::Duration = std::time::Duration::from_secs(60);
-
-impl<'scope> Beside<'scope> {
-    fn start_if_due<'env>(
-        &mut self,
-        s: &'scope std::thread::Scope<'scope, 'env>,
-        host: &'env dyn Host,
-        plan: &'env Plan,
-        opts: &RunOptions,
-        journal: &Journal,
-        step: StepId,
-    ) {
-        let due = self.worker.is_none()
-            && opts.scope.includes(StepId::Bundle)
-            && !journal.is_complete(StepId::Bundle)
-            && journal.is_complete(StepId::Preflight)
-            && (step == StepId::Fetch || journal.is_complete(StepId::Fetch))
-            && step != StepId::Bundle
-            // Already whole: the bundle step verifies it, once.
-            && !host.exists(&super::cache_path(&plan.assets.bundle))
-            // One file for both: the fetch step downloads it.
-            && plan.assets.bundle.sha256 != plan.assets.kernel.sha256;
-        if !due {
-            return;
-        }
-        self.started = Some((std::time::Instant::now(), bundle_bytes(host, plan)));
-        let cfg = opts.fetch.clone();
-        if step == StepId::Fetch && !journal.is_complete(StepId::Fetch) {
-            // The kernel package comes first: the bundle waits for its rate
-            // and gives way on a shared link (`link.rs`).
-            self.relay.expect_foreground();
-        }
-        let channel = self.relay.handle();
-        self.worker = Some(s.spawn(move || {
-            let fetched = channel.enter(|| fetch::bundle_beside(host, plan, &cfg))?;
-            Ok(format!(
-                "bundle {}, beside the kernel stage",
-                fetched.describe(&plan.assets.bundle)
-            ))
-        }));
-    }
-
-    /// Wait for the download to end and record a verified bundle in the
-    /// journal (this thread is the journal's only writer). A failure is the
-    /// `bundle` step's to report: it runs the same download again, with its
-    /// retries and its hint.
-    fn wait(&mut self, host: &dyn Host, journal: &mut Journal) -> Result<()> {
-        let Some(w) = self.worker.take() else {
-            return Ok(());
-        };
-        let joined = w.join();
-        self.relay.finished("bundle");
-        match joined {
-            Ok(Ok(detail)) => {
-                journal.start(host, StepId::Bundle);
-                journal.mark(host, StepId::Bundle, StepState::Done, &detail);
-                journal.save(host)?;
+    fn take_steps(&mut self, bundle: &mut BundleBeside) -> Result<RunEnd> {
+        let (host, scope) = (self.host, self.opts.scope);
+        for step in StepId::ALL {
+            if !scope.includes(step) {
+                continue;
             }
-            Ok(Err(e)) => host.say(&format!("fetch bundle: {e:#}; the bundle step tries again")),
-            Err(_) => {
-                host.say("fetch bundle: the download thread panicked; the bundle step tries again")
+            // A step that asked for a reboot: the boot id tells whether it came.
+            if let Some(then) = self.journal.reboot_requested_in(step) {
+                if host.boot_id().as_deref() == Some(then) {
+                    // Killed between saving the request and rebooting, or the
+                    // reboot was refused: the same boot is still running.
+                    host.say("the requested reboot has not happened yet; asking again");
+                    return self.reboot_now(None);
+                }
+                self.journal.mark(host, step, StepState::Done, "rebooted");
+                self.journal.save(host)?;
+            }
+            let note = bundle.at_step(&mut self.journal, step)?;
+            if !self.journal.is_complete(step) {
+                if let Some(end) = self.take(step, note)? {
+                    return Ok(end);
+                }
+            }
+            if scope == Scope::StopAfter(step) {
+                let message = format!("stopped after step {step} as asked");
+                let stopped = RunState::Stopped;
+                let mut status = self.reporter.status(&self.journal, stopped, None, message);
+                self.reporter.write(&mut status)?;
+                return Ok(RunEnd::Stopped(step));
             }
         }
-        Ok(())
+
+        if !scope.includes(StepId::Report) {
+            return Ok(RunEnd::Done);
+        }
+        let journal = &mut self.journal;
+        journal.finished = Some(RunState::Done);
+        let message = final_message(host, self.plan, journal);
+        journal.facts.final_message = Some(message.clone());
+        journal.save(host)?;
+        let mut status = self.reporter.status(journal, RunState::Done, None, message);
+        self.reporter.publish(&mut status)?;
+        // The one line a cloud console's "get console output" should show.
+        host.say(&status.message);
+        Ok(RunEnd::Done)
     }
 
-    /// Before the reboot: wait for the bundle when less of it is left than
-    /// a reboot takes; otherwise reboot and resume it after. Says which.
-    fn before_reboot(
-        &mut self,
-        host: &dyn Host,
-        plan: &Plan,
-        journal: &mut Journal,
-        reboot_takes: std::time::Duration,
-    ) -> Result<Option<String>> {
-        let Some(worker) = self.worker.as_ref() else {
-            return Ok(None);
-        };
-        if worker.is_finished() {
-            self.wait(host, journal)?;
-            return Ok(None);
+    /// Take one step: status, journal `started`, the work, journal outcome.
+    /// Returns how the run ends when it ends here (a reboot or a failure).
+    fn take(&mut self, step: StepId, reboot_note: Option<String>) -> Result<Option<RunEnd>> {
+        let host = self.host;
+        // What an earlier step or the installer wrote may hold new secrets.
+        learn_installed_secrets(host);
+        if let Some(refused) = crash_loop(host, &self.journal, step) {
+            return self.fail(step, &refused.into()).map(Some);
         }
-        let size = plan.assets.bundle.size;
-        let have = bundle_bytes(host, plan);
-        let left = size.saturating_sub(have);
-        let eta = self.started.and_then(|(at, from)| {
-            let rate = have.saturating_sub(from) as f64 / at.elapsed().as_secs_f64().max(1e-3);
-            (rate > 0.0).then(|| std::time::Duration::from_secs_f64(left as f64 / rate))
-        });
-        match eta {
-            Some(eta) if eta > reboot_takes => Ok(Some(format!(
-                "rebooting with {} of the bundle left (about {}s at the current rate, longer than a reboot); its download resumes after the reboot",
-                fetch::human_bytes(left),
-                eta.as_secs()
-            ))),
-            // Unknown (no bytes yet, or a dry run): wait, the download has
-            // its own timeouts.
-            _ => {
-                host.say(&format!(
-                    "waiting for the last {} of the bundle before rebooting (less than a reboot takes)",
-                    fetch::human_bytes(left)
-                ));
-                self.wait(host, journal)?;
-                Ok(None)
-            }
-        }
-    }
-}
+        let running = format!("running step {step}");
+        let mut status =
+            self.reporter
+                .status(&self.journal, RunState::Running, Some(step), running);
+        self.reporter.publish(&mut status)?;
+        host.say(&format!("step {step}: starting"));
+        self.journal.start(host, step);
+        self.journal.save(host)?;
 
-/// Bytes of the bundle on disk: all of it once verified, else the partial.
-fn bundle_bytes(host: &dyn Host, plan: &Plan) -> u64 {
-    let path = super::cache_path(&plan.assets.bundle);
-    if host.exists(&path) {
-        return plan.assets.bundle.size;
-    }
-    host.metadata(&format!("{path}.partial"))
-        .ok()
-        .flatten()
-        .map_or(0, |m| m.len)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn take_steps<'scope, 'env>(
-    host: &'env dyn Host,
-    plan: &'env Plan,
-    opts: &RunOptions,
-    steps: &Steps,
-    reporter: &Reporter,
-    journal: &mut Journal,
-    s: &'scope std::thread::Scope<'scope, 'env>,
-    beside: &mut Beside<'scope>,
-) -> Result<RunEnd> {
-    for step in StepId::ALL {
-        if !opts.scope.includes(step) {
-            continue;
-        }
-        // A step that asked for a reboot: the boot id tells whether it came.
-        if let Some(then) = journal.reboot_requested_in(step) {
-            if host.boot_id().as_deref() == Some(then) {
-                // Killed between saving the request and rebooting, or the
-                // reboot was refused: the same boot is still running.
-                host.say("the requested reboot has not happened yet; asking again");
-                return reboot_now(host, reporter, journal, None);
-            }
-            journal.mark(host, step, StepState::Done, "rebooted");
-            journal.save(host)?;
-        }
-        beside.start_if_due(s, host, plan, opts, journal, step);
-        let mut note = None;
-        if step == StepId::Bundle {
-            beside.wait(host, journal)?;
-        }
-        if step == StepId::Reboot
-            && !journal.is_complete(step)
-            && journal.state(StepId::KernelBoot) == Some(StepState::RebootRequested)
-        {
-            note = beside.before_reboot(host, plan, journal, opts.reboot_estimate)?;
-        }
-        if !journal.is_complete(step) {
-            if let Some(end) = take(host, plan, reporter, steps, journal, step, note)? {
-                return Ok(end);
-            }
-        }
-        if opts.scope == Scope::StopAfter(step) {
-            let message = format!("stopped after step {step} as asked");
-            reporter.write(&mut reporter.status(journal, RunState::Stopped, None, message))?;
-            return Ok(RunEnd::Stopped(step));
-        }
-    }
-
-    if !opts.scope.includes(StepId::Report) {
-        return Ok(RunEnd::Done);
-    }
-    journal.finished = Some(RunState::Done);
-    let message = final_message(host, plan, journal);
-    journal.facts.final_message = Some(message.clone());
-    journal.save(host)?;
-    let mut status = reporter.status(journal, RunState::Done, None, message);
-    reporter.publish(&mut status)?;
-    // The one line a cloud console's "get console output" should show.
-    host.say(&status.message);
-    Ok(RunEnd::Done)
-}
-
-/// Take one step: status, journal `started`, the work, journal outcome.
-/// Returns how the run ends when it ends here (a reboot or a failure).
-fn take(
-    host: &dyn Host,
-    plan: &Plan,
-    reporter: &Reporter,
-    steps: &Steps,
-    journal: &mut Journal,
-    step: StepId,
-    reboot_note: Option<String>,
-) -> Result<Option<RunEnd>> {
-    // What an earlier step or the installer wrote may hold new secrets.
-    learn_installed_secrets(host);
-    if let Some(refused) = crash_loop(host, journal, step) {
-        return fail(host, reporter, journal, step, &refused.into()).map(Some);
-    }
-    let running = format!("running step {step}");
-    let mut status = reporter.status(journal, RunState::Running, Some(step), running);
-    reporter.publish(&mut status)?;
-    host.say(&format!("step {step}: starting"));
-    journal.start(host, step);
-    journal.save(host)?;
-
-    let outcome = match steps.table.get(&step) {
         // Phases and download counts the step reports reach the status
         // file and the webhook while it runs.
-        Some(f) => reporter.during(&status, || {
-            f(&mut Ctx {
+        let (plan, steps, journal) = (self.plan, self.steps, &mut self.journal);
+        let outcome = self.reporter.during(&status, |progress| {
+            let progress = progress.clone();
+            let mut ctx = Ctx {
                 host,
                 plan,
-                journal: &mut *journal,
-            })
-        }),
-        None => Err(anyhow::anyhow!("no function for step {step}")),
-    };
+                journal,
+                progress,
+            };
+            steps.call(step, &mut ctx)
+        });
 
-    let reboot = match outcome {
-        Ok(Outcome::Done(detail)) => {
-            host.say(&format!("step {step}: done{}", suffix(&detail)));
-            journal.mark(host, step, StepState::Done, &detail);
-            false
-        }
-        Ok(Outcome::Skipped(why)) => {
-            host.say(&format!("step {step}: skipped ({why})"));
-            journal.mark(host, step, StepState::Skipped, &why);
-            false
-        }
-        Ok(Outcome::RebootRequested(detail)) => {
-            host.say(&format!("step {step}: {detail}"));
-            journal.mark(host, step, StepState::RebootRequested, &detail);
-            false
-        }
-        Ok(Outcome::Reboot(detail)) => {
-            host.say(&format!("step {step}: {detail}"));
-            journal.reboots += 1;
-            journal.mark_rebooting(host, step, &detail);
-            true
-        }
-        Err(err) => return fail(host, reporter, journal, step, &err).map(Some),
-    };
-    // Durable before anything else happens (a reboot, the next step).
-    journal.save(host)?;
-    if reboot {
-        return reboot_now(host, reporter, journal, reboot_note).map(Some);
-    }
-    Ok(None)
-}
-
-/// Record a failure everywhere a person might look, and stop.
-fn fail(
-    host: &dyn Host,
-    reporter: &Reporter,
-    journal: &mut Journal,
-    step: StepId,
-    err: &anyhow::Error,
-) -> Result<RunEnd> {
-    learn_installed_secrets(host);
-    let failure = err.chain().find_map(|e| e.downcast_ref::<StepFailure>());
-    let ending = failure
-        .and_then(|f| f.ends_as.clone())
-        .unwrap_or(Failure::Step(step));
-    let terminal = RunState::Failed(ending.clone());
-    let message = format!("{err:#}");
-    let hint = failure
-        .and_then(|f| {
-            f.hint
-                .clone()
-                .or_else(|| f.cause::<FetchError>().map(FetchError::hint))
-        })
-        .unwrap_or_else(|| hint_for(err));
-    journal.mark(host, step, StepState::Failed, &message);
-    journal.finished = Some(terminal.clone());
-    journal.last_error = Some(message.clone());
-    journal.hints = vec![hint];
-    journal.save(host)?;
-
-    let first = message.lines().next().unwrap_or_default();
-    let line = format!("{terminal}: {first}");
-    let mut status = reporter.status(journal, terminal.clone(), Some(step), line);
-    reporter.publish(&mut status)?;
-    // Console: the step, every line of the reason, the hint.
-    let shown = status.last_error.clone().unwrap_or_default();
-    host.say(&format!("step {step}: FAILED"));
-    for line in shown.lines() {
-        host.say(&format!("  {line}"));
-    }
-    for h in &status.hints {
-        host.say(&format!("hint: {h}"));
-    }
-    host.say(&format!(
-        "{terminal}; details in {STATUS_PATH} and `cube-firstboot status`"
-    ));
-    // A rollback that left the trial kernel running: one reboot into the old
-    // default, journaled first. Bounded: the run is finished before it is
-    // asked for, so the next boot does nothing (docs/bootloader.md).
-    if failure.is_some_and(|f| f.reboot_after) {
-        journal.reboots += 1;
+        let journal = &mut self.journal;
+        let reboot = match outcome {
+            Ok(Outcome::Done(detail)) => {
+                host.say(&format!("step {step}: done{}", suffix(&detail)));
+                journal.mark(host, step, StepState::Done, &detail);
+                false
+            }
+            Ok(Outcome::Skipped(why)) => {
+                host.say(&format!("step {step}: skipped ({why})"));
+                journal.mark(host, step, StepState::Skipped, &why);
+                false
+            }
+            Ok(Outcome::RebootRequested(detail)) => {
+                host.say(&format!("step {step}: {detail}"));
+                journal.mark(host, step, StepState::RebootRequested, &detail);
+                false
+            }
+            Ok(Outcome::Reboot(detail)) => {
+                host.say(&format!("step {step}: {detail}"));
+                journal.reboots += 1;
+                journal.mark_rebooting(host, step, &detail);
+                true
+            }
+            Err(err) => return self.fail(step, &err).map(Some),
+        };
+        // Durable before anything else happens (a reboot, the next step).
         journal.save(host)?;
-        host.request_reboot()?;
+        if reboot {
+            return self.reboot_now(reboot_note).map(Some);
+        }
+        Ok(None)
     }
-    Ok(RunEnd::Failed(ending))
+
+    /// Record a failure everywhere a person might look, and stop.
+    fn fail(&mut self, step: StepId, err: &anyhow::Error) -> Result<RunEnd> {
+        let (host, reporter, journal) = (self.host, &self.reporter, &mut self.journal);
+        learn_installed_secrets(host);
+        let failure = err.chain().find_map(|e| e.downcast_ref::<StepFailure>());
+        let ending = failure
+            .and_then(|f| f.ends_as.clone())
+            .unwrap_or(Failure::Step(step));
+        let terminal = RunState::Failed(ending.clone());
+        let message = format!("{err:#}");
+        let hint = failure
+            .and_then(|f| {
+                f.hint
+                    .clone()
+                    .or_else(|| f.cause::<FetchError>().map(FetchError::hint))
+            })
+            .unwrap_or_else(|| hint_for(err));
+        journal.mark(host, step, StepState::Failed, &message);
+        journal.finished = Some(terminal.clone());
+        journal.last_error = Some(message.clone());
+        journal.hints = vec![hint];
+        journal.save(host)?;
+
+        let first = message.lines().next().unwrap_or_default();
+        let line = format!("{terminal}: {first}");
+        let mut status = reporter.status(journal, terminal.clone(), Some(step), line);
+        reporter.publish(&mut status)?;
+        // Console: the step, every line of the reason, the hint.
+        let shown = status.last_error.clone().unwrap_or_default();
+        host.say(&format!("step {step}: FAILED"));
+        for line in shown.lines() {
+            host.say(&format!("  {line}"));
+        }
+        for h in &status.hints {
+            host.say(&format!("hint: {h}"));
+        }
+        host.say(&format!(
+            "{terminal}; details in {STATUS_PATH} and `cube-firstboot status`"
+        ));
+        // A rollback that left the trial kernel running: one reboot into the
+        // old default, journaled first. Bounded: the run is finished before
+        // it is asked for, so the next boot does nothing (docs/bootloader.md).
+        if failure.is_some_and(|f| f.reboot_after) {
+            journal.reboots += 1;
+            journal.save(host)?;
+            host.request_reboot()?;
+        }
+        Ok(RunEnd::Failed(ending))
+    }
+
+    fn reboot_now(&self, note: Option<String>) -> Result<RunEnd> {
+        let host = self.host;
+        let mut message =
+            "rebooting into the PVM kernel; the helper continues after the reboot".to_string();
+        if let Some(note) = note {
+            host.say(&note);
+            message = format!("{message} ({note})");
+        }
+        let state = RunState::Rebooting;
+        let mut status = self
+            .reporter
+            .status(&self.journal, state, Some(StepId::Reboot), message);
+        self.reporter.publish(&mut status)?;
+        // The reboot step staged the trial kernel with kexec (kernel/kexec.rs).
+        if self.journal.facts.trial_kexec.is_some() {
+            host.request_kexec()?;
+        } else {
+            host.request_reboot()?;
+        }
+        Ok(RunEnd::Rebooting)
+    }
 }
 
 /// Teach the host's secret set what the target holds now: every value in
@@ -608,24 +506,6 @@ fn crash_loop(host: &dyn Host, journal: &Journal, step: StepId) -> Option<StepFa
     )
 }
 
-fn reboot_now(
-    host: &dyn Host,
-    reporter: &Reporter,
-    journal: &Journal,
-    note: Option<String>,
-) -> Result<RunEnd> {
-    let mut message =
-        "rebooting into the PVM kernel; the helper continues after the reboot".to_string();
-    if let Some(note) = note {
-        host.say(&note);
-        message = format!("{message} ({note})");
-    }
-    let mut status = reporter.status(journal, RunState::Rebooting, Some(StepId::Reboot), message);
-    reporter.publish(&mut status)?;
-    host.request_reboot()?;
-    Ok(RunEnd::Rebooting)
-}
-
 /// The reboot step: it reboots only when the kernel stage armed a trial
 /// boot, and never more often than the plan allows.
 fn reboot(ctx: &mut Ctx) -> Result<Outcome> {
@@ -642,7 +522,10 @@ fn reboot(ctx: &mut Ctx) -> Result<Outcome> {
     }
     // After the reboot the helper starts as soon as the network is up.
     units::hand_over_to_resume(ctx.host)?;
-    Ok(Outcome::Reboot("trial boot of the PVM kernel".into()))
+    let how = kernel::kexec::stage_trial_kernel(ctx)?;
+    Ok(Outcome::Reboot(format!(
+        "trial boot of the PVM kernel {how}"
+    )))
 }
 
 /// The hint for an error no step explained: a typed download failure

@@ -84,9 +84,7 @@ impl Status {
                 .flatten()
                 .map(|h| h.trim().to_string())
                 .unwrap_or_default(),
-            role: plan
-                .map(|p| p.cube.role.as_str().to_string())
-                .unwrap_or_default(),
+            role: plan.map(|p| p.cube.role),
             download: None,
             phase: String::new(),
         }
@@ -279,9 +277,9 @@ pub fn finished_message(journal: &Journal, terminal: &RunState) -> String {
 /// one (src/firstboot/live.rs), else into the file directly (no file, e.g.
 /// a direct call in a test: nothing to update). The runner's next write, at
 /// the step's end, clears it.
-pub fn set_phase(host: &dyn Host, phase: &str) -> Result<()> {
+pub fn set_phase(host: &dyn Host, progress: &super::live::Handle, phase: &str) -> Result<()> {
     // Stays: in a dry run each phase would be one more status write in the listing.
-    if host.is_dry_run() || super::live::phase(phase) {
+    if host.is_dry_run() || progress.phase(phase) {
         return Ok(());
     }
     if let Some(mut s) = Status::read(host)? {
@@ -301,11 +299,12 @@ const LINE_INTERVAL: Duration = Duration::from_secs(1);
 /// the returned [`CmdOutput`] for the caller's log and error.
 pub fn run_with_progress(
     host: &dyn Host,
+    progress: &super::live::Handle,
     cmd: &super::host::CommandSpec,
     phase: &str,
     prefix: &str,
 ) -> Result<super::host::CmdOutput> {
-    set_phase(host, phase)?;
+    set_phase(host, progress, phase)?;
     let mut last_said: Option<std::time::SystemTime> = None;
     let mut last_line = String::new();
     let mut last_was_said = true;
@@ -363,7 +362,15 @@ mod tests {
             })
         });
         let cmd = CommandSpec::new("dpkg").args(["-i", "k.deb"]);
-        run_with_progress(&host, &cmd, "installing the kernel package", "dpkg").unwrap();
+        let progress = crate::firstboot::live::Handle::none();
+        run_with_progress(
+            &host,
+            &progress,
+            &cmd,
+            "installing the kernel package",
+            "dpkg",
+        )
+        .unwrap();
         assert_eq!(*seen_phase.lock().unwrap(), "installing the kernel package");
         let said: Vec<String> = host
             .said()

@@ -8,31 +8,23 @@
 use anyhow::Result;
 
 use super::host::{CommandSpec, Host};
-use super::{Ctx, Outcome, UNIT_NAME};
-
-/// The resume unit's name and file.
-pub const RESUME_UNIT_NAME: &str = "cube-firstboot-resume.service";
-pub const RESUME_UNIT_FILE: &str = include_str!("../../templates/cube-firstboot-resume.service");
-
-const SYSTEM_DIR: &str = "/etc/systemd/system";
-const RESUME_WANTS_DIR: &str = "/etc/systemd/system/multi-user.target.wants";
-/// Where `cube-firstboot.service`'s `WantedBy=cloud-init.target` links it
-/// (the builder's overlay and `systemctl enable` make this link).
-pub const MAIN_LINK: &str = "/etc/systemd/system/cloud-init.target.wants/cube-firstboot.service";
-pub const RESUME_LINK: &str =
-    "/etc/systemd/system/multi-user.target.wants/cube-firstboot-resume.service";
+use super::{Ctx, Outcome};
+use crate::layout::{
+    MAIN_LINK, RESUME_LINK, RESUME_UNIT_FILE, RESUME_UNIT_NAME, RESUME_UNIT_PATH, UNIT_NAME,
+};
 
 /// Before the helper's reboot: enable the resume unit and disable the
 /// first-boot one, with plain file operations (what `systemctl enable` and
 /// `disable` do to /etc), so they work the same under `--root`. Idempotent.
 pub fn hand_over_to_resume(host: &dyn Host) -> Result<()> {
-    let path = format!("{SYSTEM_DIR}/{RESUME_UNIT_NAME}");
-    if host.read_optional(&path)?.as_deref() != Some(RESUME_UNIT_FILE) {
-        host.write_atomic(&path, RESUME_UNIT_FILE.as_bytes(), 0o644)?;
+    if host.read_optional(RESUME_UNIT_PATH)?.as_deref() != Some(RESUME_UNIT_FILE) {
+        host.write_atomic(RESUME_UNIT_PATH, RESUME_UNIT_FILE.as_bytes(), 0o644)?;
     }
-    if host.read_link(RESUME_LINK)?.as_deref() != Some(path.as_str()) {
-        host.create_dir_all(RESUME_WANTS_DIR)?;
-        host.symlink(&path, RESUME_LINK)?;
+    if host.read_link(RESUME_LINK)?.as_deref() != Some(RESUME_UNIT_PATH) {
+        if let Some((wants_dir, _)) = RESUME_LINK.rsplit_once('/') {
+            host.create_dir_all(wants_dir)?;
+        }
+        host.symlink(RESUME_UNIT_PATH, RESUME_LINK)?;
     }
     host.remove_file(MAIN_LINK)
 }
@@ -51,7 +43,7 @@ pub fn disable_all(ctx: &mut Ctx) -> Result<Outcome> {
     let mut names = vec![UNIT_NAME];
     // systemctl refuses a unit file that does not exist (no reboot, no
     // resume unit).
-    if host.exists(&format!("{SYSTEM_DIR}/{RESUME_UNIT_NAME}")) {
+    if host.exists(RESUME_UNIT_PATH) {
         names.push(RESUME_UNIT_NAME);
     }
     let cmd = cmd

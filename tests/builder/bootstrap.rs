@@ -13,21 +13,26 @@ use crate::support::*;
 
 /// A release served on 127.0.0.1 and a lock pointing at it only, so the
 /// bootstrap never has another address to try.
-struct Served {
-    dir: tempfile::TempDir,
-    lock: PathBuf,
+pub(crate) struct Served {
+    pub dir: tempfile::TempDir,
+    pub lock: PathBuf,
 }
 
-fn served() -> Served {
+pub(crate) fn served() -> Served {
+    served_with(&release().helper)
+}
+
+/// [`served`] with another helper binary (named `cube-firstboot`).
+pub(crate) fn served_with(helper: &Path) -> Served {
     let rel = release();
     let dir = tempdir();
-    for f in [&rel.deb, &rel.bundle, &rel.helper] {
+    for f in [&rel.deb, &rel.bundle, helper] {
         std::fs::copy(f, dir.path().join(f.file_name().unwrap())).unwrap();
     }
     let base = serve(dir.path());
     let lock = dir.path().join("cubeboot.lock");
     let mut args: Vec<String> = vec!["lock".into(), "--base-url".into(), base];
-    for f in [&rel.deb, &rel.bundle, &rel.helper] {
+    for f in [&rel.deb, &rel.bundle, helper] {
         args.push("--asset".into());
         args.push(f.to_str().unwrap().into());
     }
@@ -74,7 +79,7 @@ fn run_bootstrap(doc: &serde_json::Value, downloader: &str, embedded: Option<&[u
     let w = work.path();
     let tools = w.join("tools");
     std::fs::create_dir_all(&tools).unwrap();
-    for t in ["mkdir", "rm", "sha256sum", "install", downloader] {
+    for t in ["mkdir", "rm", "sha256sum", "install", "uname", downloader] {
         let real = which(t);
         symlink(&real, tools.join(t)).unwrap();
     }
@@ -133,7 +138,7 @@ exit $rc
     }
 }
 
-fn which(tool: &str) -> PathBuf {
+pub(crate) fn which(tool: &str) -> PathBuf {
     for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
         let p = Path::new(dir).join(tool);
         if p.exists() {
@@ -206,4 +211,38 @@ fn bootstrap_verifies_an_embedded_helper_before_installing() {
     assert!(!o.ok);
     assert_eq!(o.installed, None);
     assert_eq!(o.systemctl, "");
+}
+
+#[test]
+fn bootstrap_refuses_a_machine_of_another_architecture_before_fetching() {
+    let s = served();
+    let mut doc = user_data(&s.lock, &[]);
+    // This machine's own payload goes ahead (the test above); the payload
+    // of the other architecture differs in its ARCH argument (and its
+    // helper's pin, which it never gets to check).
+    let machine = String::from_utf8(Command::new("uname").arg("-m").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(doc["runcmd"][0][4], machine.as_str());
+    let other = if machine == "aarch64" {
+        "x86_64"
+    } else {
+        "aarch64"
+    };
+    doc["runcmd"][0][4] = serde_json::json!(other);
+    // Nothing may be fetched: the server hands out the wrong bytes, so a
+    // fetch would end in the sha256 message instead.
+    std::fs::write(s.dir.path().join("cube-firstboot"), b"not fetched").unwrap();
+    let o = run_bootstrap(&doc, "curl", None);
+    assert!(!o.ok);
+    assert_eq!(
+        o.log,
+        format!(
+            "cubeboot: this machine is {machine}, but this payload was built for {other}: build it with cubeboot build --arch {machine}\n"
+        )
+    );
+    assert_eq!(o.installed, None);
+    assert_eq!(o.systemctl, "");
+    assert!(!o.leftover_download);
 }

@@ -109,6 +109,8 @@ fn builds_every_profile_with_all_files() {
         let plan = cubeboot::plan::Plan::from_json(&plan_text).unwrap();
         assert_eq!(plan.target.profile, p);
         assert_eq!(plan.kernel.kver, KVER);
+        // The trial boot by kexec is the default (docs/bootloader.md).
+        assert_eq!(plan.reboot, Some(cubeboot::plan::RebootMode::Kexec));
         // The default is the PVM part of upstream's host_grub_config.sh
         // (docs/pvm-kernel.md, "Boot parameters"), console and cloud ones left out.
         let params = plan.kernel.boot_params.join(" ");
@@ -216,13 +218,21 @@ fn options_map_into_the_plan() {
         "off",
         "--cloud",
         "azure",
+        "--reboot",
+        "firmware",
     ]);
     let plan = std::fs::read_to_string(out.path().join("ubuntu-24.04/plan.json")).unwrap();
+    // Firmware is what a plan without the field means: it stays out.
+    assert!(!plan.contains("\"reboot\""), "{plan}");
     let plan = cubeboot::plan::Plan::from_json(&plan).unwrap();
+    assert_eq!(plan.reboot_mode(), cubeboot::plan::RebootMode::Firmware);
     assert_eq!(plan.cube.role, cubeboot::plan::Role::Compute);
-    assert_eq!(plan.cube.control_plane_ip.as_deref(), Some("10.0.0.5"));
-    assert_eq!(plan.cube.node_ip, "10.0.0.9");
-    assert_eq!(plan.cube.mirror.as_deref(), Some("cn"));
+    assert_eq!(
+        plan.cube.control_plane_ip.map(|c| c.to_string()).as_deref(),
+        Some("10.0.0.5")
+    );
+    assert_eq!(plan.cube.node_ip.to_string(), "10.0.0.9");
+    assert_eq!(plan.cube.mirror.map(|m| m.as_str()), Some("cn"));
     assert!(plan.assets.bundle.urls[0]
         .starts_with("https://cnb.cool/CubeSandbox/CubeSandbox/-/releases/download/"));
     assert_eq!(plan.kernel.boot_params.len(), 26);
@@ -235,7 +245,7 @@ fn options_map_into_the_plan() {
         plan.cube.data_disk,
         cubeboot::plan::DataDisk::Device("/dev/vdb".into())
     );
-    assert_eq!(plan.cube.allow_from, ["10.0.0.0/24"]);
+    assert_eq!(plan.cube.allow_from, ["10.0.0.0/24".parse().unwrap()]);
     assert!(!plan.cube.hardening);
     assert_eq!(
         (
@@ -291,8 +301,9 @@ fn the_real_helper_embeds_only_in_a_nocloud_seed() {
     assert_eq!(inline["encoding"], "gz+b64");
     let inline = inline["content"].as_str().unwrap();
     assert_eq!(gunzip_b64(inline.as_bytes()), helper);
-    // No URL after the digest: the bootstrap verifies the inline copy.
-    assert_eq!(doc["runcmd"][0].as_array().unwrap().len(), 5);
+    // No URL after the architecture and the digest: the bootstrap verifies
+    // the inline copy.
+    assert_eq!(doc["runcmd"][0].as_array().unwrap().len(), 6);
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("debian-12/manifest.json")).unwrap())
             .unwrap();

@@ -9,6 +9,7 @@ mod support;
 #[allow(dead_code)]
 mod server;
 
+mod arch;
 mod bootstrap;
 mod build;
 mod bundle;
@@ -21,3 +22,4 @@ mod readme;
 mod schema;
 mod shell;
 mod troubleshooting;
+mod upgrade;

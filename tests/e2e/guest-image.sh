@@ -21,13 +21,15 @@ cache="${E2E_CACHE:-$here/cache}"
 # gawk, xfsprogs, iproute2, python3, docker.io, docker-compose; the Cube
 # prereq step also wants resolvectl (systemd-resolved) on a control node, or
 # it installs dnsmasq; nftables for hardening with allow_from (the cluster
-# scenario).
+# scenario). kexec-tools: the helper's trial boot by kexec (plan `reboot:
+# kexec`, docs/bootloader.md); without it the helper reboots through the
+# firmware.
 packages=(
   systemd-sysv udev dbus linux-image-amd64 grub-pc cloud-init ifupdown
   isc-dhcp-client curl ca-certificates e2fsprogs kmod initramfs-tools zstd
   sudo locales
   python3 xfsprogs iproute2 tar gawk sed grep procps util-linux
-  docker.io docker-compose systemd-resolved nftables
+  docker.io docker-compose systemd-resolved nftables kexec-tools
 )
 
 key_inputs() {

@@ -121,11 +121,12 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// The example release's fixture assets (kernel .rpm/.deb, bundle) plus a
-/// small stand-in helper, copied into `dir/release` and pinned by the real
+/// The example release's fixture assets (kernel .rpm/.deb, bundle) and its
+/// static helper, copied into `dir/release` and pinned by the real
 /// `cubeboot lock` at a `file://` base that does not exist, so nothing built
-/// from it can download anything. (The stand-in keeps xz, unoptimized in
-/// test builds, from spending a minute on the 90 MB debug helper.)
+/// from it can download anything. (The static helper, ~2.7 MB, not the
+/// 90 MB debug one, keeps xz quick; `lock` reads a helper's architecture
+/// from its ELF header, so it must be a real executable, docs/arm64.md.)
 pub fn fixture_lock(dir: &Path) -> PathBuf {
     let rel = dir.join("release");
     fs::create_dir_all(&rel).unwrap();
@@ -135,18 +136,13 @@ pub fn fixture_lock(dir: &Path) -> PathBuf {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         let wanted = name.ends_with(".rpm")
             || name.ends_with(".deb")
+            || name == "cube-firstboot"
             || (name.starts_with("cube-sandbox-one-click-") && name.ends_with(".tar.gz"));
         if wanted {
             fs::copy(repo().join("examples/release").join(&name), rel.join(&name)).unwrap();
             lock.arg("--asset").arg(rel.join(&name));
         }
     }
-    fs::write(
-        rel.join("cube-firstboot"),
-        b"#!/bin/sh\necho stand-in helper\n",
-    )
-    .unwrap();
-    lock.arg("--asset").arg(rel.join("cube-firstboot"));
     lock.arg("--output").arg(rel.join("cubeboot.lock"));
     run(&mut lock);
     rel.join("cubeboot.lock")

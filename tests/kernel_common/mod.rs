@@ -1230,16 +1230,26 @@ impl<H: Host> Target<H> {
 
     /// What a step function takes, to run one step outside the runner.
     pub fn ctx<'a>(&'a self, journal: &'a mut Journal) -> Ctx<'a> {
-        Ctx {
-            host: &self.host,
-            plan: &self.plan,
-            journal,
-        }
+        Ctx::new(&self.host, &self.plan, journal)
     }
 
     /// The status file the helper writes for operators.
     pub fn status(&self) -> String {
         read(self.root(), "/run/cubeboot/status.json")
+    }
+
+    /// Run on and expect the rollback to the old Debian kernel, with `why`
+    /// in the status.
+    pub fn run_expecting_debian_rollback(&self, digest: &Sha256Digest, why: &str) {
+        let end = self.run(digest, Scope::All);
+        assert_eq!(
+            end,
+            RunEnd::Failed(Failure::RolledBack {
+                to: OLD_DEB_KERNEL.into()
+            })
+        );
+        let status = self.status();
+        assert!(status.contains(why), "{status}");
     }
 }
 

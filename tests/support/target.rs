@@ -331,8 +331,11 @@ pub fn stand_in_steps(opts: &RunOptions) -> Steps {
             Ok(Outcome::Done("installed".into()))
         })
         .with(StepId::CubeVerify, |ctx| {
-            ctx.journal
-                .record_check("cube-api-health", true, "GET /health: 200");
+            ctx.journal.record_check(
+                cubeboot::status_schema::CheckName::CubeApi,
+                true,
+                "GET /health: 200",
+            );
             Ok(Outcome::Done("healthy".into()))
         })
         .with(StepId::Harden, |ctx| {

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use cubeboot::digest::Sha256Digest;
 use cubeboot::firstboot::cube::upgrade::PinnedBundle;
+use cubeboot::firstboot::upgrade::PinnedHelper;
 use cubeboot::firstboot::StepId;
 
 #[derive(Debug, Parser)]
@@ -29,7 +30,8 @@ pub enum Command {
     Run(RunArgs),
     /// Show where the run stands; exit 0 done, 1 failed, 3 running
     Status(StatusArgs),
-    /// Upgrade Cube on a finished node to a pinned bundle (--mode=upgrade)
+    /// Roll a finished node onto a new plan (--to), or Cube alone onto a
+    /// pinned bundle (--bundle); docs/upgrades.md
     Upgrade(UpgradeArgs),
     /// Apply a stage to an image root without rebooting (image builds)
     Apply(ApplyArgs),
@@ -99,15 +101,32 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["to", "bundle"])))]
+#[command(after_long_help = UPGRADE_EXAMPLES)]
 pub struct UpgradeArgs {
     #[command(flatten)]
     pub root: RootArgs,
-    /// The new one-click bundle, pinned by digest: URL#SHA256
-    #[arg(long, value_name = "URL#SHA256", value_parser = parse_bundle)]
-    pub bundle: PinnedBundle,
-    /// Plan file on this machine (default: /etc/cubeboot/plan.json under
-    /// the root)
+    /// The new plan (upgrade.sh writes it to
+    /// /var/lib/cubeboot/plan.next.json): what changed of helper, PVM
+    /// kernel and bundle is done (trial boot and commit for a kernel),
+    /// then cube-verify, harden and report; the same plan again does
+    /// nothing. Exit 0 done, 1 failed, 10 rebooting (it resumes after)
     #[arg(long, value_name = "PATH")]
+    pub to: Option<PathBuf>,
+    /// With --to: the new helper binary on this machine, pinned by the
+    /// lock's SHA-256; it replaces /usr/local/sbin/cube-firstboot
+    #[arg(long, value_name = "FILE#SHA256", requires = "to", value_parser = parse_helper)]
+    pub helper: Option<PinnedHelper>,
+    /// With --to: print what would change, or why it is refused (exit 1),
+    /// and change nothing
+    #[arg(long, requires = "to")]
+    pub check: bool,
+    /// Only Cube: the new one-click bundle, pinned by digest: URL#SHA256
+    #[arg(long, value_name = "URL#SHA256", value_parser = parse_bundle)]
+    pub bundle: Option<PinnedBundle>,
+    /// With --bundle: plan file on this machine (default:
+    /// /etc/cubeboot/plan.json under the root)
+    #[arg(long, value_name = "PATH", conflicts_with = "to")]
     pub plan: Option<PathBuf>,
     #[command(flatten)]
     pub fetch: FetchArgs,
@@ -116,6 +135,20 @@ pub struct UpgradeArgs {
 fn parse_bundle(s: &str) -> Result<PinnedBundle, String> {
     s.parse().map_err(|e: anyhow::Error| e.to_string())
 }
+
+fn parse_helper(s: &str) -> Result<PinnedHelper, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
+}
+
+const UPGRADE_EXAMPLES: &str = "\
+Examples:
+  From the operator's machine, one node at a time (docs/upgrades.md):
+    cubeboot build --lock NEW.lock --profile debian-12 --upgrade
+    ssh root@NODE sh -s < out/debian-12/upgrade.sh
+    cubeboot watch --expect 1 --secret-file out/webhook-secret
+  What upgrade.sh runs on the node:
+    cube-firstboot upgrade --to /var/lib/cubeboot/plan.next.json \\
+      --helper /var/lib/cubeboot/cube-firstboot.upgrade#SHA256";
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
@@ -196,7 +229,7 @@ mod tests {
     fn help_fits_in_80_columns() {
         let mut cmd = Cli::command();
         let mut pages = vec![cmd.render_long_help().to_string()];
-        for sub in ["run", "status", "apply", "reset", "dev"] {
+        for sub in ["run", "status", "upgrade", "apply", "reset", "dev"] {
             let mut c = Cli::command();
             // Settings such as term_width reach subcommands only when built.
             c.build();

@@ -181,6 +181,9 @@ fn show_status(args: StatusArgs) -> i32 {
 /// `cubeboot::firstboot::cube::upgrade`).
 fn upgrade(args: UpgradeArgs) -> i32 {
     let host = RealHost::new(&args.root.root);
+    let Some(bundle) = &args.bundle else {
+        return upgrade_to(&host, &args);
+    };
     let loaded = match &args.plan {
         Some(path) => load_plan_file(path),
         None => runner::load_plan(&host),
@@ -190,16 +193,59 @@ fn upgrade(args: UpgradeArgs) -> i32 {
         Err(e) => return report_setup_failure(&host, Failure::Plan, &e, plan_hint(&e)),
     };
     let cfg = fetch_config(&args.fetch);
-    match cubeboot::firstboot::cube::upgrade::run(
-        &host,
-        &plan,
-        &digest.to_hex(),
-        &args.bundle,
-        &cfg,
-    ) {
+    match cubeboot::firstboot::cube::upgrade::run(&host, &plan, &digest.to_hex(), bundle, &cfg) {
         Ok(_) => exit::DONE,
         Err(e) => {
             eprintln!("cube-firstboot: upgrade failed: {e:#}");
+            exit::FAILED
+        }
+    }
+}
+
+/// `upgrade --to PLAN [--helper FILE#SHA256]`: the node onto a new plan,
+/// doing only what changed (logic in `cubeboot::firstboot::upgrade`).
+fn upgrade_to(host: &dyn Host, args: &UpgradeArgs) -> i32 {
+    use cubeboot::firstboot::upgrade::{self, Upgraded};
+    let Some(path) = &args.to else {
+        return exit::USAGE;
+    };
+    let text = match cubeboot::bounded_read::read_text_file_limited(
+        path,
+        cubeboot::bounded_read::PLAN_LIMIT,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cube-firstboot: upgrade: reading {}: {e}", path.display());
+            return exit::USAGE;
+        }
+    };
+    let opts = RunOptions {
+        fetch: fetch_config(&args.fetch),
+        ..RunOptions::default()
+    };
+    let ran = if args.check {
+        upgrade::check(host, &text, args.helper.as_ref()).map(|what| {
+            println!("{what}");
+            Upgraded::NothingToDo(what)
+        })
+    } else {
+        upgrade::run(host, &text, args.helper.as_ref(), &opts)
+    };
+    match ran {
+        Ok(Upgraded::NothingToDo(_)) | Ok(Upgraded::Ran(RunEnd::Done | RunEnd::Stopped(_))) => {
+            exit::DONE
+        }
+        Ok(Upgraded::Ran(RunEnd::Rebooting)) => exit::REBOOTING,
+        Ok(Upgraded::Ran(RunEnd::Failed(_))) => exit::FAILED,
+        Err(e) => {
+            let hint = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<cubeboot::firstboot::StepFailure>())
+                .and_then(|f| f.hint.clone());
+            eprintln!("cube-firstboot: upgrade refused: {e:#}");
+            if let Some(h) = hint {
+                eprintln!("hint: {h}");
+            }
             exit::FAILED
         }
     }

@@ -274,10 +274,7 @@ fn read_rpm_header<R: Read>(r: &mut R, what: &str) -> Result<(RpmHeader, HeaderB
         h.update(intro);
         h.update(&index);
         h.update(&data);
-        h.finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
+        hex::encode(h.finalize())
     };
     let mut header = RpmHeader {
         sha1,

@@ -76,7 +76,7 @@ pub fn run(args: LockArgs) -> Result<()> {
                 src.name
             )
         })?;
-        let locked = pin_one(&src, kind)?;
+        let (kind, locked) = pin_one(&src, kind)?;
         let slot = file.assets.slot(kind);
         if let Some(prev) = slot {
             bail!(
@@ -112,7 +112,8 @@ pub fn run(args: LockArgs) -> Result<()> {
     crate::atomic_write::write_atomic(&args.output, text.as_bytes(), 0o644)
         .with_context(|| format!("writing lock {}", args.output.display()))?;
     eprintln!("wrote {}", args.output.display());
-    if file.assets.helper.is_none() {
+    // Either helper serves its architecture's builds (docs/arm64.md).
+    if file.assets.helper.is_none() && file.assets.helper_aarch64.is_none() {
         eprintln!(
             "warning: {} pins no helper (cube-firstboot): `cubeboot build` will refuse it; lock again with --asset PATH/cube-firstboot (scripts/build-helper.sh builds it)",
             args.output.display()
@@ -305,8 +306,10 @@ fn release_sources(json: &Path, tag: Option<&str>) -> Result<Vec<Source>> {
     Ok(out)
 }
 
-/// Open, hash, inspect (kernels), cross-check: one pass over the bytes.
-fn pin_one(src: &Source, kind: AssetKind) -> Result<LockedAsset> {
+/// Open, hash, inspect (kernels, bundles, a helper's ELF header),
+/// cross-check: one pass over the bytes. Returns the slot the asset takes:
+/// a helper's is its architecture's.
+fn pin_one(src: &Source, kind: AssetKind) -> Result<(AssetKind, LockedAsset)> {
     let reader: Box<dyn Read> = match &src.open {
         Opener::Path(p) => {
             let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
@@ -335,6 +338,10 @@ fn pin_one(src: &Source, kind: AssetKind) -> Result<LockedAsset> {
         )?),
         _ => None,
     };
+    let kind = match kind {
+        AssetKind::Helper => AssetKind::helper(helper_arch(&mut hashing, &src.name)?),
+        other => other,
+    };
     // Whatever the inspection left unread still has to be hashed.
     let mut buf = vec![0u8; 1 << 20];
     while hashing
@@ -356,7 +363,7 @@ fn pin_one(src: &Source, kind: AssetKind) -> Result<LockedAsset> {
             bail!("{}: listed as {listed} bytes, got {size}", src.name);
         }
     }
-    Ok(LockedAsset {
+    let locked = LockedAsset {
         name: src.name.clone(),
         url: src.url.clone(),
         mirrors: src.mirrors.clone(),
@@ -370,6 +377,22 @@ fn pin_one(src: &Source, kind: AssetKind) -> Result<LockedAsset> {
             module: f.module.unwrap_or_default(),
         }),
         bundle,
+    };
+    Ok((kind, locked))
+}
+
+/// The architecture of a helper binary, from its ELF header (the first 20
+/// bytes, read through the hashing reader so they are hashed too).
+fn helper_arch(reader: &mut impl Read, name: &str) -> Result<crate::arch::Arch> {
+    let mut header = Vec::with_capacity(20);
+    reader
+        .take(20)
+        .read_to_end(&mut header)
+        .with_context(|| format!("reading {name}"))?;
+    crate::arch::Arch::of_elf(&header).map_err(|what| {
+        anyhow::anyhow!(
+            "{name} is {what}: a helper is the static cube-firstboot that scripts/build-helper.sh builds (--arch x86_64 or aarch64)"
+        )
     })
 }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::layout::{Columns, Row};
 use super::{Expect, Fleet, Node, Receiver, REDRAW_EVERY};
+use crate::plan::Role;
 use crate::printable::escape;
 use crate::status_schema::{DownloadProgress, Failure, Progress, Status, StepId};
 
@@ -90,7 +91,7 @@ fn node_event(n: &Node) -> Event<'_> {
     Event::Node {
         node: &n.name,
         ip: &n.ip,
-        role: &n.post.role,
+        role: n.post.role.map_or("", Role::as_str),
         profile: &n.post.profile,
         state: n.post.state.to_string(),
         step: n.post.step.map_or("", StepId::name),
@@ -373,7 +374,7 @@ fn node_row(n: &Node, now: Instant) -> Row {
     Row {
         name: n.name.clone(),
         ip: n.ip.clone(),
-        role: p.role.clone(),
+        role: p.role.map_or("", Role::as_str).to_string(),
         step: step.map_or("", StepId::name).to_string(),
         progress,
         elapsed: clock(until.duration_since(n.first_seen)),
@@ -416,7 +417,7 @@ mod tests {
             ip: "10.0.1.21".into(),
             post: Status {
                 hostname: "node-01".into(),
-                role: "compute".into(),
+                role: Some(Role::Compute),
                 state: RunState::Running,
                 step: StepId::from_name(step),
                 phase: phase.into(),

@@ -4,11 +4,13 @@
 //! LAN"), which is common on VPCs using 192.168.0.0/16. We pick a free /18
 //! first and pass it as `CUBE_SANDBOX_NETWORK_CIDR`.
 
-use std::fmt;
 use std::net::Ipv4Addr;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+
+/// The network type is shared with the plan (`cube.cluster_cidr`, `allow_from`).
+pub use crate::net::Ipv4Net;
 
 /// The installer's packaged default.
 pub const DEFAULT_CIDR: Ipv4Net = Ipv4Net::new(Ipv4Addr::new(192, 168, 0, 0), 18);
@@ -26,67 +28,6 @@ pub const CANDIDATES: [Ipv4Net; 9] = [
     Ipv4Net::new(Ipv4Addr::new(172, 30, 64, 0), 18),
     Ipv4Net::new(Ipv4Addr::new(172, 31, 192, 0), 18),
 ];
-
-/// An IPv4 network (address masked to the prefix on construction by parse).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Net {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl Ipv4Net {
-    pub const fn new(addr: Ipv4Addr, prefix: u8) -> Self {
-        Self { addr, prefix }
-    }
-
-    /// `a.b.c.d/n` or a bare address (a /32).
-    pub fn parse(s: &str) -> Result<Self> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (
-                a,
-                p.parse::<u8>()
-                    .ok()
-                    .filter(|p| *p <= 32)
-                    .with_context(|| format!("{s:?} has an invalid prefix length"))?,
-            ),
-            None => (s, 32),
-        };
-        let addr: Ipv4Addr = addr
-            .parse()
-            .with_context(|| format!("{s:?} is not an IPv4 address or network"))?;
-        Ok(Self { addr, prefix })
-    }
-
-    fn mask(&self) -> u32 {
-        if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.prefix))
-        }
-    }
-
-    /// First and last address of the network.
-    pub fn range(&self) -> (u32, u32) {
-        let first = u32::from(self.addr) & self.mask();
-        (first, first | !self.mask())
-    }
-
-    pub fn network(&self) -> Self {
-        Self::new(Ipv4Addr::from(self.range().0), self.prefix)
-    }
-
-    pub fn overlaps(&self, other: &Self) -> bool {
-        let (a0, a1) = self.range();
-        let (b0, b1) = other.range();
-        a0 <= b1 && b0 <= a1
-    }
-}
-
-impl fmt::Display for Ipv4Net {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
 
 /// What the installer checks the CIDR against.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -317,18 +258,6 @@ mod tests {
         assert_eq!(
             choose_cidr(&net).unwrap_err().to_string(),
             "no free /18 for the sandbox network: every candidate overlaps a host address, route or nameserver (tried 192.168.0.0/18, 192.168.64.0/18, 192.168.128.0/18, 192.168.192.0/18, 10.250.0.0/18, 10.250.64.0/18, 172.30.0.0/18, 172.30.64.0/18, 172.31.192.0/18); set CUBE_SANDBOX_NETWORK_CIDR in the plan's extra_env"
-        );
-    }
-
-    #[test]
-    fn overlap_is_symmetric_and_exact_at_edges() {
-        let a = Ipv4Net::parse("192.168.0.0/18").unwrap();
-        assert!(a.overlaps(&Ipv4Net::parse("192.168.63.255").unwrap()));
-        assert!(!a.overlaps(&Ipv4Net::parse("192.168.64.0").unwrap()));
-        assert!(Ipv4Net::parse("192.168.0.0/16").unwrap().overlaps(&a));
-        assert_eq!(
-            Ipv4Net::parse("10.0.0.0/33").unwrap_err().to_string(),
-            "\"10.0.0.0/33\" has an invalid prefix length"
         );
     }
 

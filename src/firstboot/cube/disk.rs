@@ -369,7 +369,7 @@ fn new_uuid(host: &dyn Host) -> Result<String> {
     let mut b = host.random_bytes(16)?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let hex = hex::encode(&b);
     Ok(format!(
         "{}-{}-{}-{}-{}",
         &hex[..8],

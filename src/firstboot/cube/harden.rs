@@ -30,12 +30,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     if !plan.cube.hardening {
         return Ok(Outcome::Skipped("hardening is off in the plan".into()));
     }
-    let node_ip = ctx
-        .journal
-        .facts
-        .node_ip
-        .as_deref()
-        .map_or_else(|| plan.cube.node_ip.clone(), str::to_string);
+    let node_ip = super::installed_node_ip(ctx)?;
     let mut done = Vec::new();
     let ports = layout::restricted_ports_for(plan.cube.bundle.as_ref());
 
@@ -68,7 +63,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
     }
 
     // Cubelet's binds live in config.toml and need a restart.
-    done.push(harden_cubelet(host, &node_ip)?);
+    done.push(harden_cubelet(host, node_ip)?);
 
     // Option B: firewall, when the plan names the networks to admit.
     if plan.cube.allow_from.is_empty() {
@@ -86,7 +81,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         // restricted port, those Docker publishes included (issue 21).
         let mut warning = None;
         host.check_change("the firewall from outside allow_from", &mut || {
-            warning = firewall::prove_closed(host, &node_ip, &plan.cube.allow_from, &ports)?;
+            warning = firewall::prove_closed(host, node_ip, &plan.cube.allow_from, &ports)?;
             if warning.is_none() {
                 loaded.push_str(" (probed: refused from outside)");
             }
@@ -122,14 +117,14 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
 
 /// Rebind Cubelet, restart it if it runs, and prove the result by its
 /// listeners: HTTP and gRPC on the node IP, debug on loopback.
-fn harden_cubelet(host: &dyn Host, node_ip: &str) -> Result<String> {
+fn harden_cubelet(host: &dyn Host, node_ip: Ipv4Addr) -> Result<String> {
     let Some(text) = host.read_optional(CUBELET_CONFIG)? else {
         host.say(&format!(
             "warning: {CUBELET_CONFIG} not found; Cubelet binds unchanged"
         ));
         return Ok("no Cubelet config".into());
     };
-    let edited = bind_cubelet(&text, node_ip);
+    let edited = bind_cubelet(&text, &node_ip.to_string());
     if edited != text {
         host.write_atomic(CUBELET_CONFIG, edited.as_bytes(), 0o644)?;
     }
@@ -164,15 +159,13 @@ fn harden_cubelet(host: &dyn Host, node_ip: &str) -> Result<String> {
 }
 
 /// Wait (bounded) until Cubelet listens where its new binds say.
-fn cubelet_listening(host: &dyn Host, node_ip: &str, running: bool) -> Result<String> {
+fn cubelet_listening(host: &dyn Host, node_ip: Ipv4Addr, running: bool) -> Result<String> {
     if !running {
         host.say(&format!(
             "{CUBELET_UNIT} is not running; its new binds apply when it starts"
         ));
     }
-    let ip: IpAddr = node_ip
-        .parse()
-        .with_context(|| format!("node IP {node_ip:?}"))?;
+    let ip = IpAddr::V4(node_ip);
     let want = [
         (CUBELET_HTTP.port, ip),
         (CUBELET_GRPC.port, ip),

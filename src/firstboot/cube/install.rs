@@ -15,13 +15,15 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::super::host::{CommandSpec, Host};
+use super::super::journal::{DnsmasqMode, Quickcheck};
 use super::super::{cache_path, Ctx, Outcome, StepFailure};
 pub use super::bundle::{bundle_egress_bootstraps_from_cubelet, bundle_supports_standalone_dns};
 use super::cidr::{self, CidrChoice, HostNetwork};
 use super::join::{cluster_cidr_fits, ops_token, wait_for_control_plane, ControlPlane};
 use super::{bundle, envfile, pvm_enabled, real, CREDENTIALS_PATH, INSTALL_LOG};
 use crate::layout::{CUBELET_HTTP, CUBEMASTER, CUBE_API};
-use crate::plan::{CubePlan, Role};
+use crate::net::Ipv4Net;
+use crate::plan::{CubePlan, NodeIp, Role};
 
 /// Grace after the timeout's TERM before KILL, and our own backstop beyond it.
 const KILL_AFTER_SECS: u64 = 30;
@@ -66,18 +68,16 @@ pub fn run_mode(ctx: &mut Ctx, mode: Mode) -> Result<Outcome> {
     let input = Input {
         cube: &plan.cube,
         pvm: pvm_enabled(ctx),
-        dnsmasq: ctx.journal.facts.dnsmasq_mode.clone(),
+        dnsmasq: ctx.journal.facts.dnsmasq_mode,
     };
     let prepared = prepare(&input, &network)?;
-    ctx.journal.facts.node_ip = Some(prepared.node_ip.clone());
+    ctx.journal.facts.node_ip = Some(prepared.node_ip);
     for w in &prepared.warnings {
         ctx.journal.warn(w.clone());
     }
     if let Some(c) = &prepared.cidr_note {
         host.say(c);
-        if let Some(cidr) = prepared.env.get("CUBE_SANDBOX_NETWORK_CIDR") {
-            ctx.journal.facts.network_cidr = Some(cidr.clone());
-        }
+        ctx.journal.facts.network_cidr = prepared.cidr;
     }
 
     // A compute node installs only once its control plane answers.
@@ -96,8 +96,9 @@ pub fn run_mode(ctx: &mut Ctx, mode: Mode) -> Result<Outcome> {
     }
 
     let staged = stage(ctx, prepared)?;
-    let run = run_installer(host, &staged, mode, plan.cube.install_timeout_secs)?;
-    ctx.journal.facts.installer_quickcheck = Some(run.quickcheck().to_string());
+    let timeout = plan.cube.install_timeout_secs;
+    let run = run_installer(host, &ctx.progress, &staged, mode, timeout)?;
+    ctx.journal.facts.installer_quickcheck = Some(run.quickcheck());
     verdict(&run, &staged, mode).map_err(Into::into)
 }
 
@@ -106,18 +107,21 @@ pub struct Input<'a> {
     pub cube: &'a CubePlan,
     pub pvm: bool,
     /// The `cube-prereqs` finding about DNS (journal fact `cube.dnsmasq-mode`).
-    pub dnsmasq: Option<String>,
+    pub dnsmasq: Option<DnsmasqMode>,
 }
 
 /// Everything decided before touching the disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prepared {
-    pub node_ip: String,
+    pub node_ip: Ipv4Addr,
     pub control_plane: Option<ControlPlane>,
     /// For the environment and `.env`.
     pub env: BTreeMap<String, String>,
     /// For `.env` only (secrets stay off command lines and logs).
     pub secrets: BTreeMap<String, String>,
+    /// The sandbox network passed as `CUBE_SANDBOX_NETWORK_CIDR`, when
+    /// cubeboot chose it (the cluster's, or a free one).
+    pub cidr: Option<Ipv4Net>,
     pub cidr_note: Option<String>,
     pub warnings: Vec<String>,
 }
@@ -126,7 +130,7 @@ pub struct Prepared {
 pub fn prepare(input: &Input<'_>, network: &Network) -> Result<Prepared> {
     let cube = input.cube;
     // A dry run runs `ip` too (read-only), so the address is the real one.
-    let node_ip = resolve_node_ip(&cube.node_ip, network)?;
+    let node_ip = resolve_node_ip(cube.node_ip, network)?;
     let control_plane = match cube.role {
         Role::Control => None,
         Role::Compute => Some(ControlPlane::for_plan(cube)?),
@@ -151,18 +155,19 @@ pub fn prepare(input: &Input<'_>, network: &Network) -> Result<Prepared> {
         // The operator's own value, passed as given.
     } else if let Some(c) = &cube.cluster_cidr {
         cidr_note = Some(cluster_cidr_fits(c, &network.parsed)?);
-        cidr = Some(c.clone());
+        cidr = Some(*c);
     } else if let CidrChoice::Alternative { cidr: c, reason } = cidr::choose_cidr(&network.parsed)?
     {
         cidr_note = Some(format!("sandbox network: {reason}; using {c}"));
-        cidr = Some(c.to_string());
+        cidr = Some(c);
     }
-    let env = planned_env(input, &node_ip, control_plane.as_ref(), cidr.as_deref());
+    let env = planned_env(input, node_ip, control_plane.as_ref(), cidr);
     Ok(Prepared {
         node_ip,
         control_plane,
         env,
         secrets,
+        cidr,
         cidr_note,
         warnings,
     })
@@ -219,12 +224,12 @@ pub fn stage(ctx: &mut Ctx, mut prepared: Prepared) -> Result<Staged> {
 
     // dnsmasq's standalone mode only where this bundle knows it: bundles
     // older than the mode die on an unknown CUBE_PROXY_DNSMASQ_MODE.
-    if let Some(want) = ctx.journal.facts.dnsmasq_mode.as_deref() {
+    if let Some(want) = ctx.journal.facts.dnsmasq_mode {
         if bundle_supports_standalone_dns(host, &bundle_dir)? {
             prepared
                 .env
                 .insert("CUBE_PROXY_DNSMASQ_MODE".into(), "standalone".into());
-        } else if want == DNSMASQ_REQUIRED {
+        } else if want == DnsmasqMode::Standalone {
             let w = "no resolvectl or NetworkManager, and this bundle has no standalone dnsmasq mode: the installer's DNS setup may fail";
             host.say(w);
             ctx.journal.warn(w);
@@ -303,14 +308,14 @@ pub struct InstallerRun {
 }
 
 impl InstallerRun {
-    /// The installer's own verdict: `ok` when its quickcheck printed OK.
-    pub fn quickcheck(&self) -> &'static str {
+    /// The installer's own verdict: ok when its quickcheck printed OK.
+    pub fn quickcheck(&self) -> Quickcheck {
         if self.output.lines().any(|l| l.trim() == QUICKCHECK_OK) {
-            "ok"
+            Quickcheck::Ok
         } else if self.output.contains("[quickcheck]") {
-            "failed"
+            Quickcheck::Failed
         } else {
-            "not run"
+            Quickcheck::NotRun
         }
     }
 }
@@ -319,6 +324,7 @@ impl InstallerRun {
 /// process group, so the installer's children die with it.
 pub fn run_installer(
     host: &dyn Host,
+    progress: &crate::firstboot::live::Handle,
     staged: &Staged,
     mode: Mode,
     timeout_secs: u64,
@@ -353,6 +359,7 @@ pub fn run_installer(
     // Streamed to the console as it runs (rate-limited); kept whole in the log.
     let out = crate::firstboot::status::run_with_progress(
         host,
+        progress,
         &cmd,
         &format!("running the Cube installer (--mode={})", mode.as_str()),
         "install",
@@ -410,12 +417,6 @@ fn pvm_flag(env: &BTreeMap<String, String>) -> &str {
     env.get("CUBE_PVM_ENABLE").map_or("?", String::as_str)
 }
 
-/// `cube.dnsmasq-mode` fact value when the host has no other DNS stack.
-pub const DNSMASQ_REQUIRED: &str = "standalone";
-/// `cube.dnsmasq-mode` fact value on NetworkManager hosts, where the default
-/// NetworkManager mode has failed in the field (CubeSandbox #519).
-pub const DNSMASQ_PREFERRED: &str = "prefer-standalone";
-
 /// `ip -j addr`, `ip -j route` and resolv.conf, parsed.
 pub struct Network {
     pub addrs: Vec<(String, cidr::Ipv4Net)>,
@@ -441,14 +442,9 @@ pub fn read_network(host: &dyn Host) -> Result<Network> {
 /// The planned IP, or for `auto` the first IPv4 of the default-route
 /// interface, else the first global IPv4 (the installer's `detect_node_ip`,
 /// docs/cube-installer.md, done here so the IP is known, recorded and passed explicitly).
-pub fn resolve_node_ip(planned: &str, net: &Network) -> Result<String> {
-    if planned != "auto" {
-        planned.parse::<Ipv4Addr>().map_err(|_| {
-            StepFailure::new(format!(
-                "cube.node_ip {planned:?} is neither \"auto\" nor an IPv4 address"
-            ))
-        })?;
-        return Ok(planned.to_string());
+pub fn resolve_node_ip(planned: NodeIp, net: &Network) -> Result<Ipv4Addr> {
+    if let NodeIp::Addr(ip) = planned {
+        return Ok(ip);
     }
     let on_default = net
         .default_dev
@@ -456,7 +452,7 @@ pub fn resolve_node_ip(planned: &str, net: &Network) -> Result<String> {
         .and_then(|dev| net.addrs.iter().find(|(i, _)| i == dev));
     on_default
         .or_else(|| net.addrs.first())
-        .map(|(_, a)| a.addr.to_string())
+        .map(|(_, a)| a.addr)
         .ok_or_else(|| {
             StepFailure::new("cannot find the node IP: no IPv4 address on the default-route interface or any other")
                 .hint("set node_ip in the plan (cubeboot build --node-ip)")
@@ -467,9 +463,9 @@ pub fn resolve_node_ip(planned: &str, net: &Network) -> Result<String> {
 /// What the installer must see, in the environment and in `.env`.
 pub fn planned_env(
     input: &Input<'_>,
-    node_ip: &str,
+    node_ip: Ipv4Addr,
     control_plane: Option<&ControlPlane>,
-    cidr: Option<&str>,
+    cidr: Option<Ipv4Net>,
 ) -> BTreeMap<String, String> {
     let cube = input.cube;
     let mut env = BTreeMap::new();
@@ -478,16 +474,16 @@ pub fn planned_env(
     };
     set("CUBE_PVM_ENABLE", if input.pvm { "1" } else { "0" });
     set("ONE_CLICK_DEPLOY_ROLE", cube.role.as_str());
-    set("CUBE_SANDBOX_NODE_IP", node_ip);
+    set("CUBE_SANDBOX_NODE_IP", &node_ip.to_string());
     // The control plane's names (join.rs: exactly what the preflight takes).
     for (k, v) in control_plane.map(ControlPlane::env).unwrap_or_default() {
         set(&k, &v);
     }
-    if let Some(m) = &cube.mirror {
-        set("MIRROR", m);
+    if let Some(m) = cube.mirror {
+        set("MIRROR", m.as_str());
     }
     if let Some(c) = cidr {
-        set("CUBE_SANDBOX_NETWORK_CIDR", c);
+        set("CUBE_SANDBOX_NETWORK_CIDR", &c.to_string());
     }
     // Hardening option A (network-hardening.md): CubeMaster and CubeAPI on
     // the private IP, not 127.0.0.1 (the WebUI container reaches CubeAPI from
@@ -495,7 +491,7 @@ pub fn planned_env(
     // CubeMaster at ${CUBEMASTER_ADDR:-127.0.0.1:8089}, which a CubeMaster
     // bound to the node IP does not answer: point them at the node IP too.
     if cube.hardening && cube.role == Role::Control {
-        set("CUBEMASTER_HTTP_BIND", node_ip);
+        set("CUBEMASTER_HTTP_BIND", &node_ip.to_string());
         set("CUBEMASTER_ADDR", &format!("{node_ip}:{}", CUBEMASTER.port));
         set("CUBE_API_BIND", &format!("{node_ip}:{}", CUBE_API.port));
         set(
@@ -534,7 +530,7 @@ pub fn ensure_credentials(ctx: &Ctx) -> Result<BTreeMap<String, String>> {
     let mut creds = BTreeMap::new();
     for k in CREDENTIAL_KEYS {
         let bytes = host.random_bytes(20).context("generating credentials")?;
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hex::encode(&bytes);
         let value = if k == "E2B_API_KEY" {
             format!("e2b_{hex}")
         } else {

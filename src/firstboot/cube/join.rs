@@ -7,7 +7,6 @@
 //! only join.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -18,7 +17,7 @@ use super::cidr::{HostNetwork, Ipv4Net};
 use super::http;
 use crate::bundle_facts::{BundleRole, CubeOpsFacts};
 use crate::layout::{CUBEMASTER, CUBE_OPS};
-use crate::plan::{CubePlan, Role};
+use crate::plan::{ControlPlaneAddr, CubePlan, Role};
 
 const CONTROL_PLANE_POLL: Duration = Duration::from_secs(10);
 /// Overrides the CubeOps address a compute node derives from
@@ -65,10 +64,8 @@ pub fn ops_token(cube: &CubePlan) -> Result<BTreeMap<String, String>> {
 
 /// The plan's cluster CIDR, refused when it overlaps anything on this host
 /// (every node must use the same one, so there is no other to pick).
-pub fn cluster_cidr_fits(planned: &str, host: &HostNetwork) -> Result<String> {
-    let net = Ipv4Net::parse(planned)
-        .map_err(|e| StepFailure::new(format!("cube.cluster_cidr: {e:#}")))?;
-    let conflicts = host.conflicts(&net);
+pub fn cluster_cidr_fits(planned: &Ipv4Net, host: &HostNetwork) -> Result<String> {
+    let conflicts = host.conflicts(planned);
     if !conflicts.is_empty() {
         return Err(StepFailure::new(format!(
             "cube.cluster_cidr {planned} overlaps {} on this host",
@@ -93,28 +90,19 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// CubeMaster's address alone (a bundle from before CubeOps).
-    pub fn parse(planned: Option<&str>) -> Result<Self> {
-        let Some(s) = planned.filter(|s| !s.is_empty()) else {
+    /// CubeMaster's address alone (a bundle from before CubeOps), on
+    /// CubeMaster's port unless the plan names another.
+    pub fn from_planned(planned: Option<ControlPlaneAddr>) -> Result<Self> {
+        let Some(addr) = planned else {
             return Err(
                 StepFailure::new("cube.control_plane_ip is required for the compute role").into(),
             );
         };
-        let (ip, port) = match s.rsplit_once(':') {
-            Some((ip, port)) => (ip, port.parse::<u16>().ok()),
-            None => (s, Some(CUBEMASTER.port)),
-        };
-        match (ip.parse::<Ipv4Addr>(), port) {
-            (Ok(_), Some(port)) => Ok(Self {
-                ip: ip.to_string(),
-                port,
-                cube_ops: None,
-            }),
-            _ => Err(StepFailure::new(format!(
-                "cube.control_plane_ip {s:?} is not an IPv4 address (optionally with :port)"
-            ))
-            .into()),
-        }
+        Ok(Self {
+            ip: addr.ip.to_string(),
+            port: addr.port.unwrap_or(CUBEMASTER.port),
+            cube_ops: None,
+        })
     }
 
     /// The plan's control plane, with CubeOps where the bundle's facts say
@@ -122,7 +110,7 @@ impl ControlPlane {
     /// `ONE_CLICK_CONTROL_PLANE_CUBEOPS_ADDR` if set (it takes precedence
     /// upstream too), else the control plane's IP on the bundle's CubeOps port.
     pub fn for_plan(cube: &CubePlan) -> Result<Self> {
-        let mut cp = Self::parse(cube.control_plane_ip.as_deref())?;
+        let mut cp = Self::from_planned(cube.control_plane_ip)?;
         if let Some(ops) = cube.bundle.as_ref().and_then(|b| b.cube_ops.as_ref()) {
             let addr = cube
                 .extra_env
@@ -270,7 +258,7 @@ mod tests {
 
     fn plan(control_plane_ip: &str, ops_port: Option<u16>) -> CubePlan {
         let mut cube = crate::plan::testing::sample_plan().cube;
-        cube.control_plane_ip = Some(control_plane_ip.into());
+        cube.control_plane_ip = Some(control_plane_ip.parse().unwrap());
         cube.bundle = ops_port.map(|port| BundleFacts {
             version: "v0.6.0".into(),
             arch: "amd64".into(),

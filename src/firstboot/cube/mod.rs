@@ -31,6 +31,8 @@ pub mod prereqs;
 pub mod upgrade;
 pub mod verify;
 
+use std::net::Ipv4Addr;
+
 use anyhow::Result;
 
 use super::journal::KvmInUse;
@@ -62,8 +64,17 @@ pub fn install(ctx: &mut Ctx) -> Result<Outcome> {
         // and CubeAPI first listen, not from harden on (issue 21).
         let ports = crate::layout::restricted_ports_for(ctx.plan.cube.bundle.as_ref());
         firewall::load_before_install(ctx, &ports)?;
-        install::run(ctx)
+        install::run_mode(ctx, install_mode(ctx))
     })
+}
+
+/// A node rolled onto a new plan by `cube-firstboot upgrade --to` keeps its
+/// Cube: the installer upgrades it (docs/upgrades.md); a first run installs.
+pub fn install_mode(ctx: &Ctx) -> install::Mode {
+    match ctx.journal.facts.upgrade_from {
+        Some(_) => install::Mode::Upgrade,
+        None => install::Mode::Install,
+    }
 }
 
 pub fn verify(ctx: &mut Ctx) -> Result<Outcome> {
@@ -72,6 +83,22 @@ pub fn verify(ctx: &mut Ctx) -> Result<Outcome> {
 
 pub fn harden(ctx: &mut Ctx) -> Result<Outcome> {
     with_diagnostics(ctx, harden::run)
+}
+
+/// The node IP cube-install gave the installer (journal fact
+/// `cube.node-ip`), else the plan's address; unknown only while the plan
+/// says `auto` and cube-install has not run.
+pub fn installed_node_ip(ctx: &Ctx) -> Result<Ipv4Addr> {
+    ctx.journal
+        .facts
+        .node_ip
+        .or(ctx.plan.cube.node_ip.addr())
+        .ok_or_else(|| {
+            StepFailure::new(
+                "the node IP is unknown: the plan says auto and cube-install has not recorded the address it found",
+            )
+            .into()
+        })
 }
 
 /// Run a step; on failure gather the diagnostics tarball and name it in the

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::super::host::{CommandSpec, Host};
+use super::super::journal::DnsmasqMode;
 use super::super::{Ctx, Outcome, StepFailure};
-use super::install::{DNSMASQ_PREFERRED, DNSMASQ_REQUIRED};
 use crate::plan::{DockerSource, PackageManager, Role};
 
 /// How long another package manager (cloud-init's, unattended-upgrades) may
@@ -94,13 +94,13 @@ pub fn run(ctx: &mut Ctx) -> Result<Outcome> {
         match resolver(host)? {
             Resolver::NetworkManager => {
                 wanted.push("dnsmasq".into());
-                ctx.journal.facts.dnsmasq_mode = Some(DNSMASQ_PREFERRED.into());
+                ctx.journal.facts.dnsmasq_mode = Some(DnsmasqMode::PreferStandalone);
                 done.push("dnsmasq (NetworkManager host: standalone DNS mode)".to_string());
             }
             Resolver::Resolvectl => {}
             Resolver::None => {
                 wanted.push("dnsmasq".into());
-                ctx.journal.facts.dnsmasq_mode = Some(DNSMASQ_REQUIRED.into());
+                ctx.journal.facts.dnsmasq_mode = Some(DnsmasqMode::Standalone);
                 done.push("dnsmasq (no resolvectl or NetworkManager)".to_string());
             }
         }

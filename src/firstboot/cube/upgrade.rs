@@ -111,11 +111,7 @@ pub fn run_with_probe(
 
     // Install in upgrade mode, then judge the node again by its state.
     let result = {
-        let mut ctx = Ctx {
-            host,
-            plan: &upgraded,
-            journal: &mut journal,
-        };
+        let mut ctx = Ctx::new(host, &upgraded, &mut journal);
         steps(&mut ctx, get)
     };
     let (state, message) = match &result {

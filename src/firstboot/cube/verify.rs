@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::super::host::{unix_secs, Host};
+use super::super::journal::{CheckName, Quickcheck};
 use super::super::{Ctx, Outcome, StepFailure};
 use super::join::{registration_needle, ControlPlane};
 use super::listeners::{self, Listener};
@@ -81,10 +82,7 @@ pub fn run_with_probe(ctx: &mut Ctx, get: &dyn Fn(&str) -> Result<String>) -> Re
 }
 
 fn check_install(ctx: &mut Ctx, get: &dyn Fn(&str) -> Result<String>) -> Result<Outcome> {
-    let node_ip = match ctx.journal.facts.node_ip.as_deref() {
-        Some(ip) => ip.to_string(),
-        None => ctx.plan.cube.node_ip.clone(),
-    };
+    let node_ip = super::installed_node_ip(ctx)?.to_string();
     let budget = Duration::from_secs(ctx.plan.cube.verify_budget_secs);
     let start = unix_secs(ctx.host.now());
     let listening = wait_for_listeners(ctx.host, ctx.plan.cube.role, budget)?;
@@ -124,11 +122,8 @@ fn wait_for_listeners(host: &dyn Host, role: Role, budget: Duration) -> Result<V
     }
 }
 
-/// Run every check against `endpoints`, health probes retried within `budget`.
-pub fn verify_with(ctx: &mut Ctx, endpoints: &Endpoints, budget: Duration) -> Result<Outcome> {
-    verify_with_probe(ctx, endpoints, budget, &http::get)
-}
-
+/// Run every check against `endpoints`, health probes (`get`, in
+/// production `http::get`) retried within `budget`.
 pub fn verify_with_probe(
     ctx: &mut Ctx,
     endpoints: &Endpoints,
@@ -137,12 +132,12 @@ pub fn verify_with_probe(
 ) -> Result<Outcome> {
     let host = ctx.host;
     let pvm = pvm_enabled(ctx);
-    let mut checks: Vec<(&str, Result<String, String>)> = vec![
-        ("one-click-env", check_env_file(host, pvm)),
-        ("guest-kernel", check_guest_kernel(host, pvm)),
-        ("kvm-module", check_kvm_module(host, pvm)),
+    let mut checks: Vec<(CheckName, Result<String, String>)> = vec![
+        (CheckName::OneClickEnv, check_env_file(host, pvm)),
+        (CheckName::GuestKernel, check_guest_kernel(host, pvm)),
+        (CheckName::KvmModule, check_kvm_module(host, pvm)),
         (
-            "dev-kvm",
+            CheckName::DevKvm,
             if host.exists("/dev/kvm") {
                 Ok("/dev/kvm present".into())
             } else {
@@ -152,7 +147,7 @@ pub fn verify_with_probe(
     ];
 
     let start = unix_secs(host.now());
-    let mut probe = |name: &'static str, url: &str, expect: Option<String>| {
+    let mut probe = |name: CheckName, url: &str, expect: Option<String>| {
         let spent = unix_secs(host.now()).saturating_sub(start);
         let left = Duration::from_secs(budget.as_secs().saturating_sub(spent));
         let r = http::poll(
@@ -179,14 +174,14 @@ pub fn verify_with_probe(
         ));
     };
     if let Some(url) = &endpoints.cube_api {
-        probe("cube-api", url, None);
+        probe(CheckName::CubeApi, url, None);
     }
     if let Some(url) = &endpoints.cube_master {
-        probe("cube-master", url, None);
+        probe(CheckName::CubeMaster, url, None);
     }
     if let Some(url) = &endpoints.registration {
         probe(
-            "registered",
+            CheckName::Registered,
             url,
             Some(registration_needle(url, &endpoints.node_ip)),
         );
@@ -197,7 +192,7 @@ pub fn verify_with_probe(
         let (ok, detail) = match result {
             Ok(d) => (true, d.clone()),
             Err(d) => {
-                failed.push(*name);
+                failed.push(name.as_str());
                 (false, d.clone())
             }
         };
@@ -205,14 +200,14 @@ pub fn verify_with_probe(
             "check {name}: {} {detail}",
             if ok { "ok:" } else { "FAIL:" }
         ));
-        ctx.journal.record_check(name, ok, detail);
+        ctx.journal.record_check(*name, ok, detail);
     }
     if failed.is_empty() {
         return Ok(Outcome::Done(format!("{} checks passed", checks.len())));
     }
     // Two verdicts that disagree are both worth reading.
-    let theirs = match ctx.journal.facts.installer_quickcheck.as_deref() {
-        Some("ok") => "; the installer's own quickcheck passed (see install.log)",
+    let theirs = match ctx.journal.facts.installer_quickcheck {
+        Some(Quickcheck::Ok) => "; the installer's own quickcheck passed (see install.log)",
         _ => "",
     };
     Err(StepFailure::new(format!(

@@ -68,6 +68,11 @@ impl<H: Host> Host for DryRunHost<H> {
         Ok(())
     }
 
+    fn request_kexec(&self) -> Result<()> {
+        self.record(Action::Kexec);
+        Ok(())
+    }
+
     fn env(&self, key: &str) -> Option<String> {
         self.inner.env(key)
     }

@@ -121,6 +121,21 @@ impl Host for RealHost {
         Ok(())
     }
 
+    fn request_kexec(&self) -> Result<()> {
+        self.say("rebooting now by kexec");
+        let out = self.run(&CommandSpec::new("systemctl").arg("kexec").allow_failure())?;
+        if out.success() {
+            return Ok(());
+        }
+        // The trial entry's one-shot stays armed in grubenv, so the firmware
+        // reboot still ends on the trial boot (docs/bootloader.md).
+        self.say(&format!(
+            "systemctl kexec failed ({}); rebooting through the firmware instead",
+            out.stderr.trim()
+        ));
+        self.request_reboot()
+    }
+
     fn env(&self, key: &str) -> Option<String> {
         std::env::var(key).ok()
     }

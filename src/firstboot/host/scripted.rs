@@ -25,10 +25,12 @@ pub struct ScriptedHost {
     env: Mutex<BTreeMap<String, String>>,
     clock: Mutex<SystemTime>,
     reboots: Mutex<u32>,
+    kexecs: Mutex<u32>,
     said: Mutex<Vec<String>>,
     free_bytes: Mutex<Option<u64>>,
     secrets: Secrets,
     kvm_api: Mutex<Option<std::result::Result<i32, String>>>,
+    arch: Mutex<String>,
 }
 
 impl ScriptedHost {
@@ -40,10 +42,12 @@ impl ScriptedHost {
             env: Mutex::new(BTreeMap::new()),
             clock: Mutex::new(UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
             reboots: Mutex::new(0),
+            kexecs: Mutex::new(0),
             said: Mutex::new(Vec::new()),
             free_bytes: Mutex::new(None),
             secrets: Secrets::new(),
             kvm_api: Mutex::new(None),
+            arch: Mutex::new("x86_64".into()),
         }
     }
 
@@ -81,6 +85,11 @@ impl ScriptedHost {
         *lock(&self.kvm_api) = Some(answer);
     }
 
+    /// What `uname -m` says from now on (`x86_64` until set).
+    pub fn set_arch(&self, arch: &str) {
+        *lock(&self.arch) = arch.into();
+    }
+
     pub fn set_env(&self, k: &str, v: &str) {
         lock(&self.env).insert(k.into(), v.into());
     }
@@ -102,6 +111,11 @@ impl ScriptedHost {
 
     pub fn reboots(&self) -> u32 {
         *lock(&self.reboots)
+    }
+
+    /// Reboots asked for by kexec (not counted in [`ScriptedHost::reboots`]).
+    pub fn kexecs(&self) -> u32 {
+        *lock(&self.kexecs)
     }
 
     pub fn said(&self) -> Vec<String> {
@@ -148,6 +162,12 @@ impl Host for ScriptedHost {
         Ok(())
     }
 
+    fn request_kexec(&self) -> Result<()> {
+        self.record(Action::Kexec);
+        *lock(&self.kexecs) += 1;
+        Ok(())
+    }
+
     fn env(&self, key: &str) -> Option<String> {
         lock(&self.env).get(key).cloned()
     }
@@ -188,7 +208,7 @@ impl Host for ScriptedHost {
     }
 
     fn arch(&self) -> String {
-        "x86_64".into()
+        lock(&self.arch).clone()
     }
 
     fn euid(&self) -> u32 {

@@ -372,7 +372,7 @@ fn vmlinuz(kver: &str) -> String {
     format!("/boot/vmlinuz-{kver}")
 }
 
-fn entries(host: &dyn Host) -> Result<Vec<BlsEntry>> {
+pub(super) fn entries(host: &dyn Host) -> Result<Vec<BlsEntry>> {
     let mut out = Vec::new();
     for name in host.list_dir(BLS_DIR)? {
         if let Some(stem) = name.strip_suffix(".conf") {

@@ -59,11 +59,6 @@ impl GrubDefaults {
             "0"
         }
     }
-
-    /// `GRUB_DISABLE_SUBMENU` in any of the spellings 10_linux accepts.
-    pub fn submenu_disabled(&self) -> bool {
-        matches!(self.get("GRUB_DISABLE_SUBMENU"), "y" | "yes" | "true")
-    }
 }
 
 /// Evaluate `files` (name, content) in order.
@@ -369,7 +364,7 @@ mod tests {
             "console=tty1 console=ttyS0 earlyprintk=ttyS0"
         );
         assert_eq!(d.grub_default(), "0");
-        assert!(!d.submenu_disabled());
+        assert_eq!(d.get("GRUB_DISABLE_SUBMENU"), "");
     }
 
     #[test]
@@ -384,7 +379,7 @@ mod tests {
             "gnulinux-advanced-U>gnulinux-6.1-advanced-U"
         );
         assert_eq!(d.get("GRUB_CMDLINE_LINUX"), "a bc d$e");
-        assert!(d.submenu_disabled());
+        assert_eq!(d.get("GRUB_DISABLE_SUBMENU"), "y");
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct MenuEntry {
     pub kernel: Option<String>,
     /// The rest of the `linux` line: the kernel command line.
     pub args: Vec<String>,
+    /// The paths of the `initrd` line (one or more images, loaded in order).
+    pub initrd: Vec<String>,
 }
 
 impl MenuEntry {
@@ -79,6 +81,7 @@ pub fn entries(cfg: &str) -> Vec<MenuEntry> {
                     title,
                     kernel: None,
                     args: Vec::new(),
+                    initrd: Vec::new(),
                 }));
             }
             "}" => {
@@ -90,6 +93,11 @@ pub fn entries(cfg: &str) -> Vec<MenuEntry> {
                 if let Some(Block::Entry(e)) = stack.last_mut() {
                     e.kernel = words.get(1).cloned();
                     e.args = words.iter().skip(2).cloned().collect();
+                }
+            }
+            "initrd" | "initrdefi" | "initrd16" => {
+                if let Some(Block::Entry(e)) = stack.last_mut() {
+                    e.initrd = words.iter().skip(1).cloned().collect();
                 }
             }
             _ if opens => stack.push(Block::Other),

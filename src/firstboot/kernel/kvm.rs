@@ -1,4 +1,6 @@
-//! Loading kvm_pvm, verified by state (/proc/modules, and a /dev/kvm that
+//! Which KVM a run uses ([`decide_kvm`]: a native /dev/kvm is one that
+//! answers `KVM_GET_API_VERSION` with 12; docs/arm64.md), and loading
+//! kvm_pvm when it is PVM, verified by state (/proc/modules, and a /dev/kvm that
 //! answers `KVM_GET_API_VERSION`), never by modprobe's exit code: with
 //! kvm_intel loaded first, `modprobe kvm_pvm` returns 0 without loading
 //! anything (docs/pvm-kernel.md, "Loading `kvm_pvm`").
@@ -12,18 +14,21 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::{
-    in_trial, loaded_modules, not_on_trial_kernel, on_target, roll_back_trial, Ctx, DEV_KVM,
+    in_trial, loaded_modules, not_on_trial_kernel, on_target, roll_back_trial, running_kernel, Ctx,
+    DEV_KVM,
 };
+use crate::arch::Arch;
 use crate::firstboot::host::Host;
 use crate::firstboot::journal::KvmInUse;
 use crate::firstboot::{Outcome, StepFailure};
+use crate::plan::{KvmMode, Plan};
 
 const MODULE: &str = "kvm_pvm";
 /// Loads kvm_pvm at every boot (name from the upstream docs and chart).
 pub const MODULES_LOAD: &str = "/etc/modules-load.d/kvm-pvm.conf";
 /// Keeps the hardware KVM modules from pre-empting kvm_pvm.
 pub const BLACKLIST: &str = "/etc/modprobe.d/cubeboot-kvm-pvm-blacklist.conf";
-const VENDORS: [&str; 2] = ["kvm_intel", "kvm_amd"];
+pub(super) const VENDORS: [&str; 2] = ["kvm_intel", "kvm_amd"];
 /// udev creates /dev/kvm shortly after the module loads.
 const DEV_WAIT: Duration = Duration::from_secs(10);
 const DEV_POLL: Duration = Duration::from_millis(500);
@@ -162,19 +167,23 @@ fn wait_ready(host: &dyn Host) -> Result<bool> {
 
 /// /dev/kvm works: it opens and `KVM_GET_API_VERSION` answers 12. A device
 /// node alone is not proof (a module that failed half-way can leave one).
-fn prove(host: &dyn Host) -> Result<()> {
+/// Err says what the device did instead, for the caller's message.
+pub(super) fn device_answers(host: &dyn Host) -> Result<(), String> {
     match host.kvm_api_version(DEV_KVM) {
         Ok(KVM_API_VERSION) => Ok(()),
-        Ok(other) => Err(StepFailure::new(format!(
-            "{MODULE} is loaded but KVM_GET_API_VERSION on {DEV_KVM} answered {other}, not \
-             {KVM_API_VERSION}"
-        ))
-        .hint(HINT)
-        .into()),
-        Err(e) => Err(StepFailure::new(format!("{MODULE} is loaded but {e:#}"))
-            .hint(HINT)
-            .into()),
+        Ok(other) => Err(format!(
+            "KVM_GET_API_VERSION on {DEV_KVM} answered {other}, not {KVM_API_VERSION}"
+        )),
+        Err(e) => Err(format!("{e:#}")),
     }
+}
+
+fn prove(host: &dyn Host) -> Result<()> {
+    device_answers(host).map_err(|why| {
+        StepFailure::new(format!("{MODULE} is loaded but {why}"))
+            .hint(HINT)
+            .into()
+    })
 }
 
 fn persist(host: &dyn Host) -> Result<()> {
@@ -191,4 +200,141 @@ fn not_loaded(modprobe: &str, extra: &str) -> StepFailure {
          ({modprobe})"
     ))
     .hint(HINT)
+}
+
+/// Which KVM this run uses, decided from the plan and the running machine
+/// alone, so the fetch step can decide it before downloading (a native host
+/// needs no kernel package) and the install step decides the same way.
+/// On aarch64 there is no PVM to fall back to: no working /dev/kvm is an
+/// error (preflight refuses such a machine first, docs/arm64.md).
+pub fn decide_kvm(host: &dyn Host, plan: &Plan) -> Result<KvmInUse> {
+    Ok(match native_in_use(host, plan)? {
+        Some(_) => KvmInUse::Native,
+        None => KvmInUse::Pvm,
+    })
+}
+
+/// What provides the native /dev/kvm this run uses instead of PVM. On
+/// x86_64 only with `kvm: auto`, a vendor module loaded, and not when the
+/// PVM kernel already runs; on aarch64 always the kernel's own KVM.
+pub(super) fn native_in_use(host: &dyn Host, plan: &Plan) -> Result<Option<String>> {
+    if plan.target.arch == Arch::Aarch64 {
+        return aarch64_kvm(host).map(Some);
+    }
+    if plan.kernel.kvm != KvmMode::Auto
+        || running_kernel(host)?.as_deref() == Some(plan.kernel.kver.as_str())
+    {
+        return Ok(None);
+    }
+    native_kvm(host)
+}
+
+/// A vendor module (kvm_intel, kvm_amd) is loaded and /dev/kvm answers
+/// `KVM_GET_API_VERSION` with 12: the device decides, not the module alone.
+fn native_kvm(host: &dyn Host) -> Result<Option<String>> {
+    let loaded = loaded_modules(host)?;
+    let vendor = VENDORS.into_iter().find(|m| loaded.iter().any(|l| l == m));
+    Ok(vendor
+        .filter(|_| device_answers(host).is_ok())
+        .map(str::to_string))
+}
+
+/// aarch64 hosts run Cube on the kernel's own KVM (no vendor module: it is
+/// built in): /dev/kvm must answer, or there is nothing to run on.
+pub(super) fn aarch64_kvm(host: &dyn Host) -> Result<String> {
+    device_answers(host)
+        .map(|()| "the kernel's own KVM".to_string())
+        .map_err(|why| aarch64_without_kvm(&why).into())
+}
+
+/// The refusal of an aarch64 machine without a working /dev/kvm; preflight
+/// says the same.
+pub(crate) fn aarch64_without_kvm(why: &str) -> StepFailure {
+    StepFailure::new(format!(
+        "this aarch64 machine has no working {DEV_KVM} ({why}); PVM is x86_64 only, so an \
+         aarch64 host needs the kernel's own KVM"
+    ))
+    .hint(
+        "use an aarch64 instance with KVM (bare metal, or a VM with nested virtualization), \
+         and check `ls -l /dev/kvm` and `dmesg | grep -i kvm`",
+    )
+}
+
+/// Whether this machine's /dev/kvm answers API version 12; Err says what
+/// it did instead (preflight's check on aarch64).
+pub(crate) fn kvm_device_answers(host: &dyn Host) -> Result<(), String> {
+    device_answers(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firstboot::host::ScriptedHost;
+
+    const INTEL: &str = "kvm_intel 397312 0 - Live 0x0\nkvm 1142784 1 kvm_intel, Live 0x0\n";
+
+    /// A machine of `arch` with `modules` loaded; `kvm` is what
+    /// KVM_GET_API_VERSION on /dev/kvm answers (`None`: no device at all).
+    fn machine(arch: &str, modules: &str, kvm: Option<i32>) -> (tempfile::TempDir, ScriptedHost) {
+        let dir = tempfile::tempdir().unwrap();
+        let host = ScriptedHost::new(dir.path());
+        host.set_arch(arch);
+        host.put("/proc/modules", modules);
+        host.put("/proc/sys/kernel/osrelease", "6.1.0-26-cloud\n");
+        if let Some(answer) = kvm {
+            host.put(DEV_KVM, "");
+            host.set_kvm_api_version(Ok(answer));
+        }
+        (dir, host)
+    }
+
+    fn plan(arch: Arch) -> Plan {
+        let mut plan = crate::plan::testing::sample_plan();
+        plan.target.arch = arch;
+        plan.kernel.kvm = KvmMode::Auto;
+        plan
+    }
+
+    #[test]
+    fn x86_native_needs_the_vendor_module_and_a_device_answering_12() {
+        let x86 = plan(Arch::X86_64);
+        let (_d, host) = machine("x86_64", INTEL, Some(12));
+        assert_eq!(decide_kvm(&host, &x86).unwrap(), KvmInUse::Native);
+        // The device node is there but answers something else: PVM.
+        let (_d, host) = machine("x86_64", INTEL, Some(11));
+        assert_eq!(decide_kvm(&host, &x86).unwrap(), KvmInUse::Pvm);
+        // No device at all: PVM.
+        let (_d, host) = machine("x86_64", INTEL, None);
+        assert_eq!(decide_kvm(&host, &x86).unwrap(), KvmInUse::Pvm);
+        // A working device without kvm_intel/kvm_amd (the vendor rule stays).
+        let (_d, host) = machine("x86_64", "", Some(12));
+        assert_eq!(decide_kvm(&host, &x86).unwrap(), KvmInUse::Pvm);
+        // `kvm: pvm` always switches kernel on x86_64.
+        let mut forced = x86.clone();
+        forced.kernel.kvm = KvmMode::Pvm;
+        let (_d, host) = machine("x86_64", INTEL, Some(12));
+        assert_eq!(decide_kvm(&host, &forced).unwrap(), KvmInUse::Pvm);
+    }
+
+    #[test]
+    fn aarch64_is_native_when_the_device_answers_12_and_refused_otherwise() {
+        let arm = plan(Arch::Aarch64);
+        // No vendor module on arm64: KVM is built into the kernel.
+        let (_d, host) = machine("aarch64", "", Some(12));
+        assert_eq!(decide_kvm(&host, &arm).unwrap(), KvmInUse::Native);
+        let (_d, host) = machine("aarch64", "", None);
+        let err = decide_kvm(&host, &arm).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "this aarch64 machine has no working /dev/kvm (KVM_GET_API_VERSION on /dev/kvm failed: \
+             cannot open it: No such file or directory); PVM is x86_64 only, so an aarch64 host \
+             needs the kernel's own KVM"
+        );
+        let (_d, host) = machine("aarch64", "", Some(11));
+        let err = decide_kvm(&host, &arm).unwrap_err().to_string();
+        assert!(
+            err.starts_with("this aarch64 machine has no working /dev/kvm (KVM_GET_API_VERSION on /dev/kvm answered 11, not 12)"),
+            "{err}"
+        );
+    }
 }

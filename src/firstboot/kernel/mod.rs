@@ -20,6 +20,8 @@ mod grub;
 pub mod grub_default;
 pub mod grubcfg;
 pub(crate) mod grubenv;
+mod initramfs;
+pub mod kexec;
 mod kvm;
 mod package;
 mod undo;
@@ -31,10 +33,13 @@ pub(crate) use super::host::{is_live_root, on_target};
 use super::journal::{KvmInUse, StepState};
 use super::run_state::Failure;
 use super::{Ctx, Outcome, StepFailure, StepId};
-use crate::cmdline;
-use crate::plan::{BootloaderKind, KvmMode, Plan};
+use crate::arch::Arch;
+use crate::cmdline::{self, TrialPanic};
+use crate::plan::{BootloaderKind, Plan};
 
-pub use kvm::load_kvm;
+use kvm::{aarch64_kvm, native_in_use};
+pub(crate) use kvm::{aarch64_without_kvm, kvm_device_answers};
+pub use kvm::{decide_kvm, load_kvm};
 
 /// Where the running kernel tells its release and command line.
 const OSRELEASE: &str = "/proc/sys/kernel/osrelease";
@@ -96,15 +101,35 @@ pub(crate) fn bootloader(kind: BootloaderKind) -> &'static dyn Bootloader {
     }
 }
 
+/// The configured parameters the running kernel lacks, when it is the
+/// plan's kernel; `None` when another kernel runs. (`panic=` is only for the
+/// trial boot; the Helm chart's check is the same.)
+pub fn planned_kernel_lacks(host: &dyn Host, plan: &Plan) -> Result<Option<Vec<String>>> {
+    if running_kernel(host)?.as_deref() != Some(plan.kernel.kver.as_str()) {
+        return Ok(None);
+    }
+    Ok(Some(cmdline::missing(
+        &proc_cmdline(host)?,
+        &plan.kernel.boot_params,
+    )))
+}
+
 /// Install the verified PVM kernel package and hold it.
 pub fn install(ctx: &mut Ctx) -> Result<Outcome> {
+    if ctx.plan.target.arch == Arch::Aarch64 {
+        // Native KVM is the only KVM on aarch64 (docs/arm64.md): no kernel
+        // package, no trial boot, no reboot.
+        let kvm = aarch64_kvm(ctx.host)?;
+        ctx.journal.facts.kvm_mode = Some(KvmInUse::Native);
+        return Ok(Outcome::Skipped(format!(
+            "aarch64: {DEV_KVM} from {kvm} answers API version 12; the PVM kernel is x86_64 \
+             only and not needed (Cube installs with CUBE_PVM_ENABLE=0)"
+        )));
+    }
     let kver = ctx.plan.kernel.kver.clone();
-    let running = running_kernel(ctx.host)?;
 
-    // Already there: the PVM kernel runs with every configured parameter
-    // (`panic=` is only for the trial boot; the Helm chart's check is the same).
-    if running.as_deref() == Some(kver.as_str()) {
-        let missing = cmdline::missing(&proc_cmdline(ctx.host)?, &ctx.plan.kernel.boot_params);
+    // Already there: the PVM kernel runs with every configured parameter.
+    if let Some(missing) = planned_kernel_lacks(ctx.host, ctx.plan)? {
         if missing.is_empty() {
             ctx.journal.facts.kvm_mode = Some(KvmInUse::Pvm);
             ctx.journal.facts.already_running = Some(kver.clone());
@@ -159,7 +184,7 @@ pub fn boot(ctx: &mut Ctx) -> Result<Outcome> {
     if let Some(why) = skip_reason(ctx) {
         return Ok(Outcome::Skipped(why));
     }
-    let (params, panic) = trial_params(ctx)?;
+    let (params, panic) = trial_boot_params(ctx)?;
     let warnings = cmdline::warnings(&params);
     for w in &warnings {
         ctx.say(&format!("warning: {w}"));
@@ -198,13 +223,20 @@ pub fn verify(ctx: &mut Ctx) -> Result<Outcome> {
         return Ok(Outcome::Skipped(why));
     }
     let kver = ctx.plan.kernel.kver.clone();
-    let (params, panic) = trial_params(ctx)?;
+    let (params, panic) = trial_boot_params(ctx)?;
     let running = running_kernel(ctx.host)?.unwrap_or_else(|| "an unknown kernel".into());
+    // First, before anything can crash the trial kernel (kexec.rs).
+    let spent = if running == kver {
+        kexec::spend_one_shot(ctx)?.map(|s| format!("; {s}"))
+    } else {
+        None
+    };
     let missing = cmdline::missing(&proc_cmdline(ctx.host)?, &params);
     if running == kver && missing.is_empty() {
         return Ok(Outcome::Done(format!(
             "running {kver} with its boot parameters ({panic}); the old default stays until \
-             kvm_pvm is proven"
+             kvm_pvm is proven{}",
+            spent.unwrap_or_default()
         )));
     }
     let why = if running != kver {
@@ -353,44 +385,32 @@ fn skip_reason(ctx: &Ctx) -> Option<String> {
         .map(|k| format!("already running {k} with its boot parameters"))
 }
 
-/// The configured parameters plus `panic=N`, unless the plan sets `panic=`
-/// itself. It stays after the commit: a host that panics later reboots
-/// instead of hanging.
-pub fn required_params(plan: &Plan) -> Vec<String> {
-    let mut params = plan.kernel.boot_params.clone();
-    if !params.iter().any(|p| cmdline::key(p) == "panic") {
-        params.push(format!("panic={}", plan.kernel.panic_seconds));
+/// The parameters the trial boot is armed with ([`crate::plan::KernelPlan::trial_params`]),
+/// and which `panic=` is in force (for the status): the plan's own
+/// `panic=`, else the operator's `panic=N` (N > 0) from the running command
+/// line, else the plan's default. Decided once, at kernel-boot, and
+/// recorded, so later steps check what was armed.
+fn trial_boot_params(ctx: &mut Ctx) -> Result<(Vec<String>, String)> {
+    let kernel = &ctx.plan.kernel;
+    if let Some(p) = kernel
+        .boot_params
+        .iter()
+        .find(|p| cmdline::key(p) == "panic")
+    {
+        return Ok((
+            kernel.boot_params.clone(),
+            format!("{p} in force (the plan's)"),
+        ));
     }
-    params
-}
-
-/// The parameters the trial boot is armed with, and which `panic=` is in
-/// force (for the status): the plan's own `panic=`, else the operator's
-/// `panic=N` (N > 0) from the running command line, else the plan's default.
-/// Decided once, at kernel-boot, and recorded, so later steps check what was
-/// armed.
-fn trial_params(ctx: &mut Ctx) -> Result<(Vec<String>, String)> {
-    let mut params = ctx.plan.kernel.boot_params.clone();
-    if let Some(p) = params.iter().find(|p| cmdline::key(p) == "panic") {
-        return Ok((params.clone(), format!("{p} in force (the plan's)")));
-    }
-    let note = match &ctx.journal.facts.trial_panic {
-        Some(n) => n.clone(),
+    let panic = match ctx.journal.facts.trial_panic {
+        Some(p) => p,
         None => {
-            let (panic, operators) =
-                cmdline::trial_panic(&proc_cmdline(ctx.host)?, ctx.plan.kernel.panic_seconds);
-            let note = if operators {
-                format!("{panic} in force (the operator's, from the running command line)")
-            } else {
-                format!("{panic} in force (cubeboot's default)")
-            };
-            ctx.journal.facts.trial_panic = Some(note.clone());
-            note
+            let p = TrialPanic::decide(&proc_cmdline(ctx.host)?, kernel.panic_seconds);
+            ctx.journal.facts.trial_panic = Some(p);
+            p
         }
     };
-    // The note starts with the parameter itself.
-    params.push(note.split(' ').next().unwrap_or_default().to_string());
-    Ok((params, note))
+    Ok((kernel.trial_params(panic), panic.to_string()))
 }
 
 fn running_kernel(host: &dyn Host) -> Result<Option<String>> {
@@ -413,36 +433,6 @@ fn loaded_modules(host: &dyn Host) -> Result<Vec<String>> {
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)
         .collect())
-}
-
-/// `Some(module)` when a hardware KVM module is loaded and /dev/kvm exists.
-/// Which KVM this run uses, decided from the plan and the running machine
-/// alone, so the fetch step can decide it before downloading (a native host
-/// needs no kernel package) and the install step decides the same way.
-pub fn decide_kvm(host: &dyn Host, plan: &Plan) -> Result<KvmInUse> {
-    Ok(match native_in_use(host, plan)? {
-        Some(_) => KvmInUse::Native,
-        None => KvmInUse::Pvm,
-    })
-}
-
-/// The vendor module of a native /dev/kvm this run uses instead of PVM:
-/// only with `kvm: auto`, and not when the PVM kernel already runs.
-fn native_in_use(host: &dyn Host, plan: &Plan) -> Result<Option<String>> {
-    if plan.kernel.kvm != KvmMode::Auto
-        || running_kernel(host)?.as_deref() == Some(plan.kernel.kver.as_str())
-    {
-        return Ok(None);
-    }
-    native_kvm(host)
-}
-
-fn native_kvm(host: &dyn Host) -> Result<Option<String>> {
-    let loaded = loaded_modules(host)?;
-    let vendor = ["kvm_intel", "kvm_amd"]
-        .into_iter()
-        .find(|m| loaded.iter().any(|l| l == m));
-    Ok(vendor.filter(|_| host.exists(DEV_KVM)).map(str::to_string))
 }
 
 /// The kernel to fall back to: the running one, or (image builds, or the PVM
@@ -511,7 +501,6 @@ fn backup_once(host: &dyn Host, target: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     #[test]
     fn version_order_is_numeric() {
         let mut v = vec!["6.10.0-1", "6.9.3-2", "6.1.0-28-amd64", "6.1.0-9-amd64"];

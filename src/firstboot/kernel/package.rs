@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use super::{backup_once, is_live_root, on_target, Ctx};
 use crate::digest::HashingReader;
 use crate::firstboot::host::{describe_exit, tail, CommandSpec, Host};
+use crate::firstboot::live;
 use crate::firstboot::status::run_with_progress;
 use crate::firstboot::StepFailure;
 use crate::plan::{KernelHold, KernelRepo, PackageFamily, Plan};
@@ -75,9 +76,17 @@ pub(super) fn install_package(ctx: &mut Ctx) -> Result<()> {
             let cmd = rpm(host)
                 .args(["-ivh", "--oldpackage", local.as_str()])
                 .timeout(INSTALL_TIMEOUT);
-            run_with_progress(host, &cmd, "installing the kernel package", "rpm")?;
+            let phase = "installing the kernel package";
+            run_with_progress(host, &ctx.progress, &cmd, phase, "rpm")?;
         }
-        PackageFamily::Deb => dpkg_install(host, &local)?,
+        PackageFamily::Deb => {
+            let ((), host_only) = super::initramfs::host_only_while(host, || {
+                dpkg_install(host, &ctx.progress, &local)
+            })?;
+            if let Some(what) = host_only {
+                host.say(&what);
+            }
+        }
     }
     check_kernel_image(ctx)
 }
@@ -280,14 +289,15 @@ pub(super) fn dpkg(host: &dyn Host) -> CommandSpec {
 }
 
 /// `dpkg -i`, waiting for the lock another frontend holds.
-fn dpkg_install(host: &dyn Host, deb: &str) -> Result<()> {
+fn dpkg_install(host: &dyn Host, progress: &live::Handle, deb: &str) -> Result<()> {
     let cmd = dpkg(host)
         .args(["-i", deb])
         .timeout(INSTALL_TIMEOUT)
         .allow_failure();
     let started = host.now();
     loop {
-        let out = run_with_progress(host, &cmd, "installing the kernel package", "dpkg")?;
+        let phase = "installing the kernel package";
+        let out = run_with_progress(host, progress, &cmd, phase, "dpkg")?;
         if out.success() {
             return Ok(());
         }

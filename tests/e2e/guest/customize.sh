@@ -24,6 +24,14 @@ for unit in apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.tim
   ln -sf /dev/null "$root/etc/systemd/system/$unit"
 done
 
+# kexec-tools' own reboot handling off (LOAD_KEXEC=false, what its debconf
+# question sets when answered no): a plain `systemctl reboot` stays a
+# firmware reboot, and only the helper stages a kernel, for its trial boot.
+if [[ -f "$root/etc/default/kexec" ]]; then
+  sed -i 's/^LOAD_KEXEC=.*/LOAD_KEXEC=false/' "$root/etc/default/kexec"
+  grep -qx 'LOAD_KEXEC=false' "$root/etc/default/kexec"
+fi
+
 # Only the NoCloud seed drive (and None as a fallback) is a datasource here.
 cat > "$root/etc/cloud/cloud.cfg.d/99-e2e-datasource.cfg" <<'CFG'
 datasource_list: [ NoCloud, None ]

@@ -6,13 +6,17 @@
 //! A leaf of the engine: it knows the step names and the host seam, nothing
 //! else. The status is built from it and the runner writes it.
 
+mod facts;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::host::{unix_secs, Host};
 use super::run_state::RunState;
-use super::{StepId, JOURNAL_PATH};
+use super::JOURNAL_PATH;
+use crate::status_schema::StepId;
+pub use facts::{DnsmasqMode, Facts, KvmInUse, Quickcheck};
 
 /// Version 2 records the boots a step was started in (the crash-loop guard)
 /// and keeps the facts as named fields. Version 3 has the kernel-commit step:
@@ -39,7 +43,7 @@ pub struct Journal {
     pub warnings: Vec<String>,
     /// Named checks steps ran, with their results (shown in the status file).
     #[serde(default)]
-    pub checks: BTreeMap<String, CheckResult>,
+    pub checks: BTreeMap<CheckName, CheckResult>,
     /// The error and hint of the failure that ended the run, kept so the
     /// status can be rebuilt after a reboot (the status file is in /run).
     #[serde(default)]
@@ -63,156 +67,7 @@ pub struct StepRecord {
 }
 
 /// A step's state and a check's result are part of the status schema too.
-pub use crate::status_schema::{CheckResult, StepState};
-
-/// Facts recorded by steps for later steps, under the keys version 1 used.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Facts {
-    /// Which /dev/kvm the Cube stage installs for.
-    #[serde(rename = "kvm.mode", default, skip_serializing_if = "Option::is_none")]
-    pub kvm_mode: Option<KvmInUse>,
-    /// The kernel release that was running/default before the switch.
-    #[serde(
-        rename = "kernel.old",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub old_kernel: Option<String>,
-    /// The GRUB entry id (DEB) or kernel path (BLS) of the old default.
-    #[serde(
-        rename = "kernel.old-default-entry",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub old_default_entry: Option<String>,
-    /// The entry id or path chosen for the PVM kernel.
-    #[serde(
-        rename = "kernel.pvm-entry",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub pvm_entry: Option<String>,
-    /// Why grubenv could not be written and a direct default was used.
-    #[serde(
-        rename = "kernel.direct-default",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub direct_default: Option<String>,
-    /// The PVM kernel release found already running with its parameters.
-    #[serde(
-        rename = "kernel.already-running",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub already_running: Option<String>,
-    /// The `panic=` the trial boot was armed with and whose it is, e.g.
-    /// `panic=10 in force (the operator's, from the running command line)`.
-    #[serde(
-        rename = "kernel.trial-panic",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub trial_panic: Option<String>,
-    /// The BLS entry's options before the helper changed them.
-    #[serde(
-        rename = "kernel.bls-options-before",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub bls_options_before: Option<String>,
-    /// Node IP the Cube stage installed with.
-    #[serde(
-        rename = "cube.node-ip",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub node_ip: Option<String>,
-    /// CUBE_SANDBOX_NETWORK_CIDR chosen when the default conflicted.
-    #[serde(
-        rename = "cube.network-cidr",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub network_cidr: Option<String>,
-    /// From cube-prereqs: `standalone` when dnsmasq was installed because
-    /// the host has no other DNS stack, `prefer-standalone` on
-    /// NetworkManager hosts (values: `cube::install::DNSMASQ_*`).
-    #[serde(
-        rename = "cube.dnsmasq-mode",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub dnsmasq_mode: Option<String>,
-    /// The installer's own quickcheck verdict (`ok`, `failed`, `not run`).
-    #[serde(
-        rename = "cube.installer-quickcheck",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub installer_quickcheck: Option<String>,
-    /// The bundle `cube-firstboot upgrade` installed last, and its digest.
-    #[serde(
-        rename = "cube.bundle-url",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub bundle_url: Option<String>,
-    #[serde(
-        rename = "cube.bundle-sha256",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub bundle_sha256: Option<String>,
-    /// Diagnostics tarball written on failure.
-    #[serde(
-        rename = "diagnostics",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub diagnostics: Option<String>,
-    /// The one-line final message of a finished run (shown again later).
-    #[serde(
-        rename = "report.final-message",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub final_message: Option<String>,
-}
-
-impl Facts {
-    /// `key=value` lines, in key order (for the diagnostics tarball).
-    pub fn lines(&self) -> String {
-        let value = serde_json::to_value(self).unwrap_or_default();
-        let mut out = String::new();
-        if let Some(map) = value.as_object() {
-            for (k, v) in map {
-                let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-                out.push_str(&format!("{k}={v}\n"));
-            }
-        }
-        out
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum KvmInUse {
-    /// The PVM kernel provides /dev/kvm (nested in a cloud VM).
-    Pvm,
-    /// The machine's own KVM works; no PVM kernel.
-    Native,
-}
-
-impl KvmInUse {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Pvm => "pvm",
-            Self::Native => "native",
-        }
-    }
-}
+pub use crate::status_schema::{CheckName, CheckResult, StepState};
 
 /// Why the journal could not be used; `main` gives each its own hint.
 #[derive(Debug, thiserror::Error)]
@@ -400,9 +255,9 @@ impl Journal {
     }
 
     /// Record a named check's result for the status file.
-    pub fn record_check(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
+    pub fn record_check(&mut self, name: CheckName, ok: bool, detail: impl Into<String>) {
         self.checks.insert(
-            name.into(),
+            name,
             CheckResult {
                 ok,
                 detail: detail.into(),
@@ -502,7 +357,7 @@ mod tests {
   },
   "finished": "failed: rolled back to 6.1.0-26-amd64",
   "warnings": ["w"],
-  "checks": {"cube-api-health": {"ok": true, "detail": "GET /health: 200"}},
+  "checks": {"cube-api": {"ok": true, "detail": "GET /health: 200"}},
   "last_error": "e",
   "hints": ["h"]
 }"#;
@@ -520,7 +375,7 @@ mod tests {
             f.pvm_entry.as_deref(),
             Some("gnulinux-6.6.69-pvm-advanced-x")
         );
-        assert_eq!(f.dnsmasq_mode.as_deref(), Some("standalone"));
+        assert_eq!(f.dnsmasq_mode, Some(DnsmasqMode::Standalone));
         assert_eq!(f.final_message.as_deref(), Some("finished"));
         assert_eq!(
             j.finished,
@@ -581,6 +436,52 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(j.state(StepId::KernelCommit), None);
+    }
+
+    /// The typed facts read the values earlier helpers wrote and write them
+    /// back byte for byte; a value outside their set names its key.
+    #[test]
+    fn typed_facts_keep_their_text_and_name_the_key_of_a_bad_value() {
+        let text = |facts: &str| {
+            format!(
+                "{{\n  \"version\": 3,\n  \"plan_sha256\": \"abc\",\n  \"steps\": {{}},\n  \"reboots\": 0,\n  \"facts\": {{\n{facts}\n  }},\n  \"finished\": null,\n  \"warnings\": [],\n  \"checks\": {{}},\n  \"last_error\": null,\n  \"hints\": []\n}}"
+            )
+        };
+        let facts = [
+            (
+                "kernel.trial-panic",
+                "panic=10 in force (the operator's, from the running command line)",
+            ),
+            ("cube.dnsmasq-mode", "prefer-standalone"),
+            ("cube.installer-quickcheck", "not run"),
+        ];
+        let lines: Vec<String> = facts
+            .iter()
+            .map(|(k, v)| format!("    \"{k}\": \"{v}\""))
+            .collect();
+        let written = text(&lines.join(",\n"));
+        let j = Journal::parse(&written).unwrap();
+        assert_eq!(j.facts.dnsmasq_mode, Some(DnsmasqMode::PreferStandalone));
+        assert_eq!(j.facts.installer_quickcheck, Some(Quickcheck::NotRun));
+        assert_eq!(j.facts.trial_panic.map(|p| p.secs), Some(10));
+        // Keys sort differently in the struct: compare as written by save().
+        let back = serde_json::to_string_pretty(&j).unwrap();
+        assert_eq!(Journal::parse(&back).unwrap(), j);
+        for (k, v) in facts {
+            assert!(back.contains(&format!("\"{k}\": \"{v}\"")), "{back}");
+        }
+        for (key, bad) in [
+            ("cube.dnsmasq-mode", "networkmanager"),
+            ("cube.installer-quickcheck", "OK"),
+            ("kernel.trial-panic", "panic=10"),
+        ] {
+            let err = Journal::parse(&text(&format!("    \"{key}\": \"{bad}\""))).unwrap_err();
+            let why = std::error::Error::source(&err).unwrap().to_string();
+            assert!(
+                why.starts_with(&format!("{key}: \"{bad}\" is not")),
+                "{why}"
+            );
+        }
     }
 
     #[test]
