@@ -150,6 +150,15 @@ fn vm_first_boot_switches_kernel_and_installs_cube() {
             .any(|(_, l)| l.contains("cloud-init") && l.contains(&generator)),
         format!("cloud-init's final message names {generator}"),
     );
+    // The guest keeps Debian's MODULES=most (tests/e2e/guest/customize.sh);
+    // the helper builds the PVM kernel's initramfs host-only by itself.
+    check(
+        r.log
+            .lines
+            .iter()
+            .any(|(_, l)| l.contains("initramfs built host-only (MODULES=dep)")),
+        "the helper built the kernel's initramfs host-only (MODULES=dep)".into(),
+    );
 
     // Exactly one reboot, into the fixture kernel: by kexec (the default
     // payload) GRUB runs once and kernel A hands over to the fixture; through
