@@ -184,10 +184,11 @@ CFG
     linux echo test gzio efi_gop
   mkdir -p "$mnt/boot/grub"
   cp -a "$mnt/usr/lib/grub/arm64-efi" "$mnt/boot/grub/"
-  mmd -i "$esp" ::/EFI ::/EFI/BOOT
-  mcopy -i "$esp" "$mnt/tmp/BOOTAA64.EFI" ::/EFI/BOOT/BOOTAA64.EFI
+  # mtools asks a block device for its geometry and says it cannot.
+  { mmd -i "$esp" ::/EFI ::/EFI/BOOT && mcopy -i "$esp" "$mnt/tmp/BOOTAA64.EFI" ::/EFI/BOOT/BOOTAA64.EFI; } 2>/dev/null \
+    || { echo "guest-image.sh: mtools could not write GRUB to the system partition" >&2; exit 1; }
   rm -f "$mnt/tmp/BOOTAA64.EFI" "$mnt/tmp/grub-early.cfg"
-  mdir -i "$esp" ::/EFI/BOOT | grep -q BOOTAA64 || { echo "guest-image.sh: no BOOTAA64.EFI on the system partition" >&2; exit 1; }
+  mdir -i "$esp" ::/EFI/BOOT 2>/dev/null | grep -q BOOTAA64 || { echo "guest-image.sh: no BOOTAA64.EFI on the system partition" >&2; exit 1; }
 fi
 chroot "$mnt" update-grub 2>/dev/null
 sed -i "s#root=$part #root=UUID=$root_uuid #g" "$mnt/boot/grub/grub.cfg"
