@@ -26,6 +26,7 @@ use cubeboot::plan::*;
 const PLAIN: &str = "tests/fixtures/bundle/cube-sandbox-one-click-v0.0.0-fixture-amd64.tar.gz";
 const PRE_CUBEOPS: &str =
     "tests/fixtures/bundle/cube-sandbox-one-click-v0.0.0-fixture-precubeops-amd64.tar.gz";
+const ARM64: &str = "tests/fixtures/bundle/cube-sandbox-one-click-v0.0.0-fixture-arm64.tar.gz";
 const PITFALL: &str =
     "tests/fixtures/bundle/cube-sandbox-one-click-v0.0.0-fixture-pitfall-amd64.tar.gz";
 const HANG: &str = "tests/fixtures/bundle/cube-sandbox-one-click-v0.0.0-fixture-hang-amd64.tar.gz";
@@ -1591,7 +1592,7 @@ fn real_host_stops_a_hanging_installer_at_the_timeout() {
 
 #[test]
 fn the_committed_fixture_bundles_are_what_the_recipe_builds() {
-    // Same inputs, same bytes: rebuild all four into a temp dir and compare.
+    // Same inputs, same bytes: rebuild all five into a temp dir and compare.
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new("bash")
         .arg(repo("tests/fixtures/bundle/make.sh"))
@@ -1603,7 +1604,7 @@ fn the_committed_fixture_bundles_are_what_the_recipe_builds() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for committed in [PLAIN, PITFALL, HANG, PRE_CUBEOPS] {
+    for committed in [PLAIN, PITFALL, HANG, PRE_CUBEOPS, ARM64] {
         let name = Path::new(committed).file_name().unwrap();
         let rebuilt = std::fs::read(dir.path().join(name)).unwrap();
         assert!(

@@ -1,5 +1,5 @@
 //! The VM tier on aarch64 (issue 23, "Proof"): a Debian 12 arm64 guest
-//! (tests/e2e/guest-image-arm64.sh) on `qemu-system-aarch64 -M
+//! (tests/e2e/guest-image.sh --arch aarch64) on `qemu-system-aarch64 -M
 //! virt,virtualization=on -cpu max` under TCG. The emulated CPU has EL2, so
 //! the guest's own Linux brings up KVM and /dev/kvm is a real one: native
 //! KVM, no PVM kernel, no reboot. It boots through Debian's UEFI firmware
@@ -35,7 +35,7 @@ pub(crate) struct Arm64Guest {
 impl Arm64Guest {
     pub(crate) fn prepare() -> Self {
         let t = Instant::now();
-        let dir = script_output("tests/e2e/guest-image-arm64.sh", &[]);
+        let dir = script_output("tests/e2e/guest-image.sh", &["--arch", "aarch64"]);
         let env = read_env(&dir.join("guest.env"));
         println!("arm64 guest image: {} ({:.0?})", dir.display(), t.elapsed());
         Self {
