@@ -401,9 +401,10 @@ fn the_bundle_arch_is_read_from_its_programs_not_only_its_name() {
         wrong.to_str().unwrap(),
         "--asset",
         release().helper.to_str().unwrap(),
-        "--allow-non-pvm-kernel",
         "--asset",
         release().deb.to_str().unwrap(),
+        "--tag",
+        TAG,
         "--output",
         dir.path().join("cubeboot.lock").to_str().unwrap(),
     ]);

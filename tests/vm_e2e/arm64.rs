@@ -243,7 +243,7 @@ fn vm_arm64_first_boot_native_kvm_installs_cube_without_reboot() {
     run_ok(
         Command::new(env!("CARGO_BIN_EXE_cubeboot"))
             .current_dir(repo())
-            .args(["lock", "--allow-non-pvm-kernel", "--base-url", &base])
+            .args(["lock", "--base-url", &base])
             .arg("--asset")
             .arg(&kernel)
             .arg("--asset")
