@@ -91,7 +91,7 @@ mnt="$work/mnt"
 loop=""
 cleanup() {
   set +e
-  for m in dev/pts dev proc sys boot/efi; do
+  for m in dev/pts dev proc sys; do
     mountpoint -q "$mnt/$m" && umount -l "$mnt/$m"
   done
   # Lazy: a killed mmdebstrap may still hold files open; the mount must not
@@ -166,14 +166,28 @@ mount -t sysfs sys "$mnt/sys"
 if [[ "$arch" == amd64 ]]; then
   chroot "$mnt" grub-install --target=i386-pc --modules="part_msdos ext2" "$loop" 2>&1 | grep -v '^Installation finished' >&2 || true
 else
-  mkdir -p "$mnt/boot/efi"
-  mount "$esp" "$mnt/boot/efi"
-  # --removable: \EFI\BOOT\BOOTAA64.EFI, which the firmware boots without a
-  # boot entry in NVRAM (each run's variable store starts empty).
-  chroot "$mnt" grub-install --target=arm64-efi --efi-directory=/boot/efi \
-    --removable --no-nvram 2>&1 | grep -v '^Installation finished' >&2 || true
-  [[ -s "$mnt/boot/efi/EFI/BOOT/BOOTAA64.EFI" ]] || { echo "guest-image.sh: grub-install wrote no BOOTAA64.EFI" >&2; exit 1; }
-  umount "$mnt/boot/efi"
+  # This machine's kernel may not mount vfat, and grub-install wants the
+  # EFI directory on a mounted FAT filesystem. So GRUB's EFI image is made
+  # the way grub-install makes it (grub-mkimage: the modules to find and
+  # read the root, an early config that finds it by UUID), written to the
+  # system partition with mtools at the removable-media path
+  # \EFI\BOOT\BOOTAA64.EFI, which the firmware boots without a boot entry
+  # in NVRAM (each run's variable store starts empty); the other modules go
+  # where that prefix points, as grub-install puts them.
+  cat > "$mnt/tmp/grub-early.cfg" <<CFG
+search --no-floppy --fs-uuid --set=root $root_uuid
+set prefix=(\$root)/boot/grub
+configfile \$prefix/grub.cfg
+CFG
+  chroot "$mnt" grub-mkimage -O arm64-efi -o /tmp/BOOTAA64.EFI -p /boot/grub \
+    -c /tmp/grub-early.cfg part_gpt fat ext2 search search_fs_uuid configfile normal \
+    linux echo test gzio efi_gop
+  mkdir -p "$mnt/boot/grub"
+  cp -a "$mnt/usr/lib/grub/arm64-efi" "$mnt/boot/grub/"
+  mmd -i "$esp" ::/EFI ::/EFI/BOOT
+  mcopy -i "$esp" "$mnt/tmp/BOOTAA64.EFI" ::/EFI/BOOT/BOOTAA64.EFI
+  rm -f "$mnt/tmp/BOOTAA64.EFI" "$mnt/tmp/grub-early.cfg"
+  mdir -i "$esp" ::/EFI/BOOT | grep -q BOOTAA64 || { echo "guest-image.sh: no BOOTAA64.EFI on the system partition" >&2; exit 1; }
 fi
 chroot "$mnt" update-grub 2>/dev/null
 sed -i "s#root=$part #root=UUID=$root_uuid #g" "$mnt/boot/grub/grub.cfg"
