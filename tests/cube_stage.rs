@@ -2644,3 +2644,39 @@ fn the_control_node_keeps_the_planned_token_for_cubeops() {
     );
     assert!(node.host.commands().iter().all(|c| !c.contains(OPS_TOKEN)));
 }
+
+#[test]
+fn on_aarch64_the_kvm_check_accepts_the_kernels_own_kvm_and_names_what_is_missing() {
+    // Debian's arm64 kernels build KVM in (CONFIG_KVM=y): no module in
+    // /proc/modules, /sys/module/kvm present. Seen in the aarch64 VM tier.
+    let mut node = Node::empty();
+    node.plan.target.arch = cubeboot::arch::Arch::Aarch64;
+    node.host.on_program("journalctl", CmdOutput::ok(""));
+    node.host.put("/proc/modules", "xfs 1 0 - Live 0x0\n");
+    let endpoints = Endpoints {
+        cube_api: None,
+        cube_master: None,
+        registration: None,
+        node_ip: "10.0.2.15".into(),
+    };
+    let mut journal = Journal::new("test");
+    journal.facts.kvm_mode = Some(KvmInUse::Native);
+    let kvm_check = |journal: &mut Journal| {
+        let mut ctx = node.ctx(journal);
+        let _ = cube::verify::verify_with_probe(
+            &mut ctx,
+            &endpoints,
+            Duration::from_secs(1),
+            &cube::http::get,
+        );
+        check(ctx.journal, "kvm-module").unwrap()
+    };
+    assert_eq!(
+        kvm_check(&mut journal),
+        "fail: kvm is neither in /proc/modules nor built into the kernel (/sys/module/kvm)"
+    );
+    node.host.put("/sys/module/kvm/parameters/halt_poll_ns", "0\n");
+    assert_eq!(kvm_check(&mut journal), "ok: kvm built into the kernel");
+    node.host.put("/proc/modules", "kvm 1 0 - Live 0x0\n");
+    assert_eq!(kvm_check(&mut journal), "ok: kvm loaded");
+}
