@@ -26,6 +26,7 @@ use cubeboot::plan::*;
 const PLAIN: &str = "tests/fixtures/bundle/cube-sandbox-one-click-v0.0.0-fixture-amd64.tar.gz";
 const PRE_CUBEOPS: &str =
     "tests/fixtures/bundle/cube-sandbox-one-click-v0.0.0-fixture-precubeops-amd64.tar.gz";
+const ARM64: &str = "tests/fixtures/bundle/cube-sandbox-one-click-v0.0.0-fixture-arm64.tar.gz";
 const PITFALL: &str =
     "tests/fixtures/bundle/cube-sandbox-one-click-v0.0.0-fixture-pitfall-amd64.tar.gz";
 const HANG: &str = "tests/fixtures/bundle/cube-sandbox-one-click-v0.0.0-fixture-hang-amd64.tar.gz";
@@ -1591,7 +1592,7 @@ fn real_host_stops_a_hanging_installer_at_the_timeout() {
 
 #[test]
 fn the_committed_fixture_bundles_are_what_the_recipe_builds() {
-    // Same inputs, same bytes: rebuild all four into a temp dir and compare.
+    // Same inputs, same bytes: rebuild all five into a temp dir and compare.
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new("bash")
         .arg(repo("tests/fixtures/bundle/make.sh"))
@@ -1603,7 +1604,7 @@ fn the_committed_fixture_bundles_are_what_the_recipe_builds() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for committed in [PLAIN, PITFALL, HANG, PRE_CUBEOPS] {
+    for committed in [PLAIN, PITFALL, HANG, PRE_CUBEOPS, ARM64] {
         let name = Path::new(committed).file_name().unwrap();
         let rebuilt = std::fs::read(dir.path().join(name)).unwrap();
         assert!(
@@ -2642,4 +2643,40 @@ fn the_control_node_keeps_the_planned_token_for_cubeops() {
         "{agent}"
     );
     assert!(node.host.commands().iter().all(|c| !c.contains(OPS_TOKEN)));
+}
+
+#[test]
+fn on_aarch64_the_kvm_check_accepts_the_kernels_own_kvm_and_names_what_is_missing() {
+    // Debian's arm64 kernels build KVM in (CONFIG_KVM=y): no module in
+    // /proc/modules, /sys/module/kvm present. Seen in the aarch64 VM tier.
+    let mut node = Node::empty();
+    node.plan.target.arch = cubeboot::arch::Arch::Aarch64;
+    node.host.on_program("journalctl", CmdOutput::ok(""));
+    node.host.put("/proc/modules", "xfs 1 0 - Live 0x0\n");
+    let endpoints = Endpoints {
+        cube_api: None,
+        cube_master: None,
+        registration: None,
+        node_ip: "10.0.2.15".into(),
+    };
+    let mut journal = Journal::new("test");
+    journal.facts.kvm_mode = Some(KvmInUse::Native);
+    let kvm_check = |journal: &mut Journal| {
+        let mut ctx = node.ctx(journal);
+        let _ = cube::verify::verify_with_probe(
+            &mut ctx,
+            &endpoints,
+            Duration::from_secs(1),
+            &cube::http::get,
+        );
+        check(ctx.journal, "kvm-module").unwrap()
+    };
+    assert_eq!(
+        kvm_check(&mut journal),
+        "fail: kvm is neither in /proc/modules nor built into the kernel (/sys/module/kvm)"
+    );
+    node.host.put("/sys/module/kvm/parameters/halt_poll_ns", "0\n");
+    assert_eq!(kvm_check(&mut journal), "ok: kvm built into the kernel");
+    node.host.put("/proc/modules", "kvm 1 0 - Live 0x0\n");
+    assert_eq!(kvm_check(&mut journal), "ok: kvm loaded");
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use serde_json::Value;
 
+use crate::arch::Arch;
 use crate::bundle_facts::{BundleFacts, BundleRole, CubeOpsFacts, Listener, RequiredEnv};
 
 /// A text file read out of the bundle.
@@ -20,10 +21,18 @@ pub struct TextFile {
     pub text: String,
 }
 
-/// The files kept, by their path under the bundle's (or the nested
-/// package's) top directory: `scripts/systemd/cubeops-start.sh`. A file in
-/// both places is taken from the bundle itself.
-pub type BundleFiles = BTreeMap<String, TextFile>;
+/// What `bundle_inspect` kept of a bundle.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BundleFiles {
+    /// The text files, by their path under the bundle's (or the nested
+    /// package's) top directory: `scripts/systemd/cubeops-start.sh`. A file
+    /// in both places is taken from the bundle itself.
+    pub text: BTreeMap<String, TextFile>,
+    /// The ELF programs under a `bin/` directory (`Cubelet/bin/cubelet`),
+    /// by where they are (as `TextFile::source`): the machine they run on,
+    /// or what else their header says.
+    pub programs: BTreeMap<String, Result<Arch, String>>,
+}
 
 const MANIFEST: &str = "release-manifest.json";
 const QUICKCHECK: &str = "scripts/one-click/quickcheck.sh";
@@ -120,23 +129,18 @@ const DEFAULT_CUBE_OPS_PORT: u16 = 3010;
 /// The facts of the bundle released as `name`, from its text files.
 pub fn classify(name: &str, files: &BundleFiles) -> Result<BundleFacts> {
     let mut unknown = Vec::new();
-    let manifest = match files.get(MANIFEST) {
+    let manifest = match files.text.get(MANIFEST) {
         Some(f) => Some(read_manifest(f, &mut unknown)?),
         None => None,
     };
-    let (name_version, arch) = from_name(name);
-    let arch = arch.unwrap_or_else(|| {
-        unknown.push(format!(
-            "arch: {name} does not end in -amd64.tar.gz or -arm64.tar.gz"
-        ));
-        "unknown".to_string()
-    });
+    let (name_version, name_arch) = from_name(name);
+    let arch = arch(name, name_arch, &files.programs, &mut unknown)?;
     let version = manifest
         .as_ref()
         .and_then(|m| m.get("release_version"))
         .and_then(Value::as_str)
         .map(str::to_string)
-        .or_else(|| files.get("VERSION.txt").and_then(version_txt))
+        .or_else(|| files.text.get("VERSION.txt").and_then(version_txt))
         .unwrap_or(name_version);
     let pvm_version = manifest
         .as_ref()
@@ -145,13 +149,13 @@ pub fn classify(name: &str, files: &BundleFiles) -> Result<BundleFacts> {
         .filter(|v| !v.is_empty() && *v != "unknown")
         .map(str::to_string);
     let mut listeners = Vec::new();
-    for file in files.values() {
+    for file in files.text.values() {
         scan_listeners(file, &mut listeners, &mut unknown);
     }
     listeners.sort_by(|a: &Listener, b| (a.port, &a.service).cmp(&(b.port, &b.service)));
     listeners.dedup_by(|a, b| a.port == b.port && a.service == b.service);
     let mut required_env = Vec::new();
-    for file in files.values() {
+    for file in files.text.values() {
         scan_required(file, &mut required_env, &mut unknown);
     }
     let cube_ops = cube_ops(files, &listeners, &mut unknown);
@@ -202,6 +206,53 @@ fn read_manifest(f: &TextFile, unknown: &mut Vec<String>) -> Result<Value> {
         }
     }
     Ok(doc)
+}
+
+/// The bundle's architecture, from the machine its programs are built for
+/// (upstream names its amd64 bundle without a suffix:
+/// `cube-sandbox-one-click-v0.5.0.tar.gz` beside `...-v0.5.0-arm64.tar.gz`,
+/// docs/arm64.md), else from the name's suffix. Programs of two machines,
+/// or a suffix the programs contradict, are refused: such a bundle cannot
+/// run on any one node.
+fn arch(
+    name: &str,
+    name_arch: Option<String>,
+    programs: &BTreeMap<String, Result<Arch, String>>,
+    unknown: &mut Vec<String>,
+) -> Result<String> {
+    let mut built_for: BTreeMap<Arch, &str> = BTreeMap::new();
+    for (source, machine) in programs {
+        match machine {
+            Ok(a) => {
+                built_for.entry(*a).or_insert(source);
+            }
+            Err(what) => unknown.push(format!("{source}: {what}")),
+        }
+    }
+    let mut archs = built_for.iter();
+    match (archs.next(), archs.next()) {
+        (Some((a, first)), Some((b, second))) => bail!(
+            "{first} is built for {} but {second} for {}; a bundle's programs run on one machine",
+            a.uname(),
+            b.uname()
+        ),
+        (Some((a, source)), None) => {
+            if let Some(n) = name_arch.as_deref().filter(|n| *n != a.bundle()) {
+                bail!(
+                    "{name} is named for {n}, but {source} is built for {} ({}); lock the bundle its programs are built for",
+                    a.uname(),
+                    a.bundle()
+                );
+            }
+            Ok(a.bundle().to_string())
+        }
+        (None, _) => Ok(name_arch.unwrap_or_else(|| {
+            unknown.push(format!(
+                "arch: {name} has no ELF program under a bin/ directory and its name does not end in -amd64.tar.gz or -arm64.tar.gz"
+            ));
+            "unknown".to_string()
+        })),
+    }
 }
 
 /// `cube-sandbox-one-click-<version>-<arch>.tar.gz` (docs/pvm-kernel.md).
@@ -401,11 +452,11 @@ fn cube_ops(
     unknown: &mut Vec<String>,
 ) -> Option<CubeOpsFacts> {
     let (registration_path, source) =
-        match files.get(QUICKCHECK).map(|q| (registration(q, unknown), q)) {
+        match files.text.get(QUICKCHECK).map(|q| (registration(q, unknown), q)) {
             Some((Probe::CubeOps(path), q)) => (path, q.source.clone()),
             Some((Probe::CubeMaster, _)) => return None,
             _ => {
-                let routed = files.values().find(|f| {
+                let routed = files.text.values().find(|f| {
                     f.text.contains("meta_server_endpoint")
                         && f.text.contains("resolve_control_plane_cubeops_addr")
                 })?;
@@ -481,17 +532,21 @@ mod tests {
     use super::*;
 
     fn files(list: &[(&str, &str)]) -> BundleFiles {
-        list.iter()
-            .map(|(p, t)| {
-                (
-                    p.to_string(),
-                    TextFile {
-                        source: p.to_string(),
-                        text: t.to_string(),
-                    },
-                )
-            })
-            .collect()
+        BundleFiles {
+            text: list
+                .iter()
+                .map(|(p, t)| {
+                    (
+                        p.to_string(),
+                        TextFile {
+                            source: p.to_string(),
+                            text: t.to_string(),
+                        },
+                    )
+                })
+                .collect(),
+            programs: BTreeMap::new(),
+        }
     }
 
     #[test]
@@ -570,5 +625,61 @@ mod tests {
         );
         assert!(f.requires("CUBE_NEW_SECRET", BundleRole::Compute));
         assert!(f.listeners.is_empty());
+    }
+
+    fn with_programs(list: &[(&str, Result<Arch, String>)]) -> BundleFiles {
+        BundleFiles {
+            programs: list
+                .iter()
+                .map(|(p, m)| (p.to_string(), m.clone()))
+                .collect(),
+            ..files(&[])
+        }
+    }
+
+    const CUBELET: &str = "assets/package/sandbox-package.tar.gz:Cubelet/bin/cubelet";
+    const CUBEMASTER: &str = "assets/package/sandbox-package.tar.gz:CubeMaster/bin/cubemaster";
+
+    #[test]
+    fn arch_comes_from_the_programs_and_upstreams_unsuffixed_amd64_name() {
+        // Upstream's v0.5.0 amd64 bundle has no -amd64 in its name.
+        let amd64 = with_programs(&[(CUBELET, Ok(Arch::X86_64)), (CUBEMASTER, Ok(Arch::X86_64))]);
+        let f = classify("cube-sandbox-one-click-v0.5.0.tar.gz", &amd64).unwrap();
+        assert_eq!((f.arch.as_str(), f.version.as_str()), ("amd64", "v0.5.0"));
+        assert!(f.unknown.is_empty(), "{:?}", f.unknown);
+        let arm64 = with_programs(&[(CUBELET, Ok(Arch::Aarch64))]);
+        let f = classify("cube-sandbox-one-click-v0.5.0-arm64.tar.gz", &arm64).unwrap();
+        assert_eq!(f.arch, "arm64");
+        // No program: the name's suffix, as before; neither: unknown.
+        let f = classify("cube-sandbox-one-click-v0.5.0-arm64.tar.gz", &files(&[])).unwrap();
+        assert_eq!(f.arch, "arm64");
+        let f = classify("cube-sandbox-one-click-v0.5.0.tar.gz", &files(&[])).unwrap();
+        assert_eq!(f.arch, "unknown");
+        assert!(f.unknown.iter().any(|u| u.starts_with("arch: ")), "{:?}", f.unknown);
+    }
+
+    #[test]
+    fn a_name_its_programs_contradict_or_mixed_programs_are_refused() {
+        let amd64 = with_programs(&[(CUBELET, Ok(Arch::X86_64))]);
+        let e = classify("cube-sandbox-one-click-v0.5.0-arm64.tar.gz", &amd64)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("named for arm64") && e.contains("Cubelet/bin/cubelet is built for x86_64"),
+            "{e}"
+        );
+        let mixed = with_programs(&[(CUBELET, Ok(Arch::Aarch64)), (CUBEMASTER, Ok(Arch::X86_64))]);
+        let e = classify("cube-sandbox-one-click-v0.5.0.tar.gz", &mixed)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("built for x86_64") && e.contains("for aarch64"), "{e}");
+        // A program for a third machine is a fact without a model.
+        let other = with_programs(&[
+            (CUBELET, Ok(Arch::X86_64)),
+            (CUBEMASTER, Err("an ELF executable for machine 243".into())),
+        ]);
+        let f = classify("cube-sandbox-one-click-v0.5.0.tar.gz", &other).unwrap();
+        assert_eq!(f.arch, "amd64");
+        assert!(f.unknown.iter().any(|u| u.contains("machine 243")), "{:?}", f.unknown);
     }
 }

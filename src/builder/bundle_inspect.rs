@@ -31,6 +31,20 @@ pub const MAX_ENTRIES: u64 = 1_000_000;
 /// unpacked; anything far past that is a decompression bomb.
 pub const MAX_UNPACKED: u64 = 64 << 30;
 
+/// Programs whose ELF header is read (the first 20 bytes each): upstream's
+/// nested package has about ten (`Cubelet/bin/cubelet`, `CubeAPI/bin/cube-api`).
+pub const MAX_PROGRAMS: usize = 256;
+/// The part of an ELF header that names the machine (`e_machine`).
+const ELF_HEADER_BYTES: u64 = 20;
+
+/// Whether a file at `rel` is a program the bundle installs: anything in a
+/// `bin/` directory (CubeSandbox: deploy/one-click/build-release-bundle.sh
+/// puts each component's programs in `<Component>/bin/`).
+fn is_program(rel: &str) -> bool {
+    rel.rsplit_once('/')
+        .is_some_and(|(dir, _)| dir == "bin" || dir.ends_with("/bin"))
+}
+
 /// Whether a file at `rel` says something about the bundle.
 fn wanted(rel: &str) -> bool {
     matches!(
@@ -81,7 +95,7 @@ pub fn read_bundle_files<R: Read>(reader: R) -> Result<BundleFiles> {
         left: budget.clone(),
     };
     let mut walk = Walk {
-        files: BundleFiles::new(),
+        files: BundleFiles::default(),
         kept: 0,
         entries: 0,
         budget,
@@ -135,10 +149,23 @@ impl Walk {
                 self.archive(&mut inner, Some(NESTED_PACKAGE))?;
                 continue;
             }
-            if !wanted(&rel) || self.files.contains_key(&rel) {
+            let source = within(&rel);
+            if is_program(&rel) && self.files.programs.len() < MAX_PROGRAMS {
+                let mut header = Vec::with_capacity(ELF_HEADER_BYTES as usize);
+                (&mut entry)
+                    .take(ELF_HEADER_BYTES)
+                    .read_to_end(&mut header)
+                    .with_context(|| format!("reading {source}"))?;
+                // Scripts live in bin/ too; only ELF files name a machine.
+                if header.starts_with(b"\x7fELF") {
+                    let machine = crate::arch::Arch::of_elf(&header);
+                    self.files.programs.insert(source, machine);
+                }
                 continue;
             }
-            let source = within(&rel);
+            if !wanted(&rel) || self.files.text.contains_key(&rel) {
+                continue;
+            }
             let size = entry.header().size().unwrap_or(u64::MAX);
             if size > MAX_TEXT_BYTES {
                 bail!("{source}: {size} bytes; cubeboot reads a bundle's scripts and manifests up to {MAX_TEXT_BYTES} bytes each");
@@ -153,7 +180,7 @@ impl Walk {
                 .read_to_end(&mut bytes)
                 .with_context(|| format!("reading {source}"))?;
             let text = String::from_utf8_lossy(&bytes).into_owned();
-            self.files.insert(rel, TextFile { source, text });
+            self.files.text.insert(rel, TextFile { source, text });
         }
         Ok(())
     }

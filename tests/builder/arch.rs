@@ -349,3 +349,69 @@ fn an_offline_aarch64_overlay_carries_the_aarch64_helper_and_the_bundle_but_no_k
     cached.sort();
     assert_eq!(cached, [sha256_hex(&dir.path().join(ARM_BUNDLE))]);
 }
+
+/// The committed fixture bundle `name` (tests/fixtures/bundle/make.sh),
+/// copied into `dir` as `as_name`.
+fn fixture_bundle_as(dir: &Path, name: &str, as_name: &str) -> PathBuf {
+    let to = dir.join(as_name);
+    std::fs::copy(repo().join("tests/fixtures/bundle").join(name), &to).unwrap();
+    to
+}
+
+#[test]
+fn the_bundle_arch_is_read_from_its_programs_not_only_its_name() {
+    let dir = tempdir();
+    let arch_of = |path: &Path| {
+        let out = ok(&["inspect", "--json", path.to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        (
+            v["bundle"]["arch"].as_str().unwrap_or_default().to_string(),
+            v["bundle"]["unknown"].clone(),
+        )
+    };
+    // The arm64 fixture's programs are aarch64 ELF files.
+    let arm = fixture_bundle_as(
+        dir.path(),
+        "cube-sandbox-one-click-v0.0.0-fixture-arm64.tar.gz",
+        "cube-sandbox-one-click-v0.0.0-fixture-arm64.tar.gz",
+    );
+    assert_eq!(arch_of(&arm).0, "arm64");
+    // Upstream's amd64 bundle has no suffix (cube-sandbox-one-click-v0.5.0.tar.gz):
+    // the programs say amd64, and nothing is left unknown about the arch.
+    let plain = fixture_bundle_as(
+        dir.path(),
+        "cube-sandbox-one-click-v0.0.0-fixture-amd64.tar.gz",
+        "cube-sandbox-one-click-v0.0.0-fixture.tar.gz",
+    );
+    let (arch, unknown) = arch_of(&plain);
+    assert_eq!(arch, "amd64");
+    assert!(
+        !unknown.to_string().contains("arch"),
+        "arch should be known: {unknown}"
+    );
+    // A name its programs contradict is refused at lock time, naming a program.
+    let wrong = fixture_bundle_as(
+        dir.path(),
+        "cube-sandbox-one-click-v0.0.0-fixture-arm64.tar.gz",
+        "cube-sandbox-one-click-v0.0.0-fixture-amd64.tar.gz",
+    );
+    let err = fails(&[
+        "lock",
+        "--asset",
+        wrong.to_str().unwrap(),
+        "--asset",
+        release().helper.to_str().unwrap(),
+        "--asset",
+        release().deb.to_str().unwrap(),
+        "--tag",
+        TAG,
+        "--output",
+        dir.path().join("cubeboot.lock").to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("is named for amd64")
+            && err.contains("sandbox-package.tar.gz:CubeAPI/bin/cube-api is built for aarch64"),
+        "{err}"
+    );
+    assert!(!dir.path().join("cubeboot.lock").exists(), "no lock written");
+}

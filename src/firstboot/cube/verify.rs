@@ -14,6 +14,7 @@ use super::super::{Ctx, Outcome, StepFailure};
 use super::join::{registration_needle, ControlPlane};
 use super::listeners::{self, Listener};
 use super::{envfile, http, pvm_enabled, INSTALL_ROOT};
+use crate::arch::Arch;
 use crate::layout::{CUBEMASTER, CUBE_API};
 use crate::plan::{CubePlan, Role};
 
@@ -135,7 +136,10 @@ pub fn verify_with_probe(
     let mut checks: Vec<(CheckName, Result<String, String>)> = vec![
         (CheckName::OneClickEnv, check_env_file(host, pvm)),
         (CheckName::GuestKernel, check_guest_kernel(host, pvm)),
-        (CheckName::KvmModule, check_kvm_module(host, pvm)),
+        (
+            CheckName::KvmModule,
+            check_kvm_module(host, pvm, ctx.plan.target.arch),
+        ),
         (
             CheckName::DevKvm,
             if host.exists("/dev/kvm") {
@@ -261,7 +265,10 @@ fn check_guest_kernel(host: &dyn Host, pvm: bool) -> Result<String, String> {
     }
 }
 
-fn check_kvm_module(host: &dyn Host, pvm: bool) -> Result<String, String> {
+/// The module that provides /dev/kvm: kvm_pvm under PVM, the vendor module
+/// on x86_64; on aarch64 KVM is part of the kernel (Debian's arm64 kernels
+/// have CONFIG_KVM=y, docs/arm64.md), which /sys/module/kvm shows.
+fn check_kvm_module(host: &dyn Host, pvm: bool, arch: Arch) -> Result<String, String> {
     let modules = host
         .read_optional("/proc/modules")
         .map_err(|e| format!("{e:#}"))?
@@ -270,13 +277,19 @@ fn check_kvm_module(host: &dyn Host, pvm: bool) -> Result<String, String> {
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    let wanted: &[&str] = if pvm {
-        &["kvm_pvm"]
-    } else {
-        &["kvm_intel", "kvm_amd"]
+    let wanted: &[&str] = match (pvm, arch) {
+        (true, _) => &["kvm_pvm"],
+        (false, Arch::X86_64) => &["kvm_intel", "kvm_amd"],
+        (false, Arch::Aarch64) => &["kvm"],
     };
     match wanted.iter().find(|m| loaded.contains(m)) {
         Some(m) => Ok(format!("{m} loaded")),
+        None if arch == Arch::Aarch64 && !pvm && host.exists("/sys/module/kvm") => {
+            Ok("kvm built into the kernel".into())
+        }
+        None if arch == Arch::Aarch64 && !pvm => {
+            Err("kvm is neither in /proc/modules nor built into the kernel (/sys/module/kvm)".into())
+        }
         None => Err(format!("{} not in /proc/modules", wanted.join(" or "))),
     }
 }
