@@ -2675,7 +2675,8 @@ fn on_aarch64_the_kvm_check_accepts_the_kernels_own_kvm_and_names_what_is_missin
         kvm_check(&mut journal),
         "fail: kvm is neither in /proc/modules nor built into the kernel (/sys/module/kvm)"
     );
-    node.host.put("/sys/module/kvm/parameters/halt_poll_ns", "0\n");
+    node.host
+        .put("/sys/module/kvm/parameters/halt_poll_ns", "0\n");
     assert_eq!(kvm_check(&mut journal), "ok: kvm built into the kernel");
     node.host.put("/proc/modules", "kvm 1 0 - Live 0x0\n");
     assert_eq!(kvm_check(&mut journal), "ok: kvm loaded");

@@ -451,18 +451,21 @@ fn cube_ops(
     listeners: &[Listener],
     unknown: &mut Vec<String>,
 ) -> Option<CubeOpsFacts> {
-    let (registration_path, source) =
-        match files.text.get(QUICKCHECK).map(|q| (registration(q, unknown), q)) {
-            Some((Probe::CubeOps(path), q)) => (path, q.source.clone()),
-            Some((Probe::CubeMaster, _)) => return None,
-            _ => {
-                let routed = files.text.values().find(|f| {
-                    f.text.contains("meta_server_endpoint")
-                        && f.text.contains("resolve_control_plane_cubeops_addr")
-                })?;
-                (CUBE_OPS_REGISTRATION.to_string(), routed.source.clone())
-            }
-        };
+    let (registration_path, source) = match files
+        .text
+        .get(QUICKCHECK)
+        .map(|q| (registration(q, unknown), q))
+    {
+        Some((Probe::CubeOps(path), q)) => (path, q.source.clone()),
+        Some((Probe::CubeMaster, _)) => return None,
+        _ => {
+            let routed = files.text.values().find(|f| {
+                f.text.contains("meta_server_endpoint")
+                    && f.text.contains("resolve_control_plane_cubeops_addr")
+            })?;
+            (CUBE_OPS_REGISTRATION.to_string(), routed.source.clone())
+        }
+    };
     let port = listeners
         .iter()
         .find(|l| l.service == "CubeOps")
@@ -655,7 +658,11 @@ mod tests {
         assert_eq!(f.arch, "arm64");
         let f = classify("cube-sandbox-one-click-v0.5.0.tar.gz", &files(&[])).unwrap();
         assert_eq!(f.arch, "unknown");
-        assert!(f.unknown.iter().any(|u| u.starts_with("arch: ")), "{:?}", f.unknown);
+        assert!(
+            f.unknown.iter().any(|u| u.starts_with("arch: ")),
+            "{:?}",
+            f.unknown
+        );
     }
 
     #[test]
@@ -672,7 +679,10 @@ mod tests {
         let e = classify("cube-sandbox-one-click-v0.5.0.tar.gz", &mixed)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("built for x86_64") && e.contains("for aarch64"), "{e}");
+        assert!(
+            e.contains("built for x86_64") && e.contains("for aarch64"),
+            "{e}"
+        );
         // A program for a third machine is a fact without a model.
         let other = with_programs(&[
             (CUBELET, Ok(Arch::X86_64)),
@@ -680,6 +690,10 @@ mod tests {
         ]);
         let f = classify("cube-sandbox-one-click-v0.5.0.tar.gz", &other).unwrap();
         assert_eq!(f.arch, "amd64");
-        assert!(f.unknown.iter().any(|u| u.contains("machine 243")), "{:?}", f.unknown);
+        assert!(
+            f.unknown.iter().any(|u| u.contains("machine 243")),
+            "{:?}",
+            f.unknown
+        );
     }
 }

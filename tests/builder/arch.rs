@@ -413,5 +413,8 @@ fn the_bundle_arch_is_read_from_its_programs_not_only_its_name() {
             && err.contains("sandbox-package.tar.gz:CubeAPI/bin/cube-api is built for aarch64"),
         "{err}"
     );
-    assert!(!dir.path().join("cubeboot.lock").exists(), "no lock written");
+    assert!(
+        !dir.path().join("cubeboot.lock").exists(),
+        "no lock written"
+    );
 }

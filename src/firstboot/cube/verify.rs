@@ -287,9 +287,9 @@ fn check_kvm_module(host: &dyn Host, pvm: bool, arch: Arch) -> Result<String, St
         None if arch == Arch::Aarch64 && !pvm && host.exists("/sys/module/kvm") => {
             Ok("kvm built into the kernel".into())
         }
-        None if arch == Arch::Aarch64 && !pvm => {
-            Err("kvm is neither in /proc/modules nor built into the kernel (/sys/module/kvm)".into())
-        }
+        None if arch == Arch::Aarch64 && !pvm => Err(
+            "kvm is neither in /proc/modules nor built into the kernel (/sys/module/kvm)".into(),
+        ),
         None => Err(format!("{} not in /proc/modules", wanted.join(" or "))),
     }
 }
