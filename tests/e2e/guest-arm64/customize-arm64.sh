@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What the arm64 guest does differently from the x86 one after
-# guest/customize.sh ran (tests/e2e/guest-image-arm64.sh). Args: ROOTFS ESP_ID.
+# guest/customize.sh ran (tests/e2e/guest-image.sh --arch aarch64). Args: ROOTFS ESP_ID.
 set -euo pipefail
 root="$1"
 esp_id="$2"
