@@ -159,6 +159,20 @@ fn vm_first_boot_switches_kernel_and_installs_cube() {
             .any(|(_, l)| l.contains("initramfs built host-only (MODULES=dep)")),
         "the helper built the kernel's initramfs host-only (MODULES=dep)".into(),
     );
+    // And it is the smaller image: the guest's own kernel's was built with
+    // Debian's MODULES=most when the image was made.
+    let initrd_size = |k: &str| {
+        r.section("initrds").iter().find_map(|l| {
+            let (size, kver) = l.split_once(' ')?;
+            (kver == k).then(|| size.parse::<u64>().ok()).flatten()
+        })
+    };
+    let (most, host_only) = (initrd_size(&fx.guest.default_kver), initrd_size(kver));
+    println!("measured: initramfs with MODULES=most {most:?} bytes, host-only {host_only:?} bytes");
+    check(
+        matches!((most, host_only), (Some(m), Some(h)) if h < m),
+        format!("the host-only initramfs is the smaller: most {most:?}, host-only {host_only:?}"),
+    );
 
     // Exactly one reboot, into the fixture kernel: by kexec (the default
     // payload) GRUB runs once and kernel A hands over to the fixture; through
