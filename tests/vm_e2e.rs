@@ -156,8 +156,8 @@ fn vm_first_boot_switches_kernel_and_installs_cube() {
         r.log
             .lines
             .iter()
-            .any(|(_, l)| l.contains("initramfs built host-only (MODULES=dep)")),
-        "the helper built the kernel's initramfs host-only (MODULES=dep)".into(),
+            .any(|(_, l)| l.contains("initramfs built host-only (MODULES=dep) and compressed fast (COMPRESSLEVEL=1)")),
+        "the helper built the kernel's initramfs host-only (MODULES=dep) and compressed fast (COMPRESSLEVEL=1)".into(),
     );
     // And it is the smaller image: the guest's own kernel's was built with
     // Debian's MODULES=most when the image was made.
