@@ -62,55 +62,6 @@ fn e2e_enabled(test: &str) -> bool {
     false
 }
 
-/// The first boot's marks in the serial log, for its timeline.
-const FIRST_BOOT_MARKS: &[(&str, &str, usize)] = &[
-    ("GRUB, boot 1", "@@GRUB start", 1),
-    ("kernel A up (reporter)", "@@E2E boot ", 1),
-    ("cloud-init final stage", "running 'modules:final'", 1),
-    ("helper: fetch starts", "step fetch: starting", 1),
-    (
-        "helper: kernel-install starts",
-        "step kernel-install: starting",
-        1,
-    ),
-    (
-        "helper: kernel-boot starts",
-        "step kernel-boot: starting",
-        1,
-    ),
-    ("GRUB, boot 2", "@@GRUB start", 2),
-    (
-        "kexec: kernel A hands over",
-        "kexec_core: Starting new kernel",
-        1,
-    ),
-    ("kernel B starts", "Linux version ", 2),
-    ("kernel B up (reporter)", "@@E2E boot ", 2),
-    (
-        "helper: kernel-verify starts",
-        "step kernel-verify: starting",
-        1,
-    ),
-    ("helper: kvm-load starts", "step kvm-load: starting", 1),
-    (
-        "helper: kernel-commit starts",
-        "step kernel-commit: starting",
-        1,
-    ),
-    (
-        "helper: cube-install starts",
-        "step cube-install: starting",
-        1,
-    ),
-    (
-        "helper: cube-verify starts",
-        "step cube-verify: starting",
-        1,
-    ),
-    ("status terminal", "@@E2E final-begin", 1),
-    ("reporter done", "@@E2E END", 1),
-];
-
 #[test]
 #[ignore = "VM tier: needs root and qemu; CUBEBOOT_E2E=1 ... -- --include-ignored"]
 fn vm_first_boot_switches_kernel_and_installs_cube() {
@@ -120,7 +71,53 @@ fn vm_first_boot_switches_kernel_and_installs_cube() {
     let _slot = VM_SLOT.lock().unwrap_or_else(|e| e.into_inner());
     let fx = Fixtures::prepare();
     let run = ProductRun::boot(&fx, "first-boot", &fx.kernel.good_deb);
-    run.log.print_timeline(FIRST_BOOT_MARKS);
+    run.log.print_timeline(&[
+        ("GRUB, boot 1", "@@GRUB start", 1),
+        ("kernel A up (reporter)", "@@E2E boot ", 1),
+        ("cloud-init final stage", "running 'modules:final'", 1),
+        ("helper: fetch starts", "step fetch: starting", 1),
+        (
+            "helper: kernel-install starts",
+            "step kernel-install: starting",
+            1,
+        ),
+        (
+            "helper: kernel-boot starts",
+            "step kernel-boot: starting",
+            1,
+        ),
+        ("GRUB, boot 2", "@@GRUB start", 2),
+        (
+            "kexec: kernel A hands over",
+            "kexec_core: Starting new kernel",
+            1,
+        ),
+        ("kernel B starts", "Linux version ", 2),
+        ("kernel B up (reporter)", "@@E2E boot ", 2),
+        (
+            "helper: kernel-verify starts",
+            "step kernel-verify: starting",
+            1,
+        ),
+        ("helper: kvm-load starts", "step kvm-load: starting", 1),
+        (
+            "helper: kernel-commit starts",
+            "step kernel-commit: starting",
+            1,
+        ),
+        (
+            "helper: cube-install starts",
+            "step cube-install: starting",
+            1,
+        ),
+        (
+            "helper: cube-verify starts",
+            "step cube-verify: starting",
+            1,
+        ),
+        ("status terminal", "@@E2E final-begin", 1),
+        ("reporter done", "@@E2E END", 1),
+    ]);
     assert_first_boot_done(&fx, &run);
 }
 
@@ -388,6 +385,9 @@ fn vm_first_boot_throttled_phase_table() {
         .filter(|r: &f64| r.is_finite() && *r > 0.0)
         .unwrap_or_else(|| panic!("CUBEBOOT_E2E_BENCH_RATE_MBPS={rate_arg}: not a rate in MB/s"));
     let pad_mb = std::env::var("CUBEBOOT_E2E_BENCH_BUNDLE_MB").unwrap_or_else(|_| "300".into());
+    // Before the run: what this binary was built from, not what the tree
+    // became while the guest ran.
+    let commit = git_head();
     let _slot = VM_SLOT.lock().unwrap_or_else(|e| e.into_inner());
     let fx = Fixtures::prepare();
     let t = Instant::now();
@@ -409,8 +409,7 @@ fn vm_first_boot_throttled_phase_table() {
             link_bytes_per_sec: Some(link.bytes_per_sec),
         },
     );
-    run.log.print_timeline(FIRST_BOOT_MARKS);
-    let table = phase_table(&run, &link);
+    let table = phase_table(&run, &link, &commit);
     println!("{table}");
     let out = repo().join("out");
     fs::create_dir_all(&out).unwrap();
@@ -431,12 +430,108 @@ struct BenchLink {
     bundle_bytes: u64,
 }
 
-/// The throttled first boot phase by phase, and its overlap limit.
-///
-/// Each phase is the time between two lines of the serial log (host clock,
-/// the helper's `step …` lines); the bundle's download is what the server
-/// saw (first byte to last, every request), since it runs beside the steps.
-/// The limit is the critical path bench's (scripts/bench-critical-path.sh)
+/// The helper's phases on a first boot, each the time between two lines of
+/// the serial log (host clock; the helper's `step …` lines), in seconds.
+#[derive(Debug, Default, PartialEq)]
+struct Phases {
+    /// cloud-init's final stage to the unit's first step (before the helper).
+    cloud_to_unit: Option<f64>,
+    preflight: Option<f64>,
+    /// The fetch step: the kernel package, downloaded and verified.
+    kernel_dl: Option<f64>,
+    /// cube-prereqs and data-disk.
+    prereqs: Option<f64>,
+    kernel_install: Option<f64>,
+    /// beside.rs: a bundle with less left than a reboot takes is waited for
+    /// before the reboot; the wait ends where the reboot step starts.
+    wait_before: f64,
+    /// Arming the trial boot, kexec, kernel B, up to the resume unit's
+    /// first step; without `wait_before`.
+    reboot: Option<f64>,
+    /// kernel-verify, kvm-load, kernel-commit.
+    checks: Option<f64>,
+    /// The `bundle` step after the reboot (none: the download ended before).
+    wait_after: f64,
+    /// Re-verifying and extracting the bundle, the installer.
+    cube_install: Option<f64>,
+    /// cube-verify, harden, report.
+    verify: Option<f64>,
+    /// The helper's first start to `done`.
+    total: Option<f64>,
+    /// When the kernel install ended (seconds since qemu started).
+    install_end: Option<f64>,
+}
+
+impl Phases {
+    fn from_log(log: &SerialLog) -> Self {
+        let at = |needle: &str| log.nth_time(needle, 1);
+        let starts = |step: &str| at(&format!("step {step}: starting"));
+        let span = |from: Option<f64>, to: Option<f64>| Some(to? - from?);
+        let unit = starts("preflight");
+        let (fetch, fetched) = (starts("fetch"), at("step fetch: done"));
+        let (install, arming) = (starts("kernel-install"), starts("kernel-boot"));
+        let (resumed, bundle_step) = (starts("kernel-verify"), starts("bundle"));
+        let (cube, verify) = (starts("cube-install"), starts("cube-verify"));
+        let done = at("step report: done");
+        let wait_before =
+            span(at("of the bundle before rebooting"), starts("reboot")).unwrap_or(0.0);
+        Self {
+            cloud_to_unit: span(at("running 'modules:final'"), unit),
+            preflight: span(unit, fetch),
+            kernel_dl: span(fetch, fetched),
+            prereqs: span(fetched, install),
+            kernel_install: span(install, arming),
+            wait_before,
+            reboot: span(arming, resumed).map(|r| r - wait_before),
+            checks: span(resumed, bundle_step.or(cube)),
+            wait_after: span(bundle_step, cube).unwrap_or(0.0),
+            cube_install: span(cube, verify),
+            verify: span(verify, done),
+            total: span(unit, done),
+            install_end: arming,
+        }
+    }
+
+    /// The overlap limit with the downloads taking `kernel_dl` and
+    /// `bundle_dl` seconds (the link's rate), and which path before the
+    /// reboot is the longer; the order with every download first.
+    fn limit(&self, kernel_dl: f64, bundle_dl: f64) -> Option<Limit> {
+        let serial: Option<f64> = [
+            self.preflight,
+            self.reboot,
+            self.checks,
+            self.cube_install,
+            self.verify,
+        ]
+        .into_iter()
+        .sum();
+        let serial = serial?;
+        let kernel_path = kernel_dl + self.prereqs? + self.kernel_install?;
+        // One shared link: the bundle's download ends after both.
+        let bundle_path = kernel_dl + bundle_dl;
+        Some(Limit {
+            limit: serial + kernel_path.max(bundle_path),
+            sequential: serial + bundle_path + self.prereqs? + self.kernel_install?,
+            kernel_path,
+            bundle_path,
+        })
+    }
+}
+
+struct Limit {
+    limit: f64,
+    /// Every download first, then the rest: the order before issue 13.
+    sequential: f64,
+    /// kernel dl + prerequisites + kernel install.
+    kernel_path: f64,
+    /// kernel dl + bundle dl.
+    bundle_path: f64,
+}
+
+/// The throttled first boot phase by phase ([`Phases`]; the bundle's
+/// download as the server saw it, since it runs beside the steps), and its
+/// overlap limit. The limit is the critical path bench's
+/// (scripts/bench-critical-path.sh)
 ///   max(kernel dl + bundle dl, kernel dl + prerequisites + kernel install)
 ///   + reboot + Cube install
 /// with the downloads at the link's rate (sizes / rate: on one shared link
@@ -444,63 +539,29 @@ struct BenchLink {
 /// it, plus the serial phases that bench stands in at zero (preflight, the
 /// kernel checks after the reboot, cube-verify to report). Waits for the
 /// bundle count in the measured time, not in the limit: they are what a
-/// perfect overlap removes. Measured is the helper's first start to its
-/// `done`.
-fn phase_table(run: &ProductRun, link: &BenchLink) -> String {
-    let log = &run.log;
-    let at = |needle: &str| log.nth_time(needle, 1);
-    let cloud_final = at("running 'modules:final'");
-    let unit = at("step preflight: starting");
-    let fetch = at("step fetch: starting");
-    let fetched = at("step fetch: done");
-    let install = at("step kernel-install: starting");
-    let arming = at("step kernel-boot: starting");
-    let reboot_step = at("step reboot: starting");
-    let resumed = at("step kernel-verify: starting");
-    let bundle_step = at("step bundle: starting");
-    let cube = at("step cube-install: starting");
-    let verify = at("step cube-verify: starting");
-    let done = at("step report: done");
-    let span = |from: Option<f64>, to: Option<f64>| Some(to? - from?);
-    // beside.rs: a bundle with less left than a reboot takes is waited for
-    // before the reboot; the wait ends where the reboot step starts.
-    let wait_before = span(at("of the bundle before rebooting"), reboot_step).unwrap_or(0.0);
-    // No `bundle` step after the reboot: the download ended before it.
-    let wait_after = span(bundle_step, cube).unwrap_or(0.0);
-
-    let rate = link.bytes_per_sec;
-    let k_rate = link.kernel_bytes as f64 / rate;
-    let b_rate = link.bundle_bytes as f64 / rate;
-    let preflight = span(unit, fetch);
-    let kernel_dl = span(fetch, fetched);
-    let prereqs = span(fetched, install);
-    let kernel_install = span(install, arming);
-    let reboot = span(arming, resumed).map(|r| r - wait_before);
-    let checks = span(resumed, bundle_step.or(cube));
-    let cube_install = span(cube, verify);
-    let verify_t = span(verify, done);
-    let measured = span(unit, done);
-    let serial: Option<f64> = [preflight, reboot, checks, cube_install, verify_t]
-        .into_iter()
-        .sum();
-    let before_kernel_boot: Option<f64> = [prereqs, kernel_install].into_iter().sum();
-    let terms = serial.zip(before_kernel_boot);
-    let limit = terms.map(|(s, p)| s + (k_rate + b_rate).max(k_rate + p));
-    // Every download first, then the rest: the order before issue 13.
-    let sequential = terms.map(|(s, p)| s + k_rate + b_rate + p);
+/// perfect overlap removes.
+fn phase_table(run: &ProductRun, link: &BenchLink, commit: &str) -> String {
+    let p = Phases::from_log(&run.log);
+    let k_rate = link.kernel_bytes as f64 / link.bytes_per_sec;
+    let b_rate = link.bundle_bytes as f64 / link.bytes_per_sec;
+    let limit = p.limit(k_rate, b_rate);
 
     // The link's view: every GET of the two assets, seconds since qemu
     // started.
     let since = |i: Instant| i.saturating_duration_since(run.vm_started).as_secs_f64();
     let kernel_gets = run.http.served(&link.kernel);
     let bundle_gets = run.http.served(BUNDLE);
-    let bundle_span = bundle_gets
-        .first()
-        .zip(bundle_gets.iter().map(|r| r.ended).max())
-        .map(|(first, end)| (since(first.started), since(end)));
+    let bundle_last = bundle_gets.iter().map(|r| since(r.ended)).reduce(f64::max);
+    // Its requests' time on the link: without the pause for the kernel.
+    let bundle_sending = bundle_last.map(|_| {
+        bundle_gets
+            .iter()
+            .map(|r| since(r.ended) - since(r.started))
+            .sum::<f64>()
+    });
     // Time the link carried neither asset between the first byte and the
     // bundle's last: on one shared link, what a perfect overlap never has.
-    let idle = bundle_span.map(|(_, end)| {
+    let idle = bundle_last.map(|end| {
         let mut busy: Vec<(f64, f64)> = kernel_gets
             .iter()
             .chain(&bundle_gets)
@@ -521,74 +582,60 @@ fn phase_table(run: &ProductRun, link: &BenchLink) -> String {
 
     let s = |x: Option<f64>| x.map_or_else(|| "not seen".to_string(), |x| format!("{x:.1}"));
     let mb = |n: u64| format!("{:.1} MB", n as f64 / 1e6);
+    let same = |label: &str, x: Option<f64>| [label.to_string(), s(x), s(x)];
+    let wait = |label: &str, x: f64| [label.to_string(), format!("{x:.1}"), "0".into()];
     let rows: Vec<[String; 3]> = vec![
         [
             "cloud-init final stage to the unit (`running 'modules:final'` to `step preflight: starting`)".into(),
-            s(span(cloud_final, unit)),
+            s(p.cloud_to_unit),
             "not counted (before the helper)".into(),
         ],
-        ["preflight".into(), s(preflight), s(preflight)],
+        same("preflight", p.preflight),
         [
             format!("kernel download (fetch step), {} link", link.label),
-            s(kernel_dl),
+            s(p.kernel_dl),
             format!("{k_rate:.1} ({} at {})", mb(link.kernel_bytes), link.label),
         ],
         [
-            "bundle download (server: first byte to last), beside the steps".into(),
-            s(bundle_span.map(|(a, b)| b - a)),
+            "bundle download beside the steps (the server's requests, without the pause for the kernel)".into(),
+            s(bundle_sending),
             format!("{b_rate:.1} ({} at {})", mb(link.bundle_bytes), link.label),
         ],
-        [
-            "prerequisites (cube-prereqs, data-disk)".into(),
-            s(prereqs),
-            s(prereqs),
-        ],
-        ["kernel install".into(), s(kernel_install), s(kernel_install)],
-        [
-            "waiting for the bundle before the reboot".into(),
-            format!("{wait_before:.1}"),
-            "0".into(),
-        ],
-        [
-            "reboot (arm the trial boot, kexec, kernel B, resume unit)".into(),
-            s(reboot),
-            s(reboot),
-        ],
-        [
-            "kernel checks (kernel-verify, kvm-load, kernel-commit)".into(),
-            s(checks),
-            s(checks),
-        ],
-        [
-            "waiting for the bundle after the reboot (bundle step)".into(),
-            format!("{wait_after:.1}"),
-            "0".into(),
-        ],
-        [
-            "Cube install (extract the bundle, run the installer)".into(),
-            s(cube_install),
-            s(cube_install),
-        ],
-        [
-            "verify (cube-verify, harden, report)".into(),
-            s(verify_t),
-            s(verify_t),
-        ],
+        same("prerequisites (cube-prereqs, data-disk)", p.prereqs),
+        same("kernel install", p.kernel_install),
+        wait("waiting for the bundle before the reboot", p.wait_before),
+        same(
+            "reboot (arm the trial boot, kexec, kernel B, resume unit)",
+            p.reboot,
+        ),
+        same(
+            "kernel checks (kernel-verify, kvm-load, kernel-commit)",
+            p.checks,
+        ),
+        wait(
+            "waiting for the bundle after the reboot (bundle step)",
+            p.wait_after,
+        ),
+        same(
+            "Cube install (verify and extract the bundle, run the installer)",
+            p.cube_install,
+        ),
+        same("verify (cube-verify, harden, report)", p.verify),
         [
             "**total: the helper's first start to `done`**".into(),
-            s(measured),
-            format!("**limit {}** (sequential {})", s(limit), s(sequential)),
+            s(p.total),
+            format!(
+                "**limit {}** (sequential {})",
+                s(limit.as_ref().map(|l| l.limit)),
+                s(limit.as_ref().map(|l| l.sequential))
+            ),
         ],
         [
             "qemu start to a terminal status (for reference)".into(),
-            s(at("@@E2E final-begin")),
+            s(run.log.nth_time("@@E2E final-begin", 1)),
             "not counted".into(),
         ],
     ];
-    let ratio = match (measured, limit) {
-        (Some(m), Some(l)) => format!("{:.2}", m / l),
-        _ => "not computed (phases missing)".into(),
-    };
 
     let mut out = String::new();
     let mut line = |l: String| {
@@ -596,10 +643,9 @@ fn phase_table(run: &ProductRun, link: &BenchLink) -> String {
         out.push('\n');
     };
     line(format!(
-        "first boot at {} on one shared link (VM tier, qemu TCG, 2 vCPUs), {}; commit {}",
+        "first boot at {} on one shared link (VM tier, qemu TCG, 2 vCPUs), {}; commit {commit}",
         link.label,
         now_utc(),
-        git_head()
     ));
     line(format!(
         "kernel package {} ({k_rate:.1} s at the rate), bundle {} ({b_rate:.1} s at the rate)",
@@ -613,7 +659,28 @@ fn phase_table(run: &ProductRun, link: &BenchLink) -> String {
         line(format!("| {a} | {b} | {c} |"));
     }
     line(String::new());
-    line(format!("measured/limit: **{ratio}**"));
+    match (p.total, &limit) {
+        (Some(total), Some(l)) => {
+            line(format!("measured/limit: **{:.2}**", total / l.limit));
+            let (k, b) = (l.kernel_path, l.bundle_path);
+            line(if b > k {
+                format!("the longer path before the reboot: the bundle's, kernel dl + bundle dl = {b:.1} s, over kernel dl + prerequisites + kernel install = {k:.1} s")
+            } else {
+                format!("the longer path before the reboot: the kernel's, kernel dl + prerequisites + kernel install = {k:.1} s, over kernel dl + bundle dl = {b:.1} s")
+            });
+        }
+        _ => line("measured/limit: not computed (phases missing)".into()),
+    }
+    if let Some((last, end)) = bundle_last.zip(p.install_end) {
+        let (gap, side) = if last <= end {
+            (end - last, "before")
+        } else {
+            (last - end, "after")
+        };
+        line(format!(
+            "the bundle's last byte at {last:.1} s, {gap:.1} s {side} the kernel install ended ({end:.1} s)"
+        ));
+    }
     line(String::new());
     line("the link (seconds since qemu started; 499: the helper closed the connection):".into());
     for (what, gets, size) in [
@@ -647,6 +714,66 @@ fn phase_table(run: &ProductRun, link: &BenchLink) -> String {
         line(format!("  {step}: {detail}"));
     }
     out
+}
+
+/// The phase table's arithmetic on a made-up log: the limit takes the
+/// longer path before the reboot, waits for the bundle stay out of it.
+#[test]
+fn phases_and_limit_come_from_the_serial_log() {
+    let lines = [
+        (10.0, "cloud-init[1]: Cloud-init v. 22.4.2 running 'modules:final'"),
+        (12.0, "cube-firstboot: step preflight: starting"),
+        (13.0, "cube-firstboot: step fetch: starting"),
+        (21.0, "cube-firstboot: step fetch: done: kernel downloaded (76.4 MiB)"),
+        (21.1, "cube-firstboot: step cube-prereqs: starting"),
+        (26.0, "cube-firstboot: step kernel-install: starting"),
+        (76.0, "cube-firstboot: step kernel-boot: starting"),
+        (80.0, "cube-firstboot: waiting for the last 9.5 MiB of the bundle before rebooting (less than a reboot takes)"),
+        (83.0, "cube-firstboot: step reboot: starting"),
+        (110.0, "cube-firstboot: step kernel-verify: starting"),
+        (112.0, "cube-firstboot: step bundle: starting"),
+        (115.0, "cube-firstboot: step cube-install: starting"),
+        (140.0, "cube-firstboot: step cube-verify: starting"),
+        (143.0, "cube-firstboot: step report: done: units disabled"),
+    ];
+    let log = SerialLog {
+        lines: lines.iter().map(|(t, l)| (*t, l.to_string())).collect(),
+    };
+    let p = Phases::from_log(&log);
+    assert_eq!(
+        p,
+        Phases {
+            cloud_to_unit: Some(2.0),
+            preflight: Some(1.0),
+            kernel_dl: Some(8.0),
+            prereqs: Some(5.0),
+            kernel_install: Some(50.0),
+            wait_before: 3.0,
+            reboot: Some(31.0),
+            checks: Some(2.0),
+            wait_after: 3.0,
+            cube_install: Some(25.0),
+            verify: Some(3.0),
+            total: Some(131.0),
+            install_end: Some(76.0),
+        }
+    );
+    // Serial: 1 + 31 + 2 + 25 + 3 = 62. Kernel path 8 + 5 + 50 = 63.
+    let kernel_first = p.limit(8.0, 30.0).unwrap();
+    assert_eq!(
+        (
+            kernel_first.limit,
+            kernel_first.kernel_path,
+            kernel_first.bundle_path
+        ),
+        (125.0, 63.0, 38.0)
+    );
+    assert_eq!(kernel_first.sequential, 62.0 + 38.0 + 55.0);
+    let bundle_first = p.limit(40.0, 150.0).unwrap();
+    assert_eq!(bundle_first.limit, 62.0 + 190.0);
+    let mut missing = p;
+    missing.kernel_install = None;
+    assert!(missing.limit(8.0, 30.0).is_none());
 }
 
 fn file_len(path: &Path) -> u64 {

@@ -23,17 +23,12 @@ fixture="$repo/tests/fixtures/bundle/cube-sandbox-one-click-v0.0.0-fixture-amd64
 name="$(basename "$fixture")"
 stem="${name%.tar.gz}"
 
-key="$( { cat "$0" "$fixture"; echo "$pad_mb"; } | sha256sum | cut -c1-16)"
-out="$cache/bench-bundle-$key"
-mkdir -p "$cache"
-exec 9>"$cache/.bench-bundle.lock"
-flock 9
-if [[ -s "$out/$name" ]]; then
-  echo "$out"
-  exit 0
-fi
-
+out="$cache/bench-bundle-$( { cat "$0" "$fixture"; echo "$pad_mb"; } | sha256sum | cut -c1-16)"
+[[ ! -s "$out/$name" ]] || { echo "$out"; exit 0; }
+# No lock: builders at once make the same bytes, and the first to rename
+# its directory into place wins (mv -T fails on a directory already there).
 log() { printf '[bench-bundle %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+mkdir -p "$cache"
 work="$(mktemp -d "$cache/.bench-bundle.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 tar -xzf "$fixture" -C "$work"
@@ -49,8 +44,7 @@ mkdir -p "$work/out"
 # gzip -1: the padding does not compress at any level; -9 only costs time.
 tar --sort=name --mtime=@1 --owner=0 --group=0 --numeric-owner --format=gnu \
   -C "$work" -cf - "$stem" | gzip -n -1 > "$work/out/$name"
-rm -rf "$out"
-mv "$work/out" "$out"
-find "$cache" -maxdepth 1 -name 'bench-bundle-*' ! -name "bench-bundle-$key" -exec rm -rf {} +
+mv -T "$work/out" "$out" 2>/dev/null || [[ -s "$out/$name" ]]
+find "$cache" -maxdepth 1 -name 'bench-bundle-*' ! -path "$out" -exec rm -rf {} +
 log "bench bundle ready: $out/$name ($(stat -c %s "$out/$name") bytes)"
 echo "$out"
