@@ -9,18 +9,22 @@
 # (all connections together, like a cloud server's bandwidth cap), and
 # prints a phase table: each stage's duration from the serial log, the
 # bundle's download as the server saw it, the overlap limit
-#   preflight + max(kernel dl + bundle dl, kernel dl + prerequisites
-#   + kernel install) + reboot + kernel checks + Cube install + verify
+#   preflight + max(bundle path, kernel path) + Cube install + verify
+#   kernel path: kernel dl + prerequisites + kernel install + reboot
+#                + kernel checks
+#   bundle path: kernel dl + bundle dl (+ the reboot's downtime when the
+#                bundle cannot end before it: it resumes after the reboot)
 # from those same durations (downloads at the link's rate), and
 # measured/limit. Tables go to out/bench-firstboot-vm-<rate>.txt;
-# docs/first-boot-bench.md carries the latest.
+# docs/first-boot-bench.md carries the latest and says what they mean.
 #
-# Takes about 5 minutes at 10 MB/s and 8 at 2 MB/s on an idle 2-core
-# machine (TCG), plus the first run's guest image (2-4 min) and the bench
-# bundle (~20 s); both are cached under tests/e2e/cache/. Needs root and
-# qemu, like the VM tier (tests/e2e/README.md). One guest at a time: do not
-# run it beside another guest; with E2E_QEMU_LOCK=<file> each run holds
-# `flock <file>` while its guest runs.
+# Takes 4-5 minutes at 10 MB/s and 7-8 at 2 MB/s on this 2-core machine
+# (TCG; measured 233-271 s and 423-491 s), plus the first run's guest image
+# (2-4 min) and the bench bundle (~10 s); both are cached under
+# tests/e2e/cache/. Needs root and qemu, like the VM tier
+# (tests/e2e/README.md). One guest at a time: do not run it beside another
+# guest; with E2E_QEMU_LOCK=<file> each run holds `flock <file>` while its
+# guest runs.
 #
 # Usage: scripts/bench-firstboot-vm.sh [RATE_MBPS ...]   (default: 10 2)
 # BUNDLE_MB changes the bundle's padding (default 300).

@@ -550,16 +550,9 @@ struct Limit {
 
 /// The throttled first boot phase by phase ([`Phases`]; the bundle's
 /// download as the server saw it, since it runs beside the steps), and its
-/// overlap limit. The limit is the critical path bench's
-/// (scripts/bench-critical-path.sh)
-///   max(kernel dl + bundle dl, kernel dl + prerequisites + kernel install)
-///   + reboot + Cube install
-/// with the downloads at the link's rate (sizes / rate: on one shared link
-/// the bundle ends after both) and every other term as this run measured
-/// it, plus the serial phases that bench stands in at zero (preflight, the
-/// kernel checks after the reboot, cube-verify to report). Waits for the
-/// bundle count in the measured time, not in the limit: they are what a
-/// perfect overlap removes.
+/// overlap limit ([`Limit`]): every phase as this run measured it, the
+/// downloads at the link's rate. Waits for the bundle count in the measured
+/// time, not in the limit: they are what a perfect overlap removes.
 fn phase_table(run: &ProductRun, link: &BenchLink, commit: &str) -> String {
     let p = Phases::from_log(&run.log);
     let k_rate = link.kernel_bytes as f64 / link.bytes_per_sec;
