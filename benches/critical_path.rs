@@ -28,15 +28,19 @@
 #[allow(dead_code)]
 mod target;
 
+#[path = "../tests/support/link.rs"]
+mod link;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cubeboot::firstboot::host::{CmdOutput, CommandSpec, Host};
 use cubeboot::firstboot::live;
 use cubeboot::firstboot::runner::{self, RunEnd, Scope};
 use cubeboot::firstboot::{cache_path, StepId};
+use link::SharedLink;
 use target::{opts, stand_in_steps, AssetFile, Target};
 
 /// What one run is made of (seconds and bytes, already scaled).
@@ -279,9 +283,8 @@ struct PacedServer {
 enum Pacer {
     /// Each connection at `rate` from its own start.
     PerConnection(f64),
-    /// All connections through one link at `rate`: each chunk takes its
-    /// slot after every chunk already sent (an idle link saves no credit).
-    Shared(f64, Arc<Mutex<Option<Instant>>>),
+    /// All connections through one link (tests/support/link.rs).
+    Shared(Arc<SharedLink>),
 }
 
 impl Pacer {
@@ -295,17 +298,7 @@ impl Pacer {
                     std::thread::sleep(wait);
                 }
             }
-            Pacer::Shared(rate, free_at) => {
-                let until = {
-                    let mut free = free_at.lock().unwrap_or_else(|e| e.into_inner());
-                    let now = Instant::now();
-                    let from = free.map_or(now, |f| f.max(now));
-                    let until = from + Duration::from_secs_f64(chunk as f64 / rate);
-                    *free = Some(until);
-                    until
-                };
-                std::thread::sleep(until.saturating_duration_since(Instant::now()));
-            }
+            Pacer::Shared(link) => link.pace(chunk),
         }
     }
 }
@@ -316,7 +309,7 @@ impl PacedServer {
         let port = listener.local_addr().expect("addr").port();
         let routes = Arc::new(routes);
         let pacer = if shared_link {
-            Pacer::Shared(rate, Arc::new(Mutex::new(None)))
+            Pacer::Shared(Arc::new(SharedLink::new(rate)))
         } else {
             Pacer::PerConnection(rate)
         };
