@@ -2681,3 +2681,45 @@ fn on_aarch64_the_kvm_check_accepts_the_kernels_own_kvm_and_names_what_is_missin
     node.host.put("/proc/modules", "kvm 1 0 - Live 0x0\n");
     assert_eq!(kvm_check(&mut journal), "ok: kvm loaded");
 }
+
+#[test]
+fn a_bundle_unpacked_ahead_is_used_once_then_unpacked_fresh() {
+    let mut node = Node::with_bundle(PLAIN, IP_ADDR);
+    node.plan.cube.hardening = false;
+    let asset = node.plan.assets.bundle.clone();
+    let cached = format!("/var/lib/cubeboot/cache/{}", asset.sha256);
+    cube::bundle::extract_ahead(&node.host, &cached, &asset.sha256).unwrap();
+    // A file the bundle does not have: it survives only if cube-install
+    // runs from what was unpacked ahead instead of unpacking again.
+    let dir = cube::bundle::extract_dir(&asset.sha256);
+    let witness = format!("{dir}/{}/ahead-witness", cube::bundle::stem(&asset.name));
+    node.host.put(&witness, "unpacked ahead");
+    let mut journal = Journal::new("test");
+    journal.facts.kvm_mode = Some(KvmInUse::Pvm);
+    cube::install(&mut node.ctx(&mut journal)).unwrap();
+    assert!(node.host.exists(&witness), "cube-install unpacked again");
+    assert!(
+        !node.host.exists(&format!("{dir}.ahead")),
+        "the marker is taken once"
+    );
+    // A second cube-install (a retry) re-verifies and unpacks fresh.
+    let mut journal = Journal::new("test");
+    journal.facts.kvm_mode = Some(KvmInUse::Pvm);
+    cube::install(&mut node.ctx(&mut journal)).unwrap();
+    assert!(!node.host.exists(&witness), "a retry must unpack fresh");
+}
+
+#[test]
+fn a_bundle_that_changed_before_it_was_unpacked_ahead_leaves_nothing() {
+    let node = Node::with_bundle(PLAIN, IP_ADDR);
+    let asset = node.plan.assets.bundle.clone();
+    let cached = format!("/var/lib/cubeboot/cache/{}", asset.sha256);
+    node.host.put(&cached, b"evil");
+    assert!(cube::bundle::extract_ahead(&node.host, &cached, &asset.sha256).is_err());
+    let dir = cube::bundle::extract_dir(&asset.sha256);
+    assert!(!node.host.exists(&dir) && !node.host.exists(&format!("{dir}.ahead")));
+    assert_eq!(
+        cube::bundle::take_extracted_ahead(&node.host, &asset.sha256).unwrap(),
+        None
+    );
+}

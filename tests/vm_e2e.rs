@@ -172,6 +172,15 @@ fn assert_first_boot_done(fx: &Fixtures, run: &ProductRun) {
             .any(|(_, l)| l.contains("initramfs built host-only (MODULES=dep) and compressed fast (COMPRESSLEVEL=1)")),
         "the helper built the kernel's initramfs host-only (MODULES=dep) and compressed fast (COMPRESSLEVEL=1)".into(),
     );
+    // cube-install ran from the bundle the download thread unpacked while
+    // the kernel stage ran (docs/cube-stage.md, "Unpacked ahead").
+    check(
+        r.log
+            .lines
+            .iter()
+            .any(|(_, l)| l.contains("was unpacked beside the kernel stage")),
+        "cube-install used the bundle unpacked beside the kernel stage".into(),
+    );
     // And it is the smaller image: the guest's own kernel's was built with
     // Debian's MODULES=most when the image was made.
     let initrd_size = |k: &str| {

@@ -71,6 +71,44 @@ pub fn extract_verified(
     Ok(top)
 }
 
+/// Where `extract_ahead` notes that it unpacked the bundle with digest
+/// `sha`, beside the directory: the top directory's name.
+fn ahead_marker(sha: &Sha256Digest) -> String {
+    format!("{}.ahead", extract_dir(sha))
+}
+
+/// Unpack the verified, cached bundle while the kernel stage still runs,
+/// so cube-install after the reboot starts the installer at once (issue 24
+/// item 4: re-verifying and unpacking a 300 MB bundle took 15-43 s between
+/// the resume unit and the installer in the VM tier, docs/first-boot-bench.md).
+/// The unpack hashes what it reads and keeps nothing unless it matches, as
+/// cube-install's own does; the marker is written last. Nothing is done on
+/// a dry run.
+pub fn extract_ahead(host: &dyn Host, archive_target: &str, sha: &Sha256Digest) -> Result<()> {
+    if host.is_dry_run() {
+        return Ok(());
+    }
+    let dir = extract_dir(sha);
+    let marker = ahead_marker(sha);
+    host.remove_file(&marker)?;
+    host.remove_dir_all(&dir)?;
+    let top = extract_verified(host, archive_target, sha, &dir)?;
+    host.write_atomic(&marker, top.as_bytes(), 0o600)
+}
+
+/// The top directory of the bundle `extract_ahead` unpacked for digest
+/// `sha`, taken once: the marker goes, so a second cube-install (a retry
+/// after a failed installer) unpacks fresh again.
+pub fn take_extracted_ahead(host: &dyn Host, sha: &Sha256Digest) -> Result<Option<String>> {
+    let marker = ahead_marker(sha);
+    let Some(top) = host.read_optional(&marker)? else {
+        return Ok(None);
+    };
+    host.remove_file(&marker)?;
+    let dir = extract_dir(sha);
+    Ok((!top.is_empty() && host.exists(&format!("{dir}/{top}"))).then_some(top))
+}
+
 /// Unpack a gzip'd tar from `reader` into `dest` (an existing target
 /// directory) through the host. Links are checked against the links
 /// already made (`archive_path::Links`) and never written through;

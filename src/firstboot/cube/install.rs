@@ -191,17 +191,30 @@ pub fn stage(ctx: &mut Ctx, mut prepared: Prepared) -> Result<Staged> {
     let host = ctx.host;
     let plan = ctx.plan;
     // The bundle: re-verified, then extracted fresh (no leftovers, no old .env).
+    // Unpacked ahead, beside the kernel stage, in this run: used once as it
+    // is (nothing has run from it yet).
     let asset = &plan.assets.bundle;
     let cached = cache_path(asset);
-    bundle::verify(host, &cached, &asset.sha256)?;
     let dir = bundle::extract_dir(&asset.sha256);
-    host.remove_dir_all(&dir)?;
     let stem = bundle::stem(&asset.name);
-    // Stays: unpacking through a dry-run host would list every bundle entry.
-    let top = if host.is_dry_run() {
-        stem.to_string()
-    } else {
-        bundle::extract_verified(host, &cached, &asset.sha256, &dir)?
+    let top = match bundle::take_extracted_ahead(host, &asset.sha256)? {
+        Some(top) => {
+            host.say(&format!(
+                "bundle {} was unpacked beside the kernel stage",
+                asset.name
+            ));
+            top
+        }
+        None => {
+            bundle::verify(host, &cached, &asset.sha256)?;
+            host.remove_dir_all(&dir)?;
+            // Stays: unpacking through a dry-run host would list every bundle entry.
+            if host.is_dry_run() {
+                stem.to_string()
+            } else {
+                bundle::extract_verified(host, &cached, &asset.sha256, &dir)?
+            }
+        }
     };
     if top != stem {
         // online-install.sh refuses this too.

@@ -103,9 +103,25 @@ impl<'scope, 'env> BundleBeside<'scope, 'env> {
         let progress = self.relay.handle();
         self.worker = Some(self.scope.spawn(move || {
             let fetched = bundle_beside(host, &progress, plan, &cfg)?;
+            let bundle = &plan.assets.bundle;
+            // Unpacked here too, while the kernel stage still runs: a
+            // failure only leaves it to cube-install, as before.
+            let ahead = match crate::firstboot::cube::bundle::extract_ahead(
+                host,
+                &cache_path(bundle),
+                &bundle.sha256,
+            ) {
+                Ok(()) => ", unpacked ahead".to_string(),
+                Err(e) => {
+                    host.say(&format!(
+                        "unpacking the bundle ahead: {e:#}; cube-install unpacks it"
+                    ));
+                    String::new()
+                }
+            };
             Ok(format!(
-                "bundle {}, beside the kernel stage",
-                fetched.describe(&plan.assets.bundle)
+                "bundle {}{ahead}, beside the kernel stage",
+                fetched.describe(bundle)
             ))
         }));
     }
