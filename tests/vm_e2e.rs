@@ -126,13 +126,8 @@ fn vm_first_boot_switches_kernel_and_installs_cube() {
 fn assert_first_boot_done(fx: &Fixtures, run: &ProductRun) {
     let r = run.report();
     let kver = &fx.kernel.kver;
-    let mut failures = Vec::new();
-    let mut check = |ok: bool, what: String| {
-        println!("[{}] {what}", if ok { "ok" } else { "FAIL" });
-        if !ok {
-            failures.push(what);
-        }
-    };
+    let mut checks = Checks::default();
+    let mut check = |ok: bool, what: String| checks.check(ok, what);
 
     // The plan cloud-init wrote is the one `cubeboot build` rendered.
     let plan = r.plan();
@@ -379,13 +374,7 @@ fn assert_first_boot_done(fx: &Fixtures, run: &ProductRun) {
         format!("boot 1: cube-firstboot started after cloud-final finished ({order:?})"),
     );
     run.print_measurements();
-    assert!(
-        failures.is_empty(),
-        "{} checks failed:\n  {}\nserial log: {}",
-        failures.len(),
-        failures.join("\n  "),
-        run.log_path.display()
-    );
+    checks.assert_all(&[&run.log_path]);
 }
 
 /// Issue 24: the first boot through one throttled link (all connections
@@ -903,13 +892,8 @@ fn vm_broken_kernel_rolls_back_without_a_loop() {
     let r = run.report();
     let old = &fx.guest.default_kver;
     let kver = &fx.kernel.kver;
-    let mut failures = Vec::new();
-    let mut check = |ok: bool, what: String| {
-        println!("[{}] {what}", if ok { "ok" } else { "FAIL" });
-        if !ok {
-            failures.push(what);
-        }
-    };
+    let mut checks = Checks::default();
+    let mut check = |ok: bool, what: String| checks.check(ok, what);
     let kernels = r.log.grub_kernels();
     check(
         kernels == vec![old.clone(), kver.clone(), old.clone()],
@@ -967,13 +951,7 @@ fn vm_broken_kernel_rolls_back_without_a_loop() {
         ),
     );
     run.print_measurements();
-    assert!(
-        failures.is_empty(),
-        "{} checks failed:\n  {}\nserial log: {}",
-        failures.len(),
-        failures.join("\n  "),
-        run.log_path.display()
-    );
+    checks.assert_all(&[&run.log_path]);
 }
 
 /// A two-node cluster as the Terraform cluster example builds it: one lock,
@@ -1095,13 +1073,8 @@ fn vm_cluster_control_then_compute_joins_through_cube_ops() {
     println!("compute node:");
     compute.log.print_timeline(&timeline);
 
-    let mut failures = Vec::new();
-    let mut check = |ok: bool, what: String| {
-        println!("[{}] {what}", if ok { "ok" } else { "FAIL" });
-        if !ok {
-            failures.push(what);
-        }
-    };
+    let mut checks = Checks::default();
+    let mut check = |ok: bool, what: String| checks.check(ok, what);
     check(
         control_up,
         "the control node reached a terminal status".into(),
@@ -1179,14 +1152,7 @@ fn vm_cluster_control_then_compute_joins_through_cube_ops() {
             .any(|l| l.contains("[quickcheck] OK")),
         "compute: the bundle's own quickcheck passed (registration at CubeOps)".into(),
     );
-    assert!(
-        failures.is_empty(),
-        "{} checks failed:\n  {}\nserial logs: {}, {}",
-        failures.len(),
-        failures.join("\n  "),
-        control.log_path.display(),
-        compute.log_path.display()
-    );
+    checks.assert_all(&[&control.log_path, &compute.log_path]);
 }
 
 /// The private link between the cluster's guests.
@@ -1270,6 +1236,31 @@ systemctl reboot
     );
     assert!(r.single("devkvm").is_some_and(|l| l.contains("10, 232")));
     assert!(http.fetched("kernel.deb") == 1, "{:?}", http.summary());
+}
+
+/// A scenario's checks: each printed as it is made, every failure named
+/// together at the end with the serial logs to read.
+#[derive(Default)]
+struct Checks(Vec<String>);
+
+impl Checks {
+    fn check(&mut self, ok: bool, what: String) {
+        println!("[{}] {what}", if ok { "ok" } else { "FAIL" });
+        if !ok {
+            self.0.push(what);
+        }
+    }
+
+    fn assert_all(self, logs: &[&Path]) {
+        let logs: Vec<String> = logs.iter().map(|l| l.display().to_string()).collect();
+        assert!(
+            self.0.is_empty(),
+            "{} checks failed:\n  {}\nserial log: {}",
+            self.0.len(),
+            self.0.join("\n  "),
+            logs.join(", ")
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -141,13 +141,8 @@ os.rename("/run/cubeboot/status.json.tmp", "/run/cubeboot/status.json")
     let vm = guest.boot(&dir, &user_data, &http);
     vm.log.print_timeline(&BOOT_MARKS);
     let r = Report { log: &vm.log };
-    let mut failures = Vec::new();
-    let mut check = |ok: bool, what: String| {
-        println!("[{}] {what}", if ok { "ok" } else { "FAIL" });
-        if !ok {
-            failures.push(what);
-        }
-    };
+    let mut checks = Checks::default();
+    let mut check = |ok: bool, what: String| checks.check(ok, what);
     let status = r.section("status").join("\n");
     let status: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
     check(
@@ -186,13 +181,7 @@ os.rename("/run/cubeboot/status.json.tmp", "/run/cubeboot/status.json")
         vm.log.lines.last().map(|l| l.0).unwrap_or(0.0),
         vm.peak_rss_kib.map(|k| k / 1024).unwrap_or(0)
     );
-    assert!(
-        failures.is_empty(),
-        "{} checks failed:\n  {}\nserial log: {}",
-        failures.len(),
-        failures.join("\n  "),
-        vm.log_path.display()
-    );
+    checks.assert_all(&[&vm.log_path]);
 }
 
 /// The arm64 fixture bundle (tests/fixtures/bundle/make.sh).
@@ -299,13 +288,8 @@ fn vm_arm64_first_boot_native_kvm_installs_cube_without_reboot() {
     );
     vm.log.print_timeline(&marks);
     let r = Report { log: &vm.log };
-    let mut failures = Vec::new();
-    let mut check = |ok: bool, what: String| {
-        println!("[{}] {what}", if ok { "ok" } else { "FAIL" });
-        if !ok {
-            failures.push(what);
-        }
-    };
+    let mut checks = Checks::default();
+    let mut check = |ok: bool, what: String| checks.check(ok, what);
     check(
         r.single("userdata-sha")
             .is_some_and(|l| l.starts_with(&user_data_sha256)),
@@ -437,11 +421,5 @@ fn vm_arm64_first_boot_native_kvm_installs_cube_without_reboot() {
         vm.peak_rss_kib.map(|k| k / 1024).unwrap_or(0),
         http.summary()
     );
-    assert!(
-        failures.is_empty(),
-        "{} checks failed:\n  {}\nserial log: {}",
-        failures.len(),
-        failures.join("\n  "),
-        vm.log_path.display()
-    );
+    checks.assert_all(&[&vm.log_path]);
 }
